@@ -1,0 +1,93 @@
+"""On-disk model registry: versioned artifact directories with an atomic `current` pointer.
+
+Layout under ``root`` (one registry per model kind, e.g. ``var/registry/churn``)::
+
+    v0001-<fingerprint>/     weights, config, feature spec, metrics.json, meta.json
+    v0002-<fingerprint>/
+    current                  a text file naming the current version directory
+
+Publishing writes the new directory under a temporary name, renames it into place, then replaces
+``current`` with os.replace (atomic on POSIX), so a reader never sees a half-written version.
+Workers poll :meth:`Registry.current_version` and reload when it changes (hot reload).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+CURRENT = "current"
+
+
+class RegistryEmpty(LookupError):
+    """No version has been published yet (run the matching `tidewater train ...` first)."""
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("v"))
+
+    def current_version(self) -> str | None:
+        try:
+            name = (self.root / CURRENT).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return name or None
+
+    def current_path(self) -> Path:
+        name = self.current_version()
+        if name is None:
+            raise RegistryEmpty(f"no current version in {self.root}")
+        return self.root / name
+
+    def path(self, version: str) -> Path:
+        return self.root / version
+
+    def publish(
+        self,
+        write: Callable[[Path], None],
+        *,
+        fingerprint: str,
+        meta: dict[str, Any] | None = None,
+        make_current: bool = True,
+    ) -> str:
+        """Create the next version: ``write(tmpdir)`` fills it, then it is renamed into place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(v[1:5]) for v in self.versions() if v[1:5].isdigit()), default=0)
+        version = f"v{number:04d}-{fingerprint[:8]}"
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            write(tmp)
+            info = {"version": version, "fingerprint": fingerprint, "created_unix": time.time()}
+            info.update(meta or {})
+            (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+            os.rename(tmp, self.root / version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if make_current:
+            self.set_current(version)
+        return version
+
+    def set_current(self, version: str) -> None:
+        if not (self.root / version).is_dir():
+            raise FileNotFoundError(f"version {version} not in {self.root}")
+        fd, tmp = tempfile.mkstemp(prefix=".current-", dir=self.root)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version + "\n")
+        os.replace(tmp, self.root / CURRENT)
+
+    def meta(self, version: str | None = None) -> dict[str, Any]:
+        version = version or self.current_version()
+        if version is None:
+            raise RegistryEmpty(f"no current version in {self.root}")
+        return json.loads((self.root / version / "meta.json").read_text())

@@ -1,0 +1,174 @@
+"""One typed, frozen settings object. Every field has an environment variable and a docstring.
+
+Read with :meth:`Settings.from_env`; command-line flags override the environment through
+``Settings.from_env(overrides)``. The README's settings table is generated from this module
+(``tidewater settings --markdown``), so it cannot drift from the code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, get_type_hints
+
+
+class Secret(str):
+    """A string that never shows itself in logs, reprs, errors or ``--help``."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def __str__(self) -> str:  # str(secret) is what gets logged by accident
+        return "***" if self else ""
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def setting(default: Any, env: str, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka connection -------------------------------------------------------------------
+    bootstrap_servers: str = setting(
+        "127.0.0.1:9092", "TIDEWATER_BOOTSTRAP_SERVERS",
+        "Comma-separated Kafka bootstrap servers (Apache Kafka, Redpanda, MSK, or the embedded broker).")
+    security_protocol: str = setting(
+        "PLAINTEXT", "TIDEWATER_SECURITY_PROTOCOL", "Kafka security protocol.",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = setting(
+        "PLAIN", "TIDEWATER_SASL_MECHANISM", "SASL mechanism when the protocol is SASL_*.",
+        choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str = setting("", "TIDEWATER_SASL_USERNAME", "SASL user name.")
+    sasl_password: Secret = setting(Secret(""), "TIDEWATER_SASL_PASSWORD", "SASL password (secret: never logged).")
+    ssl_cafile: str = setting("", "TIDEWATER_SSL_CAFILE", "CA bundle (PEM) that signs the brokers' certificates.")
+    ssl_certfile: str = setting("", "TIDEWATER_SSL_CERTFILE", "Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: str = setting("", "TIDEWATER_SSL_KEYFILE", "Client private key (PEM) for mutual TLS.")
+    ssl_key_password: Secret = setting(Secret(""), "TIDEWATER_SSL_KEY_PASSWORD", "Password of the client key (secret).")
+
+    # --- application and topics ---------------------------------------------------------------
+    app_id: str = setting("tidewater", "TIDEWATER_APP_ID",
+                          "Faust app id: the consumer group and the prefix of changelog topics.")
+    partitions: int = setting(8, "TIDEWATER_PARTITIONS", "Partitions of every Tidewater topic (scale-out unit).")
+    replication_factor: int = setting(1, "TIDEWATER_REPLICATION_FACTOR", "Replication factor of created topics.")
+    topic_clicks: str = setting("clicks", "TIDEWATER_TOPIC_CLICKS", "Input topic of click events.")
+    topic_purchases: str = setting("purchases", "TIDEWATER_TOPIC_PURCHASES", "Input topic of purchase events.")
+    topic_churn_scores: str = setting("churn-scores", "TIDEWATER_TOPIC_CHURN_SCORES", "Output: churn scores.")
+    topic_recommendations: str = setting("recommendations", "TIDEWATER_TOPIC_RECOMMENDATIONS",
+                                         "Output: recommendation events.")
+    topic_offers: str = setting("retention-offers", "TIDEWATER_TOPIC_OFFERS", "Output: retention offers.")
+    topic_dead_letter: str = setting("dead-letter", "TIDEWATER_TOPIC_DEAD_LETTER",
+                                     "Records that failed to decode or validate, with the reason.")
+    data_dir: str = setting("var/tidewater", "TIDEWATER_DATA_DIR", "Local state (RocksDB tables) of the worker.")
+    store: str = setting("rocksdb://", "TIDEWATER_STORE", "Faust table store: rocksdb:// or memory://.",
+                         choices=("rocksdb://", "memory://"))
+    registry_dir: str = setting("var/registry", "TIDEWATER_REGISTRY_DIR",
+                                "Model registry root (churn/, recs/ with versioned artifacts).")
+
+    # --- consumer group behaviour -----------------------------------------------------------------
+    session_timeout_s: float = setting(10.0, "TIDEWATER_SESSION_TIMEOUT_S",
+                                       "Consumer group session timeout: how fast a dead worker is noticed.")
+    heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S", "Consumer heartbeat interval.")
+    producer_max_batch_bytes: int = setting(
+        16384, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
+        "Producer batch size. 1 works around Tansu 0.6's wrong high watermark after multi-record batches.")
+    commit_interval_s: float = setting(1.0, "TIDEWATER_COMMIT_INTERVAL_S", "How often consumed offsets are committed.")
+
+    # --- hot path -----------------------------------------------------------------------------------
+    batch_max_events: int = setting(2000, "TIDEWATER_BATCH_MAX_EVENTS", "Largest batch of events applied at once.")
+    batch_max_wait_ms: int = setting(50, "TIDEWATER_BATCH_MAX_WAIT_MS", "Longest wait to fill a batch.")
+    max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
+                                   "Records larger than this go to the dead-letter topic (oversized).")
+    source_idle_ms: int = setting(
+        1000, "TIDEWATER_SOURCE_IDLE_MS",
+        "Event-time merge of clicks+purchases: a source partition silent this long stops holding the other back.")
+
+    # --- profile and windows (event time) -------------------------------------------------------------
+    session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")
+    recent_events: int = setting(64, "TIDEWATER_RECENT_EVENTS", "Events kept per user in the ring (model input).")
+    window_grace_s: float = setting(3600.0, "TIDEWATER_WINDOW_GRACE_S",
+                                    "Late events within this much of the watermark still count in windows.")
+    clock_tick_s: float = setting(86400.0, "TIDEWATER_CLOCK_TICK_S",
+                                  "Event-time tick of the inactivity timer (the watermark crossing it fires).")
+    inactivity_gap_s: float = setting(30 * 86400.0, "TIDEWATER_INACTIVITY_GAP_S",
+                                      "A user silent this long (event time) is scored for churn.")
+
+    # --- outputs ------------------------------------------------------------------------------------------
+    rec_top_k: int = setting(10, "TIDEWATER_REC_TOP_K", "Items per recommendation event.")
+    rec_every_events: int = setting(5, "TIDEWATER_REC_EVERY_EVENTS",
+                                    "Emit a recommendation every N events of a user (cadence).")
+    churn_threshold: float = setting(0.6, "TIDEWATER_CHURN_THRESHOLD", "Churn probability above which offers are considered.")
+    offer_cooldown_s: float = setting(30 * 86400.0, "TIDEWATER_OFFER_COOLDOWN_S", "Per-user offer cooldown (event time).")
+    offer_daily_budget: int = setting(500, "TIDEWATER_OFFER_DAILY_BUDGET",
+                                      "Offers per event-time day per partition (budget).")
+
+    # --- web ------------------------------------------------------------------------------------------------
+    web_host: str = setting("127.0.0.1", "TIDEWATER_WEB_HOST", "Bind address of the worker's HTTP server.")
+    web_port: int = setting(6066, "TIDEWATER_WEB_PORT", "Port of the worker's HTTP server (API, metrics, dashboard).")
+    ingest_token: Secret = setting(Secret(""), "TIDEWATER_INGEST_TOKEN",
+                                   "Bearer token required by POST /events (secret). Empty disables ingest.")
+    max_request_bytes: int = setting(1 << 20, "TIDEWATER_MAX_REQUEST_BYTES", "Largest accepted POST /events body.")
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, Any] | None = None,
+                 environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is not None:
+                values[f.name] = _coerce(f.name, hints[f.name], raw)
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                values[key] = _coerce(key, hints[key], value) if isinstance(value, str) else value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.metadata['env']}={getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
+        if self.partitions < 1:
+            raise ValueError("TIDEWATER_PARTITIONS must be >= 1")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        return (self.topic_clicks, self.topic_purchases)
+
+    @property
+    def output_topics(self) -> tuple[str, str, str]:
+        return (self.topic_churn_scores, self.topic_recommendations, self.topic_offers)
+
+    def all_topics(self) -> tuple[str, ...]:
+        return (*self.input_topics, *self.output_topics, self.topic_dead_letter)
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    try:
+        if kind is bool:
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        if kind is Secret:
+            return Secret(raw)
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"setting {name}: cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
+
+
+def settings_table_markdown() -> str:
+    rows = ["| env | default | description |", "|---|---|---|"]
+    for f in fields(Settings):
+        default = f.default
+        shown = "" if isinstance(default, Secret) else f"`{default}`"
+        doc = f.metadata["doc"]
+        if f.metadata.get("choices"):
+            doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+        rows.append(f"| `{f.metadata['env']}` | {shown} | {doc} |")
+    return "\n".join(rows)
