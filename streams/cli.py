@@ -1,0 +1,152 @@
+"""`tidewater worker | up | replay | record | settings | schemas`."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tidewater.errors import UserError
+from tidewater.settings import Settings
+
+BOOTSTRAP_HELP = "Kafka bootstrap servers (env TIDEWATER_BOOTSTRAP_SERVERS)."
+
+
+def register(app: typer.Typer, topics_app: typer.Typer) -> None:
+    @app.command()
+    def worker(
+        bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
+        web_port: Optional[int] = typer.Option(None, help="HTTP port (env TIDEWATER_WEB_PORT)."),
+        data_dir: Optional[str] = typer.Option(None, help="Local state dir (env TIDEWATER_DATA_DIR)."),
+        loglevel: str = typer.Option("warning", help="Log level: debug, info, warning, error."),
+    ) -> None:
+        """Run a stream worker (Faust). Start more with the same app id to scale out over partitions."""
+        from faust.worker import Worker
+
+        from streams.app import create_app
+
+        s = Settings.from_env({"bootstrap_servers": bootstrap_servers, "web_port": web_port, "data_dir": data_dir})
+        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+        faust_app = create_app(s)
+        Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+    @app.command()
+    def replay(
+        dataset: list[str] = typer.Option(..., "--dataset", help="cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
+        bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
+        speed: float = typer.Option(0.0, help="0 = as fast as possible; N = N× real time by event time."),
+        limit: Optional[int] = typer.Option(None, help="Stop after this many events."),
+    ) -> None:
+        """Write events from the real datasets or a JSON-lines file to the input topics; returns when all are written."""
+        from streams.replay import replay as do_replay
+
+        s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
+        counts = asyncio.run(do_replay(s, dataset, speed=speed, limit=limit, progress=sys.stderr.isatty()))
+        for topic, n in counts.items():
+            typer.echo(f"{topic}: {n} events written")
+
+    @app.command()
+    def record(
+        topic: str = typer.Option(..., help="Topic to dump."),
+        out: str = typer.Option(..., help="Output JSON-lines file (one record value per line)."),
+        bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
+        with_meta: bool = typer.Option(False, help="Write {partition, offset, key, value} envelopes instead."),
+    ) -> None:
+        """Dump a topic (partition by partition, in offset order) to JSON lines; returns at its end."""
+        from streams.replay import record as do_record
+
+        s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
+        n = asyncio.run(do_record(s, topic, out, with_meta=with_meta))
+        typer.echo(f"{n} records from {topic} written to {out}")
+
+    @app.command()
+    def up(
+        dataset: list[str] = typer.Option(["cdnow", "ml-100k"], "--dataset", help="Datasets to replay through the pipeline."),
+        bootstrap_servers: Optional[str] = typer.Option(None, help="Use this cluster instead of an embedded broker."),
+        broker_kind: str = typer.Option("tansu", "--broker", help="Embedded broker: tansu or noida."),
+        port: int = typer.Option(0, help="Embedded broker port (0 = free)."),
+        keep_running: bool = typer.Option(False, help="Keep broker and worker up after the replay (Ctrl-C stops)."),
+        limit: Optional[int] = typer.Option(None, help="Replay at most this many events."),
+    ) -> None:
+        """Broker + topics + worker in one: replay the real data and print what came out of the output topics."""
+        run_up(dataset, bootstrap_servers, broker_kind, port, keep_running, limit)
+
+    @app.command("settings")
+    def settings_cmd(markdown: bool = typer.Option(False, help="Print the README table.")) -> None:
+        """Show every setting with its environment variable (secrets are never shown)."""
+        from tidewater.settings import settings_table_markdown
+
+        if markdown:
+            typer.echo(settings_table_markdown())
+            return
+        s = Settings.from_env()
+        from dataclasses import fields
+
+        for f in fields(s):
+            typer.echo(f"{f.metadata['env']:38s} = {getattr(s, f.name)!s}")
+
+    @app.command()
+    def schemas(out_dir: str = typer.Option("docs/schemas", help="Where to write the JSON Schema files.")) -> None:
+        """Write the JSON Schemas of the input events and the output topics (the public contract)."""
+        from tidewater.schemas import write_schemas
+
+        for path in write_schemas(out_dir):
+            typer.echo(path)
+
+
+def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, keep: bool,
+           limit: Optional[int]) -> None:
+    from infra.broker import EmbeddedBroker, free_port
+    from infra.topics import create_topics_sync
+    from streams.replay import replay as do_replay
+    from streams.summary import print_summary, wait_until_processed
+
+    broker = None
+    worker_proc = None
+    env = dict(os.environ)
+    try:
+        if bootstrap is None:
+            broker = EmbeddedBroker(kind=kind, port=port, log_path="var/broker.log")
+            Path("var").mkdir(exist_ok=True)
+            broker.start()
+            bootstrap = broker.bootstrap_servers
+            typer.echo(f"embedded {kind} broker on {bootstrap}")
+            if kind == "tansu":  # Tansu 0.6: only single-record batches get a correct high watermark
+                env.setdefault("TIDEWATER_PRODUCER_MAX_BATCH_BYTES", "1")
+        env["TIDEWATER_BOOTSTRAP_SERVERS"] = bootstrap
+        s = Settings.from_env(environ=env)
+        if broker is not None:  # a fresh broker has no topics: fresh local state too
+            s = s.replace(data_dir=f"var/up-{broker.port}")
+            env["TIDEWATER_DATA_DIR"] = s.data_dir
+        web_port = int(env.get("TIDEWATER_WEB_PORT") or free_port())
+        env["TIDEWATER_WEB_PORT"] = str(web_port)
+        for name, status in create_topics_sync(s).items():
+            typer.echo(f"topic {name}: {status}")
+        worker_proc = subprocess.Popen([sys.executable, "-m", "tidewater.cli", "worker"], env=env)
+        typer.echo(f"worker started (pid {worker_proc.pid}); dashboard/API at http://127.0.0.1:{web_port}/")
+        counts = asyncio.run(do_replay(s, datasets, limit=limit, progress=True))
+        total = sum(counts.values())
+        typer.echo(f"replayed {total} events: {counts}")
+        wait_until_processed(web_port, total, worker_proc)
+        print_summary(s)
+        if keep:
+            typer.echo("running; Ctrl-C to stop")
+            worker_proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker_proc is not None and worker_proc.poll() is None:
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                worker_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,45 @@
+"""Connection settings → Faust / aiokafka arguments (SASL, TLS). Secrets are revealed only here."""
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from tidewater.settings import Settings
+
+
+def ssl_context(s: Settings) -> ssl.SSLContext | None:
+    if s.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    return create_ssl_context(
+        cafile=s.ssl_cafile or None,
+        certfile=s.ssl_certfile or None,
+        keyfile=s.ssl_keyfile or None,
+        password=s.ssl_key_password.reveal() or None,
+    )
+
+
+def faust_credentials(s: Settings) -> Any:
+    import faust
+
+    context = ssl_context(s)
+    if s.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=s.sasl_username, password=s.sasl_password.reveal(), ssl_context=context,
+            mechanism=s.sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def aiokafka_kwargs(s: Settings) -> dict[str, Any]:
+    """Keyword arguments for AIOKafkaProducer / AIOKafkaConsumer / AIOKafkaAdminClient."""
+    kwargs: dict[str, Any] = {"bootstrap_servers": s.bootstrap_servers, "security_protocol": s.security_protocol}
+    context = ssl_context(s)
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if s.security_protocol.startswith("SASL"):
+        kwargs.update(sasl_mechanism=s.sasl_mechanism, sasl_plain_username=s.sasl_username,
+                      sasl_plain_password=s.sasl_password.reveal())
+    return kwargs

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the worker (served at GET /metrics)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_IN = Counter("tidewater_events_in", "Input records received", ["topic"], registry=REGISTRY)
+APPLIED = Counter("tidewater_events_applied", "Input events applied to profiles", ["topic"], registry=REGISTRY)
+DUPLICATES = Counter("tidewater_duplicates_skipped", "Re-delivered events skipped by the idempotency marker",
+                     ["topic"], registry=REGISTRY)
+DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-letter topic", ["reason"],
+                       registry=REGISTRY)
+EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
+LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their windows (beyond grace)", registry=REGISTRY)
+TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
+BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
+                       buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+BATCH_SECONDS = Histogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
+                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users scored per scoring call", registry=REGISTRY,
+                          buckets=(1, 4, 16, 64, 256, 1024, 4096))
+WATERMARK = Gauge("tidewater_watermark_seconds", "Event-time watermark per partition", ["partition"],
+                  registry=REGISTRY)
+PENDING = Gauge("tidewater_merge_pending", "Events waiting in the event-time merge", registry=REGISTRY)
+LAG = Gauge("tidewater_consumer_lag", "Records behind the high watermark per input partition",
+            ["topic", "partition"], registry=REGISTRY)
+MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (value 1)", ["kind", "version"],
+                      registry=REGISTRY)
+
+_BY_NAME = {"events_in": EVENTS_IN, "applied": APPLIED, "duplicates_skipped": DUPLICATES,
+            "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT}
+
+
+def record_engine_metric(name: str, label: str, n: int) -> None:
+    counter = _BY_NAME.get(name)
+    if counter is not None:
+        counter.labels(label).inc(n)
+    elif name == "ticks":
+        TICKS.inc(n)

@@ -1,0 +1,88 @@
+"""HTTP views served by each worker (Faust web): ingest, profiles, health, metrics, stats."""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import faust
+import msgspec
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams import metrics
+from tidewater.events import Purchase, Rejected, decode_event, encode_event
+from tidewater.profile import decode_profile, profile_to_json
+from tidewater.settings import Settings
+
+
+def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
+    topics = {"click": app.topic(s.topic_clicks, key_serializer="raw", value_serializer="raw"),
+              "purchase": app.topic(s.topic_purchases, key_serializer="raw", value_serializer="raw")}
+
+    @app.page("/events")
+    class Ingest(View):
+        """POST a JSON array of events (or one object). Bearer token required; each event validated."""
+
+        async def post(self, request: Request) -> Response:
+            token = s.ingest_token.reveal()
+            if not token:
+                return self.json({"error": "ingest disabled: set TIDEWATER_INGEST_TOKEN"}, status=503)
+            auth = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
+                return self.json({"error": "missing or wrong bearer token"}, status=401)
+            if request.content_length is not None and request.content_length > s.max_request_bytes:
+                return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
+            body = await request.read()
+            if len(body) > s.max_request_bytes:
+                return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
+            try:
+                items = msgspec.json.decode(body)
+            except msgspec.DecodeError as exc:
+                return self.json({"error": f"malformed JSON: {exc}"}, status=400)
+            if isinstance(items, dict):
+                items = [items]
+            if not isinstance(items, list) or not items:
+                return self.json({"error": "expected a JSON object or a non-empty array of events"}, status=400)
+            decoded = []
+            errors = []
+            for i, item in enumerate(items):
+                event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
+                if isinstance(event, Rejected):
+                    errors.append({"index": i, "reason": event.reason, "detail": event.detail})
+                else:
+                    decoded.append(event)
+            if errors:  # all or nothing: the web tier fixes the batch and resends it
+                return self.json({"error": "invalid events", "rejected": errors}, status=422)
+            for event in decoded:
+                kind = "purchase" if isinstance(event, Purchase) else "click"
+                await topics[kind].send(key=event.user_id.encode(), value=encode_event(event))
+            return self.json({"accepted": len(decoded)}, status=202)
+
+    @app.page("/users/{user_id}/profile")
+    class UserProfile(View):
+        @app.table_route(table=profiles, match_info="user_id")
+        async def get(self, request: Request, user_id: str) -> Response:
+            raw = profiles.get(user_id.encode())
+            if raw is None:
+                return self.json({"error": f"no profile for user {user_id!r}"}, status=404)
+            return self.json(profile_to_json(decode_profile(raw)))
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "partitions": sorted(pipeline.engines), "processed": pipeline.processed})
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/stats")
+    class Stats(View):
+        async def get(self, request: Request) -> Response:
+            counters: dict[str, int] = {}
+            for engine in pipeline.engines.values():
+                for (name, label), n in engine.counters.items():
+                    counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
+            return self.json({"processed": pipeline.processed, "counters": counters,
+                              "watermarks": {p: e.state.watermark for p, e in pipeline.engines.items()}})

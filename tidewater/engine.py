@@ -1,0 +1,351 @@
+"""The stream's per-partition processing step, as pure logic with no Kafka and no asyncio.
+
+Bytewax-style hooks: ``on_record`` takes one raw input record, ``on_notify`` releases what the event-time merge
+allows, applies it and returns the outputs, the changed profiles and the records that are now done (to ack);
+``snapshot`` is the partition state to persist. The Faust agent in ``streams/`` feeds batches in and writes
+results out; tests drive the same object directly.
+
+Order of effects per batch (the at-least-once contract): outputs are produced, then changed profiles and the
+partition state are written (changelogged), then the input records are acked. A crash re-delivers un-acked
+records; their offsets are at or below the profile's marker when the profile write made it, so they are
+skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
+"""
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import msgspec
+
+from tidewater import events as ev
+from tidewater import offers as offer_policy
+from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tick_after
+from tidewater.outputs import (ChurnScore, DeadLetter, Recommendation, RetentionOffer, ScoredItem,
+                               deterministic_id, encode_output)
+from tidewater.placeholders import PopularityBaseline, RecencyHeuristic
+from tidewater.profile import DAY, Profile, ProfileConfig, apply, new_profile, rfm, source_key
+
+MAX_POPULAR_ITEMS = 5000
+POPULAR_KEPT = 500
+RERANK_EVERY = 1000
+
+
+class ChurnScorer(Protocol):
+    version: str
+
+    def score_many(self, sequences: Sequence[Sequence[dict]], as_of: Sequence[float]) -> Sequence[float]: ...
+
+
+class ProfileStore(Protocol):
+    def get(self, user_id: str) -> Profile | None: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    clicks_topic: str = "clicks"
+    purchases_topic: str = "purchases"
+    churn_topic: str = "churn-scores"
+    recs_topic: str = "recommendations"
+    offers_topic: str = "retention-offers"
+    dead_letter_topic: str = "dead-letter"
+    max_event_bytes: int = 16384
+    source_idle_s: float = 1.0
+    tick_s: float = DAY
+    inactivity_gap_s: float = 30 * DAY
+    rec_every_events: int = 5
+    rec_top_k: int = 10
+    offer_items: int = 3
+    profile: ProfileConfig = ProfileConfig()
+    offers: offer_policy.OfferPolicy = offer_policy.OfferPolicy()
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        return (self.clicks_topic, self.purchases_topic)
+
+    @classmethod
+    def from_settings(cls, s: Any) -> "EngineConfig":
+        return cls(
+            clicks_topic=s.topic_clicks, purchases_topic=s.topic_purchases, churn_topic=s.topic_churn_scores,
+            recs_topic=s.topic_recommendations, offers_topic=s.topic_offers, dead_letter_topic=s.topic_dead_letter,
+            max_event_bytes=s.max_event_bytes, source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
+            inactivity_gap_s=s.inactivity_gap_s, rec_every_events=s.rec_every_events, rec_top_k=s.rec_top_k,
+            profile=ProfileConfig(session_gap_s=s.session_gap_s, recent_events=s.recent_events,
+                                  window_grace_s=s.window_grace_s),
+            offers=offer_policy.OfferPolicy(churn_threshold=s.churn_threshold, cooldown_s=s.offer_cooldown_s,
+                                            daily_budget=s.offer_daily_budget),
+        )
+
+
+class PartitionState(msgspec.Struct, kw_only=True):
+    """Persisted per partition (its own changelogged table): the clock, the offer budget, popularity counts."""
+
+    partition: int
+    watermark: float = 0.0
+    next_tick: float = 0.0
+    budget_day: int = 0
+    budget_used: int = 0
+    item_counts: dict[str, int] = {}
+    popular: list[str] = []  # ranking of item_counts, refreshed at ticks and every RERANK_EVERY items
+    items_since_rank: int = 0
+    inactivity_scanned_day: int = 0
+
+
+@dataclass
+class Record:
+    """One raw input record as the Kafka edge hands it over; ``handle`` is acked when it is done."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    handle: Any = None
+
+
+@dataclass(frozen=True)
+class Emit:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    outputs: list[Emit] = field(default_factory=list)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    done: list[Any] = field(default_factory=list)
+    state_changed: bool = False
+
+
+@dataclass
+class _Valid:
+    record: Record
+    event: ev.Event
+
+
+class PartitionEngine:
+    def __init__(self, partition: int, config: EngineConfig, store: ProfileStore, *,
+                 state: PartitionState | None = None, scorer: ChurnScorer | None = None,
+                 recommender: PopularityBaseline | None = None, now: float = 0.0,
+                 metrics: Callable[[str, str, int], None] | None = None) -> None:
+        self.partition = partition
+        self.config = config
+        self.store = store
+        self.state = state or PartitionState(partition=partition)
+        self.scorer: ChurnScorer = scorer or RecencyHeuristic()
+        self.recommender = recommender or PopularityBaseline()
+        self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
+        self.expected_type = {config.clicks_topic: "click", config.purchases_topic: "purchase"}
+        self.counters: Counter[tuple[str, str]] = Counter()
+        self._metric = metrics or (lambda name, label, n: None)
+        # in-memory index for the inactivity timer, rebuilt from the store by ``index_profile``
+        self._last_day: dict[str, int] = {}
+        self._by_day: dict[int, set[str]] = {}
+        self._active_since_tick: set[str] = set()
+        self._result = BatchResult()
+        self._cache: dict[str, Profile] = {}
+
+    # --- index of users by last-activity day, for the inactivity timer --------------------------------
+    def index_profile(self, profile: Profile) -> None:
+        day = int(profile.last_ts // DAY)
+        old = self._last_day.get(profile.user_id)
+        if old == day:
+            return
+        if old is not None:
+            self._by_day.get(old, set()).discard(profile.user_id)
+        self._last_day[profile.user_id] = day
+        self._by_day.setdefault(day, set()).add(profile.user_id)
+        if profile.last_ts > profile.last_scored_ts:
+            self._active_since_tick.add(profile.user_id)
+
+    # --- hooks ---------------------------------------------------------------------------------------
+    def on_record(self, record: Record, now: float) -> None:
+        self._count("events_in", record.topic)
+        decoded = ev.decode_event(record.value, max_bytes=self.config.max_event_bytes,
+                                  expected_type=self.expected_type.get(record.topic), key=record.key)
+        if isinstance(decoded, ev.Rejected):
+            self._dead_letter(record, decoded)
+            return
+        self.merger.push(record.topic, decoded.ts, record.offset, _Valid(record, decoded), now)
+
+    def on_notify(self, now: float) -> BatchResult:
+        for item in self.merger.pop_ready(now):
+            self._process(item)
+        result, self._result = self._result, BatchResult()
+        for user_id, profile in self._cache.items():
+            result.profiles[user_id] = profile
+        self._cache = {}
+        return result
+
+    def snapshot(self) -> PartitionState:
+        return self.state
+
+    def pending(self) -> int:
+        return self.merger.pending()
+
+    def drop_pending(self) -> None:
+        """On revocation: buffered records are not acked, so the new owner re-reads them."""
+        self.merger.drop()
+
+    # --- processing ----------------------------------------------------------------------------------
+    def _profile(self, user_id: str) -> Profile:
+        profile = self._cache.get(user_id)
+        if profile is None:
+            profile = self.store.get(user_id) or new_profile(user_id)
+            self._cache[user_id] = profile
+        return profile
+
+    def _process(self, item: MergeItem[_Valid]) -> None:
+        record, event = item.handle.record, item.handle.event
+        state = self.state
+        if state.next_tick == 0.0:
+            state.next_tick = first_tick_after(event.ts, self.config.tick_s)
+            self._result.state_changed = True
+        ticks, state.next_tick = crossed_ticks(state.next_tick, event.ts, self.config.tick_s)
+        for tick in ticks:
+            self._on_tick(tick)
+        profile = self._profile(event.user_id)
+        applied = apply(profile, event, source_key(record.topic, record.partition), record.offset,
+                        state.watermark, self.config.profile)
+        if applied:
+            self._count("applied", record.topic)
+            if event.ts > state.watermark:
+                state.watermark = event.ts
+            self._result.state_changed = True
+            if event.item_id:
+                self._count_item(event.item_id)
+            self.index_profile(profile)
+            if profile.events_since_rec >= self.config.rec_every_events:
+                self._recommend(profile, event)
+        else:
+            self._count("duplicates_skipped", record.topic)
+        self._result.done.append(record.handle)
+
+    def _count_item(self, item_id: str) -> None:
+        counts = self.state.item_counts
+        counts[item_id] = counts.get(item_id, 0) + 1
+        if len(counts) > MAX_POPULAR_ITEMS:
+            weakest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+            del counts[weakest]
+        self.state.items_since_rank += 1
+        if self.state.items_since_rank >= RERANK_EVERY or not self.state.popular:
+            self._rerank()
+
+    def _rerank(self) -> None:
+        ranked = sorted(self.state.item_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:POPULAR_KEPT]
+        self.state.popular = [item for item, _ in ranked]
+        self.state.items_since_rank = 0
+
+    def _recommend(self, profile: Profile, event: ev.Event) -> None:
+        seen = {e.item_id for e in profile.recent if e.item_id}
+        ranked = self.recommender.recommend(self.state.popular, self.state.item_counts, seen, self.config.rec_top_k)
+        profile.events_since_rec = 0
+        profile.last_rec_ts = event.ts
+        if not ranked:
+            return
+        rec = Recommendation(
+            event_id=deterministic_id("rec", profile.user_id, event.event_id),
+            user_id=profile.user_id, as_of=event.ts, source_event_id=event.event_id,
+            items=[ScoredItem(i, s) for i, s in ranked], model_version=self.recommender.version,
+            index_version=self.recommender.index_version, segment=profile.segment)
+        self._emit(self.config.recs_topic, profile.user_id, rec)
+
+    def _on_tick(self, tick: float) -> None:
+        """Score users active since the last tick and users who just crossed the inactivity gap."""
+        self._count("ticks", "clock")
+        if self.state.items_since_rank:
+            self._rerank()
+        candidates: dict[str, str] = {u: "activity" for u in sorted(self._active_since_tick)}
+        self._active_since_tick.clear()
+        horizon_day = int((tick - self.config.inactivity_gap_s) // DAY)
+        start_day = self.state.inactivity_scanned_day or min(self._by_day, default=horizon_day)
+        for day in range(start_day, horizon_day):
+            for user_id in sorted(self._by_day.get(day, ())):
+                candidates.setdefault(user_id, "inactivity")
+        self.state.inactivity_scanned_day = max(start_day, horizon_day)
+        if not candidates:
+            return
+        users = list(candidates)
+        profiles = [self._profile(u) for u in users]
+        keep = [i for i, p in enumerate(profiles)
+                if candidates[users[i]] == "activity" or p.inactive_flagged_ts < p.last_ts]
+        if not keep:
+            return
+        sequences = [[msgspec.structs.asdict(e) | {"item": e.item_id} for e in profiles[i].recent] for i in keep]
+        scores = self.scorer.score_many(sequences, [tick] * len(keep))
+        day = int(tick // DAY)
+        if self.state.budget_day != day:
+            self.state.budget_day, self.state.budget_used = day, 0
+        for i, score in zip(keep, scores):
+            profile, trigger = profiles[i], candidates[users[i]]
+            score = round(float(score), 6)
+            profile.last_scored_ts = tick
+            if trigger == "inactivity":
+                profile.inactive_flagged_ts = tick
+            features = rfm(profile, tick)
+            self._emit(self.config.churn_topic, profile.user_id, ChurnScore(
+                event_id=deterministic_id("churn", profile.user_id, tick, trigger),
+                user_id=profile.user_id, as_of=tick, score=score, trigger=trigger,
+                model_version=self.scorer.version, recency_days=features["recency_days"],
+                frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment))
+            decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used, self.config.offers)
+            if decision is not None:
+                self.state.budget_used += 1
+                profile.last_offer_ts = tick
+                seen = {e.item_id for e in profile.recent if e.item_id}
+                items = self.recommender.recommend(self.state.popular, self.state.item_counts, seen, self.config.offer_items)
+                self._emit(self.config.offers_topic, profile.user_id, RetentionOffer(
+                    event_id=deterministic_id("offer", profile.user_id, tick),
+                    user_id=profile.user_id, as_of=tick, offer_type=decision.offer_type,
+                    discount_pct=decision.discount_pct, churn_score=score,
+                    reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in items],
+                    model_version=self.scorer.version, expires_at=decision.expires_at, segment=profile.segment))
+        self._result.state_changed = True
+
+    def _emit(self, topic: str, user_id: str, record: msgspec.Struct) -> None:
+        self._result.outputs.append(Emit(topic, user_id.encode(), encode_output(record)))
+        self._count("events_out", topic)
+
+    def _dead_letter(self, record: Record, rejected: ev.Rejected) -> None:
+        letter = DeadLetter(
+            reason=rejected.reason, detail=rejected.detail[:500], topic=record.topic, partition=record.partition,
+            offset=record.offset, key_b64=_b64(record.key), value_b64=_b64(record.value),
+            value_size=len(record.value or b""))
+        self._result.outputs.append(Emit(self.config.dead_letter_topic, record.key or b"", encode_output(letter)))
+        self._count("dead_letters", rejected.reason)
+        self._result.done.append(record.handle)
+
+    def _count(self, name: str, label: str, n: int = 1) -> None:
+        self.counters[(name, label)] += n
+        self._metric(name, label, n)
+
+
+def _b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode()
+
+
+def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, batch: int = 1000,
+                      end_now: float = 1e18) -> BatchResult:
+    """Drive an engine over finite input (tests and offline replays): the merged result of every batch."""
+    total = BatchResult()
+    pending: list[Record] = []
+
+    def flush(now: float) -> None:
+        for r in pending:
+            engine.on_record(r, now)
+        pending.clear()
+        res = engine.on_notify(now)
+        total.outputs.extend(res.outputs)
+        total.profiles.update(res.profiles)
+        total.done.extend(res.done)
+        total.state_changed |= res.state_changed
+
+    for record in records:
+        pending.append(record)
+        if len(pending) >= batch:
+            flush(0.0)
+    flush(0.0)
+    flush(end_now)  # every source idle: release the rest
+    return total

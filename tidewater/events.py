@@ -1,0 +1,105 @@
+"""Input event schemas (the contract with the web tier) and decoding with reasons.
+
+Events are JSON objects tagged by ``type``. Validation happens at the edge: a record that fails to decode or
+validate never reaches the profile logic; it becomes a :class:`Rejected` with a short machine-readable
+``reason`` and a human-readable ``detail`` (the dead-letter topic carries both).
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+MAX_TS = 4102444800.0  # 2100-01-01: anything later is a unit mistake (ms instead of s)
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Ts = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TS, description="event time, UNIX epoch seconds (UTC)")]
+Money = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
+Text = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class Click(msgspec.Struct, tag="click", tag_field="type", kw_only=True, frozen=True):
+    """A product view or click. ``type`` is "click"."""
+
+    event_id: Id
+    user_id: Id
+    ts: Ts
+    schema_version: Literal[1] = 1
+    item_id: Id | None = None
+    category: Text | None = None
+    price: Money | None = None
+
+
+class Purchase(msgspec.Struct, tag="purchase", tag_field="type", kw_only=True, frozen=True):
+    """A completed purchase line. ``type`` is "purchase"; ``amount`` is the line total."""
+
+    event_id: Id
+    user_id: Id
+    ts: Ts
+    amount: Money
+    schema_version: Literal[1] = 1
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    item_id: Id | None = None
+    category: Text | None = None
+
+
+Event = Union[Click, Purchase]
+EVENT_TYPES = ("click", "purchase")
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    reason: str  # one of REJECT_REASONS
+    detail: str
+
+
+REJECT_REASONS = ("oversized", "malformed_json", "unknown_event_type", "missing_field", "invalid_field",
+                  "wrong_topic", "key_mismatch")
+
+
+def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None = None,
+                 key: bytes | None = None) -> Event | Rejected:
+    """Decode and validate one record value. Never raises on bad input."""
+    if raw is None:
+        return Rejected("malformed_json", "record has no value (tombstone)")
+    if len(raw) > max_bytes:
+        return Rejected("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return _classify(str(exc))
+    except msgspec.DecodeError as exc:
+        return Rejected("malformed_json", str(exc))
+    if not math.isfinite(event.ts):  # pragma: no cover - JSON has no NaN/inf literals; belt and braces
+        return Rejected("invalid_field", "ts is not finite")
+    if expected_type is not None and event_type(event) != expected_type:
+        return Rejected("wrong_topic", f"a {event_type(event)} event on the {expected_type} topic")
+    if key is not None and key != event.user_id.encode():
+        return Rejected("key_mismatch", "record key must be the user_id (partitioning is by user)")
+    return event
+
+
+def _classify(message: str) -> Rejected:
+    if "Object missing required field" in message:
+        if "`type`" in message:
+            return Rejected("unknown_event_type", message)
+        return Rejected("missing_field", message)
+    if "Invalid value" in message and "`$.type`" in message:
+        return Rejected("unknown_event_type", message)
+    return Rejected("invalid_field", message)
+
+
+def event_type(event: Event) -> str:
+    return "purchase" if isinstance(event, Purchase) else "click"
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def json_schema() -> dict:
+    return msgspec.json.schema(Event)

@@ -1,0 +1,109 @@
+"""Output event schemas: the public contract with the downstream offer engine.
+
+Every output carries ``schema`` (name/version), a deterministic ``event_id`` derived from its inputs (an
+idempotency key: re-deliveries after a crash produce the same id), the event time it refers to (``as_of``)
+and the versions of the models that produced it. Field order is fixed, so the same inputs give byte-identical
+records. JSON Schema files in docs/schemas/ are generated from these classes (``tidewater schemas``).
+
+Compatibility rule: within a major version fields are only added (optional, with defaults), never removed or
+retyped; a breaking change gets a new ``schema`` name suffix (``/v2``) and a new topic or a dual-write period.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import msgspec
+
+CHURN_SCORE_SCHEMA = "tidewater.churn_score/v1"
+RECOMMENDATION_SCHEMA = "tidewater.recommendation/v1"
+RETENTION_OFFER_SCHEMA = "tidewater.retention_offer/v1"
+DEAD_LETTER_SCHEMA = "tidewater.dead_letter/v1"
+
+
+def deterministic_id(*parts: object) -> str:
+    """A 32-hex-char id from the inputs that caused an output (stable across runs and re-deliveries)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+class ScoredItem(msgspec.Struct, frozen=True):
+    item_id: str
+    score: float
+
+
+class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
+    """A churn probability for one user at one event time."""
+
+    schema: Literal["tidewater.churn_score/v1"] = CHURN_SCORE_SCHEMA
+    event_id: str
+    user_id: str
+    as_of: float  # event time (epoch s) the score refers to
+    score: float  # probability of churn in [0, 1]
+    trigger: Literal["activity", "inactivity"]
+    model_version: str
+    recency_days: float
+    frequency: float
+    monetary: float
+    segment: int | None = None
+
+
+class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
+    """Top-K items a user should see next."""
+
+    schema: Literal["tidewater.recommendation/v1"] = RECOMMENDATION_SCHEMA
+    event_id: str
+    user_id: str
+    as_of: float
+    source_event_id: str  # the input event that triggered it
+    items: list[ScoredItem]
+    model_version: str
+    index_version: str
+    trigger: Literal["cadence", "vector_change"] = "cadence"
+    segment: int | None = None
+
+
+class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
+    """An offer the downstream offer engine should make to keep a customer."""
+
+    schema: Literal["tidewater.retention_offer/v1"] = RETENTION_OFFER_SCHEMA
+    event_id: str
+    user_id: str
+    as_of: float
+    offer_type: str
+    discount_pct: float
+    churn_score: float
+    reason_codes: list[str]
+    items: list[ScoredItem]
+    model_version: str
+    expires_at: float
+    segment: int | None = None
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
+    """A record that could not be decoded or validated, with where it came from."""
+
+    schema: Literal["tidewater.dead_letter/v1"] = DEAD_LETTER_SCHEMA
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    key_b64: str | None
+    value_b64: str | None
+    value_size: int
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_output(record: msgspec.Struct) -> bytes:
+    return _encoder.encode(record)
+
+
+PUBLIC_SCHEMAS: dict[str, type] = {
+    "churn_score.v1": ChurnScore,
+    "recommendation.v1": Recommendation,
+    "retention_offer.v1": RetentionOffer,
+    "dead_letter.v1": DeadLetter,
+}

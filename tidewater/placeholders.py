@@ -1,0 +1,42 @@
+"""Stand-ins used until a trained model is in the registry. They are heuristics, not models, and say so in
+every output's ``model_version`` (``heuristic:...`` / ``baseline:...``)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+DAY = 86400.0
+
+
+class RecencyHeuristic:
+    """Churn score from recency and purchase count: 1 - exp(-recency_days / (15 * (1 + ln(1 + purchases))))."""
+
+    version = "heuristic:recency-v1"
+
+    def score_many(self, sequences: Sequence[Sequence[dict]], as_of: Sequence[float]) -> list[float]:
+        scores = []
+        for events, t in zip(sequences, as_of):
+            if not events:
+                scores.append(1.0)
+                continue
+            recency_days = max(0.0, t - max(e["ts"] for e in events)) / DAY
+            purchases = sum(1 for e in events if e["type"] == "purchase")
+            scores.append(round(1.0 - math.exp(-recency_days / (15.0 * (1.0 + math.log1p(purchases)))), 6))
+        return scores
+
+
+class PopularityBaseline:
+    """Most popular items (counted in this partition's stream) that the user has not seen."""
+
+    version = "baseline:popularity-v1"
+    index_version = "none"
+
+    def recommend(self, ranking: list[str], counts: dict[str, int], seen: set[str],
+                  k: int) -> list[tuple[str, float]]:
+        out = []
+        for item in ranking:
+            if item not in seen:
+                out.append((item, float(counts.get(item, 0))))
+                if len(out) == k:
+                    break
+        return out

@@ -1,0 +1,199 @@
+"""Per-user profile: the one value the profile table stores per user, and its pure, idempotent update.
+
+Everything about a user that the stream needs lives in one value so that one write per user per batch is
+atomic: RFM, counts by type, category affinities, gap-based sessions, a bounded ring of recent events (the
+churn model's input), windowed activity (tumbling 1 h / 1 d buckets; hopping 7 d / 1 d derived from the daily
+buckets), the user-vector slot, and the last applied offset per source partition (the idempotency marker).
+
+At-least-once delivery re-delivers events after a crash. ``apply`` skips any event whose offset is at or
+below the marker for its source partition, so applying an event twice equals applying it once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from tidewater.events import Event, Purchase
+
+HOUR = 3600.0
+DAY = 86400.0
+MAX_CATEGORIES = 32
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    session_gap_s: float = 1800.0
+    recent_events: int = 64
+    window_grace_s: float = 3600.0
+    hourly_retention_s: float = 2 * DAY
+    daily_retention_s: float = 35 * DAY
+
+
+class RecentEvent(msgspec.Struct, array_like=True):
+    """One entry of the ring of recent events (compact: stored as a JSON/msgpack array)."""
+
+    ts: float
+    type: str
+    item_id: str | None = None
+    category: str | None = None
+    amount: float = 0.0
+    quantity: int = 0
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    user_id: str
+    applied: dict[str, int] = {}  # "topic/partition" -> last applied offset
+    first_ts: float = 0.0
+    last_ts: float = 0.0
+    last_purchase_ts: float = 0.0
+    n_events: int = 0
+    n_clicks: int = 0
+    n_purchases: int = 0
+    monetary: float = 0.0
+    quantity: int = 0
+    categories: dict[str, int] = {}
+    session_start: float = 0.0
+    session_events: int = 0
+    n_sessions: int = 0
+    session_seconds: float = 0.0
+    recent: list[RecentEvent] = []
+    hourly: dict[int, int] = {}  # tumbling 1 h window start -> events
+    daily: dict[int, int] = {}  # tumbling 1 d window start -> events
+    late_events: int = 0  # events too late for the windows (beyond the grace period)
+    user_vector: list[float] | None = None  # filled by the recommender
+    vector_state: dict[str, float] = {}
+    events_since_rec: int = 0
+    last_rec_ts: float = 0.0
+    last_scored_ts: float = 0.0
+    inactive_flagged_ts: float = 0.0
+    last_offer_ts: float = 0.0
+    segment: int | None = None
+
+
+def new_profile(user_id: str) -> Profile:
+    return Profile(user_id=user_id)
+
+
+def source_key(topic: str, partition: int) -> str:
+    return f"{topic}/{partition}"
+
+
+def already_applied(profile: Profile, source: str, offset: int) -> bool:
+    return offset <= profile.applied.get(source, -1)
+
+
+def apply(profile: Profile, event: Event, source: str, offset: int, watermark: float,
+          config: ProfileConfig = ProfileConfig()) -> bool:
+    """Apply one event in place. Returns False (and changes nothing) when it was already applied.
+
+    ``watermark`` is the partition's event-time watermark *before* this event; it decides whether the event
+    is too late for its windows.
+    """
+    if already_applied(profile, source, offset):
+        return False
+    profile.applied[source] = offset
+    ts = event.ts
+    is_purchase = isinstance(event, Purchase)
+
+    # recency / frequency / monetary
+    if profile.n_events == 0 or ts < profile.first_ts:
+        profile.first_ts = ts
+    profile.n_events += 1
+    if is_purchase:
+        profile.n_purchases += 1
+        profile.monetary = round(profile.monetary + event.amount, 6)
+        profile.quantity += event.quantity
+        profile.last_purchase_ts = max(profile.last_purchase_ts, ts)
+    else:
+        profile.n_clicks += 1
+    if event.category:
+        _bump_category(profile.categories, event.category)
+
+    # gap-based sessions (in arrival order; late events join the current session if within the gap)
+    if profile.session_events == 0 or ts - profile.last_ts > config.session_gap_s:
+        if profile.session_events:
+            profile.session_seconds += max(0.0, profile.last_ts - profile.session_start)
+        profile.n_sessions += 1
+        profile.session_start = ts
+        profile.session_events = 0
+    profile.session_events += 1
+    profile.last_ts = max(profile.last_ts, ts)
+
+    # ring of recent events, the churn model's input
+    profile.recent.append(RecentEvent(
+        ts=ts, type="purchase" if is_purchase else "click", item_id=event.item_id, category=event.category,
+        amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
+    if len(profile.recent) > config.recent_events:
+        del profile.recent[: len(profile.recent) - config.recent_events]
+
+    # windowed activity on event time, with a grace period for late events
+    _count_in_windows(profile, ts, watermark, config)
+    profile.events_since_rec += 1
+    return True
+
+
+def _bump_category(categories: dict[str, int], category: str) -> None:
+    categories[category] = categories.get(category, 0) + 1
+    if len(categories) > MAX_CATEGORIES:  # bounded: drop the weakest (ties: by name, deterministic)
+        weakest = min(categories.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        del categories[weakest]
+
+
+def _count_in_windows(profile: Profile, ts: float, watermark: float, config: ProfileConfig) -> None:
+    horizon = watermark - config.window_grace_s
+    counted = False
+    for buckets, size, retention in ((profile.hourly, HOUR, config.hourly_retention_s),
+                                     (profile.daily, DAY, config.daily_retention_s)):
+        start = int(ts // size * size)
+        if start + size <= horizon:  # window closed before this event arrived
+            continue
+        buckets[start] = buckets.get(start, 0) + 1
+        counted = True
+        cutoff = max(watermark, ts) - retention
+        for old in [b for b in buckets if b + size <= cutoff]:
+            del buckets[old]
+    if not counted:
+        profile.late_events += 1
+
+
+def hopping_counts(profile: Profile, as_of: float, size_days: int = 7, hop_days: int = 1,
+                   hops: int = 4) -> list[int]:
+    """Event counts of the hopping windows (size 7 d, hop 1 d) ending at the last ``hops`` day boundaries."""
+    end = int(as_of // DAY * DAY)
+    out = []
+    for h in range(hops):
+        window_end = end - h * hop_days * int(DAY)
+        window_start = window_end - size_days * int(DAY)
+        out.append(sum(c for start, c in profile.daily.items() if window_start <= start < window_end))
+    return out
+
+
+def rfm(profile: Profile, as_of: float) -> dict[str, float]:
+    return {
+        "recency_days": round(max(0.0, as_of - profile.last_ts) / DAY, 4),
+        "frequency": float(profile.n_purchases),
+        "monetary": round(profile.monetary, 2),
+        "events": float(profile.n_events),
+        "tenure_days": round(max(0.0, as_of - profile.first_ts) / DAY, 4),
+    }
+
+
+def top_categories(profile: Profile, n: int = 3) -> list[str]:
+    return [c for c, _ in sorted(profile.categories.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Profile)
+
+
+def encode_profile(profile: Profile) -> bytes:
+    return _encoder.encode(profile)
+
+
+def decode_profile(raw: bytes) -> Profile:
+    return _decoder.decode(raw)
+
+
+def profile_to_json(profile: Profile) -> dict:
+    return msgspec.to_builtins(profile)
