@@ -1,0 +1,266 @@
+"""End-to-end jobs behind the CLI: load a log, train/publish, evaluate model + baselines, report."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from models.recs.evaluation import (
+    K_MAX, Split, evaluate_scorer, headline, leave_one_out, metrics_from_ranks, normalize_log,
+)
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def load_log(interactions: str | Path | None) -> tuple[str, pd.DataFrame, dict[str, str] | None]:
+    """(dataset name, events, item_id -> item_text or None). Default: MovieLens ml-100k."""
+    if interactions is None:
+        from models.datasets import load_ml100k
+
+        ml = load_ml100k()
+        texts = dict(zip(ml.items["item_id"].astype(str), ml.items["item_text"].astype(str)))
+        return "ml-100k", ml.interactions[["user_id", "item_id", "ts"]], texts
+    path = Path(interactions)
+    if not path.is_file():
+        raise FileNotFoundError(f"interactions file {path} does not exist")
+    df = pd.read_csv(path, dtype={"user_id": str, "item_id": str})
+    missing = {"user_id", "item_id", "ts"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected user_id,item_id,ts[,item_text]")
+    texts = None
+    if "item_text" in df.columns:
+        t = df.dropna(subset=["item_text"]).drop_duplicates("item_id")
+        texts = dict(zip(t["item_id"].astype(str), t["item_text"].astype(str)))
+    return path.stem, df[["user_id", "item_id", "ts"]], texts
+
+
+def _texts_for(item_ids: list[str], texts: dict[str, str] | None) -> list[str] | None:
+    if not texts:
+        return None
+    return [texts.get(i, "") for i in item_ids]
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+
+
+# ------------------------------------------------------------------------------------- training
+ARCHES = ("seqlinear", "sasrec")
+
+
+def make_config(arch: str = "seqlinear", seed: int = 0, threads: int = 2):
+    if arch == "seqlinear":
+        from models.recs.seqlinear import LinearConfig
+
+        return LinearConfig(seed=seed, threads=threads)
+    if arch == "sasrec":
+        from models.recs.model import RecsConfig
+
+        return RecsConfig(seed=seed, threads=threads)
+    raise ValueError(f"unknown model arch {arch!r}; choose one of {ARCHES}")
+
+
+def make_model(cfg, n_items: int):
+    if getattr(cfg, "arch", "sasrec") == "seqlinear":
+        from models.recs.seqlinear import SeqLinearModel
+
+        return SeqLinearModel(cfg, n_items)
+    from models.recs.model import SeqRecModel
+
+    return SeqRecModel(cfg, n_items)
+
+
+def train_model(split: Split, texts: dict[str, str] | None, cfg, progress: bool = True, log: Log = _quiet,
+                refit_all: list[np.ndarray] | None = None):
+    """Fit on TRAIN, early-stop on the validation item; optionally refit on `refit_all` sequences
+    for the selected number of epochs (production artifact)."""
+    ev = split.eval_users
+    model = make_model(cfg, split.n_items)
+    res = model.fit(split.fit_sequences("valid"), [split.train_seqs[u] for u in ev], split.valid[ev],
+                    item_texts=_texts_for(split.item_ids, texts), progress=progress, log=log)
+    if refit_all is None:
+        return model, res
+    final = make_model(cfg, split.n_items)
+    res2 = final.fit(refit_all, item_texts=_texts_for(split.item_ids, texts), progress=progress, log=log,
+                     max_epochs=max(1, res.best_epoch))
+    res2.best_valid_ndcg10 = res.best_valid_ndcg10
+    res2.best_epoch = res.best_epoch
+    res2.seconds += res.seconds
+    return final, res2
+
+
+def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, threads: int = 2,
+                      progress: bool = True, log: Log = _quiet, arch: str = "seqlinear") -> tuple[str, dict]:
+    from models.datasets import fingerprint
+    from models.recs.recommender import write_artifacts
+    from models.registry import Registry
+
+    set_threads(threads)
+    name, df, texts = load_log(interactions)
+    log_df = normalize_log(df)
+    split = leave_one_out(log_df)
+    everything = split.history("test")
+    everything = [np.append(s, t) if t >= 0 else s for s, t in zip(everything, split.test)]
+    cfg = make_config(arch, seed, threads)
+    t0 = time.time()
+    model, res = train_model(split, texts, cfg, progress=progress, log=log, refit_all=everything)
+    popularity = np.bincount(np.concatenate(everything), minlength=split.n_items)
+    metrics = {"dataset": name, "events": int(len(log_df)), "users": len(split.user_ids),
+               "items": split.n_items, "valid_ndcg@10": res.best_valid_ndcg10, "epochs": res.epochs,
+               "train_seconds": round(time.time() - t0, 1), "cold_items": res.cold_items,
+               "text_fused": res.text_fused}
+    reg = Registry(Path(registry_root) / "recs")
+    version = reg.publish(
+        lambda d: write_artifacts(d, model, split.item_ids, popularity, metrics),
+        fingerprint=fingerprint(log_df), meta={"kind": "recs", "dataset": name, "seed": seed, **metrics},
+    )
+    return version, metrics
+
+
+def build_index(registry_root: str | Path, kind: str = "auto") -> tuple[str, dict]:
+    """Build a fresh FAISS index from the current recs model; publish it under <registry>/recs_index."""
+    from models.recs.index import ItemIndex
+    from models.registry import Registry
+
+    reg = Registry(Path(registry_root) / "recs")
+    model_dir = reg.current_path()
+    ids = json.loads((model_dir / "item_ids.json").read_text())
+    emb = np.load(model_dir / "item_emb.npy")
+    idx_reg = Registry(Path(registry_root) / "recs_index")
+    info: dict = {}
+
+    def write(d: Path) -> None:
+        index = ItemIndex.build(ids, emb, kind=kind, version=f"{model_dir.name}/{d.name}")
+        index.save(d)
+        info.update(kind=index.kind, nprobe=index.nprobe, n_items=len(ids), dim=int(emb.shape[1]))
+
+    version = idx_reg.publish(write, fingerprint=model_dir.name.split("-")[-1] + "0" * 8,
+                              meta={"model_version": model_dir.name})
+    return version, {"model_version": model_dir.name, "index_version": version, **info}
+
+
+# ------------------------------------------------------------------------------------- evaluation
+def _ranks_from_results(results: list[list[tuple[str, float]]], targets: list[str]) -> np.ndarray:
+    ranks = np.full(len(targets), 10 ** 9, dtype=np.int64)
+    for r, (res, t) in enumerate(zip(results, targets)):
+        for pos, (it, _) in enumerate(res):
+            if it == t:
+                ranks[r] = pos
+                break
+    return ranks
+
+
+def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: bool = True,
+                 log: Log = _quiet, arch: str = "seqlinear") -> dict:
+    from tqdm import tqdm
+
+    from models.recs.baselines import all_baselines, fit_baseline
+    from models.recs.index import ItemIndex, exact_topk, recall_at_k
+    set_threads(threads)
+    name, df, texts = load_log(interactions)
+    split = leave_one_out(df)
+    ev = split.eval_users
+    if len(ev) == 0:
+        raise ValueError("no user has 3 or more distinct items: nothing to evaluate")
+    out: dict = {"dataset": name, "users": int(len(ev)), "items": split.n_items,
+                 "events": int(sum(len(s) for s in split.history("test")) + len(ev))}
+    curves: dict[str, list[float]] = {}
+
+    # baselines
+    baselines = {}
+    for b in tqdm(all_baselines(seed=seed, threads=threads), desc="baselines", disable=not progress):
+        t = time.time()
+        fit_baseline(b, split, "test")
+        m = evaluate_scorer(b.score, split, "test")
+        baselines[b.name] = {**headline(m), "seconds": round(time.time() - t, 2)}
+        curves[b.name] = m["ndcg@k"]
+        log(f"{b.name}: {baselines[b.name]}")
+
+    # model (trained on TRAIN only; epochs selected on the validation item)
+    cfg = make_config(arch, seed, threads)
+    model, res = train_model(split, texts, cfg, progress=progress, log=log)
+    hist = split.history("test")
+    m = evaluate_scorer(model.score, split, "test", progress="score model" if progress else None)
+    out["model"] = headline(m)
+    curves["model"] = m["ndcg@k"]
+    out["train"] = {"seconds": round(res.seconds, 1), "epochs": res.epochs, "best_epoch": res.best_epoch,
+                    "valid_ndcg@10": round(res.best_valid_ndcg10 or 0.0, 6), "cold_items": res.cold_items,
+                    "text_fused": res.text_fused, "threads": threads, "seed": seed, "arch": arch,
+                    "stream_decay": round(model.decay, 4)}
+    out["baselines"] = baselines
+
+    # streaming path: decayed-mean user vector -> FAISS index (auto kind) with consumed-item filter
+    index = ItemIndex.build(split.item_ids, model.item_emb, kind="auto", version="eval")
+    qs = model.stream_vectors([hist[u] for u in ev])
+    excl = [{split.item_ids[i] for i in hist[u]} for u in ev]
+    res_stream = index.search_many(qs, K_MAX, excl)
+    ms = metrics_from_ranks(_ranks_from_results(res_stream, [split.item_ids[split.test[u]] for u in ev]))
+    out["streaming"] = {**headline(ms), "index_kind": index.kind, "decay": round(model.decay, 4),
+                        "window": cfg.stream_window}
+    curves["streaming (user vector + index)"] = ms["ndcg@k"]
+
+    # approximate index vs exact, on the real item table with real user queries
+    approx = ItemIndex.build(split.item_ids, model.item_emb, kind="ivf", version="eval-ivf")
+    queries = np.concatenate([model.user_hidden([hist[u] for u in ev]), qs]).astype(np.float32)
+    ex_ids = exact_topk(model.item_emb, queries, 10)
+    _, ap_ids = approx.search_ids(queries, 10)
+    out["index"] = {"recall@10_vs_exact": round(recall_at_k(ap_ids, ex_ids, 10), 4), "kind": "ivf",
+                    "nlist": int(approx._cpu_index.nlist), "nprobe": approx.nprobe,
+                    "serving_kind": index.kind, "queries": int(len(queries))}
+
+    best_name = max(baselines, key=lambda k: baselines[k]["ndcg@10"])
+    best = baselines[best_name]["ndcg@10"]
+    out["goal"] = {"best_baseline": best_name, "best_baseline_ndcg@10": best,
+                   "target_ndcg@10": round(1.3 * best, 6),
+                   "ratio": round(out["model"]["ndcg@10"] / best, 4) if best > 0 else None,
+                   "reached": bool(out["model"]["ndcg@10"] >= 1.3 * best)}
+    out["peers"] = {"recbole_sasrec": "not run (needs a separate numpy<2 environment)"}
+    out["_curves"] = curves
+    return out
+
+
+def write_report(result: dict, report_dir: str | Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = Path(report_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    curves = result.get("_curves", {})
+    rows = [("model", result["model"])] + [(f"streaming", result["streaming"])] + \
+        [(k, v) for k, v in result["baselines"].items()]
+    lines = [f"# Recommendation evaluation — {result['dataset']}", "",
+             f"{result['users']} users, {result['items']} items; time-ordered leave-one-out, full ranking.", "",
+             "| method | NDCG@10 | Hit@10 | MRR@10 | Recall@20 |", "|---|---|---|---|---|"]
+    for n, m in rows:
+        lines.append(f"| {n} | {m['ndcg@10']:.4f} | {m['hit@10']:.4f} | {m['mrr@10']:.4f} | {m['recall@20']:.4f} |")
+    lines += ["", f"Index recall@10 vs exact (IVF): {result['index']['recall@10_vs_exact']}",
+              f"Goal: {json.dumps(result['goal'])}", f"Training: {json.dumps(result['train'])}", "",
+              "![NDCG@K](ndcg_at_k.png)", ""]
+    (d / "report.md").write_text("\n".join(lines))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks = np.arange(1, K_MAX + 1)
+    for n, c in curves.items():
+        ax.plot(ks, c, label=n, lw=2 if n == "model" else 1)
+    ax.set_xlabel("K")
+    ax.set_ylabel("NDCG@K")
+    ax.set_title(f"NDCG@K, {result['dataset']} (leave-one-out, full ranking)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(d / "ndcg_at_k.png", dpi=110)
+    plt.close(fig)
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    (d / "metrics.json").write_text(json.dumps({**public, "ndcg@k": curves}, indent=2))
+    return [d / "report.md", d / "ndcg_at_k.png", d / "metrics.json"]

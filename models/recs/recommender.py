@@ -1,0 +1,131 @@
+"""Artifacts (write/read a registry version of the recs model) and the serving-side `Recommender`.
+
+A version directory under ``<registry>/recs`` holds::
+
+    item_ids.json        catalogue order (row i of every table is item_ids[i])
+    item_emb.npy         (n, d) float32 — scored by the index (transformer output space)
+    query_emb.npy        (n, d) float32 — streaming item vectors folded into the user state
+    popularity.npy       (n,) float64  — event counts, for `popular_items`
+    config.json          RecsConfig + learned stream decay
+    model.pt             torch state dict (arch=sasrec only)
+    index/               the FAISS index (items.faiss, item_ids.json, index.json)
+    metrics.json, meta.json
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.recs import user_vector as uv
+from models.recs.index import HotSwapIndex, ItemIndex
+
+
+def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity: np.ndarray,
+                    metrics: dict | None = None, index_kind: str = "auto") -> ItemIndex:
+    directory = Path(directory)
+    if getattr(model, "net", None) is not None:
+        import torch
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "item_ids.json").write_text(json.dumps(list(item_ids)))
+    np.save(directory / "item_emb.npy", model.item_emb.astype(np.float32))
+    np.save(directory / "query_emb.npy", model.query_emb.astype(np.float32))
+    np.save(directory / "popularity.npy", np.asarray(popularity, np.float64))
+    cfg = model.cfg.to_dict()
+    cfg["stream_decay"] = float(model.decay)
+    cfg["n_items"] = len(item_ids)
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if getattr(model, "net", None) is not None:
+        torch.save(model.state_dict(), directory / "model.pt")
+    index = ItemIndex.build(list(item_ids), model.item_emb, kind=index_kind, version=directory.name)
+    index.save(directory / "index")
+    (directory / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True))
+    return index
+
+
+class Recommender:
+    """What the stream queries: item vectors, the user-vector update, and top-k via the FAISS index."""
+
+    def __init__(self, directory: str | os.PathLike[str], use_gpu: bool | None = None) -> None:
+        d = Path(directory)
+        if not (d / "item_ids.json").is_file():
+            raise FileNotFoundError(f"{d} is not a recs model version (no item_ids.json)")
+        self.path = d
+        self.version = d.name
+        self.item_ids: list[str] = json.loads((d / "item_ids.json").read_text())
+        self._pos = {it: i for i, it in enumerate(self.item_ids)}
+        self.item_emb = np.load(d / "item_emb.npy")
+        self.query_emb = np.load(d / "query_emb.npy")
+        self.popularity = np.load(d / "popularity.npy")
+        self.config = json.loads((d / "config.json").read_text())
+        self.decay = float(self.config.get("stream_decay", self.config.get("stream_decay_init", 0.8)))
+        self.window = int(self.config.get("stream_window", 50))
+        self.dim = int(self.item_emb.shape[1])
+        self.index = HotSwapIndex(ItemIndex.load(d / "index", use_gpu=use_gpu))
+        self._popular = [self.item_ids[i] for i in np.argsort(-self.popularity, kind="stable")]
+        self._net = None
+
+    @classmethod
+    def from_registry(cls, root: str | os.PathLike[str], use_gpu: bool | None = None) -> "Recommender":
+        from models.registry import Registry
+
+        return cls(Registry(root).current_path(), use_gpu=use_gpu)
+
+    # ---------------------------------------------------------------- item / user vectors
+    def item_vector(self, item_id: str) -> np.ndarray | None:
+        """The item's streaming (query-side) vector, or None for an unknown item."""
+        i = self._pos.get(str(item_id))
+        return None if i is None else self.query_emb[i]
+
+    def update_user(self, prev_state: uv.UserState | dict | None, item_id: str) -> uv.UserState | None:
+        """Fold one event into a user state; unknown items leave the state unchanged."""
+        v = self.item_vector(item_id)
+        if v is None:
+            return uv.UserState.from_json(prev_state) if isinstance(prev_state, dict) else prev_state
+        return uv.update_one(prev_state, v, self.decay)
+
+    def recompute_user(self, item_ids: Sequence[str]) -> uv.UserState | None:
+        vecs = [self.query_emb[self._pos[i]] for i in map(str, item_ids) if i in self._pos]
+        return uv.recompute(np.stack(vecs), self.decay, self.window) if vecs else None
+
+    # ---------------------------------------------------------------- recommendations
+    def recommend_many(self, user_states: Sequence[uv.UserState | dict | np.ndarray | None], k: int = 10,
+                       exclude: Sequence[set[str] | None] | None = None) -> list[list[tuple[str, float]]]:
+        """Top-k per user via the FAISS index; users without a vector get `popular_items`."""
+        vecs, rows = [], []
+        for r, st in enumerate(user_states):
+            if isinstance(st, dict):
+                st = uv.UserState.from_json(st)
+            if isinstance(st, uv.UserState):
+                st = st.vector() if st.count > 0 else None
+            if st is not None:
+                vecs.append(np.asarray(st, np.float32))
+                rows.append(r)
+        out: list[list[tuple[str, float]]] = [[] for _ in user_states]
+        if vecs:
+            ex = [exclude[r] for r in rows] if exclude is not None else None
+            res = self.index.search_many(np.stack(vecs), k, ex)
+            for r, items in zip(rows, res):
+                out[r] = items
+        for r in range(len(user_states)):
+            if r not in set(rows):
+                ex = exclude[r] if exclude is not None else None
+                out[r] = [(it, 0.0) for it in self.popular_items(k, ex)]
+        return out
+
+    def popular_items(self, k: int = 10, exclude: set[str] | None = None) -> list[str]:
+        out = []
+        for it in self._popular:
+            if exclude and it in exclude:
+                continue
+            out.append(it)
+            if len(out) == k:
+                break
+        return out
+
+    def swap_index(self, directory: str | os.PathLike[str]) -> str:
+        """Hot-swap in another saved index (e.g. from `tidewater index build`); returns its version."""
+        return self.index.load_and_swap(directory).version
