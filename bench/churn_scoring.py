@@ -1,0 +1,126 @@
+"""Throughput of ChurnScorer.score_many: sequences/s at batch 1, 32, 256 and 1024, on the CPU and on
+the GPU when one is present, with the ratio to batch-of-1. The last line of stdout is one JSON object.
+
+    python bench/churn_scoring.py [--registry var/registry] [--seconds 2] [--threads 1] [--max-len 64]
+
+Uses the current model of ``<registry>/churn``; when the registry is empty it trains a tiny model on the
+CDNOW sample in memory (nothing is published) so the bench always runs. Input sequences are synthetic
+click/purchase histories with lengths uniform in 1..max-len (items, categories, amounts, quantities),
+so truncation and padding are exercised.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def synthetic_sequences(n: int, max_len: int, seed: int = 0) -> tuple[list[list[dict]], list[float]]:
+    rng = np.random.default_rng(seed)
+    t_end = 1.7e9
+    seqs, as_of = [], []
+    for _ in range(n):
+        k = int(rng.integers(1, max_len + 1))
+        ts = np.sort(t_end - rng.exponential(30 * 86400, k))
+        seq = []
+        for t in ts:
+            if rng.random() < 0.7:
+                seq.append({"ts": float(t), "type": "click", "item": f"i{rng.integers(5000)}",
+                            "category": f"c{rng.integers(40)}"})
+            else:
+                seq.append({"ts": float(t), "type": "purchase", "item": f"i{rng.integers(5000)}",
+                            "category": f"c{rng.integers(40)}", "amount": float(rng.gamma(2, 20)),
+                            "quantity": int(rng.integers(1, 4))})
+        seqs.append(seq)
+        as_of.append(t_end + 3600.0)
+    return seqs, as_of
+
+
+def load_or_train(registry: Path):
+    from models.churn.scorer import ChurnScorer
+    from models.registry import Registry, RegistryEmpty
+
+    try:
+        path = Registry(registry / "churn").current_path()
+        return path, None
+    except RegistryEmpty:
+        pass
+    from models.churn.data import build_task, parse_time
+    from models.churn.model import ChurnConfig
+    from models.churn.train import train_model
+    from models.datasets import load_cdnow
+
+    task = build_task(load_cdnow(sample=True), parse_time("1997-10-01"), 273, seed=0)
+    cfg = ChurnConfig(pretrain_epochs=1, finetune_epochs=2)
+    res = train_model(task, cfg, seed=0, progress=False)
+    return None, res.model
+
+
+def run(scorer, seqs, as_of, batch: int, seconds: float) -> float:
+    n = len(seqs)
+    scorer.score_many(seqs[:batch], as_of[:batch])  # warm-up
+    done, i, t0 = 0, 0, time.perf_counter()
+    while True:
+        s = (i * batch) % (n - batch + 1)
+        scorer.score_many(seqs[s:s + batch], as_of[s:s + batch])
+        done += batch
+        i += 1
+        el = time.perf_counter() - t0
+        if el >= seconds and i >= 3:
+            return done / el
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--registry", type=Path, default=Path("var/registry"))
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per (device, batch) point")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--batches", default="1,32,256,1024")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from models.churn.scorer import ChurnScorer
+
+    path, model = load_or_train(args.registry)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    batches = [int(b) for b in args.batches.split(",")]
+    seqs, as_of = synthetic_sequences(max(4096, 2 * max(batches)), args.max_len)
+    results = []
+    version = None
+    for dev in devices:
+        scorer = ChurnScorer.load(path, device=dev, micro_batch=max(batches)) if path is not None \
+            else ChurnScorer(model, version="in-memory-tiny", device=dev, micro_batch=max(batches))
+        version = scorer.version
+        base = None
+        for b in batches:
+            rate = run(scorer, seqs, as_of, b, args.seconds)
+            base = base or rate
+            row = {"device": dev, "batch": b, "seq_per_s": round(rate, 1), "ratio_to_batch1": round(rate / base, 2),
+                   "amp_dtype": str(scorer.amp_dtype).replace("torch.", "") if scorer.amp_dtype else "float32"}
+            results.append(row)
+            print(f"{dev:5s} batch {b:5d}: {rate:10.1f} seq/s  x{rate / base:6.2f} vs batch 1", flush=True)
+    out = {
+        "bench": "churn_scoring",
+        "model_version": version,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "max_len": args.max_len,
+        "results": results,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

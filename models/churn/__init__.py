@@ -1,0 +1,1 @@
+"""Churn scorer: transformer over behaviour sequences + RFM summary, with classic baselines."""

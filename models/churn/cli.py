@@ -1,0 +1,163 @@
+"""`tidewater train churn` and `tidewater evaluate churn`.
+
+Heavy imports (torch, transformers, lightgbm, lifetimes) stay inside the command functions so that
+`tidewater --help` stays instant.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tidewater.errors import UserError
+
+DEFAULT_REGISTRY = Path("var/registry")
+DEFAULT_HORIZON_DAYS = 273  # 39 weeks: the CDNOW holdout of Fader, Hardie & Lee (2005)
+DEFAULT_CDNOW_CUTOFF = "1997-10-01"
+
+PURCHASES_HELP = ("CSV purchase log with columns user_id,ts (epoch seconds or ISO dates) and optional "
+                  "amount,quantity. Default: the full CDNOW file from the installed lifetimes package.")
+CUTOFF_HELP = ("Cut-off date YYYY-MM-DD: features use events before it, labels the horizon after it. "
+               f"Default: {DEFAULT_CDNOW_CUTOFF} for CDNOW, else the end of the log minus the horizon.")
+
+
+def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float):
+    from .data import load_purchases_csv, parse_time
+
+    if horizon_days <= 0:
+        raise UserError(f"--horizon-days must be positive, got {horizon_days}")
+    if purchases is None:
+        from models.datasets import DatasetMissing, load_cdnow
+
+        try:
+            frame = load_cdnow(sample=False)
+        except DatasetMissing as exc:
+            raise UserError(str(exc)) from exc
+        name = "cdnow_master"
+        cut = parse_time(cutoff or DEFAULT_CDNOW_CUTOFF)
+    else:
+        frame = load_purchases_csv(purchases)
+        name = Path(purchases).name
+        if cutoff:
+            cut = parse_time(cutoff)
+        else:
+            end = float(frame["ts"].max())
+            cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
+    if not (frame["ts"] < cut).any():
+        raise UserError(f"no event before the cut-off {cutoff or cut}: the calibration set is empty")
+    return frame, cut, name
+
+
+def _threads(threads: int) -> None:
+    import torch
+
+    # Small models on a shared CPU: intra-op threads mostly spin and contend; 1 is fastest here.
+    torch.set_num_threads(max(1, threads))
+
+
+def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer.Typer) -> None:  # noqa: ARG001
+    @train_app.command("churn")
+    def train_churn(
+        purchases: Optional[Path] = typer.Option(None, "--purchases", help=PURCHASES_HELP),
+        cutoff: Optional[str] = typer.Option(None, "--cutoff", help=CUTOFF_HELP),
+        horizon_days: float = typer.Option(DEFAULT_HORIZON_DAYS, "--horizon-days", help="Churn horizon in days."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the split, the initialisation and the batches."),
+        lora: bool = typer.Option(False, "--lora", help="Fine-tune with peft LoRA adapters instead of all weights."),
+        no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Skip masked-event pre-training."),
+        registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry", help="Registry root; publishes to <root>/churn."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this small model)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars on stderr."),
+    ) -> None:
+        """Pre-train (masked events) and fine-tune the churn transformer; publish a registry version."""
+        _threads(threads)
+        from models.datasets import fingerprint
+        from models.registry import Registry
+
+        from .data import build_task
+        from .metrics import binary_metrics, forecast_metrics
+        from .model import ChurnConfig
+        from .train import predict_raw, save_model, tokenize_task, train_model
+
+        frame, cut, name = _load(purchases, cutoff, horizon_days)
+        task = build_task(frame, cut, horizon_days, seed=seed)
+        cfg = ChurnConfig()
+        tokens = tokenize_task(task.sequences, task.as_of, cfg)
+        res = train_model(task, cfg, seed=seed, do_pretrain=not no_pretrain, lora=lora, progress=progress,
+                          tokens=tokens)
+        te = task.idx("test")
+        logit, lrate = predict_raw(res.model, [tokens[0][i] for i in te], tokens[1][te])
+        rate = __import__("numpy").exp(lrate + float(res.model.forecast_shift))
+        metrics = {k: v for k, v in binary_metrics(task.churn[te], logit).items()} | \
+            forecast_metrics(task.count[te], rate)
+        meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days, "seed": seed,
+                "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
+                "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"]}
+        fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
+        reg = Registry(registry / "churn")
+        version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
+                              fingerprint=fp, meta=meta)
+        typer.echo(f"published churn model {version} to {reg.root} "
+                   f"(test AUC {metrics['auc']:.4f}, forecast corr {metrics['forecast_corr']:.3f}, "
+                   f"trained in {res.info['train_seconds']:.0f} s)")
+
+    @evaluate_app.command("churn")
+    def evaluate_churn(
+        purchases: Optional[Path] = typer.Option(None, "--purchases", help=PURCHASES_HELP),
+        cutoff: Optional[str] = typer.Option(None, "--cutoff", help=CUTOFF_HELP),
+        horizon_days: float = typer.Option(DEFAULT_HORIZON_DAYS, "--horizon-days", help="Churn horizon in days."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
+        report_dir: Path = typer.Option(Path("reports/churn"), "--report-dir", help="Where the PNG/HTML report goes."),
+        ablations: bool = typer.Option(True, "--ablations/--no-ablations",
+                                       help="Also train without pre-training, with LoRA and without RFM input."),
+        publish: Optional[Path] = typer.Option(None, "--publish",
+                                               help="Registry root: also publish the evaluated model to <root>/churn."),
+        threads: int = typer.Option(1, "--threads"),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Train with default hyper-parameters; evaluate the model and every baseline on the same test users."""
+        _threads(threads)
+        from .evaluate import evaluate
+
+        frame, cut, name = _load(purchases, cutoff, horizon_days)
+        reference = None
+        if purchases is None:
+            from models.datasets import load_cdnow
+
+            reference = load_cdnow(sample=True)
+        result, model, info = evaluate(frame, cut, horizon_days, dataset=name, seed=seed, progress=progress,
+                                       ablations=ablations, report_dir=report_dir, reference_sample=reference)
+        if publish is not None:
+            from models.datasets import fingerprint
+            from models.registry import Registry
+
+            from .train import save_model
+
+            fp = fingerprint(frame[["user_id", "ts"]])
+            slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
+            version = Registry(publish / "churn").publish(
+                lambda d: save_model(model, d, metrics=slim, extra=info), fingerprint=fp,
+                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed})
+            result["published_version"] = version
+        m = result["model"]
+        lines = [f"dataset {name}: {result['task']['n_users']} users, test {result['task']['n_test']}, "
+                 f"churn rate {result['task']['churn_rate']:.3f}"]
+        rows = [("model", m)] + list(result["ablations"].items()) + list(result["baselines"].items())
+        for key, r in rows:
+            lines.append(f"  {key:22s} AUC {r['auc']:.4f}  PR-AUC {r['pr_auc']:.4f}  Brier {r.get('brier', float('nan')):.4f}"
+                         + (f"  fc-corr {r['forecast_corr']:.3f}  cum-err {r['forecast_cum_error_pct']:+.1f}%"
+                            if "forecast_corr" in r else ""))
+        ci = result["ci_vs_best_baseline"]
+        lines.append(f"  AUC(model) - AUC({ci['best_baseline']}) = {ci['diff']:+.4f}  95% CI "
+                     f"[{ci['ci95'][0]:+.4f}, {ci['ci95'][1]:+.4f}]; goal +0.01 reached: "
+                     f"{result['goal_auc_plus_0_01_reached']}")
+        if "report" in result:
+            lines.append(f"  report: {result['report']['html']}")
+        out = sys.stderr if as_json else sys.stdout
+        for line in lines:
+            print(line, file=out)
+        if as_json:
+            print(json.dumps(result, default=float, separators=(",", ":")), flush=True)

@@ -1,0 +1,173 @@
+"""The churn task on any purchase log: cut-off, horizon, labels and a seeded user split.
+
+For a cut-off ``c`` and a horizon ``h``:
+
+* features (event sequences) use only events with ``ts < c``;
+* ``churn = 1`` when the user makes no purchase in ``[c, c + h)``;
+* ``count`` = number of purchases (distinct purchase timestamps, i.e. baskets) in ``[c, c + h)``,
+  the target of the forecast head and of BG/NBD's expected-purchases forecast;
+* only users with at least one event before ``c`` are in the task;
+* users are split into train / validation / test with a fixed seed.
+
+The CDNOW standard (Fader, Hardie & Lee 2005): calibration weeks 1-39 (cut-off 1997-10-01),
+holdout weeks 40-78 (horizon 273 days).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tidewater.errors import UserError
+
+from .features import DAY, normalize_events
+
+CDNOW_CUTOFF = "1997-10-01"
+CDNOW_HORIZON_DAYS = 273
+SPLIT_FRACTIONS = (0.55, 0.15, 0.30)  # train, validation, test
+
+
+def parse_time(value: str) -> float:
+    """'YYYY-MM-DD' (or any ISO date-time, UTC unless it says otherwise) -> epoch seconds."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot parse date {value!r}: use YYYY-MM-DD") from exc
+    if stamp is pd.NaT:
+        raise UserError(f"cannot parse date {value!r}: use YYYY-MM-DD")
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return float(stamp.timestamp())
+
+
+def load_purchases_csv(path: str | Path) -> pd.DataFrame:
+    """Read a purchase log: columns ``user_id,ts`` (epoch seconds or ISO dates) and optional
+    ``amount,quantity`` (and ``type``, ``item``, ``category``). Returns the standard frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"purchase file {path} does not exist")
+    try:
+        raw = pd.read_csv(path, dtype={"user_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path} as CSV: {exc}") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in ("user_id", "ts") if c not in raw.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need user_id,ts[,amount,quantity]")
+    if raw.empty:
+        raise UserError(f"{path} has no rows")
+    ts_num = pd.to_numeric(raw["ts"], errors="coerce")
+    if ts_num.notna().all():
+        ts = ts_num.astype("float64")
+    else:
+        parsed = pd.to_datetime(raw["ts"].astype(str), utc=True, errors="coerce", format="mixed")
+        bad = parsed.isna()
+        if bad.any():
+            raise UserError(f"{path}: cannot parse ts {raw['ts'][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2} "
+                            "(use epoch seconds or ISO dates)")
+        ts = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype("float64")
+    frame = pd.DataFrame({"user_id": raw["user_id"].astype(str), "ts": ts})
+    if raw["user_id"].isna().any():
+        raise UserError(f"{path}: empty user_id in row {int(raw['user_id'].isna().idxmax()) + 2}")
+    for col, kind in (("amount", float), ("quantity", int)):
+        if col in raw.columns:
+            num = pd.to_numeric(raw[col], errors="coerce")
+            if num.isna().any():
+                raise UserError(f"{path}: non-numeric {col} in row {int(num.isna().idxmax()) + 2}")
+            frame[col] = num.astype(kind)
+    for col in ("type", "item", "category"):
+        if col in raw.columns:
+            frame[col] = raw[col].astype(str)
+    if "type" in frame.columns:
+        bad = ~frame["type"].isin(["click", "purchase"])
+        if bad.any():
+            raise UserError(f"{path}: type must be 'click' or 'purchase', got {frame['type'][bad].iloc[0]!r}")
+    return frame.sort_values(["ts", "user_id"], kind="stable").reset_index(drop=True)
+
+
+def frame_to_sequences(frame: pd.DataFrame) -> dict[str, list[dict]]:
+    """Raw (unnormalised) event dicts per user, in time order."""
+    cols = [c for c in ("ts", "type", "item", "category", "amount", "quantity") if c in frame.columns]
+    ordered = frame.sort_values(["user_id", "ts"], kind="stable")
+    out: dict[str, list[dict]] = {}
+    users = ordered["user_id"].to_numpy()
+    values = {c: ordered[c].to_numpy() for c in cols}
+    for i, u in enumerate(users):
+        ev = {c: values[c][i] for c in cols}
+        ev["ts"] = float(ev["ts"])
+        ev.setdefault("type", "purchase")
+        out.setdefault(u, []).append(ev)
+    return out
+
+
+@dataclass
+class ChurnTask:
+    users: np.ndarray  # str [n]
+    sequences: list[list[dict]]  # normalised events with ts < cutoff, per user
+    churn: np.ndarray  # int [n]: 1 = no purchase in the horizon
+    count: np.ndarray  # int [n]: purchases (baskets) in the horizon
+    split: np.ndarray  # str [n]: train | val | test
+    cutoff: float
+    horizon_days: float
+    seed: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def as_of(self) -> np.ndarray:
+        return np.full(len(self.users), self.cutoff)
+
+    def idx(self, part: str) -> np.ndarray:
+        return np.flatnonzero(self.split == part)
+
+
+def split_users(users: np.ndarray, seed: int, fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> np.ndarray:
+    """Seeded train/val/test assignment, independent of the input order of users."""
+    order = np.argsort(users, kind="stable")
+    rng = np.random.default_rng(seed)
+    perm = order[rng.permutation(len(users))]
+    n = len(users)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    split = np.empty(n, dtype=object)
+    split[perm[:n_train]] = "train"
+    split[perm[n_train:n_train + n_val]] = "val"
+    split[perm[n_train + n_val:]] = "test"
+    return split.astype(str)
+
+
+def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed: int = 0,
+               fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> ChurnTask:
+    """Cut a purchase log into the churn task (see the module docstring)."""
+    if horizon_days <= 0:
+        raise UserError(f"horizon must be positive, got {horizon_days} days")
+    horizon_end = cutoff + horizon_days * DAY
+    calib = frame[frame["ts"] < cutoff]
+    if calib.empty:
+        raise UserError("no event before the cut-off: the calibration set is empty (choose a later --cutoff)")
+    hold = frame[(frame["ts"] >= cutoff) & (frame["ts"] < horizon_end)]
+    if "type" in hold.columns:
+        hold = hold[hold["type"] == "purchase"]
+    seqs = frame_to_sequences(calib)
+    users = np.array(sorted(seqs), dtype=object)
+    counts = hold.drop_duplicates(["user_id", "ts"]).groupby("user_id").size()
+    count = counts.reindex(users).fillna(0).to_numpy().astype(np.int64)
+    churn = (count == 0).astype(np.int64)
+    if churn.min() == churn.max():
+        raise UserError("every user has the same label in the horizon (all churn or none): "
+                        "choose another --cutoff/--horizon-days")
+    sequences = [normalize_events(seqs[u], cutoff) for u in users]
+    data_end = float(frame["ts"].max())
+    meta = {
+        "n_users": int(len(users)),
+        "n_calibration_events": int(len(calib)),
+        "n_horizon_purchase_rows": int(len(hold)),
+        "churn_rate": float(churn.mean()),
+        "cutoff_iso": pd.Timestamp(cutoff, unit="s", tz="UTC").isoformat(),
+        "horizon_days": float(horizon_days),
+        "horizon_covered_by_data": bool(data_end >= horizon_end - DAY),
+    }
+    return ChurnTask(users=users.astype(str), sequences=sequences, churn=churn, count=count,
+                     split=split_users(users.astype(str), seed, fractions), cutoff=float(cutoff),
+                     horizon_days=float(horizon_days), seed=seed, meta=meta)

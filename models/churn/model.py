@@ -1,0 +1,163 @@
+"""The churn model: a small BERT-style encoder over event tokens plus an RFM summary side input.
+
+* :class:`ChurnConfig` — plain, JSON-serialisable hyper-parameters (saved with every artifact).
+* :func:`bert_config` — builds the ``transformers.BertConfig`` from it (kept apart from the module).
+* :class:`ChurnTransformer` — the torch module: event embeddings -> ``BertModel`` (random init, no
+  hub download) -> heads. Pre-training heads predict masked event attributes and the next gap;
+  fine-tuning heads predict the churn logit and the log of the expected purchase count in the
+  horizon from [summary token, mean of event tokens, standardised RFM summary].
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import features as F
+
+
+@dataclass
+class ChurnConfig:
+    # tokens
+    max_events: int = 64
+    item_buckets: int = 1024
+    category_buckets: int = 128
+    # encoder
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 128
+    dropout: float = 0.1
+    use_summary: bool = True  # feed the RFM summary vector into the head
+    # pre-training (masked-event modelling + next gap)
+    pretrain_epochs: int = 4
+    mask_prob: float = 0.15
+    prefix_prob: float = 0.5  # share of pre-training examples cut to a random prefix for next-gap prediction
+    pretrain_lr: float = 2e-3
+    # fine-tuning
+    finetune_epochs: int = 12
+    patience: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+    forecast_weight: float = 0.5  # weight of the Poisson NLL of the count head
+    # LoRA
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_lr: float = 3e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChurnConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def bert_config(cfg: ChurnConfig):
+    """The encoder's ``BertConfig`` (built from scratch; nothing is downloaded)."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=8,  # unused: tokens enter as inputs_embeds
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=cfg.max_events + 1,
+        type_vocab_size=1,
+        attn_implementation="sdpa",
+    )
+
+
+class EventEmbedder(nn.Module):
+    def __init__(self, cfg: ChurnConfig) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.emb = nn.ModuleDict({
+            "event_type": nn.Embedding(F.N_TYPES, h),
+            "item": nn.Embedding(cfg.item_buckets, h, padding_idx=0),
+            "category": nn.Embedding(cfg.category_buckets, h, padding_idx=0),
+            "amount_b": nn.Embedding(F.N_AMOUNT_BUCKETS, h, padding_idx=0),
+            "qty_b": nn.Embedding(F.N_QTY_BUCKETS, h, padding_idx=0),
+            "gap_b": nn.Embedding(F.N_TIME_BUCKETS, h, padding_idx=0),
+            "age_b": nn.Embedding(F.N_TIME_BUCKETS, h, padding_idx=0),
+        })
+        self.cont = nn.Linear(F.N_CONT, h)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.cont(batch["cont"])
+        for key, emb in self.emb.items():
+            x = x + emb(batch["type" if key == "event_type" else key])
+        return x
+
+
+class ChurnTransformer(nn.Module):
+    def __init__(self, cfg: ChurnConfig) -> None:
+        super().__init__()
+        from transformers import BertModel
+
+        self.cfg = cfg
+        h = cfg.hidden
+        self.embed = EventEmbedder(cfg)
+        self.encoder = BertModel(bert_config(cfg), add_pooling_layer=False)
+        # pre-training heads
+        self.mem_heads = nn.ModuleDict({
+            "mem_type": nn.Linear(h, F.N_TYPES),
+            "mem_gap_b": nn.Linear(h, F.N_TIME_BUCKETS),
+            "mem_amount_b": nn.Linear(h, F.N_AMOUNT_BUCKETS),
+            "mem_qty_b": nn.Linear(h, F.N_QTY_BUCKETS),
+        })
+        self.next_gap = nn.Linear(h, F.N_TIME_BUCKETS)
+        # fine-tuning head
+        n_sum = F.N_SUMMARY if cfg.use_summary else 0
+        self.register_buffer("summary_mean", torch.zeros(F.N_SUMMARY))
+        self.register_buffer("summary_std", torch.ones(F.N_SUMMARY))
+        self.head = nn.Sequential(
+            nn.Linear(2 * h + n_sum, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 2),
+        )
+        # calibration, fitted on validation: p = sigmoid(logit / temperature + bias); rate * exp(forecast_shift)
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+        self.register_buffer("forecast_shift", torch.zeros(()))
+
+    # ---------------------------------------------------------------------------------------
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.embed(batch)
+        out = self.encoder(inputs_embeds=x, attention_mask=batch["attention_mask"])
+        return out.last_hidden_state
+
+    def pretrain_logits(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        hs = self.encode(batch)
+        return {k[4:]: head(hs) for k, head in self.mem_heads.items()}, self.next_gap(hs[:, 0])
+
+    def raw_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uncalibrated (churn logit, log expected count)."""
+        hs = self.encode(batch)
+        mask = batch["attention_mask"].to(hs.dtype).clone()
+        mask[:, 0] = 0  # events only
+        denom = mask.sum(1, keepdim=True).clamp_min(1.0)
+        pooled = (hs * mask.unsqueeze(-1)).sum(1) / denom
+        parts = [hs[:, 0], pooled]
+        if self.cfg.use_summary:
+            s = (batch["summary"] - self.summary_mean) / self.summary_std
+            parts.append(s.to(hs.dtype))
+        out = self.head(torch.cat(parts, dim=-1))
+        return out[:, 0], out[:, 1]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated (churn probability, expected purchases in the horizon)."""
+        logit, log_rate = self.raw_outputs(batch)
+        prob = torch.sigmoid(logit / self.temperature + self.bias)
+        rate = torch.exp(log_rate + self.forecast_shift)
+        return prob, rate

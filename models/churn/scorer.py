@@ -1,0 +1,108 @@
+"""Serving: :class:`ChurnScorer` scores raw event sequences with a registry artifact.
+
+    scorer = ChurnScorer.load(Registry("var/registry/churn").current_path())
+    probs = scorer.score_many(sequences, as_of)        # calibrated churn probabilities
+    expected = scorer.forecast_many(sequences, as_of)  # expected purchases in the training horizon
+
+Each event is a dict with ``ts`` (epoch seconds), ``type`` ("click" | "purchase") and optional
+``item``, ``category``, ``amount``, ``quantity``; events at or after the scoring time are ignored.
+Sequences are truncated to the last ``max_events`` events, padded per micro-batch (sorted by length
+to limit padding) and run under ``torch.inference_mode()``; on CUDA with bf16 (or fp16) autocast.
+
+Thread safety: the model is read-only after loading and forward passes are serialised by a lock,
+so one scorer can be shared by executor threads (the stream worker calls it via run_in_executor).
+Featurisation runs outside the lock.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class ChurnScorer:
+    def __init__(self, model, *, version: str = "unversioned", device: str | None = None, micro_batch: int = 256,
+                 meta: dict | None = None) -> None:
+        import torch
+
+        self._torch = torch
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.cfg = model.cfg
+        self.version = version
+        self.meta = meta or {}
+        self.micro_batch = max(1, int(micro_batch))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None, micro_batch: int = 256) -> "ChurnScorer":
+        """Load a registry version directory (weights.safetensors, config.json, feature_spec.json, meta.json)."""
+        from .train import load_model
+
+        path = Path(path)
+        meta_file = path / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        return cls(load_model(path), version=meta.get("version", path.name), device=device,
+                   micro_batch=micro_batch, meta=meta)
+
+    @property
+    def horizon_days(self) -> float | None:
+        return self.meta.get("horizon_days")
+
+    # ------------------------------------------------------------------------------------------
+    def predict_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated churn probability, expected purchases in the horizon), float64 arrays in input order."""
+        from . import features as F
+        from .train import to_torch
+
+        n = len(sequences)
+        if np.isscalar(as_of):
+            as_of = [float(as_of)] * n
+        as_of = list(as_of)
+        if len(as_of) != n:
+            raise ValueError(f"{n} sequences but {len(as_of)} as_of times")
+        prob = np.zeros(n, dtype=np.float64)
+        rate = np.zeros(n, dtype=np.float64)
+        if n == 0:
+            return prob, rate
+        toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events,
+                               item_buckets=self.cfg.item_buckets, category_buckets=self.cfg.category_buckets)
+        order = np.argsort([len(t["type"]) for t in toks], kind="stable")
+        torch = self._torch
+        for s in range(0, n, self.micro_batch):
+            idx = order[s:s + self.micro_batch]
+            batch = to_torch(F.collate([toks[i] for i in idx]), summ[idx], self.device)
+            with self._lock, torch.inference_mode():
+                if self.amp_dtype is not None:
+                    with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+                        logit, log_rate = self.model.raw_outputs(batch)
+                else:
+                    logit, log_rate = self.model.raw_outputs(batch)
+                logit = logit.float() / self.model.temperature + self.model.bias
+                p = torch.sigmoid(logit).cpu().numpy()
+                r = torch.exp(log_rate.float() + self.model.forecast_shift).cpu().numpy()
+            prob[idx] = p
+            rate[idx] = r
+        return prob, rate
+
+    def score_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float) -> np.ndarray:
+        """Calibrated churn probabilities, one per sequence."""
+        return self.predict_many(sequences, as_of)[0]
+
+    def forecast_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float) -> np.ndarray:
+        """Expected number of purchases in the horizon the model was trained for."""
+        return self.predict_many(sequences, as_of)[1]
+
+    def score_one(self, events: Iterable[dict], as_of: float) -> float:
+        return float(self.score_many([list(events)], [as_of])[0])

@@ -1,0 +1,363 @@
+"""Pre-training, fine-tuning, calibration and artifact I/O for :class:`ChurnTransformer`.
+
+Deterministic for a given seed and thread count (seeded torch init, numpy shuffles, torch masks).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from tqdm.auto import tqdm
+
+from . import features as F
+from .model import ChurnConfig, ChurnTransformer
+
+FEATURE_SPEC_VERSION = 1
+
+
+def feature_spec() -> dict:
+    return {
+        "version": FEATURE_SPEC_VERSION,
+        "token_keys": list(F.TOKEN_KEYS),
+        "time_edges_days": F.TIME_EDGES_DAYS.tolist(),
+        "amount_edges_log1p": F.AMOUNT_EDGES_LOG.tolist(),
+        "qty_buckets": F.N_QTY_BUCKETS,
+        "summary_names": list(F.SUMMARY_NAMES),
+        "order": "summary token, then events most recent first; events with ts >= as_of ignored",
+    }
+
+
+def to_torch(batch: dict[str, np.ndarray], summary: np.ndarray | None = None,
+             device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    out = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+    if summary is not None:
+        out["summary"] = torch.from_numpy(np.ascontiguousarray(summary, dtype=np.float32)).to(device)
+    return out
+
+
+def tokenize_task(sequences: Sequence[list[dict]], as_of: Sequence[float], cfg: ChurnConfig):
+    """Tokens and summaries for already normalised sequences."""
+    toks = [F.encode_tokens(s, float(t), max_events=cfg.max_events, item_buckets=cfg.item_buckets,
+                            category_buckets=cfg.category_buckets) for s, t in zip(sequences, as_of)]
+    summ = np.stack([F.summary_features(s, float(t)) for s, t in zip(sequences, as_of)]) if len(sequences) \
+        else np.zeros((0, F.N_SUMMARY), np.float32)
+    return toks, summ
+
+
+def length_batches(lengths: np.ndarray, idx: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   chunk: int = 32) -> list[np.ndarray]:
+    """Shuffled mini-batches of ``idx`` with similar lengths (less padding): shuffle, sort within chunks
+    of ``chunk`` batches, cut into batches, shuffle the batch order."""
+    order = idx[rng.permutation(len(idx))]
+    batches = []
+    span = batch_size * chunk
+    for s in range(0, len(order), span):
+        part = order[s:s + span]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _seed_all(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# pre-training: masked-event modelling + next-gap prediction on sequences before the cut-off
+# ------------------------------------------------------------------------------------------------
+def _pretrain_examples(sequences: Sequence[list[dict]], as_of: float, cfg: ChurnConfig,
+                       rng: np.random.Generator) -> tuple[list[dict], np.ndarray]:
+    toks, next_gap = [], np.full(len(sequences), -100, dtype=np.int64)
+    for i, seq in enumerate(sequences):
+        if len(seq) >= 2 and rng.random() < cfg.prefix_prob:
+            k = int(rng.integers(1, len(seq)))  # keep events [0, k), predict the gap to event k
+            t_last = seq[k - 1]["ts"]
+            toks.append(F.encode_tokens(seq[:k], t_last + 1.0, max_events=cfg.max_events,
+                                        item_buckets=cfg.item_buckets, category_buckets=cfg.category_buckets))
+            gap_days = (seq[k]["ts"] - t_last) / F.DAY
+            next_gap[i] = int(F._bucket_time(np.array([gap_days]))[0])
+        else:
+            toks.append(F.encode_tokens(seq, as_of, max_events=cfg.max_events, item_buckets=cfg.item_buckets,
+                                        category_buckets=cfg.category_buckets))
+    return toks, next_gap
+
+
+def _mask_batch(batch: dict[str, torch.Tensor], prob: float, gen: torch.Generator):
+    attn = batch["attention_mask"].bool().clone()
+    attn[:, 0] = False  # never mask the summary token
+    pick = (torch.rand(attn.shape, generator=gen) < prob) & attn
+    targets = {k: torch.where(pick, batch[k], torch.full_like(batch[k], -100)) for k in ("type", "gap_b", "amount_b", "qty_b")}
+    masked = dict(batch)
+    masked["type"] = torch.where(pick, torch.full_like(batch["type"], F.MASK), batch["type"])
+    for k in ("item", "category", "amount_b", "qty_b", "gap_b", "age_b"):
+        masked[k] = torch.where(pick, torch.zeros_like(batch[k]), batch[k])
+    masked["cont"] = batch["cont"].masked_fill(pick.unsqueeze(-1), 0.0)
+    return masked, targets, int(pick.sum())
+
+
+def pretrain(model: ChurnTransformer, sequences: Sequence[list[dict]], as_of: float, *, seed: int = 0,
+             progress: bool = True) -> list[float]:
+    """Masked-event modelling + next-gap pre-training. Returns the mean loss of each epoch."""
+    cfg = model.cfg
+    rng = np.random.default_rng(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 2)
+    params = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay)
+    n = len(sequences)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = steps_per_epoch * cfg.pretrain_epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.pretrain_lr, total_steps=max(total, 1),
+                                                pct_start=0.1)
+    losses = []
+    model.train()
+    bar = tqdm(total=total, desc="pre-train (masked events)", disable=not progress, leave=False)
+    for _ in range(cfg.pretrain_epochs):
+        toks, next_gap = _pretrain_examples(sequences, as_of, cfg, rng)
+        lengths = np.array([len(t["type"]) for t in toks])
+        ep = []
+        for idx in length_batches(lengths, np.arange(n), cfg.batch_size, rng):
+            batch = to_torch(F.collate([toks[i] for i in idx]))
+            masked, targets, n_masked = _mask_batch(batch, cfg.mask_prob, gen)
+            mem, ng = model.pretrain_logits(masked)
+            loss = TF.cross_entropy(ng, torch.from_numpy(next_gap[idx]), ignore_index=-100) \
+                if (next_gap[idx] >= 0).any() else ng.sum() * 0.0
+            if n_masked:
+                loss = loss + sum(TF.cross_entropy(mem[k].flatten(0, 1), targets[k].flatten(), ignore_index=-100)
+                                  for k in mem) / len(mem)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            ep.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(ep):.3f}")
+        losses.append(float(np.mean(ep)))
+    bar.close()
+    model.eval()
+    return losses
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning: churn (cross-entropy) + purchases in the horizon (Poisson NLL)
+# ------------------------------------------------------------------------------------------------
+def _order_by_length(toks: Sequence[dict]) -> np.ndarray:
+    return np.argsort([len(t["type"]) for t in toks], kind="stable")
+
+
+@torch.inference_mode()
+def predict_raw(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
+                batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated churn logits and log expected counts, in input order."""
+    model.eval()
+    logits = np.zeros(len(toks), np.float32)
+    lrate = np.zeros(len(toks), np.float32)
+    order = _order_by_length(toks)
+    for s in range(0, len(toks), batch_size):
+        idx = order[s:s + batch_size]
+        batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
+        lo, lr = model.raw_outputs(batch)
+        logits[idx] = lo.float().numpy()
+        lrate[idx] = lr.float().numpy()
+    return logits, lrate
+
+
+def _loss(model, batch, churn, count, w):
+    logit, log_rate = model.raw_outputs(batch)
+    bce = TF.binary_cross_entropy_with_logits(logit, churn)
+    pois = TF.poisson_nll_loss(log_rate, count, log_input=True, full=False)
+    return bce + w * pois, bce, pois
+
+
+def set_summary_stats(model: ChurnTransformer, summary_train: np.ndarray) -> None:
+    mean = summary_train.mean(0)
+    std = summary_train.std(0)
+    std = np.where(std < 1e-6, 1.0, std)
+    model.summary_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    model.summary_std.copy_(torch.from_numpy(std.astype(np.float32)))
+
+
+def apply_lora(model: ChurnTransformer) -> None:
+    """Wrap the encoder with peft LoRA adapters; freeze embeddings and encoder weights (head stays trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = model.cfg
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
+                      target_modules=["query", "key", "value", "dense"])
+    model.encoder = get_peft_model(model.encoder, lcfg)
+    for p in model.embed.parameters():
+        p.requires_grad_(False)
+
+
+def merge_lora(model: ChurnTransformer) -> None:
+    if hasattr(model.encoder, "merge_and_unload"):
+        model.encoder = model.encoder.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray, churn: np.ndarray,
+             count: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int = 0,
+             lora: bool = False, progress: bool = True, desc: str = "fine-tune") -> dict:
+    """Train the heads (and the encoder, or LoRA adapters with ``lora``) with early stopping on the
+    validation loss; restores the best epoch. Returns the history."""
+    cfg = model.cfg
+    rng = np.random.default_rng(seed + 3)
+    set_summary_stats(model, summary[train_idx])
+    if lora:
+        apply_lora(model)
+    params = [p for n, p in model.named_parameters()
+              if p.requires_grad and not n.startswith(("mem_heads.", "next_gap."))]
+    opt = torch.optim.AdamW(params, lr=cfg.lora_lr if lora else cfg.lr, weight_decay=cfg.weight_decay)
+    y = torch.from_numpy(churn.astype(np.float32))
+    c = torch.from_numpy(count.astype(np.float32))
+    lengths = np.array([len(t["type"]) for t in toks])
+    val_order = val_idx[_order_by_length([toks[i] for i in val_idx])]
+    val_batches = [val_order[s:s + 1024] for s in range(0, len(val_order), 1024)]
+    best, best_state, bad, hist = math.inf, None, 0, {"train_loss": [], "val_loss": [], "val_bce": []}
+    steps = math.ceil(len(train_idx) / cfg.batch_size)
+    bar = tqdm(total=steps * cfg.finetune_epochs, desc=desc, disable=not progress, leave=False)
+    for epoch in range(cfg.finetune_epochs):
+        model.train()
+        ep = []
+        for idx in length_batches(lengths, train_idx, cfg.batch_size, rng):
+            batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
+            loss, _, _ = _loss(model, batch, y[idx], c[idx], cfg.forecast_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ep.append(float(loss.detach()))
+            bar.update(1)
+        model.eval()
+        with torch.inference_mode():
+            tot = bce_tot = 0.0
+            for idx in val_batches:
+                batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
+                loss, bce, _ = _loss(model, batch, y[idx], c[idx], cfg.forecast_weight)
+                tot += float(loss) * len(idx)
+                bce_tot += float(bce) * len(idx)
+        vl = tot / max(len(val_idx), 1)
+        hist["train_loss"].append(float(np.mean(ep)))
+        hist["val_loss"].append(vl)
+        hist["val_bce"].append(bce_tot / max(len(val_idx), 1))
+        bar.set_postfix(train=f"{np.mean(ep):.4f}", val=f"{vl:.4f}")
+        if vl < best - 1e-5:
+            best, bad = vl, 0
+            best_state = copy.deepcopy(model.state_dict())
+            hist["best_epoch"] = epoch + 1
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if lora:
+        merge_lora(model)
+    model.eval()
+    return hist
+
+
+def calibrate(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray, churn: np.ndarray,
+              count: np.ndarray, val_idx: np.ndarray) -> dict:
+    """Temperature scaling (temperature + bias) of the churn logit and a multiplicative correction of
+    the forecast, both fitted on the validation users."""
+    logits, lrate = predict_raw(model, [toks[i] for i in val_idx], summary[val_idx])
+    z = torch.from_numpy(logits.astype(np.float64))
+    y = torch.from_numpy(churn[val_idx].astype(np.float64))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, b], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = TF.binary_cross_entropy_with_logits(z / log_t.exp() + b, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    pred_total = float(np.exp(lrate.astype(np.float64)).sum())
+    shift = math.log(max(float(count[val_idx].sum()), 1e-9) / max(pred_total, 1e-9))
+    model.temperature.fill_(float(log_t.exp()))
+    model.bias.fill_(float(b))
+    model.forecast_shift.fill_(shift)
+    return {"temperature": float(log_t.exp()), "bias": float(b), "forecast_shift": shift}
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    model: ChurnTransformer
+    info: dict = field(default_factory=dict)
+
+
+def new_model(cfg: ChurnConfig, seed: int) -> ChurnTransformer:
+    _seed_all(seed)
+    return ChurnTransformer(cfg).eval()
+
+
+def train_model(task, cfg: ChurnConfig, *, seed: int = 0, do_pretrain: bool = True, lora: bool = False,
+                progress: bool = True, pretrained_state: dict | None = None, tokens=None) -> TrainResult:
+    """Full pipeline on a :class:`~models.churn.data.ChurnTask`: (pre-train) -> fine-tune -> calibrate.
+
+    ``pretrained_state`` reuses an already pre-trained encoder (so ablations share one pre-training);
+    ``tokens`` reuses the task's (tokens, summaries)."""
+    t0 = time.perf_counter()
+    toks, summ = tokens if tokens is not None else tokenize_task(task.sequences, task.as_of, cfg)
+    model = new_model(cfg, seed)
+    info: dict = {"pretrained": bool(do_pretrain), "lora": bool(lora)}
+    if do_pretrain:
+        if pretrained_state is None:
+            tp = time.perf_counter()
+            info["pretrain_loss"] = pretrain(model, task.sequences, task.cutoff, seed=seed, progress=progress)
+            info["pretrain_seconds"] = time.perf_counter() - tp
+        else:
+            model.load_state_dict(pretrained_state)
+    tf = time.perf_counter()
+    info["finetune"] = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"),
+                                seed=seed, lora=lora, progress=progress,
+                                desc="fine-tune (LoRA)" if lora else "fine-tune")
+    info["finetune_seconds"] = time.perf_counter() - tf
+    info["calibration"] = calibrate(model, toks, summ, task.churn, task.count, task.idx("val"))
+    info["train_seconds"] = time.perf_counter() - t0
+    info["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
+    return TrainResult(model=model, info=info)
+
+
+def save_model(model: ChurnTransformer, directory: Path, *, metrics: dict | None = None,
+               extra: dict | None = None) -> None:
+    """Write weights (safetensors), config, feature spec and metrics into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "weights.safetensors"))
+    (directory / "config.json").write_text(model.cfg.to_json())
+    (directory / "feature_spec.json").write_text(json.dumps(feature_spec(), indent=2))
+    (directory / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True, default=float))
+    if extra:
+        (directory / "train_info.json").write_text(json.dumps(extra, indent=2, sort_keys=True, default=float))
+
+
+def load_model(directory: Path) -> ChurnTransformer:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    spec = json.loads((directory / "feature_spec.json").read_text())
+    if spec.get("version") != FEATURE_SPEC_VERSION:
+        raise ValueError(f"{directory}: feature spec version {spec.get('version')} != {FEATURE_SPEC_VERSION}")
+    cfg = ChurnConfig.from_dict(json.loads((directory / "config.json").read_text()))
+    model = ChurnTransformer(cfg)
+    model.load_state_dict(load_file(str(directory / "weights.safetensors")))
+    return model.eval()

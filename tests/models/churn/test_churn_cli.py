@@ -1,0 +1,93 @@
+"""The `tidewater train churn` / `tidewater evaluate churn` commands on a tiny CSV."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import models.churn.cli as churn_cli
+from models.churn.model import ChurnConfig
+from models.churn.scorer import ChurnScorer
+from models.registry import Registry
+from tidewater.cli import main
+
+from .helpers import TINY, sample_slice
+
+
+@pytest.fixture()
+def tiny_csv(tmp_path, monkeypatch):
+    # the commands use the default hyper-parameters; shrink them for the test only
+    monkeypatch.setattr("models.churn.model.ChurnConfig.__init__", _tiny_init)
+    frame = sample_slice(300, seed=1)
+    frame = frame.assign(ts=frame["ts"].map(lambda t: np.datetime64(int(t), "s").astype(str)[:10]))
+    path = tmp_path / "purchases.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+_orig_init = ChurnConfig.__init__
+
+
+def _tiny_init(self, **kw):
+    _orig_init(self, **(TINY | kw))
+
+
+def test_evaluate_churn_prints_one_json_object_last(tiny_csv, tmp_path, capsys):
+    main(["evaluate", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--horizon-days", "273",
+          "--json", "--no-progress", "--report-dir", str(tmp_path / "rep")])
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    assert result["dataset"] == "purchases.csv"
+    for key in ("auc", "pr_auc", "brier", "forecast_corr", "forecast_cum_error_pct"):
+        assert isinstance(result["model"][key], float)
+    assert set(result["baselines"]) == {"bgnbd", "recency", "rfm_logreg", "rfm_lightgbm"}
+    assert {"model_no_pretrain", "model_lora", "model_sequence_only"} <= set(result["ablations"])
+    lo, hi = result["ci_vs_best_baseline"]["ci95"]
+    assert lo <= result["ci_vs_best_baseline"]["diff"] <= hi
+    assert (tmp_path / "rep" / "churn_report.png").stat().st_size > 10_000
+    assert (tmp_path / "rep" / "churn_report.html").is_file()
+
+
+def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
+    reg_root = tmp_path / "reg"
+    main(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
+          "--registry", str(reg_root)])
+    reg = Registry(reg_root / "churn")
+    version = reg.current_version()
+    assert version and version.startswith("v0001-")
+    scorer = ChurnScorer.load(reg.current_path(), device="cpu")
+    assert scorer.version == version
+    p = scorer.score_one([{"ts": 850_000_000.0, "type": "purchase", "amount": 12.0, "quantity": 1}], 852_076_800.0)
+    assert 0.0 < p < 1.0
+
+
+@pytest.mark.parametrize("content,message", [
+    ("user,ts\nu1,2020-01-01\n", "missing column"),
+    ("user_id,ts\nu1,someday\n", "cannot parse ts"),
+    ("user_id,ts\nu1,2020-01-01\nu2,2020-02-01\n", "calibration set is empty"),
+])
+def test_bad_input_is_a_user_error(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "churn", "--purchases", str(path), "--cutoff", "2019-01-01", "--no-progress"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_cutoff_is_a_user_error(tiny_csv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-13-45", "--no-progress"])
+    assert exc.value.code == 2
+    assert "cannot parse date" in capsys.readouterr().err
+
+
+def test_cli_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, models.churn.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+    assert callable(churn_cli.register)

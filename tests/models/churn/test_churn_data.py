@@ -1,0 +1,134 @@
+"""Data loading, the task split and the no-leakage guarantees."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.churn import features as F
+from models.churn.data import build_task, load_purchases_csv, parse_time, split_users
+from models.churn.model import ChurnConfig
+from models.churn.train import tokenize_task
+from tidewater.errors import UserError
+
+from .helpers import CUTOFF, cdnow_sample
+
+
+def test_cdnow_sample_task_matches_the_standard_setup():
+    task = build_task(cdnow_sample(), parse_time("1997-10-01"), 273, seed=0)
+    assert len(task.users) == 2357
+    assert task.cutoff == CUTOFF
+    assert abs(task.churn.mean() - 0.7098) < 0.001  # 71 % churn in weeks 40-78
+    parts = {p: len(task.idx(p)) for p in ("train", "val", "test")}
+    assert sum(parts.values()) == 2357 and abs(parts["test"] - 0.3 * 2357) <= 1
+    assert all(e["ts"] < task.cutoff for seq in task.sequences for e in seq)
+    assert ((task.count == 0) == (task.churn == 1)).all()
+
+
+def test_split_is_seeded_and_order_independent():
+    users = np.array([f"u{i}" for i in range(500)])
+    a = split_users(users, 0)
+    assert (a == split_users(users, 0)).all()
+    assert (a != split_users(users, 1)).any()
+    perm = np.random.default_rng(3).permutation(500)
+    b = split_users(users[perm], 0)
+    assert (b == a[perm]).all()
+
+
+events_strategy = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.floats(0, 100), st.floats(0, 50), st.integers(1, 5)),
+    min_size=1, max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=events_strategy, cut_day=st.floats(1, 99), horizon=st.floats(1, 60),
+       extra=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(0, 100)), max_size=10))
+def test_no_holdout_event_reaches_the_features(events, cut_day, horizon, extra):
+    """Adding or changing events at/after the cut-off must not change any feature (tokens or summaries)."""
+    day = 86400.0
+    frame = pd.DataFrame([{"user_id": u, "ts": d * day, "amount": a, "quantity": q} for u, d, a, q in events])
+    cutoff = cut_day * day
+    if not (frame["ts"] < cutoff).any():
+        with pytest.raises(UserError):
+            build_task(frame, cutoff, horizon)
+        return
+    # future events: shifted after the cut-off, with wild amounts
+    future = pd.DataFrame([{"user_id": u, "ts": cutoff + d * day, "amount": 1e6, "quantity": 99} for u, d in extra])
+    try:
+        base = build_task(frame, cutoff, horizon)
+    except UserError:  # all users share one label: nothing to compare
+        return
+    try:
+        more = build_task(pd.concat([frame, future], ignore_index=True), cutoff, horizon)
+    except UserError:
+        return
+    assert list(base.users) == list(more.users)  # a user with only future events never enters the task
+    cfg = ChurnConfig(max_events=8)
+    t1, s1 = tokenize_task(base.sequences, base.as_of, cfg)
+    t2, s2 = tokenize_task(more.sequences, more.as_of, cfg)
+    np.testing.assert_array_equal(s1, s2)
+    for a, b in zip(t1, t2):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_leakage_detector_would_fail_if_the_cutoff_were_ignored():
+    """Sanity check of the test above: with the cut-off moved past a future event the features do change."""
+    day = 86400.0
+    seq = [{"ts": 1 * day, "type": "purchase", "amount": 10.0, "quantity": 1},
+           {"ts": 5 * day, "type": "purchase", "amount": 1e6, "quantity": 99}]
+    before = F.summary_features(F.normalize_events(seq, 3 * day), 3 * day)
+    leaked = F.summary_features(F.normalize_events(seq, 6 * day), 3 * day)
+    assert not np.array_equal(before, leaked)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 30), seed=st.integers(0, 10_000), as_of_day=st.floats(0, 300))
+def test_featurizer_ignores_events_at_or_after_as_of(n, seed, as_of_day):
+    from .helpers import random_events
+
+    rng = np.random.default_rng(seed)
+    events = random_events(rng, n, t0=0.0, span_days=300)
+    as_of = as_of_day * 86400.0
+    past = [e for e in events if e["ts"] < as_of]
+    kw = dict(max_events=8, item_buckets=64, category_buckets=16)
+    toks_all, s_all = F.prepare([events], [as_of], **kw)
+    toks_past, s_past = F.prepare([past], [as_of], **kw)
+    np.testing.assert_array_equal(s_all, s_past)
+    for k in toks_all[0]:
+        np.testing.assert_array_equal(toks_all[0][k], toks_past[0][k])
+    assert np.isfinite(s_all).all()
+    assert len(toks_all[0]["type"]) == 1 + min(len(past), 8)
+
+
+def test_same_timestamp_purchase_lines_are_one_basket():
+    seq = [{"ts": 10.0, "type": "purchase", "amount": 5.0, "quantity": 1},
+           {"ts": 10.0, "type": "purchase", "amount": 7.0, "quantity": 2}]
+    norm = F.normalize_events(seq, 100.0)
+    assert len(norm) == 1 and norm[0]["amount"] == 12.0 and norm[0]["quantity"] == 3
+
+
+def test_csv_loader_accepts_iso_and_epoch_and_rejects_bad_input(tmp_path):
+    good = tmp_path / "p.csv"
+    good.write_text("user_id,ts,amount\nu1,2020-01-02,3.5\nu2,2020-01-03T10:00:00Z,1\n")
+    frame = load_purchases_csv(good)
+    assert list(frame.columns[:3]) == ["user_id", "ts", "amount"]
+    assert frame["ts"].iloc[0] == parse_time("2020-01-02")
+    epoch = tmp_path / "e.csv"
+    epoch.write_text("user_id,ts\nu1,1577923200\n")
+    assert load_purchases_csv(epoch)["ts"].iloc[0] == 1577923200.0
+    missing = tmp_path / "m.csv"
+    missing.write_text("user,ts\nu1,2020-01-01\n")
+    with pytest.raises(UserError, match="missing column"):
+        load_purchases_csv(missing)
+    bad = tmp_path / "b.csv"
+    bad.write_text("user_id,ts\nu1,not-a-date\n")
+    with pytest.raises(UserError, match="cannot parse ts"):
+        load_purchases_csv(bad)
+    with pytest.raises(UserError, match="calibration set is empty"):
+        build_task(frame, parse_time("2019-01-01"), 30)
+    with pytest.raises(UserError):
+        parse_time("31/31/2020")

@@ -1,0 +1,152 @@
+"""Training on a tiny slice, calibration, save/load and the serving scorer."""
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from models.churn.data import build_task
+from models.churn.scorer import ChurnScorer
+from models.churn.train import (calibrate, finetune, load_model, new_model, predict_raw, pretrain, save_model,
+                                tokenize_task, train_model)
+
+from .helpers import CUTOFF, random_events, sample_slice, tiny_config
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_task():
+    return build_task(sample_slice(400), CUTOFF, 273, seed=0)
+
+
+@functools.lru_cache(maxsize=1)
+def trained():
+    task = tiny_task()
+    res = train_model(task, tiny_config(), seed=0, progress=False)
+    return task, res
+
+
+def test_pretraining_and_finetuning_losses_fall():
+    task = tiny_task()
+    cfg = tiny_config(pretrain_epochs=4, finetune_epochs=4, patience=10)
+    model = new_model(cfg, 0)
+    losses = pretrain(model, task.sequences, task.cutoff, seed=0, progress=False)
+    assert losses[-1] < losses[0] - 0.1, losses
+    toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
+    hist = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"), progress=False)
+    assert hist["train_loss"][-1] < hist["train_loss"][0], hist
+
+
+def test_training_is_deterministic_with_a_seed():
+    task = tiny_task()
+    cfg = tiny_config(pretrain_epochs=1, finetune_epochs=1)
+    a = train_model(task, cfg, seed=3, progress=False).model.state_dict()
+    b = train_model(task, cfg, seed=3, progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_calibration_matches_the_base_rate_on_validation():
+    task, res = trained()
+    model = res.model
+    toks, summ = tokenize_task(task.sequences, task.as_of, model.cfg)
+    va = task.idx("val")
+    # deliberately mis-scale the logits, then recalibrate: temperature + bias undo it
+    with torch.no_grad():
+        model.head[-1].weight.mul_(5.0)
+        model.head[-1].bias.add_(torch.tensor([3.0, 0.0]))
+    info = calibrate(model, toks, summ, task.churn, task.count, va)
+    logit, _ = predict_raw(model, [toks[i] for i in va], summ[va])
+    p = 1 / (1 + np.exp(-(logit / info["temperature"] + info["bias"])))
+    assert abs(p.mean() - task.churn[va].mean()) < 2e-3  # logistic calibration's first-order condition
+    assert info["temperature"] > 2.0  # it found the inflated scale
+    # forecast correction: total expected purchases on validation = actual total
+    _, lrate = predict_raw(model, [toks[i] for i in va], summ[va])
+    assert abs(np.exp(lrate + info["forecast_shift"]).sum() - task.count[va].sum()) < 1e-3 * max(task.count[va].sum(), 1)
+    calibrate(model, toks, summ, task.churn, task.count, va)  # leave it calibrated for the other tests
+    with torch.no_grad():
+        model.head[-1].bias.sub_(torch.tensor([3.0, 0.0]))
+        model.head[-1].weight.div_(5.0)
+    calibrate(model, toks, summ, task.churn, task.count, va)
+
+
+def _sequences(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    seqs = [random_events(rng, int(rng.integers(0, 40)), t0=8.2e8) for _ in range(n)]
+    as_of = [8.2e8 + 150 * 86400.0 + 3600.0 * i for i in range(n)]
+    return seqs, as_of
+
+
+def test_save_load_round_trip_gives_identical_scores(tmp_path):
+    _, res = trained()
+    seqs, as_of = _sequences()
+    save_model(res.model, tmp_path / "v")
+    s1 = ChurnScorer(res.model, device="cpu")
+    s2 = ChurnScorer.load(tmp_path / "v", device="cpu")
+    np.testing.assert_array_equal(s1.score_many(seqs, as_of), s2.score_many(seqs, as_of))
+    np.testing.assert_array_equal(s1.forecast_many(seqs, as_of), s2.forecast_many(seqs, as_of))
+    reloaded = load_model(tmp_path / "v").state_dict()
+    assert all(torch.equal(v, reloaded[k]) for k, v in res.model.state_dict().items())
+
+
+def test_batched_scores_equal_one_by_one_and_are_probabilities():
+    _, res = trained()
+    seqs, as_of = _sequences(80, seed=1)
+    scorer = ChurnScorer(res.model, device="cpu", micro_batch=16)
+    batched = scorer.score_many(seqs, as_of)
+    single = np.array([scorer.score_one(s, t) for s, t in zip(seqs, as_of)])
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
+    assert ((batched > 0) & (batched < 1)).all()
+    # order of the batch does not matter, and future events are ignored
+    perm = np.random.default_rng(0).permutation(len(seqs))
+    np.testing.assert_allclose(scorer.score_many([seqs[i] for i in perm], [as_of[i] for i in perm]),
+                               batched[perm], atol=1e-5)
+    future = [s + [{"ts": t + 10.0, "type": "purchase", "amount": 1e5}] for s, t in zip(seqs, as_of)]
+    np.testing.assert_allclose(scorer.score_many(future, as_of), batched, atol=1e-5)
+    assert scorer.score_many([], []).shape == (0,)
+
+
+def test_scorer_is_thread_safe():
+    _, res = trained()
+    seqs, as_of = _sequences(60, seed=2)
+    scorer = ChurnScorer(res.model, device="cpu", micro_batch=8)
+    expected = scorer.score_many(seqs, as_of)
+    results, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            results[i] = scorer.score_many(seqs, as_of)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def test_lora_finetuning_merges_into_a_plain_artifact(tmp_path):
+    task = tiny_task()
+    cfg = tiny_config(finetune_epochs=2)
+    res = train_model(task, cfg, seed=0, lora=True, progress=False)
+    plain_keys = set(new_model(cfg, 0).state_dict())
+    assert set(res.model.state_dict()) == plain_keys  # adapters merged, no peft wrapper left
+    save_model(res.model, tmp_path / "lora")
+    seqs, as_of = _sequences(10)
+    np.testing.assert_array_equal(ChurnScorer(res.model, device="cpu").score_many(seqs, as_of),
+                                  ChurnScorer.load(tmp_path / "lora", device="cpu").score_many(seqs, as_of))
+
+
+def test_model_beats_chance_on_held_out_users():
+    task, res = trained()
+    from models.churn.metrics import auc
+
+    toks, summ = tokenize_task(task.sequences, task.as_of, res.model.cfg)
+    te = task.idx("test")
+    logit, _ = predict_raw(res.model, [toks[i] for i in te], summ[te])
+    assert auc(task.churn[te], logit) > 0.65
