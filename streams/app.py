@@ -128,18 +128,27 @@ class Pipeline:
             engine = self.engines[partition]
             result = engine.on_notify(now)
             for emit in result.outputs:
-                self.outputs[emit.topic].send_soon(key=emit.key, value=emit.value)
+                await self.outputs[emit.topic].send(key=emit.key, value=emit.value)
             with partition_context(self.last_event[partition]):
                 for user_id, profile in result.profiles.items():
-                    self.profiles[user_id.encode()] = encode_profile(profile)
+                    await self._write(self.profiles, user_id.encode(), encode_profile(profile), partition)
                 if result.state_changed:
-                    self.states[f"p{partition}".encode()] = _encode_state(engine.snapshot())
+                    await self._write(self.states, f"p{partition}".encode(), _encode_state(engine.snapshot()),
+                                      partition)
             for event in result.done:
                 event.ack()
             self.processed += len(result.done)
             pending += engine.pending()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
         metrics.PENDING.set(pending)
+
+    @staticmethod
+    async def _write(table: Any, key: bytes, value: bytes, partition: int) -> None:
+        """Store write plus changelog record, like ``table[key] = value`` but awaiting the producer's queue
+        instead of Faust's unbounded send_soon buffer (which stalls under one write per user per batch)."""
+        table.data[key] = value
+        await table.changelog_topic.send(key=key, value=value, partition=partition,
+                                         callback=table._on_changelog_sent)
 
     def revoke(self, partitions: set[int]) -> None:
         for partition in partitions:
@@ -189,8 +198,9 @@ def create_app(settings: Settings, *, scorer: Any = None) -> faust.App:
     inputs = app.topic(*s.input_topics, partitions=s.partitions, **raw)
     outputs = {name: app.topic(name, partitions=s.partitions, **raw)
                for name in (*s.output_topics, s.topic_dead_letter)}
-    profiles = app.Table(PROFILES_TABLE, partitions=s.partitions, **raw)
-    states = app.Table(STATE_TABLE, partitions=s.partitions, **raw)
+    # key_type/value_type bytes select Faust's "raw" codec for the store and the changelog
+    profiles = app.Table(PROFILES_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes)
+    states = app.Table(STATE_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes)
     pipeline = Pipeline(app, s, profiles, states, outputs, scorer=scorer)
     app.tidewater = pipeline  # type: ignore[attr-defined]
 

@@ -120,7 +120,8 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
                 for tp, messages in batch.items():
                     rows.extend((tp.partition, m.offset, m.key, m.value) for m in messages)
                 continue
-            reached = all((await consumer.position(tp)) >= end[tp] for tp in tps)
+            positions = [await consumer.position(tp) for tp in tps]
+            reached = all(pos >= end[tp] for pos, tp in zip(positions, tps))
             if reached and time.monotonic() - last_data >= idle_s:
                 break
     finally:

@@ -337,6 +337,9 @@ def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, bat
             engine.on_record(r, now)
         pending.clear()
         res = engine.on_notify(now)
+        if hasattr(engine.store, "__setitem__"):  # write back, as the worker does after every batch
+            for user_id, profile in res.profiles.items():
+                engine.store[user_id] = profile  # type: ignore[index]
         total.outputs.extend(res.outputs)
         total.profiles.update(res.profiles)
         total.done.extend(res.done)

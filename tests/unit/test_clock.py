@@ -1,0 +1,48 @@
+from hypothesis import given, strategies as st
+
+from tidewater.clock import EventTimeMerger, crossed_ticks
+
+ts_lists = st.lists(st.integers(0, 50), max_size=25)
+
+
+def merge(a, b, arrival, idle=True):
+    """Push a's and b's items in the given arrival interleaving; pop whenever possible."""
+    m = EventTimeMerger(("a", "b"), idle_s=10.0, now=0.0)
+    src = {"a": list(enumerate(a)), "b": list(enumerate(b))}
+    out = []
+    for source in arrival:
+        off, ts = src[source].pop(0)
+        m.push(source, float(ts), off, (source, off), now=0.0)
+        out.extend(i.handle for i in m.pop_ready(now=0.0))
+    out.extend(i.handle for i in m.pop_ready(now=100.0))  # end of input: both idle
+    return out
+
+
+@given(ts_lists, ts_lists, st.randoms())
+def test_merge_order_does_not_depend_on_arrival_interleaving(a, b, rnd):
+    arrival = ["a"] * len(a) + ["b"] * len(b)
+    reference = merge(a, b, arrival)
+    rnd.shuffle(arrival)
+    assert merge(a, b, arrival) == reference
+    assert sorted(reference) == sorted([("a", i) for i in range(len(a))] + [("b", i) for i in range(len(b))])
+
+
+@given(ts_lists, ts_lists)
+def test_merge_keeps_each_sources_offset_order(a, b):
+    out = merge(a, b, ["a"] * len(a) + ["b"] * len(b))
+    for source in "ab":
+        offsets = [o for s, o in out if s == source]
+        assert offsets == sorted(offsets)
+
+
+def test_live_source_holds_back_until_idle():
+    m = EventTimeMerger(("a", "b"), idle_s=1.0, now=0.0)
+    m.push("a", 5.0, 0, "x", now=0.0)
+    assert list(m.pop_ready(now=0.5)) == []  # b may still send something earlier
+    assert [i.handle for i in m.pop_ready(now=1.5)] == ["x"]  # b silent for 1.5 s
+
+
+def test_crossed_ticks():
+    assert crossed_ticks(10.0, 9.0, 10.0) == ([], 10.0)
+    assert crossed_ticks(10.0, 10.0, 10.0) == ([10.0], 20.0)
+    assert crossed_ticks(10.0, 35.0, 10.0) == ([10.0, 20.0, 30.0], 40.0)

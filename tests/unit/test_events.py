@@ -1,0 +1,75 @@
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from tidewater.events import Click, Purchase, Rejected, decode_event, encode_event
+
+OK_CLICK = {"type": "click", "event_id": "e1", "user_id": "u1", "ts": 1000.0, "item_id": "i1"}
+OK_PURCHASE = {"type": "purchase", "event_id": "e2", "user_id": "u1", "ts": 1000.0, "amount": 9.5, "quantity": 2}
+
+
+def raw(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_valid_events_round_trip():
+    click = decode_event(raw(OK_CLICK), max_bytes=1000)
+    purchase = decode_event(raw(OK_PURCHASE), max_bytes=1000)
+    assert isinstance(click, Click) and click.item_id == "i1"
+    assert isinstance(purchase, Purchase) and purchase.quantity == 2
+    assert decode_event(encode_event(purchase), max_bytes=1000) == purchase
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"{not json", "malformed_json"),
+    (None, "malformed_json"),
+    (raw({**OK_CLICK, "type": "refund"}), "unknown_event_type"),
+    (raw({k: v for k, v in OK_CLICK.items() if k != "type"}), "unknown_event_type"),
+    (raw({k: v for k, v in OK_PURCHASE.items() if k != "amount"}), "missing_field"),
+    (raw({k: v for k, v in OK_CLICK.items() if k != "user_id"}), "missing_field"),
+    (raw({**OK_CLICK, "ts": "yesterday"}), "invalid_field"),
+    (raw({**OK_CLICK, "ts": 1.7e12}), "invalid_field"),  # milliseconds by mistake
+    (raw({**OK_PURCHASE, "quantity": 0}), "invalid_field"),
+    (raw({**OK_CLICK, "user_id": ""}), "invalid_field"),
+    (raw({**OK_CLICK, "schema_version": 2}), "invalid_field"),
+    (raw([OK_CLICK]), "invalid_field"),
+])
+def test_bad_input_is_rejected_with_reason(payload, reason):
+    result = decode_event(payload, max_bytes=10_000)
+    assert isinstance(result, Rejected)
+    assert result.reason == reason, result.detail
+    assert result.detail
+
+
+def test_oversized_is_rejected_before_parsing():
+    big = raw({**OK_CLICK, "category": "x" * 200})
+    assert decode_event(big, max_bytes=50).reason == "oversized"
+
+
+def test_wrong_topic_and_key_mismatch():
+    assert decode_event(raw(OK_CLICK), max_bytes=1000, expected_type="purchase").reason == "wrong_topic"
+    assert decode_event(raw(OK_CLICK), max_bytes=1000, key=b"someone-else").reason == "key_mismatch"
+    assert isinstance(decode_event(raw(OK_CLICK), max_bytes=1000, key=b"u1", expected_type="click"), Click)
+
+
+@given(st.binary(max_size=300))
+def test_decoder_never_raises_on_arbitrary_bytes(data):
+    result = decode_event(data, max_bytes=200)
+    assert isinstance(result, (Click, Purchase, Rejected))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=10)
+
+
+@given(st.dictionaries(st.sampled_from(["type", "event_id", "user_id", "ts", "amount", "quantity", "item_id"]),
+                       json_values))
+def test_decoder_classifies_any_json_object(obj):
+    result = decode_event(json.dumps(obj).encode(), max_bytes=10_000)
+    if isinstance(result, Rejected):
+        assert result.reason in {"unknown_event_type", "missing_field", "invalid_field"}
+    else:
+        assert result.user_id and result.event_id
