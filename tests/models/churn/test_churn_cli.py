@@ -29,12 +29,18 @@ def tiny_csv(tmp_path, monkeypatch):
 _orig_init = ChurnConfig.__init__
 
 
+def run_ok(args):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code in (0, None)
+
+
 def _tiny_init(self, **kw):
     _orig_init(self, **(TINY | kw))
 
 
 def test_evaluate_churn_prints_one_json_object_last(tiny_csv, tmp_path, capsys):
-    main(["evaluate", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--horizon-days", "273",
+    run_ok(["evaluate", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--horizon-days", "273",
           "--json", "--no-progress", "--report-dir", str(tmp_path / "rep")])
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
@@ -51,7 +57,7 @@ def test_evaluate_churn_prints_one_json_object_last(tiny_csv, tmp_path, capsys):
 
 def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     reg_root = tmp_path / "reg"
-    main(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
+    run_ok(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
           "--registry", str(reg_root)])
     reg = Registry(reg_root / "churn")
     version = reg.current_version()
@@ -71,7 +77,7 @@ def test_bad_input_is_a_user_error(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "churn", "--purchases", str(path), "--cutoff", "2019-01-01", "--no-progress"])
+        run_ok(["evaluate", "churn", "--purchases", str(path), "--cutoff", "2019-01-01", "--no-progress"])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
