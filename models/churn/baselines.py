@@ -93,8 +93,10 @@ def fit_lightgbm(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
         subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0, random_state=seed, n_jobs=1,
         deterministic=True, force_col_wise=True, verbose=-1,
     )
-    model.fit(x_train, y_train, eval_set=[(x_val, y_val)], eval_metric="binary_logloss",
-              callbacks=[lgb.early_stopping(100, verbose=False)])
+    with warnings.catch_warnings():  # lightgbm 4.7 renamed eval_set; keep the form every 4.x accepts
+        warnings.simplefilter("ignore")
+        model.fit(x_train, y_train, eval_set=[(x_val, y_val)], eval_metric="binary_logloss",
+                  callbacks=[lgb.early_stopping(100, verbose=False)])
     return model
 
 

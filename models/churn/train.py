@@ -115,8 +115,9 @@ def pretrain(model: ChurnTransformer, sequences: Sequence[list[dict]], as_of: fl
     n = len(sequences)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * cfg.pretrain_epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.pretrain_lr, total_steps=max(total, 1),
-                                                pct_start=0.1)
+    warm = max(1, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 5 %
+        opt, lambda step: min((step + 1) / warm, max(0.05, 1.0 - (step - warm) / max(total - warm, 1))))
     losses = []
     model.train()
     bar = tqdm(total=total, desc="pre-train (masked events)", disable=not progress, leave=False)
@@ -288,10 +289,10 @@ def calibrate(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray
     opt.step(closure)
     pred_total = float(np.exp(lrate.astype(np.float64)).sum())
     shift = math.log(max(float(count[val_idx].sum()), 1e-9) / max(pred_total, 1e-9))
-    model.temperature.fill_(float(log_t.exp()))
-    model.bias.fill_(float(b))
+    model.temperature.fill_(float(log_t.detach().exp()))
+    model.bias.fill_(float(b.detach()))
     model.forecast_shift.fill_(shift)
-    return {"temperature": float(log_t.exp()), "bias": float(b), "forecast_shift": shift}
+    return {"temperature": float(log_t.detach().exp()), "bias": float(b.detach()), "forecast_shift": shift}
 
 
 # ------------------------------------------------------------------------------------------------

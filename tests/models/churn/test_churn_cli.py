@@ -77,7 +77,7 @@ def test_bad_input_is_a_user_error(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
     with pytest.raises(SystemExit) as exc:
-        run_ok(["evaluate", "churn", "--purchases", str(path), "--cutoff", "2019-01-01", "--no-progress"])
+        main(["evaluate", "churn", "--purchases", str(path), "--cutoff", "2019-01-01", "--no-progress"])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
