@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from models.recs import cli as recs_cli
+from models.recs import pipeline
+from models.recs.recommender import Recommender
+from models.recs.user_vector import update_one
+
+from .helpers import sequential_log
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def app():
+    root = typer.Typer()
+    train, evaluate, index = typer.Typer(), typer.Typer(), typer.Typer()
+    root.add_typer(train, name="train")
+    root.add_typer(evaluate, name="evaluate")
+    root.add_typer(index, name="index")
+    recs_cli.register(train, evaluate, index)
+    return root
+
+
+@pytest.fixture(scope="module")
+def csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "log.csv"
+    sequential_log(n_users=50, n_items=25, length=10, unique_last=True).to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_json_last_line_and_no_leakage(app, csv, tmp_path, monkeypatch):
+    seen: list[list[np.ndarray]] = []
+    from models.recs import baselines, seqlinear
+
+    for cls in (baselines.Popularity, baselines.ItemKNN, baselines.ALS, baselines.Markov, seqlinear.SeqLinearModel):
+        orig = cls.fit
+
+        def spy(self, seqs, *a, _orig=orig, **kw):
+            seen.append([np.asarray(s).copy() for s in seqs])
+            return _orig(self, seqs, *a, **kw)
+
+        monkeypatch.setattr(cls, "fit", spy)
+    res = CliRunner().invoke(app, ["evaluate", "recs", "--interactions", str(csv), "--json",
+                                   "--report-dir", str(tmp_path / "rep"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out["model"]) == {"ndcg@10", "hit@10", "mrr@10", "recall@20"}
+    assert set(out["baselines"]) == {"pop", "item_knn", "als", "markov"}
+    assert 0.0 <= out["index"]["recall@10_vs_exact"] <= 1.0
+    assert out["dataset"] == "log" and out["users"] == 50
+    assert (tmp_path / "rep" / "ndcg_at_k.png").stat().st_size > 0
+    # leakage canary: each user's test item is unique to that user and must reach no fit() call
+    from models.recs.evaluation import leave_one_out
+    import pandas as pd
+
+    split = leave_one_out(pd.read_csv(csv, dtype={"user_id": str, "item_id": str}))
+    canary = {split.item_index[f"t{u}"] for u in range(50)}
+    assert len(seen) >= 5
+    for seqs in seen:
+        assert not canary & set(np.concatenate(seqs).tolist())
+    # the trained model found the canaries cold (it never saw them)
+    assert out["train"]["cold_items"] >= 50
+
+
+def test_bad_input_is_a_user_error(app, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item\n1,2\n")
+    from tidewater.errors import UserError
+
+    res = CliRunner().invoke(app, ["evaluate", "recs", "--interactions", str(bad)])
+    assert isinstance(res.exception, UserError) and "missing column" in str(res.exception)
+    res = CliRunner().invoke(app, ["evaluate", "recs", "--interactions", str(tmp_path / "nope.csv")])
+    assert isinstance(res.exception, UserError)
+    res = CliRunner().invoke(app, ["index", "build", "--registry", str(tmp_path / "empty")])
+    assert isinstance(res.exception, UserError) and "train recs" in str(res.exception)
+
+
+def test_train_publish_index_build_and_recommender(app, csv, tmp_path):
+    reg = tmp_path / "reg"
+    res = CliRunner().invoke(app, ["train", "recs", "--interactions", str(csv), "--registry", str(reg),
+                                   "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    rec = Recommender.from_registry(reg / "recs", use_gpu=False)
+    assert rec.version == info["version"]
+    assert rec.item_vector("nope") is None and rec.item_vector("i3").shape == (64,)
+    state = None
+    for it in ["i3", "i4", "i5"]:
+        state = rec.update_user(state, it)
+    state = rec.update_user(state.to_json(), "unknown-item")  # unknown items leave the state as is
+    assert state.count == 3
+    np.testing.assert_allclose(state.vector(), rec.recompute_user(["i3", "i4", "i5"]).vector(), rtol=1e-5,
+                               atol=1e-6)
+    out = rec.recommend_many([state, None], k=5, exclude=[{"i3", "i4", "i5"}, {rec.popular_items(1)[0]}])
+    assert len(out[0]) == 5 and not {"i3", "i4", "i5"} & {i for i, _ in out[0]}
+    assert out[1] == [(i, 0.0) for i in rec.popular_items(6)[1:]]  # fallback, filtered
+    # the walk goes upward: after i3,i4,i5 the next items should be near i6
+    assert "i6" in [i for i, _ in out[0]]
+    res = CliRunner().invoke(app, ["index", "build", "--registry", str(reg)])
+    assert res.exit_code == 0, res.output
+    built = json.loads(res.stdout.strip().splitlines()[-1])
+    from models.registry import Registry
+
+    new_dir = Registry(reg / "recs_index").current_path()
+    assert rec.swap_index(new_dir) == rec.index.version and built["model_version"] == rec.version
+    assert len(rec.recommend_many([state], k=5)[0]) == 5

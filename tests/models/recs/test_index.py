@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from models.recs.index import HotSwapIndex, ItemIndex, recall_at_k
+
+
+def _brute(base, q, k):
+    s = q @ base.T
+    return np.argsort(-s, axis=1, kind="stable")[:, :k], np.sort(s, axis=1)[:, ::-1][:, :k]
+
+
+@settings(max_examples=25)
+@given(st.integers(1, 200), st.integers(1, 16), st.integers(1, 12), st.integers(0, 10**6))
+def test_flat_index_returns_exact_neighbours(n, d, k, seed):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((5, d)).astype(np.float32)
+    idx = ItemIndex.build([f"i{j}" for j in range(n)], base, kind="auto", use_gpu=False)
+    assert idx.kind == "flat"
+    res = idx.search_many(q, k)
+    _, top_scores = _brute(base, q, min(k, n))
+    for r in range(len(q)):
+        assert len(res[r]) == min(k, n)
+        got_scores = np.array([s for _, s in res[r]])
+        np.testing.assert_allclose(got_scores, top_scores[r], rtol=1e-4, atol=1e-4)
+        # every returned item really has the score reported
+        for item, s in res[r]:
+            assert float(q[r] @ base[int(item[1:])]) == pytest.approx(s, rel=1e-4, abs=1e-4)
+
+
+@settings(max_examples=25)
+@given(st.integers(0, 10**6), st.integers(1, 10))
+def test_filters_remove_consumed_items(seed, k):
+    rng = np.random.default_rng(seed)
+    n = 60
+    base = rng.standard_normal((n, 8)).astype(np.float32)
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    ids = [f"i{j}" for j in range(n)]
+    idx = ItemIndex.build(ids, base, kind="flat", use_gpu=False)
+    unfiltered = idx.search_many(q, k)
+    exclude = [set(ids[j] for j in rng.choice(n, rng.integers(0, 50), replace=False)) for _ in range(4)]
+    exclude[0] |= {it for it, _ in unfiltered[0]}  # drop the whole unfiltered top-k of query 0
+    res = idx.search_many(q, k, exclude)
+    for r in range(4):
+        items = [it for it, _ in res[r]]
+        assert not set(items) & exclude[r]
+        assert len(items) == min(k, n - len(exclude[r]))  # still k results after filtering
+        allowed = [j for j in range(n) if ids[j] not in exclude[r]]
+        best = sorted((float(q[r] @ base[j]) for j in allowed), reverse=True)[:k]
+        np.testing.assert_allclose([s for _, s in res[r]], best, rtol=1e-4, atol=1e-4)
+
+
+def test_ivf_recall_and_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 32)).astype(np.float32)
+    base = (centres[rng.integers(0, 50, 6000)] + 0.5 * rng.standard_normal((6000, 32))).astype(np.float32)
+    q = (centres[rng.integers(0, 50, 300)] + 0.5 * rng.standard_normal((300, 32))).astype(np.float32)
+    ids = [str(j) for j in range(len(base))]
+    approx = ItemIndex.build(ids, base, kind="ivf", use_gpu=False, calibration_queries=q[:150])
+    exact = ItemIndex.build(ids, base, kind="flat", use_gpu=False)
+    assert approx.kind == "ivf" and approx.nprobe < approx._cpu_index.nlist
+    _, a = approx.search_ids(q[150:], 10)
+    _, e = exact.search_ids(q[150:], 10)
+    assert recall_at_k(a, e, 10) >= 0.98
+    approx.save(tmp_path / "ivf")
+    again = ItemIndex.load(tmp_path / "ivf", use_gpu=False)
+    assert again.version == approx.version and again.kind == "ivf" and again.nprobe == approx.nprobe
+    assert again.search_many(q[:5], 10) == approx.search_many(q[:5], 10)
+    np.testing.assert_allclose(again.vector("7"), base[7])
+
+
+def test_hot_swap_under_concurrent_queries(tmp_path):
+    rng = np.random.default_rng(1)
+    d, n = 16, 400
+    versions = {}
+    for name in ("A", "B"):
+        base = rng.standard_normal((n, d)).astype(np.float32)
+        idx = ItemIndex.build([f"{name}{j}" for j in range(n)], base, kind="flat", version=name, use_gpu=False)
+        idx.save(tmp_path / name)
+        versions[name] = idx
+    q = rng.standard_normal((32, d)).astype(np.float32)
+    expected = {name: idx.search_many(q, 10) for name, idx in versions.items()}
+    hot = HotSwapIndex(versions["A"])
+    errors, seen = [], {"A": 0, "B": 0}
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                version, res = hot.search_many_versioned(q, 10)
+                # a complete, consistent answer of exactly one version — never a mix or a partial index
+                assert res == expected[version], f"answer differs from version {version}"
+                seen[version] += 1
+            except Exception as exc:  # noqa: BLE001 - any error fails the test
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for i in range(20):
+        hot.load_and_swap(tmp_path / ("B" if i % 2 == 0 else "A"), use_gpu=False)  # loads from disk each time
+        time.sleep(0.005)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors[:3]
+    assert seen["A"] > 0 and seen["B"] > 0
+    with pytest.raises(TypeError):
+        hot.swap("not an index")  # type: ignore[arg-type]
+
+
+def test_empty_hot_swap_raises_lookup():
+    with pytest.raises(LookupError):
+        HotSwapIndex().search_many(np.zeros((1, 4), np.float32), 3)
