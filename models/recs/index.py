@@ -1,7 +1,7 @@
 """FAISS item index: exact (IndexFlatIP) or approximate (IVF-Flat, inner product) behind one interface.
 
 * ``ItemIndex.build(item_ids, vectors, kind="auto")`` picks exact search below ``EXACT_MAX`` items and
-  IVF above, with ``nlist ~ 4*sqrt(n)`` and ``nprobe`` calibrated at build time: the smallest power of
+  IVF above, with ``nlist ~ 2*sqrt(n)`` (k-means, 10 iterations on <= 40*nlist samples) and ``nprobe`` calibrated at build time: the smallest power of
   two whose recall@10 against exact search on sample queries (catalogue vectors plus noise) reaches
   ``target_recall`` (0.99 by default).
 * Runs on GPU (``faiss.StandardGpuResources``) when faiss sees a GPU, else CPU; ``save``/``load`` always
@@ -28,6 +28,7 @@ EXACT_MAX = 50_000
 INDEX_FILE = "items.faiss"
 IDS_FILE = "item_ids.json"
 META_FILE = "index.json"
+_DIRECT_MAP_LOCK = threading.Lock()
 
 
 def _faiss():
@@ -95,7 +96,8 @@ class ItemIndex:
     @classmethod
     def build(cls, item_ids: Sequence[str], vectors: np.ndarray, kind: str = "auto",
               version: str | None = None, target_recall: float = 0.99, nlist: int | None = None,
-              seed: int = 0, use_gpu: bool | None = None) -> "ItemIndex":
+              seed: int = 0, use_gpu: bool | None = None,
+              calibration_queries: np.ndarray | None = None) -> "ItemIndex":
         faiss = _faiss()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or len(x) != len(item_ids):
@@ -112,26 +114,33 @@ class ItemIndex:
             return cls(item_ids, index, "flat", version, d, use_gpu=use_gpu)
         if kind != "ivf":
             raise ValueError(f"unknown index kind {kind!r} (flat, ivf, auto)")
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+        nlist = nlist or max(1, min(int(2 * np.sqrt(n)), n // 39))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        train = x if n <= 64 * nlist else x[rng.choice(n, 64 * nlist, replace=False)]
+        train = x if n <= 40 * nlist else x[np.sort(rng.choice(n, 40 * nlist, replace=False))]
         index.cp.seed = seed
+        index.cp.niter = 10
+        index.cp.spherical = True  # unit-norm centroids: inner-product assignment is then well posed
         index.train(train)
         index.add(x)
         out = cls(item_ids, index, "ivf", version, d, nprobe=1, use_gpu=use_gpu)
-        out.calibrate(x, target_recall=target_recall, seed=seed)
+        out.calibrate(x, target_recall=target_recall, seed=seed, queries=calibration_queries)
         return out
 
     def calibrate(self, base: np.ndarray, target_recall: float = 0.99, n_queries: int = 500,
-                  seed: int = 0) -> float:
-        """Smallest power-of-two nprobe reaching ``target_recall`` @10 vs exact on sample queries."""
+                  seed: int = 0, queries: np.ndarray | None = None) -> float:
+        """Smallest power-of-two nprobe reaching ``target_recall`` @10 vs exact on sample queries
+        (``queries`` when given — e.g. real user vectors — else catalogue vectors plus noise)."""
         if self.kind != "ivf":
             return 1.0
         rng = np.random.default_rng(seed + 1)
-        q = base[rng.choice(len(base), min(n_queries, len(base)), replace=False)]
-        q = q + rng.normal(scale=float(base.std()) * 0.5, size=q.shape).astype(np.float32)
+        if queries is not None:
+            q = np.asarray(queries, np.float32)
+            q = q[rng.choice(len(q), min(n_queries, len(q)), replace=False)]
+        else:
+            q = base[rng.choice(len(base), min(n_queries, len(base)), replace=False)]
+            q = q + rng.normal(scale=float(base.std()) * 0.5, size=q.shape).astype(np.float32)
         k = min(10, len(base))
         exact = exact_topk(base, q, k)
         nlist = self._cpu_index.nlist
@@ -185,7 +194,13 @@ class ItemIndex:
 
     def vector(self, item_id: str) -> np.ndarray | None:
         i = self._pos.get(item_id)
-        return None if i is None else self._cpu_index.reconstruct(i)
+        if i is None:
+            return None
+        if self.kind == "ivf" and getattr(self._cpu_index, "direct_map", None) is not None \
+                and self._cpu_index.direct_map.type == 0:  # NoMap: build the id -> list map once
+            with _DIRECT_MAP_LOCK:
+                self._cpu_index.make_direct_map()
+        return self._cpu_index.reconstruct(i)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:

@@ -209,8 +209,12 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
                         "window": cfg.stream_window}
     curves["streaming (user vector + index)"] = ms["ndcg@k"]
 
-    # approximate index vs exact, on the real item table with real user queries
-    approx = ItemIndex.build(split.item_ids, model.item_emb, kind="ivf", version="eval-ivf")
+    # approximate index vs exact, on the real item table: nprobe calibrated on VALIDATION-stage user
+    # vectors, recall measured on the TEST-stage user vectors (full-model and streaming queries)
+    vhist = split.history("valid")
+    calib = np.concatenate([model.user_hidden([vhist[u] for u in ev]), model.stream_vectors([vhist[u] for u in ev])])
+    approx = ItemIndex.build(split.item_ids, model.item_emb, kind="ivf", version="eval-ivf",
+                             calibration_queries=calib)
     queries = np.concatenate([model.user_hidden([hist[u] for u in ev]), qs]).astype(np.float32)
     ex_ids = exact_topk(model.item_emb, queries, 10)
     _, ap_ids = approx.search_ids(queries, 10)
