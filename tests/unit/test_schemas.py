@@ -1,0 +1,28 @@
+import json
+from pathlib import Path
+
+import jsonschema
+
+from tidewater.outputs import ChurnScore, deterministic_id, encode_output
+from tidewater.schemas import all_schemas
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+def test_committed_schema_files_match_the_code():
+    for name, schema in all_schemas().items():
+        path = DOCS / f"{name}.schema.json"
+        assert path.exists(), f"run `tidewater schemas` ({path} missing)"
+        assert json.loads(path.read_text()) == json.loads(json.dumps(schema)), f"{path} is stale: run `tidewater schemas`"
+
+
+def test_outputs_validate_against_their_published_schema():
+    record = ChurnScore(event_id=deterministic_id("x"), user_id="u", as_of=1.0, score=0.5, trigger="activity",
+                        model_version="m", recency_days=1.0, frequency=2.0, monetary=3.0)
+    schema = json.loads((DOCS / "churn_score.v1.schema.json").read_text())
+    jsonschema.validate(json.loads(encode_output(record)), schema)
+
+
+def test_deterministic_ids_are_stable():
+    assert deterministic_id("churn", "u1", 86400.0, "activity") == deterministic_id("churn", "u1", 86400.0, "activity")
+    assert deterministic_id("a", "b") != deterministic_id("ab")

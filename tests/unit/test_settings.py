@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+import pytest
+
+from tidewater.settings import Secret, Settings, settings_table_markdown
+
+
+def test_env_overrides_and_types():
+    s = Settings.from_env(environ={"TIDEWATER_PARTITIONS": "3", "TIDEWATER_SESSION_GAP_S": "60"})
+    assert s.partitions == 3 and s.session_gap_s == 60.0
+    with pytest.raises(ValueError, match="TIDEWATER_SECURITY_PROTOCOL"):
+        Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "TLS"})
+    with pytest.raises(ValueError, match="partitions"):
+        Settings.from_env(environ={"TIDEWATER_PARTITIONS": "many"})
+
+
+def test_secrets_never_show():
+    s = Settings.from_env(environ={"TIDEWATER_SASL_PASSWORD": "hunter2", "TIDEWATER_INGEST_TOKEN": "tok3n"})
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.sasl_password) and "hunter2" not in f"{s}"
+    assert s.sasl_password.reveal() == "hunter2"
+    assert "tok3n" not in settings_table_markdown()
+
+
+def test_sasl_and_tls_reach_aiokafka_kwargs(tmp_path):
+    from streams.kafka_config import aiokafka_kwargs
+
+    s = Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                                   "TIDEWATER_SASL_MECHANISM": "SCRAM-SHA-512",
+                                   "TIDEWATER_SASL_USERNAME": "app", "TIDEWATER_SASL_PASSWORD": "pw"})
+    kw = aiokafka_kwargs(s)
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-512" and kw["sasl_plain_password"] == "pw"
+    assert kw["security_protocol"] == "SASL_PLAINTEXT"
+
+
+def test_help_and_settings_command_do_not_echo_secrets():
+    env = {"TIDEWATER_SASL_PASSWORD": "hunter2", "PATH": "/usr/bin:/bin"}
+    for args in (["--help"], ["settings"], ["worker", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "tidewater.cli", *args], capture_output=True, text=True,
+                             env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "hunter2" not in out.stdout + out.stderr
+
+
+def test_readme_settings_table_is_generated_from_the_code():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table_markdown() in readme
