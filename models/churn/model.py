@@ -33,6 +33,7 @@ class ChurnConfig:
     intermediate: int = 128
     dropout: float = 0.1
     use_summary: bool = True  # feed the RFM summary vector into the head
+    wide: bool = False  # plus a linear path from the summary to the outputs (did not help on validation)
     # pre-training (masked-event modelling + next gap)
     pretrain_epochs: int = 4
     mask_prob: float = 0.15
@@ -45,6 +46,7 @@ class ChurnConfig:
     weight_decay: float = 0.01
     batch_size: int = 128
     forecast_weight: float = 0.5  # weight of the Poisson NLL of the count head
+    ema_decay: float = 0.995  # EMA of the fine-tuned weights (0 = off)
     # LoRA
     lora_r: int = 8
     lora_alpha: int = 16
@@ -126,6 +128,9 @@ class ChurnTransformer(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(2 * h + n_sum, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 2),
         )
+        # "wide" linear path from the standardised summary straight to both outputs (wide & deep):
+        # a logistic / log-linear model on the RFM features is a special case the deep part refines
+        self.wide = nn.Linear(F.N_SUMMARY, 2) if cfg.use_summary and cfg.wide else None
         # calibration, fitted on validation: p = sigmoid(logit / temperature + bias); rate * exp(forecast_shift)
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
@@ -153,6 +158,8 @@ class ChurnTransformer(nn.Module):
             s = (batch["summary"] - self.summary_mean) / self.summary_std
             parts.append(s.to(hs.dtype))
         out = self.head(torch.cat(parts, dim=-1))
+        if self.wide is not None:
+            out = out + self.wide(parts[-1])
         return out[:, 0], out[:, 1]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -227,6 +227,11 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     best, best_state, bad, hist = math.inf, None, 0, {"train_loss": [], "val_loss": [], "val_bce": []}
     steps = math.ceil(len(train_idx) / cfg.batch_size)
     bar = tqdm(total=steps * cfg.finetune_epochs, desc=desc, disable=not progress, leave=False)
+    # exponential moving average of the trainable weights: validated, kept and saved instead of the raw
+    # weights (fine-tuning on small, noisy labels jumps around from step to step)
+    ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.ema_decay > 0 else {}
+    live: dict[str, torch.Tensor] = {}
+    n_steps = 0
     for epoch in range(cfg.finetune_epochs):
         model.train()
         ep = []
@@ -237,9 +242,22 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if ema:
+                n_steps += 1
+                decay = min(cfg.ema_decay, (1.0 + n_steps) / (10.0 + n_steps))  # warm-up for short runs
+                with torch.no_grad():
+                    for n, p in model.named_parameters():
+                        if n in ema:
+                            ema[n].lerp_(p.detach(), 1.0 - decay)
             ep.append(float(loss.detach()))
             bar.update(1)
         model.eval()
+        if ema:  # validate the averaged weights; the live ones come back before the next epoch
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in ema:
+                        live[n] = p.detach().clone()
+                        p.copy_(ema[n])
         with torch.inference_mode():
             tot = bce_tot = 0.0
             for idx in val_batches:
@@ -258,8 +276,13 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
             hist["best_epoch"] = epoch + 1
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+        if live:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in live:
+                        p.copy_(live[n])
+        if bad >= cfg.patience:
+            break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
