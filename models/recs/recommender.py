@@ -110,8 +110,9 @@ class Recommender:
             res = self.index.search_many(np.stack(vecs), k, ex)
             for r, items in zip(rows, res):
                 out[r] = items
+        have = set(rows)
         for r in range(len(user_states)):
-            if r not in set(rows):
+            if r not in have:
                 ex = exclude[r] if exclude is not None else None
                 out[r] = [(it, 0.0) for it in self.popular_items(k, ex)]
         return out
