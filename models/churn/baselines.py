@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 
@@ -51,22 +53,38 @@ class BGNBDResult:
 
 
 def fit_bgnbd(summary: np.ndarray, horizon: float, penalizer: float = 0.0) -> BGNBDResult:
-    """Fit BG/NBD on [x, t_x, T] and score every row for a horizon in the same time unit."""
+    """Fit BG/NBD on [x, t_x, T] and score every row for a horizon in the same time unit.
+
+    When the unpenalised fit does not converge (e.g. logs with very many purchases per user), the
+    penalizer is raised step by step (0.001, 0.01, 0.1, 1); the one used is in ``params["penalizer"]``."""
     from lifetimes import BetaGeoFitter
+    from lifetimes.utils import ConvergenceError
 
     x, tx, T = summary[:, 0], summary[:, 1], np.maximum(summary[:, 2], 1e-6)
-    bgf = BetaGeoFitter(penalizer_coef=penalizer)
-    with warnings.catch_warnings():
+    last_exc: Exception | None = None
+    for pen in [penalizer] + [p for p in (0.001, 0.01, 0.1, 1.0) if p > penalizer]:
+        bgf = BetaGeoFitter(penalizer_coef=pen)
+        try:
+            # lifetimes print()s the optimiser state when it fails: keep stdout clean for --json
+            with warnings.catch_warnings(), np.errstate(all="ignore"), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                bgf.fit(x, tx, T)
+            break
+        except (ConvergenceError, ValueError, FloatingPointError) as exc:
+            last_exc = exc
+    else:
+        raise RuntimeError(f"BG/NBD did not converge even with a penalizer: {last_exc}")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        bgf.fit(x, tx, T)
         expected = np.asarray(bgf.conditional_expected_number_of_purchases_up_to_time(horizon, x, tx, T), float)
         p_alive = np.asarray(bgf.conditional_probability_alive(x, tx, T), float)
     r, alpha = bgf.params_["r"], bgf.params_["alpha"]
     # Given alive at T, lambda | data ~ Gamma(r + x, alpha + T), and no purchase in (T, T+t] has
     # probability exp(-lambda t); dropout happens only right after a purchase.
     p_no_purchase_if_alive = ((alpha + T) / (alpha + T + horizon)) ** (r + x)
-    p_zero = 1.0 - p_alive * (1.0 - p_no_purchase_if_alive)
-    params = {k: float(v) for k, v in bgf.params_.items()}
+    p_zero = np.clip(1.0 - p_alive * (1.0 - p_no_purchase_if_alive), 0.0, 1.0)
+    expected = np.nan_to_num(expected, nan=0.0, posinf=0.0)
+    params = {k: float(v) for k, v in bgf.params_.items()} | {"penalizer": float(bgf.penalizer_coef)}
     return BGNBDResult(params=params, expected=expected, p_alive=p_alive, p_zero=p_zero)
 
 
