@@ -56,21 +56,22 @@ def test_filters_remove_consumed_items(seed, k):
         np.testing.assert_allclose([s for _, s in res[r]], best, rtol=1e-4, atol=1e-4)
 
 
-def test_ivf_recall_and_save_load(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_approximate_recall_and_save_load(tmp_path, kind):
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((50, 32)).astype(np.float32)
     base = (centres[rng.integers(0, 50, 6000)] + 0.5 * rng.standard_normal((6000, 32))).astype(np.float32)
     q = (centres[rng.integers(0, 50, 300)] + 0.5 * rng.standard_normal((300, 32))).astype(np.float32)
     ids = [str(j) for j in range(len(base))]
-    approx = ItemIndex.build(ids, base, kind="ivf", use_gpu=False, calibration_queries=q[:150])
+    approx = ItemIndex.build(ids, base, kind=kind, use_gpu=False, calibration_queries=q[:150])
     exact = ItemIndex.build(ids, base, kind="flat", use_gpu=False)
-    assert approx.kind == "ivf" and approx.nprobe < approx._cpu_index.nlist
+    assert approx.kind == kind and approx.nprobe < approx.nlist
     _, a = approx.search_ids(q[150:], 10)
     _, e = exact.search_ids(q[150:], 10)
     assert recall_at_k(a, e, 10) >= 0.98
-    approx.save(tmp_path / "ivf")
-    again = ItemIndex.load(tmp_path / "ivf", use_gpu=False)
-    assert again.version == approx.version and again.kind == "ivf" and again.nprobe == approx.nprobe
+    approx.save(tmp_path / kind)
+    again = ItemIndex.load(tmp_path / kind, use_gpu=False)
+    assert again.version == approx.version and again.kind == kind and again.nprobe == approx.nprobe
     assert again.search_many(q[:5], 10) == approx.search_many(q[:5], 10)
     np.testing.assert_allclose(again.vector("7"), base[7])
 
