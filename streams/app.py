@@ -69,6 +69,13 @@ class Pipeline:
         self.lock = asyncio.Lock()
         self.store = TableProfileStore(profiles)
         self.processed = 0
+        # Rebalance fencing: each event is tagged with the assignment epoch in which Faust delivered it.
+        self.epoch = 0
+        self.epoch_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.stale_dropped = 0
+
+    def tag(self, event: Any) -> None:
+        self.epoch_of[event.message] = self.epoch
 
     def engine(self, partition: int, event: Any) -> PartitionEngine:
         engine = self.engines.get(partition)
@@ -103,6 +110,13 @@ class Pipeline:
             for event in events:
                 message = event.message
                 message.incref()  # held until the engine has applied it (see module doc)
+                if self.epoch_of.get(message, self.epoch) != self.epoch:
+                    # Delivered before the last rebalance (still in take()'s buffer): Faust has seeked back to
+                    # the committed offset and delivers it again in order. Applying it now would move the
+                    # idempotency marker past records not yet re-read, which would then be skipped as
+                    # duplicates. Never acked either, so the commit cannot jump over the re-read.
+                    self.stale_dropped += 1
+                    continue
                 engine = self.engine(message.partition, event)
                 self.last_event[message.partition] = event
                 engine.on_record(Record(message.topic, message.partition, message.offset, message.key,
@@ -150,7 +164,12 @@ class Pipeline:
         await table.changelog_topic.send(key=key, value=value, partition=partition,
                                          callback=table._on_changelog_sent)
 
-    def revoke(self, partitions: set[int]) -> None:
+    async def revoke(self, partitions: set[int]) -> None:
+        async with self.lock:
+            self.epoch += 1
+            self._drop(partitions)
+
+    def _drop(self, partitions: set[int]) -> None:
         for partition in partitions:
             engine = self.engines.pop(partition, None)
             if engine is not None:
@@ -207,6 +226,11 @@ def create_app(settings: Settings, *, scorer: Any = None) -> faust.App:
 
     @app.agent(inputs, name="tidewater-process")
     async def process(stream: faust.StreamT) -> None:
+        def tag(value: Any) -> Any:  # runs as each event leaves the channel, before take() buffers it
+            pipeline.tag(stream.current_event)
+            return value
+
+        stream.add_processor(tag)
         async for events in stream.take_events(s.batch_max_events, within=s.batch_max_wait_ms / 1000.0):
             await pipeline.on_batch(list(events))
 
@@ -216,7 +240,7 @@ def create_app(settings: Settings, *, scorer: Any = None) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set, **kwargs: Any) -> None:
-        pipeline.revoke({tp.partition for tp in revoked if tp.topic in s.input_topics})
+        await pipeline.revoke({tp.partition for tp in revoked if tp.topic in s.input_topics})
 
     from streams import web
 

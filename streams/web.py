@@ -70,7 +70,9 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "partitions": sorted(pipeline.engines), "processed": pipeline.processed})
+            assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in s.input_topics})
+            return self.json({"status": "ok", "partitions": assigned, "processed": pipeline.processed,
+                              "stale_dropped": pipeline.stale_dropped})
 
     @app.page("/metrics")
     class Metrics(View):
