@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from . import baselines as B
-from .data import ChurnTask, build_task
+from .data import build_task
 from .features import DAY
 from .metrics import binary_metrics, bootstrap_auc_diff, forecast_metrics
 from .model import ChurnConfig
-from .train import finetune, calibrate, new_model, predict_raw, pretrain, tokenize_task
+from .train import finetune_variant as train_variant, new_model, predict_raw, pretrain, tokenize_task
 
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "forecast_corr": 0.626}
 
@@ -22,24 +22,6 @@ FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "forecast_corr":
 def _strip_calibration(m: dict) -> dict:
     return {k: v for k, v in m.items() if k != "calibration"} | (
         {"calibration_ece": m["calibration"]["ece"]} if "calibration" in m else {})
-
-
-def train_variant(task: ChurnTask, cfg: ChurnConfig, tokens, *, seed: int, pretrained_state: dict | None,
-                  lora: bool, progress: bool, desc: str):
-    t0 = time.perf_counter()
-    toks, summ = tokens
-    model = new_model(cfg, seed)
-    if pretrained_state is not None:
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in pretrained_state.items() if k in own and own[k].shape == v.shape},
-                              strict=False)
-    hist = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"), seed=seed,
-                    lora=lora, progress=progress, desc=desc)
-    cal = calibrate(model, toks, summ, task.churn, task.count, task.idx("val"))
-    info = {"pretrained": pretrained_state is not None, "lora": lora, "finetune": hist, "calibration": cal,
-            "finetune_seconds": time.perf_counter() - t0,
-            "n_parameters": int(sum(p.numel() for p in model.parameters()))}
-    return model, info
 
 
 def _model_outputs(model, tokens) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

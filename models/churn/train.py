@@ -335,27 +335,42 @@ def train_model(task, cfg: ChurnConfig, *, seed: int = 0, do_pretrain: bool = Tr
     """Full pipeline on a :class:`~models.churn.data.ChurnTask`: (pre-train) -> fine-tune -> calibrate.
 
     ``pretrained_state`` reuses an already pre-trained encoder (so ablations share one pre-training);
-    ``tokens`` reuses the task's (tokens, summaries)."""
+    ``tokens`` reuses the task's (tokens, summaries). `train churn` and `evaluate churn` both go through
+    here, so the same seed gives the same model in both commands."""
     t0 = time.perf_counter()
-    toks, summ = tokens if tokens is not None else tokenize_task(task.sequences, task.as_of, cfg)
-    model = new_model(cfg, seed)
-    info: dict = {"pretrained": bool(do_pretrain), "lora": bool(lora)}
-    if do_pretrain:
-        if pretrained_state is None:
-            tp = time.perf_counter()
-            info["pretrain_loss"] = pretrain(model, task.sequences, task.cutoff, seed=seed, progress=progress)
-            info["pretrain_seconds"] = time.perf_counter() - tp
-        else:
-            model.load_state_dict(pretrained_state)
-    tf = time.perf_counter()
-    info["finetune"] = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"),
-                                seed=seed, lora=lora, progress=progress,
-                                desc="fine-tune (LoRA)" if lora else "fine-tune")
-    info["finetune_seconds"] = time.perf_counter() - tf
-    info["calibration"] = calibrate(model, toks, summ, task.churn, task.count, task.idx("val"))
+    tokens = tokens if tokens is not None else tokenize_task(task.sequences, task.as_of, cfg)
+    info: dict = {}
+    if do_pretrain and pretrained_state is None:
+        base = new_model(cfg, seed)
+        tp = time.perf_counter()
+        info["pretrain_loss"] = pretrain(base, task.sequences, task.cutoff, seed=seed, progress=progress)
+        info["pretrain_seconds"] = time.perf_counter() - tp
+        pretrained_state = copy.deepcopy(base.state_dict())
+    model, ft = finetune_variant(task, cfg, tokens, seed=seed,
+                                 pretrained_state=pretrained_state if do_pretrain else None,
+                                 lora=lora, progress=progress, desc="fine-tune (LoRA)" if lora else "fine-tune")
+    info.update(ft)
     info["train_seconds"] = time.perf_counter() - t0
-    info["n_parameters"] = int(sum(p.numel() for p in model.parameters()))
     return TrainResult(model=model, info=info)
+
+
+def finetune_variant(task, cfg: ChurnConfig, tokens, *, seed: int, pretrained_state: dict | None, lora: bool,
+                     progress: bool, desc: str) -> tuple[ChurnTransformer, dict]:
+    """Fresh model (seeded) <- pre-trained weights where shapes match -> fine-tune -> calibrate."""
+    t0 = time.perf_counter()
+    toks, summ = tokens
+    model = new_model(cfg, seed)
+    if pretrained_state is not None:
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in pretrained_state.items() if k in own and own[k].shape == v.shape},
+                              strict=False)
+    hist = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"), seed=seed,
+                    lora=lora, progress=progress, desc=desc)
+    cal = calibrate(model, toks, summ, task.churn, task.count, task.idx("val"))
+    info = {"pretrained": pretrained_state is not None, "lora": lora, "finetune": hist, "calibration": cal,
+            "finetune_seconds": time.perf_counter() - t0,
+            "n_parameters": int(sum(p.numel() for p in model.parameters()))}
+    return model, info
 
 
 def save_model(model: ChurnTransformer, directory: Path, *, metrics: dict | None = None,
