@@ -45,8 +45,10 @@ def test_replay_into_fresh_topics_gives_byte_identical_outputs(broker, tmp_path)
     path = write_jsonl(tmp_path / "in.jsonl", lines)
     outputs = []
     for run in range(2):
-        d = Deployment(broker, tmp_path / f"run{run}")
         (tmp_path / f"run{run}").mkdir()
+        d = Deployment(broker, tmp_path / f"run{run}")
+        # a source counts as idle only after this long without records: well above fetch latency on a busy CI box
+        d.env["TIDEWATER_SOURCE_IDLE_MS"] = "4000"
         try:
             d.replay_file(path)  # the whole input is there before the worker starts
             w = d.start_worker()
