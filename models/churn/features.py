@@ -17,6 +17,7 @@ nothing depends on a particular data set or cut-off.
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from typing import Any, Iterable, Sequence
@@ -51,6 +52,7 @@ def _bucket_amount(log_amount: np.ndarray) -> np.ndarray:
     return 1 + np.searchsorted(AMOUNT_EDGES_LOG, log_amount, side="right")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def stable_bucket(value: Any, buckets: int) -> int:
     """Hash bucket 1..buckets-1 of a string id (0 = absent); stable across processes (crc32)."""
     if value is None or value == "":
