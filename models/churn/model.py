@@ -45,6 +45,7 @@ class ChurnConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 128
+    min_steps_per_epoch: int = 50  # small logs: repeat passes so an epoch has at least this many steps
     forecast_weight: float = 0.5  # weight of the Poisson NLL of the count head
     ema_decay: float = 0.995  # EMA of the fine-tuned weights (0 = off)
     # LoRA

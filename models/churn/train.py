@@ -66,6 +66,12 @@ def length_batches(lengths: np.ndarray, idx: np.ndarray, batch_size: int, rng: n
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def _passes_per_epoch(n: int, cfg: ChurnConfig) -> int:
+    """Small data sets: an "epoch" makes several passes so it has at least ``min_steps_per_epoch``
+    optimiser steps (otherwise a few hundred users get a few dozen steps in total). Large data sets: 1."""
+    return max(1, math.ceil(cfg.min_steps_per_epoch / max(1, math.ceil(n / cfg.batch_size))))
+
+
 def _seed_all(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -113,7 +119,8 @@ def pretrain(model: ChurnTransformer, sequences: Sequence[list[dict]], as_of: fl
     params = [p for n, p in model.named_parameters() if not n.startswith("head.")]
     opt = torch.optim.AdamW(params, lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay)
     n = len(sequences)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    passes = _passes_per_epoch(n, cfg)
+    steps_per_epoch = math.ceil(n / cfg.batch_size) * passes
     total = steps_per_epoch * cfg.pretrain_epochs
     warm = max(1, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 5 %
@@ -121,7 +128,7 @@ def pretrain(model: ChurnTransformer, sequences: Sequence[list[dict]], as_of: fl
     losses = []
     model.train()
     bar = tqdm(total=total, desc="pre-train (masked events)", disable=not progress, leave=False)
-    for _ in range(cfg.pretrain_epochs):
+    for _ in range(cfg.pretrain_epochs * passes):
         toks, next_gap = _pretrain_examples(sequences, as_of, cfg, rng)
         lengths = np.array([len(t["type"]) for t in toks])
         ep = []
@@ -225,7 +232,8 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     val_order = val_idx[_order_by_length([toks[i] for i in val_idx])]
     val_batches = [val_order[s:s + 1024] for s in range(0, len(val_order), 1024)]
     best, best_state, bad, hist = math.inf, None, 0, {"train_loss": [], "val_loss": [], "val_bce": []}
-    steps = math.ceil(len(train_idx) / cfg.batch_size)
+    passes = _passes_per_epoch(len(train_idx), cfg)
+    steps = math.ceil(len(train_idx) / cfg.batch_size) * passes
     bar = tqdm(total=steps * cfg.finetune_epochs, desc=desc, disable=not progress, leave=False)
     # exponential moving average of the trainable weights: validated, kept and saved instead of the raw
     # weights (fine-tuning on small, noisy labels jumps around from step to step)
@@ -235,7 +243,8 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     for epoch in range(cfg.finetune_epochs):
         model.train()
         ep = []
-        for idx in length_batches(lengths, train_idx, cfg.batch_size, rng):
+        epoch_batches = [b for _ in range(passes) for b in length_batches(lengths, train_idx, cfg.batch_size, rng)]
+        for idx in epoch_batches:
             batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
             loss, _, _ = _loss(model, batch, y[idx], c[idx], cfg.forecast_weight)
             opt.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ CUTOFF = 875664000.0  # 1997-10-01 00:00 UTC (CDNOW week 40 starts)
 
 
 TINY = dict(hidden=16, layers=1, heads=2, intermediate=32, pretrain_epochs=2, finetune_epochs=3, patience=5,
-            batch_size=64, item_buckets=64, category_buckets=16, max_events=16)
+            batch_size=64, item_buckets=64, category_buckets=16, max_events=16, min_steps_per_epoch=4)
 
 
 def tiny_config(**over) -> ChurnConfig:
