@@ -71,15 +71,16 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     frame = pd.DataFrame({"user_id": raw["user_id"].astype(str), "ts": ts})
     if raw["user_id"].isna().any():
         raise UserError(f"{path}: empty user_id in row {int(raw['user_id'].isna().idxmax()) + 2}")
-    for col, kind in (("amount", float), ("quantity", int)):
+    for col in ("amount", "quantity"):  # empty cells (e.g. on clicks) mean "absent"
         if col in raw.columns:
             num = pd.to_numeric(raw[col], errors="coerce")
-            if num.isna().any():
-                raise UserError(f"{path}: non-numeric {col} in row {int(num.isna().idxmax()) + 2}")
-            frame[col] = num.astype(kind)
+            bad = num.isna() & raw[col].notna()
+            if bad.any():
+                raise UserError(f"{path}: non-numeric {col} {raw[col][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2}")
+            frame[col] = num.astype(float) if num.isna().any() or col == "amount" else num.astype(int)
     for col in ("type", "item", "category"):
         if col in raw.columns:
-            frame[col] = raw[col].astype(str)
+            frame[col] = raw[col].fillna("purchase" if col == "type" else "").astype(str)
     if "type" in frame.columns:
         bad = ~frame["type"].isin(["click", "purchase"])
         if bad.any():

@@ -132,3 +132,23 @@ def test_csv_loader_accepts_iso_and_epoch_and_rejects_bad_input(tmp_path):
         build_task(frame, parse_time("2019-01-01"), 30)
     with pytest.raises(UserError):
         parse_time("31/31/2020")
+
+
+def test_csv_with_clicks_items_and_categories(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,ts,type,item,category,amount,quantity\n"
+                    "u1,2020-01-01,click,i1,books,,\n"
+                    "u1,2020-01-02,purchase,i1,books,9.5,1\n"
+                    "u2,2020-01-03,click,,,,\n"
+                    "u2,2020-03-20,purchase,i2,music,3,2\n"
+                    "u1,2020-02-11,purchase,i3,,4,1\n")
+    frame = load_purchases_csv(path)
+    task = build_task(frame, parse_time("2020-02-01"), 30)
+    assert list(task.users) == ["u1", "u2"]
+    assert task.churn.tolist() == [0, 1]
+    assert task.sequences[1] == [{"ts": parse_time("2020-01-03"), "type": "click"}]  # empty cells = absent
+    assert task.sequences[0][0]["item"] == "i1" and task.sequences[0][0]["category"] == "books"
+    assert task.sequences[0][1]["quantity"] == 1 and task.sequences[0][1]["amount"] == 9.5
+    path.write_text("user_id,ts,amount\nu1,2020-01-01,lots\n")
+    with pytest.raises(UserError, match="non-numeric amount"):
+        load_purchases_csv(path)
