@@ -147,3 +147,22 @@ def test_model_beats_chance_on_held_out_users():
     te = task.idx("test")
     logit, _ = predict_raw(res.model, [toks[i] for i in te], summ[te])
     assert auc(task.churn[te], logit) > 0.65
+
+
+def test_serving_path_equals_training_path():
+    """The scorer, fed raw event dicts (including events after the cut-off, which it must ignore),
+    gives the same probabilities and forecasts as the training pipeline's features for those users."""
+    from models.churn.data import frame_to_sequences
+
+    task, res = trained()
+    raw = frame_to_sequences(sample_slice(400))  # all events, holdout included
+    te = task.idx("test")[:60]
+    toks, summ = tokenize_task(task.sequences, task.as_of, res.model.cfg)
+    logit, lrate = predict_raw(res.model, [toks[i] for i in te], summ[te])
+    m = res.model
+    expected_p = 1 / (1 + np.exp(-(logit / float(m.temperature) + float(m.bias))))
+    expected_f = np.exp(lrate + float(m.forecast_shift))
+    scorer = ChurnScorer(m, device="cpu", micro_batch=16)
+    prob, rate = scorer.predict_many([raw[u] for u in task.users[te]], [task.cutoff] * len(te))
+    np.testing.assert_allclose(prob, expected_p, atol=1e-5)
+    np.testing.assert_allclose(rate, expected_f, rtol=1e-4)
