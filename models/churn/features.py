@@ -81,10 +81,14 @@ def normalize_events(events: Iterable[dict], as_of: float) -> list[dict]:
         for key in ("item", "category"):
             if e.get(key) not in (None, ""):
                 ev[key] = str(e[key])
-        if e.get("amount") is not None and not (isinstance(e["amount"], float) and math.isnan(e["amount"])):
-            ev["amount"] = float(e["amount"])
-        if e.get("quantity") is not None and not (isinstance(e["quantity"], float) and math.isnan(e["quantity"])):
-            ev["quantity"] = int(e["quantity"])
+        # clicks carry no amount or quantity (the stream's event ring stores 0.0 / 0 for them);
+        # a quantity <= 0 means "unknown"
+        if etype == "purchase":
+            if e.get("amount") is not None and not (isinstance(e["amount"], float) and math.isnan(e["amount"])):
+                ev["amount"] = float(e["amount"])
+            q = e.get("quantity")
+            if q is not None and not (isinstance(q, float) and math.isnan(q)) and int(q) > 0:
+                ev["quantity"] = int(q)
         out.append(ev)
     return out
 

@@ -152,3 +152,14 @@ def test_csv_with_clicks_items_and_categories(tmp_path):
     path.write_text("user_id,ts,amount\nu1,2020-01-01,lots\n")
     with pytest.raises(UserError, match="non-numeric amount"):
         load_purchases_csv(path)
+
+
+def test_stream_ring_events_are_understood():
+    """The worker's event ring sends clicks with amount 0.0 / quantity 0 and an extra item_id key."""
+    ring = [{"ts": 1.0, "type": "click", "item_id": "i1", "item": "i1", "category": "c", "amount": 0.0, "quantity": 0},
+            {"ts": 2.0, "type": "purchase", "item_id": "i1", "item": "i1", "category": "c", "amount": 5.0, "quantity": 0}]
+    norm = F.normalize_events(ring, 10.0)
+    assert norm == [{"ts": 1.0, "type": "click", "item": "i1", "category": "c"},
+                    {"ts": 2.0, "type": "purchase", "item": "i1", "category": "c", "amount": 5.0}]
+    with pytest.raises(ValueError, match="unknown event type"):
+        F.normalize_events([{"ts": 1.0, "type": "view"}], 10.0)
