@@ -48,6 +48,9 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float)
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
     if not (frame["ts"] < cut).any():
         raise UserError(f"no event before the cut-off {cutoff or cut}: the calibration set is empty")
+    if float(frame["ts"].max()) < cut + (horizon_days - 1) * 86400.0:
+        typer.secho(f"warning: the log ends before the end of the {horizon_days:g}-day horizon: users who "
+                    "would have bought later are labelled as churners", fg="yellow", err=True)
     return frame, cut, name
 
 
