@@ -118,8 +118,8 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
             broker.start()
             bootstrap = broker.bootstrap_servers
             typer.echo(f"embedded {kind} broker on {bootstrap}")
-            if kind == "tansu":  # Tansu 0.6: only single-record batches get a correct high watermark
-                env.setdefault("TIDEWATER_PRODUCER_MAX_BATCH_BYTES", "1")
+            if kind == "tansu":  # Tansu 0.6 reports a wrong high watermark: see streams/broker_quirks.py
+                env.setdefault("TIDEWATER_BROKER_QUIRKS", "tansu-highwater")
         env["TIDEWATER_BOOTSTRAP_SERVERS"] = bootstrap
         s = Settings.from_env(environ=env)
         if broker is not None:  # a fresh broker has no topics: fresh local state too

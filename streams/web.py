@@ -72,7 +72,7 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
         async def get(self, request: Request) -> Response:
             assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in s.input_topics})
             return self.json({"status": "ok", "partitions": assigned, "processed": pipeline.processed,
-                              "stale_dropped": pipeline.stale_dropped})
+                              "dropped_at_rebalance": pipeline.dropped_at_rebalance})
 
     @app.page("/metrics")
     class Metrics(View):

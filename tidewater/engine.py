@@ -35,7 +35,7 @@ RERANK_EVERY = 1000
 class ChurnScorer(Protocol):
     version: str
 
-    def score_many(self, sequences: Sequence[Sequence[dict]], as_of: Sequence[float]) -> Sequence[float]: ...
+    def score_many(self, sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> Sequence[float]: ...
 
 
 class ProfileStore(Protocol):
@@ -139,6 +139,7 @@ class PartitionEngine:
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
         self.expected_type = {config.clicks_topic: "click", config.purchases_topic: "purchase"}
         self.counters: Counter[tuple[str, str]] = Counter()
+        self._reported: dict[tuple[str, str], int] = {}
         self._metric = metrics or (lambda name, label, n: None)
         # in-memory index for the inactivity timer, rebuilt from the store by ``index_profile``
         self._last_day: dict[str, int] = {}
@@ -273,7 +274,7 @@ class PartitionEngine:
                 if candidates[users[i]] == "activity" or p.inactive_flagged_ts < p.last_ts]
         if not keep:
             return
-        sequences = [[msgspec.structs.asdict(e) | {"item": e.item_id} for e in profiles[i].recent] for i in keep]
+        sequences = [profiles[i].recent for i in keep]  # scorers take the profile's ring as is
         scores = self.scorer.score_many(sequences, [tick] * len(keep))
         day = int(tick // DAY)
         if self.state.budget_day != day:
@@ -319,7 +320,14 @@ class PartitionEngine:
 
     def _count(self, name: str, label: str, n: int = 1) -> None:
         self.counters[(name, label)] += n
-        self._metric(name, label, n)
+
+    def drain_metrics(self) -> None:
+        """Push the counts since the last call to the metrics callback (once per batch, not per event)."""
+        for key, total in self.counters.items():
+            delta = total - self._reported.get(key, 0)
+            if delta:
+                self._metric(key[0], key[1], delta)
+                self._reported[key] = total
 
 
 def _b64(raw: bytes | None) -> str | None:

@@ -3,7 +3,7 @@ every output's ``model_version`` (``heuristic:...`` / ``baseline:...``)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 DAY = 86400.0
 
@@ -13,14 +13,16 @@ class RecencyHeuristic:
 
     version = "heuristic:recency-v1"
 
-    def score_many(self, sequences: Sequence[Sequence[dict]], as_of: Sequence[float]) -> list[float]:
+    def score_many(self, sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> list[float]:
+        """``sequences``: the users' recent events (``RecentEvent`` structs or dicts with ts/type)."""
         scores = []
         for events, t in zip(sequences, as_of):
             if not events:
                 scores.append(1.0)
                 continue
-            recency_days = max(0.0, t - max(e["ts"] for e in events)) / DAY
-            purchases = sum(1 for e in events if e["type"] == "purchase")
+            rows = [(e["ts"], e["type"]) if isinstance(e, dict) else (e.ts, e.type) for e in events]
+            recency_days = max(0.0, t - max(ts for ts, _ in rows)) / DAY
+            purchases = sum(1 for _, kind in rows if kind == "purchase")
             scores.append(round(1.0 - math.exp(-recency_days / (15.0 * (1.0 + math.log1p(purchases)))), 6))
         return scores
 

@@ -73,7 +73,10 @@ class Settings:
     heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S", "Consumer heartbeat interval.")
     producer_max_batch_bytes: int = setting(
         16384, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
-        "Producer batch size. 1 works around Tansu 0.6's wrong high watermark after multi-record batches.")
+        "Producer batch size in bytes (larger batches: fewer produce requests).")
+    broker_quirks: str = setting(
+        "", "TIDEWATER_BROKER_QUIRKS",
+        "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu).")
     commit_interval_s: float = setting(1.0, "TIDEWATER_COMMIT_INTERVAL_S", "How often consumed offsets are committed.")
 
     # --- hot path -----------------------------------------------------------------------------------
