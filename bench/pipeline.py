@@ -1,0 +1,240 @@
+"""Throughput, side by side in one run, against one broker and the same pre-filled input.
+
+1. raw aiokafka consume (the ceiling)            4. Bytewax stateful (peer; own venv)
+2. a trivial Faust agent                          5. Tidewater's engine on the same task (bench/apps/same_work.py)
+3. Quix Streams stateful (peer; own venv)         6. the full Tidewater pipeline (tidewater worker)
+
+The peers' task: per-user count + sum in persisted state, one output per event (../shared/peerbench). Each
+stateful run's output topic is counted. The last line is one JSON object with the events/s and the ratios.
+
+usage: python bench/pipeline.py [--events 100000] [--skip-peers] [--broker tansu|noida]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+
+from infra.broker import EmbeddedBroker, free_port  # noqa: E402
+
+PEER_VENVS = ROOT / ".bench"
+PEERS = {"quix": ("venv-quix", ["quixstreams"]), "bytewax": ("venv-bw", ["bytewax[kafka]==0.21.1"])}
+
+
+def log(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def peer_event(i: int) -> tuple[str, dict]:
+    user = f"u{(i * 7919) % 1000}"
+    return user, {"user_id": user, "ts": 1_800_000_000.0 + i * 0.001, "amount": round(((i * 37) % 1000) / 10.0, 2)}
+
+
+async def create(bs: str, *topics: str, partitions: int = 4) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bs)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, partitions, 1, topic_configs={"retention.ms": "-1"}) for t in topics])
+    finally:
+        await admin.close()
+
+
+async def prefill(bs: str, topic: str, n: int, tidewater: bool = False) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    futures = []
+    for i in range(n):
+        user, value = peer_event(i)
+        if tidewater:
+            value = {"type": "purchase", "event_id": f"b{i}", "user_id": user, "ts": value["ts"],
+                     "amount": value["amount"], "item_id": f"item-{i % 500}"}
+        futures.append(await producer.send(topic, key=user.encode(), value=json.dumps(value).encode()))
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+async def raw_consume(bs: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, p) for p in range(4)])
+    seen, t0 = 0, None
+    while seen < n:
+        for messages in (await consumer.getmany(timeout_ms=1000, max_records=50000)).values():
+            if t0 is None:
+                t0 = time.perf_counter()
+            for m in messages:
+                json.loads(m.value)
+            seen += len(messages)
+    dt = time.perf_counter() - t0
+    await consumer.stop()
+    return n / dt
+
+
+async def count_topic(bs: str, topic: str) -> int:
+    from streams.replay import read_topic
+    from tidewater.settings import Settings
+
+    return len(await read_topic(Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": bs}), topic, idle_s=2.0))
+
+
+def ensure_peer(name: str) -> Path | None:
+    venv_dir, packages = PEERS[name]
+    python = PEER_VENVS / venv_dir / "bin" / "python"
+    if not python.exists():
+        log(f"installing {name} into {python.parent.parent} (once)")
+        subprocess.run([sys.executable, "-m", "venv", str(python.parent.parent)], check=True)
+        r = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"could not install {name}: {r.stderr[-500:]}")
+            return None
+    return python
+
+
+def run_peer(name: str, bs: str, topic: str, n: int, tmp: Path) -> tuple[float | None, int]:
+    python = ensure_peer(name)
+    if python is None:
+        return None, 0
+    out = f"out-{name}-{int(time.time())}"
+    asyncio.run(create(bs, out))
+    result = tmp / f"{name}.result.json"
+    env = dict(os.environ, BS=bs, TOPIC=topic, N=str(n), MODE="stateful", RESULT=str(result), OUT=out,
+               GROUP=f"g-{name}-{time.time_ns()}", STATE_DIR=str(tmp / f"{name}-state"), PYTHONUNBUFFERED="1")
+    cmd = ([str(python), str(ROOT / "bench/peers/qx_app.py")] if name == "quix"
+           else [str(python), "-m", "bytewax.run", "bw_app:flow"])
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT / "bench/peers", stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / f"{name}.log", "w"))
+    deadline = time.time() + 600
+    while not result.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if not result.exists():
+        log(f"{name} did not finish; log: {tmp / (name + '.log')}")
+        return None, 0
+    return json.loads(result.read_text())["eps"], asyncio.run(count_topic(bs, out))
+
+
+def run_faust_trivial(bs: str, topic: str, n: int, tmp: Path) -> float | None:
+    result = tmp / "faust.result.json"
+    env = dict(os.environ, BS=bs, TOPIC=topic, N=str(n), MODE="trivial", RESULT=str(result),
+               APP_ID=f"fa-{time.time_ns()}", DATADIR=str(tmp / "fa-data"), OUT="unused")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench/peers/fa_app.py"), "worker", "-l", "warn",
+                             "--without-web"], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / "faust.log", "w"))
+    deadline = time.time() + 600
+    while not result.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.terminate()
+    proc.wait(60)
+    return json.loads(result.read_text())["eps"] if result.exists() else None
+
+
+def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: str, quirks: str) -> tuple[float, int]:
+    """Start a worker on a fresh app id, time from the first processed record to the n-th (via /stats)."""
+    app_id = f"tw-{'same' if same_work else 'full'}-{time.time_ns() % 10**8}"
+    port = free_port()
+    out_recs = f"{app_id}-recs"
+    env = dict(os.environ, TIDEWATER_BOOTSTRAP_SERVERS=bs, TIDEWATER_APP_ID=app_id, TIDEWATER_PARTITIONS="4",
+               TIDEWATER_TOPIC_CLICKS=f"{app_id}-clicks" if same_work else f"{input_topic}-clicks",
+               TIDEWATER_TOPIC_PURCHASES=input_topic if same_work else f"{input_topic}-purchases",
+               TIDEWATER_TOPIC_RECOMMENDATIONS=out_recs, TIDEWATER_TOPIC_CHURN_SCORES=f"{app_id}-churn",
+               TIDEWATER_TOPIC_OFFERS=f"{app_id}-offers", TIDEWATER_TOPIC_DEAD_LETTER=f"{app_id}-dlq",
+               TIDEWATER_WEB_PORT=str(port), TIDEWATER_DATA_DIR=str(tmp / app_id), TIDEWATER_BROKER_QUIRKS=quirks,
+               TIDEWATER_SESSION_TIMEOUT_S="6", TIDEWATER_SOURCE_IDLE_MS="200")
+    from infra.topics import create_topics_sync
+    from tidewater.settings import Settings
+
+    create_topics_sync(Settings.from_env(environ=env))
+    cmd = ([sys.executable, str(ROOT / "bench/apps/same_work.py")] if same_work
+           else [sys.executable, "-m", "tidewater.cli", "worker"])
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{app_id}.log", "w"))
+    t0 = n0 = None
+    processed = 0
+    deadline = time.time() + 900
+    try:
+        while processed < n and time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as resp:
+                    processed = json.loads(resp.read())["processed"]
+            except (OSError, ValueError):
+                processed = 0
+            if processed and t0 is None:
+                t0, n0 = time.perf_counter(), processed
+            time.sleep(0.1)
+        dt = time.perf_counter() - t0 if t0 else float("nan")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    if processed < n:
+        log(f"tidewater ({'same work' if same_work else 'pipeline'}) processed {processed}/{n}; log in {tmp}")
+    eps = (processed - n0) / dt if t0 and dt > 0 else 0.0
+    outputs = asyncio.run(count_topic(bs, out_recs)) if same_work else -1
+    return eps, outputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--skip-peers", action="store_true", help="Do not install/run Quix Streams and Bytewax.")
+    parser.add_argument("--broker", default="tansu", choices=("tansu", "noida"))
+    args = parser.parse_args()
+    n = args.events
+    tmp = Path(tempfile.mkdtemp(prefix="tidewater-bench-"))
+    quirks = "tansu-highwater" if args.broker == "tansu" else ""
+    broker = EmbeddedBroker(args.broker, log_path=str(tmp / "broker.log")).start()
+    bs = broker.bootstrap_servers
+    results: dict[str, float | int | None] = {}
+    try:
+        log(f"broker {args.broker} on {bs}; pre-filling {n} events")
+        asyncio.run(create(bs, "pb-in", "tw-in-clicks", "tw-in-purchases"))
+        asyncio.run(prefill(bs, "pb-in", n))
+        asyncio.run(prefill(bs, "tw-in-purchases", n, tidewater=True))
+        results["raw_consume_eps"] = round(asyncio.run(raw_consume(bs, "pb-in", n)))
+        log("raw consume", results["raw_consume_eps"])
+        faust = run_faust_trivial(bs, "pb-in", n, tmp)
+        results["faust_trivial_eps"] = round(faust) if faust else None
+        log("faust trivial", results["faust_trivial_eps"])
+        for peer in ("quix", "bytewax"):
+            eps, outputs = (None, 0) if args.skip_peers else run_peer(peer, bs, "pb-in", n, tmp)
+            results[f"{peer}_stateful_eps"] = round(eps) if eps else None
+            results[f"{peer}_outputs"] = outputs
+            log(peer, eps, "outputs", outputs)
+        eps, outputs = run_tidewater(bs, n, tmp, same_work=True, input_topic="pb-in", quirks=quirks)
+        results["same_work_eps"], results["same_work_outputs"] = round(eps), outputs
+        log("tidewater same work", eps, "outputs", outputs)
+        eps, _ = run_tidewater(bs, n, tmp, same_work=False, input_topic="tw-in", quirks=quirks)
+        results["pipeline_eps"] = round(eps)
+        log("tidewater pipeline", eps)
+    finally:
+        broker.stop()
+    peers = [results.get("quix_stateful_eps"), results.get("bytewax_stateful_eps")]
+    best = max((p for p in peers if p), default=None)
+    results["ratio_same_work_best_peer"] = round(results["same_work_eps"] / best, 3) if best else None
+    results["ratio_pipeline_best_peer"] = round(results["pipeline_eps"] / best, 3) if best else None
+    results["outputs_ok"] = all(results.get(k) in (n, None, 0) for k in ("quix_outputs", "bytewax_outputs")) \
+        and results.get("same_work_outputs") == n
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
