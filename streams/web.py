@@ -84,7 +84,7 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
         async def get(self, request: Request) -> Response:
             counters: dict[str, int] = {}
             for engine in pipeline.engines.values():
-                for (name, label), n in engine.counters.items():
+                for (name, label), n in getattr(engine, "counters", {}).items():
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
             return self.json({"processed": pipeline.processed, "counters": counters,
-                              "watermarks": {p: e.state.watermark for p, e in pipeline.engines.items()}})
+                              "watermarks": {p: getattr(e.state, "watermark", None) for p, e in pipeline.engines.items()}})

@@ -1,0 +1,67 @@
+"""The web tier's door: POST /events on a worker, through the real broker into the profile table."""
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.integration.conftest import REPO, wait_for_profiles
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+TOKEN = "test-token-not-a-secret"
+
+
+def post(port: int, body: bytes, token: str | None = TOKEN) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/events", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_post_events_validates_authenticates_and_lands_in_profiles(deployment):
+    deployment.env["TIDEWATER_INGEST_TOKEN"] = TOKEN
+    deployment.env["TIDEWATER_MAX_REQUEST_BYTES"] = "4096"
+    worker = deployment.start_worker()
+    worker.wait_ready()
+    events = [{"type": "click", "event_id": f"w{i}", "user_id": "web-user", "ts": 1_700_000_000 + i,
+               "item_id": f"item-{i}"} for i in range(6)]
+    events.append({"type": "purchase", "event_id": "w-buy", "user_id": "web-user", "ts": 1_700_000_100,
+                   "amount": 42.5})
+    assert post(worker.port, json.dumps(events).encode(), token=None)[0] == 401
+    assert post(worker.port, json.dumps(events).encode(), token="wrong")[0] == 401
+    status, body = post(worker.port, b"{nope")
+    assert status == 400 and "malformed" in body["error"]
+    status, body = post(worker.port, json.dumps([{**events[0], "ts": "later"}]).encode())
+    assert status == 422 and body["rejected"][0]["reason"] == "invalid_field"
+    assert post(worker.port, json.dumps(events * 40).encode())[0] == 413
+    status, body = post(worker.port, json.dumps(events).encode())
+    assert (status, body) == (202, {"accepted": 7})
+    assert wait_for_profiles(worker, {"web-user": 7}, timeout=60) == {"web-user": 7}
+    profile = worker.get("/users/web-user/profile")
+    assert profile["n_purchases"] == 1 and profile["monetary"] == 42.5
+    assert worker.get("/users/nobody/profile") is None  # 404
+
+
+def test_topics_create_is_idempotent_and_record_dumps_what_was_replayed(deployment, tmp_path):
+    env = deployment.env
+    run = lambda *args: subprocess.run([sys.executable, "-m", "tidewater.cli", *args], env=env, cwd=REPO,  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    created = run("topics", "create")
+    assert created.returncode == 0, created.stderr
+    assert "created" not in created.stdout and created.stdout.count("exists") >= 8  # all made by the fixture
+    lines = [json.dumps({"type": "click", "event_id": f"r{i}", "user_id": f"u{i % 5}", "ts": 1_700_000_000 + i})
+             for i in range(50)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    replayed = run("replay", "--dataset", str(tmp_path / "in.jsonl"))
+    assert replayed.returncode == 0, replayed.stderr
+    recorded = run("record", "--topic", deployment.settings.topic_clicks, "--out", str(tmp_path / "out.jsonl"))
+    assert recorded.returncode == 0, recorded.stderr
+    assert sorted((tmp_path / "out.jsonl").read_text().split()) == sorted(lines)
+    bad = run("replay", "--dataset", "no-such-dataset")
+    assert bad.returncode == 2 and "unknown dataset" in bad.stderr and "Traceback" not in bad.stderr
