@@ -62,6 +62,6 @@ def test_topics_create_is_idempotent_and_record_dumps_what_was_replayed(deployme
     assert replayed.returncode == 0, replayed.stderr
     recorded = run("record", "--topic", deployment.settings.topic_clicks, "--out", str(tmp_path / "out.jsonl"))
     assert recorded.returncode == 0, recorded.stderr
-    assert sorted((tmp_path / "out.jsonl").read_text().split()) == sorted(lines)
+    assert sorted((tmp_path / "out.jsonl").read_text().splitlines()) == sorted(lines)
     bad = run("replay", "--dataset", "no-such-dataset")
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr and "Traceback" not in bad.stderr
