@@ -96,7 +96,15 @@ class Pipeline:
         self.profiles = profiles
         self.states = states
         self.outputs = outputs
-        self.engine_factory = engine_factory or default_engine_factory(settings)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from streams.model_slot import ChurnScorerSlot
+
+        # One thread runs the engines' steps (decoded events → outputs, scoring micro-batches), so the event
+        # loop keeps fetching, heartbeating and serving HTTP while a batch is scored.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
+        self.churn_slot = ChurnScorerSlot(settings.registry_dir)
+        self.engine_factory = engine_factory or default_engine_factory(settings, lambda: self.churn_slot.scorer)
         self.engines: dict[int, Any] = {}
         self.last_message: dict[int, Any] = {}
         self.lock = asyncio.Lock()
@@ -131,7 +139,8 @@ class Pipeline:
 
     # --- the batch loop --------------------------------------------------------------------------------
     async def run(self) -> None:
-        last_idle = time.monotonic()
+        last_idle = last_poll = time.monotonic()
+        await self.reload_models()
         while True:
             if len(self.inbox) < self.batch_max:
                 try:
@@ -147,6 +156,15 @@ class Pipeline:
             if now - last_idle >= self.idle_every_s:
                 last_idle = now
                 await self.on_idle()
+            if now - last_poll >= self.settings.model_poll_s:
+                last_poll = now
+                await self.reload_models()
+
+    async def reload_models(self) -> None:
+        if await self.churn_slot.maybe_reload(self.executor):
+            async with self.lock:  # between two batches: every output of a batch has one model version
+                for engine in self.engines.values():
+                    engine.scorer = self.churn_slot.scorer
 
     def engine(self, partition: int, message: Any) -> Any:
         engine = self.engines.get(partition)
@@ -197,6 +215,7 @@ class Pipeline:
                 await self._flush(waiting, time.monotonic())
 
     async def _flush(self, partitions: set[int], now: float) -> None:
+        loop = asyncio.get_running_loop()
         pending = 0
         consumer = self.app.consumer
         outputs: list[tuple[str, int | None, bytes, bytes]] = []
@@ -204,7 +223,7 @@ class Pipeline:
         done: list[Any] = []
         for partition in sorted(partitions):
             engine = self.engines[partition]
-            result = engine.on_notify(now)
+            result = await loop.run_in_executor(self.executor, engine.on_notify, now)
             outputs.extend((emit.topic, None, emit.key, emit.value) for emit in result.outputs)
             with partition_context(self.last_message[partition]):
                 for user_id, profile in result.profiles.items():
@@ -260,11 +279,11 @@ class Pipeline:
                 self.last_message.pop(partition, None)
 
 
-def default_engine_factory(settings: Settings, scorer: Any = None) -> EngineFactory:
+def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None) -> EngineFactory:
     config = EngineConfig.from_settings(settings)
 
     def factory(partition: int, state: PartitionState | None, store: Any) -> PartitionEngine:
-        return PartitionEngine(partition, config, store, state=state, scorer=scorer, now=time.monotonic(),
+        return PartitionEngine(partition, config, store, state=state, scorer=scorer(), now=time.monotonic(),
                                metrics=metrics.record_engine_metric)
 
     return factory

@@ -275,7 +275,13 @@ class PartitionEngine:
         if not keep:
             return
         sequences = [profiles[i].recent for i in keep]  # scorers take the profile's ring as is
-        scores = self.scorer.score_many(sequences, [tick] * len(keep))
+        try:
+            scores = self.scorer.score_many(sequences, [tick] * len(keep))
+            version = self.scorer.version
+        except Exception:  # a broken model must not stop the stream: score this tick with the placeholder
+            self._count("scoring_errors", self.scorer.version)
+            fallback = RecencyHeuristic()
+            scores, version = fallback.score_many(sequences, [tick] * len(keep)), fallback.version
         day = int(tick // DAY)
         if self.state.budget_day != day:
             self.state.budget_day, self.state.budget_used = day, 0
@@ -289,7 +295,7 @@ class PartitionEngine:
             self._emit(self.config.churn_topic, profile.user_id, ChurnScore(
                 event_id=deterministic_id("churn", profile.user_id, tick, trigger),
                 user_id=profile.user_id, as_of=tick, score=score, trigger=trigger,
-                model_version=self.scorer.version, recency_days=features["recency_days"],
+                model_version=version, recency_days=features["recency_days"],
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment))
             decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used, self.config.offers)
             if decision is not None:
@@ -302,7 +308,7 @@ class PartitionEngine:
                     user_id=profile.user_id, as_of=tick, offer_type=decision.offer_type,
                     discount_pct=decision.discount_pct, churn_score=score,
                     reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in items],
-                    model_version=self.scorer.version, expires_at=decision.expires_at, segment=profile.segment))
+                    model_version=version, expires_at=decision.expires_at, segment=profile.segment))
         self._result.state_changed = True
 
     def _emit(self, topic: str, user_id: str, record: msgspec.Struct) -> None:

@@ -66,6 +66,8 @@ class Settings:
                          choices=("rocksdb://", "memory://"))
     registry_dir: str = setting("var/registry", "TIDEWATER_REGISTRY_DIR",
                                 "Model registry root (churn/, recs/ with versioned artifacts).")
+    model_poll_s: float = setting(5.0, "TIDEWATER_MODEL_POLL_S",
+                                  "How often the worker checks the registry for a new model version (hot reload).")
 
     # --- consumer group behaviour -----------------------------------------------------------------
     session_timeout_s: float = setting(10.0, "TIDEWATER_SESSION_TIMEOUT_S",

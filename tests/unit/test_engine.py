@@ -139,3 +139,20 @@ def test_any_batching_gives_identical_outputs(batch, seed):
     _, _, reference = run(recs, batch=len(recs))
     _, _, result = run(recs, batch=batch)
     assert [o.value for o in result.outputs] == [o.value for o in reference.outputs]
+
+
+def test_a_failing_scorer_falls_back_to_the_placeholder_and_the_stream_goes_on():
+    class Broken:
+        version = "model:broken"
+
+        def score_many(self, sequences, as_of):
+            raise RuntimeError("bad weights")
+
+    store = DictStore()
+    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), store, scorer=Broken())
+    evs = shop()
+    result = run_to_completion(engine, records(evs))
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+    assert scores and {s["model_version"] for s in scores} == {"heuristic:recency-v1"}
+    assert engine.counters[("scoring_errors", "model:broken")] > 0
+    assert len(result.done) == len(evs)
