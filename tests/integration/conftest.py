@@ -49,7 +49,8 @@ class Deployment:
                         TIDEWATER_TOPIC_OFFERS=f"{p}-offers", TIDEWATER_TOPIC_DEAD_LETTER=f"{p}-dlq",
                         TIDEWATER_SESSION_TIMEOUT_S="6", TIDEWATER_HEARTBEAT_INTERVAL_S="0.5",
                         TIDEWATER_SOURCE_IDLE_MS="300", TIDEWATER_MAX_EVENT_BYTES="2048",
-                        TIDEWATER_INACTIVITY_GAP_S=str(14 * 86400), PYTHONUNBUFFERED="1")
+                        TIDEWATER_INACTIVITY_GAP_S=str(14 * 86400), PYTHONUNBUFFERED="1",
+                        TIDEWATER_REGISTRY_DIR=str(self.tmp / "registry"))  # empty: the placeholder scores
         if self.broker.kind == "tansu":  # Tansu 0.6 high-watermark defect: see streams/broker_quirks.py
             self.env["TIDEWATER_BROKER_QUIRKS"] = "tansu-highwater"
         self.settings = Settings.from_env(environ=self.env)
