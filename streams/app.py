@@ -83,7 +83,7 @@ class TableProfileStore:
         self.cache.clear()
 
 
-EngineFactory = Callable[[int, "PartitionState | None", Any], Any]
+EngineFactory = Callable[[int, "PartitionState | None", Any, float], Any]
 
 
 class Pipeline:
@@ -117,6 +117,7 @@ class Pipeline:
         self.wait_s = settings.batch_max_wait_ms / 1000.0
         self.idle_every_s = max(0.05, settings.source_idle_ms / 4000.0)
         self._sender: Any = None
+        self.starved_s = 0.0
         self.profiles_changelog = profiles.changelog_topic.get_topic_name()
         self.states_changelog = states.changelog_topic.get_topic_name()
         self._ready = asyncio.Event()
@@ -143,10 +144,13 @@ class Pipeline:
         await self.reload_models()
         while True:
             if len(self.inbox) < self.batch_max:
+                started = time.monotonic()
                 try:
                     await asyncio.wait_for(self._ready.wait(), timeout=self.wait_s)
                 except asyncio.TimeoutError:
                     pass
+                if not self.inbox:  # starved: Kafka had nothing more for us during the wait
+                    self.starved_s += time.monotonic() - started
             self._ready.clear()
             if self.inbox:
                 batch, self.inbox = self.inbox[: self.batch_max], self.inbox[self.batch_max:]
@@ -160,6 +164,12 @@ class Pipeline:
                 last_poll = now
                 await self.reload_models()
 
+    def clock(self) -> float:
+        """The engines' notion of "how long has a source been silent": time spent starved of input, not wall
+        time. A worker that is busy (scoring, a slow disk, a loaded CPU) never declares a source idle just
+        because it has not fetched for a while, so replays stay deterministic on a slow machine."""
+        return self.starved_s
+
     async def reload_models(self) -> None:
         if await self.churn_slot.maybe_reload(self.executor):
             async with self.lock:  # between two batches: every output of a batch has one model version
@@ -172,7 +182,7 @@ class Pipeline:
             with partition_context(message):
                 raw = self.states.get(f"p{partition}".encode())
             state = None if raw is None else _decode_state(raw)
-            engine = self.engine_factory(partition, state, self.store)
+            engine = self.engine_factory(partition, state, self.store, self.clock())
             if hasattr(engine, "index_profile"):
                 self._rebuild_index(engine)
             self.engines[partition] = engine
@@ -193,7 +203,7 @@ class Pipeline:
 
     async def on_batch(self, messages: list[Any]) -> None:
         started = time.perf_counter()
-        now = time.monotonic()
+        now = self.clock()
         async with self.lock:
             touched: set[int] = set()
             for message in messages:
@@ -212,7 +222,7 @@ class Pipeline:
         async with self.lock:
             waiting = {p for p, e in self.engines.items() if e.pending()}
             if waiting:
-                await self._flush(waiting, time.monotonic())
+                await self._flush(waiting, self.clock())
 
     async def _flush(self, partitions: set[int], now: float) -> None:
         loop = asyncio.get_running_loop()
@@ -282,8 +292,8 @@ class Pipeline:
 def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None) -> EngineFactory:
     config = EngineConfig.from_settings(settings)
 
-    def factory(partition: int, state: PartitionState | None, store: Any) -> PartitionEngine:
-        return PartitionEngine(partition, config, store, state=state, scorer=scorer(), now=time.monotonic(),
+    def factory(partition: int, state: PartitionState | None, store: Any, now: float) -> PartitionEngine:
+        return PartitionEngine(partition, config, store, state=state, scorer=scorer(), now=now,
                                metrics=metrics.record_engine_metric)
 
     return factory

@@ -129,11 +129,15 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
         env["TIDEWATER_WEB_PORT"] = str(web_port)
         for name, status in create_topics_sync(s).items():
             typer.echo(f"topic {name}: {status}")
-        worker_proc = subprocess.Popen([sys.executable, "-m", "tidewater.cli", "worker"], env=env)
-        typer.echo(f"worker started (pid {worker_proc.pid}); dashboard/API at http://127.0.0.1:{web_port}/")
+        # Replay first, then start the worker: with the whole input in the topics the output depends only on
+        # the data (see "Deterministic across two input topics" in the README). --keep-running serves live
+        # traffic afterwards.
         counts = asyncio.run(do_replay(s, datasets, limit=limit, progress=True))
         total = sum(counts.values())
         typer.echo(f"replayed {total} events: {counts}")
+        worker_proc = subprocess.Popen([sys.executable, "-m", "tidewater.cli", "worker"], env=env)
+        typer.echo(f"worker started (pid {worker_proc.pid}); API and metrics at http://127.0.0.1:{web_port}/stats "
+                   f"and /metrics")
         wait_until_processed(web_port, total, worker_proc)
         print_summary(s)
         if keep:

@@ -86,7 +86,7 @@ def main() -> None:
             raw = self.table.get(user.encode())
             return None if raw is None else msgspec.msgpack.decode(raw, type=CountSum)
 
-    def factory(partition: int, state: Any, store: Any) -> SameWorkEngine:
+    def factory(partition: int, state: Any, store: Any, now: float = 0.0) -> SameWorkEngine:
         engine = SameWorkEngine(partition, RawStore(store), out_topic)
         engine.state = SameWorkEngine._State
         return engine
