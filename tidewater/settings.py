@@ -88,7 +88,8 @@ class Settings:
                                    "Records larger than this go to the dead-letter topic (oversized).")
     source_idle_ms: int = setting(
         1000, "TIDEWATER_SOURCE_IDLE_MS",
-        "Event-time merge of clicks+purchases: a source partition silent this long stops holding the other back.")
+        "Event-time merge of clicks+purchases: a source partition silent this long (counted in time the worker "
+        "was starved of input) stops holding the other back.")
 
     # --- profile and windows (event time) -------------------------------------------------------------
     session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")
