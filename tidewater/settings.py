@@ -164,7 +164,7 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
         if kind is Secret:
             return Secret(raw)
         return kind(raw)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError):
         raise ValueError(f"setting {name}: cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
 
 

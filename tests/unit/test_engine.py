@@ -133,7 +133,6 @@ def test_bad_records_go_to_dead_letter_and_valid_ones_around_them_apply():
 @settings(max_examples=25)
 @given(st.integers(1, 60), st.integers(0, 10_000))
 def test_any_batching_gives_identical_outputs(batch, seed):
-    import random
 
     recs = records(shop(n_users=4, days=40))
     _, _, reference = run(recs, batch=len(recs))

@@ -1,6 +1,6 @@
 import copy
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from tidewater.events import Click, Purchase
 from tidewater.profile import (DAY, HOUR, ProfileConfig, apply, decode_profile, encode_profile, hopping_counts,

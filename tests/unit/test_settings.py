@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from tidewater.settings import Secret, Settings, settings_table_markdown
+from tidewater.settings import Settings, settings_table_markdown
 
 
 def test_env_overrides_and_types():
