@@ -25,6 +25,7 @@ from faust.streams import _current_event
 
 from streams import metrics
 from streams.kafka_config import faust_credentials
+from streams.live_stats import LiveStats
 from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
 from tidewater.profile import Profile, decode_profile, encode_profile
 from tidewater.settings import Settings
@@ -98,19 +99,22 @@ class Pipeline:
         self.outputs = outputs
         from concurrent.futures import ThreadPoolExecutor
 
-        from streams.model_slot import ChurnScorerSlot
+        from streams.model_slot import ChurnScorerSlot, RecommenderSlot
 
         # One thread runs the engines' steps (decoded events → outputs, scoring micro-batches), so the event
         # loop keeps fetching, heartbeating and serving HTTP while a batch is scored.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
         self.churn_slot = ChurnScorerSlot(settings.registry_dir)
-        self.engine_factory = engine_factory or default_engine_factory(settings, lambda: self.churn_slot.scorer)
+        self.recs_slot = RecommenderSlot(settings.registry_dir)
+        self.engine_factory = engine_factory or default_engine_factory(
+            settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}
         self.last_message: dict[int, Any] = {}
         self.lock = asyncio.Lock()
         self.store = TableProfileStore(profiles)
         self.processed = 0
         self.dropped_at_rebalance = 0
+        self.live = LiveStats(settings)  # what GET /dashboard shows (streams/live_stats.py)
         self.inbox: list[Any] = []
         self.batch_max = settings.batch_max_events
         self.inbox_max = settings.batch_max_events * 4
@@ -171,10 +175,13 @@ class Pipeline:
         return self.starved_s
 
     async def reload_models(self) -> None:
-        if await self.churn_slot.maybe_reload(self.executor):
+        churn = await self.churn_slot.maybe_reload(self.executor)
+        recs = await self.recs_slot.maybe_reload(self.executor)
+        if churn or recs:
             async with self.lock:  # between two batches: every output of a batch has one model version
                 for engine in self.engines.values():
                     engine.scorer = self.churn_slot.scorer
+                    engine.recommender = self.recs_slot.recommender
 
     def engine(self, partition: int, message: Any) -> Any:
         engine = self.engines.get(partition)
@@ -250,6 +257,7 @@ class Pipeline:
             pending += engine.pending()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
         sender = self.sender
+        self.live.observe(outputs, processed=len(done), now=time.time())
         if outputs:
             await sender.send(outputs)
         if changelog:
@@ -289,12 +297,13 @@ class Pipeline:
                 self.last_message.pop(partition, None)
 
 
-def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None) -> EngineFactory:
+def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None,
+                           recommender: Callable[[], Any] = lambda: None) -> EngineFactory:
     config = EngineConfig.from_settings(settings)
 
     def factory(partition: int, state: PartitionState | None, store: Any, now: float) -> PartitionEngine:
-        return PartitionEngine(partition, config, store, state=state, scorer=scorer(), now=now,
-                               metrics=metrics.record_engine_metric)
+        return PartitionEngine(partition, config, store, state=state, scorer=scorer(), recommender=recommender(),
+                               now=now, metrics=metrics.record_engine_metric, observe=metrics.observe_engine)
 
     return factory
 

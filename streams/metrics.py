@@ -1,7 +1,24 @@
 """Prometheus metrics of the worker (served at GET /metrics)."""
 from __future__ import annotations
 
+import time
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class RecentHistogram(Histogram):
+    """A Histogram that also keeps the last observations with their wall time (``recent``: (time, value)), so
+    the dashboard can show exact percentiles of the last seconds instead of bucket estimates."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self.recent: deque[tuple[float, float]] = deque(maxlen=4096)
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        super().observe(amount, exemplar)
+        self.recent.append((time.time(), amount))
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -16,10 +33,13 @@ LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their window
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
 BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
-BATCH_SECONDS = Histogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
-                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users scored per scoring call", registry=REGISTRY,
-                          buckets=(1, 4, 16, 64, 256, 1024, 4096))
+BATCH_SECONDS = RecentHistogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
+                                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users (queries) per model call", ["model"],
+                          registry=REGISTRY, buckets=(1, 4, 16, 64, 256, 1024, 4096))
+SCORING_SECONDS = Histogram("tidewater_scoring_seconds", "Time per model call (churn scoring, index query)",
+                            ["model"], registry=REGISTRY,
+                            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 WATERMARK = Gauge("tidewater_watermark_seconds", "Event-time watermark per partition", ["partition"],
                   registry=REGISTRY)
 PENDING = Gauge("tidewater_merge_pending", "Events waiting in the event-time merge", registry=REGISTRY)
@@ -38,3 +58,9 @@ def record_engine_metric(name: str, label: str, n: int) -> None:
         counter.labels(label).inc(n)
     elif name == "ticks":
         TICKS.inc(n)
+
+
+def observe_engine(model: str, size: float, seconds: float) -> None:
+    """One model call of an engine: churn scoring or an index query, with its batch size and duration."""
+    SCORING_BATCH.labels(model).observe(size)
+    SCORING_SECONDS.labels(model).observe(seconds)

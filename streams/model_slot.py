@@ -1,9 +1,10 @@
-"""The churn scorer the worker uses, hot-reloaded from the model registry without a restart.
+"""The churn scorer and the recommender the worker uses, hot-reloaded from the model registry.
 
-Until a version is published to ``<registry>/churn`` the named placeholder (``heuristic:recency-v1``) scores.
-The worker polls the registry's atomic ``current`` pointer; a new version is loaded in the engine's executor
-thread (the event loop keeps consuming) and swapped in between two batches, so every output carries the
-``model_version`` of the scorer that produced it.
+Until a version is published to ``<registry>/churn`` (``<registry>/recs``) the named placeholder scores
+(recommends). The worker polls the registry's atomic ``current`` pointers; a new version is loaded in the
+engine's executor thread (the event loop keeps consuming) and swapped in between two batches, so every output
+carries the versions of the models that produced it. A FAISS index published for the current recs model under
+``<registry>/recs_index`` (``tidewater index build``) replaces the model's own index the same way.
 """
 from __future__ import annotations
 
@@ -26,11 +27,18 @@ class RingScorer:
         self.scorer = scorer
         self.version = scorer.version
 
-    def score_many(self, sequences: Any, as_of: Any) -> Any:
+    @staticmethod
+    def _dicts(sequences: Any) -> list[list[dict]]:
         import msgspec
 
-        as_dicts = [[msgspec.structs.asdict(e) | {"item": e.item_id} for e in ring] for ring in sequences]
-        return self.scorer.score_many(as_dicts, as_of)
+        return [[msgspec.structs.asdict(e) | {"item": e.item_id} for e in ring] for ring in sequences]
+
+    def score_many(self, sequences: Any, as_of: Any) -> Any:
+        return self.scorer.score_many(self._dicts(sequences), as_of)
+
+    def predict_many(self, sequences: Any, as_of: Any) -> Any:
+        """(churn probabilities, expected purchases in the model's horizon)."""
+        return self.scorer.predict_many(self._dicts(sequences), as_of)
 
 
 class ChurnScorerSlot:
@@ -74,3 +82,70 @@ class ChurnScorerSlot:
         self.scorer, self.loaded_version = scorer, version
         metrics.MODEL_VERSION.labels("churn", scorer.version).set(1)
         log.info("churn model %s in use", scorer.version)
+
+
+class RecommenderSlot:
+    """The recommender in use: the registry's current recs model with the newest index built for it."""
+
+    def __init__(self, registry_dir: str | Path) -> None:
+        from tidewater.recommending import PartitionPopularity
+
+        self.models = Registry(Path(registry_dir) / "recs")
+        self.indexes = Registry(Path(registry_dir) / "recs_index")
+        self.loaded: tuple[str, str | None] | None = None
+        self.recommender: Any = PartitionPopularity()
+        self._gauges(1)
+
+    def _wanted(self) -> tuple[str, str | None] | None:
+        model = self.models.current_version()
+        if model is None:
+            return None
+        index = self.indexes.current_version()
+        if index is not None:
+            try:
+                if self.indexes.meta(index).get("model_version") != model:
+                    index = None  # built for another model version: the model's own index serves
+            except (OSError, ValueError):
+                index = None
+        return model, index
+
+    def _load(self, wanted: tuple[str, str | None]) -> Any:
+        from models.recs.recommender import Recommender
+        from tidewater.recommending import VectorRecommender
+
+        model_version, index_version = wanted
+        model = Recommender(self.models.path(model_version))
+        if index_version is None:
+            return VectorRecommender(model)
+        return VectorRecommender(model, index_dir=str(self.indexes.path(index_version)),
+                                 index_version=f"{model_version}/{index_version}")
+
+    def load_current_blocking(self) -> bool:
+        wanted = self._wanted()
+        if wanted is None or wanted == self.loaded:
+            return False
+        self._swap(wanted, self._load(wanted))
+        return True
+
+    async def maybe_reload(self, executor: Any) -> bool:
+        wanted = self._wanted()
+        if wanted is None or wanted == self.loaded:
+            return False
+        try:
+            recommender = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
+        except Exception as exc:  # keep serving with what we have
+            log.error("could not load recommender %s: %r; keeping %s", wanted, exc, self.recommender.version)
+            self.loaded = wanted
+            return False
+        self._swap(wanted, recommender)
+        return True
+
+    def _gauges(self, value: int) -> None:
+        metrics.MODEL_VERSION.labels("recs", self.recommender.version).set(value)
+        metrics.MODEL_VERSION.labels("index", self.recommender.index_version).set(value)
+
+    def _swap(self, wanted: tuple[str, str | None], recommender: Any) -> None:
+        self._gauges(0)
+        self.recommender, self.loaded = recommender, wanted
+        self._gauges(1)
+        log.info("recommender %s with index %s in use", recommender.version, recommender.index_version)

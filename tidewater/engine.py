@@ -13,6 +13,7 @@ skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
 from __future__ import annotations
 
 import base64
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -24,8 +25,9 @@ from tidewater import offers as offer_policy
 from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tick_after
 from tidewater.outputs import (ChurnScore, DeadLetter, Recommendation, RetentionOffer, ScoredItem,
                                deterministic_id, encode_output)
-from tidewater.placeholders import PopularityBaseline, RecencyHeuristic
+from tidewater.placeholders import RecencyHeuristic
 from tidewater.profile import DAY, Profile, ProfileConfig, apply, new_profile, rfm, source_key
+from tidewater.recommending import PartitionPopularity, Query, StreamRecommender
 
 MAX_POPULAR_ITEMS = 5000
 POPULAR_KEPT = 500
@@ -33,6 +35,9 @@ RERANK_EVERY = 1000
 
 
 class ChurnScorer(Protocol):
+    """``score_many`` gives churn probabilities; a scorer that also has ``predict_many`` (probabilities, expected
+    purchases in its horizon) lets the offer policy weigh what the customer is still worth."""
+
     version: str
 
     def score_many(self, sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> Sequence[float]: ...
@@ -54,7 +59,10 @@ class EngineConfig:
     source_idle_s: float = 1.0
     tick_s: float = DAY
     inactivity_gap_s: float = 30 * DAY
+    inactivity_rescore_s: float = 30 * DAY  # then again every this much silence ...
+    inactivity_rescores: int = 5  # ... this many times (30, 60, ..., 180 days by default)
     rec_every_events: int = 5
+    rec_change_threshold: float = 0.2  # 1 - cosine of the user vector since the last recommendation
     rec_top_k: int = 10
     offer_items: int = 3
     profile: ProfileConfig = ProfileConfig()
@@ -70,11 +78,13 @@ class EngineConfig:
             clicks_topic=s.topic_clicks, purchases_topic=s.topic_purchases, churn_topic=s.topic_churn_scores,
             recs_topic=s.topic_recommendations, offers_topic=s.topic_offers, dead_letter_topic=s.topic_dead_letter,
             max_event_bytes=s.max_event_bytes, source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
-            inactivity_gap_s=s.inactivity_gap_s, rec_every_events=s.rec_every_events, rec_top_k=s.rec_top_k,
+            inactivity_gap_s=s.inactivity_gap_s, inactivity_rescore_s=s.inactivity_rescore_s,
+            inactivity_rescores=s.inactivity_rescores, rec_every_events=s.rec_every_events,
+            rec_change_threshold=s.rec_change_threshold, rec_top_k=s.rec_top_k,
             profile=ProfileConfig(session_gap_s=s.session_gap_s, recent_events=s.recent_events,
                                   window_grace_s=s.window_grace_s),
             offers=offer_policy.OfferPolicy(churn_threshold=s.churn_threshold, cooldown_s=s.offer_cooldown_s,
-                                            daily_budget=s.offer_daily_budget),
+                                            daily_budget=s.offer_daily_budget, min_value=s.offer_min_value),
         )
 
 
@@ -88,8 +98,9 @@ class PartitionState(msgspec.Struct, kw_only=True):
     budget_used: int = 0
     item_counts: dict[str, int] = {}
     popular: list[str] = []  # ranking of item_counts, refreshed at ticks and every RERANK_EVERY items
+    popular_counts: list[int] = []  # their counts at that ranking (the placeholder's scores)
     items_since_rank: int = 0
-    inactivity_scanned_day: int = 0
+    inactivity_scanned: list[int] = []  # per inactivity level: the last-activity days already scanned
 
 
 @dataclass
@@ -119,6 +130,16 @@ class BatchResult:
     state_changed: bool = False
 
 
+@dataclass(frozen=True)
+class _PendingRec:
+    user_id: str
+    ts: float
+    event_id: str
+    trigger: str
+    segment: int | None
+    query: Query
+
+
 @dataclass
 class _Valid:
     record: Record
@@ -128,25 +149,28 @@ class _Valid:
 class PartitionEngine:
     def __init__(self, partition: int, config: EngineConfig, store: ProfileStore, *,
                  state: PartitionState | None = None, scorer: ChurnScorer | None = None,
-                 recommender: PopularityBaseline | None = None, now: float = 0.0,
-                 metrics: Callable[[str, str, int], None] | None = None) -> None:
+                 recommender: StreamRecommender | None = None, now: float = 0.0,
+                 metrics: Callable[[str, str, int], None] | None = None,
+                 observe: Callable[[str, float, float], None] | None = None) -> None:
         self.partition = partition
         self.config = config
         self.store = store
         self.state = state or PartitionState(partition=partition)
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
-        self.recommender = recommender or PopularityBaseline()
+        self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
         self.expected_type = {config.clicks_topic: "click", config.purchases_topic: "purchase"}
         self.counters: Counter[tuple[str, str]] = Counter()
         self._reported: dict[tuple[str, str], int] = {}
         self._metric = metrics or (lambda name, label, n: None)
+        self._observe = observe or (lambda name, size, seconds: None)  # scoring/query batch size and time
         # in-memory index for the inactivity timer, rebuilt from the store by ``index_profile``
         self._last_day: dict[str, int] = {}
         self._by_day: dict[int, set[str]] = {}
         self._active_since_tick: set[str] = set()
         self._result = BatchResult()
         self._cache: dict[str, Profile] = {}
+        self._pending_recs: list[_PendingRec] = []
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
@@ -174,6 +198,7 @@ class PartitionEngine:
     def on_notify(self, now: float) -> BatchResult:
         for item in self.merger.pop_ready(now):
             self._process(item)
+        self._flush_recs()
         result, self._result = self._result, BatchResult()
         for user_id, profile in self._cache.items():
             result.profiles[user_id] = profile
@@ -217,9 +242,11 @@ class PartitionEngine:
             self._result.state_changed = True
             if event.item_id:
                 self._count_item(event.item_id)
+                self.recommender.fold(profile, event.item_id)
             self.index_profile(profile)
-            if profile.events_since_rec >= self.config.rec_every_events:
-                self._recommend(profile, event)
+            trigger = self._rec_trigger(profile)
+            if trigger is not None:
+                self._recommend(profile, event, trigger)
         else:
             self._count("duplicates_skipped", record.topic)
         self._result.done.append(record.handle)
@@ -235,81 +262,142 @@ class PartitionEngine:
             self._rerank()
 
     def _rerank(self) -> None:
+        self._flush_recs()  # pending queries are answered with the ranking they were asked under
         ranked = sorted(self.state.item_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:POPULAR_KEPT]
         self.state.popular = [item for item, _ in ranked]
+        self.state.popular_counts = [n for _, n in ranked]
         self.state.items_since_rank = 0
 
-    def _recommend(self, profile: Profile, event: ev.Event) -> None:
-        seen = {e.item_id for e in profile.recent if e.item_id}
-        ranked = self.recommender.recommend(self.state.popular, self.state.item_counts, seen, self.config.rec_top_k)
+    def _rec_trigger(self, profile: Profile) -> str | None:
+        if profile.events_since_rec >= self.config.rec_every_events:
+            return "cadence"
+        change = getattr(self.recommender, "change_since_rec", None)
+        if change is not None and change(profile) >= self.config.rec_change_threshold:
+            return "vector_change"
+        return None
+
+    def _recommend(self, profile: Profile, event: ev.Event, trigger: str) -> None:
+        """Queue a recommendation; its query (vector, exclusions) is frozen now, answered in ``_flush_recs``."""
+        self._pending_recs.append(_PendingRec(profile.user_id, event.ts, event.event_id, trigger, profile.segment,
+                                              self.recommender.query(profile)))
         profile.events_since_rec = 0
         profile.last_rec_ts = event.ts
-        if not ranked:
+        mark = getattr(self.recommender, "mark_recommended", None)
+        if mark is not None:
+            mark(profile)
+
+    def _ask(self, queries: list[Query], k: int) -> list[list[tuple[str, float]]]:
+        """One batched query; the placeholder's scores are the counts at the last ranking."""
+        started = time.perf_counter()
+        counts = dict(zip(self.state.popular, self.state.popular_counts))
+        ranked = self.recommender.recommend_many(queries, k, self.state.popular, counts)
+        self._observe("recommend", len(queries), time.perf_counter() - started)
+        return ranked
+
+    def _flush_recs(self) -> None:
+        pending, self._pending_recs = self._pending_recs, []
+        if not pending:
             return
-        rec = Recommendation(
-            event_id=deterministic_id("rec", profile.user_id, event.event_id),
-            user_id=profile.user_id, as_of=event.ts, source_event_id=event.event_id,
-            items=[ScoredItem(i, s) for i, s in ranked], model_version=self.recommender.version,
-            index_version=self.recommender.index_version, segment=profile.segment)
-        self._emit(self.config.recs_topic, profile.user_id, rec)
+        answers = self._ask([p.query for p in pending], self.config.rec_top_k)
+        for p, ranked in zip(pending, answers):
+            if not ranked:
+                continue
+            self._emit(self.config.recs_topic, p.user_id, Recommendation(
+                event_id=deterministic_id("rec", p.user_id, p.event_id),
+                user_id=p.user_id, as_of=p.ts, source_event_id=p.event_id,
+                items=[ScoredItem(i, s) for i, s in ranked], model_version=self.recommender.version,
+                index_version=self.recommender.index_version, trigger=p.trigger,  # type: ignore[arg-type]
+                segment=p.segment))
 
     def _on_tick(self, tick: float) -> None:
-        """Score users active since the last tick and users who just crossed the inactivity gap."""
+        """Score users active since the last tick, and users whose silence just crossed an inactivity level
+        (the gap, then every ``inactivity_rescore_s`` more, ``inactivity_rescores`` times): risk is re-assessed
+        as silence grows, because a customer who stops coming produces no events."""
         self._count("ticks", "clock")
         if self.state.items_since_rank:
             self._rerank()
-        candidates: dict[str, str] = {u: "activity" for u in sorted(self._active_since_tick)}
+        candidates: dict[str, tuple[str, int]] = {u: ("activity", -1) for u in sorted(self._active_since_tick)}
         self._active_since_tick.clear()
-        horizon_day = int((tick - self.config.inactivity_gap_s) // DAY)
-        start_day = self.state.inactivity_scanned_day or min(self._by_day, default=horizon_day)
-        for day in range(start_day, horizon_day):
-            for user_id in sorted(self._by_day.get(day, ())):
-                candidates.setdefault(user_id, "inactivity")
-        self.state.inactivity_scanned_day = max(start_day, horizon_day)
+        self._scan_inactive(tick, candidates)
         if not candidates:
             return
         users = list(candidates)
         profiles = [self._profile(u) for u in users]
         keep = [i for i, p in enumerate(profiles)
-                if candidates[users[i]] == "activity" or p.inactive_flagged_ts < p.last_ts]
+                if candidates[users[i]][0] == "activity" or p.inactivity_level <= candidates[users[i]][1]]
         if not keep:
             return
-        sequences = [profiles[i].recent for i in keep]  # scorers take the profile's ring as is
-        try:
-            scores = self.scorer.score_many(sequences, [tick] * len(keep))
-            version = self.scorer.version
-        except Exception:  # a broken model must not stop the stream: score this tick with the placeholder
-            self._count("scoring_errors", self.scorer.version)
-            fallback = RecencyHeuristic()
-            scores, version = fallback.score_many(sequences, [tick] * len(keep)), fallback.version
+        scores, expected, version = self._score([profiles[i] for i in keep], tick)
         day = int(tick // DAY)
         if self.state.budget_day != day:
             self.state.budget_day, self.state.budget_used = day, 0
-        for i, score in zip(keep, scores):
-            profile, trigger = profiles[i], candidates[users[i]]
-            score = round(float(score), 6)
+        offered: list[tuple[Profile, float, offer_policy.OfferDecision]] = []
+        for j, i in enumerate(keep):
+            profile, (trigger, level) = profiles[i], candidates[users[i]]
+            score = round(float(scores[j]), 6)
+            exp = None if expected is None else round(float(expected[j]), 4)
             profile.last_scored_ts = tick
             if trigger == "inactivity":
                 profile.inactive_flagged_ts = tick
+                profile.inactivity_level = level + 1
             features = rfm(profile, tick)
+            drop = offer_policy.activity_dropped(profile, tick)
             self._emit(self.config.churn_topic, profile.user_id, ChurnScore(
                 event_id=deterministic_id("churn", profile.user_id, tick, trigger),
-                user_id=profile.user_id, as_of=tick, score=score, trigger=trigger,
+                user_id=profile.user_id, as_of=tick, score=score, trigger=trigger,  # type: ignore[arg-type]
                 model_version=version, recency_days=features["recency_days"],
-                frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment))
-            decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used, self.config.offers)
+                frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
+                expected_purchases=exp, activity_drop=drop))
+            decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used,
+                                           self.config.offers, expected_purchases=exp)
             if decision is not None:
                 self.state.budget_used += 1
                 profile.last_offer_ts = tick
-                seen = {e.item_id for e in profile.recent if e.item_id}
-                items = self.recommender.recommend(self.state.popular, self.state.item_counts, seen, self.config.offer_items)
+                offered.append((profile, score, decision))
+        if offered:
+            items = self._ask([self.recommender.query(p) for p, _, _ in offered], self.config.offer_items)
+            for (profile, score, decision), ranked in zip(offered, items):
                 self._emit(self.config.offers_topic, profile.user_id, RetentionOffer(
                     event_id=deterministic_id("offer", profile.user_id, tick),
                     user_id=profile.user_id, as_of=tick, offer_type=decision.offer_type,
                     discount_pct=decision.discount_pct, churn_score=score,
-                    reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in items],
-                    model_version=version, expires_at=decision.expires_at, segment=profile.segment))
+                    reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in ranked],
+                    model_version=version, expires_at=decision.expires_at, segment=profile.segment,
+                    customer_value=decision.customer_value, recs_model_version=self.recommender.version))
         self._result.state_changed = True
+
+    def _scan_inactive(self, tick: float, candidates: dict[str, tuple[str, int]]) -> None:
+        """Users whose last activity day has just fallen behind an inactivity level's horizon."""
+        cfg, scanned = self.config, self.state.inactivity_scanned
+        levels = 1 + max(0, cfg.inactivity_rescores)
+        if len(scanned) < levels:
+            scanned.extend([0] * (levels - len(scanned)))
+        for level in range(levels):
+            horizon_day = int((tick - cfg.inactivity_gap_s - level * cfg.inactivity_rescore_s) // DAY)
+            start_day = scanned[level] or min(self._by_day, default=horizon_day)
+            for day in range(start_day, horizon_day):
+                for user_id in sorted(self._by_day.get(day, ())):
+                    candidates.setdefault(user_id, ("inactivity", level))
+            scanned[level] = max(start_day, horizon_day)
+
+    def _score(self, profiles: list[Profile], tick: float) -> tuple[Sequence[float], Sequence[float] | None, str]:
+        """One scoring call for the whole tick (the scorer micro-batches inside); the placeholder on failure."""
+        sequences = [p.recent for p in profiles]  # scorers take the profile's ring as is
+        as_of = [tick] * len(profiles)
+        started = time.perf_counter()
+        try:
+            predict = getattr(self.scorer, "predict_many", None)
+            if predict is not None:
+                scores, expected = predict(sequences, as_of)
+            else:
+                scores, expected = self.scorer.score_many(sequences, as_of), None
+            version = self.scorer.version
+        except Exception:  # a broken model must not stop the stream: score this tick with the placeholder
+            self._count("scoring_errors", self.scorer.version)
+            fallback = RecencyHeuristic()
+            scores, expected, version = fallback.score_many(sequences, as_of), None, fallback.version
+        self._observe("churn", len(profiles), time.perf_counter() - started)
+        return scores, expected, version
 
     def _emit(self, topic: str, user_id: str, record: msgspec.Struct) -> None:
         self._result.outputs.append(Emit(topic, user_id.encode(), encode_output(record)))

@@ -1,4 +1,10 @@
-"""Retention-offer policy: plain functions, event time only, reason codes that say why."""
+"""Retention-offer policy: plain functions, event time only, reason codes that say why.
+
+An offer goes out when the churn probability is at or above the threshold, the customer is worth keeping
+(their value: spend so far plus the spend the model still expects in its horizon), the per-user cooldown has
+passed and the partition's budget for the event-time day is not spent. The tier (offer type and discount)
+follows the value.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +14,7 @@ from tidewater.profile import DAY, Profile, hopping_counts
 
 @dataclass(frozen=True)
 class OfferTier:
-    min_monetary: float
+    min_value: float
     offer_type: str
     discount_pct: float
 
@@ -16,17 +22,20 @@ class OfferTier:
 DEFAULT_TIERS = (
     OfferTier(200.0, "discount", 20.0),
     OfferTier(50.0, "discount", 10.0),
-    OfferTier(0.01, "free_shipping", 0.0),
+    OfferTier(0.0, "free_shipping", 0.0),
 )
 
 
 @dataclass(frozen=True)
 class OfferPolicy:
-    churn_threshold: float = 0.6
+    # Calibrated probabilities: 0.5 means "more likely to leave than to stay". The model's scores rise as
+    # silence grows (the stream re-scores at 30, 60, ... days), so an at-risk customer crosses it.
+    churn_threshold: float = 0.5
     cooldown_s: float = 30 * DAY
     daily_budget: int = 500
     min_purchases: int = 1
-    high_value_monetary: float = 200.0
+    min_value: float = 20.0  # customers worth less than this are not worth a discount
+    high_value: float = 200.0
     validity_s: float = 14 * DAY
     tiers: tuple[OfferTier, ...] = DEFAULT_TIERS
 
@@ -37,15 +46,25 @@ class OfferDecision:
     discount_pct: float
     reason_codes: tuple[str, ...]
     expires_at: float
+    customer_value: float
 
 
-def reason_codes(profile: Profile, score: float, as_of: float, trigger: str, policy: OfferPolicy) -> list[str]:
+def customer_value(profile: Profile, expected_purchases: float | None = None) -> float:
+    """Spend so far plus expected spend in the model's horizon (expected purchases x average order)."""
+    if profile.n_purchases == 0:
+        return 0.0
+    average_order = profile.monetary / profile.n_purchases
+    return round(profile.monetary + max(0.0, expected_purchases or 0.0) * average_order, 2)
+
+
+def reason_codes(profile: Profile, score: float, as_of: float, trigger: str, policy: OfferPolicy,
+                 value: float | None = None) -> list[str]:
     codes = []
     if score >= policy.churn_threshold:
         codes.append("high_churn_risk")
     if trigger == "inactivity":
         codes.append("long_inactivity")
-    if profile.monetary >= policy.high_value_monetary:
+    if (profile.monetary if value is None else value) >= policy.high_value:
         codes.append("high_value")
     if activity_dropped(profile, as_of):
         codes.append("activity_drop")
@@ -53,7 +72,7 @@ def reason_codes(profile: Profile, score: float, as_of: float, trigger: str, pol
 
 
 def activity_dropped(profile: Profile, as_of: float) -> bool:
-    """Anomaly: the last 7 days hold under a quarter of the user's own average week of the last 4."""
+    """Anomaly: the last 7 days hold under a quarter of the user's own average week of the 3 weeks before."""
     weeks = hopping_counts(profile, as_of, size_days=7, hop_days=7, hops=4)
     earlier = weeks[1:]
     baseline = sum(earlier) / len(earlier)
@@ -61,7 +80,7 @@ def activity_dropped(profile: Profile, as_of: float) -> bool:
 
 
 def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_used_today: int,
-           policy: OfferPolicy = OfferPolicy()) -> OfferDecision | None:
+           policy: OfferPolicy = OfferPolicy(), *, expected_purchases: float | None = None) -> OfferDecision | None:
     """An offer, or None: not at risk, not worth it, in cooldown, or the day's budget is spent."""
     if score < policy.churn_threshold:
         return None
@@ -71,8 +90,11 @@ def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_us
         return None
     if budget_used_today >= policy.daily_budget:
         return None
-    tier = next((t for t in policy.tiers if profile.monetary >= t.min_monetary), None)
+    value = customer_value(profile, expected_purchases)
+    if value < policy.min_value:
+        return None
+    tier = next((t for t in policy.tiers if value >= t.min_value), None)
     if tier is None:
         return None
-    codes = reason_codes(profile, score, as_of, trigger, policy)
-    return OfferDecision(tier.offer_type, tier.discount_pct, tuple(codes), as_of + policy.validity_s)
+    codes = reason_codes(profile, score, as_of, trigger, policy, value)
+    return OfferDecision(tier.offer_type, tier.discount_pct, tuple(codes), as_of + policy.validity_s, value)

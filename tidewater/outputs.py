@@ -46,6 +46,8 @@ class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
     frequency: float
     monetary: float
     segment: int | None = None
+    expected_purchases: float | None = None  # in the model's horizon, when the model forecasts it
+    activity_drop: bool = False  # anomaly: the last week far below the user's own recent weeks
 
 
 class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
@@ -78,6 +80,8 @@ class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
     model_version: str
     expires_at: float
     segment: int | None = None
+    customer_value: float | None = None  # what the policy weighed: spend so far + expected spend in the horizon
+    recs_model_version: str | None = None  # the recommender that chose ``items``
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):

@@ -61,12 +61,18 @@ class Profile(msgspec.Struct, kw_only=True):
     hourly: dict[int, int] = {}  # tumbling 1 h window start -> events
     daily: dict[int, int] = {}  # tumbling 1 d window start -> events
     late_events: int = 0  # events too late for the windows (beyond the grace period)
-    user_vector: list[float] | None = None  # filled by the recommender
-    vector_state: dict[str, float] = {}
+    # streaming user vector (models/recs/user_vector.py): decayed sum of item vectors as float32 bytes, in the
+    # vector space of recs model ``vec_version``; a new model version rebuilds it from the ring
+    vec_sum: bytes | None = None
+    vec_weight: float = 0.0
+    vec_count: int = 0
+    vec_version: str = ""
+    vec_at_rec: bytes | None = None  # unit vector at the last recommendation (the "changed enough" reference)
     events_since_rec: int = 0
     last_rec_ts: float = 0.0
     last_scored_ts: float = 0.0
     inactive_flagged_ts: float = 0.0
+    inactivity_level: int = 0  # inactivity re-scorings since the last event (silence keeps growing)
     last_offer_ts: float = 0.0
     segment: int | None = None
 
@@ -118,6 +124,8 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         profile.session_start = ts
         profile.session_events = 0
     profile.session_events += 1
+    if ts > profile.last_ts:
+        profile.inactivity_level = 0  # the silence that inactivity re-scoring counts starts again
     profile.last_ts = max(profile.last_ts, ts)
 
     # ring of recent events, the churn model's input
@@ -196,4 +204,11 @@ def decode_profile(raw: bytes) -> Profile:
 
 
 def profile_to_json(profile: Profile) -> dict:
-    return msgspec.to_builtins(profile)
+    """JSON view (GET /users/{id}/profile): the vector bytes shown as lists of floats."""
+    import numpy as np
+
+    out = msgspec.to_builtins(profile)
+    for name in ("vec_sum", "vec_at_rec"):
+        raw = getattr(profile, name)
+        out[name] = None if raw is None else [round(float(x), 6) for x in np.frombuffer(raw, np.float32)]
+    return out

@@ -100,12 +100,22 @@ class Settings:
                                   "Event-time tick of the inactivity timer (the watermark crossing it fires).")
     inactivity_gap_s: float = setting(30 * 86400.0, "TIDEWATER_INACTIVITY_GAP_S",
                                       "A user silent this long (event time) is scored for churn.")
+    inactivity_rescore_s: float = setting(30 * 86400.0, "TIDEWATER_INACTIVITY_RESCORE_S",
+                                          "After the first inactivity score, score again every this much more silence.")
+    inactivity_rescores: int = setting(5, "TIDEWATER_INACTIVITY_RESCORES",
+                                       "How many times a silent user is re-scored (0: only at the gap).")
 
     # --- outputs ------------------------------------------------------------------------------------------
     rec_top_k: int = setting(10, "TIDEWATER_REC_TOP_K", "Items per recommendation event.")
     rec_every_events: int = setting(5, "TIDEWATER_REC_EVERY_EVENTS",
                                     "Emit a recommendation every N events of a user (cadence).")
-    churn_threshold: float = setting(0.6, "TIDEWATER_CHURN_THRESHOLD", "Churn probability above which offers are considered.")
+    rec_change_threshold: float = setting(
+        0.2, "TIDEWATER_REC_CHANGE_THRESHOLD",
+        "Also emit one when the user vector moved this far (1 - cosine) since the last recommendation.")
+    churn_threshold: float = setting(0.5, "TIDEWATER_CHURN_THRESHOLD",
+                                     "Churn probability at or above which offers are considered.")
+    offer_min_value: float = setting(20.0, "TIDEWATER_OFFER_MIN_VALUE",
+                                     "Customers worth less (spend so far + expected spend) get no offer.")
     offer_cooldown_s: float = setting(30 * 86400.0, "TIDEWATER_OFFER_COOLDOWN_S", "Per-user offer cooldown (event time).")
     offer_daily_budget: int = setting(500, "TIDEWATER_OFFER_DAILY_BUDGET",
                                       "Offers per event-time day per partition (budget).")

@@ -24,13 +24,14 @@ def cdnow_events(sample: bool = False) -> Iterator[Event]:
 
 
 def ml100k_events() -> Iterator[Event]:
+    """MovieLens ratings as clicks; item ids as the recommender is trained on them (``models.recs``)."""
     from models.datasets import load_ml100k, ml100k_categories
 
     data = load_ml100k()
     categories = ml100k_categories(data.items)
     for row in data.interactions.itertuples(index=True):
         yield Click(event_id=f"ml100k-{row.Index}", user_id=row.user_id, ts=float(row.ts),
-                    item_id=f"movie-{row.item_id}", category=categories.get(row.item_id, "unknown"))
+                    item_id=row.item_id, category=categories.get(row.item_id, "unknown"))
 
 
 def jsonl_events(path: str | Path) -> Iterator[bytes]:

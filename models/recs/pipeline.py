@@ -115,16 +115,28 @@ def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, th
     t0 = time.time()
     model, res = train_model(split, texts, cfg, progress=progress, log=log, refit_all=everything)
     popularity = np.bincount(np.concatenate(everything), minlength=split.n_items)
+    segments = train_user_segments(model, everything, seed=seed)
     metrics = {"dataset": name, "events": int(len(log_df)), "users": len(split.user_ids),
                "items": split.n_items, "valid_ndcg@10": res.best_valid_ndcg10, "epochs": res.epochs,
                "train_seconds": round(time.time() - t0, 1), "cold_items": res.cold_items,
-               "text_fused": res.text_fused}
+               "text_fused": res.text_fused, "segments": int(len(segments))}
     reg = Registry(Path(registry_root) / "recs")
     version = reg.publish(
-        lambda d: write_artifacts(d, model, split.item_ids, popularity, metrics),
+        lambda d: write_artifacts(d, model, split.item_ids, popularity, metrics, segments=segments),
         fingerprint=fingerprint(log_df), meta={"kind": "recs", "dataset": name, "seed": seed, **metrics},
     )
     return version, metrics
+
+
+def train_user_segments(model, sequences, seed: int = 0) -> np.ndarray:
+    """k-means centroids over every user's streaming vector (recomputed from their item sequence)."""
+    from models.recs import user_vector as uv
+    from models.recs.segments import train_segments
+
+    window = int(getattr(model.cfg, "stream_window", 50))
+    vectors = np.stack([uv.recompute(model.query_emb[seq], float(model.decay), window).vector()
+                        for seq in sequences if len(seq)])
+    return train_segments(vectors, seed=seed)
 
 
 def build_index(registry_root: str | Path, kind: str = "auto") -> tuple[str, dict]:

@@ -9,6 +9,7 @@ A version directory under ``<registry>/recs`` holds::
     config.json          RecsConfig + learned stream decay
     model.pt             torch state dict (arch=sasrec only)
     index/               the FAISS index (items.faiss, item_ids.json, index.json)
+    segments.npy         (k, d) float32 — k-means centroids of user vectors (models/recs/segments.py)
     metrics.json, meta.json
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ from models.recs.index import HotSwapIndex, ItemIndex
 
 
 def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity: np.ndarray,
-                    metrics: dict | None = None, index_kind: str = "auto") -> ItemIndex:
+                    metrics: dict | None = None, index_kind: str = "auto",
+                    segments: np.ndarray | None = None) -> ItemIndex:
     directory = Path(directory)
     if getattr(model, "net", None) is not None:
         import torch
@@ -34,6 +36,8 @@ def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity:
     np.save(directory / "item_emb.npy", model.item_emb.astype(np.float32))
     np.save(directory / "query_emb.npy", model.query_emb.astype(np.float32))
     np.save(directory / "popularity.npy", np.asarray(popularity, np.float64))
+    if segments is not None:
+        np.save(directory / "segments.npy", np.asarray(segments, np.float32))
     cfg = model.cfg.to_dict()
     cfg["stream_decay"] = float(model.decay)
     cfg["n_items"] = len(item_ids)
@@ -66,6 +70,7 @@ class Recommender:
         self.dim = int(self.item_emb.shape[1])
         self.index = HotSwapIndex(ItemIndex.load(d / "index", use_gpu=use_gpu))
         self._popular = [self.item_ids[i] for i in np.argsort(-self.popularity, kind="stable")]
+        self.segments: np.ndarray | None = np.load(d / "segments.npy") if (d / "segments.npy").is_file() else None
         self._net = None
 
     @classmethod
@@ -126,6 +131,15 @@ class Recommender:
             if len(out) == k:
                 break
         return out
+
+    def segment_of(self, state: uv.UserState | np.ndarray) -> int | None:
+        """The user's k-means segment (None when the version has no segments)."""
+        if self.segments is None:
+            return None
+        from models.recs.segments import assign_segments
+
+        vec = state.vector() if isinstance(state, uv.UserState) else state
+        return int(assign_segments(self.segments, vec)[0])
 
     def swap_index(self, directory: str | os.PathLike[str]) -> str:
         """Hot-swap in another saved index (e.g. from `tidewater index build`); returns its version."""

@@ -1,5 +1,8 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tidewater.events import Purchase
-from tidewater.offers import OfferPolicy, decide
+from tidewater.offers import OfferPolicy, customer_value, decide
 from tidewater.profile import DAY, apply, new_profile
 
 
@@ -21,8 +24,15 @@ def test_tiers_by_value_and_reason_codes():
     assert set(high.reason_codes) == {"high_churn_risk", "long_inactivity", "high_value"}
     mid = decide(buyer([60.0]), 0.9, 100 * DAY, "activity", 0)
     assert (mid.offer_type, mid.discount_pct, mid.reason_codes) == ("discount", 10.0, ("high_churn_risk",))
-    low = decide(buyer([5.0]), 0.9, 100 * DAY, "activity", 0)
-    assert low.offer_type == "free_shipping"
+    low = decide(buyer([25.0]), 0.9, 100 * DAY, "activity", 0)
+    assert low.offer_type == "free_shipping" and low.customer_value == 25.0
+
+
+def test_not_worth_it_below_min_value_unless_the_model_expects_more_spend():
+    assert decide(buyer([5.0]), 0.9, 100 * DAY, "activity", 0) is None
+    # 2 more purchases expected at the average order of 10: value 10 + 20 = 30 >= 20
+    kept = decide(buyer([10.0]), 0.9, 100 * DAY, "activity", 0, expected_purchases=2.0)
+    assert kept is not None and kept.customer_value == 30.0
 
 
 def test_cooldown_and_budget():
@@ -31,3 +41,22 @@ def test_cooldown_and_budget():
     assert decide(p, 0.9, 100 * DAY, "activity", 0) is None  # 10 days < 30-day cooldown
     assert decide(p, 0.9, 121 * DAY, "activity", 0) is not None
     assert decide(buyer([60.0]), 0.9, 100 * DAY, "activity", OfferPolicy().daily_budget) is None
+
+
+@given(amounts=st.lists(st.floats(0.01, 1000), min_size=1, max_size=8), score=st.floats(0, 1),
+       expected=st.none() | st.floats(0, 20), budget=st.integers(0, 600))
+def test_policy_invariants(amounts, score, expected, budget):
+    policy = OfferPolicy()
+    p = buyer(amounts)
+    decision = decide(p, score, 100 * DAY, "inactivity", budget, policy, expected_purchases=expected)
+    value = customer_value(p, expected)
+    assert value >= round(p.monetary, 2) - 0.01  # expected spend never lowers the value
+    if decision is None:
+        assert score < policy.churn_threshold or budget >= policy.daily_budget or value < policy.min_value
+    else:
+        assert score >= policy.churn_threshold and budget < policy.daily_budget and value >= policy.min_value
+        assert "high_churn_risk" in decision.reason_codes and "long_inactivity" in decision.reason_codes
+        # a richer customer never gets a smaller discount
+        richer = decide(buyer([a * 2 for a in amounts]), score, 100 * DAY, "inactivity", budget, policy,
+                        expected_purchases=expected)
+        assert richer is not None and richer.discount_pct >= decision.discount_pct

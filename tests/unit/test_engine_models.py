@@ -1,0 +1,121 @@
+"""The engine with a real (tiny) recommender version and re-scoring of silent users, with no broker."""
+import json
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from models.recs.index import ItemIndex
+from models.recs.recommender import Recommender
+from models.recs import user_vector as uv
+from models.recs.segments import train_segments
+from tests.unit.test_engine import DictStore, records, shop
+from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
+from tidewater.events import Click
+from tidewater.profile import DAY
+from tidewater.recommending import VectorRecommender
+
+ITEMS = [f"i{i}" for i in range(7)]
+
+
+def tiny_recs_version(directory, seed=0, dim=8):
+    """A recs registry version written the way `tidewater train recs` writes one, with random embeddings."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    emb = rng.normal(size=(len(ITEMS), dim)).astype(np.float32)
+    (directory / "item_ids.json").write_text(json.dumps(ITEMS))
+    np.save(directory / "item_emb.npy", emb)
+    np.save(directory / "query_emb.npy", emb)
+    np.save(directory / "popularity.npy", np.arange(len(ITEMS), 0, -1).astype(np.float64))
+    (directory / "config.json").write_text(json.dumps({"stream_decay": 0.8, "stream_window": 50}))
+    np.save(directory / "segments.npy", train_segments(rng.normal(size=(40, dim)), k=3, seed=seed))
+    ItemIndex.build(ITEMS, emb, kind="flat", version=directory.name, use_gpu=False).save(directory / "index")
+    return Recommender(directory, use_gpu=False)
+
+
+def run(evs, recommender, batch=50, config=EngineConfig(inactivity_gap_s=14 * DAY), store=None):
+    store = DictStore() if store is None else store
+    engine = PartitionEngine(0, config, store, recommender=recommender)
+    result = run_to_completion(engine, records(evs), batch=batch)
+    store.update(result.profiles)
+    return engine, store, result
+
+
+def test_recommendations_come_from_the_index_with_versions_segments_and_no_seen_items(tmp_path):
+    model = tiny_recs_version(tmp_path / "v0001-abc")
+    evs = shop()
+    _, store, result = run(evs, VectorRecommender(model))
+    recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]
+    assert recs and {r["model_version"] for r in recs} == {"v0001-abc"}
+    assert {r["index_version"] for r in recs} == {"v0001-abc"}
+    assert {r["trigger"] for r in recs} <= {"cadence", "vector_change"} and any(r["trigger"] == "vector_change" for r in recs)
+    for rec in recs:
+        seen = {e.item_id for e in evs if e.user_id == rec["user_id"] and e.ts <= rec["as_of"] and e.item_id}
+        assert not seen & {i["item_id"] for i in rec["items"]}
+        assert rec["segment"] in (0, 1, 2)
+        scores = [i["score"] for i in rec["items"]]
+        assert scores == sorted(scores, reverse=True)
+    # the vector kept in the profile is the incremental one, equal to recomputing it from the user's items
+    for user, profile in store.items():
+        items = [e.item_id for e in sorted(evs, key=lambda e: e.ts) if e.user_id == user and e.item_id]
+        expected = model.recompute_user(items).vector()
+        got = np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        assert profile.segment == model.segment_of(expected)
+
+
+def test_the_first_query_is_answered_by_the_index_and_matches_a_direct_search(tmp_path):
+    model = tiny_recs_version(tmp_path / "v0001-abc")
+    evs = [Click(event_id=f"e{i}", user_id="u", ts=float(i), item_id=ITEMS[i]) for i in range(2)]
+    _, _, result = run(evs, VectorRecommender(model), config=EngineConfig(rec_every_events=100))
+    first = json.loads(next(o.value for o in result.outputs if o.topic == "recommendations"))
+    assert first["source_event_id"] == "e0" and first["trigger"] == "vector_change"
+    direct = model.recommend_many([uv.update_one(None, model.item_vector("i0"), model.decay)], 10, [{"i0"}])[0]
+    assert [i["item_id"] for i in first["items"]] == [i for i, _ in direct]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 80))
+def test_vector_recommendations_do_not_depend_on_batch_boundaries(tmp_path_factory, batch):
+    model = tiny_recs_version(tmp_path_factory.mktemp("reg") / "v0001-abc")
+    evs = shop(n_users=4, days=40)
+    _, _, reference = run(evs, VectorRecommender(model), batch=len(evs))
+    _, _, result = run(evs, VectorRecommender(model), batch=batch)
+    assert [o.value for o in result.outputs] == [o.value for o in reference.outputs]
+
+
+def test_a_new_model_version_rebuilds_the_vector_in_its_own_space(tmp_path):
+    old = tiny_recs_version(tmp_path / "v0001-aaa", seed=1)
+    new = tiny_recs_version(tmp_path / "v0002-bbb", seed=2)
+    evs = [Click(event_id=f"e{i}", user_id="u", ts=float(i), item_id=ITEMS[i % 7]) for i in range(10)]
+    _, store, _ = run(evs[:6], VectorRecommender(old))
+    assert store["u"].vec_version == "v0001-aaa"
+    engine = PartitionEngine(0, EngineConfig(), store, recommender=VectorRecommender(new))
+    store.update(run_to_completion(engine, records(evs)[6:]).profiles)
+    profile = store["u"]
+    assert profile.vec_version == "v0002-bbb"
+    expected = new.recompute_user([e.item_id for e in evs]).vector()
+    np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight, expected, rtol=1e-4)
+
+
+def test_silent_users_are_rescored_as_silence_grows_then_left_alone():
+    config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=10 * DAY, inactivity_rescores=2)
+    evs = [Click(event_id="a", user_id="quiet", ts=0.0)]
+    # a busy user keeps the watermark moving for 100 days
+    evs += [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 5) for d in range(100)]
+    _, _, result = run(evs, None, config=config)
+    quiet = [json.loads(o.value) for o in result.outputs
+             if o.topic == "churn-scores" and json.loads(o.value)["user_id"] == "quiet"]
+    inactivity = [s for s in quiet if s["trigger"] == "inactivity"]
+    assert [round(s["recency_days"]) for s in inactivity] == [11, 21, 31]  # gap, +10, +20, then no more
+    assert inactivity == sorted(inactivity, key=lambda s: s["as_of"])
+    assert inactivity[-1]["score"] > inactivity[0]["score"]  # risk grows with silence
+
+
+def test_coming_back_starts_the_silence_count_again():
+    config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=10 * DAY, inactivity_rescores=1)
+    evs = [Click(event_id="a", user_id="q", ts=0.0), Click(event_id="c", user_id="q", ts=25 * DAY)]
+    evs += [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 5) for d in range(70)]
+    _, _, result = run(sorted(evs, key=lambda e: e.ts), None, config=config)
+    silent = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+    silent = [round(s["recency_days"]) for s in silent if s["user_id"] == "q" and s["trigger"] == "inactivity"]
+    assert silent == [11, 21, 11, 21]

@@ -1,0 +1,159 @@
+"""What the engine asks of a recommender, and the two implementations it can hold.
+
+* :class:`VectorRecommender` wraps the trained model from ``models/recs`` (a registry version): every event's
+  item is folded into the user's vector in the profile (the incremental update of
+  ``models/recs/user_vector.py``), users are assigned to the model's k-means segment, and top-K queries go to
+  the FAISS index in one batched call.
+* :class:`PartitionPopularity` is the named stand-in used until a model is published: the partition's most
+  popular items, without vectors (``baseline:popularity-v1``).
+
+The engine copies the query (vector and exclusions) at the event that triggers a recommendation and asks the
+recommender once per batch, so the answer does not depend on where batch boundaries fall (replays stay
+byte-identical) and the index sees micro-batches, not single queries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from tidewater.profile import Profile
+
+Ranked = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request, frozen at the event that triggered it."""
+
+    vector: np.ndarray | None  # None: the user has no vector yet (popular items)
+    exclude: frozenset[str]
+
+
+class StreamRecommender(Protocol):
+    version: str
+    index_version: str
+    has_vectors: bool
+
+    def fold(self, profile: Profile, item_id: str) -> bool: ...
+
+    def query(self, profile: Profile) -> Query: ...
+
+    def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
+                       counts: dict[str, int]) -> list[Ranked]: ...
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def seen_items(profile: Profile) -> frozenset[str]:
+    return frozenset(e.item_id for e in profile.recent if e.item_id)
+
+
+class PartitionPopularity:
+    """Most popular items counted in this partition's stream that the user has not seen."""
+
+    version = "baseline:popularity-v1"
+    index_version = "none"
+    has_vectors = False
+
+    def fold(self, profile: Profile, item_id: str) -> bool:
+        return False
+
+    def query(self, profile: Profile) -> Query:
+        return Query(None, seen_items(profile))
+
+    def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
+                       counts: dict[str, int]) -> list[Ranked]:
+        out = []
+        for q in queries:
+            row: Ranked = []
+            for item in popular:
+                if item not in q.exclude:
+                    row.append((item, float(counts.get(item, 0))))
+                    if len(row) == k:
+                        break
+            out.append(row)
+        return out
+
+
+class VectorRecommender:
+    """The trained recommender (``models.recs.recommender.Recommender``) as the engine uses it."""
+
+    has_vectors = True
+
+    def __init__(self, model: Any, *, index_dir: str | None = None, index_version: str | None = None) -> None:
+        self.model = model
+        self.version: str = model.version
+        if index_dir is not None:  # a newer index of the same model (`tidewater index build`)
+            model.swap_index(index_dir)
+        self.index_version: str = index_version or model.index.version or self.version
+        self.decay = np.float32(model.decay)
+        self.dim = model.dim
+        self.centroids: np.ndarray | None = getattr(model, "segments", None)
+
+    # --- the user vector in the profile ------------------------------------------------------------------
+    def fold(self, profile: Profile, item_id: str) -> bool:
+        """Fold one event's item into the profile's vector; False when the item is unknown to the model."""
+        if profile.vec_version != self.version:
+            self._rebuild(profile)  # a new model: its vector space differs, rebuild from the ring
+            return profile.vec_sum is not None
+        v = self.model.item_vector(item_id)
+        if v is None:
+            return False
+        prev = np.zeros(self.dim, np.float32) if profile.vec_sum is None else np.frombuffer(profile.vec_sum, np.float32)
+        total = self.decay * prev + v  # models.recs.user_vector.update_one, kept in float32 bytes
+        profile.vec_sum = total.astype(np.float32).tobytes()
+        profile.vec_weight = float(self.decay * profile.vec_weight + 1.0)
+        profile.vec_count += 1
+        self._segment(profile)
+        return True
+
+    def _rebuild(self, profile: Profile) -> None:
+        state = self.model.recompute_user([e.item_id for e in profile.recent if e.item_id])
+        profile.vec_version = self.version
+        profile.vec_at_rec = None
+        if state is None:
+            profile.vec_sum, profile.vec_weight, profile.vec_count = None, 0.0, 0
+            return
+        profile.vec_sum = np.asarray(state.sum, np.float32).tobytes()
+        profile.vec_weight, profile.vec_count = float(state.weight), int(state.count)
+        self._segment(profile)
+
+    def _segment(self, profile: Profile) -> None:
+        if self.centroids is not None and profile.vec_sum is not None:
+            v = np.frombuffer(profile.vec_sum, np.float32)
+            profile.segment = int(np.argmax(self.centroids @ v))
+
+    def vector(self, profile: Profile) -> np.ndarray | None:
+        if profile.vec_sum is None or profile.vec_weight <= 0 or profile.vec_version != self.version:
+            return None
+        return np.frombuffer(profile.vec_sum, np.float32) / np.float32(profile.vec_weight)
+
+    def query(self, profile: Profile) -> Query:
+        v = self.vector(profile)
+        return Query(None if v is None else v.copy(), seen_items(profile))
+
+    def change_since_rec(self, profile: Profile) -> float:
+        """1 - cosine between the vector now and at the last recommendation (1.0 if there was none)."""
+        v = self.vector(profile)
+        if v is None:
+            return 0.0
+        if profile.vec_at_rec is None:
+            return 1.0
+        return 1.0 - float(_unit(v) @ np.frombuffer(profile.vec_at_rec, np.float32))
+
+    def mark_recommended(self, profile: Profile) -> None:
+        v = self.vector(profile)
+        profile.vec_at_rec = None if v is None else _unit(v).astype(np.float32).tobytes()
+
+    # --- queries -------------------------------------------------------------------------------------
+    def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
+                       counts: dict[str, int]) -> list[Ranked]:
+        states = [q.vector for q in queries]
+        exclude = [set(q.exclude) for q in queries]
+        ranked = self.model.recommend_many(states, k, exclude)
+        return [[(item, round(float(score), 6)) for item, score in row] for row in ranked]
