@@ -1,7 +1,9 @@
-"""HTTP views served by each worker (Faust web): ingest, profiles, health, metrics, stats."""
+"""HTTP views served by each worker (Faust web): ingest, profiles, health, metrics, stats, dashboard."""
 from __future__ import annotations
 
 import hmac
+import time
+from importlib import resources
 from typing import Any
 
 import faust
@@ -9,7 +11,7 @@ import msgspec
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams import metrics
+from streams import lag, metrics
 from tidewater.events import Purchase, Rejected, decode_event, encode_event
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
@@ -88,3 +90,50 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
             return self.json({"processed": pipeline.processed, "counters": counters,
                               "watermarks": {p: getattr(e.state, "watermark", None) for p, e in pipeline.engines.items()}})
+
+    # --- the dashboard: one self-contained page polling dashboard.json ---------------------------------
+    live = getattr(pipeline, "live", None)  # streams.live_stats.LiveStats, fed by Pipeline._flush
+    lag.install(app, s.input_topics, sink=live)  # tidewater_consumer_lag, also shown on the page
+    page = resources.files("streams").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+    @app.page("/dashboard")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(page, headers={"Cache-Control": "no-store"})
+
+    @app.page("/dashboard.json")
+    class DashboardData(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(msgspec.json.encode(dashboard_data(s, pipeline, live)),
+                              content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def dashboard_data(s: Settings, pipeline: Any, live: Any, now: float | None = None) -> dict[str, Any]:
+    """LiveStats' snapshot plus what the pipeline knows now: processed, watermarks, lag (never raises for a
+    missing piece: the page shows a dash)."""
+    now = time.time() if now is None else now
+    data: dict[str, Any] = live.snapshot(now) if live is not None else {}
+    per_topic = dict(getattr(live, "lag", None) or {})
+    by_partition: dict[str, int] = {}
+    for parts in per_topic.values():
+        for partition, behind in parts.items():
+            by_partition[partition] = by_partition.get(partition, 0) + behind
+    lag_updated = getattr(live, "lag_updated", None)
+    data.update(
+        processed=pipeline.processed,
+        dropped_at_rebalance=pipeline.dropped_at_rebalance,
+        watermarks={str(p): _safe(lambda e=e: e.state.watermark, None)
+                    for p, e in sorted(list(pipeline.engines.items()))},
+        lag={"total": sum(by_partition.values()) if lag_updated is not None else None,
+             "partitions": by_partition, "per_topic": per_topic,
+             "age_s": None if lag_updated is None else now - lag_updated},
+        app_id=s.app_id,
+    )
+    return data
+
+
+def _safe(read: Any, default: Any) -> Any:
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - an engine swapped or dropped while the page reads it
+        return default
