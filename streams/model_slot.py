@@ -16,29 +16,9 @@ from typing import Any
 from models.registry import Registry
 from streams import metrics
 from tidewater.placeholders import RecencyHeuristic
+from tidewater.scoring import RingScorer
 
 log = logging.getLogger("tidewater.models")
-
-
-class RingScorer:
-    """Adapts a model scorer (event dicts) to the profile's ring of ``RecentEvent`` structs."""
-
-    def __init__(self, scorer: Any) -> None:
-        self.scorer = scorer
-        self.version = scorer.version
-
-    @staticmethod
-    def _dicts(sequences: Any) -> list[list[dict]]:
-        import msgspec
-
-        return [[msgspec.structs.asdict(e) | {"item": e.item_id} for e in ring] for ring in sequences]
-
-    def score_many(self, sequences: Any, as_of: Any) -> Any:
-        return self.scorer.score_many(self._dicts(sequences), as_of)
-
-    def predict_many(self, sequences: Any, as_of: Any) -> Any:
-        """(churn probabilities, expected purchases in the model's horizon)."""
-        return self.scorer.predict_many(self._dicts(sequences), as_of)
 
 
 class ChurnScorerSlot:

@@ -44,6 +44,45 @@ for _module in ("infra.cli", "streams.cli"):
             raise
 
 
+@evaluate_app.command("offers")
+def evaluate_offers(
+    registry: str = typer.Option("var/registry", "--registry", help="Registry root holding the churn model."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Churn threshold (default: the policy's)."),
+    split: str = typer.Option("test", "--split", help="Customers to report on: test (held out) or val."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
+) -> None:
+    """Offline check of the offer policy: replay the calibration period, score everyone at the cut-off with the
+    current churn model, and compare the churn rate of offered customers with the base rate (lift), random
+    targeting and recency targeting, on the model's held-out test customers."""
+    import dataclasses
+    import json
+
+    from models.registry import RegistryEmpty
+    from tidewater.offer_check import CheckConfig, run_check
+    from tidewater.offers import OfferPolicy
+
+    config = CheckConfig()
+    if threshold is not None:
+        config = dataclasses.replace(config, policy=OfferPolicy(churn_threshold=threshold))
+    try:
+        if split not in ("test", "val"):
+            raise UserError("--split must be test or val")
+        result = run_check(registry, config, split=split)
+    except RegistryEmpty as exc:
+        raise UserError(f"{exc}: run `tidewater train churn` first") from exc
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if not as_json:
+        typer.echo(f"{result['dataset']} cut-off {result['cutoff'][:10]}, model {result['model_version']}: "
+                   f"{result['offers']} offers to {result['customers']} {split} customers "
+                   f"({result['offered_fraction']:.1%}); base churn rate {result['base_churn_rate']:.1%}")
+        for name in ("policy", "policy_without_value_rule", "score_targeting", "recency_targeting",
+                     "random_targeting"):
+            if name in result and result[name].get("lift") is not None:
+                typer.echo(f"  {name:<26} churn rate {result[name]['churn_rate']:.1%}  lift {result[name]['lift']:.3f}")
+    typer.echo(json.dumps(result))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=True)

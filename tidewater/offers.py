@@ -28,9 +28,9 @@ DEFAULT_TIERS = (
 
 @dataclass(frozen=True)
 class OfferPolicy:
-    # Calibrated probabilities: 0.5 means "more likely to leave than to stay". The model's scores rise as
-    # silence grows (the stream re-scores at 30, 60, ... days), so an at-risk customer crosses it.
-    churn_threshold: float = 0.5
+    # A calibrated probability. The model's scores rise as silence grows (the stream re-scores at 30, 60, ...
+    # days), so a customer drifting away crosses it.
+    churn_threshold: float = 0.6
     cooldown_s: float = 30 * DAY
     daily_budget: int = 500
     min_purchases: int = 1

@@ -112,7 +112,7 @@ class Settings:
     rec_change_threshold: float = setting(
         0.2, "TIDEWATER_REC_CHANGE_THRESHOLD",
         "Also emit one when the user vector moved this far (1 - cosine) since the last recommendation.")
-    churn_threshold: float = setting(0.5, "TIDEWATER_CHURN_THRESHOLD",
+    churn_threshold: float = setting(0.6, "TIDEWATER_CHURN_THRESHOLD",
                                      "Churn probability at or above which offers are considered.")
     offer_min_value: float = setting(20.0, "TIDEWATER_OFFER_MIN_VALUE",
                                      "Customers worth less (spend so far + expected spend) get no offer.")
