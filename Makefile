@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench schemas clean
+.PHONY: install chromium run test test-fast bench schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/tidewater up --dataset cdnow --dataset ml-100k
 
-## Unit tests, model tests and integration tests through a real embedded broker.
-test: install
+## Headless Chromium for the dashboard test (tests/integration/test_dashboard.py): Debian's packages, installed
+## when /usr/bin/chromium is missing and apt-get can run (root). Elsewhere the test fails and says what is missing.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }; \
+	else echo "note: no /usr/bin/chromium and no root apt-get: the dashboard test will fail (install chromium)"; fi
+
+## Unit tests, model tests and integration tests through a real embedded broker (and the dashboard in Chromium).
+test: install chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: install

@@ -5,7 +5,8 @@ records in the partition that this worker has not applied and committed yet (wha
 calls LAG). The high watermark is the one the consumer saw in its last fetch response (``highwater(tp)``, no
 request to the broker); the committed offset is Faust's record of the group's offset for the partition (read
 at assignment, updated at every commit, i.e. at most ``TIDEWATER_COMMIT_INTERVAL_S`` behind what was applied).
-Before the group has committed anything for a partition, its earliest offset stands in (asked once).
+Before the group has committed anything for a partition, its earliest offset stands in (asked once, in the
+background).
 
 Not ``high watermark - position``: the consumer's position is how far it has *fetched*, and Faust fetches far
 ahead of what the batch loop has applied (measured: position reached the high watermark within a second while
@@ -38,6 +39,7 @@ class LagCollector:
         self.sink = sink  # LiveStats (set_lag) or None
         self.labels: set[tuple[str, str]] = set()
         self.earliest: dict[Any, int] = {}  # stand-in for "committed" before the group's first commit
+        self._asking: asyncio.Future | None = None
 
     async def read(self) -> tuple[dict[str, dict[str, int]], set[tuple[str, str]] | None]:
         """(topic -> partition (a string, like the metric label) -> records behind, the assigned (topic,
@@ -64,14 +66,18 @@ class LagCollector:
                 lag.setdefault(tp.topic, {})[str(tp.partition)] = max(0, int(highwater) - int(committed))
             except Exception:  # noqa: BLE001 - unassigned meanwhile, consumer stopping
                 continue
-        if missing:  # next reading has them
-            try:
-                found = await asyncio.wait_for(consumer.earliest_offsets(*missing), EARLIEST_TIMEOUT_S)
-                self.earliest.update({tp: int(o) for tp, o in found.items() if o is not None and o >= 0})
-            except Exception:  # noqa: BLE001
-                log.debug("earliest offsets not read", exc_info=True)
+        if missing and (self._asking is None or self._asking.done()):  # a later reading has them
+            self._asking = asyncio.ensure_future(self._ask_earliest(consumer, missing))
         self.earliest = {tp: o for tp, o in self.earliest.items() if tp in set(assigned)}
         return lag, {(tp.topic, str(tp.partition)) for tp in assigned}
+
+    async def _ask_earliest(self, consumer: Any, tps: list) -> None:
+        """In the background: a reading itself only reads memory (a timer that waits on the broker overlaps)."""
+        try:
+            found = await asyncio.wait_for(consumer.earliest_offsets(*tps), EARLIEST_TIMEOUT_S)
+            self.earliest.update({tp: int(o) for tp, o in found.items() if o is not None and o >= 0})
+        except Exception:  # noqa: BLE001
+            log.debug("earliest offsets not read", exc_info=True)
 
     async def collect(self) -> dict[str, dict[str, int]]:
         try:

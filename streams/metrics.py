@@ -43,7 +43,7 @@ SCORING_SECONDS = Histogram("tidewater_scoring_seconds", "Time per model call (c
 WATERMARK = Gauge("tidewater_watermark_seconds", "Event-time watermark per partition", ["partition"],
                   registry=REGISTRY)
 PENDING = Gauge("tidewater_merge_pending", "Events waiting in the event-time merge", registry=REGISTRY)
-LAG = Gauge("tidewater_consumer_lag", "Records behind the high watermark per input partition",
+LAG = Gauge("tidewater_consumer_lag", "Records behind the high watermark per input partition (minus committed offset)",
             ["topic", "partition"], registry=REGISTRY)
 MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (value 1)", ["kind", "version"],
                       registry=REGISTRY)
