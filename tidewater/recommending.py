@@ -90,7 +90,9 @@ class VectorRecommender:
         self.version: str = model.version
         if index_dir is not None:  # a newer index of the same model (`tidewater index build`)
             model.swap_index(index_dir)
-        self.index_version: str = index_version or model.index.version or self.version
+            if index_version:  # the registry's name (the file holds the name it was written under)
+                model.index.current.version = index_version
+        self.index_version: str = model.index.version or self.version
         self.decay = np.float32(model.decay)
         self.dim = model.dim
         self.centroids: np.ndarray | None = getattr(model, "segments", None)

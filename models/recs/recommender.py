@@ -68,7 +68,9 @@ class Recommender:
         self.decay = float(self.config.get("stream_decay", self.config.get("stream_decay_init", 0.8)))
         self.window = int(self.config.get("stream_window", 50))
         self.dim = int(self.item_emb.shape[1])
-        self.index = HotSwapIndex(ItemIndex.load(d / "index", use_gpu=use_gpu))
+        index = ItemIndex.load(d / "index", use_gpu=use_gpu)
+        index.version = self.version  # the index inside a version directory is that version's (it was saved
+        self.index = HotSwapIndex(index)  # under the registry's temporary name, before the rename)
         self._popular = [self.item_ids[i] for i in np.argsort(-self.popularity, kind="stable")]
         self.segments: np.ndarray | None = np.load(d / "segments.npy") if (d / "segments.npy").is_file() else None
         self._net = None

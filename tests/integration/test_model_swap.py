@@ -4,18 +4,10 @@ import time
 
 import pytest
 
-from models.registry import Registry
 from tests.integration.conftest import synthetic_shop, wait_for_profiles, write_jsonl
+from tests.integration.model_registry import publish_tiny_churn as publish_tiny_model
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def publish_tiny_model(root, seed: int) -> str:
-    from models.churn.train import new_model, save_model
-    from tests.models.churn.helpers import tiny_config
-
-    registry = Registry(root / "churn")
-    return registry.publish(lambda d: save_model(new_model(tiny_config(), seed), d), fingerprint=f"tiny{seed}")
 
 
 def churn_versions(deployment) -> dict[tuple[int, int], str]:
