@@ -24,7 +24,7 @@ import faust
 from faust.streams import _current_event
 
 from streams import metrics
-from streams.kafka_config import faust_credentials
+from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
 from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
 from tidewater.profile import Profile, decode_profile, encode_profile
@@ -124,6 +124,7 @@ class Pipeline:
         self.starved_s = 0.0
         self.profiles_changelog = profiles.changelog_topic.get_topic_name()
         self.states_changelog = states.changelog_topic.get_topic_name()
+        self.ready = False  # models loaded, batch loop running (GET /health says "ok")
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -146,6 +147,7 @@ class Pipeline:
     async def run(self) -> None:
         last_idle = last_poll = time.monotonic()
         await self.reload_models()
+        self.ready = True
         while True:
             if len(self.inbox) < self.batch_max:
                 started = time.monotonic()
@@ -344,6 +346,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         web_bind=s.web_host,
         table_standby_replicas=0,
     )
+    set_fetch_max_wait(s.fetch_max_wait_ms)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     inputs = app.topic(*s.input_topics, partitions=s.partitions, **raw)
     outputs = {name: app.topic(name, partitions=s.partitions, **raw)

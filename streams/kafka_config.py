@@ -43,3 +43,21 @@ def aiokafka_kwargs(s: Settings) -> dict[str, Any]:
         kwargs.update(sasl_mechanism=s.sasl_mechanism, sasl_plain_username=s.sasl_username,
                       sasl_plain_password=s.sasl_password.reveal())
     return kwargs
+
+
+def set_fetch_max_wait(ms: int) -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for the worker's consumer. A broker that holds an empty fetch
+    for the full wait (Tansu does, even when records arrive meanwhile) then adds up to 1.5 s between an event
+    and its recommendation. Set the wait before the consumer starts (its fetcher reads it at start)."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(thread, "_tidewater_original_create", None) or thread._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = ms
+        return consumer
+
+    thread._tidewater_original_create = original
+    thread._create_worker_consumer = create_worker_consumer

@@ -73,8 +73,12 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     class Health(View):
         async def get(self, request: Request) -> Response:
             assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in s.input_topics})
-            return self.json({"status": "ok", "partitions": assigned, "processed": pipeline.processed,
-                              "dropped_at_rebalance": pipeline.dropped_at_rebalance})
+            # "starting" until the registry's models are loaded (a readiness probe: no input is processed before)
+            return self.json({"status": "ok" if pipeline.ready else "starting", "partitions": assigned,
+                              "processed": pipeline.processed, "dropped_at_rebalance": pipeline.dropped_at_rebalance,
+                              "models": {"churn": pipeline.churn_slot.scorer.version,
+                                         "recs": pipeline.recs_slot.recommender.version,
+                                         "index": pipeline.recs_slot.recommender.index_version}})
 
     @app.page("/metrics")
     class Metrics(View):

@@ -79,6 +79,10 @@ class Settings:
     broker_quirks: str = setting(
         "", "TIDEWATER_BROKER_QUIRKS",
         "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu).")
+    fetch_max_wait_ms: int = setting(
+        100, "TIDEWATER_FETCH_MAX_WAIT_MS",
+        "Longest time the broker may hold a fetch with no new records (Faust's own 1500 adds that much latency "
+        "on brokers that hold empty fetches for the full wait).")
     commit_interval_s: float = setting(1.0, "TIDEWATER_COMMIT_INTERVAL_S", "How often consumed offsets are committed.")
 
     # --- hot path -----------------------------------------------------------------------------------

@@ -1,0 +1,384 @@
+"""The live pipeline's measured claims (issue 5), side by side in one run; the last line is one JSON object.
+
+1. scoring   micro-batched churn scoring ÷ batch-of-1, inside the engine step the worker runs (real CDNOW
+             events, the registry's churn model or a fresh one of the default size: speed does not depend on
+             the weights)
+2. size      profile bytes per user and RocksDB size for --users synthetic users (default 1,000,000)
+3. latency   event → recommendation latency p50/p99 at a fixed offered rate (default 2,000 events/s) through
+             a real broker and worker, with the default settings and with the low-latency profile
+4. scale     two workers ÷ one worker on 8 partitions over the same pre-filled input
+
+usage: python bench/live.py [--only scoring,size,latency,scale] [--users N] [--rate R] [--seconds S]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def log(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- 1. scoring
+def churn_scorer():
+    """The registry's churn model if one is published, else a fresh model of the default size."""
+    import torch
+
+    from models.churn.model import ChurnConfig
+    from models.churn.scorer import ChurnScorer
+    from models.churn.train import new_model
+    from models.registry import Registry
+    from tidewater.scoring import RingScorer
+
+    torch.set_num_threads(1)
+    reg = Registry(ROOT / "var/registry/churn")
+    if reg.current_version():
+        return RingScorer(ChurnScorer.load(reg.current_path()))
+    return RingScorer(ChurnScorer(new_model(ChurnConfig(), 0), version="untrained-default-size"))
+
+
+class OneAtATime:
+    """The same scorer called once per user: what scoring event by event would cost."""
+
+    def __init__(self, scorer) -> None:
+        self.scorer, self.version = scorer, scorer.version
+
+    def predict_many(self, sequences, as_of):
+        out = [self.scorer.predict_many([s], [t]) for s, t in zip(sequences, as_of)]
+        return [p[0][0] for p in out], [p[1][0] for p in out]
+
+
+def bench_scoring(n_events: int) -> dict:
+    from tidewater.engine import EngineConfig, PartitionEngine, Record, run_to_completion
+    from tidewater.events import encode_event
+    from tidewater.sources import cdnow_events
+
+    records = [Record("purchases", 0, i, e.user_id.encode(), encode_event(e))
+               for i, e in enumerate(islice(cdnow_events(), n_events))]
+    scorer = churn_scorer()
+    out = {"model_version": scorer.version, "events": len(records)}
+    for name, s in (("micro_batch", scorer), ("batch_of_1", OneAtATime(scorer))):
+        spent = {"seconds": 0.0, "users": 0, "calls": 0}
+
+        def observe(model, size, seconds, spent=spent):
+            if model == "churn":
+                spent["seconds"] += seconds
+                spent["users"] += int(size)
+                spent["calls"] += 1
+
+        engine = PartitionEngine(0, EngineConfig(), {}, scorer=s, observe=observe)
+        started = time.perf_counter()
+        run_to_completion(engine, records, batch=2000)
+        wall = time.perf_counter() - started
+        out[name] = {"users_scored": spent["users"], "scoring_calls": spent["calls"],
+                     "scoring_seconds": round(spent["seconds"], 2),
+                     "users_per_s": round(spent["users"] / spent["seconds"]),
+                     "engine_events_per_s": round(len(records) / wall)}
+        log(name, out[name])
+    out["ratio_micro_batch_vs_batch_of_1"] = round(out["micro_batch"]["users_per_s"] / out["batch_of_1"]["users_per_s"], 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- 2. size
+def synthetic_profiles(n_templates: int = 2000, seed: int = 0):
+    """Realistic profiles built with the stream's own update: 1-60 events, clicks with items, purchases,
+    a 64-d user vector (what a recs model of the default size keeps)."""
+    from tidewater.events import Click, Purchase
+    from tidewater.profile import DAY, apply, new_profile
+
+    rng = np.random.default_rng(seed)
+    templates = []
+    for t in range(n_templates):
+        p = new_profile(f"user-{t}")
+        n = int(rng.integers(1, 61))
+        ts = 1_800_000_000.0
+        for i in range(n):
+            ts += float(rng.exponential(2 * DAY))
+            if rng.random() < 0.2:
+                e = Purchase(event_id=f"{t}-{i}", user_id=p.user_id, ts=ts, amount=float(rng.uniform(5, 120)),
+                             quantity=1, item_id=f"item-{rng.integers(100000)}", category=f"cat-{rng.integers(40)}")
+            else:
+                e = Click(event_id=f"{t}-{i}", user_id=p.user_id, ts=ts, item_id=f"item-{rng.integers(100000)}",
+                          category=f"cat-{rng.integers(40)}")
+            apply(p, e, "clicks/0", i, ts)
+        p.vec_sum = rng.normal(size=64).astype(np.float32).tobytes()
+        p.vec_at_rec = rng.normal(size=64).astype(np.float32).tobytes()
+        p.vec_weight, p.vec_count, p.vec_version, p.segment = 3.2, n, "v0001-0123abcd", int(rng.integers(8))
+        templates.append(p)
+    return templates
+
+
+def bench_size(users: int) -> dict:
+    import msgspec
+    from rocksdict import Options, Rdict
+
+    from tidewater.profile import encode_profile
+
+    templates = synthetic_profiles()
+    path = Path(tempfile.mkdtemp(prefix="tidewater-size-"))
+    sizes = np.empty(users, dtype=np.int32)
+    db = Rdict(str(path / "profiles"), Options(raw_mode=True))  # what Faust's rocksdb:// store opens
+    started = time.perf_counter()
+    try:
+        for i in range(users):
+            p = msgspec.structs.replace(templates[i % len(templates)], user_id=f"user-{i}")
+            raw = encode_profile(p)
+            sizes[i] = len(raw)
+            db[p.user_id.encode()] = raw
+            if i and i % 200_000 == 0:
+                log(f"size: {i} profiles written")
+        db.flush()
+        db.compact_range(None, None)
+    finally:
+        db.close()
+    disk = sum(f.stat().st_size for f in (path / "profiles").rglob("*") if f.is_file())
+    shutil.rmtree(path, ignore_errors=True)
+    return {"users": users, "profile_bytes_mean": round(float(sizes.mean())),
+            "profile_bytes_p50": int(np.percentile(sizes, 50)), "profile_bytes_p99": int(np.percentile(sizes, 99)),
+            "rocksdb_bytes": disk, "rocksdb_bytes_per_user": round(disk / users),
+            "write_seconds": round(time.perf_counter() - started, 1)}
+
+
+# ----------------------------------------------------------------------------------------------- broker helpers
+def worker_env(bs: str, app_id: str, tmp: Path, partitions: int, **extra: str) -> dict:
+    env = dict(os.environ, TIDEWATER_BOOTSTRAP_SERVERS=bs, TIDEWATER_APP_ID=app_id, TIDEWATER_PARTITIONS=str(partitions),
+               TIDEWATER_TOPIC_CLICKS=f"{app_id}-clicks", TIDEWATER_TOPIC_PURCHASES=f"{app_id}-purchases",
+               TIDEWATER_TOPIC_RECOMMENDATIONS=f"{app_id}-recs", TIDEWATER_TOPIC_CHURN_SCORES=f"{app_id}-churn",
+               TIDEWATER_TOPIC_OFFERS=f"{app_id}-offers", TIDEWATER_TOPIC_DEAD_LETTER=f"{app_id}-dlq",
+               TIDEWATER_BROKER_QUIRKS="tansu-highwater", TIDEWATER_SESSION_TIMEOUT_S="6",
+               TIDEWATER_REGISTRY_DIR=str(ROOT / "var/registry"))
+    env.update(extra)
+    from infra.topics import create_topics_sync
+    from tidewater.settings import Settings
+
+    create_topics_sync(Settings.from_env(environ=env))
+    return env
+
+
+def start_worker(env: dict, tmp: Path, name: str) -> tuple[subprocess.Popen, int]:
+    from infra.broker import free_port
+
+    port = free_port()
+    env = dict(env, TIDEWATER_WEB_PORT=str(port), TIDEWATER_DATA_DIR=str(tmp / name))
+    proc = subprocess.Popen([sys.executable, "-m", "tidewater.cli", "worker", "--loglevel", "info"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "w"))
+    return proc, port
+
+
+def stats(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return {}
+
+
+def health(port: int) -> list[int] | None:
+    """The partitions a ready worker (models loaded) owns; None while it is starting."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            body = json.loads(resp.read())
+        return body["partitions"] if body["status"] == "ok" else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def wait_assigned(ports: list[int], partitions: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        owned = [health(p) or [] for p in ports]
+        if sorted(sum(owned, [])) == list(range(partitions)) and all(owned):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"partitions not assigned to every worker: {owned}")
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+# ----------------------------------------------------------------------------------------------- 3. latency
+def live_events(n: int, seed: int = 0):
+    """Shop traffic over the ml-100k catalogue: 90 % clicks, 10 % purchases, 2,000 users."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        user = f"live-{rng.integers(2000)}"
+        item = str(int(rng.integers(1, 1683)))
+        if rng.random() < 0.1:
+            yield "purchase", {"type": "purchase", "event_id": f"lp{i}", "user_id": user, "amount": 20.0,
+                               "quantity": 1, "item_id": item}
+        else:
+            yield "click", {"type": "click", "event_id": f"lc{i}", "user_id": user, "item_id": item}
+
+
+async def offered_load(bs: str, env: dict, rate: float, seconds: float) -> dict:
+    """Produce at ``rate`` events/s with event time = now; match each recommendation to its source event."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    n = int(rate * seconds)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    consumer = AIOKafkaConsumer(env["TIDEWATER_TOPIC_RECOMMENDATIONS"], bootstrap_servers=bs,
+                                auto_offset_reset="latest", enable_auto_commit=False, fetch_max_wait_ms=5)
+    await consumer.start()
+    await asyncio.sleep(1.0)
+    producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=1)
+    await producer.start()
+    done = asyncio.Event()
+
+    async def consume() -> None:
+        while not done.is_set() or len(latencies) < 1:
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    src = json.loads(r.value)["source_event_id"]
+                    if src in sent:
+                        latencies.append(now - sent[src])
+            if done.is_set():
+                break
+
+    reader = asyncio.create_task(consume())
+    topics = {"click": env["TIDEWATER_TOPIC_CLICKS"], "purchase": env["TIDEWATER_TOPIC_PURCHASES"]}
+    start = time.perf_counter()
+    for i, (kind, value) in enumerate(live_events(n)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        value["ts"] = time.time()
+        sent[value["event_id"]] = time.perf_counter()
+        await producer.send(topics[kind], key=value["user_id"].encode(), value=json.dumps(value).encode())
+    achieved = n / (time.perf_counter() - start)
+    await producer.flush()
+    await asyncio.sleep(3.0)
+    done.set()
+    await reader
+    await producer.stop()
+    await consumer.stop()
+    lat = np.array(latencies) * 1000
+    return {"offered_eps": rate, "achieved_eps": round(achieved), "events": n, "recommendations": len(lat),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None}
+
+
+def bench_latency(bs: str, tmp: Path, rate: float, seconds: float) -> dict:
+    out = {}
+    profiles = {"defaults": {},  # fetch wait 100 ms, batch wait 50 ms, source idle 1 s
+                "low_latency": {"TIDEWATER_FETCH_MAX_WAIT_MS": "10", "TIDEWATER_BATCH_MAX_WAIT_MS": "5",
+                                "TIDEWATER_SOURCE_IDLE_MS": "20"}}
+    for label, extra in profiles.items():
+        app_id = f"lat-{label.replace('_', '')}-{time.time_ns() % 10**8}"
+        env = worker_env(bs, app_id, tmp, 8, **extra)
+        proc, port = start_worker(env, tmp, app_id)
+        try:
+            wait_assigned([port], 8)
+            time.sleep(2)
+            out[label] = asyncio.run(offered_load(bs, env, rate, seconds))
+            out[label]["settings"] = extra
+            log("latency", label, out[label])
+        finally:
+            stop([proc])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- 4. scale
+async def prefill_live(bs: str, env: dict, n: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    topics = {"click": env["TIDEWATER_TOPIC_CLICKS"], "purchase": env["TIDEWATER_TOPIC_PURCHASES"]}
+    futures = []
+    for i, (kind, value) in enumerate(live_events(n, seed=1)):
+        value["ts"] = 1_800_000_000.0 + i * 0.5
+        futures.append(await producer.send(topics[kind], key=value["user_id"].encode(), value=json.dumps(value).encode()))
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+def bench_scale(bs: str, tmp: Path, n: int) -> dict:
+    out = {}
+    for workers in (1, 2):
+        app_id = f"scale{workers}-{time.time_ns() % 10**8}"
+        env = worker_env(bs, app_id, tmp, 8, TIDEWATER_SOURCE_IDLE_MS="500")
+        asyncio.run(prefill_live(bs, env, n))
+        procs, ports = [], []
+        for w in range(workers):
+            proc, port = start_worker(env, tmp, f"{app_id}-w{w}")
+            procs.append(proc)
+            ports.append(port)
+        try:
+            t0 = n0 = None
+            total = 0
+            deadline = time.time() + 900
+            while total < n and time.time() < deadline:
+                total = sum(stats(p).get("processed", 0) for p in ports)
+                if total and t0 is None:
+                    t0, n0 = time.perf_counter(), total
+                time.sleep(0.1)
+            dt = time.perf_counter() - t0
+            out[f"workers_{workers}_eps"] = round((total - n0) / dt)
+            log("scale", workers, out[f"workers_{workers}_eps"])
+        finally:
+            stop(procs)
+    out["ratio_2_workers_vs_1"] = round(out["workers_2_eps"] / out["workers_1_eps"], 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="scoring,size,latency,scale")
+    parser.add_argument("--users", type=int, default=1_000_000, help="Synthetic users for the size measurement.")
+    parser.add_argument("--scoring-events", type=int, default=20_000, help="CDNOW events for the scoring ratio.")
+    parser.add_argument("--rate", type=float, default=2000.0, help="Offered events/s for the latency run.")
+    parser.add_argument("--seconds", type=float, default=20.0, help="Length of each latency run.")
+    parser.add_argument("--scale-events", type=int, default=60_000)
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    results: dict = {}
+    if "scoring" in only:
+        results["scoring"] = bench_scoring(args.scoring_events)
+    if "size" in only:
+        results["size"] = bench_size(args.users)
+        log("size", results["size"])
+    if only & {"latency", "scale"}:
+        from infra.broker import EmbeddedBroker
+
+        tmp = Path(tempfile.mkdtemp(prefix="tidewater-live-"))
+        broker = EmbeddedBroker("tansu", log_path=str(tmp / "broker.log")).start()
+        try:
+            if "latency" in only:
+                results["latency"] = bench_latency(broker.bootstrap_servers, tmp, args.rate, args.seconds)
+            if "scale" in only:
+                results["scale"] = bench_scale(broker.bootstrap_servers, tmp, args.scale_events)
+        finally:
+            broker.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
