@@ -31,7 +31,7 @@ class OfferPolicy:
     # A calibrated probability. The model's scores rise as silence grows (the stream re-scores at 30, 60, ...
     # days), so a customer drifting away crosses it.
     churn_threshold: float = 0.6
-    cooldown_s: float = 30 * DAY
+    cooldown_s: float = 90 * DAY  # one offer per lapse, not one per re-scoring step
     daily_budget: int = 500
     min_purchases: int = 1
     min_value: float = 20.0  # customers worth less than this are not worth a discount

@@ -38,8 +38,8 @@ def test_not_worth_it_below_min_value_unless_the_model_expects_more_spend():
 def test_cooldown_and_budget():
     p = buyer([60.0])
     p.last_offer_ts = 90 * DAY
-    assert decide(p, 0.9, 100 * DAY, "activity", 0) is None  # 10 days < 30-day cooldown
-    assert decide(p, 0.9, 121 * DAY, "activity", 0) is not None
+    assert decide(p, 0.9, 100 * DAY, "activity", 0) is None  # 10 days < 90-day cooldown
+    assert decide(p, 0.9, 181 * DAY, "activity", 0) is not None
     assert decide(buyer([60.0]), 0.9, 100 * DAY, "activity", OfferPolicy().daily_budget) is None
 
 
