@@ -137,8 +137,8 @@ class Pipeline:
             await self._space.wait()
         message.incref()  # released by message.ack() once applied (see the module doc)
         self.inbox.append(message)
-        if len(self.inbox) >= self.batch_max:
-            self._ready.set()
+        if len(self.inbox) == 1 or len(self.inbox) >= self.batch_max:
+            self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
 
     async def _acquire_flow(self) -> None:
         await self.app.flow_control.acquire()
@@ -149,14 +149,15 @@ class Pipeline:
         await self.reload_models()
         self.ready = True
         while True:
-            if len(self.inbox) < self.batch_max:
+            if not self.inbox:
                 started = time.monotonic()
                 try:
                     await asyncio.wait_for(self._ready.wait(), timeout=self.wait_s)
                 except asyncio.TimeoutError:
                     pass
-                if not self.inbox:  # starved: Kafka had nothing more for us during the wait
-                    self.starved_s += time.monotonic() - started
+                # starved: Kafka had nothing for us during the wait
+                self.starved_s += time.monotonic() - started
+                await asyncio.sleep(0)  # let the conductor finish handing over the fetched records
             self._ready.clear()
             if self.inbox:
                 batch, self.inbox = self.inbox[: self.batch_max], self.inbox[self.batch_max:]

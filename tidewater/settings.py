@@ -87,7 +87,10 @@ class Settings:
 
     # --- hot path -----------------------------------------------------------------------------------
     batch_max_events: int = setting(2000, "TIDEWATER_BATCH_MAX_EVENTS", "Largest batch of events applied at once.")
-    batch_max_wait_ms: int = setting(50, "TIDEWATER_BATCH_MAX_WAIT_MS", "Longest wait to fill a batch.")
+    batch_max_wait_ms: int = setting(
+        50, "TIDEWATER_BATCH_MAX_WAIT_MS",
+        "Longest wait for input while the inbox is empty (then timers and idle sources are checked). A batch is "
+        "whatever arrived while the previous one was processed: no waiting to fill it.")
     max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
                                    "Records larger than this go to the dead-letter topic (oversized).")
     source_idle_ms: int = setting(
