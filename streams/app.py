@@ -110,6 +110,7 @@ class Pipeline:
             settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}
         self.last_message: dict[int, Any] = {}
+        self.handed_over: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset given to the engine
         self.lock = asyncio.Lock()
         self.store = TableProfileStore(profiles)
         self.processed = 0
@@ -119,7 +120,7 @@ class Pipeline:
         self.batch_max = settings.batch_max_events
         self.inbox_max = settings.batch_max_events * 4
         self.wait_s = settings.batch_max_wait_ms / 1000.0
-        self.idle_every_s = max(0.05, settings.source_idle_ms / 4000.0)
+        self.idle_every_s = max(0.002, settings.source_idle_ms / 4000.0)  # idle sources released within 1/4
         self._sender: Any = None
         self.starved_s = 0.0
         self.profiles_changelog = profiles.changelog_topic.get_topic_name()
@@ -220,6 +221,7 @@ class Pipeline:
                 partition = message.partition
                 engine = self.engines.get(partition) or self.engine(partition, message)
                 self.last_message[partition] = message
+                self.handed_over[(message.topic, partition)] = message.offset
                 engine.on_record(Record(message.topic, partition, message.offset, message.key, message.value,
                                         handle=message), now)
                 touched.add(partition)
@@ -243,7 +245,7 @@ class Pipeline:
         done: list[Any] = []
         for partition in sorted(partitions):
             engine = self.engines[partition]
-            result = await loop.run_in_executor(self.executor, engine.on_notify, now)
+            result = await loop.run_in_executor(self.executor, engine.on_notify, now, self.caught_up(partition))
             outputs.extend((emit.topic, None, emit.key, emit.value) for emit in result.outputs)
             with partition_context(self.last_message[partition]):
                 for user_id, profile in result.profiles.items():
@@ -265,10 +267,29 @@ class Pipeline:
             await sender.send(outputs)
         if changelog:
             await sender.send(changelog, on_delivered=self._persisted)
+        wall = time.time()
         for message in done:  # only now: outputs and profile writes are queued before the offsets can commit
             message.ack(consumer)
+            metrics.RECORD_AGE.observe(wall - message.timestamp)
         self.processed += len(done)
         metrics.PENDING.set(pending)
+
+    def caught_up(self, partition: int) -> frozenset[str]:
+        """Input topics whose ``partition`` has been handed to the engine up to the high watermark of the last
+        fetch response: nothing earlier is waiting in Kafka, so the merge need not wait for them (live latency).
+        In a replay the high watermark is the end of the input, so this holds only at its true end."""
+        from faust.types import TP
+
+        consumer = self.app.consumer
+        out = []
+        for topic in self.settings.input_topics:
+            try:
+                highwater = consumer.highwater(TP(topic, partition))
+            except Exception:  # noqa: BLE001 - not assigned / consumer being rebuilt: not known
+                continue
+            if highwater is not None and highwater >= 0 and self.handed_over.get((topic, partition), -1) >= highwater - 1:
+                out.append(topic)
+        return frozenset(out)
 
     def _persisted(self, topic: str, partition: int, last_offset: int) -> None:
         """Faust's RocksDB store keeps the last changelog offset it holds (recovery starts after it)."""
@@ -298,6 +319,8 @@ class Pipeline:
                     self.dropped_at_rebalance += engine.pending()
                     engine.drop_pending()
                 self.last_message.pop(partition, None)
+                for topic in self.settings.input_topics:
+                    self.handed_over.pop((topic, partition), None)
 
 
 def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None,

@@ -33,6 +33,10 @@ LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their window
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
 BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
+RECORD_AGE = Histogram("tidewater_record_age_seconds",
+                       "Wall time from an input record's Kafka timestamp to its outputs being handed to the producer "
+                       "(end-to-end freshness; includes broker, fetch and event-time merge waits)",
+                       registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
 BATCH_SECONDS = RecentHistogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
                                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users (queries) per model call", ["model"],

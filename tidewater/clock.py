@@ -4,10 +4,11 @@ Kafka orders records within one topic partition only. A user's clicks and purcha
 the order in which the worker sees them depends on fetch timing. To make replays byte-identical, the events
 of partition *p* of every input topic are merged by (event time, source rank, offset), comparing only the
 heads of the per-source queues (so each source's offset order is kept, which the idempotency markers need).
-A head is released only when every other source has a head to compare with, or has been silent for
-``idle_s`` seconds of wall-clock time (the one place wall-clock time enters: a live source that goes quiet
-must not stall the others forever). With the whole input available, as in a replay, the result depends only
-on the data.
+A head is released only when every other source has a head to compare with, is known to be caught up (the
+Kafka edge has handed over everything up to the partition's high watermark: nothing earlier can be waiting
+there), or has been silent for ``idle_s`` seconds of the worker's starved time (a live source that goes quiet
+must not stall the others forever). With the whole input available, as in a replay, a source is caught up only
+at its true end, and the result depends only on the data.
 
 The watermark is the largest event time released so far. Timer ticks (e.g. every event-time day) fire when
 the watermark crosses a tick boundary, before the event that crossed it is applied, so inactivity checks run
@@ -49,7 +50,7 @@ class EventTimeMerger(Generic[H]):
     def pending(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def pop_ready(self, now: float) -> Iterator[MergeItem[H]]:
+    def pop_ready(self, now: float, caught_up: frozenset[str] = frozenset()) -> Iterator[MergeItem[H]]:
         queues = self.queues
         while True:
             best: MergeItem[H] | None = None
@@ -59,7 +60,7 @@ class EventTimeMerger(Generic[H]):
                     head = queue[0]
                     if best is None or head < best:
                         best, best_source = head, source
-                elif now - self.last_arrival[source] < self.idle_s:
+                elif source not in caught_up and now - self.last_arrival[source] < self.idle_s:
                     return  # a live source might still send something earlier
             if best is None:
                 return

@@ -195,8 +195,9 @@ class PartitionEngine:
             return
         self.merger.push(record.topic, decoded.ts, record.offset, _Valid(record, decoded), now)
 
-    def on_notify(self, now: float) -> BatchResult:
-        for item in self.merger.pop_ready(now):
+    def on_notify(self, now: float, caught_up: frozenset[str] = frozenset()) -> BatchResult:
+        """``caught_up``: input topics whose partition has been handed over up to its high watermark."""
+        for item in self.merger.pop_ready(now, caught_up):
             self._process(item)
         self._flush_recs()
         result, self._result = self._result, BatchResult()

@@ -46,3 +46,17 @@ def test_crossed_ticks():
     assert crossed_ticks(10.0, 9.0, 10.0) == ([], 10.0)
     assert crossed_ticks(10.0, 10.0, 10.0) == ([10.0], 20.0)
     assert crossed_ticks(10.0, 35.0, 10.0) == ([10.0, 20.0, 30.0], 40.0)
+
+
+def test_a_caught_up_source_does_not_hold_the_others_back():
+    from tidewater.clock import EventTimeMerger
+
+    merger = EventTimeMerger(("clicks", "purchases"), idle_s=1000.0, now=0.0)
+    merger.push("clicks", 10.0, 0, "c0", now=0.0)
+    assert list(merger.pop_ready(0.0)) == []  # purchases might still send something earlier
+    released = [item.handle for item in merger.pop_ready(0.0, caught_up=frozenset({"purchases"}))]
+    assert released == ["c0"]
+    # caught up says nothing about a source that has records queued: they still merge by event time
+    merger.push("purchases", 5.0, 0, "p0", now=0.0)
+    merger.push("clicks", 3.0, 1, "c1", now=0.0)
+    assert [i.handle for i in merger.pop_ready(0.0, caught_up=frozenset({"clicks", "purchases"}))] == ["c1", "p0"]
