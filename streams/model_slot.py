@@ -22,8 +22,9 @@ log = logging.getLogger("tidewater.models")
 
 
 class ChurnScorerSlot:
-    def __init__(self, registry_dir: str | Path) -> None:
+    def __init__(self, registry_dir: str | Path, micro_batch: int = 256) -> None:
         self.registry = Registry(Path(registry_dir) / "churn")
+        self.micro_batch = micro_batch  # most sequences per forward pass
         self.loaded_version: str | None = None
         self.scorer: Any = RecencyHeuristic()
         metrics.MODEL_VERSION.labels("churn", self.scorer.version).set(1)
@@ -34,7 +35,7 @@ class ChurnScorerSlot:
         from models.churn.scorer import ChurnScorer
 
         torch.set_num_threads(1)  # small model, 2 shared cores: more threads measured slower
-        return RingScorer(ChurnScorer.load(self.registry.path(version)))
+        return RingScorer(ChurnScorer.load(self.registry.path(version), micro_batch=self.micro_batch))
 
     def load_current_blocking(self) -> bool:
         version = self.registry.current_version()

@@ -98,6 +98,11 @@ class Settings:
         "Event-time merge of clicks+purchases: a source partition silent this long (counted in time the worker "
         "was starved of input) stops holding the other back.")
 
+    scoring_max_batch: int = setting(
+        256, "TIDEWATER_SCORING_MAX_BATCH",
+        "Most users per forward pass of the churn model. The users due at an event-time tick are scored in one "
+        "call, split into passes of this size (no wall-clock wait: ticks are event time, replays stay exact).")
+
     # --- profile and windows (event time) -------------------------------------------------------------
     session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")
     recent_events: int = setting(64, "TIDEWATER_RECENT_EVENTS", "Events kept per user in the ring (model input).")
