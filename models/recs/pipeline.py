@@ -244,7 +244,7 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
                    "target_ndcg@10": round(1.3 * best, 6),
                    "ratio": round(out["model"]["ndcg@10"] / best, 4) if best > 0 else None,
                    "reached": bool(out["model"]["ndcg@10"] >= 1.3 * best)}
-    out["peers"] = {"recbole_sasrec": "not run (needs a separate numpy<2 environment)"}
+    out["peers"] = {"recbole_sasrec": "not run by this command: python bench/recbole_peer.py (own numpy<2 venv)"}
     out["_curves"] = curves
     return out
 
@@ -258,7 +258,7 @@ def write_report(result: dict, report_dir: str | Path) -> list[Path]:
     d = Path(report_dir)
     d.mkdir(parents=True, exist_ok=True)
     curves = result.get("_curves", {})
-    rows = [("model", result["model"])] + [(f"streaming", result["streaming"])] + \
+    rows = [("model", result["model"])] + [("streaming", result["streaming"])] + \
         [(k, v) for k, v in result["baselines"].items()]
     lines = [f"# Recommendation evaluation — {result['dataset']}", "",
              f"{result['users']} users, {result['items']} items; time-ordered leave-one-out, full ranking.", "",
