@@ -279,13 +279,14 @@ class PartitionEngine:
 
     def _recommend(self, profile: Profile, event: ev.Event, trigger: str) -> None:
         """Queue a recommendation; its query (vector, exclusions) is frozen now, answered in ``_flush_recs``."""
-        self._pending_recs.append(_PendingRec(profile.user_id, event.ts, event.event_id, trigger, profile.segment,
-                                              self.recommender.query(profile)))
-        profile.events_since_rec = 0
-        profile.last_rec_ts = event.ts
+        query = self.recommender.query(profile)
         mark = getattr(self.recommender, "mark_recommended", None)
         if mark is not None:
-            mark(profile)
+            mark(profile)  # also re-assigns the segment
+        self._pending_recs.append(_PendingRec(profile.user_id, event.ts, event.event_id, trigger, profile.segment,
+                                              query))
+        profile.events_since_rec = 0
+        profile.last_rec_ts = event.ts
 
     def _ask(self, queries: list[Query], k: int) -> list[list[tuple[str, float]]]:
         """One batched query; the placeholder's scores are the counts at the last ranking."""

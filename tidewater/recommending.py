@@ -45,8 +45,8 @@ class StreamRecommender(Protocol):
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
+    n = float(np.sqrt(v @ v))  # np.linalg.norm's generic path costs more than the 64-d dot itself
+    return v / np.float32(n) if n > 0 else v
 
 
 def seen_items(profile: Profile) -> frozenset[str]:
@@ -111,7 +111,6 @@ class VectorRecommender:
         profile.vec_sum = total.astype(np.float32).tobytes()
         profile.vec_weight = float(self.decay * profile.vec_weight + 1.0)
         profile.vec_count += 1
-        self._segment(profile)
         return True
 
     def _rebuild(self, profile: Profile) -> None:
@@ -149,8 +148,11 @@ class VectorRecommender:
         return 1.0 - float(_unit(v) @ np.frombuffer(profile.vec_at_rec, np.float32))
 
     def mark_recommended(self, profile: Profile) -> None:
+        """The vector is the reference for "changed enough" from now on; the segment is re-assigned with it
+        (segments move slowly: once per recommendation, not per event)."""
         v = self.vector(profile)
         profile.vec_at_rec = None if v is None else _unit(v).astype(np.float32).tobytes()
+        self._segment(profile)
 
     # --- queries -------------------------------------------------------------------------------------
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
