@@ -61,5 +61,12 @@ def print_summary(s: Settings) -> dict[str, int]:
         elif topic == s.topic_offers:
             reasons = Counter(code for v in values for code in v["reason_codes"])
             print(f"   offer types {dict(Counter(v['offer_type'] for v in values))}; reasons {dict(reasons)}")
-        print("   e.g. " + json.dumps(values[-1])[:400])
+        elif topic == s.topic_recommendations:
+            versions = Counter((v["model_version"], v["index_version"]) for v in values)
+            print(f"   triggers {dict(Counter(v['trigger'] for v in values))}; "
+                  f"segments {dict(sorted(Counter(v['segment'] for v in values).items(), key=str))}; "
+                  f"model/index {dict(versions)}")
+        # an example that shows the model at work (a scored recommendation, an offer with items) if there is one
+        example = next((v for v in reversed(values) if any(i.get("score") for i in v.get("items", []))), values[-1])
+        print("   e.g. " + json.dumps(example)[:400])
     return counts
