@@ -104,6 +104,10 @@ def test_train_publish_index_build_and_recommender(app, csv, tmp_path):
     assert out[1] == [(i, 0.0) for i in rec.popular_items(6)[1:]]  # fallback, filtered
     # the walk goes upward: after i3,i4,i5 the next items should be near i6
     assert "i6" in [i for i, _ in out[0]]
+    # segments trained with the model: ids in range, the index inside the version named after the version
+    assert info["segments"] == len(rec.segments) >= 2
+    assert 0 <= rec.segment_of(state) < len(rec.segments)
+    assert rec.index.version == rec.version
     res = CliRunner().invoke(app, ["index", "build", "--registry", str(reg)])
     assert res.exit_code == 0, res.output
     built = json.loads(res.stdout.strip().splitlines()[-1])
