@@ -1,0 +1,33 @@
+"""The benchmark's same-work engine must keep the worker's engine interface (a bench that crashes measures 0)."""
+import inspect
+import json
+import sys
+from pathlib import Path
+
+from tidewater.engine import PartitionEngine, Record
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "apps"))
+from same_work import SameWorkEngine  # noqa: E402
+
+
+class RawStore(dict):
+    def get_raw(self, user):
+        return self.get(user)
+
+
+def test_same_work_engine_has_the_hooks_the_pipeline_calls():
+    for hook in ("on_record", "on_notify", "pending", "drop_pending", "drain_metrics", "snapshot"):
+        theirs = inspect.signature(getattr(SameWorkEngine, hook)).parameters
+        ours = inspect.signature(getattr(PartitionEngine, hook)).parameters
+        assert list(theirs)[:len(ours)] == list(ours), hook
+
+
+def test_same_work_engine_counts_and_sums_once_per_offset():
+    engine = SameWorkEngine(0, RawStore(), "out")
+    records = [Record("in", 0, i, b"u1", json.dumps({"user_id": "u1", "amount": 1.5}).encode(), handle=i)
+               for i in range(3)]
+    for r in records + records[:1]:  # the first record again: a re-delivery
+        engine.on_record(r, 0.0)
+    result = engine.on_notify(0.0, frozenset())
+    assert [json.loads(e.value)["count"] for e in result.outputs] == [1, 2, 3]
+    assert json.loads(result.outputs[-1].value)["sum"] == 4.5 and len(result.done) == 4
