@@ -33,6 +33,7 @@ from tidewater.settings import Settings
 log = logging.getLogger("tidewater.worker")
 
 PROFILES_TABLE = "profiles"
+GATHER_STEP_S = 0.001  # a batch keeps growing while each millisecond brings more records
 STATE_TABLE = "partition-state"
 
 
@@ -158,7 +159,7 @@ class Pipeline:
                     pass
                 # starved: Kafka had nothing for us during the wait
                 self.starved_s += time.monotonic() - started
-                await asyncio.sleep(0)  # let the conductor finish handing over the fetched records
+            await self._gather()
             self._ready.clear()
             if self.inbox:
                 batch, self.inbox = self.inbox[: self.batch_max], self.inbox[self.batch_max:]
@@ -171,6 +172,17 @@ class Pipeline:
             if now - last_poll >= self.settings.model_poll_s:
                 last_poll = now
                 await self.reload_models()
+
+    async def _gather(self) -> None:
+        """Let the batch grow while records are still being handed over (a backlog: big batches), and stop as
+        soon as a turn of the event loop brings nothing new (live traffic: no added latency). Bounded by the
+        batch size and by ``TIDEWATER_BATCH_MAX_WAIT_MS``."""
+        deadline = time.monotonic() + self.wait_s
+        while self.inbox and len(self.inbox) < self.batch_max and time.monotonic() < deadline:
+            size = len(self.inbox)
+            await asyncio.sleep(GATHER_STEP_S)
+            if len(self.inbox) == size:
+                return
 
     def clock(self) -> float:
         """The engines' notion of "how long has a source been silent": time spent starved of input, not wall
