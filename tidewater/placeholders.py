@@ -1,5 +1,6 @@
-"""Stand-ins used until a trained model is in the registry. They are heuristics, not models, and say so in
-every output's ``model_version`` (``heuristic:...`` / ``baseline:...``)."""
+"""Stand-in churn scorer used until a trained model is in the registry. It is a heuristic, not a model, and says
+so in every output's ``model_version`` (``heuristic:...``). The recommender's stand-in is
+``tidewater.recommending.PartitionPopularity`` (``baseline:...``)."""
 from __future__ import annotations
 
 import math
@@ -25,20 +26,3 @@ class RecencyHeuristic:
             purchases = sum(1 for _, kind in rows if kind == "purchase")
             scores.append(round(1.0 - math.exp(-recency_days / (15.0 * (1.0 + math.log1p(purchases)))), 6))
         return scores
-
-
-class PopularityBaseline:
-    """Most popular items (counted in this partition's stream) that the user has not seen."""
-
-    version = "baseline:popularity-v1"
-    index_version = "none"
-
-    def recommend(self, ranking: list[str], counts: dict[str, int], seen: set[str],
-                  k: int) -> list[tuple[str, float]]:
-        out = []
-        for item in ranking:
-            if item not in seen:
-                out.append((item, float(counts.get(item, 0))))
-                if len(out) == k:
-                    break
-        return out
