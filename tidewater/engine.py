@@ -272,27 +272,24 @@ class PartitionEngine:
     def _rec_trigger(self, profile: Profile) -> str | None:
         if profile.events_since_rec >= self.config.rec_every_events:
             return "cadence"
-        change = getattr(self.recommender, "change_since_rec", None)
-        if change is not None and change(profile) >= self.config.rec_change_threshold:
+        recommender = self.recommender
+        if recommender.has_vectors and recommender.change_since_rec(profile) >= self.config.rec_change_threshold:
             return "vector_change"
         return None
 
     def _recommend(self, profile: Profile, event: ev.Event, trigger: str) -> None:
         """Queue a recommendation; its query (vector, exclusions) is frozen now, answered in ``_flush_recs``."""
         query = self.recommender.query(profile)
-        mark = getattr(self.recommender, "mark_recommended", None)
-        if mark is not None:
-            mark(profile)  # also re-assigns the segment
+        self.recommender.mark_recommended(profile)  # also re-assigns the segment
         self._pending_recs.append(_PendingRec(profile.user_id, event.ts, event.event_id, trigger, profile.segment,
                                               query))
         profile.events_since_rec = 0
         profile.last_rec_ts = event.ts
 
     def _ask(self, queries: list[Query], k: int) -> list[list[tuple[str, float]]]:
-        """One batched query; the placeholder's scores are the counts at the last ranking."""
+        """One batched query (the partition's popularity ranking is the fallback for users without a vector)."""
         started = time.perf_counter()
-        counts = dict(zip(self.state.popular, self.state.popular_counts))
-        ranked = self.recommender.recommend_many(queries, k, self.state.popular, counts)
+        ranked = self.recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts)
         self._observe("recommend", len(queries), time.perf_counter() - started)
         return ranked
 

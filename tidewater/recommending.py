@@ -40,8 +40,12 @@ class StreamRecommender(Protocol):
 
     def query(self, profile: Profile) -> Query: ...
 
+    def change_since_rec(self, profile: Profile) -> float: ...
+
+    def mark_recommended(self, profile: Profile) -> None: ...
+
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
-                       counts: dict[str, int]) -> list[Ranked]: ...
+                       popular_counts: Sequence[int]) -> list[Ranked]: ...
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -66,14 +70,21 @@ class PartitionPopularity:
     def query(self, profile: Profile) -> Query:
         return Query(None, seen_items(profile))
 
+    def change_since_rec(self, profile: Profile) -> float:
+        return 0.0  # no vector: only the cadence triggers (the engine asks only recommenders with vectors)
+
+    def mark_recommended(self, profile: Profile) -> None:
+        pass
+
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
-                       counts: dict[str, int]) -> list[Ranked]:
+                       popular_counts: Sequence[int]) -> list[Ranked]:
+        """Scores are the items' counts at the partition's last ranking."""
         out = []
         for q in queries:
             row: Ranked = []
-            for item in popular:
+            for rank, item in enumerate(popular):
                 if item not in q.exclude:
-                    row.append((item, float(counts.get(item, 0))))
+                    row.append((item, float(popular_counts[rank]) if rank < len(popular_counts) else 0.0))
                     if len(row) == k:
                         break
             out.append(row)
@@ -156,7 +167,7 @@ class VectorRecommender:
 
     # --- queries -------------------------------------------------------------------------------------
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
-                       counts: dict[str, int]) -> list[Ranked]:
+                       popular_counts: Sequence[int]) -> list[Ranked]:
         states = [q.vector for q in queries]
         exclude = [set(q.exclude) for q in queries]
         ranked = self.model.recommend_many(states, k, exclude)
