@@ -21,13 +21,69 @@ from tidewater.scoring import RingScorer
 log = logging.getLogger("tidewater.models")
 
 
-class ChurnScorerSlot:
+class RegistrySlot:
+    """What both slots share: poll the registry for the wanted version, load it in the executor, swap it in,
+    keep the old one (and log) when a version fails to load, and flip the ``tidewater_model_info`` gauges."""
+
+    kind = "model"
+    loaded: Any = None  # the registry version(s) in use; None: the placeholder
+    current: Any
+
+    def _wanted(self) -> Any:
+        raise NotImplementedError
+
+    def _load(self, wanted: Any) -> Any:
+        raise NotImplementedError
+
+    def _gauges(self, value: int) -> None:
+        raise NotImplementedError
+
+    def load_current_blocking(self) -> bool:
+        wanted = self._wanted()
+        if wanted is None or wanted == self.loaded:
+            return False
+        self._swap(wanted, self._load(wanted))
+        return True
+
+    async def maybe_reload(self, executor: Any) -> bool:
+        """True when a new version was swapped in (the caller hands it to the engines)."""
+        wanted = self._wanted()
+        if wanted is None or wanted == self.loaded:
+            return False
+        try:
+            current = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
+        except Exception as exc:  # a broken artifact must not stop the stream: keep what serves now
+            log.error("could not load %s %s: %r; keeping %s", self.kind, wanted, exc, self.current.version)
+            self.loaded = wanted
+            return False
+        self._swap(wanted, current)
+        return True
+
+    def _swap(self, wanted: Any, current: Any) -> None:
+        self._gauges(0)
+        self.current, self.loaded = current, wanted
+        self._gauges(1)
+        log.info("%s in use", self._describe())
+
+    def _describe(self) -> str:
+        return f"{self.kind} {self.current.version}"
+
+
+class ChurnScorerSlot(RegistrySlot):
+    kind = "churn model"
+
     def __init__(self, registry_dir: str | Path, micro_batch: int = 256) -> None:
         self.registry = Registry(Path(registry_dir) / "churn")
         self.micro_batch = micro_batch  # most sequences per forward pass
-        self.loaded_version: str | None = None
-        self.scorer: Any = RecencyHeuristic()
-        metrics.MODEL_VERSION.labels("churn", self.scorer.version).set(1)
+        self.current: Any = RecencyHeuristic()
+        self._gauges(1)
+
+    @property
+    def scorer(self) -> Any:
+        return self.current
+
+    def _wanted(self) -> str | None:
+        return self.registry.current_version()
 
     def _load(self, version: str) -> Any:
         import torch
@@ -37,45 +93,26 @@ class ChurnScorerSlot:
         torch.set_num_threads(1)  # small model, 2 shared cores: more threads measured slower
         return RingScorer(ChurnScorer.load(self.registry.path(version), micro_batch=self.micro_batch))
 
-    def load_current_blocking(self) -> bool:
-        version = self.registry.current_version()
-        if version is None or version == self.loaded_version:
-            return False
-        self._swap(version, self._load(version))
-        return True
-
-    async def maybe_reload(self, executor: Any) -> bool:
-        """True when a new version was swapped in (the caller hands it to the engines)."""
-        version = self.registry.current_version()
-        if version is None or version == self.loaded_version:
-            return False
-        try:
-            scorer = await asyncio.get_running_loop().run_in_executor(executor, self._load, version)
-        except Exception as exc:  # a broken artifact must not stop the stream: keep the old scorer
-            log.error("could not load churn model %s: %r; keeping %s", version, exc, self.scorer.version)
-            self.loaded_version = version
-            return False
-        self._swap(version, scorer)
-        return True
-
-    def _swap(self, version: str, scorer: Any) -> None:
-        metrics.MODEL_VERSION.labels("churn", self.scorer.version).set(0)
-        self.scorer, self.loaded_version = scorer, version
-        metrics.MODEL_VERSION.labels("churn", scorer.version).set(1)
-        log.info("churn model %s in use", scorer.version)
+    def _gauges(self, value: int) -> None:
+        metrics.MODEL_VERSION.labels("churn", self.current.version).set(value)
 
 
-class RecommenderSlot:
+class RecommenderSlot(RegistrySlot):
     """The recommender in use: the registry's current recs model with the newest index built for it."""
+
+    kind = "recommender"
 
     def __init__(self, registry_dir: str | Path) -> None:
         from tidewater.recommending import PartitionPopularity
 
         self.models = Registry(Path(registry_dir) / "recs")
         self.indexes = Registry(Path(registry_dir) / "recs_index")
-        self.loaded: tuple[str, str | None] | None = None
-        self.recommender: Any = PartitionPopularity()
+        self.current: Any = PartitionPopularity()
         self._gauges(1)
+
+    @property
+    def recommender(self) -> Any:
+        return self.current
 
     def _wanted(self) -> tuple[str, str | None] | None:
         model = self.models.current_version()
@@ -101,32 +138,9 @@ class RecommenderSlot:
         return VectorRecommender(model, index_dir=str(self.indexes.path(index_version)),
                                  index_version=f"{model_version}/{index_version}")
 
-    def load_current_blocking(self) -> bool:
-        wanted = self._wanted()
-        if wanted is None or wanted == self.loaded:
-            return False
-        self._swap(wanted, self._load(wanted))
-        return True
-
-    async def maybe_reload(self, executor: Any) -> bool:
-        wanted = self._wanted()
-        if wanted is None or wanted == self.loaded:
-            return False
-        try:
-            recommender = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
-        except Exception as exc:  # keep serving with what we have
-            log.error("could not load recommender %s: %r; keeping %s", wanted, exc, self.recommender.version)
-            self.loaded = wanted
-            return False
-        self._swap(wanted, recommender)
-        return True
-
     def _gauges(self, value: int) -> None:
-        metrics.MODEL_VERSION.labels("recs", self.recommender.version).set(value)
-        metrics.MODEL_VERSION.labels("index", self.recommender.index_version).set(value)
+        metrics.MODEL_VERSION.labels("recs", self.current.version).set(value)
+        metrics.MODEL_VERSION.labels("index", self.current.index_version).set(value)
 
-    def _swap(self, wanted: tuple[str, str | None], recommender: Any) -> None:
-        self._gauges(0)
-        self.recommender, self.loaded = recommender, wanted
-        self._gauges(1)
-        log.info("recommender %s with index %s in use", recommender.version, recommender.index_version)
+    def _describe(self) -> str:
+        return f"recommender {self.current.version} with index {self.current.index_version}"
