@@ -106,7 +106,7 @@ class VectorRecommender:
         self.index_version: str = model.index.version or self.version
         self.decay = np.float32(model.decay)
         self.dim = model.dim
-        self.centroids: np.ndarray | None = getattr(model, "segments", None)
+        self.has_segments = getattr(model, "segments", None) is not None
 
     # --- the user vector in the profile ------------------------------------------------------------------
     def fold(self, profile: Profile, item_id: str) -> bool:
@@ -136,9 +136,8 @@ class VectorRecommender:
         self._segment(profile)
 
     def _segment(self, profile: Profile) -> None:
-        if self.centroids is not None and profile.vec_sum is not None:
-            v = np.frombuffer(profile.vec_sum, np.float32)
-            profile.segment = int(np.argmax(self.centroids @ v))
+        if self.has_segments and profile.vec_sum is not None:
+            profile.segment = self.model.segment_of(np.frombuffer(profile.vec_sum, np.float32))
 
     def vector(self, profile: Profile) -> np.ndarray | None:
         if profile.vec_sum is None or profile.vec_weight <= 0 or profile.vec_version != self.version:
