@@ -24,6 +24,7 @@ import faust
 from faust.streams import _current_event
 
 from streams import metrics
+from streams.ingress import ack_records, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
 from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
@@ -131,19 +132,16 @@ class Pipeline:
         self._space = asyncio.Event()
         self._space.set()
 
-    # --- the conductor's handler for the input partitions (Faust's inner loop calls it per message) ---
-    async def deliver(self, message: Any) -> None:
-        await self._acquire_flow()
-        if len(self.inbox) >= self.inbox_max:
+    # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
+    async def deliver(self, tp: Any, records: list[Any]) -> None:
+        """Take one fetched batch of one input partition (aiokafka ConsumerRecords). Waits while the inbox is
+        full (backpressure: the fetch loop stops fetching) and while Faust holds the flow for a rebalance."""
+        await self.app.flow_control.acquire()
+        while len(self.inbox) >= self.inbox_max:
             self._space.clear()
             await self._space.wait()
-        message.incref()  # released by message.ack() once applied (see the module doc)
-        self.inbox.append(message)
-        if len(self.inbox) == 1 or len(self.inbox) >= self.batch_max:
-            self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
-
-    async def _acquire_flow(self) -> None:
-        await self.app.flow_control.acquire()
+        self.inbox.extend(records)
+        self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
 
     # --- the batch loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -224,21 +222,21 @@ class Pipeline:
         if n:
             log.info("partition %d: rebuilt the activity index of %d users", engine.partition, n)
 
-    async def on_batch(self, messages: list[Any]) -> None:
+    async def on_batch(self, records: list[Any]) -> None:
         started = time.perf_counter()
         now = self.clock()
         async with self.lock:
-            touched: set[int] = set()
-            for message in messages:
-                partition = message.partition
-                engine = self.engines.get(partition) or self.engine(partition, message)
-                self.last_message[partition] = message
-                self.handed_over[(message.topic, partition)] = message.offset
-                engine.on_record(Record(message.topic, partition, message.offset, message.key, message.value,
-                                        handle=message), now)
-                touched.add(partition)
+            last_record = self.last_message
+            handed_over = self.handed_over
+            for record in records:
+                partition = record.partition
+                engine = self.engines.get(partition) or self.engine(partition, record)
+                engine.on_record(record, now)
+                handed_over[(record.topic, partition)] = record.offset
+                last_record[partition] = record
+            touched = set(last_record)
             await self._flush(touched, now)
-        metrics.BATCH_SIZE.observe(len(messages))
+        metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def on_idle(self) -> None:
@@ -251,7 +249,6 @@ class Pipeline:
     async def _flush(self, partitions: set[int], now: float) -> None:
         loop = asyncio.get_running_loop()
         pending = 0
-        consumer = self.app.consumer
         outputs: list[tuple[str, int | None, bytes, bytes]] = []
         changelog: list[tuple[str, int | None, bytes, bytes]] = []
         done: list[Any] = []
@@ -279,12 +276,25 @@ class Pipeline:
             await sender.send(outputs)
         if changelog:
             await sender.send(changelog, on_delivered=self._persisted)
-        wall = time.time()
-        for message in done:  # only now: outputs and profile writes are queued before the offsets can commit
-            message.ack(consumer)
-            metrics.RECORD_AGE.observe(wall - message.timestamp)
+        self._ack(done)  # only now: outputs and profile writes are queued before the offsets can commit
         self.processed += len(done)
         metrics.PENDING.set(pending)
+
+    def _ack(self, done: list[Any]) -> None:
+        """Ack applied records per topic partition (in the order applied, which is offset order within one)."""
+        from faust.types import TP
+
+        by_tp: dict[tuple[str, int], list[int]] = {}
+        ages = []
+        wall_ms = time.time() * 1000.0
+        for record in done:
+            by_tp.setdefault((record.topic, record.partition), []).append(record.offset)
+            if record.timestamp is not None:
+                ages.append(wall_ms - record.timestamp)
+        consumer = self.app.consumer
+        for (topic, partition), offsets in by_tp.items():
+            ack_records(consumer, TP(topic, partition), offsets)
+        metrics.observe_record_ages(ages)
 
     def caught_up(self, partition: int) -> frozenset[str]:
         """Input topics whose ``partition`` has been handed to the engine up to the high watermark of the last
@@ -333,6 +343,11 @@ class Pipeline:
                 self.last_message.pop(partition, None)
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
+
+
+async def _not_per_message(message: Any) -> None:
+    raise RuntimeError(f"input record {message.tp}@{message.offset} reached the per-message path; input topics "
+                       "are drained in batches by streams.ingress")
 
 
 def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None,
@@ -393,16 +408,17 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     pipeline = Pipeline(app, s, profiles, states, outputs, engine_factory=engine_factory)
     app.tidewater = pipeline  # type: ignore[attr-defined]
 
-    # Subscribe the input topics (co-partitioned: same partition count) and route their messages to the
-    # pipeline's inbox instead of a stream.
+    # Subscribe the input topics (co-partitioned: same partition count); their fetched batches go to the
+    # pipeline's inbox instead of a stream (streams/ingress.py).
     conductor = app.topics
     conductor.add(inputs)
     build_default = conductor._build_handler
 
     def build_handler(tp: Any, channels: Any) -> Any:
-        return pipeline.deliver if tp.topic in s.input_topics else build_default(tp, channels)
+        return _not_per_message if tp.topic in s.input_topics else build_default(tp, channels)
 
     conductor._build_handler = build_handler  # type: ignore[method-assign]
+    install_batch_drain(app.consumer, s.input_topics, pipeline.deliver)
 
     @app.task
     async def batch_loop() -> None:

@@ -1,8 +1,10 @@
 """Prometheus metrics of the worker (served at GET /metrics)."""
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
+from typing import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -68,3 +70,22 @@ def observe_engine(model: str, size: float, seconds: float) -> None:
     """One model call of an engine: churn scoring or an index query, with its batch size and duration."""
     SCORING_BATCH.labels(model).observe(size)
     SCORING_SECONDS.labels(model).observe(seconds)
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``observe`` for a whole batch: one bucket increment per bucket touched instead of a locked update per
+    value (a record age per input record was a measurable share of the worker's time)."""
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, n in zip(histogram._buckets, counts):
+        if n:
+            bucket.inc(n)
+    histogram._sum.inc(sum(values))
+
+
+def observe_record_ages(ages_ms: Sequence[float]) -> None:
+    observe_many(RECORD_AGE, [age / 1000.0 for age in ages_ms])

@@ -105,14 +105,15 @@ class PartitionState(msgspec.Struct, kw_only=True):
 
 @dataclass
 class Record:
-    """One raw input record as the Kafka edge hands it over; ``handle`` is acked when it is done."""
+    """One raw input record as the Kafka edge hands it over. The worker passes aiokafka's ``ConsumerRecord``s,
+    which have these fields too; a record is returned in ``BatchResult.done`` once it is fully applied."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    handle: Any = None
+    timestamp: int | None = None  # Kafka timestamp, ms
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class PartitionEngine:
                 self._recommend(profile, event, trigger)
         else:
             self._count("duplicates_skipped", record.topic)
-        self._result.done.append(record.handle)
+        self._result.done.append(record)
 
     def _count_item(self, item_id: str) -> None:
         counts = self.state.item_counts
@@ -409,7 +410,7 @@ class PartitionEngine:
             value_size=len(record.value or b""))
         self._result.outputs.append(Emit(self.config.dead_letter_topic, record.key or b"", encode_output(letter)))
         self._count("dead_letters", rejected.reason)
-        self._result.done.append(record.handle)
+        self._result.done.append(record)
 
     def _count(self, name: str, label: str, n: int = 1) -> None:
         self.counters[(name, label)] += n

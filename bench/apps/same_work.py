@@ -41,7 +41,7 @@ class SameWorkEngine:
             self.result.outputs.append(Emit(self.out_topic, record.key,
                                             _encoder.encode({"user_id": user, "count": st.count, "sum": st.sum})))
         self.cache[user] = st
-        self.result.done.append(record.handle)
+        self.result.done.append(record)
 
     def on_notify(self, now: float, caught_up: frozenset = frozenset()) -> BatchResult:
         result, self.result = self.result, BatchResult()

@@ -24,7 +24,7 @@ def test_same_work_engine_has_the_hooks_the_pipeline_calls():
 
 def test_same_work_engine_counts_and_sums_once_per_offset():
     engine = SameWorkEngine(0, RawStore(), "out")
-    records = [Record("in", 0, i, b"u1", json.dumps({"user_id": "u1", "amount": 1.5}).encode(), handle=i)
+    records = [Record("in", 0, i, b"u1", json.dumps({"user_id": "u1", "amount": 1.5}).encode())
                for i in range(3)]
     for r in records + records[:1]:  # the first record again: a re-delivery
         engine.on_record(r, 0.0)

@@ -22,7 +22,7 @@ def records(events, partition=0):
             topic = "clicks"
         value = e if isinstance(e, bytes) else encode_event(e)
         key = b"u1" if isinstance(e, bytes) else e.user_id.encode()
-        out.append(Record(topic, partition, offsets[topic], key, value, handle=(topic, offsets[topic])))
+        out.append(Record(topic, partition, offsets[topic], key, value))
         offsets[topic] += 1
     return out
 

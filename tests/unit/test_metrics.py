@@ -1,0 +1,25 @@
+"""streams/metrics.py: the batch observe gives the same histogram as observing one value at a time."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from streams.metrics import observe_many
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 100, allow_nan=False), max_size=200))
+def test_observe_many_equals_one_observe_per_value(values: list[float]) -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.005, 0.05, 0.5, 1, 10)
+    single = Histogram("age", "age", registry=one, buckets=buckets)
+    batched = Histogram("age", "age", registry=many, buckets=buckets)
+    for value in values:
+        single.observe(value)
+    observe_many(batched, values)
+    assert _exposition(one) == _exposition(many)
