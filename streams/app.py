@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import faust
-from faust.streams import _current_event
 
 from streams import metrics
 from streams.ingress import ack_records, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
+from streams.table_io import PartitionTable
 from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
 from tidewater.profile import Profile, decode_profile, encode_profile
 from tidewater.settings import Settings
@@ -38,52 +36,38 @@ GATHER_STEP_S = 0.001  # a batch keeps growing while each millisecond brings mor
 STATE_TABLE = "partition-state"
 
 
-class _PartitionEvent:
-    """What Faust tables need of a current event: ``.message.partition`` and ``.message.topic``."""
+class ProfileCache:
+    """Decoded profiles of the users this worker owns, written through after every batch (a RocksDB read and
+    a msgpack decode per event measured as 15 % of the worker's CPU). Shared by the partitions' views."""
 
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
-@contextmanager
-def partition_context(message: Any) -> Iterator[None]:
-    """Table reads and writes go to the store and changelog partition of Faust's *current event*. A batch spans
-    partitions, so each partition's table access runs with one of that partition's own messages as current."""
-    event = _PartitionEvent(message)
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-class TableProfileStore:
-    """The engine's view of the profile table, with a write-through cache of decoded profiles (a RocksDB read
-    and a msgpack decode per event measured as 15 % of the worker's CPU)."""
-
-    def __init__(self, table: Any, max_cached: int = 500_000) -> None:
-        self.table = table
-        self.cache: dict[str, Profile] = {}
+    def __init__(self, max_cached: int = 500_000) -> None:
+        self.profiles: dict[str, Profile] = {}
         self.max_cached = max_cached
 
+    def put(self, user_id: str, profile: Profile) -> None:
+        if len(self.profiles) >= self.max_cached:
+            self.profiles.clear()
+        self.profiles[user_id] = profile
+
+    def forget(self) -> None:
+        self.profiles.clear()
+
+
+class PartitionProfiles:
+    """The engine's view of its partition of the profile table: ``get`` through the cache."""
+
+    def __init__(self, table: PartitionTable, cache: ProfileCache) -> None:
+        self.table = table
+        self.cache = cache
+
     def get(self, user_id: str) -> Profile | None:
-        profile = self.cache.get(user_id)
+        profile = self.cache.profiles.get(user_id)
         if profile is None:
             raw = self.table.get(user_id.encode())
             if raw is None:
                 return None
             profile = decode_profile(raw)
         return profile
-
-    def put(self, user_id: str, profile: Profile) -> None:
-        if len(self.cache) >= self.max_cached:
-            self.cache.clear()
-        self.cache[user_id] = profile
-
-    def forget(self) -> None:
-        self.cache.clear()
 
 
 EngineFactory = Callable[[int, "PartitionState | None", Any, float], Any]
@@ -111,10 +95,10 @@ class Pipeline:
         self.engine_factory = engine_factory or default_engine_factory(
             settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}
-        self.last_message: dict[int, Any] = {}
         self.handed_over: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset given to the engine
         self.lock = asyncio.Lock()
-        self.store = TableProfileStore(profiles)
+        self.cache = ProfileCache()
+        self.tables: dict[int, tuple[PartitionTable, PartitionTable]] = {}  # partition -> (profiles, states)
         self.processed = 0
         self.dropped_at_rebalance = 0
         self.live = LiveStats(settings)  # what GET /dashboard shows (streams/live_stats.py)
@@ -197,13 +181,14 @@ class Pipeline:
                     engine.scorer = self.churn_slot.scorer
                     engine.recommender = self.recs_slot.recommender
 
-    def engine(self, partition: int, message: Any) -> Any:
+    def engine(self, partition: int) -> Any:
         engine = self.engines.get(partition)
         if engine is None:
-            with partition_context(message):
-                raw = self.states.get(f"p{partition}".encode())
+            profiles, states = self.tables[partition] = (PartitionTable(self.profiles, partition),
+                                                         PartitionTable(self.states, partition))
+            raw = states.get(f"p{partition}".encode())
             state = None if raw is None else _decode_state(raw)
-            engine = self.engine_factory(partition, state, self.store, self.clock())
+            engine = self.engine_factory(partition, state, PartitionProfiles(profiles, self.cache), self.clock())
             if hasattr(engine, "index_profile"):
                 self._rebuild_index(engine)
             self.engines[partition] = engine
@@ -226,15 +211,14 @@ class Pipeline:
         started = time.perf_counter()
         now = self.clock()
         async with self.lock:
-            last_record = self.last_message
+            touched: set[int] = set()
             handed_over = self.handed_over
             for record in records:
                 partition = record.partition
-                engine = self.engines.get(partition) or self.engine(partition, record)
+                engine = self.engines.get(partition) or self.engine(partition)
                 engine.on_record(record, now)
                 handed_over[(record.topic, partition)] = record.offset
-                last_record[partition] = record
-            touched = set(last_record)
+                touched.add(partition)
             await self._flush(touched, now)
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -256,16 +240,17 @@ class Pipeline:
             engine = self.engines[partition]
             result = await loop.run_in_executor(self.executor, engine.on_notify, now, self.caught_up(partition))
             outputs.extend((emit.topic, None, emit.key, emit.value) for emit in result.outputs)
-            with partition_context(self.last_message[partition]):
-                for user_id, profile in result.profiles.items():
-                    self.store.put(user_id, profile)
-                    key, value = user_id.encode(), encode_profile(profile)
-                    self.profiles.data[key] = value
-                    changelog.append((self.profiles_changelog, partition, key, value))
-                if result.state_changed:
-                    key, value = f"p{partition}".encode(), _encode_state(engine.snapshot())
-                    self.states.data[key] = value
-                    changelog.append((self.states_changelog, partition, key, value))
+            profiles_table, states_table = self.tables[partition]
+            writes = []
+            for user_id, profile in result.profiles.items():
+                self.cache.put(user_id, profile)
+                writes.append((user_id.encode(), encode_profile(profile)))
+            profiles_table.put_many(writes)
+            changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)
+            if result.state_changed:
+                key, value = f"p{partition}".encode(), _encode_state(engine.snapshot())
+                states_table.put_many([(key, value)])
+                changelog.append((self.states_changelog, partition, key, value))
             done.extend(result.done)
             engine.drain_metrics()
             pending += engine.pending()
@@ -333,14 +318,14 @@ class Pipeline:
         async with self.lock:
             self.dropped_at_rebalance += len(self.inbox)
             self.inbox = []
-            self.store.forget()  # another worker may own (and change) these users now
+            self.cache.forget()  # another worker may own (and change) these users now
             self._space.set()
             for partition in partitions:
                 engine = self.engines.pop(partition, None)
                 if engine is not None:
                     self.dropped_at_rebalance += engine.pending()
                     engine.drop_pending()
-                self.last_message.pop(partition, None)
+                self.tables.pop(partition, None)
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
 

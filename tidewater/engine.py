@@ -13,6 +13,7 @@ skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
 from __future__ import annotations
 
 import base64
+import heapq
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -265,7 +266,8 @@ class PartitionEngine:
 
     def _rerank(self) -> None:
         self._flush_recs()  # pending queries are answered with the ranking they were asked under
-        ranked = sorted(self.state.item_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:POPULAR_KEPT]
+        # == sorted(...)[:POPULAR_KEPT], without sorting the long tail
+        ranked = heapq.nsmallest(POPULAR_KEPT, self.state.item_counts.items(), key=lambda kv: (-kv[1], kv[0]))
         self.state.popular = [item for item, _ in ranked]
         self.state.popular_counts = [n for _, n in ranked]
         self.state.items_since_rank = 0

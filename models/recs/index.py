@@ -191,17 +191,19 @@ class ItemIndex:
         if len(q) == 0 or kk == 0:
             return [[] for _ in range(len(q))]
         scores, ids = self._index.search(q, kk)
+        scores, ids = scores.tolist(), ids.tolist()  # Python numbers: iterating numpy rows costs more than search
         out = []
+        item_ids = self.item_ids
         for r in range(len(q)):
             ex = exclude[r] if exclude else None
             row = []
             for i, s in zip(ids[r], scores[r]):
                 if i < 0:
                     continue
-                item = self.item_ids[i]
+                item = item_ids[i]
                 if ex and item in ex:
                     continue
-                row.append((item, float(s)))
+                row.append((item, s))
                 if len(row) == k:
                     break
             out.append(row)

@@ -51,15 +51,18 @@ def test_bad_input_goes_to_dead_letter_and_valid_events_around_it_apply(deployme
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_worker_killed_mid_replay_restarts_with_exact_profiles(deployment, tmp_path, sig):
-    lines, expected = synthetic_shop(n_users=40, per_user=60)
+    lines, expected = synthetic_shop(n_users=60, per_user=100)
+    # The kill lands while the first part is being applied; the rest arrives while the worker is down, so the
+    # kill is mid-replay however fast the worker is.
+    first, rest = lines[: len(lines) * 3 // 4], lines[len(lines) * 3 // 4:]
     worker = deployment.start_worker("first")
     worker.wait_ready()
-    deployment.replay_file(write_jsonl(tmp_path / "in.jsonl", lines))
+    deployment.replay_file(write_jsonl(tmp_path / "first.jsonl", first))
     deadline = time.monotonic() + 120
-    while worker.stats()["processed"] < len(lines) // 4 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert worker.stats()["processed"] < len(lines), "worker finished before the kill: make the input bigger"
+    while worker.stats()["processed"] < len(lines) // 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
     worker.stop(sig)
+    deployment.replay_file(write_jsonl(tmp_path / "rest.jsonl", rest))
     restarted = deployment.start_worker("second")
     restarted.wait_ready()
     assert wait_for_profiles(restarted, expected) == expected  # 0 lost, 0 applied twice

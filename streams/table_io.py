@@ -1,0 +1,75 @@
+"""Direct access to one partition of a Faust table's store, for the batch path.
+
+Faust's per-key path (``table.data[key] = value``) finds the partition from the *current event*, keeps an LRU
+key index and serialises per call; reads without a current event search every partition's database. The
+batch loop knows each record's partition, so it reads and writes that partition's RocksDB directly, writing a
+batch's profiles in one ``WriteBatch``. The changelog records are produced by the pipeline as before, and the
+persisted changelog offset is still kept by Faust's store, so recovery is Faust's own.
+
+Stores without per-partition databases (``memory://``) take Faust's path under a current event for the
+partition.
+"""
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+from faust.streams import _current_event
+
+
+class _Where:
+    __slots__ = ("topic", "partition")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+
+class _PartitionEvent:
+    """What Faust tables need of a current event: ``.message.partition`` and ``.message.topic``."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+@contextmanager
+def partition_context(topic: str, partition: int) -> Iterator[None]:
+    """Make Faust's table calls inside the block go to ``partition`` (its store and changelog partition)."""
+    event = _PartitionEvent(_Where(topic, partition))
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class PartitionTable:
+    """Reads and batched writes of one partition of a Faust table with bytes keys and values."""
+
+    def __init__(self, table: Any, partition: int) -> None:
+        self.table = table
+        self.partition = partition
+        self.topic = table.changelog_topic.get_topic_name()
+        # looked up per call, as Faust does: a rebalance closes and re-opens the partition's database
+        self._db_for = getattr(table.data, "_db_for_partition", None)
+
+    def get(self, key: bytes) -> bytes | None:
+        if self._db_for is not None:
+            return self._db_for(self.partition).get(key)
+        with partition_context(self.topic, self.partition):
+            return self.table.data.get(key)
+
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        if self._db_for is not None:
+            import rocksdict
+
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, value in items:
+                batch.put(key, value)
+            self._db_for(self.partition).write(batch)
+            return
+        with partition_context(self.topic, self.partition):
+            for key, value in items:
+                self.table.data[key] = value
