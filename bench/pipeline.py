@@ -62,7 +62,7 @@ async def prefill(bs: str, topic: str, n: int, tidewater: bool = False) -> None:
         user, value = peer_event(i)
         if tidewater:
             value = {"type": "purchase", "event_id": f"b{i}", "user_id": user, "ts": value["ts"],
-                     "amount": value["amount"], "item_id": f"item-{i % 500}"}
+                     "amount": value["amount"], "item_id": str(1 + (i * 7919) % 1682)}  # ml-100k ids: the recs model knows them
         futures.append(await producer.send(topic, key=user.encode(), value=json.dumps(value).encode()))
     await asyncio.gather(*futures)
     await producer.stop()

@@ -54,7 +54,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def seen_items(profile: Profile) -> frozenset[str]:
-    return frozenset(e.item_id for e in profile.recent if e.item_id)
+    return frozenset([e.item_id for e in profile.recent]).difference(_NO_ITEM)
+
+
+_NO_ITEM = (None, "")
 
 
 class PartitionPopularity:
@@ -118,8 +121,8 @@ class VectorRecommender:
         if v is None:
             return False
         prev = np.zeros(self.dim, np.float32) if profile.vec_sum is None else np.frombuffer(profile.vec_sum, np.float32)
-        total = self.decay * prev + v  # models.recs.user_vector.update_one, kept in float32 bytes
-        profile.vec_sum = total.astype(np.float32).tobytes()
+        total = self.decay * prev + v  # models.recs.user_vector.update_one, kept in float32 bytes (all float32)
+        profile.vec_sum = total.tobytes()
         profile.vec_weight = float(self.decay * profile.vec_weight + 1.0)
         profile.vec_count += 1
         return True

@@ -138,10 +138,13 @@ class Recommender:
         """The user's k-means segment (None when the version has no segments)."""
         if self.segments is None:
             return None
+        vec = state.vector() if isinstance(state, uv.UserState) else state
+        v = np.asarray(vec, np.float32)
+        if v.ndim == 1:  # the stream's case, once per recommendation: the unit centroids' argmax of cosines is
+            return int(np.argmax(self.segments @ v))  # that of dot products (|v| > 0 scales them all alike)
         from models.recs.segments import assign_segments
 
-        vec = state.vector() if isinstance(state, uv.UserState) else state
-        return int(assign_segments(self.segments, vec)[0])
+        return int(assign_segments(self.segments, v)[0])
 
     def swap_index(self, directory: str | os.PathLike[str]) -> str:
         """Hot-swap in another saved index (e.g. from `tidewater index build`); returns its version."""
