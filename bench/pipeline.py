@@ -173,7 +173,8 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
         out = profile_dir / f"{'same_work' if same_work else 'pipeline'}.txt"
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250",
                "--nonblocking", "-o", str(out), "--", *cmd]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{app_id}.log", "w"))
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{app_id}.log", "w"),
+                            start_new_session=True)  # its own process group: py-spy's child is stopped with it
     t0 = n0 = None
     processed = 0
     deadline = time.time() + 900
@@ -192,6 +193,10 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
         # py-spy writes its profile on SIGINT (and passes it on to the worker)
         proc.send_signal(signal.SIGINT) if profile_dir is not None else proc.terminate()
         proc.wait(60)
+        try:  # py-spy exits on SIGINT without stopping the worker it started
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     if processed < n:
         log(f"tidewater ({'same work' if same_work else 'pipeline'}) processed {processed}/{n}; log in {tmp}")
     eps = (processed - n0) / dt if t0 and dt > 0 else 0.0
