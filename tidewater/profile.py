@@ -159,8 +159,9 @@ def _count_in_windows(profile: Profile, ts: float, watermark: float, config: Pro
         buckets[start] = buckets.get(start, 0) + 1
         counted = True
         cutoff = max(watermark, ts) - retention
-        for old in [b for b in buckets if b + size <= cutoff]:
-            del buckets[old]
+        if min(buckets) + size <= cutoff:  # one C-level pass; the filter below only when something expired
+            for old in [b for b in buckets if b + size <= cutoff]:
+                del buckets[old]
     if not counted:
         profile.late_events += 1
 

@@ -100,3 +100,33 @@ def test_hopping_windows_from_daily_buckets():
         apply(p, Click(event_id=str(d), user_id="u", ts=d * DAY + 1), "c/0", d, d * DAY)
     assert hopping_counts(p, as_of=10 * DAY, size_days=7, hop_days=1, hops=2) == [7, 7]
     assert hopping_counts(p, as_of=10 * DAY, size_days=7, hop_days=7, hops=2) == [7, 3]
+
+
+def _windows_reference(profile, ts, watermark, config):
+    """The window update as first written (prune by scanning every bucket on every event)."""
+    horizon = watermark - config.window_grace_s
+    counted = False
+    for buckets, size, retention in ((profile.hourly, HOUR, config.hourly_retention_s),
+                                     (profile.daily, DAY, config.daily_retention_s)):
+        start = int(ts // size * size)
+        if start + size <= horizon:
+            continue
+        buckets[start] = buckets.get(start, 0) + 1
+        counted = True
+        cutoff = max(watermark, ts) - retention
+        for old in [b for b in buckets if b + size <= cutoff]:
+            del buckets[old]
+    if not counted:
+        profile.late_events += 1
+
+
+@given(st.lists(st.tuples(st.floats(0, 90 * DAY), st.floats(0, 90 * DAY)), max_size=60))
+def test_window_pruning_shortcut_equals_the_full_scan(steps):
+    from tidewater.profile import _count_in_windows
+
+    config = ProfileConfig()
+    fast, slow = new_profile("u"), new_profile("u")
+    for ts, watermark in steps:
+        _count_in_windows(fast, ts, watermark, config)
+        _windows_reference(slow, ts, watermark, config)
+        assert (fast.hourly, fast.daily, fast.late_events) == (slow.hourly, slow.daily, slow.late_events)
