@@ -19,6 +19,7 @@ import logging
 from types import MethodType
 from typing import Any, Awaitable, Callable, Iterable
 
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types.tuples import ack_lock
 
 log = logging.getLogger("tidewater.ingress")
@@ -40,7 +41,7 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
         read_offset = self._read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
-        flag = "CONSUMER_FETCHING"
+        flag = CONSUMER_FETCHING  # the diagnostic flag Faust's own loop sets
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(flag)
