@@ -115,6 +115,9 @@ class Pipeline:
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
+        # at most one batch waits while another is being sent (bounded memory, bounded unacked input)
+        self._outbox: asyncio.Queue[tuple[list, list, list]] = asyncio.Queue(maxsize=1)
+        self._send_failed: BaseException | None = None
 
     # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
     async def deliver(self, tp: Any, records: list[Any]) -> None:
@@ -131,7 +134,14 @@ class Pipeline:
     async def run(self) -> None:
         last_idle = last_poll = time.monotonic()
         await self.reload_models()
+        sending = asyncio.ensure_future(self._send_loop())
         self.ready = True
+        try:
+            await self._batch_loop(last_idle, last_poll)
+        finally:
+            sending.cancel()
+
+    async def _batch_loop(self, last_idle: float, last_poll: float) -> None:
         while True:
             if not self.inbox:
                 started = time.monotonic()
@@ -273,15 +283,35 @@ class Pipeline:
             engine.drain_metrics()
             pending += engine.pending()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
-        sender = self.sender
         self.live.observe(outputs, processed=len(done), now=time.time())
-        if outputs:
-            await sender.send(outputs)
-        if changelog:
-            await sender.send(changelog, on_delivered=self._persisted)
-        self._ack(done)  # only now: outputs and profile writes are queued before the offsets can commit
-        self.processed += len(done)
         metrics.PENDING.set(pending)
+        if self._send_failed is not None:
+            raise self._send_failed
+        await self._outbox.put((outputs, changelog, done))  # the next batch is computed while this one is sent
+
+    async def _send_loop(self) -> None:
+        """Hand each batch's outputs and changelog records to the producer, then ack its inputs: in batch order,
+        one batch at a time. aiokafka accepts a partition's next batch only once the previous one has been
+        sent, so this wait overlaps with the engine's work on the next batch instead of adding to it. Acks come
+        after the records are queued, and Faust flushes the producer before it commits, so outputs still
+        precede the offsets that caused them (commits for partitions revoked meanwhile are discarded by Faust:
+        those records are re-read by their new owner)."""
+        sender = self.sender
+        while True:
+            outputs, changelog, done = await self._outbox.get()
+            try:
+                if outputs:
+                    await sender.send(outputs)
+                if changelog:
+                    await sender.send(changelog, on_delivered=self._persisted)
+                self._ack(done)
+                self.processed += len(done)
+            except Exception as exc:  # noqa: BLE001 - surfaced in the batch loop, which stops the worker
+                log.exception("producing a batch failed")
+                self._send_failed = exc
+                return
+            finally:
+                self._outbox.task_done()
 
     def _ack(self, done: list[Any]) -> None:
         """Ack applied records per topic partition (in the order applied, which is offset order within one)."""
