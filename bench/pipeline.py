@@ -215,6 +215,8 @@ def main() -> None:
                         help="sample the Tidewater workers with py-spy (pip install py-spy) into DIR/*.txt")
     args = parser.parse_args()
     only = {part.strip() for part in args.only.split(",")}
+    if args.profile is not None and not (Path(sys.executable).parent / "py-spy").exists():
+        parser.error("--profile needs py-spy in this environment: .venv/bin/pip install py-spy")
     n = args.events
     tmp = Path(tempfile.mkdtemp(prefix="tidewater-bench-"))
     quirks = "tansu-highwater" if args.broker == "tansu" else ""
