@@ -28,8 +28,18 @@ log = logging.getLogger("tidewater.ingress")
 Deliver = Callable[[Any, list], Awaitable[None]]
 
 
+# Faust internals this module reads and writes (faust-streaming 0.15.3, pinned in pyproject.toml)
+FAUST_INTERNALS = ("_drain_messages", "_wait_next_records", "_read_offset", "_add_gap", "_buffered_partitions",
+                   "_committed_offset", "_acked", "_acked_index", "_n_acked", "_commit_every", "_to_message",
+                   "perform_seek", "highwater", "commit")
+
+
 def install_batch_drain(consumer: Any, input_topics: Iterable[str], deliver: Deliver) -> None:
     """Replace ``consumer._drain_messages`` (the coroutine Faust's Fetcher service runs) on this instance."""
+    missing = [name for name in FAUST_INTERNALS if not hasattr(consumer, name)]
+    if missing:
+        raise RuntimeError(f"this faust-streaming consumer lacks {missing}: streams/ingress.py is written against "
+                           "faust-streaming 0.15.3 (see pyproject.toml)")
     consumer._drain_messages = MethodType(_batch_drain_factory(frozenset(input_topics), deliver), consumer)
 
 

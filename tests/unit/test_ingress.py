@@ -8,6 +8,7 @@ from collections import namedtuple
 from typing import Any
 
 import faust
+import pytest
 from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,3 +107,13 @@ def test_acks_below_the_committed_offset_are_ignored() -> None:
     assert ack_records(consumer, tp, [8, 9, 10, 11]) == 2
     assert ack_records(consumer, tp, [11, 12]) == 1  # 11 was acked already
     assert consumer._new_offset(tp) == 13
+
+
+def test_a_faust_without_the_internals_is_refused_at_start() -> None:
+    """The batch drain depends on Faust's private consumer state; a Faust that changed it must fail loudly at
+    start-up, not lose commits silently."""
+    class OtherConsumer:
+        pass
+
+    with pytest.raises(RuntimeError, match="faust-streaming 0.15.3"):
+        install_batch_drain(OtherConsumer(), ["clicks"], lambda tp, records: None)  # type: ignore[arg-type]
