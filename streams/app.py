@@ -1,11 +1,13 @@
 """The Faust app: topics → the batch pipeline → profile table → engine → output topics.
 
 Faust owns the consumer group, offsets, acks and commits, the tables with their changelogs and recovery, and
-the web server. What it does not do here is the per-message stream path (an Event, a queue hop, processors
-and sensors per record), which measured at ~15k records/s before any work was done. Instead the conductor's
-handler for the input partitions appends each raw message to an in-memory inbox; one task takes the inbox in
-batches, hands the records to one pure ``PartitionEngine`` per partition, writes each changed profile once per
-batch, produces the outputs, and only then acks the messages, so Faust commits exactly what was applied.
+the web server. What it does not do here is the per-message stream path (a message, two tasks, an Event, a
+queue hop, processors and sensors per record), which measured at ~15k records/s before any work was done.
+Instead the consumer's fetch loop hands each fetched list of input records to an in-memory inbox
+(``streams/ingress.py``); one task takes the inbox in batches, hands the records to one pure
+``PartitionEngine`` per partition (in the executor thread), writes each changed profile once per batch
+(``streams/table_io.py``), and passes the outputs and changelog records to a send task, which acks the input
+records once they are queued in the producer, so Faust commits exactly what was applied.
 
 Records held in the event-time merge are not acked until applied. At a rebalance, Faust commits what was
 acked; the revoke handler then drops the inbox and the engines of revoked partitions, whose records the next
@@ -25,7 +27,7 @@ from streams.ingress import ack_records, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
 from streams.table_io import PartitionTable
-from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
+from tidewater.engine import EngineConfig, PartitionEngine, PartitionState
 from tidewater.profile import Profile, decode_profile, encode_profile
 from tidewater.settings import Settings
 
