@@ -230,8 +230,7 @@ class Pipeline:
                 part = by_partition.get(partition)
                 if part is None:
                     part = by_partition[partition] = []
-                    if partition not in self.engines:
-                        self.engine(partition)
+                    self.engine(partition)  # created (from its stored state) on the partition's first record
                 part.append(record)
                 handed_over[(record.topic, partition)] = record.offset
             await self._flush(set(by_partition), now, by_partition)
@@ -321,15 +320,15 @@ class Pipeline:
 
         by_tp: dict[tuple[str, int], list[int]] = {}
         ages = []
-        wall_ms = time.time() * 1000.0
+        wall = time.time()
         for record in done:
             by_tp.setdefault((record.topic, record.partition), []).append(record.offset)
-            if record.timestamp is not None:
-                ages.append(wall_ms - record.timestamp)
+            if record.timestamp is not None:  # Kafka timestamps are in ms
+                ages.append(wall - record.timestamp / 1000.0)
         consumer = self.app.consumer
         for (topic, partition), offsets in by_tp.items():
             ack_records(consumer, TP(topic, partition), offsets)
-        metrics.observe_record_ages(ages)
+        metrics.observe_many(metrics.RECORD_AGE, ages)
 
     def caught_up(self, partition: int) -> frozenset[str]:
         """Input topics whose ``partition`` has been handed to the engine up to the high watermark of the last

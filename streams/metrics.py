@@ -85,7 +85,3 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
         if n:
             bucket.inc(n)
     histogram._sum.inc(sum(values))
-
-
-def observe_record_ages(ages_ms: Sequence[float]) -> None:
-    observe_many(RECORD_AGE, [age / 1000.0 for age in ages_ms])
