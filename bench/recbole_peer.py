@@ -1,6 +1,7 @@
 """The recommender's peer: RecBole 1.2.1's SASRec on our split, scored by our evaluation code, beside ours.
 
     python bench/recbole_peer.py [--epochs 200] [--stopping-step 10] [--deadline-min 35] [--skip-model]
+                                 [--resume RUN_DIR] [--reuse RUN_DIR]
 
 1. Creates `.bench/venv-recbole` if missing (python3.11 venv; torch==2.13.0 first — the CPU wheel on local
    disk — then recbole==1.2.1 --no-deps and the modules it imports, with numpy<2, pandas<3, setuptools<81;
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-model", action="store_true", help="do not train/score our model")
     ap.add_argument("--reuse", default=None, help="score an earlier run directory instead of training")
+    ap.add_argument("--resume", default=None,
+                    help="continue training an earlier run directory from its best checkpoint (new run directory)")
     args = ap.parse_args()
     for k, v in THREAD_ENV.items():
         os.environ.setdefault(k, v)
@@ -138,6 +141,8 @@ def main() -> None:
         cmd = [str(python), str(PEER), "--data", str(run_dir / "data"), "--out", str(run_dir / "out"),
                "--epochs", str(args.epochs), "--stopping-step", str(args.stopping_step),
                "--deadline-min", str(args.deadline_min), "--threads", str(args.threads)]
+        if args.resume:
+            cmd += ["--resume-from", str(Path(args.resume).resolve() / "out")]
         log("  $ " + " ".join(cmd))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **THREAD_ENV})
         seconds = round(time.time() - t0, 1)

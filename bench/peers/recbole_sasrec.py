@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--deadline-min", type=float, default=0.0, help="stop training after this many minutes (0: none)")
     ap.add_argument("--seed", type=int, default=2020, help="RecBole's default seed")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume-from", default=None,
+                    help="an earlier run's output directory (same split): continue from its best checkpoint")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -163,6 +165,21 @@ def main() -> None:
     trainer.user_seq = user_seq
 
     history: list[tuple[int, float, float]] = []
+    earlier_seconds = 0.0
+    if args.resume_from:  # the earlier run's best checkpoint (model, optimizer, early-stopping counter)
+        import shutil
+
+        earlier = Path(args.resume_from).resolve()
+        checkpoint = sorted((earlier / "saved").glob("*.pth"))[-1]
+        (out / "saved").mkdir(parents=True, exist_ok=True)
+        resumed = out / "saved" / checkpoint.name  # RecBole saves new bests over the file it resumed from
+        shutil.copy2(checkpoint, resumed)
+        trainer.resume_checkpoint(resumed)
+        before = json.loads((earlier / "result.json").read_text())
+        history = [(e - 1, v, 0.0) for e, v in before["valid_curve"] if e - 1 < trainer.start_epoch]
+        earlier_seconds = float(before["train_seconds"])
+        log.info(f"resumed from {checkpoint} at epoch {trainer.start_epoch}")
+    resumed_epochs = len(history)
     t0 = time.time()
     deadline = t0 + args.deadline_min * 60 if args.deadline_min > 0 else None
 
@@ -171,7 +188,8 @@ def main() -> None:
         print(f"epoch {epoch_idx} valid ndcg@10 {valid_score:.4f} ({time.time() - t0:.0f} s)",
               file=sys.stderr, flush=True)
         # stop when the next epoch (at the mean epoch time so far) would end past the deadline
-        if deadline is not None and time.time() + (time.time() - t0) / len(history) > deadline:
+        new_epochs = len(history) - resumed_epochs
+        if deadline is not None and time.time() + (time.time() - t0) / new_epochs > deadline:
             raise Deadline
 
     stopped = "epochs"
@@ -181,7 +199,7 @@ def main() -> None:
             stopped = "early_stopping"
     except Deadline:
         stopped = "deadline"
-    train_seconds = time.time() - t0
+    train_seconds = time.time() - t0 + earlier_seconds
     best = max(history, key=lambda h: h[1])  # first epoch with the best score = the saved checkpoint
 
     masked = trainer.evaluate(test_data, load_best_model=True)
@@ -217,6 +235,7 @@ def main() -> None:
         "stopped": stopped, "train_seconds": round(train_seconds, 1), "threads": args.threads,
         "recbole_test_masked": pick(masked), "recbole_test_stock_unmasked": pick(stock),
         "valid_curve": [[e + 1, round(v, 5)] for e, v, _ in history],
+        "resumed_from": args.resume_from, "resumed_epochs": resumed_epochs,
     }
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
