@@ -17,20 +17,21 @@ at the same points of the data in every replay.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, Iterator, NamedTuple, TypeVar
 
 H = TypeVar("H")
 
 MAX_TICKS_PER_JUMP = 10_000  # a huge gap in the data fires only the last ticks
 
 
-@dataclass(order=True)
-class MergeItem(Generic[H]):
+class MergeItem(NamedTuple, Generic[H]):
+    """Ordered by (ts, rank, offset): a tuple, so creating and comparing one stays in C (once per event).
+    No two items share (rank, offset), so ``handle`` is never compared."""
+
     ts: float
     rank: int
     offset: int
-    handle: H = field(compare=False)
+    handle: H
 
 
 class EventTimeMerger(Generic[H]):

@@ -13,6 +13,7 @@ byte-identical) and the index sees micro-batches, not single queries.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -120,9 +121,12 @@ class VectorRecommender:
         v = self.model.item_vector(item_id)
         if v is None:
             return False
-        prev = np.zeros(self.dim, np.float32) if profile.vec_sum is None else np.frombuffer(profile.vec_sum, np.float32)
-        total = self.decay * prev + v  # models.recs.user_vector.update_one, kept in float32 bytes (all float32)
-        profile.vec_sum = total.tobytes()
+        if profile.vec_sum is None:
+            profile.vec_sum = bytearray(v.astype(np.float32).tobytes())  # decay * 0 + v
+        else:  # models.recs.user_vector.update_one (decay * prev + v, float32), in place in the profile's bytes
+            total = np.frombuffer(profile.vec_sum, np.float32)
+            total *= self.decay
+            total += v
         profile.vec_weight = float(self.decay * profile.vec_weight + 1.0)
         profile.vec_count += 1
         return True
@@ -134,38 +138,44 @@ class VectorRecommender:
         if state is None:
             profile.vec_sum, profile.vec_weight, profile.vec_count = None, 0.0, 0
             return
-        profile.vec_sum = np.asarray(state.sum, np.float32).tobytes()
+        profile.vec_sum = bytearray(np.asarray(state.sum, np.float32).tobytes())
         profile.vec_weight, profile.vec_count = float(state.weight), int(state.count)
-        self._segment(profile)
-
-    def _segment(self, profile: Profile) -> None:
-        if self.has_segments and profile.vec_sum is not None:
+        if self.has_segments:
             profile.segment = self.model.segment_of(np.frombuffer(profile.vec_sum, np.float32))
 
-    def vector(self, profile: Profile) -> np.ndarray | None:
+    def _sum(self, profile: Profile) -> np.ndarray | None:
+        """The decayed sum (a view of the profile's bytes: the user vector is it ÷ ``vec_weight``)."""
         if profile.vec_sum is None or profile.vec_weight <= 0 or profile.vec_version != self.version:
             return None
-        return np.frombuffer(profile.vec_sum, np.float32) / np.float32(profile.vec_weight)
+        return np.frombuffer(profile.vec_sum, np.float32)
+
+    def vector(self, profile: Profile) -> np.ndarray | None:
+        total = self._sum(profile)
+        return None if total is None else total / np.float32(profile.vec_weight)
 
     def query(self, profile: Profile) -> Query:
-        v = self.vector(profile)
-        return Query(None if v is None else v.copy(), seen_items(profile))
+        return Query(self.vector(profile), seen_items(profile))  # a new array: later events do not change it
 
     def change_since_rec(self, profile: Profile) -> float:
-        """1 - cosine between the vector now and at the last recommendation (1.0 if there was none)."""
-        v = self.vector(profile)
-        if v is None:
+        """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The
+        cosine of the sum equals that of the vector (a positive multiple): two dot products, no new arrays."""
+        total = self._sum(profile)
+        if total is None:
             return 0.0
         if profile.vec_at_rec is None:
             return 1.0
-        return 1.0 - float(_unit(v) @ np.frombuffer(profile.vec_at_rec, np.float32))
+        norm2 = float(total @ total)
+        if norm2 <= 0.0:
+            return 1.0
+        return 1.0 - float(total @ np.frombuffer(profile.vec_at_rec, np.float32)) / math.sqrt(norm2)
 
     def mark_recommended(self, profile: Profile) -> None:
         """The vector is the reference for "changed enough" from now on; the segment is re-assigned with it
         (segments move slowly: once per recommendation, not per event)."""
-        v = self.vector(profile)
-        profile.vec_at_rec = None if v is None else _unit(v).astype(np.float32).tobytes()
-        self._segment(profile)
+        total = self._sum(profile)
+        profile.vec_at_rec = None if total is None else _unit(total).tobytes()
+        if self.has_segments and total is not None:  # the argmax of centroid cosines is scale-free
+            profile.segment = self.model.segment_of(total)
 
     # --- queries -------------------------------------------------------------------------------------
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],

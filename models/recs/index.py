@@ -31,6 +31,7 @@ IDS_FILE = "item_ids.json"
 META_FILE = "index.json"
 APPROX_KINDS = ("ivf", "ivfpq")
 REFINE_K_FACTOR = 8
+FIRST_PASS_MARGIN = 16  # search_many: first pass asks for k + this many, enough unless more excluded items rank there
 _DIRECT_MAP_LOCK = threading.Lock()
 
 
@@ -180,16 +181,33 @@ class ItemIndex:
 
     def search_many(self, queries: np.ndarray, k: int,
                     exclude: Sequence[set[str] | None] | None = None) -> list[list[tuple[str, float]]]:
+        """Top-k (item, score) per query, skipping each query's excluded items.
+
+        Two passes: first the top ``k + FIRST_PASS_MARGIN`` of every query, which is enough whenever fewer
+        excluded items rank there; then, for the rows that came out short, the top ``k + len(exclusions)``
+        (enough for any row). On a flat index this gives the same items as one search of ``k + the largest
+        exclusion set`` for all rows, at a fraction of the cost (flat search time grows with k)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None]
         if exclude is not None and len(exclude) != len(q):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
         n = len(self.item_ids)
-        extra = max((len(e) for e in exclude if e), default=0) if exclude else 0
-        kk = min(n, k + extra)
-        if len(q) == 0 or kk == 0:
+        if len(q) == 0 or min(n, k) <= 0:
             return [[] for _ in range(len(q))]
+        extra = [len(e) if e else 0 for e in exclude] if exclude else [0] * len(q)
+        kk = min(n, k + min(max(extra), FIRST_PASS_MARGIN))
+        out = self._filtered(q, kk, k, exclude)
+        short = [r for r, row in enumerate(out) if len(row) < k and kk < min(n, k + extra[r])]
+        if short:
+            kk = min(n, k + max(extra[r] for r in short))
+            again = self._filtered(q[short], kk, k, [exclude[r] for r in short] if exclude else None)
+            for r, row in zip(short, again):
+                out[r] = row
+        return out
+
+    def _filtered(self, q: np.ndarray, kk: int, k: int,
+                  exclude: Sequence[set[str] | None] | None) -> list[list[tuple[str, float]]]:
         scores, ids = self._index.search(q, kk)
         scores, ids = scores.tolist(), ids.tolist()  # Python numbers: iterating numpy rows costs more than search
         out = []

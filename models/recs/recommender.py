@@ -141,7 +141,7 @@ class Recommender:
         vec = state.vector() if isinstance(state, uv.UserState) else state
         v = np.asarray(vec, np.float32)
         if v.ndim == 1:  # the stream's case, once per recommendation: the unit centroids' argmax of cosines is
-            return int(np.argmax(self.segments @ v))  # that of dot products (|v| > 0 scales them all alike)
+            return int((self.segments @ v).argmax())  # that of dot products (|v| > 0 scales them all alike)
         from models.recs.segments import assign_segments
 
         return int(assign_segments(self.segments, v)[0])

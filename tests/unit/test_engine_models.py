@@ -11,7 +11,7 @@ from models.recs.segments import train_segments
 from tests.unit.test_engine import DictStore, records, shop
 from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
 from tidewater.events import Click
-from tidewater.profile import DAY
+from tidewater.profile import DAY, decode_profile, encode_profile
 from tidewater.recommending import VectorRecommender
 
 ITEMS = [f"i{i}" for i in range(7)]
@@ -120,3 +120,31 @@ def test_coming_back_starts_the_silence_count_again():
     silent = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
     silent = [round(s["recency_days"]) for s in silent if s["user_id"] == "q" and s["trigger"] == "inactivity"]
     assert silent == [11, 21, 11, 21]
+
+
+class EncodedStore(dict):
+    """Profiles stored as msgpack bytes, as the worker's RocksDB table holds them: every read decodes."""
+
+    def get(self, user_id):
+        raw = super().get(user_id)
+        return None if raw is None else decode_profile(raw)
+
+    def __setitem__(self, user_id, profile):
+        super().__setitem__(user_id, encode_profile(profile))
+
+    def update(self, profiles):
+        for user_id, profile in profiles.items():
+            self[user_id] = profile
+
+
+def test_vectors_fold_in_place_into_decoded_profiles(tmp_path):
+    """The user vector is folded in place into the profile's bytes: a profile decoded from storage must give
+    a writable vector, and the outputs equal those of profiles kept in memory."""
+    model = tiny_recs_version(tmp_path / "v0001-abc")
+    evs = shop(n_users=4, days=20)
+    _, in_memory, reference = run(evs, VectorRecommender(model), batch=7)
+    _, encoded, result = run(evs, VectorRecommender(model), batch=7, store=EncodedStore())
+    assert [o.value for o in result.outputs] == [o.value for o in reference.outputs]
+    for user, profile in in_memory.items():
+        assert isinstance(encoded.get(user).vec_sum, bytearray)
+        assert encoded.get(user).vec_sum == profile.vec_sum

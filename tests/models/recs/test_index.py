@@ -56,6 +56,28 @@ def test_filters_remove_consumed_items(seed, k):
         np.testing.assert_allclose([s for _, s in res[r]], best, rtol=1e-4, atol=1e-4)
 
 
+@settings(max_examples=25)
+@given(st.integers(0, 10**6), st.integers(1, 10), st.integers(0, 80))
+def test_filters_deeper_than_the_first_pass(seed, k, depth):
+    """Excluding a query's whole top ``depth`` (beyond ``k + FIRST_PASS_MARGIN``) sends that row to the second
+    pass; every row still gets the exact top-k of its allowed items, as one deep search would give."""
+    from models.recs.index import FIRST_PASS_MARGIN
+
+    rng = np.random.default_rng(seed)
+    n = 120
+    base = rng.standard_normal((n, 8)).astype(np.float32)
+    q = rng.standard_normal((3, 8)).astype(np.float32)
+    ids = [f"i{j}" for j in range(n)]
+    idx = ItemIndex.build(ids, base, kind="flat", use_gpu=False)
+    order, _ = _brute(base, q, n)
+    exclude = [{ids[j] for j in order[0][:depth]}, None, {ids[order[2][0]]}]
+    res = idx.search_many(q, k, exclude)
+    for r in range(3):
+        allowed = [j for j in order[r] if not exclude[r] or ids[j] not in exclude[r]]
+        assert [it for it, _ in res[r]] == [ids[j] for j in allowed[:k]]
+    assert depth <= k + FIRST_PASS_MARGIN or len(res[0]) == k
+
+
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
 def test_approximate_recall_and_save_load(tmp_path, kind):
     rng = np.random.default_rng(0)
