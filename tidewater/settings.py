@@ -74,8 +74,10 @@ class Settings:
                                        "Consumer group session timeout: how fast a dead worker is noticed.")
     heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S", "Consumer heartbeat interval.")
     producer_max_batch_bytes: int = setting(
-        16384, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
-        "Producer batch size in bytes (larger batches: fewer produce requests).")
+        262144, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
+        "Producer batch size in bytes. A partition has one batch in flight at a time, so a batch's profile "
+        "changelog (about 2.6 kB per user) goes out in this many bytes per round trip; keep it below the "
+        "broker's message.max.bytes (1 MB by default).")
     broker_quirks: str = setting(
         "", "TIDEWATER_BROKER_QUIRKS",
         "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu).")
