@@ -181,8 +181,7 @@ class VectorRecommender:
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
                        popular_counts: Sequence[int]) -> list[Ranked]:
         states = [q.vector for q in queries]
-        exclude = [set(q.exclude) for q in queries]
-        ranked = self.model.recommend_many(states, k, exclude)
+        ranked = self.model.recommend_many(states, k, [q.exclude for q in queries])
         # scores to 6 decimals in one numpy call (round() per score was 10 % of the worker's time)
         rounded = iter(np.round(np.array([score for row in ranked for _, score in row], np.float64), 6).tolist())
         return [[(item, next(rounded)) for item, _ in row] for row in ranked]

@@ -21,7 +21,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import AbstractSet, Sequence
 
 import numpy as np
 
@@ -180,7 +180,7 @@ class ItemIndex:
         return self._index.search(q, k)
 
     def search_many(self, queries: np.ndarray, k: int,
-                    exclude: Sequence[set[str] | None] | None = None) -> list[list[tuple[str, float]]]:
+                    exclude: Sequence[AbstractSet[str] | None] | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (item, score) per query, skipping each query's excluded items.
 
         Two passes: first the top ``k + FIRST_PASS_MARGIN`` of every query, which is enough whenever fewer
@@ -207,7 +207,7 @@ class ItemIndex:
         return out
 
     def _filtered(self, q: np.ndarray, kk: int, k: int,
-                  exclude: Sequence[set[str] | None] | None) -> list[list[tuple[str, float]]]:
+                  exclude: Sequence[AbstractSet[str] | None] | None) -> list[list[tuple[str, float]]]:
         scores, ids = self._index.search(q, kk)
         scores, ids = scores.tolist(), ids.tolist()  # Python numbers: iterating numpy rows costs more than search
         out = []
@@ -291,12 +291,12 @@ class HotSwapIndex:
         return new
 
     def search_many_versioned(self, queries: np.ndarray, k: int,
-                              exclude: Sequence[set[str] | None] | None = None):
+                              exclude: Sequence[AbstractSet[str] | None] | None = None):
         cur = self._current  # one read: the whole batch is answered by one version
         if cur is None:
             raise LookupError("no index loaded yet")
         return cur.version, cur.search_many(queries, k, exclude)
 
     def search_many(self, queries: np.ndarray, k: int,
-                    exclude: Sequence[set[str] | None] | None = None) -> list[list[tuple[str, float]]]:
+                    exclude: Sequence[AbstractSet[str] | None] | None = None) -> list[list[tuple[str, float]]]:
         return self.search_many_versioned(queries, k, exclude)[1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import AbstractSet, Sequence
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class Recommender:
 
     # ---------------------------------------------------------------- recommendations
     def recommend_many(self, user_states: Sequence[uv.UserState | dict | np.ndarray | None], k: int = 10,
-                       exclude: Sequence[set[str] | None] | None = None) -> list[list[tuple[str, float]]]:
+                       exclude: Sequence[AbstractSet[str] | None] | None = None) -> list[list[tuple[str, float]]]:
         """Top-k per user via the FAISS index; users without a vector get `popular_items`."""
         vecs, rows = [], []
         for r, st in enumerate(user_states):
@@ -124,7 +124,7 @@ class Recommender:
                 out[r] = [(it, 0.0) for it in self.popular_items(k, ex)]
         return out
 
-    def popular_items(self, k: int = 10, exclude: set[str] | None = None) -> list[str]:
+    def popular_items(self, k: int = 10, exclude: AbstractSet[str] | None = None) -> list[str]:
         out = []
         for it in self._popular:
             if exclude and it in exclude:
