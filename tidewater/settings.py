@@ -88,7 +88,10 @@ class Settings:
     commit_interval_s: float = setting(1.0, "TIDEWATER_COMMIT_INTERVAL_S", "How often consumed offsets are committed.")
 
     # --- hot path -----------------------------------------------------------------------------------
-    batch_max_events: int = setting(2000, "TIDEWATER_BATCH_MAX_EVENTS", "Largest batch of events applied at once.")
+    batch_max_events: int = setting(
+        5000, "TIDEWATER_BATCH_MAX_EVENTS",
+        "Largest batch of events applied at once (a backlog; live traffic forms smaller batches). Each touched "
+        "profile is written once per batch, so a user with several events in a batch costs one write.")
     batch_max_wait_ms: int = setting(
         50, "TIDEWATER_BATCH_MAX_WAIT_MS",
         "Longest wait for input while the inbox is empty (then timers and idle sources are checked). A batch is "
