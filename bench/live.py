@@ -117,7 +117,7 @@ def synthetic_profiles(n_templates: int = 2000, seed: int = 0):
                 e = Click(event_id=f"{t}-{i}", user_id=p.user_id, ts=ts, item_id=f"item-{rng.integers(100000)}",
                           category=f"cat-{rng.integers(40)}")
             apply(p, e, "clicks/0", i, ts)
-        p.vec_sum = rng.normal(size=64).astype(np.float32).tobytes()
+        p.vec_sum = bytearray(rng.normal(size=64).astype(np.float32).tobytes())
         p.vec_at_rec = rng.normal(size=64).astype(np.float32).tobytes()
         p.vec_weight, p.vec_count, p.vec_version, p.segment = 3.2, n, "v0001-0123abcd", int(rng.integers(8))
         templates.append(p)
