@@ -301,16 +301,16 @@ class Pipeline:
         while True:
             outputs, changelog, done = await self._outbox.get()
             try:
-                if outputs:
-                    await sender.send(outputs)
-                if changelog:
-                    await sender.send(changelog, on_delivered=self._persisted)
-                self._ack(done)
-                self.processed += len(done)
+                if self._send_failed is None:  # after a failure: take batches without sending or acking them,
+                    if outputs:                 # so a batch loop waiting to put one sees the failure, not a hang
+                        await sender.send(outputs)
+                    if changelog:
+                        await sender.send(changelog, on_delivered=self._persisted)
+                    self._ack(done)
+                    self.processed += len(done)
             except Exception as exc:  # noqa: BLE001 - surfaced in the batch loop, which stops the worker
                 log.exception("producing a batch failed")
                 self._send_failed = exc
-                return
             finally:
                 self._outbox.task_done()
 
