@@ -140,8 +140,12 @@ class VectorRecommender:
             return
         profile.vec_sum = bytearray(np.asarray(state.sum, np.float32).tobytes())
         profile.vec_weight, profile.vec_count = float(state.weight), int(state.count)
-        if self.has_segments:
-            profile.segment = self.model.segment_of(np.frombuffer(profile.vec_sum, np.float32))
+        self._segment(profile, np.frombuffer(profile.vec_sum, np.float32))
+
+    def _segment(self, profile: Profile, total: np.ndarray | None) -> None:
+        """The k-means segment of the vector (its decayed sum: the argmax of centroid cosines is scale-free)."""
+        if self.has_segments and total is not None:
+            profile.segment = self.model.segment_of(total)
 
     def _sum(self, profile: Profile) -> np.ndarray | None:
         """The decayed sum (a view of the profile's bytes: the user vector is it ÷ ``vec_weight``)."""
@@ -174,8 +178,7 @@ class VectorRecommender:
         (segments move slowly: once per recommendation, not per event)."""
         total = self._sum(profile)
         profile.vec_at_rec = None if total is None else _unit(total).tobytes()
-        if self.has_segments and total is not None:  # the argmax of centroid cosines is scale-free
-            profile.segment = self.model.segment_of(total)
+        self._segment(profile, total)
 
     # --- queries -------------------------------------------------------------------------------------
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
