@@ -34,15 +34,20 @@ def test_flat_index_returns_exact_neighbours(n, d, k, seed):
             assert float(q[r] @ base[int(item[1:])]) == pytest.approx(s, rel=1e-4, abs=1e-4)
 
 
+def _random_flat_index(rng, n, n_queries, d=8):
+    """Ids i0..i{n-1} with random vectors in a flat index, and random queries."""
+    base = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((n_queries, d)).astype(np.float32)
+    ids = [f"i{j}" for j in range(n)]
+    return ids, base, q, ItemIndex.build(ids, base, kind="flat", use_gpu=False)
+
+
 @settings(max_examples=25)
 @given(st.integers(0, 10**6), st.integers(1, 10))
 def test_filters_remove_consumed_items(seed, k):
     rng = np.random.default_rng(seed)
     n = 60
-    base = rng.standard_normal((n, 8)).astype(np.float32)
-    q = rng.standard_normal((4, 8)).astype(np.float32)
-    ids = [f"i{j}" for j in range(n)]
-    idx = ItemIndex.build(ids, base, kind="flat", use_gpu=False)
+    ids, base, q, idx = _random_flat_index(rng, n, n_queries=4)
     unfiltered = idx.search_many(q, k)
     exclude = [set(ids[j] for j in rng.choice(n, rng.integers(0, 50), replace=False)) for _ in range(4)]
     exclude[0] |= {it for it, _ in unfiltered[0]}  # drop the whole unfiltered top-k of query 0
@@ -65,10 +70,7 @@ def test_filters_deeper_than_the_first_pass(seed, k, depth):
 
     rng = np.random.default_rng(seed)
     n = 120
-    base = rng.standard_normal((n, 8)).astype(np.float32)
-    q = rng.standard_normal((3, 8)).astype(np.float32)
-    ids = [f"i{j}" for j in range(n)]
-    idx = ItemIndex.build(ids, base, kind="flat", use_gpu=False)
+    ids, base, q, idx = _random_flat_index(rng, n, n_queries=3)
     order, _ = _brute(base, q, n)
     exclude = [{ids[j] for j in order[0][:depth]}, None, {ids[order[2][0]]}]
     res = idx.search_many(q, k, exclude)
