@@ -83,29 +83,33 @@ def export_split(split, data_dir: Path) -> None:
         "valid": [ids[split.valid[u]] for u in ev], "test": [ids[split.test[u]] for u in ev]}))
 
 
-def score_peer(split, scores_path: Path) -> dict:
-    """Our evaluation code on the peer's exported scores (history excluded, ties by item index)."""
+def score_peer(split, scores_path: Path) -> tuple[dict, "np.ndarray"]:
+    """Our evaluation code on the peer's exported scores (history excluded, ties by item index).
+
+    Returns the headline metrics and the per-user ranks (for the paired comparison with ours)."""
     import numpy as np
 
-    from models.recs.evaluation import evaluate_scorer, headline
+    from models.recs.evaluation import headline, metrics_from_ranks, scorer_ranks
 
     scores = np.load(scores_path)
     row = {int(u): r for r, u in enumerate(split.eval_users)}
-    m = evaluate_scorer(lambda ub, hb: scores[[row[int(u)] for u in ub]], split, "test")
-    return {**headline(m), "users": m["users"]}
+    ranks = scorer_ranks(lambda ub, hb: scores[[row[int(u)] for u in ub]], split, "test")
+    m = metrics_from_ranks(ranks)
+    return {**headline(m), "users": m["users"]}, ranks
 
 
-def run_ours(split, texts, threads: int) -> dict:
-    from models.recs.evaluation import evaluate_scorer, headline
+def run_ours(split, texts, threads: int) -> tuple[dict, "np.ndarray"]:
+    from models.recs.evaluation import headline, metrics_from_ranks, scorer_ranks
     from models.recs.pipeline import make_config, set_threads, train_model
 
     set_threads(threads)
     t0 = time.time()
     cfg = make_config("seqlinear", seed=0, threads=threads)
     model, res = train_model(split, texts, cfg, progress=False, log=log)
-    m = evaluate_scorer(model.score, split, "test")
+    ranks = scorer_ranks(model.score, split, "test")
+    m = metrics_from_ranks(ranks)
     return {**headline(m), "users": m["users"], "arch": "seqlinear", "seconds": round(time.time() - t0, 1),
-            "valid_ndcg@10": round(res.best_valid_ndcg10 or 0.0, 6)}
+            "valid_ndcg@10": round(res.best_valid_ndcg10 or 0.0, 6)}, ranks
 
 
 def main() -> None:
@@ -123,7 +127,7 @@ def main() -> None:
     for k, v in THREAD_ENV.items():
         os.environ.setdefault(k, v)
 
-    from models.recs.evaluation import leave_one_out
+    from models.recs.evaluation import leave_one_out, ndcg_at_10, paired_bootstrap_diff
     from models.recs.pipeline import load_log
 
     name, df, texts = load_log(args.interactions)
@@ -147,7 +151,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **THREAD_ENV})
         seconds = round(time.time() - t0, 1)
     peer = json.loads((run_dir / "out" / "result.json").read_text())
-    ours_on_peer = score_peer(split, run_dir / "out" / "scores.npy")
+    ours_on_peer, peer_ranks = score_peer(split, run_dir / "out" / "scores.npy")
     rb = peer["recbole_test_masked"]
     agree = max(abs(rb[k] - ours_on_peer[k]) for k in rb)
     out = {"dataset": name, "users": int(len(split.eval_users)), "items": split.n_items,
@@ -161,10 +165,12 @@ def main() -> None:
                "run_dir": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir)}}}
     if not args.skip_model:
         log("training our model (seqlinear) on the same split")
-        out["model"] = run_ours(split, texts, args.threads)
+        out["model"], our_ranks = run_ours(split, texts, args.threads)
         p = out["peers"]["recbole_sasrec"]
         out["model_vs_peer"] = {k: round(out["model"][k] / p[k], 4) if p[k] else None
                                 for k in ("ndcg@10", "hit@10", "mrr@10", "recall@20")}
+        # same users, same targets: resample users to see whether the gap is more than noise
+        out["model_minus_peer_ndcg@10"] = paired_bootstrap_diff(ndcg_at_10(our_ranks), ndcg_at_10(peer_ranks))
     print(json.dumps(out))
 
 

@@ -182,11 +182,11 @@ def metrics_from_ranks(ranks: np.ndarray, k_max: int = K_MAX) -> dict:
 ScoreFn = Callable[[np.ndarray, list[np.ndarray]], np.ndarray]
 
 
-def evaluate_scorer(
+def scorer_ranks(
     score: ScoreFn, split: Split, stage: str = "test", users: np.ndarray | None = None,
     batch: int = 512, progress: str | None = None,
-) -> dict:
-    """Rank the stage target of each evaluated user with ``score(user_idx, histories) -> (b, n_items)``."""
+) -> np.ndarray:
+    """0-based rank of the stage target of each evaluated user, scored by ``score(user_idx, histories)``."""
     users = split.eval_users if users is None else np.asarray(users)
     hist = split.history(stage)
     targets = split.targets(stage)
@@ -201,7 +201,34 @@ def evaluate_scorer(
         hb = [hist[u] for u in ub]
         s = np.asarray(score(ub, hb), dtype=np.float64)
         ranks.append(ranks_from_scores(s, targets[ub], hb))
-    return metrics_from_ranks(np.concatenate(ranks))
+    return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+
+
+def evaluate_scorer(
+    score: ScoreFn, split: Split, stage: str = "test", users: np.ndarray | None = None,
+    batch: int = 512, progress: str | None = None,
+) -> dict:
+    """Metrics of ``score`` on the stage targets (see :func:`scorer_ranks`)."""
+    return metrics_from_ranks(scorer_ranks(score, split, stage, users, batch, progress))
+
+
+def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
+    """Per-user NDCG@10 from 0-based ranks (one target per user)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of per-user ``a - b`` with a 95 % percentile CI from resampling users (paired)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("paired bootstrap needs two equal-length, non-empty arrays")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": round(float(d.mean()), 6), "ci95": [round(float(lo), 6), round(float(hi), 6)],
+            "n_boot": n_boot, "users": int(d.size)}
 
 
 def headline(metrics: dict) -> dict:

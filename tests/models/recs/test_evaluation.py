@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from hypothesis import given, strategies as st
 
-from models.recs.evaluation import leave_one_out, metrics_from_ranks, normalize_log, ranks_from_scores
+from models.recs.evaluation import (leave_one_out, metrics_from_ranks, ndcg_at_10, normalize_log,
+                                    paired_bootstrap_diff, ranks_from_scores)
 
 from .helpers import sequential_log
 
@@ -77,3 +78,21 @@ def test_bad_log_rejected():
         normalize_log(pd.DataFrame({"user_id": [1], "item_id": [2]}))
     with pytest.raises(ValueError):
         normalize_log(pd.DataFrame({"user_id": [1], "item_id": [2], "ts": ["not a time"]}))
+
+
+def test_per_user_ndcg_averages_to_the_headline():
+    ranks = np.array([0, 3, 9, 10, 57])
+    assert ndcg_at_10(ranks).tolist()[:2] == [1.0, 1.0 / math.log2(5)]
+    assert ndcg_at_10(ranks)[3:].tolist() == [0.0, 0.0]
+    assert ndcg_at_10(ranks).mean() == pytest.approx(metrics_from_ranks(ranks)["ndcg@10"])
+
+
+def test_paired_bootstrap_separates_a_real_gap_from_noise():
+    rng = np.random.default_rng(1)
+    b = rng.random(2000)
+    better = paired_bootstrap_diff(b + 0.05, b)
+    assert better["diff"] == pytest.approx(0.05) and better["ci95"][0] > 0.04
+    same = paired_bootstrap_diff(rng.permutation(b), b)
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff(b, b[:-1])
