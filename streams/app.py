@@ -16,6 +16,7 @@ owner re-reads from the committed offsets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any, Callable
@@ -36,6 +37,19 @@ log = logging.getLogger("tidewater.worker")
 PROFILES_TABLE = "profiles"
 GATHER_STEP_S = 0.001  # a batch keeps growing while each millisecond brings more records
 STATE_TABLE = "partition-state"
+
+
+def freeze_heap() -> float:
+    """Move every object alive now (the imported libraries, the loaded models) out of the cyclic garbage
+    collector's reach; returns the seconds it took. With torch and transformers loaded, a full collection
+    walks millions of long-lived objects: measured at 2,000 events/s, 100-210 ms pauses of the event loop
+    and the engine thread, far above the latency of a batch. Unfreeze first so that objects frozen before
+    (an old model after a hot reload) can be collected."""
+    started = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - started
 
 
 class ProfileCache:
@@ -130,12 +144,15 @@ class Pipeline:
             self._space.clear()
             await self._space.wait()
         self.inbox.extend(records)
+        wall = time.time()
+        metrics.observe_many(metrics.FETCH_AGE, [wall - r.timestamp / 1000.0 for r in records if r.timestamp is not None])
         self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
 
     # --- the batch loop --------------------------------------------------------------------------------
     async def run(self) -> None:
         last_idle = last_poll = time.monotonic()
         await self.reload_models()
+        log.info("froze the start-up heap for the garbage collector in %.2f s", freeze_heap())
         sending = asyncio.ensure_future(self._send_loop())
         self.ready = True
         try:
@@ -192,6 +209,8 @@ class Pipeline:
                 for engine in self.engines.values():
                     engine.scorer = self.churn_slot.scorer
                     engine.recommender = self.recs_slot.recommender
+            if self.ready:  # a hot reload: free the old model, freeze the new one (one pause, at the swap)
+                freeze_heap()
 
     def engine(self, partition: int) -> Any:
         engine = self.engines.get(partition)

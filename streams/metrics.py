@@ -39,6 +39,10 @@ RECORD_AGE = Histogram("tidewater_record_age_seconds",
                        "Wall time from an input record's Kafka timestamp to its outputs being handed to the producer "
                        "(end-to-end freshness; includes broker, fetch and event-time merge waits)",
                        registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+FETCH_AGE = Histogram("tidewater_fetch_age_seconds",
+                      "Wall time from an input record's Kafka timestamp to its arrival in the worker's inbox (the "
+                      "broker and fetch part of tidewater_record_age_seconds)",
+                      registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
 BATCH_SECONDS = RecentHistogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
                                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users (queries) per model call", ["model"],
