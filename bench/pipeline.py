@@ -54,14 +54,16 @@ async def create(bs: str, *topics: str, partitions: int = 4) -> None:
         await admin.close()
 
 
-async def prefill(bs: str, topic: str, n: int, tidewater: bool = False) -> None:
+async def prefill(bs: str, topic: str, n: int, tidewater: bool = False, span_s: float | None = None) -> None:
+    """``span_s``: event time covered by the Tidewater input (default: the peers' 1 ms per event)."""
     producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     futures = []
     for i in range(n):
         user, value = peer_event(i)
         if tidewater:
-            value = {"type": "purchase", "event_id": f"b{i}", "user_id": user, "ts": value["ts"],
+            ts = value["ts"] if span_s is None else 1_800_000_000.0 + i * span_s / n
+            value = {"type": "purchase", "event_id": f"b{i}", "user_id": user, "ts": ts,
                      "amount": value["amount"], "item_id": str(1 + (i * 7919) % 1682)}  # ml-100k ids: the recs model knows them
         futures.append(await producer.send(topic, key=user.encode(), value=json.dumps(value).encode()))
     await asyncio.gather(*futures)
@@ -150,7 +152,7 @@ def run_faust_trivial(bs: str, topic: str, n: int, tmp: Path) -> float | None:
 
 
 def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: str, quirks: str,
-                  profile_dir: Path | None = None) -> tuple[float, int]:
+                  profile_dir: Path | None = None) -> tuple[float, int | dict[str, int]]:
     """Start a worker on a fresh app id, time from the first processed record to the n-th (via /stats)."""
     app_id = f"tw-{'same' if same_work else 'full'}-{time.time_ns() % 10**8}"
     port = free_port()
@@ -200,8 +202,11 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
     if processed < n:
         log(f"tidewater ({'same work' if same_work else 'pipeline'}) processed {processed}/{n}; log in {tmp}")
     eps = (processed - n0) / dt if t0 and dt > 0 else 0.0
-    outputs = asyncio.run(count_topic(bs, out_recs)) if same_work else -1
-    return eps, outputs
+    if same_work:
+        return eps, asyncio.run(count_topic(bs, out_recs))
+    counts = {name: asyncio.run(count_topic(bs, f"{app_id}-{suffix}"))
+              for name, suffix in (("recommendations", "recs"), ("churn_scores", "churn"), ("offers", "offers"))}
+    return eps, counts
 
 
 def main() -> None:
@@ -211,6 +216,9 @@ def main() -> None:
     parser.add_argument("--broker", default="tansu", choices=("tansu", "noida"))
     parser.add_argument("--only", default="raw,faust,peers,same,pipeline",
                         help="comma-separated subset of: raw, faust, peers, same, pipeline")
+    parser.add_argument("--days", type=float, default=10.0,
+                        help="event time the full pipeline's input spans: daily ticks score the users active that day "
+                             "(churn model, offers); 0 = the peers' 1 ms per event, where no tick is crossed")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="sample the Tidewater workers with py-spy (pip install py-spy) into DIR/*.txt")
     args = parser.parse_args()
@@ -227,7 +235,7 @@ def main() -> None:
         log(f"broker {args.broker} on {bs}; pre-filling {n} events")
         asyncio.run(create(bs, "pb-in", "tw-in-clicks", "tw-in-purchases"))
         asyncio.run(prefill(bs, "pb-in", n))
-        asyncio.run(prefill(bs, "tw-in-purchases", n, tidewater=True))
+        asyncio.run(prefill(bs, "tw-in-purchases", n, tidewater=True, span_s=args.days * 86400.0 or None))
         if "raw" in only:
             results["raw_consume_eps"] = round(asyncio.run(raw_consume(bs, "pb-in", n)))
             log("raw consume", results["raw_consume_eps"])
@@ -247,10 +255,12 @@ def main() -> None:
             results["same_work_eps"], results["same_work_outputs"] = round(eps), outputs
             log("tidewater same work", eps, "outputs", outputs)
         if "pipeline" in only:
-            eps, _ = run_tidewater(bs, n, tmp, same_work=False, input_topic="tw-in", quirks=quirks,
-                                   profile_dir=args.profile)
+            eps, counts = run_tidewater(bs, n, tmp, same_work=False, input_topic="tw-in", quirks=quirks,
+                                        profile_dir=args.profile)
             results["pipeline_eps"] = round(eps)
-            log("tidewater pipeline", eps)
+            results["pipeline_days"] = args.days
+            results["pipeline_outputs"] = counts
+            log("tidewater pipeline", eps, counts)
     finally:
         broker.stop()
     peers = [results.get("quix_stateful_eps"), results.get("bytewax_stateful_eps")]

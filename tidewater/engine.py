@@ -173,6 +173,7 @@ class PartitionEngine:
         self._result = BatchResult()
         self._cache: dict[str, Profile] = {}
         self._pending_recs: list[_PendingRec] = []
+        self._max_pushed_ts = float("-inf")  # latest event time handed to the merge (see ``scoring_bound``)
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
@@ -196,6 +197,31 @@ class PartitionEngine:
             self._dead_letter(record, decoded)
             return
         self.merger.push(record.topic, decoded.ts, record.offset, _Valid(record, decoded), now)
+        if decoded.ts > self._max_pushed_ts:
+            self._max_pushed_ts = decoded.ts
+
+    def scoring_bound(self) -> int:
+        """At most how many users the next ``on_notify`` can score: 0 when the events waiting in the merge
+        cannot cross the next event-time tick (scoring only happens at ticks). The worker uses it to decide
+        whether a batch may run on the event loop without blocking it for long (``streams/app.py``)."""
+        waiting = self.merger.pending()
+        if not waiting:
+            return 0
+        next_tick = self.state.next_tick
+        if next_tick == 0.0:  # the first event sets the first tick: any later event may cross it
+            earliest = min(item.ts for queue in self.merger.queues.values() for item in queue)
+            next_tick = first_tick_after(earliest, self.config.tick_s)
+        if self._max_pushed_ts < next_tick:
+            return 0
+        bound = len(self._active_since_tick) + waiting  # an event makes at most one more user active
+        cfg, scanned = self.config, self.state.inactivity_scanned
+        if self._by_day:
+            first_day = min(self._by_day)
+            for level in range(1 + max(0, cfg.inactivity_rescores)):  # as _scan_inactive, up to the latest tick
+                horizon = int((self._max_pushed_ts - cfg.inactivity_gap_s - level * cfg.inactivity_rescore_s) // DAY)
+                start = (scanned[level] if level < len(scanned) else 0) or first_day
+                bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
+        return bound
 
     def on_notify(self, now: float, caught_up: frozenset[str] = frozenset()) -> BatchResult:
         """``caught_up``: input topics whose partition has been handed over up to its high watermark."""

@@ -96,6 +96,15 @@ class Settings:
         50, "TIDEWATER_BATCH_MAX_WAIT_MS",
         "Longest wait for input while the inbox is empty (then timers and idle sources are checked). A batch is "
         "whatever arrived while the previous one was processed: no waiting to fill it.")
+    inline_min_events: int = setting(
+        1000, "TIDEWATER_INLINE_MIN_EVENTS",
+        "Batches of at least this many events (a backlog) run on the event loop instead of the executor thread, "
+        "unless their ticks may score more users than TIDEWATER_INLINE_MAX_SCORING: no GIL hand-overs between "
+        "two busy threads (faster), but no fetching meanwhile (smaller batches keep the executor: latency).")
+    inline_max_scoring: int = setting(
+        2048, "TIDEWATER_INLINE_MAX_SCORING",
+        "A batch whose ticks may score more users than this runs in the executor, so the event loop (consumer "
+        "heartbeats, /metrics) never stops for long.")
     max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
                                    "Records larger than this go to the dead-letter topic (oversized).")
     source_idle_ms: int = setting(

@@ -1,6 +1,7 @@
 """The pure partition engine, driven like a Bytewax testing source → sink, with no broker."""
 import json
 
+import msgspec
 from hypothesis import given, settings, strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, Record, run_to_completion
@@ -155,3 +156,44 @@ def test_a_failing_scorer_falls_back_to_the_placeholder_and_the_stream_goes_on()
     assert scores and {s["model_version"] for s in scores} == {"heuristic:recency-v1"}
     assert engine.counters[("scoring_errors", "model:broken")] > 0
     assert len(result.done) == len(evs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_users=st.integers(1, 8), days=st.integers(5, 120), batch=st.integers(1, 60))
+def test_scoring_bound_is_an_upper_bound_and_zero_only_without_scoring(n_users, days, batch):
+    """The worker runs a batch on its event loop only when ``scoring_bound`` is small: it must never
+    under-count the churn scores that the next ``on_notify`` emits."""
+    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY, inactivity_rescore_s=7 * DAY), DictStore())
+    recs = records([msgspec.structs.replace(e, ts=e.ts + 1000 * DAY) for e in shop(n_users, days)])
+    scored_total = 0
+    for start in range(0, len(recs) + batch, batch):
+        for record in recs[start:start + batch]:
+            engine.on_record(record, 0.0)
+        now = 0.0 if start < len(recs) else 1e18  # the last round releases everything, as at the end of a replay
+        bound = engine.scoring_bound()
+        result = engine.on_notify(now)
+        engine.store.update(result.profiles)
+        scored = sum(e.topic == "churn-scores" for e in result.outputs)
+        assert scored <= bound
+        scored_total += scored
+    assert scored_total > 0
+
+
+def test_scoring_bound_is_zero_while_no_tick_can_be_crossed():
+    engine = PartitionEngine(0, EngineConfig(), DictStore())
+    day = 1000 * DAY
+    first = [Click(event_id="a", user_id="u1", ts=day + 60, item_id="i1"),
+             Purchase(event_id="b", user_id="u1", ts=day + 120, amount=5.0, item_id="i1")]
+    for record in records(first):
+        engine.on_record(record, 0.0)
+    assert engine.scoring_bound() == 0  # the first tick is the next midnight
+    engine.on_notify(1e18)
+    later = records([Click(event_id="c", user_id="u2", ts=day + 3600, item_id="i2")])
+    engine.on_record(Record("clicks", 0, 1, later[0].key, later[0].value), 1e18)
+    assert engine.scoring_bound() == 0
+    engine.on_notify(1e18)
+    engine.on_record(Record("clicks", 0, 2, b"u1", encode_event(
+        Click(event_id="d", user_id="u1", ts=day + DAY, item_id="i2"))), 1e18)
+    assert engine.scoring_bound() >= 2  # midnight is crossed: both active users may be scored
+    result = engine.on_notify(1e18)
+    assert sum(e.topic == "churn-scores" for e in result.outputs) == 2
