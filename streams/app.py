@@ -146,8 +146,9 @@ class Pipeline:
             self._space.clear()
             await self._space.wait()
         self.inbox.extend(records)
-        wall = time.time()
-        metrics.observe_many(metrics.FETCH_AGE, [wall - r.timestamp / 1000.0 for r in records if r.timestamp is not None])
+        wall = time.time()  # Kafka timestamps are in ms
+        metrics.observe_many(metrics.FETCH_AGE,
+                             [wall - r.timestamp / 1000.0 for r in records if r.timestamp is not None])
         self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
 
     # --- the batch loop --------------------------------------------------------------------------------
@@ -285,8 +286,8 @@ class Pipeline:
 
     def _step(self, partitions: list[int], now: float,
               caught_up: dict[int, frozenset[str]]) -> list[tuple[int, Any, list[tuple[bytes, bytes]], bytes | None]]:
-        """The engines' part of a batch after ``_apply``: on the event loop (``_inline``) or in the executor
-        thread, then in one hop per batch, not one per partition (each hop is a GIL hand-over between two
+        """The engines' part of a batch after ``_apply``, on the event loop (``_inline``) or in the executor
+        thread; there in one hop per batch, not one per partition (each hop is a GIL hand-over between two
         busy threads, which showed up as latency)."""
         steps = []
         for partition in partitions:
