@@ -29,6 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from worker_rate import acked_rate  # noqa: E402
 
 
 def log(*args: object) -> None:
@@ -342,20 +345,18 @@ def bench_scale(bs: str, tmp: Path, n: int) -> dict:
             procs.append(proc)
             ports.append(port)
         try:
-            t0 = n0 = None
             total = 0
             deadline = time.time() + 900
             while total < n and time.time() < deadline:
                 total = sum(stats(p).get("processed", 0) for p in ports)
-                if total and t0 is None:
-                    t0, n0 = time.perf_counter(), total
-                time.sleep(0.1)
-            dt = time.perf_counter() - t0
-            out[f"workers_{workers}_eps"] = round((total - n0) / dt)
-            log("scale", workers, out[f"workers_{workers}_eps"])
+                time.sleep(0.2)
+            rate = acked_rate([stats(p) for p in ports])  # timed by the workers' own acks
+            out[f"workers_{workers}_eps"] = round(rate) if rate else None
+            log("scale", workers, out[f"workers_{workers}_eps"], "processed", total, "of", n)
         finally:
             stop(procs)
-    out["ratio_2_workers_vs_1"] = round(out["workers_2_eps"] / out["workers_1_eps"], 2)
+    one, two = out["workers_1_eps"], out["workers_2_eps"]
+    out["ratio_2_workers_vs_1"] = round(two / one, 2) if one and two else None
     return out
 
 
@@ -366,7 +367,7 @@ def main() -> None:
     parser.add_argument("--scoring-events", type=int, default=20_000, help="CDNOW events for the scoring ratio.")
     parser.add_argument("--rate", type=float, default=2000.0, help="Offered events/s for the latency run.")
     parser.add_argument("--seconds", type=float, default=20.0, help="Length of each latency run.")
-    parser.add_argument("--scale-events", type=int, default=60_000)
+    parser.add_argument("--scale-events", type=int, default=200_000)
     args = parser.parse_args()
     only = set(args.only.split(","))
     results: dict = {}

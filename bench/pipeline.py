@@ -21,17 +21,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from infra.broker import EmbeddedBroker, free_port  # noqa: E402
+from worker_rate import acked_rate  # noqa: E402
 
 PEER_VENVS = ROOT / ".bench"
 PEERS = {"quix": ("venv-quix", ["quixstreams"]), "bytewax": ("venv-bw", ["bytewax[kafka]==0.21.1"])}
@@ -178,20 +180,17 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
                "--nonblocking", "-o", str(out), "--", *cmd]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{app_id}.log", "w"),
                             start_new_session=True)  # its own process group: py-spy's child is stopped with it
-    t0 = n0 = None
-    processed = 0
+    processed, last = 0, {}
     deadline = time.time() + 900
     try:
         while processed < n and time.time() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as resp:
-                    processed = json.loads(resp.read())["processed"]
+                    last = json.loads(resp.read())
+                    processed = last["processed"]
             except (OSError, ValueError):
-                processed = 0
-            if processed and t0 is None:
-                t0, n0 = time.perf_counter(), processed
+                pass
             time.sleep(0.1)
-        dt = time.perf_counter() - t0 if t0 else float("nan")
     finally:
         # py-spy writes its profile on SIGINT (and passes it on to the worker)
         proc.send_signal(signal.SIGINT) if profile_dir is not None else proc.terminate()
@@ -202,7 +201,7 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
             pass
     if processed < n:
         log(f"tidewater ({'same work' if same_work else 'pipeline'}) processed {processed}/{n}; log in {tmp}")
-    eps = (processed - n0) / dt if t0 and dt > 0 else 0.0
+    eps = acked_rate([last]) or 0.0  # timed by the worker's own acks (bench/worker_rate.py)
     if same_work:
         return eps, asyncio.run(count_topic(bs, out_recs))
     counts = {name: asyncio.run(count_topic(bs, f"{app_id}-{suffix}"))

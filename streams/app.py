@@ -52,6 +52,28 @@ def freeze_heap() -> float:
     return time.perf_counter() - started
 
 
+class AckTimes:
+    """Wall time of the first and the latest acked batch, and how many records the first one held: a backlog's
+    processing rate is ``(acked - first_count) / (last_at - first_at)``, timed by the worker itself (a poller
+    of /stats sees steps of a whole batch, late while a big batch runs on the event loop)."""
+
+    def __init__(self) -> None:
+        self.first_at: float | None = None
+        self.first_count = 0
+        self.last_at: float | None = None
+        self.acked_total = 0
+
+    def acked(self, n: int, now: float) -> None:
+        if self.first_at is None:
+            self.first_at, self.first_count = now, n
+        self.last_at = now
+        self.acked_total += n
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {"first_at": self.first_at, "first_count": self.first_count, "last_at": self.last_at,
+                "acked": self.acked_total}
+
+
 class ProfileCache:
     """Decoded profiles of the users this worker owns, written through after every batch (a RocksDB read and
     a msgpack decode per event measured as 15 % of the worker's CPU). Shared by the partitions' views."""
@@ -116,6 +138,7 @@ class Pipeline:
         self.cache = ProfileCache()
         self.tables: dict[int, tuple[PartitionTable, PartitionTable]] = {}  # partition -> (profiles, states)
         self.processed = 0
+        self.throughput = AckTimes()  # GET /stats: when acks started and ended (benchmarks time the worker)
         self.dropped_at_rebalance = 0
         self.live = LiveStats(settings)  # what GET /dashboard shows (streams/live_stats.py)
         self.inbox: list[Any] = []
@@ -352,6 +375,8 @@ class Pipeline:
                         await sender.send(changelog, on_delivered=self._persisted)
                     self._ack(done)
                     self.processed += len(done)
+                    if done:
+                        self.throughput.acked(len(done), time.time())
             except Exception as exc:  # noqa: BLE001 - surfaced in the batch loop, which stops the worker
                 log.exception("producing a batch failed")
                 self._send_failed = exc

@@ -92,7 +92,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             for engine in pipeline.engines.values():
                 for (name, label), n in getattr(engine, "counters", {}).items():
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
-            return self.json({"processed": pipeline.processed, "counters": counters,
+            return self.json({"processed": pipeline.processed, "acks": pipeline.throughput.as_dict(),
+                              "counters": counters,
                               "watermarks": {p: getattr(e.state, "watermark", None) for p, e in pipeline.engines.items()}})
 
     # --- the dashboard: one self-contained page polling dashboard.json ---------------------------------
