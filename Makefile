@@ -50,7 +50,7 @@ test: install chromium
 test-fast: install
 	$(PY) -m pytest -q tests/unit
 
-bench: install
+bench: install models
 	$(PY) bench/pipeline.py
 
 bench-live: install models

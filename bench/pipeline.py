@@ -2,7 +2,8 @@
 
 1. raw aiokafka consume (the ceiling)            4. Bytewax stateful (peer; own venv)
 2. a trivial Faust agent                          5. Tidewater's engine on the same task (bench/apps/same_work.py)
-3. Quix Streams stateful (peer; own venv)         6. the full Tidewater pipeline (tidewater worker)
+3. Quix Streams stateful (peer; own venv)         6. the full Tidewater pipeline (tidewater worker, with the
+                                                     models of var/registry: `make models` trains them)
 
 The peers' task: per-user count + sum in persisted state, one output per event (../shared/peerbench). Each
 stateful run's output topic is counted. The last line is one JSON object with the events/s and the ratios.
@@ -224,6 +225,9 @@ def main() -> None:
                         help="sample the Tidewater workers with py-spy (pip install py-spy) into DIR/*.txt")
     args = parser.parse_args()
     only = {part.strip() for part in args.only.split(",")}
+    missing = [kind for kind in ("churn", "recs") if not (ROOT / "var/registry" / kind / "current").exists()]
+    if "pipeline" in only and missing:  # the worker would fall back to placeholders: not the full pipeline
+        parser.error(f"no {' or '.join(missing)} model in var/registry: run `make models` first")
     if args.profile is not None and not (Path(sys.executable).parent / "py-spy").exists():
         parser.error("--profile needs py-spy in this environment: .venv/bin/pip install py-spy")
     n = args.events
