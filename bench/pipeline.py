@@ -157,7 +157,8 @@ def run_faust_trivial(bs: str, topic: str, n: int, tmp: Path) -> float | None:
 
 def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: str, quirks: str,
                   profile_dir: Path | None = None) -> tuple[float, int | dict[str, int]]:
-    """Start a worker on a fresh app id, time from the first processed record to the n-th (via /stats)."""
+    """Start a worker on a fresh app id, wait until it has processed all n records (GET /stats) and take its
+    rate from its own ack times (``bench/worker_rate.py``)."""
     app_id = f"tw-{'same' if same_work else 'full'}-{time.time_ns() % 10**8}"
     port = free_port()
     out_recs = f"{app_id}-recs"

@@ -10,11 +10,11 @@ from typing import Any, Iterable
 
 def acked_rate(stats: Iterable[dict[str, Any]]) -> float | None:
     """Records/s over all workers, from the earliest first ack to the latest ack; None before two acks."""
-    acks = [s["acks"] for s in stats if (s.get("acks") or {}).get("first_at") is not None]
-    if not acks:
+    started = [s for s in stats if (s.get("acks") or {}).get("first_at") is not None]
+    if not started:
         return None
-    first = min(acks, key=lambda a: a["first_at"])
-    window = max(a["last_at"] for a in acks) - first["first_at"]
+    first = min((s["acks"] for s in started), key=lambda a: a["first_at"])
+    window = max(s["acks"]["last_at"] for s in started) - first["first_at"]
     if window <= 0:
         return None
-    return (sum(a["acked"] for a in acks) - first["first_count"]) / window
+    return (sum(s["processed"] for s in started) - first["first_count"]) / window

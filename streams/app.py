@@ -53,25 +53,23 @@ def freeze_heap() -> float:
 
 
 class AckTimes:
-    """Wall time of the first and the latest acked batch, and how many records the first one held: a backlog's
-    processing rate is ``(acked - first_count) / (last_at - first_at)``, timed by the worker itself (a poller
-    of /stats sees steps of a whole batch, late while a big batch runs on the event loop)."""
+    """Wall time of the first and the latest acked batch, and how many records the first one held: with the
+    records acked so far (``Pipeline.processed``), a backlog's processing rate is
+    ``(processed - first_count) / (last_at - first_at)``, timed by the worker itself (a poller of /stats sees
+    steps of a whole batch, late while a big batch runs on the event loop)."""
 
     def __init__(self) -> None:
         self.first_at: float | None = None
         self.first_count = 0
         self.last_at: float | None = None
-        self.acked_total = 0
 
     def acked(self, n: int, now: float) -> None:
         if self.first_at is None:
             self.first_at, self.first_count = now, n
         self.last_at = now
-        self.acked_total += n
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {"first_at": self.first_at, "first_count": self.first_count, "last_at": self.last_at,
-                "acked": self.acked_total}
+        return {"first_at": self.first_at, "first_count": self.first_count, "last_at": self.last_at}
 
 
 class ProfileCache:
