@@ -214,13 +214,8 @@ class PartitionEngine:
         if self._max_pushed_ts < next_tick:
             return 0
         bound = len(self._active_since_tick) + waiting  # an event makes at most one more user active
-        cfg, scanned = self.config, self.state.inactivity_scanned
-        if self._by_day:
-            first_day = min(self._by_day)
-            for level in range(1 + max(0, cfg.inactivity_rescores)):  # as _scan_inactive, up to the latest tick
-                horizon = int((self._max_pushed_ts - cfg.inactivity_gap_s - level * cfg.inactivity_rescore_s) // DAY)
-                start = (scanned[level] if level < len(scanned) else 0) or first_day
-                bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
+        for _level, start, horizon in self._inactivity_days(self._max_pushed_ts):  # up to the latest tick
+            bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
         return bound
 
     def on_notify(self, now: float, caught_up: frozenset[str] = frozenset()) -> BatchResult:
@@ -396,17 +391,25 @@ class PartitionEngine:
 
     def _scan_inactive(self, tick: float, candidates: dict[str, tuple[str, int]]) -> None:
         """Users whose last activity day has just fallen behind an inactivity level's horizon."""
-        cfg, scanned = self.config, self.state.inactivity_scanned
-        levels = 1 + max(0, cfg.inactivity_rescores)
-        if len(scanned) < levels:
-            scanned.extend([0] * (levels - len(scanned)))
-        for level in range(levels):
-            horizon_day = int((tick - cfg.inactivity_gap_s - level * cfg.inactivity_rescore_s) // DAY)
-            start_day = scanned[level] or min(self._by_day, default=horizon_day)
+        scanned = self.state.inactivity_scanned
+        for level, start_day, horizon_day in self._inactivity_days(tick):
             for day in range(start_day, horizon_day):
                 for user_id in sorted(self._by_day.get(day, ())):
                     candidates.setdefault(user_id, ("inactivity", level))
+            if level == len(scanned):
+                scanned.append(0)
             scanned[level] = max(start_day, horizon_day)
+
+    def _inactivity_days(self, tick: float) -> list[tuple[int, int, int]]:
+        """Per inactivity level (the gap, then each re-score): the last-activity days ``[start, horizon)`` that a
+        tick at ``tick`` has not scanned yet; ``start`` is the first indexed day for a level never scanned."""
+        cfg, scanned = self.config, self.state.inactivity_scanned
+        out = []
+        for level in range(1 + max(0, cfg.inactivity_rescores)):
+            horizon_day = int((tick - cfg.inactivity_gap_s - level * cfg.inactivity_rescore_s) // DAY)
+            start_day = (scanned[level] if level < len(scanned) else 0) or min(self._by_day, default=horizon_day)
+            out.append((level, start_day, horizon_day))
+        return out
 
     def _score(self, profiles: list[Profile], tick: float) -> tuple[Sequence[float], Sequence[float] | None, str]:
         """One scoring call for the whole tick (the scorer micro-batches inside); the placeholder on failure."""
