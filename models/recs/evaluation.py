@@ -169,7 +169,7 @@ def metrics_from_ranks(ranks: np.ndarray, k_max: int = K_MAX) -> dict:
         raise ValueError("no evaluated users")
     gain = 1.0 / np.log2(ranks + 2.0)
     out = {
-        "ndcg@10": float(np.mean(np.where(ranks < 10, gain, 0.0))),
+        "ndcg@10": float(np.mean(ndcg_at_10(ranks))),
         "hit@10": float(np.mean(ranks < 10)),
         "mrr@10": float(np.mean(np.where(ranks < 10, 1.0 / (ranks + 1.0), 0.0))),
         "recall@20": float(np.mean(ranks < 20)),
