@@ -5,10 +5,12 @@
              the weights)
 2. size      profile bytes per user and RocksDB size for --users synthetic users (default 1,000,000)
 3. latency   event → recommendation latency p50/p99 at a fixed offered rate (default 2,000 events/s) through
-             a real broker and worker, with the default settings and with the low-latency profile
+             a real broker and worker, with the default settings and with the low-latency profile; and the
+             floor: the same traffic through bench/apps/relay.py, which does no work (two broker hops)
 4. scale     two workers ÷ one worker on 8 partitions over the same pre-filled input
 
 usage: python bench/live.py [--only scoring,size,latency,scale] [--users N] [--rate R] [--seconds S]
+                            [--broker tansu|noida]
 """
 from __future__ import annotations
 
@@ -298,23 +300,42 @@ async def offered_load(bs: str, env: dict, rate: float, seconds: float) -> dict:
             "to_producer_p50_ms": pct(produced, 50), "to_producer_p99_ms": pct(produced, 99)}
 
 
+def start_relay(env: dict, tmp: Path, name: str) -> subprocess.Popen:
+    """bench/apps/relay.py, the no-work floor; returns once it has joined its group."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "apps" / "relay.py")], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=open(tmp / f"{name}.log", "w"), text=True)
+    if proc.stdout.readline().strip() != "relay ready":
+        stop([proc])
+        raise RuntimeError(f"the relay did not start: see {tmp / f'{name}.log'}")
+    return proc
+
+
 def bench_latency(bs: str, tmp: Path, rate: float, seconds: float) -> dict:
     out = {}
     profiles = {"defaults": {},  # fetch wait 100 ms, batch wait 50 ms, source idle 1 s
                 "low_latency": {"TIDEWATER_FETCH_MAX_WAIT_MS": "10", "TIDEWATER_BATCH_MAX_WAIT_MS": "5",
                                 "TIDEWATER_SOURCE_IDLE_MS": "20"}}
-    for label, extra in profiles.items():
+    # the floor: a relay that does no work, through the same broker, with each profile's fetch wait
+    runs = [(label, extra, "worker") for label, extra in profiles.items()]
+    runs += [("floor_relay", {}, "relay"),
+             ("floor_relay_low_latency", {"TIDEWATER_FETCH_MAX_WAIT_MS": "10"}, "relay")]
+    for label, extra, kind in runs:
         app_id = f"lat-{label.replace('_', '')}-{time.time_ns() % 10**8}"
         env = worker_env(bs, app_id, tmp, 8, **extra)
-        proc, port = start_worker(env, tmp, app_id)
+        if kind == "relay":
+            procs = [start_relay(env, tmp, app_id)]
+        else:
+            proc, port = start_worker(env, tmp, app_id)
+            procs = [proc]
         try:
-            wait_assigned([port], 8)
+            if kind == "worker":
+                wait_assigned([port], 8)
             time.sleep(2)
             out[label] = asyncio.run(offered_load(bs, env, rate, seconds))
             out[label]["settings"] = extra
             log("latency", label, out[label])
         finally:
-            stop([proc])
+            stop(procs)
     return out
 
 
@@ -368,6 +389,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="Offered events/s for the latency run.")
     parser.add_argument("--seconds", type=float, default=20.0, help="Length of each latency run.")
     parser.add_argument("--scale-events", type=int, default=200_000)
+    parser.add_argument("--broker", default="tansu", choices=("tansu", "noida"),
+                        help="Embedded broker for the latency and scale runs.")
     args = parser.parse_args()
     only = set(args.only.split(","))
     results: dict = {}
@@ -380,7 +403,7 @@ def main() -> None:
         from infra.broker import EmbeddedBroker
 
         tmp = Path(tempfile.mkdtemp(prefix="tidewater-live-"))
-        broker = EmbeddedBroker("tansu", log_path=str(tmp / "broker.log")).start()
+        broker = EmbeddedBroker(args.broker, log_path=str(tmp / "broker.log")).start()
         try:
             if "latency" in only:
                 results["latency"] = bench_latency(broker.bootstrap_servers, tmp, args.rate, args.seconds)
