@@ -100,12 +100,12 @@ def score_peer(split, scores_path: Path) -> tuple[dict, "np.ndarray"]:
 
 def run_ours(split, texts, threads: int) -> tuple[dict, "np.ndarray"]:
     from models.recs.evaluation import headline, metrics_from_ranks, scorer_ranks
-    from models.recs.pipeline import make_config, set_threads, train_model
+    from models.recs.pipeline import make_config, set_threads, train_for_test
 
     set_threads(threads)
     t0 = time.time()
     cfg = make_config("seqlinear", seed=0, threads=threads)
-    model, res = train_model(split, texts, cfg, progress=False, log=log)
+    model, res = train_for_test(split, texts, cfg, progress=False, log=log)
     ranks = scorer_ranks(model.score, split, "test")
     m = metrics_from_ranks(ranks)
     return {**headline(m), "users": m["users"], "arch": "seqlinear", "seconds": round(time.time() - t0, 1),

@@ -1,6 +1,8 @@
 """Metrics for churn scores and purchase forecasts (numpy + scikit-learn)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -48,9 +50,8 @@ def forecast_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
     (sum predicted / sum actual - 1), mean absolute error."""
     actual = np.asarray(actual, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
-    corr = float(np.corrcoef(actual, predicted)[0, 1]) if actual.std() > 0 and predicted.std() > 0 else float("nan")
     return {
-        "forecast_corr": corr,
+        "forecast_corr": _corr(actual, predicted),
         "forecast_cum_error_pct": float(100.0 * (predicted.sum() / max(actual.sum(), 1e-12) - 1.0)),
         "forecast_mae": float(np.abs(actual - predicted).mean()),
         "forecast_total": float(predicted.sum()),
@@ -58,23 +59,49 @@ def forecast_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
     }
 
 
-def bootstrap_auc_diff(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, n_boot: int = 1000,
-                       seed: int = 0) -> dict:
-    """Paired bootstrap over users of AUC(a) - AUC(b): point estimate, 95 % percentile CI, P(diff <= 0)."""
+def _corr(actual: np.ndarray, predicted: np.ndarray) -> float:
+    if actual.std() == 0 or predicted.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(actual, predicted)[0, 1])
+
+
+def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, pred_a: np.ndarray,
+                     pred_b: np.ndarray | None = None, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Bootstrap over users of ``metric(y, a)`` or, with ``pred_b``, of the paired ``metric(y, a) - metric(y, b)``
+    (the same resampled users for both): point estimate, 95 % percentile CI, P(value <= 0) for a difference."""
     rng = np.random.default_rng(seed)
     y = np.asarray(y)
     n = len(y)
-    diffs = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = rng.integers(0, n, n)
-        diffs[i] = auc(y[idx], score_a[idx]) - auc(y[idx], score_b[idx])
-    diffs = diffs[~np.isnan(diffs)]
-    return {
-        "diff": auc(y, score_a) - auc(y, score_b),
-        "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
-        "p_le_0": float(np.mean(diffs <= 0)),
-        "n_boot": int(len(diffs)),
-    }
+
+    def value(idx: np.ndarray | slice) -> float:
+        v = metric(y[idx], pred_a[idx])
+        return v - metric(y[idx], pred_b[idx]) if pred_b is not None else v
+
+    values = np.array([value(rng.integers(0, n, n)) for _ in range(n_boot)])
+    values = values[~np.isnan(values)]
+    out = {"value" if pred_b is None else "diff": value(slice(None)),
+           "ci95": [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))],
+           "n_boot": int(len(values))}
+    if pred_b is not None:
+        out["p_le_0"] = float(np.mean(values <= 0))
+    return out
+
+
+def bootstrap_auc_diff(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, *, n_boot: int = 1000,
+                       seed: int = 0) -> dict:
+    """Paired bootstrap over users of AUC(a) - AUC(b): point estimate, 95 % percentile CI, P(diff <= 0)."""
+    return paired_bootstrap(auc, y, score_a, score_b, n_boot=n_boot, seed=seed)
+
+
+def bootstrap_forecast_corr(actual: np.ndarray, predicted: np.ndarray, reference: np.ndarray | None = None, *,
+                            n_boot: int = 1000, seed: int = 0) -> dict:
+    """95 % CI of the per-user forecast correlation and, given a reference forecast, of the paired difference."""
+    actual = np.asarray(actual, dtype=np.float64)
+    out = {"corr": paired_bootstrap(_corr, actual, np.asarray(predicted, np.float64), n_boot=n_boot, seed=seed)}
+    if reference is not None:
+        out["diff_vs_reference"] = paired_bootstrap(_corr, actual, np.asarray(predicted, np.float64),
+                                                    np.asarray(reference, np.float64), n_boot=n_boot, seed=seed)
+    return out
 
 
 def lift_gain(y: np.ndarray, score: np.ndarray, points: int = 20) -> dict:

@@ -8,7 +8,8 @@ from sklearn.metrics import roc_auc_score
 
 from models.churn import baselines as B
 from models.churn.data import build_task
-from models.churn.metrics import auc, bootstrap_auc_diff, calibration_curve, forecast_metrics, lift_gain
+from models.churn.metrics import (auc, bootstrap_auc_diff, bootstrap_forecast_corr, calibration_curve,
+                                  forecast_metrics, lift_gain)
 
 from .helpers import CUTOFF, cdnow_sample
 
@@ -53,3 +54,19 @@ def test_metric_helpers():
     assert abs(g["gain"][-1] - 1.0) < 1e-12 and g["lift"][0] > 1.5
     fc = forecast_metrics(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3.0]) * 1.1)
     assert abs(fc["forecast_cum_error_pct"] - 10.0) < 1e-9 and abs(fc["forecast_corr"] - 1) < 1e-12
+
+
+def test_forecast_corr_bootstrap_brackets_the_correlation_and_orders_a_better_forecast():
+    rng = np.random.default_rng(1)
+    actual = rng.poisson(rng.gamma(0.5, 4.0, 2000)).astype(float)
+    close = actual + rng.normal(0, 1.0, 2000)
+    far = actual + rng.normal(0, 4.0, 2000)
+    out = bootstrap_forecast_corr(actual, close, far, n_boot=300, seed=0)
+    lo, hi = out["corr"]["ci95"]
+    assert lo < out["corr"]["value"] < hi
+    assert abs(out["corr"]["value"] - np.corrcoef(actual, close)[0, 1]) < 1e-12
+    diff = out["diff_vs_reference"]
+    assert diff["ci95"][0] > 0 and diff["p_le_0"] == 0.0
+    # the same forecast against itself: a zero difference
+    same = bootstrap_forecast_corr(actual, close, close, n_boot=50)["diff_vs_reference"]
+    assert same["diff"] == 0.0 and same["ci95"] == [0.0, 0.0]
