@@ -127,7 +127,7 @@ class Pipeline:
         # loop keeps fetching, heartbeating and serving HTTP while a batch is scored.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
         self.churn_slot = ChurnScorerSlot(settings.registry_dir, micro_batch=settings.scoring_max_batch)
-        self.recs_slot = RecommenderSlot(settings.registry_dir)
+        self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates)
         self.engine_factory = engine_factory or default_engine_factory(
             settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}

@@ -102,8 +102,11 @@ class RecommenderSlot(RegistrySlot):
 
     kind = "recommender"
 
-    def __init__(self, registry_dir: str | Path) -> None:
+    def __init__(self, registry_dir: str | Path, rerank_candidates: int | None = None) -> None:
+        from models.recs.rerank import RERANK_CANDIDATES
         from tidewater.recommending import PartitionPopularity
+
+        self.rerank_candidates = RERANK_CANDIDATES if rerank_candidates is None else rerank_candidates
 
         self.models = Registry(Path(registry_dir) / "recs")
         self.indexes = Registry(Path(registry_dir) / "recs_index")
@@ -132,7 +135,7 @@ class RecommenderSlot(RegistrySlot):
         from tidewater.recommending import VectorRecommender
 
         model_version, index_version = wanted
-        model = Recommender(self.models.path(model_version))
+        model = Recommender(self.models.path(model_version), rerank_candidates=self.rerank_candidates)
         if index_version is None:
             return VectorRecommender(model)
         return VectorRecommender(model, index_dir=str(self.indexes.path(index_version)),

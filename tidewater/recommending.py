@@ -30,6 +30,7 @@ class Query:
 
     vector: np.ndarray | None  # None: the user has no vector yet (popular items)
     exclude: frozenset[str]
+    history: tuple[str, ...] = ()  # the ring's item ids, oldest first, for the full-rank re-scoring
 
 
 class StreamRecommender(Protocol):
@@ -111,6 +112,7 @@ class VectorRecommender:
         self.decay = np.float32(model.decay)
         self.dim = model.dim
         self.has_segments = getattr(model, "segments", None) is not None
+        self.reranks = getattr(model, "rerank_candidates", 0) > 0
 
     # --- the user vector in the profile ------------------------------------------------------------------
     def fold(self, profile: Profile, item_id: str) -> bool:
@@ -158,7 +160,9 @@ class VectorRecommender:
         return None if total is None else total / np.float32(profile.vec_weight)
 
     def query(self, profile: Profile) -> Query:
-        return Query(self.vector(profile), seen_items(profile))  # a new array: later events do not change it
+        # a new array and a tuple: later events do not change the query
+        history = tuple([e.item_id for e in profile.recent if e.item_id]) if self.reranks else ()
+        return Query(self.vector(profile), seen_items(profile), history)
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The
@@ -184,7 +188,8 @@ class VectorRecommender:
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
                        popular_counts: Sequence[int]) -> list[Ranked]:
         states = [q.vector for q in queries]
-        ranked = self.model.recommend_many(states, k, [q.exclude for q in queries])
+        ranked = self.model.recommend_many(states, k, [q.exclude for q in queries],
+                                           [q.history for q in queries] if self.reranks else None)
         # scores to 6 decimals in one numpy call (round() per score was 10 % of the worker's time)
         rounded = iter(np.round(np.array([score for row in ranked for _, score in row], np.float64), 6).tolist())
         return [[(item, next(rounded)) for item, _ in row] for row in ranked]

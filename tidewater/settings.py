@@ -135,6 +135,10 @@ class Settings:
     rec_top_k: int = setting(10, "TIDEWATER_REC_TOP_K", "Items per recommendation event.")
     rec_every_events: int = setting(5, "TIDEWATER_REC_EVERY_EVENTS",
                                     "Emit a recommendation every N events of a user (cadence).")
+    rec_rerank_candidates: int = setting(
+        50, "TIDEWATER_REC_RERANK_CANDIDATES",
+        "FAISS candidates per query that the full-rank model re-scores before the top K (0: the user vector's "
+        "ranking alone).")
     rec_change_threshold: float = setting(
         0.2, "TIDEWATER_REC_CHANGE_THRESHOLD",
         "Also emit one when the user vector moved this far (1 - cosine) since the last recommendation.")

@@ -10,6 +10,8 @@ A version directory under ``<registry>/recs`` holds::
     model.pt             torch state dict (arch=sasrec only)
     index/               the FAISS index (items.faiss, item_ids.json, index.json)
     segments.npy         (k, d) float32 — k-means centroids of user vectors (models/recs/segments.py)
+    rerank_matrix.npy    (m, m) float32 — seqlinear's full-rank item-to-next-item matrix (models/recs/rerank.py)
+    rerank_items.npy     (m,) int — the item index of each of its rows/columns
     metrics.json, meta.json
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from models.recs import user_vector as uv
 from models.recs.index import HotSwapIndex, ItemIndex
+from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer
 
 
 def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity: np.ndarray,
@@ -44,6 +47,9 @@ def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity:
     (directory / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     if getattr(model, "net", None) is not None:
         torch.save(model.state_dict(), directory / "model.pt")
+    full = FullRankScorer.from_model(model)
+    if full is not None:
+        full.save(directory)
     index = ItemIndex.build(list(item_ids), model.item_emb, kind=index_kind, version=directory.name)
     index.save(directory / "index")
     (directory / "metrics.json").write_text(json.dumps(metrics or {}, indent=2, sort_keys=True))
@@ -53,7 +59,8 @@ def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity:
 class Recommender:
     """What the stream queries: item vectors, the user-vector update, and top-k via the FAISS index."""
 
-    def __init__(self, directory: str | os.PathLike[str], use_gpu: bool | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike[str], use_gpu: bool | None = None,
+                 rerank_candidates: int = RERANK_CANDIDATES) -> None:
         d = Path(directory)
         if not (d / "item_ids.json").is_file():
             raise FileNotFoundError(f"{d} is not a recs model version (no item_ids.json)")
@@ -73,6 +80,10 @@ class Recommender:
         self.index = HotSwapIndex(index)  # under the registry's temporary name, before the rename)
         self._popular = [self.item_ids[i] for i in np.argsort(-self.popularity, kind="stable")]
         self.segments: np.ndarray | None = np.load(d / "segments.npy") if (d / "segments.npy").is_file() else None
+        # the full-rank second stage (seqlinear versions); 0 candidates: the user vector's ranking alone
+        self.full = FullRankScorer.load(d, len(self.item_ids), self.decay, self.window) \
+            if rerank_candidates > 0 else None
+        self.rerank_candidates = int(rerank_candidates) if self.full is not None else 0
         self._net = None
 
     @classmethod
@@ -100,8 +111,11 @@ class Recommender:
 
     # ---------------------------------------------------------------- recommendations
     def recommend_many(self, user_states: Sequence[uv.UserState | dict | np.ndarray | None], k: int = 10,
-                       exclude: Sequence[AbstractSet[str] | None] | None = None) -> list[list[tuple[str, float]]]:
-        """Top-k per user via the FAISS index; users without a vector get `popular_items`."""
+                       exclude: Sequence[AbstractSet[str] | None] | None = None,
+                       histories: Sequence[Sequence[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """Top-k per user via the FAISS index; users without a vector get `popular_items`. With ``histories``
+        (each user's item ids, oldest first) and a full-rank model in the version, the index's top
+        ``rerank_candidates`` are re-scored by it (models/recs/rerank.py) and the scores are the full model's."""
         vecs, rows = [], []
         for r, st in enumerate(user_states):
             if isinstance(st, dict):
@@ -114,7 +128,10 @@ class Recommender:
         out: list[list[tuple[str, float]]] = [[] for _ in user_states]
         if vecs:
             ex = [exclude[r] for r in rows] if exclude is not None else None
-            res = self.index.search_many(np.stack(vecs), k, ex)
+            if histories is not None and self.rerank_candidates > k:
+                res = self._rerank_many(np.stack(vecs), k, ex, [histories[r] for r in rows])
+            else:
+                res = self.index.search_many(np.stack(vecs), k, ex)
             for r, items in zip(rows, res):
                 out[r] = items
         have = set(rows)
@@ -123,6 +140,25 @@ class Recommender:
                 ex = exclude[r] if exclude is not None else None
                 out[r] = [(it, 0.0) for it in self.popular_items(k, ex)]
         return out
+
+    def _rerank_many(self, vecs: np.ndarray, k: int, exclude: Sequence[AbstractSet[str] | None] | None,
+                     histories: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]:
+        """The index's top candidates (enough to leave ``rerank_candidates`` after the exclusions), re-scored
+        by the full-rank model in one vectorised pass."""
+        excluded = [self.positions(e) if e else [] for e in exclude] if exclude is not None else [[]] * len(vecs)
+        width = min(len(self.item_ids), self.rerank_candidates + max(map(len, excluded), default=0))
+        scores, ids = self.index.current.search_ids(vecs, width)  # one index version for the whole batch
+        top, top_scores = self.full.rerank_batch([self.positions(h) for h in histories], ids.astype(np.int64),
+                                                 scores.astype(np.float64), excluded, k, self.rerank_candidates)
+        names = self.item_ids
+        return [[(names[i], s) for i, s in zip(row, srow) if i >= 0]
+                for row, srow in zip(top.tolist(), top_scores.tolist())]
+
+    def positions(self, item_ids: Sequence[str]) -> list[int]:
+        """Catalogue indices of the known items among ``item_ids`` (unknown ones are skipped, as in the user
+        vector)."""
+        pos = self._pos
+        return [pos[i] for i in item_ids if i in pos]
 
     def popular_items(self, k: int = 10, exclude: AbstractSet[str] | None = None) -> list[str]:
         out = []

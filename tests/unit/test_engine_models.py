@@ -148,3 +148,24 @@ def test_vectors_fold_in_place_into_decoded_profiles(tmp_path):
     for user, profile in in_memory.items():
         assert isinstance(encoded.get(user).vec_sum, bytearray)
         assert encoded.get(user).vec_sum == profile.vec_sum
+
+
+def test_with_a_full_rank_model_the_engine_serves_the_rerank_of_the_users_ring(tmp_path):
+    from models.recs.recommender import write_artifacts
+    from models.recs.seqlinear import LinearConfig, SeqLinearModel
+
+    rng = np.random.default_rng(0)
+    model = SeqLinearModel(LinearConfig(dim=4, threads=1), len(ITEMS))
+    model.fit([rng.integers(0, len(ITEMS), 12) for _ in range(40)])
+    write_artifacts(tmp_path / "v0001-full", model, ITEMS, np.ones(len(ITEMS)), index_kind="flat")
+    rec = Recommender(tmp_path / "v0001-full", use_gpu=False)
+    assert rec.full is not None and rec.rerank_candidates > 0
+    evs = shop()
+    _, _, result = run(evs, VectorRecommender(rec))
+    recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]
+    assert recs
+    for r in recs:  # the query's history is the ring's items up to the triggering event, oldest first
+        items = [e.item_id for e in evs if e.user_id == r["user_id"] and e.ts <= r["as_of"] and e.item_id]
+        want = rec.recommend_many([rec.recompute_user(items)], 10, [set(items)], [items])[0]
+        assert [i["item_id"] for i in r["items"]] == [i for i, _ in want]
+        assert [i["score"] for i in r["items"]] == [round(s, 6) for _, s in want]

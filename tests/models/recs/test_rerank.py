@@ -1,0 +1,97 @@
+"""The served second stage: index candidates re-scored by seqlinear's full-rank model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.recs.evaluation import leave_one_out
+from models.recs.recommender import Recommender, write_artifacts
+from models.recs.rerank import FullRankScorer
+from models.recs.seqlinear import LinearConfig, SeqLinearModel
+from tests.models.recs.helpers import sequential_log
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    split = leave_one_out(sequential_log(n_users=80, n_items=40, length=14, seed=3))
+    model = SeqLinearModel(LinearConfig(dim=8, threads=1), split.n_items)
+    model.fit(split.fit_sequences("test"))
+    directory = tmp_path_factory.mktemp("reg") / "v0001-rerank"
+    popularity = np.bincount(np.concatenate(split.train_seqs), minlength=split.n_items)
+    write_artifacts(directory, model, split.item_ids, popularity, index_kind="flat")
+    return split, model, directory
+
+
+def offline_top(model, history: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+    scores = model.score(None, [history])[0].astype(np.float64)
+    scores[history] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    return order.tolist(), scores[order]
+
+
+def test_served_recommendations_equal_the_full_model_when_every_item_is_a_candidate(fitted):
+    split, model, directory = fitted
+    rec = Recommender(directory, use_gpu=False, rerank_candidates=split.n_items)
+    assert rec.full is not None
+    hist = split.history("test")
+    users = split.eval_users[:25]
+    states = [rec.recompute_user([split.item_ids[i] for i in hist[u]]) for u in users]
+    histories = [[split.item_ids[i] for i in hist[u]] for u in users]
+    exclude = [set(h) for h in histories]
+    served = rec.recommend_many(states, k=10, exclude=exclude, histories=histories)
+    for u, row in zip(users, served):
+        want, want_scores = offline_top(model, hist[u], 10)
+        assert [rec._pos[i] for i, _ in row] == want
+        np.testing.assert_allclose([s for _, s in row], want_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_without_candidates_or_histories_the_index_ranking_is_served(fitted):
+    split, _, directory = fitted
+    plain = Recommender(directory, use_gpu=False, rerank_candidates=0)
+    assert plain.full is None and plain.rerank_candidates == 0
+    rec = Recommender(directory, use_gpu=False)
+    state = rec.recompute_user(["i3", "i4"])
+    vector_only = plain.recommend_many([state], k=5, exclude=[{"i3", "i4"}])
+    assert rec.recommend_many([state], k=5, exclude=[{"i3", "i4"}]) == vector_only  # no histories: no re-rank
+    reranked = rec.recommend_many([state], k=5, exclude=[{"i3", "i4"}], histories=[["i3", "i4"]])
+    assert len(reranked[0]) == 5 and not {"i3", "i4"} & {i for i, _ in reranked[0]}
+
+
+def test_saved_scorer_loads_with_the_same_columns(fitted):
+    split, model, directory = fitted
+    saved = FullRankScorer.from_model(model)
+    loaded = FullRankScorer.load(directory, split.n_items, model.decay, model.cfg.window)
+    np.testing.assert_array_equal(loaded.col_of, saved.col_of)
+    np.testing.assert_array_equal(np.asarray(loaded.matrix), saved.matrix)
+
+
+def test_items_outside_the_dense_system_keep_their_index_score_and_history_is_normalised_first():
+    matrix = np.array([[0.0, 2.0], [4.0, 0.0]], np.float32)
+    col_of = np.array([0, -1, 1])  # item 1 is outside the dense system
+    scorer = FullRankScorer(matrix, col_of, decay=0.5, window=3)
+    # history items 0, 1, 2 (oldest first): weights 0.25, 0.5, 1 over 1.75; item 1 is dropped after normalising
+    got = scorer.score([0, 1, 2], np.array([0, 1, 2]), fallback=np.array([9.0, 7.0, 9.0]))
+    w0, w2 = 0.25 / 1.75, 1.0 / 1.75
+    np.testing.assert_allclose(got, [w2 * 4.0, 7.0, w0 * 2.0])
+    # no usable history: the dense items score 0 (x = 0), the others keep the fallback
+    np.testing.assert_allclose(scorer.score([1], np.array([0, 1]), np.array([3.0, 5.0])), [0.0, 5.0])
+    ranked = scorer.rerank([0, 1, 2], [("a", 9.0), ("b", 7.0), ("c", 9.0)], {"a": 0, "b": 1, "c": 2}, k=2)
+    assert [i for i, _ in ranked] == ["b", "a"]
+
+
+def test_the_worker_batch_path_equals_the_evaluation_path(fitted):
+    """Recommender (vectorised, unfiltered index answer) = FullRankScorer.rerank of a filtered search (what
+    `evaluate recs` reports as the streaming path), with few candidates so that the cut matters."""
+    split, model, directory = fitted
+    rec = Recommender(directory, use_gpu=False, rerank_candidates=6)
+    hist = split.history("test")
+    users = split.eval_users[:30]
+    histories = [[split.item_ids[i] for i in hist[u]] for u in users]
+    states = [rec.recompute_user(h) for h in histories]
+    served = rec.recommend_many(states, k=4, exclude=[set(h) for h in histories], histories=histories)
+    vectors = np.stack([s.vector() for s in states])
+    filtered = rec.index.search_many(vectors, 6, [set(h) for h in histories])
+    for u, row, cands in zip(users, served, filtered):
+        want = rec.full.rerank(hist[u], cands, rec._pos, 4)
+        assert [i for i, _ in row] == [i for i, _ in want]
+        np.testing.assert_allclose([s for _, s in row], [s for _, s in want], rtol=1e-6)
