@@ -106,8 +106,8 @@ class Recommender:
         return uv.update_one(prev_state, v, self.decay)
 
     def recompute_user(self, item_ids: Sequence[str]) -> uv.UserState | None:
-        vecs = [self.query_emb[self._pos[i]] for i in map(str, item_ids) if i in self._pos]
-        return uv.recompute(np.stack(vecs), self.decay, self.window) if vecs else None
+        known = self.positions([str(i) for i in item_ids])
+        return uv.recompute(self.query_emb[known], self.decay, self.window) if known else None
 
     # ---------------------------------------------------------------- recommendations
     def recommend_many(self, user_states: Sequence[uv.UserState | dict | np.ndarray | None], k: int = 10,
