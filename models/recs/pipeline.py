@@ -185,7 +185,7 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
 
     from models.recs.baselines import all_baselines, fit_baseline
     from models.recs.index import ItemIndex, exact_topk, recall_at_k
-    from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer
+    from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer, search_and_rerank
     set_threads(threads)
     name, df, texts = load_log(interactions)
     split = leave_one_out(df)
@@ -227,11 +227,12 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
     excl = [{split.item_ids[i] for i in hist[u]} for u in ev]
     targets = [split.item_ids[split.test[u]] for u in ev]
     full = FullRankScorer.from_model(model)
-    res_vector = index.search_many(qs, max(K_MAX, RERANK_CANDIDATES) if full else K_MAX, excl)
-    mv = metrics_from_ranks(_ranks_from_results([row[:K_MAX] for row in res_vector], targets))
+    mv = metrics_from_ranks(_ranks_from_results(index.search_many(qs, K_MAX, excl), targets))
     if full is not None:
-        position = {it: i for i, it in enumerate(split.item_ids)}
-        res_served = [full.rerank(hist[u], row, position, K_MAX) for u, row in zip(ev, res_vector)]
+        histories = [hist[u] for u in ev]  # the user's items are both the history and the exclusions
+        top, top_scores = search_and_rerank(index, full, qs, K_MAX, RERANK_CANDIDATES, histories, histories)
+        res_served = [[(split.item_ids[i], s) for i, s in zip(row, srow) if i >= 0]
+                      for row, srow in zip(top.tolist(), top_scores.tolist())]
         ms = metrics_from_ranks(_ranks_from_results(res_served, targets))
     else:
         ms = mv

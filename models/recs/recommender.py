@@ -25,7 +25,7 @@ import numpy as np
 
 from models.recs import user_vector as uv
 from models.recs.index import HotSwapIndex, ItemIndex
-from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer
+from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer, search_and_rerank
 
 
 def write_artifacts(directory: Path, model, item_ids: Sequence[str], popularity: np.ndarray,
@@ -146,10 +146,8 @@ class Recommender:
         """The index's top candidates (enough to leave ``rerank_candidates`` after the exclusions), re-scored
         by the full-rank model in one vectorised pass."""
         excluded = [self.positions(e) if e else [] for e in exclude] if exclude is not None else [[]] * len(vecs)
-        width = min(len(self.item_ids), self.rerank_candidates + max(map(len, excluded), default=0))
-        scores, ids = self.index.current.search_ids(vecs, width)  # one index version for the whole batch
-        top, top_scores = self.full.rerank_batch([self.positions(h) for h in histories], ids.astype(np.int64),
-                                                 scores.astype(np.float64), excluded, k, self.rerank_candidates)
+        top, top_scores = search_and_rerank(self.index.current, self.full, vecs, k,  # one index version
+                                            self.rerank_candidates, excluded, [self.positions(h) for h in histories])
         names = self.item_ids
         return [[(names[i], s) for i, s in zip(row, srow) if i >= 0]
                 for row, srow in zip(top.tolist(), top_scores.tolist())]

@@ -69,34 +69,14 @@ class FullRankScorer:
         keep = rows >= 0
         return rows[keep], w[keep]
 
-    def score(self, history: Sequence[int], candidates: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-        """Full-model scores of candidate item indices; candidates outside the dense system keep ``fallback``."""
-        out = np.asarray(fallback, np.float64).copy()
-        cols = self.col_of[np.asarray(candidates, np.int64)]
-        warm = cols >= 0
-        if warm.any():
-            rows, w = self.history_weights(history)
-            out[warm] = w @ self.matrix[np.ix_(rows, cols[warm])] if len(rows) else 0.0
-        return out
-
-    def rerank(self, history: Sequence[int], candidates: Sequence[tuple[str, float]], position: dict[str, int],
-               k: int) -> list[tuple[str, float]]:
-        """The top ``k`` of an index answer (item id, score), re-scored; ties go to the lower item index, as in
-        the offline evaluation."""
-        if not candidates:
-            return []
-        idx = np.fromiter((position[item] for item, _ in candidates), np.int64, len(candidates))
-        scores = self.score(history, idx, np.fromiter((s for _, s in candidates), np.float64, len(candidates)))
-        order = np.lexsort((idx, -scores))[:k]
-        return [(candidates[j][0], float(scores[j])) for j in order]
-
     def rerank_batch(self, histories: Sequence[Sequence[int]], ids: np.ndarray, fallback: np.ndarray,
                      exclude: Sequence[Sequence[int]], k: int, candidates: int,
                      chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """``rerank`` for a batch of raw index answers, vectorised: ``ids`` / ``fallback`` (Q, C) from the index
-        in its order (-1 = no item), ``exclude`` the item indices each row must skip. The first ``candidates``
-        items of each row that are not excluded are re-scored (what ``rerank`` gets from a filtered search).
-        Returns (Q, k) item indices (-1 where a row has fewer than k items) and their scores."""
+        """Re-score raw index answers, vectorised: ``ids`` / ``fallback`` (Q, C) from the index in its order
+        (-1 = no item), ``exclude`` the item indices each row must skip. The first ``candidates`` items of each
+        row that are not excluded are re-scored with ``x_user · B`` (items outside the dense system keep their
+        index score). Returns (Q, k) item indices, best first with ties to the lower index (-1 where a row has
+        fewer than k items), and their scores."""
         q_all, c = ids.shape
         k = min(k, c)
         out_ids = np.full((q_all, k), -1, np.int64)
@@ -128,3 +108,13 @@ class FullRankScorer:
             top_ids[np.isneginf(top_scores)] = -1
             out_ids[sl], out_scores[sl] = top_ids, top_scores
         return out_ids, out_scores
+
+
+def search_and_rerank(index, full: FullRankScorer, vectors: np.ndarray, k: int, candidates: int,
+                      exclude: Sequence[Sequence[int]], histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The served second stage from the user vectors: one search of ``index`` (an ``ItemIndex``) wide enough to
+    leave ``candidates`` items after each row's exclusions, then ``full.rerank_batch``. The worker
+    (``Recommender``) and ``evaluate recs`` both call this, so the evaluation measures what is served."""
+    width = min(len(full.col_of), candidates + max(map(len, exclude), default=0))
+    scores, ids = index.search_ids(vectors, width)
+    return full.rerank_batch(histories, ids.astype(np.int64), scores.astype(np.float64), exclude, k, candidates)

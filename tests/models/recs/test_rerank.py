@@ -69,19 +69,28 @@ def test_items_outside_the_dense_system_keep_their_index_score_and_history_is_no
     matrix = np.array([[0.0, 2.0], [4.0, 0.0]], np.float32)
     col_of = np.array([0, -1, 1])  # item 1 is outside the dense system
     scorer = FullRankScorer(matrix, col_of, decay=0.5, window=3)
+
+    def scores(history, ids, fallback):
+        top, top_scores = scorer.rerank_batch([history], np.array([ids]), np.array([fallback], np.float64), [[]],
+                                              k=len(ids), candidates=len(ids))
+        return dict(zip(top[0].tolist(), top_scores[0].tolist()))
+
     # history items 0, 1, 2 (oldest first): weights 0.25, 0.5, 1 over 1.75; item 1 is dropped after normalising
-    got = scorer.score([0, 1, 2], np.array([0, 1, 2]), fallback=np.array([9.0, 7.0, 9.0]))
+    got = scores([0, 1, 2], [0, 1, 2], [9.0, 7.0, 9.0])
     w0, w2 = 0.25 / 1.75, 1.0 / 1.75
-    np.testing.assert_allclose(got, [w2 * 4.0, 7.0, w0 * 2.0])
+    np.testing.assert_allclose([got[0], got[1], got[2]], [w2 * 4.0, 7.0, w0 * 2.0])
     # no usable history: the dense items score 0 (x = 0), the others keep the fallback
-    np.testing.assert_allclose(scorer.score([1], np.array([0, 1]), np.array([3.0, 5.0])), [0.0, 5.0])
-    ranked = scorer.rerank([0, 1, 2], [("a", 9.0), ("b", 7.0), ("c", 9.0)], {"a": 0, "b": 1, "c": 2}, k=2)
-    assert [i for i, _ in ranked] == ["b", "a"]
+    got = scores([1], [0, 1], [3.0, 5.0])
+    np.testing.assert_allclose([got[0], got[1]], [0.0, 5.0])
+    top, _ = scorer.rerank_batch([[0, 1, 2]], np.array([[0, 1, 2]]), np.array([[9.0, 7.0, 9.0]]), [[]], k=2,
+                                 candidates=3)
+    assert top[0].tolist() == [1, 0]
 
 
-def test_the_worker_batch_path_equals_the_evaluation_path(fitted):
-    """Recommender (vectorised, unfiltered index answer) = FullRankScorer.rerank of a filtered search (what
-    `evaluate recs` reports as the streaming path), with few candidates so that the cut matters."""
+def test_the_served_path_re_scores_exactly_the_first_unseen_index_candidates(fitted):
+    """Recommender (vectorised, unfiltered index answer cut to its first `rerank_candidates` unseen items) =
+    the offline full model's ranking of a filtered index search of that many items, with few candidates so that
+    the cut matters (the same `search_and_rerank` is what `evaluate recs` reports as the streaming path)."""
     split, model, directory = fitted
     rec = Recommender(directory, use_gpu=False, rerank_candidates=6)
     hist = split.history("test")
@@ -92,6 +101,8 @@ def test_the_worker_batch_path_equals_the_evaluation_path(fitted):
     vectors = np.stack([s.vector() for s in states])
     filtered = rec.index.search_many(vectors, 6, [set(h) for h in histories])
     for u, row, cands in zip(users, served, filtered):
-        want = rec.full.rerank(hist[u], cands, rec._pos, 4)
-        assert [i for i, _ in row] == [i for i, _ in want]
-        np.testing.assert_allclose([s for _, s in row], [s for _, s in want], rtol=1e-6)
+        idx = np.array([rec._pos[i] for i, _ in cands])
+        full = model.score(None, [hist[u]])[0].astype(np.float64)[idx]
+        order = np.lexsort((idx, -full))[:4]
+        assert [rec._pos[i] for i, _ in row] == idx[order].tolist()
+        np.testing.assert_allclose([s for _, s in row], full[order], rtol=1e-5, atol=1e-6)
