@@ -161,8 +161,10 @@ class VectorRecommender:
 
     def query(self, profile: Profile) -> Query:
         # a new array and a tuple: later events do not change the query
-        history = tuple([e.item_id for e in profile.recent if e.item_id]) if self.reranks else ()
-        return Query(self.vector(profile), seen_items(profile), history)
+        if not self.reranks:
+            return Query(self.vector(profile), seen_items(profile))
+        history = tuple([e.item_id for e in profile.recent if e.item_id])
+        return Query(self.vector(profile), frozenset(history), history)  # = seen_items: one pass over the ring
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The

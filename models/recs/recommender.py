@@ -155,8 +155,7 @@ class Recommender:
     def positions(self, item_ids: Sequence[str]) -> list[int]:
         """Catalogue indices of the known items among ``item_ids`` (unknown ones are skipped, as in the user
         vector)."""
-        pos = self._pos
-        return [pos[i] for i in item_ids if i in pos]
+        return [p for p in map(self._pos.get, item_ids) if p is not None]  # one dict lookup per item
 
     def popular_items(self, k: int = 10, exclude: AbstractSet[str] | None = None) -> list[str]:
         out = []

@@ -14,6 +14,8 @@ Items outside the dense system (cold items) keep their index score, exactly as `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +24,7 @@ import numpy as np
 RERANK_CANDIDATES = 50
 MATRIX_FILE = "rerank_matrix.npy"
 COLUMNS_FILE = "rerank_items.npy"
+MASK_CELLS = 1 << 22  # exclusions as a dense (queries x items) mask up to this size, else np.isin
 
 
 @dataclass(frozen=True)
@@ -56,18 +59,14 @@ class FullRankScorer:
         col_of[cols] = np.arange(len(cols))
         return cls(matrix, col_of, float(decay), int(window))
 
-    def history_weights(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows of `matrix`, weights) of a history of item indices, oldest first: ``decay ** lag`` over the last
-        ``window`` items, normalised over all of them, then items outside the dense system dropped
-        (``models.recs.seqlinear.history_matrix``)."""
-        h = np.asarray(history, np.int64)[-self.window:]
-        if len(h) == 0:
-            return np.zeros(0, np.int64), np.zeros(0)
-        w = self.decay ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)
-        w /= w.sum()
-        rows = self.col_of[h]
-        keep = rows >= 0
-        return rows[keep], w[keep]
+    @cached_property
+    def _weight_table(self) -> np.ndarray:
+        """Row ``L``: the normalised ``decay ** lag`` weights of a history of length ``L`` (left-aligned)."""
+        table = np.zeros((self.window + 1, max(self.window, 1)))
+        for n in range(1, self.window + 1):
+            w = self.decay ** np.arange(n - 1, -1, -1, dtype=np.float64)
+            table[n, :n] = w / w.sum()
+        return table
 
     def rerank_batch(self, histories: Sequence[Sequence[int]], ids: np.ndarray, fallback: np.ndarray,
                      exclude: Sequence[Sequence[int]], k: int, candidates: int,
@@ -78,36 +77,72 @@ class FullRankScorer:
         index score). Returns (Q, k) item indices, best first with ties to the lower index (-1 where a row has
         fewer than k items), and their scores."""
         q_all, c = ids.shape
+        width = min(c, max(candidates, k))  # the columns that can still be served after the cut
         k = min(k, c)
         out_ids = np.full((q_all, k), -1, np.int64)
         out_scores = np.full((q_all, k), -np.inf)
         n_items = len(self.col_of)
+        table = self._weight_table
         for start in range(0, q_all, chunk):
-            sl = slice(start, min(q_all, start + chunk))
-            ids_c, q = ids[sl], min(q_all, start + chunk) - start
+            stop = min(q_all, start + chunk)
+            ids_c = ids[start:stop]
             valid = ids_c >= 0
             safe = np.where(valid, ids_c, 0)
-            ex = [np.asarray(e, np.int64) for e in exclude[sl]]
-            ex_keys = np.concatenate([r * n_items + e for r, e in enumerate(ex)]) if ex else np.zeros(0, np.int64)
-            skip = ~valid | np.isin(np.arange(q)[:, None] * n_items + safe, ex_keys)
-            skip |= np.cumsum(~skip, axis=1) > candidates
-            weights = [self.history_weights(h) for h in histories[sl]]
-            width = max((len(rows) for rows, _ in weights), default=0)
-            rows_pad = np.zeros((q, max(width, 1)), np.int64)
-            w_pad = np.zeros((q, max(width, 1)))
-            for r, (rows, w) in enumerate(weights):
-                rows_pad[r, :len(rows)], w_pad[r, :len(w)] = rows, w
-            cols = self.col_of[safe]
-            warm = valid & (cols >= 0)
-            gathered = self.matrix[rows_pad[:, :, None], np.where(warm, cols, 0)[:, None, :]]  # (q, width, C)
-            scores = np.where(warm, np.einsum("qh,qhc->qc", w_pad, gathered), fallback[sl])
-            scores[skip] = -np.inf
-            order = np.lexsort((safe, -scores))[:, :k]
+            skip = ~valid | _excluded(safe, exclude[start:stop], n_items)
+            keep = ~skip & (np.cumsum(~skip, axis=1) <= candidates)
+            # the kept columns first, in index order: only those are gathered from B
+            sel = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+            kept = np.take_along_axis(keep, sel, 1)
+            cand = np.take_along_axis(safe, sel, 1)
+            rows, w = self._history_rows(histories[start:stop], table)
+            cols = self.col_of[cand]
+            warm = kept & (cols >= 0)
+            # (q, window, width) from B, as flat offsets (np.take is cheaper than 2-d fancy indexing)
+            gathered = self.matrix.reshape(-1).take(rows[:, :, None] * self.matrix.shape[1]
+                                                    + np.where(warm, cols, 0)[:, None, :])
+            index_scores = np.take_along_axis(fallback[start:stop], sel, 1)
+            scores = np.where(warm, np.einsum("qh,qhc->qc", w, gathered), index_scores)
+            scores[~kept] = -np.inf
+            order = np.lexsort((cand, -scores))[:, :k]
             top_scores = np.take_along_axis(scores, order, 1)
-            top_ids = np.take_along_axis(safe, order, 1)
+            top_ids = np.take_along_axis(cand, order, 1)
             top_ids[np.isneginf(top_scores)] = -1
-            out_ids[sl], out_scores[sl] = top_ids, top_scores
+            out_ids[start:stop], out_scores[start:stop] = top_ids, top_scores
         return out_ids, out_scores
+
+    def _history_rows(self, histories: Sequence[Sequence[int]], table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of `matrix`, weights), each (q, h), padded with weight 0, for histories of item indices (oldest
+        first): ``decay ** lag`` over the last ``window`` items, normalised over all of them, then the items outside
+        the dense system dropped with the rest kept in order (``models.recs.seqlinear.history_matrix``)."""
+        cut = [h[-self.window:] if len(h) > self.window else h for h in histories]
+        lengths = np.fromiter(map(len, cut), np.int64, len(cut))
+        q, width = len(cut), max(1, int(lengths.max(initial=0)))
+        pos = np.zeros((q, width), np.int64)
+        inside = np.arange(width)[None, :] < lengths[:, None]
+        pos[inside] = np.fromiter(chain.from_iterable(cut), np.int64, int(lengths.sum()))
+        w = table[lengths, :width]
+        rows = self.col_of[pos]
+        dropped = inside & (rows < 0)
+        if dropped.any():  # items outside the dense system: out, the rest moved up in their order
+            gone = dropped | ~inside
+            sel = np.argsort(gone, axis=1, kind="stable")
+            rows, w = np.take_along_axis(rows, sel, 1), np.take_along_axis(w, sel, 1)
+            w = np.where(np.take_along_axis(gone, sel, 1), 0.0, w)
+        rows = np.where(rows < 0, 0, rows)
+        return rows, w
+
+
+def _excluded(ids: np.ndarray, exclude: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
+    """(q, C) bool: ``ids[r, j]`` is in ``exclude[r]``."""
+    q = len(ids)
+    sizes = np.fromiter(map(len, exclude), np.int64, q)
+    flat = np.fromiter(chain.from_iterable(exclude), np.int64, int(sizes.sum()))
+    if q * n_items <= MASK_CELLS:  # a dense (q, n_items) mask: no sorting
+        mask = np.zeros((q, n_items), bool)
+        mask[np.repeat(np.arange(q), sizes), flat] = True
+        return mask[np.arange(q)[:, None], ids]
+    keys = np.repeat(np.arange(q), sizes) * n_items + flat
+    return np.isin(np.arange(q)[:, None] * n_items + ids, keys)
 
 
 def search_and_rerank(index, full: FullRankScorer, vectors: np.ndarray, k: int, candidates: int,
