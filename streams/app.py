@@ -126,8 +126,10 @@ class Pipeline:
         # One thread runs the engines' steps (decoded events → outputs, scoring micro-batches), so the event
         # loop keeps fetching, heartbeating and serving HTTP while a batch is scored.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
-        self.churn_slot = ChurnScorerSlot(settings.registry_dir, micro_batch=settings.scoring_max_batch)
-        self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates)
+        self.churn_slot = ChurnScorerSlot(settings.registry_dir, micro_batch=settings.scoring_max_batch,
+                                          threads=settings.model_threads)
+        self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates,
+                                         threads=settings.model_threads)
         self.engine_factory = engine_factory or default_engine_factory(
             settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}

@@ -190,8 +190,7 @@ class VectorRecommender:
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
                        popular_counts: Sequence[int]) -> list[Ranked]:
         states = [q.vector for q in queries]
-        ranked = self.model.recommend_many(states, k, [q.exclude for q in queries],
-                                           [q.history for q in queries] if self.reranks else None)
-        # scores to 6 decimals in one numpy call (round() per score was 10 % of the worker's time)
-        rounded = iter(np.round(np.array([score for row in ranked for _, score in row], np.float64), 6).tolist())
-        return [[(item, next(rounded)) for item, _ in row] for row in ranked]
+        if self.reranks:  # a query's exclusions are its history's items (``query``): passed once
+            return self.model.recommend_many(states, k, None, [q.history for q in queries], exclude_history=True,
+                                             decimals=6)
+        return self.model.recommend_many(states, k, [q.exclude for q in queries], decimals=6)

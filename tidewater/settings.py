@@ -116,6 +116,10 @@ class Settings:
         256, "TIDEWATER_SCORING_MAX_BATCH",
         "Most users per forward pass of the churn model. The users due at an event-time tick are scored in one "
         "call, split into passes of this size (no wall-clock wait: ticks are event time, replays stay exact).")
+    model_threads: int = setting(
+        1, "TIDEWATER_MODEL_THREADS",
+        "CPU threads of the churn model's forward pass and of FAISS search in the worker. 1 where the broker "
+        "shares a few cores (more threads measured slower: idle OpenMP threads spin); raise on large hosts.")
 
     # --- profile and windows (event time) -------------------------------------------------------------
     session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")

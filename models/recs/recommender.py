@@ -112,10 +112,15 @@ class Recommender:
     # ---------------------------------------------------------------- recommendations
     def recommend_many(self, user_states: Sequence[uv.UserState | dict | np.ndarray | None], k: int = 10,
                        exclude: Sequence[AbstractSet[str] | None] | None = None,
-                       histories: Sequence[Sequence[str]] | None = None) -> list[list[tuple[str, float]]]:
+                       histories: Sequence[Sequence[str]] | None = None, *, exclude_history: bool = False,
+                       decimals: int | None = None) -> list[list[tuple[str, float]]]:
         """Top-k per user via the FAISS index; users without a vector get `popular_items`. With ``histories``
         (each user's item ids, oldest first) and a full-rank model in the version, the index's top
-        ``rerank_candidates`` are re-scored by it (models/recs/rerank.py) and the scores are the full model's."""
+        ``rerank_candidates`` are re-scored by it (models/recs/rerank.py) and the scores are the full model's.
+        ``exclude_history``: skip each user's history items too (the stream's case: cheaper than passing them
+        again in ``exclude``). ``decimals``: scores rounded so, in one numpy call."""
+        if exclude_history and histories is None:
+            raise ValueError("exclude_history needs histories")
         vecs, rows = [], []
         for r, st in enumerate(user_states):
             if isinstance(st, dict):
@@ -126,28 +131,45 @@ class Recommender:
                 vecs.append(np.asarray(st, np.float32))
                 rows.append(r)
         out: list[list[tuple[str, float]]] = [[] for _ in user_states]
+        rerank = histories is not None and self.rerank_candidates > k
         if vecs:
             ex = [exclude[r] for r in rows] if exclude is not None else None
-            if histories is not None and self.rerank_candidates > k:
-                res = self._rerank_many(np.stack(vecs), k, ex, [histories[r] for r in rows])
+            if rerank:
+                res = self._rerank_many(np.stack(vecs), k, ex, [histories[r] for r in rows], exclude_history,
+                                        decimals)
             else:
-                res = self.index.search_many(np.stack(vecs), k, ex)
+                if exclude_history:
+                    ex = [set(histories[r]).union(e or ()) for r, e in zip(rows, ex or [None] * len(rows))]
+                res = _rounded(self.index.search_many(np.stack(vecs), k, ex), decimals)
             for r, items in zip(rows, res):
                 out[r] = items
         have = set(rows)
         for r in range(len(user_states)):
             if r not in have:
                 ex = exclude[r] if exclude is not None else None
+                if exclude_history:
+                    ex = set(histories[r]).union(ex or ())
                 out[r] = [(it, 0.0) for it in self.popular_items(k, ex)]
         return out
 
     def _rerank_many(self, vecs: np.ndarray, k: int, exclude: Sequence[AbstractSet[str] | None] | None,
-                     histories: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]:
+                     histories: Sequence[Sequence[str]], exclude_history: bool = False,
+                     decimals: int | None = None) -> list[list[tuple[str, float]]]:
         """The index's top candidates (enough to leave ``rerank_candidates`` after the exclusions), re-scored
         by the full-rank model in one vectorised pass."""
-        excluded = [self.positions(e) if e else [] for e in exclude] if exclude is not None else [[]] * len(vecs)
+        history_pos = [self.positions(h) for h in histories]
+        excluded: list = [[] for _ in history_pos]
+        if exclude_history:  # as a set: the search is widened by the number of distinct excluded items
+            excluded = [set(h) for h in history_pos]
+        if exclude is not None:
+            for r, e in enumerate(exclude):
+                if e:
+                    excluded[r] = set(excluded[r]).union(self.positions(e)) if exclude_history \
+                        else self.positions(e)
         top, top_scores = search_and_rerank(self.index.current, self.full, vecs, k,  # one index version
-                                            self.rerank_candidates, excluded, [self.positions(h) for h in histories])
+                                            self.rerank_candidates, excluded, history_pos)
+        if decimals is not None:
+            top_scores = np.round(top_scores, decimals)
         names = self.item_ids
         return [[(names[i], s) for i, s in zip(row, srow) if i >= 0]
                 for row, srow in zip(top.tolist(), top_scores.tolist())]
@@ -182,3 +204,11 @@ class Recommender:
     def swap_index(self, directory: str | os.PathLike[str]) -> str:
         """Hot-swap in another saved index (e.g. from `tidewater index build`); returns its version."""
         return self.index.load_and_swap(directory).version
+
+
+def _rounded(ranked: list[list[tuple[str, float]]], decimals: int | None) -> list[list[tuple[str, float]]]:
+    """Scores rounded to ``decimals`` in one numpy call (``round()`` per score costs more than the search)."""
+    if decimals is None:
+        return ranked
+    it = iter(np.round(np.array([score for row in ranked for _, score in row], np.float64), decimals).tolist())
+    return [[(item, next(it)) for item, _ in row] for row in ranked]

@@ -161,3 +161,22 @@ def test_vectorised_rerank_equals_the_per_row_reference(data, use_isin):
         assert [i for i, _ in got] == [i for i, _ in want]
         np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6, atol=1e-9)
         assert all(i == -1 for i in top[r][len(got):])
+
+
+@pytest.mark.parametrize("candidates", [0, 6])
+def test_exclude_history_is_the_history_passed_as_exclusions(fitted, candidates):
+    """The stream passes a user's ring once (``exclude_history``) instead of again as ``exclude``: the same
+    answers, with and without the re-ranking, for users with and without a vector, and rounded on request."""
+    split, _, directory = fitted
+    rec = Recommender(directory, use_gpu=False, rerank_candidates=candidates)
+    hist = split.history("test")
+    histories = [[split.item_ids[i] for i in hist[u]] for u in split.eval_users[:20]]
+    states = [rec.recompute_user(h) for h in histories] + [None]
+    histories.append([rec.popular_items(1)[0]])  # no vector: popular items, still without the history
+    want = rec.recommend_many(states, k=5, exclude=[set(h) for h in histories], histories=histories)
+    got = rec.recommend_many(states, k=5, histories=histories, exclude_history=True)
+    assert got == want
+    assert histories[-1][0] not in [i for i, _ in got[-1]]
+    rounded = rec.recommend_many(states, k=5, histories=histories, exclude_history=True, decimals=3)
+    assert [[i for i, _ in row] for row in rounded] == [[i for i, _ in row] for row in want]
+    assert [[s for _, s in row] for row in rounded] == [[float(np.round(s, 3)) for _, s in row] for row in want]
