@@ -13,9 +13,9 @@ class RingScorer:
 
     @staticmethod
     def _dicts(sequences: Any) -> list[list[dict]]:
-        import msgspec
-
-        return [[msgspec.structs.asdict(e) | {"item": e.item_id} for e in ring] for ring in sequences]
+        # a dict display per event: half the cost of msgspec.structs.asdict plus a merge for the "item" key
+        return [[{"ts": e.ts, "type": e.type, "item": e.item_id, "category": e.category, "amount": e.amount,
+                  "quantity": e.quantity} for e in ring] for ring in sequences]
 
     def score_many(self, sequences: Any, as_of: Any) -> Any:
         return self.scorer.score_many(self._dicts(sequences), as_of)
