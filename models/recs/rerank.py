@@ -6,8 +6,8 @@ normalised vector of the user's last ``window`` items; ``B``: the ridge item-to-
 the top ``RERANK_CANDIDATES`` of the index with ``B`` gives (nearly) the full model's ranking at the cost of one
 (history × candidates) gather per query. On ml-100k's validation items (the only place this was chosen):
 NDCG@10 0.1134 for the user vector alone; re-ranking 50, 100 or 200 candidates 0.1201, 0.1205, 0.1215 (the
-full model). 50 is the default: in numpy the re-ranking costs about 100 µs per query at 50 candidates, and
-more above.
+full model). 50 is the default: only the kept candidates are gathered, so the cost grows with it (in numpy,
+about 30 µs per query at 50 candidates; the wider search and the history lookups add as much again).
 
 Items outside the dense system (cold items) keep their index score, exactly as ``SeqLinearModel.score`` does.
 """
