@@ -128,8 +128,7 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
         self.churn_slot = ChurnScorerSlot(settings.registry_dir, micro_batch=settings.scoring_max_batch,
                                           threads=settings.model_threads)
-        self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates,
-                                         threads=settings.model_threads)
+        self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates)
         self.engine_factory = engine_factory or default_engine_factory(
             settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}

@@ -103,12 +103,11 @@ class RecommenderSlot(RegistrySlot):
 
     kind = "recommender"
 
-    def __init__(self, registry_dir: str | Path, rerank_candidates: int | None = None, threads: int = 1) -> None:
+    def __init__(self, registry_dir: str | Path, rerank_candidates: int | None = None) -> None:
         from models.recs.rerank import RERANK_CANDIDATES
         from tidewater.recommending import PartitionPopularity
 
         self.rerank_candidates = RERANK_CANDIDATES if rerank_candidates is None else rerank_candidates
-        self.threads = max(1, threads)
 
         self.models = Registry(Path(registry_dir) / "recs")
         self.indexes = Registry(Path(registry_dir) / "recs_index")
@@ -136,10 +135,6 @@ class RecommenderSlot(RegistrySlot):
         from models.recs.recommender import Recommender
         from tidewater.recommending import VectorRecommender
 
-        import faiss
-
-        # process-wide; FAISS's default (all cores) spins idle OpenMP threads: 15-20 % more CPU, no faster
-        faiss.omp_set_num_threads(self.threads)
         model_version, index_version = wanted
         model = Recommender(self.models.path(model_version), rerank_candidates=self.rerank_candidates)
         if index_version is None:

@@ -118,8 +118,9 @@ class Settings:
         "call, split into passes of this size (no wall-clock wait: ticks are event time, replays stay exact).")
     model_threads: int = setting(
         1, "TIDEWATER_MODEL_THREADS",
-        "CPU threads of the churn model's forward pass and of FAISS search in the worker. 1 where the broker "
-        "shares a few cores (more threads measured slower: idle OpenMP threads spin); raise on large hosts.")
+        "CPU threads of the worker's native pools: torch, and OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / "
+        "MKL_NUM_THREADS where not set (FAISS, numpy). 1 where the broker shares a few cores: the default pools "
+        "made small searches and products wait milliseconds on spinning threads. Raise on large hosts.")
 
     # --- profile and windows (event time) -------------------------------------------------------------
     session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")
