@@ -28,7 +28,7 @@ from streams.ingress import ack_records, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
 from streams.table_io import PartitionTable
-from tidewater.engine import EngineConfig, PartitionEngine, PartitionState
+from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, answer_recs_together
 from tidewater.profile import Profile, decode_profile, encode_profile
 from tidewater.settings import Settings
 
@@ -311,10 +311,16 @@ class Pipeline:
         """The engines' part of a batch after ``_apply``, on the event loop (``_inline``) or in the executor
         thread; there in one hop per batch, not one per partition (each hop is a GIL hand-over between two
         busy threads, which showed up as latency)."""
+        engines = [self.engines[partition] for partition in partitions]
+        together = len(engines) > 1 and all(isinstance(e, PartitionEngine) for e in engines) and all(
+            e.recommender is engines[0].recommender for e in engines) and getattr(
+            engines[0].recommender, "partition_independent", False)
+        results = [engine.on_notify(now, caught_up[partition], defer_recs=together)
+                   for partition, engine in zip(partitions, engines)]
+        if together:  # one recommender call for the batch's partitions, not one each
+            answer_recs_together(engines, results)
         steps = []
-        for partition in partitions:
-            engine = self.engines[partition]
-            result = engine.on_notify(now, caught_up[partition])
+        for partition, engine, result in zip(partitions, engines, results):
             writes = [(user_id.encode(), encode_profile(profile)) for user_id, profile in result.profiles.items()]
             state = _encode_state(engine.snapshot()) if result.state_changed else None
             steps.append((partition, result, writes, state))

@@ -218,11 +218,15 @@ class PartitionEngine:
             bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
         return bound
 
-    def on_notify(self, now: float, caught_up: frozenset[str] = frozenset()) -> BatchResult:
-        """``caught_up``: input topics whose partition has been handed over up to its high watermark."""
+    def on_notify(self, now: float, caught_up: frozenset[str] = frozenset(), *,
+                  defer_recs: bool = False) -> BatchResult:
+        """``caught_up``: input topics whose partition has been handed over up to its high watermark.
+        ``defer_recs``: leave the recommendations still queued at the end for :func:`answer_recs_together`, which
+        answers those of several engines in one recommender call; they are appended to this result then."""
         for item in self.merger.pop_ready(now, caught_up):
             self._process(item)
-        self._flush_recs()
+        if not defer_recs:
+            self._flush_recs()
         result, self._result = self._result, BatchResult()
         for user_id, profile in self._cache.items():
             result.profiles[user_id] = profile
@@ -319,9 +323,11 @@ class PartitionEngine:
 
     def _flush_recs(self) -> None:
         pending, self._pending_recs = self._pending_recs, []
-        if not pending:
-            return
-        answers = self._ask([p.query for p in pending], self.config.rec_top_k)
+        if pending:
+            self._emit_recs(pending, self._ask([p.query for p in pending], self.config.rec_top_k), self._result)
+
+    def _emit_recs(self, pending: list[_PendingRec], answers: list[list[tuple[str, float]]],
+                   into: BatchResult) -> None:
         for p, ranked in zip(pending, answers):
             if not ranked:
                 continue
@@ -330,7 +336,7 @@ class PartitionEngine:
                 user_id=p.user_id, as_of=p.ts, source_event_id=p.event_id,
                 items=[ScoredItem(i, s) for i, s in ranked], model_version=self.recommender.version,
                 index_version=self.recommender.index_version, trigger=p.trigger,  # type: ignore[arg-type]
-                segment=p.segment))
+                segment=p.segment), into)
 
     def _on_tick(self, tick: float) -> None:
         """Score users active since the last tick, and users whose silence just crossed an inactivity level
@@ -430,8 +436,8 @@ class PartitionEngine:
         self._observe("churn", len(profiles), time.perf_counter() - started)
         return scores, expected, version
 
-    def _emit(self, topic: str, user_id: str, record: msgspec.Struct) -> None:
-        self._result.outputs.append(Emit(topic, user_id.encode(), encode_output(record)))
+    def _emit(self, topic: str, user_id: str, record: msgspec.Struct, into: BatchResult | None = None) -> None:
+        (into or self._result).outputs.append(Emit(topic, user_id.encode(), encode_output(record)))
         self._count("events_out", topic)
 
     def _dead_letter(self, record: Record, rejected: ev.Rejected) -> None:
@@ -457,6 +463,34 @@ class PartitionEngine:
 
 def _b64(raw: bytes | None) -> str | None:
     return None if raw is None else base64.b64encode(raw).decode()
+
+
+def answer_recs_together(engines: Sequence[PartitionEngine], results: Sequence[BatchResult]) -> None:
+    """The recommendations that ``on_notify(defer_recs=True)`` left queued in several engines, answered in one
+    recommender call and appended to each engine's result (``results[i]`` is ``engines[i]``'s). A worker owns many
+    partitions and live batches are small: one call per batch instead of one per partition, where the per-call
+    cost (numpy and FAISS set-up) dominates. The answers are the same as each engine's own: the engines share one
+    recommender whose answers do not depend on the partition (``partition_independent``)."""
+    if not engines:
+        return
+    first = engines[0]
+    recommender = first.recommender
+    if not getattr(recommender, "partition_independent", False) or any(
+            e.recommender is not recommender or e.config.rec_top_k != first.config.rec_top_k for e in engines):
+        raise ValueError("engines answered together must share a partition-independent recommender and top k")
+    pending = [e._pending_recs for e in engines]
+    for e in engines:
+        e._pending_recs = []
+    queries = [p.query for rows in pending for p in rows]
+    if not queries:
+        return
+    started = time.perf_counter()
+    answers = recommender.recommend_many(queries, first.config.rec_top_k, (), ())  # no partition fallback
+    first._observe("recommend", len(queries), time.perf_counter() - started)
+    at = 0
+    for engine, rows, result in zip(engines, pending, results):
+        engine._emit_recs(rows, answers[at:at + len(rows)], result)
+        at += len(rows)
 
 
 def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, batch: int = 1000,

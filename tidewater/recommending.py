@@ -37,6 +37,7 @@ class StreamRecommender(Protocol):
     version: str
     index_version: str
     has_vectors: bool
+    partition_independent: bool  # answers ignore ``popular``: engines may share one call (engine.answer_recs_together)
 
     def fold(self, profile: Profile, item_id: str) -> bool: ...
 
@@ -68,6 +69,7 @@ class PartitionPopularity:
     version = "baseline:popularity-v1"
     index_version = "none"
     has_vectors = False
+    partition_independent = False  # answers come from the partition's own counts
 
     def fold(self, profile: Profile, item_id: str) -> bool:
         return False
@@ -100,6 +102,7 @@ class VectorRecommender:
     """The trained recommender (``models.recs.recommender.Recommender``) as the engine uses it."""
 
     has_vectors = True
+    partition_independent = True  # users without a vector get the model's popular items, not the partition's
 
     def __init__(self, model: Any, *, index_dir: str | None = None, index_version: str | None = None) -> None:
         self.model = model

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from models.recs.index import ItemIndex
@@ -9,7 +10,7 @@ from models.recs.recommender import Recommender
 from models.recs import user_vector as uv
 from models.recs.segments import train_segments
 from tests.unit.test_engine import DictStore, records, shop
-from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
+from tidewater.engine import EngineConfig, PartitionEngine, answer_recs_together, run_to_completion
 from tidewater.events import Click
 from tidewater.profile import DAY, decode_profile, encode_profile
 from tidewater.recommending import VectorRecommender
@@ -169,3 +170,44 @@ def test_with_a_full_rank_model_the_engine_serves_the_rerank_of_the_users_ring(t
         want = rec.recommend_many([rec.recompute_user(items)], 10, [set(items)], [items])[0]
         assert [i["item_id"] for i in r["items"]] == [i for i, _ in want]
         assert [i["score"] for i in r["items"]] == [round(s, 6) for _, s in want]
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(5, 120))
+def test_recommendations_answered_together_across_engines_equal_each_engines_own(tmp_path_factory, batch):
+    """The worker answers the queued recommendations of all partitions in a batch with one recommender call
+    (``answer_recs_together``): each partition's outputs stay byte-identical to answering them alone."""
+    model = tiny_recs_version(tmp_path_factory.mktemp("reg") / "v0001-abc")
+    evs = shop(n_users=6, days=40)
+    parts = [records([e for e in evs if int(e.user_id[1:]) % 3 == p], partition=p) for p in range(3)]
+    config = EngineConfig(inactivity_gap_s=14 * DAY)
+
+    def drive(together: bool) -> list[list[tuple[str, bytes]]]:
+        recommender = VectorRecommender(model)
+        engines = [PartitionEngine(p, config, DictStore(), recommender=recommender) for p in range(3)]
+        outputs: list[list[tuple[str, bytes]]] = [[] for _ in engines]
+        longest = max(map(len, parts))
+        for start in range(0, longest + batch, batch):
+            now = 0.0 if start < longest else 1e18  # the last step releases everything
+            for engine, part in zip(engines, parts):
+                for record in part[start:start + batch]:
+                    engine.on_record(record, now)
+            results = [engine.on_notify(now, defer_recs=together) for engine in engines]
+            if together:
+                answer_recs_together(engines, results)
+            for engine, result, out in zip(engines, results, outputs):
+                engine.store.update(result.profiles)
+                out.extend((o.topic, o.value) for o in result.outputs)
+        return outputs
+
+    alone, together = drive(False), drive(True)
+    assert together == alone
+    assert all(any(topic == "recommendations" for topic, _ in out) for out in together)
+
+
+def test_engines_with_a_partition_popularity_recommender_are_not_answered_together():
+    from tidewater.recommending import PartitionPopularity
+
+    engines = [PartitionEngine(p, EngineConfig(), DictStore(), recommender=PartitionPopularity()) for p in range(2)]
+    with pytest.raises(ValueError, match="partition-independent"):
+        answer_recs_together(engines, [engine.on_notify(0.0, defer_recs=True) for engine in engines])
