@@ -315,7 +315,8 @@ class Pipeline:
         together = len(engines) > 1 and all(isinstance(e, PartitionEngine) for e in engines) and all(
             e.recommender is engines[0].recommender for e in engines) and getattr(
             engines[0].recommender, "partition_independent", False)
-        results = [engine.on_notify(now, caught_up[partition], defer_recs=together)
+        results = [engine.on_notify(now, caught_up[partition], defer_recs=True) if together
+                   else engine.on_notify(now, caught_up[partition])  # other engines (bench) lack the keyword
                    for partition, engine in zip(partitions, engines)]
         if together:  # one recommender call for the batch's partitions, not one each
             answer_recs_together(engines, results)
