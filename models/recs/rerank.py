@@ -98,8 +98,8 @@ class FullRankScorer:
             cols = self.col_of[cand]
             warm = kept & (cols >= 0)
             # (q, window, width) from B, as flat offsets (np.take is cheaper than 2-d fancy indexing)
-            gathered = self.matrix.reshape(-1).take(rows[:, :, None] * self.matrix.shape[1]
-                                                    + np.where(warm, cols, 0)[:, None, :])
+            offsets = rows[:, :, None] * self.matrix.shape[1] + np.where(warm, cols, 0)[:, None, :]
+            gathered = self.matrix.reshape(-1).take(offsets) if self.matrix.size else np.zeros(offsets.shape)
             index_scores = np.take_along_axis(fallback[start:stop], sel, 1)
             scores = np.where(warm, np.einsum("qh,qhc->qc", w, gathered), index_scores)
             scores[~kept] = -np.inf

@@ -180,3 +180,11 @@ def test_exclude_history_is_the_history_passed_as_exclusions(fitted, candidates)
     rounded = rec.recommend_many(states, k=5, histories=histories, exclude_history=True, decimals=3)
     assert [[i for i, _ in row] for row in rounded] == [[i for i, _ in row] for row in want]
     assert [[s for _, s in row] for row in rounded] == [[float(np.round(s, 3)) for _, s in row] for row in want]
+
+
+def test_regression_an_empty_dense_system_serves_the_index_scores():
+    """Found by the property test: with every item outside the dense system, B is 0 x 0 and the gather failed."""
+    scorer = FullRankScorer(np.zeros((0, 0), np.float32), np.array([-1, -1]), decay=0.8, window=1)
+    top, top_scores = scorer.rerank_batch([[1, 1, 1]], np.array([[1, 0]]), np.array([[0.5, 0.25]]), [[]], k=2,
+                                          candidates=2)
+    assert top.tolist() == [[1, 0]] and top_scores.tolist() == [[0.5, 0.25]]
