@@ -28,7 +28,8 @@ from streams.ingress import ack_records, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
 from streams.table_io import PartitionTable
-from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, answer_recs_together
+from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
+                              can_answer_together)
 from tidewater.profile import Profile, decode_profile, encode_profile
 from tidewater.settings import Settings
 
@@ -312,9 +313,7 @@ class Pipeline:
         thread; there in one hop per batch, not one per partition (each hop is a GIL hand-over between two
         busy threads, which showed up as latency)."""
         engines = [self.engines[partition] for partition in partitions]
-        together = len(engines) > 1 and all(isinstance(e, PartitionEngine) for e in engines) and all(
-            e.recommender is engines[0].recommender for e in engines) and getattr(
-            engines[0].recommender, "partition_independent", False)
+        together = len(engines) > 1 and can_answer_together(engines)
         results = [engine.on_notify(now, caught_up[partition], defer_recs=True) if together
                    else engine.on_notify(now, caught_up[partition])  # other engines (bench) lack the keyword
                    for partition, engine in zip(partitions, engines)]

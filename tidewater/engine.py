@@ -437,7 +437,7 @@ class PartitionEngine:
         return scores, expected, version
 
     def _emit(self, topic: str, user_id: str, record: msgspec.Struct, into: BatchResult | None = None) -> None:
-        (into or self._result).outputs.append(Emit(topic, user_id.encode(), encode_output(record)))
+        (self._result if into is None else into).outputs.append(Emit(topic, user_id.encode(), encode_output(record)))
         self._count("events_out", topic)
 
     def _dead_letter(self, record: Record, rejected: ev.Rejected) -> None:
@@ -465,6 +465,16 @@ def _b64(raw: bytes | None) -> str | None:
     return None if raw is None else base64.b64encode(raw).decode()
 
 
+def can_answer_together(engines: Sequence[Any]) -> bool:
+    """Whether :func:`answer_recs_together` applies: partition engines sharing one recommender whose answers do
+    not depend on the partition (``partition_independent``), with one top k."""
+    if not engines or not all(isinstance(e, PartitionEngine) for e in engines):
+        return False
+    first = engines[0]
+    return getattr(first.recommender, "partition_independent", False) and all(
+        e.recommender is first.recommender and e.config.rec_top_k == first.config.rec_top_k for e in engines)
+
+
 def answer_recs_together(engines: Sequence[PartitionEngine], results: Sequence[BatchResult]) -> None:
     """The recommendations that ``on_notify(defer_recs=True)`` left queued in several engines, answered in one
     recommender call and appended to each engine's result (``results[i]`` is ``engines[i]``'s). A worker owns many
@@ -473,11 +483,10 @@ def answer_recs_together(engines: Sequence[PartitionEngine], results: Sequence[B
     recommender whose answers do not depend on the partition (``partition_independent``)."""
     if not engines:
         return
+    if not can_answer_together(engines):
+        raise ValueError("engines answered together must share a partition-independent recommender and top k")
     first = engines[0]
     recommender = first.recommender
-    if not getattr(recommender, "partition_independent", False) or any(
-            e.recommender is not recommender or e.config.rec_top_k != first.config.rec_top_k for e in engines):
-        raise ValueError("engines answered together must share a partition-independent recommender and top k")
     pending = [e._pending_recs for e in engines]
     for e in engines:
         e._pending_recs = []
