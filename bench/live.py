@@ -6,7 +6,8 @@
 2. size      profile bytes per user and RocksDB size for --users synthetic users (default 1,000,000)
 3. latency   event → recommendation latency p50/p99 at a fixed offered rate (default 2,000 events/s) through
              a real broker and worker, with the default settings and with the low-latency profile; and the
-             floor: the same traffic through bench/apps/relay.py, which does no work (two broker hops)
+             floor: the same traffic through bench/apps/relay.py, which does no work (two broker hops). Each
+             run reports the CPU seconds of the process under test, the broker and the load generator (cpu_s)
 4. scale     two workers ÷ one worker on 8 partitions over the same pre-filled input
 
 usage: python bench/live.py [--only scoring,size,latency,scale] [--users N] [--rate R] [--seconds S]
@@ -319,7 +320,19 @@ def start_relay(env: dict, tmp: Path, name: str) -> subprocess.Popen:
     return proc
 
 
-def bench_latency(bs: str, tmp: Path, rate: float, seconds: float) -> dict:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), None where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bench_latency(bs: str, tmp: Path, rate: float, seconds: float, broker_pid: int | None = None) -> dict:
+    """Each run also reports the CPU seconds that the process under test, the broker and this load generator used
+    during it (``cpu_s``): on a small machine they share the cores, and when they fill them the latency is
+    queueing."""
     out = {}
     profiles = {"defaults": {},  # fetch wait 100 ms, batch wait 50 ms, source idle 1 s
                 "low_latency": {"TIDEWATER_FETCH_MAX_WAIT_MS": "10", "TIDEWATER_BATCH_MAX_WAIT_MS": "5",
@@ -340,7 +353,15 @@ def bench_latency(bs: str, tmp: Path, rate: float, seconds: float) -> dict:
             if kind == "worker":
                 wait_assigned([port], 8)
             time.sleep(2)
+            pids = {"under_test": procs[0].pid, "broker": broker_pid}
+            before = {name: cpu_seconds(pid) if pid else None for name, pid in pids.items()}
+            own, wall = time.process_time(), time.perf_counter()
             out[label] = asyncio.run(offered_load(bs, env, rate, seconds))
+            after = {name: cpu_seconds(pid) if pid else None for name, pid in pids.items()}
+            out[label]["cpu_s"] = {
+                **{name: round(after[name] - before[name], 1) for name in pids
+                   if before[name] is not None and after[name] is not None},
+                "load_generator": round(time.process_time() - own, 1), "wall": round(time.perf_counter() - wall, 1)}
             out[label]["settings"] = extra
             log("latency", label, out[label])
         finally:
@@ -415,7 +436,8 @@ def main() -> None:
         broker = EmbeddedBroker(args.broker, log_path=str(tmp / "broker.log")).start()
         try:
             if "latency" in only:
-                results["latency"] = bench_latency(broker.bootstrap_servers, tmp, args.rate, args.seconds)
+                results["latency"] = bench_latency(broker.bootstrap_servers, tmp, args.rate, args.seconds,
+                                                   broker_pid=broker.process.pid if broker.process else None)
             if "scale" in only:
                 results["scale"] = bench_scale(broker.bootstrap_servers, tmp, args.scale_events)
         finally:
