@@ -132,6 +132,8 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
             typer.echo(f"embedded {kind} broker on {bootstrap}")
             if kind == "tansu":  # Tansu 0.6 reports a wrong high watermark: see streams/broker_quirks.py
                 env.setdefault("TIDEWATER_BROKER_QUIRKS", "tansu-highwater")
+            elif kind == "noida":  # noida answers empty fetches at once: see streams/broker_quirks.py
+                env.setdefault("TIDEWATER_BROKER_QUIRKS", "noida-fetch-wait")
         env["TIDEWATER_BOOTSTRAP_SERVERS"] = bootstrap
         s = Settings.from_env(environ=env)
         if broker is not None:  # a fresh broker has no topics: fresh local state too

@@ -80,7 +80,8 @@ class Settings:
         "broker's message.max.bytes (1 MB by default).")
     broker_quirks: str = setting(
         "", "TIDEWATER_BROKER_QUIRKS",
-        "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu).")
+        "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu), "
+        "noida-fetch-wait (set by `tidewater up` on noida).")
     fetch_max_wait_ms: int = setting(
         100, "TIDEWATER_FETCH_MAX_WAIT_MS",
         "Longest time the broker may hold a fetch with no new records (Faust's own 1500 adds that much latency "

@@ -22,6 +22,10 @@ async def relay() -> None:
     from tidewater.settings import Settings
 
     s = Settings.from_env()
+    if "noida-fetch-wait" in s.broker_quirks:  # the same fetch pacing as the worker (streams/broker_quirks.py)
+        from streams.broker_quirks import pace_fetches
+
+        pace_fetches()
     consumer = AIOKafkaConsumer(s.topic_clicks, s.topic_purchases, bootstrap_servers=s.bootstrap_servers,
                                 group_id=f"{s.app_id}-relay", auto_offset_reset="latest",
                                 enable_auto_commit=True, fetch_max_wait_ms=s.fetch_max_wait_ms)

@@ -53,6 +53,8 @@ class Deployment:
                         TIDEWATER_REGISTRY_DIR=str(self.tmp / "registry"))  # empty: the placeholder scores
         if self.broker.kind == "tansu":  # Tansu 0.6 high-watermark defect: see streams/broker_quirks.py
             self.env["TIDEWATER_BROKER_QUIRKS"] = "tansu-highwater"
+        elif self.broker.kind == "noida":  # noida answers empty fetches at once: see streams/broker_quirks.py
+            self.env["TIDEWATER_BROKER_QUIRKS"] = "noida-fetch-wait"
         self.settings = Settings.from_env(environ=self.env)
         from infra.topics import create_topics_sync
 
