@@ -433,6 +433,10 @@ def main() -> None:
         from infra.broker import EmbeddedBroker
 
         tmp = Path(tempfile.mkdtemp(prefix="tidewater-live-"))
+        if args.broker == "noida":  # this process's consumers too: noida answers empty fetches at once
+            from streams.broker_quirks import pace_fetches
+
+            pace_fetches()
         broker = EmbeddedBroker(args.broker, log_path=str(tmp / "broker.log")).start()
         try:
             if "latency" in only:

@@ -68,7 +68,12 @@ def pace_fetches(min_interval_s: float = FETCH_PACE_S) -> None:
         result = await original(self, assignment, node_id, request)  # records are handed over in here
         rest = min_interval_s - (time.monotonic() - started)
         if rest > 0:
-            await asyncio.sleep(rest)  # the next request to this node waits; this one's records do not
+            try:
+                await asyncio.sleep(rest)  # the next request to this node waits; this one's records do not
+            except asyncio.CancelledError:
+                # Fetcher.close() and re-assignment cancel pending fetches and then await them expecting no
+                # error, as the original returns normally when cancelled: do the same
+                return result
         return result
 
     Fetcher._tidewater_unpaced = original

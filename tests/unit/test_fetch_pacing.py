@@ -53,3 +53,14 @@ def test_installing_twice_wraps_the_original_once(fake_fetch):
     broker_quirks.pace_fetches(0.005)
     call(Fetcher._proc_fetch_request)
     assert fake_fetch["calls"] == 1 and len(fake_fetch["slept"]) == 1
+
+
+def test_regression_a_fetch_cancelled_while_pacing_returns_normally(fake_fetch, monkeypatch):
+    """aiokafka's Fetcher.close() cancels pending fetches, then awaits them expecting no error (its own method
+    swallows the cancellation): a CancelledError out of the pacing sleep broke AIOKafkaConsumer.stop()."""
+    async def cancelled_sleep(seconds):
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(broker_quirks.asyncio, "sleep", cancelled_sleep)
+    broker_quirks.pace_fetches(0.005)
+    assert call(Fetcher._proc_fetch_request) == "needs_wakeup"
