@@ -486,16 +486,13 @@ def answer_recs_together(engines: Sequence[PartitionEngine], results: Sequence[B
     if not can_answer_together(engines):
         raise ValueError("engines answered together must share a partition-independent recommender and top k")
     first = engines[0]
-    recommender = first.recommender
     pending = [e._pending_recs for e in engines]
     for e in engines:
         e._pending_recs = []
     queries = [p.query for rows in pending for p in rows]
     if not queries:
         return
-    started = time.perf_counter()
-    answers = recommender.recommend_many(queries, first.config.rec_top_k, (), ())  # no partition fallback
-    first._observe("recommend", len(queries), time.perf_counter() - started)
+    answers = first._ask(queries, first.config.rec_top_k)  # its partition's ranking is ignored (independent)
     at = 0
     for engine, rows, result in zip(engines, pending, results):
         engine._emit_recs(rows, answers[at:at + len(rows)], result)
