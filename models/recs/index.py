@@ -7,9 +7,12 @@
   ``target_recall`` (0.985 by default; the goal is 0.98).
 * Runs on GPU (``faiss.StandardGpuResources``) when faiss sees a GPU, else CPU; ``save``/``load`` always
   store the CPU index.
-* ``search_many(queries, k, exclude)`` removes consumed items by oversampling (k + the largest exclude
-  set in the batch, capped at the catalogue) and filtering, so every row gets k results when the
-  catalogue has k unconsumed items.
+* ``search_many(queries, k, exclude)`` removes consumed items by oversampling (k + the row's exclusions,
+  capped at the catalogue) and filtering, so every row gets k results when the catalogue has k unconsumed
+  items.
+* Every row is searched with a width of its own (``search_rows``): an approximate index's answer depends on
+  the width (``ivfpq`` refines ``8 * width`` candidates), so a row's answer must not depend on which other
+  rows share the call; otherwise a replay, batched differently, could recommend differently.
 * ``HotSwapIndex`` holds the current index behind one reference: a new version is built/loaded fully
   off to the side and then swapped in with a single assignment under a lock, so concurrent queries
   see the old or the new index, never a half-built one.
@@ -32,6 +35,7 @@ META_FILE = "index.json"
 APPROX_KINDS = ("ivf", "ivfpq")
 REFINE_K_FACTOR = 8
 FIRST_PASS_MARGIN = 16  # search_many: first pass asks for k + this many, enough unless more excluded items rank there
+WIDTH_STEP = 32  # per-row search widths are rounded up to a multiple of this, so that rows can share a search
 _DIRECT_MAP_LOCK = threading.Lock()
 
 
@@ -56,6 +60,12 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     flat.add(np.ascontiguousarray(base, dtype=np.float32))
     _, ids = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return ids
+
+
+def row_width(need: int, n_items: int) -> int:
+    """The search width for a row that needs ``need`` results: rounded up to a multiple of ``WIDTH_STEP``,
+    capped at the catalogue. A function of the row alone (see ``ItemIndex.search_rows``)."""
+    return max(1, min(n_items, -(-max(1, need) // WIDTH_STEP) * WIDTH_STEP))
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
@@ -179,14 +189,37 @@ class ItemIndex:
         k = max(1, min(int(k), len(self.item_ids)))
         return self._index.search(q, k)
 
+    def search_rows(self, queries: np.ndarray, widths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``r`` searched for its top ``widths[r]``, one search per distinct width; (scores, ids) padded to
+        the widest with -inf / -1. Answers depend only on the row and its width, never on the other rows of the
+        call (a single search of the widest width would let a row's answer from an approximate index depend on
+        its neighbours in the batch)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        n = len(self.item_ids)
+        w = np.minimum(np.maximum(np.asarray(widths, np.int64), 1), n)
+        if len(w) != len(q):
+            raise ValueError(f"{len(w)} widths for {len(q)} queries")
+        top = int(w.max(initial=1))
+        scores = np.full((len(q), top), -np.inf, np.float32)
+        ids = np.full((len(q), top), -1, np.int64)
+        for width in np.unique(w).tolist():
+            rows = np.flatnonzero(w == width)
+            part = q if len(rows) == len(q) else q[rows]
+            s, i = self._index.search(part, width)
+            scores[rows, :width], ids[rows, :width] = s, i
+        return scores, ids
+
     def search_many(self, queries: np.ndarray, k: int,
                     exclude: Sequence[AbstractSet[str] | None] | None = None) -> list[list[tuple[str, float]]]:
         """Top-k (item, score) per query, skipping each query's excluded items.
 
-        Two passes: first the top ``k + FIRST_PASS_MARGIN`` of every query, which is enough whenever fewer
-        excluded items rank there; then, for the rows that came out short, the top ``k + len(exclusions)``
-        (enough for any row). On a flat index this gives the same items as one search of ``k + the largest
-        exclusion set`` for all rows, at a fraction of the cost (flat search time grows with k)."""
+        Two passes: first the top ``k + min(exclusions, FIRST_PASS_MARGIN)`` of every query, which is enough
+        whenever fewer excluded items rank there; then, for the rows that came out short, the top
+        ``k + exclusions`` (enough for any row). Widths are per row (``row_width``), so a row's answer does not
+        depend on the others in the call. On a flat index this gives the same items as one wide search, at a
+        fraction of the cost (flat search time grows with k)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None]
@@ -196,23 +229,23 @@ class ItemIndex:
         if len(q) == 0 or min(n, k) <= 0:
             return [[] for _ in range(len(q))]
         extra = [len(e) if e else 0 for e in exclude] if exclude else [0] * len(q)
-        kk = min(n, k + min(max(extra), FIRST_PASS_MARGIN))
-        out = self._filtered(q, kk, k, exclude)
-        short = [r for r, row in enumerate(out) if len(row) < k and kk < min(n, k + extra[r])]
+        first = [row_width(k + min(e, FIRST_PASS_MARGIN), n) for e in extra]
+        out = self._filtered(*self.search_rows(q, first), k, exclude)
+        short = [r for r, row in enumerate(out) if len(row) < k and first[r] < min(n, k + extra[r])]
         if short:
-            kk = min(n, k + max(extra[r] for r in short))
-            again = self._filtered(q[short], kk, k, [exclude[r] for r in short] if exclude else None)
+            widths = [row_width(k + extra[r], n) for r in short]
+            again = self._filtered(*self.search_rows(q[short], widths), k,
+                                   [exclude[r] for r in short] if exclude else None)
             for r, row in zip(short, again):
                 out[r] = row
         return out
 
-    def _filtered(self, q: np.ndarray, kk: int, k: int,
+    def _filtered(self, scores: np.ndarray, ids: np.ndarray, k: int,
                   exclude: Sequence[AbstractSet[str] | None] | None) -> list[list[tuple[str, float]]]:
-        scores, ids = self._index.search(q, kk)
         scores, ids = scores.tolist(), ids.tolist()  # Python numbers: iterating numpy rows costs more than search
         out = []
         item_ids = self.item_ids
-        for r in range(len(q)):
+        for r in range(len(ids)):
             ex = exclude[r] if exclude else None
             row = []
             for i, s in zip(ids[r], scores[r]):

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from models.recs.index import row_width
+
 RERANK_CANDIDATES = 50
 MATRIX_FILE = "rerank_matrix.npy"
 COLUMNS_FILE = "rerank_items.npy"
@@ -147,9 +149,11 @@ def _excluded(ids: np.ndarray, exclude: Sequence[Sequence[int]], n_items: int) -
 
 def search_and_rerank(index, full: FullRankScorer, vectors: np.ndarray, k: int, candidates: int,
                       exclude: Sequence[Sequence[int]], histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """The served second stage from the user vectors: one search of ``index`` (an ``ItemIndex``) wide enough to
-    leave ``candidates`` items after each row's exclusions, then ``full.rerank_batch``. The worker
-    (``Recommender``) and ``evaluate recs`` both call this, so the evaluation measures what is served."""
-    width = min(len(full.col_of), candidates + max(map(len, exclude), default=0))
-    scores, ids = index.search_ids(vectors, width)
-    return full.rerank_batch(histories, ids.astype(np.int64), scores.astype(np.float64), exclude, k, candidates)
+    """The served second stage from the user vectors: a search of ``index`` (an ``ItemIndex``) wide enough to
+    leave ``candidates`` items after each row's exclusions (each row's own width: ``ItemIndex.search_rows``),
+    then ``full.rerank_batch``. The worker (``Recommender``) and ``evaluate recs`` both call this, so the
+    evaluation measures what is served."""
+    n = len(index)
+    widths = [row_width(candidates + len(ex), n) for ex in exclude]
+    scores, ids = index.search_rows(vectors, widths)
+    return full.rerank_batch(histories, ids, scores.astype(np.float64), exclude, k, candidates)

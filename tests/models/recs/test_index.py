@@ -144,3 +144,44 @@ def test_hot_swap_under_concurrent_queries(tmp_path):
 def test_empty_hot_swap_raises_lookup():
     with pytest.raises(LookupError):
         HotSwapIndex().search_many(np.zeros((1, 4), np.float32), 3)
+
+
+@pytest.fixture(scope="module")
+def clustered_ivfpq():
+    """An approximate index (IVF + fast-scan PQ + exact refine of 8 * width candidates) on clustered vectors."""
+    rng = np.random.default_rng(7)
+    n, d = 3000, 16
+    centres = rng.standard_normal((20, d))
+    base = (centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    ids = [f"i{j}" for j in range(n)]
+    queries = (base[rng.integers(0, n, 40)] + 0.3 * rng.standard_normal((40, d))).astype(np.float32)
+    return ids, ItemIndex.build(ids, base, kind="ivfpq", use_gpu=False), queries
+
+
+@settings(max_examples=20, deadline=None)
+@given(row=st.integers(0, 39), others=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 600)), max_size=4),
+       own=st.integers(0, 40), seed=st.integers(0, 10**6))
+def test_regression_approximate_answers_do_not_depend_on_the_other_queries_of_a_call(clustered_ivfpq, row, others,
+                                                                                     own, seed):
+    """Bug: one search as wide as the call's largest exclusion set. ivfpq refines 8 * width candidates, so a
+    user's recommendations changed with the users batched beside it, and a replay (batched differently) could
+    differ from the live run. Widths are now per row."""
+    from models.recs.rerank import FullRankScorer, search_and_rerank
+
+    ids, idx, queries = clustered_ivfpq
+    assert idx.kind == "ivfpq"
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    excl = [rng.choice(n, size, replace=False) for size in [own] + [s for _, s in others]]
+    rows = [row] + [r for r, _ in others]
+    q = queries[rows]
+    alone = idx.search_many(q[:1], 10, [{ids[j] for j in excl[0]}])
+    together = idx.search_many(q, 10, [{ids[j] for j in e} for e in excl])
+    assert together[0] == alone[0]
+    full = FullRankScorer(rng.standard_normal((n, n)).astype(np.float32) * 0.01, np.arange(n), 0.8, 10)
+    hist = [rng.choice(n, 5).tolist() for _ in rows]
+    ex = [sorted(e.tolist()) for e in excl]
+    a_ids, a_scores = search_and_rerank(idx, full, q[:1], 10, 50, ex[:1], hist[:1])
+    t_ids, t_scores = search_and_rerank(idx, full, q, 10, 50, ex, hist)
+    assert t_ids[0].tolist() == a_ids[0].tolist()
+    np.testing.assert_array_equal(t_scores[0], a_scores[0])
