@@ -177,6 +177,11 @@ class PartitionEngine:
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
+        # activity not scored yet: later than the last score, or never scored (ticks come after the first
+        # event, so a score is never at 0.0 and an event at ts = 0 still counts). Checked before the day
+        # test below: with ticks shorter than a day, a user is active again within the same day
+        if profile.n_events and (profile.last_ts > profile.last_scored_ts or profile.last_scored_ts == 0.0):
+            self._active_since_tick.add(profile.user_id)
         day = int(profile.last_ts // DAY)
         old = self._last_day.get(profile.user_id)
         if old == day:
@@ -185,8 +190,6 @@ class PartitionEngine:
             self._by_day.get(old, set()).discard(profile.user_id)
         self._last_day[profile.user_id] = day
         self._by_day.setdefault(day, set()).add(profile.user_id)
-        if profile.last_ts > profile.last_scored_ts:
-            self._active_since_tick.add(profile.user_id)
 
     # --- hooks ---------------------------------------------------------------------------------------
     def on_record(self, record: Record, now: float) -> None:

@@ -211,3 +211,31 @@ def test_engines_with_a_partition_popularity_recommender_are_not_answered_togeth
     engines = [PartitionEngine(p, EngineConfig(), DictStore(), recommender=PartitionPopularity()) for p in range(2)]
     with pytest.raises(ValueError, match="partition-independent"):
         answer_recs_together(engines, [engine.on_notify(0.0, defer_recs=True) for engine in engines])
+
+
+def _activity_scores(result, user):
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+    return [s["as_of"] for s in scores if s["user_id"] == user and s["trigger"] == "activity"]
+
+
+def test_regression_sub_day_ticks_score_a_user_active_again_the_same_day():
+    """Bug: the "active since the last tick" mark was set only when a user's last-activity day changed, so with
+    ticks shorter than a day (TIDEWATER_CLOCK_TICK_S) a user scored at 11:00 and active again at 11:30 the same
+    day was not scored again."""
+    day0 = 20_000 * DAY
+    hour = 3600.0
+    config = EngineConfig(inactivity_gap_s=14 * DAY, tick_s=hour)
+    evs = [Click(event_id="a", user_id="u", ts=day0 + 10.25 * hour),
+           Click(event_id="b", user_id="u", ts=day0 + 11.5 * hour)]
+    evs += [Click(event_id=f"w{h}", user_id="busy", ts=day0 + h * hour + 1) for h in range(9, 15)]
+    _, _, result = run(sorted(evs, key=lambda e: e.ts), None, config=config)
+    assert _activity_scores(result, "u") == [day0 + 11 * hour, day0 + 12 * hour]
+
+
+def test_regression_an_event_at_ts_zero_marks_its_user_active():
+    """Bug: activity was "last event later than the last score", both 0.0 for a user whose only event is at
+    ts = 0 (a valid event time), so that user was never scored for activity."""
+    evs = [Click(event_id="a", user_id="zero", ts=0.0)]
+    evs += [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 5) for d in range(3)]
+    _, _, result = run(evs, None)
+    assert _activity_scores(result, "zero") == [DAY]
