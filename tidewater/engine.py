@@ -177,10 +177,11 @@ class PartitionEngine:
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
-        # activity not scored yet: later than the last score, or never scored (ticks come after the first
-        # event, so a score is never at 0.0 and an event at ts = 0 still counts). Checked before the day
-        # test below: with ticks shorter than a day, a user is active again within the same day
-        if profile.n_events and (profile.last_ts > profile.last_scored_ts or profile.last_scored_ts == 0.0):
+        # activity the last score did not see: a score at ``as_of`` ignores events at or after ``as_of``, so an
+        # event exactly at the tick instant (midnight, for daily ticks) is new too; never scored: 0.0, so an
+        # event at ts = 0 counts. Checked before the day test below: a user can be active again within one
+        # last-activity day (that midnight event, or ticks shorter than a day)
+        if profile.n_events and profile.last_ts >= profile.last_scored_ts:
             self._active_since_tick.add(profile.user_id)
         day = int(profile.last_ts // DAY)
         old = self._last_day.get(profile.user_id)

@@ -239,3 +239,18 @@ def test_regression_an_event_at_ts_zero_marks_its_user_active():
     evs += [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 5) for d in range(3)]
     _, _, result = run(evs, None)
     assert _activity_scores(result, "zero") == [DAY]
+
+
+@pytest.mark.parametrize("later_same_day", [True, False])
+def test_regression_an_event_exactly_at_a_tick_counts_as_new_activity(later_same_day):
+    """Bug (seen on ml-100k: a user rating at exactly midnight and 300 times more that day): the tick at
+    midnight scored the user (``as_of`` = midnight: events at or after it are not in the score), then the event
+    at midnight was applied with ``last_ts == last_scored_ts`` and not marked active; the rest of the day's
+    events then short-cut on the unchanged last-activity day. The day's activity was never scored."""
+    day0 = 20_000 * DAY
+    evs = [Click(event_id="a", user_id="u", ts=day0 + 10 * 3600), Click(event_id="b", user_id="u", ts=day0 + DAY)]
+    if later_same_day:
+        evs.append(Click(event_id="c", user_id="u", ts=day0 + DAY + 5 * 3600))
+    evs += [Click(event_id=f"w{d}", user_id="busy", ts=day0 + d * DAY + 7) for d in range(4)]
+    _, _, result = run(sorted(evs, key=lambda e: e.ts), None)
+    assert _activity_scores(result, "u") == [day0 + DAY, day0 + 2 * DAY]
