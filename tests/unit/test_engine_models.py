@@ -254,3 +254,26 @@ def test_regression_an_event_exactly_at_a_tick_counts_as_new_activity(later_same
     evs += [Click(event_id=f"w{d}", user_id="busy", ts=day0 + d * DAY + 7) for d in range(4)]
     _, _, result = run(sorted(evs, key=lambda e: e.ts), None)
     assert _activity_scores(result, "u") == [day0 + DAY, day0 + 2 * DAY]
+
+
+@settings(max_examples=60, deadline=None)
+@given(tick_hours=st.sampled_from([1, 6, 24]),
+       events=st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 8),
+                                 st.sampled_from(["on", "after", "mid", "before_next"])), min_size=1, max_size=40))
+def test_activity_scores_are_exactly_the_users_with_events_in_each_tick_window(tick_hours, events):
+    """Invariant, in-order input: the tick at T scores for activity exactly the users with an event in
+    [T - tick, T) (the score at T sees events before T, and the previous score saw those before T - tick).
+    Timestamps fall on and around tick boundaries, where the bugs pinned above lived."""
+    tick = tick_hours * 3600.0
+    offset = {"on": 0.0, "after": 1.0, "mid": tick / 2, "before_next": tick - 1.0}
+    day0 = 20_000 * DAY
+    stamps = sorted((day0 + k * tick + offset[where], user) for user, k, where in events)
+    evs = [Click(event_id=f"e{i}", user_id=user, ts=ts) for i, (ts, user) in enumerate(stamps)]
+    _, _, result = run(evs, None, config=EngineConfig(inactivity_gap_s=400 * DAY, tick_s=tick))
+    got = {(s["user_id"], s["as_of"]) for s in map(json.loads, (o.value for o in result.outputs
+                                                                 if o.topic == "churn-scores"))}
+    # ticks fire when an event reaches them: every boundary after the first event, up to the last event
+    first, last = stamps[0][0], stamps[-1][0]
+    ticks = [t * tick for t in range(int(first // tick) + 1, int(last // tick) + 1)]
+    expected = {(user, t) for t in ticks for ts, user in stamps if t - tick <= ts < t}
+    assert got == expected
