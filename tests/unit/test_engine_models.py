@@ -277,3 +277,34 @@ def test_activity_scores_are_exactly_the_users_with_events_in_each_tick_window(t
     ticks = [t * tick for t in range(int(first // tick) + 1, int(last // tick) + 1)]
     expected = {(user, t) for t in ticks for ts, user in stamps if t - tick <= ts < t}
     assert got == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(gap=st.integers(1, 4), rescore=st.integers(1, 3), rescores=st.integers(0, 2),
+       quiet=st.lists(st.tuples(st.sampled_from(["q1", "q2", "q3"]), st.integers(0, 20),
+                                st.sampled_from([0.0, 1.0, 43_200.0, DAY - 1.0])), min_size=1, max_size=12))
+def test_inactivity_scores_follow_each_silence(gap, rescore, rescores, quiet):
+    """Invariant, in-order input, daily ticks: after a user's event on day d, the silence is scored at the ticks
+    (d + 1 + gap + level * rescore) days for level 0..rescores, as long as the tick comes no later than the
+    user's next event and the watermark reaches it."""
+    day0 = 20_000 * DAY
+    evs = [(day0 + d * DAY + off, user) for user, d, off in quiet]
+    evs += [(day0 + d * DAY + 7.0, "busy") for d in range(31)]  # the watermark walks through 30 days
+    evs.sort()
+    config = EngineConfig(inactivity_gap_s=gap * DAY, inactivity_rescore_s=rescore * DAY, inactivity_rescores=rescores)
+    _, _, result = run([Click(event_id=f"e{i}", user_id=u, ts=ts) for i, (ts, u) in enumerate(evs)], None,
+                       config=config)
+    got = sorted((s["user_id"], s["as_of"]) for s in map(json.loads, (o.value for o in result.outputs
+                                                                       if o.topic == "churn-scores"))
+                 if s["trigger"] == "inactivity" and s["user_id"] != "busy")
+    last_ts = evs[-1][0]
+    expected = []
+    for user in sorted({u for _, u in evs if u != "busy"}):
+        times = sorted(ts for ts, u in evs if u == user)
+        for i, ts in enumerate(times):
+            following = times[i + 1] if i + 1 < len(times) else float("inf")
+            for level in range(rescores + 1):
+                tick = (ts // DAY + 1 + gap + level * rescore) * DAY
+                if tick <= following and tick <= last_ts:
+                    expected.append((user, tick))
+    assert got == sorted(expected)
