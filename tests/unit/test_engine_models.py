@@ -329,14 +329,20 @@ def _drive(engine, store, recs, batch, *, finish=True):
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_vector_model(tmp_path_factory):
+    return tiny_recs_version(tmp_path_factory.mktemp("reg") / "v0001-abc")
+
+
 @settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 40), crash_after=st.integers(0, 30))
-def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the_uninterrupted_outputs(batch,
-                                                                                                        crash_after):
+@given(batch=st.integers(1, 40), crash_after=st.integers(0, 30), vectors=st.booleans())
+def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the_uninterrupted_outputs(
+        tiny_vector_model, batch, crash_after, vectors):
     """Recovery as the worker does it: profiles and the partition state as persisted after the last finished
     batch, the activity index rebuilt from the profiles, and redelivery from each topic's committed offset (the
     first record not done). Outputs before the crash plus outputs after the restart equal one uninterrupted run
-    (per output topic, in order), and no duplicate is applied."""
+    (per output topic, in order), and no duplicate is applied. With the partition's popularity ranking or with
+    user vectors in the profiles (a real recommender version)."""
     import msgspec
 
     from tidewater.engine import PartitionState
@@ -344,13 +350,15 @@ def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the
     config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, tick_s=DAY / 2)
     recs = records(shop(n_users=5, days=60))
     store = EncodedStore()
-    before = _drive(PartitionEngine(0, config, store), store, recs[:(crash_after + 1) * batch], batch,
-                    finish=False)
+    rec = (lambda: VectorRecommender(tiny_vector_model)) if vectors else (lambda: None)
+    before = _drive(PartitionEngine(0, config, store, recommender=rec()), store, recs[:(crash_after + 1) * batch],
+                    batch, finish=False)
     done = {(r.topic, r.offset) for _, d, _ in before for r in d}
     committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in done), default=None)
                  for t in ("clicks", "purchases")}
     redelivered = [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
-    restarted = PartitionEngine(0, config, store, state=msgspec.msgpack.decode(before[-1][2], type=PartitionState))
+    restarted = PartitionEngine(0, config, store, state=msgspec.msgpack.decode(before[-1][2], type=PartitionState),
+                                recommender=rec())
     for user_id in sorted(store):
         restarted.index_profile(store.get(user_id))
     after = _drive(restarted, store, redelivered, batch)
@@ -363,6 +371,6 @@ def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the
         return topics
 
     fresh = EncodedStore()
-    uninterrupted = by_topic(_drive(PartitionEngine(0, config, fresh), fresh, recs, batch))
+    uninterrupted = by_topic(_drive(PartitionEngine(0, config, fresh, recommender=rec()), fresh, recs, batch))
     assert by_topic(before + after) == uninterrupted
     assert dict(store) == dict(fresh)  # the same profiles, byte for byte: nothing applied twice or lost
