@@ -177,11 +177,10 @@ class PartitionEngine:
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
-        # activity the last score did not see: a score at ``as_of`` ignores events at or after ``as_of``, so an
-        # event exactly at the tick instant (midnight, for daily ticks) is new too; never scored: 0.0, so an
-        # event at ts = 0 counts. Checked before the day test below: a user can be active again within one
-        # last-activity day (that midnight event, or ticks shorter than a day)
-        if profile.n_events and profile.last_ts >= profile.last_scored_ts:
+        # activity the last score did not see: events applied since it, counted (not compared by time: an event
+        # exactly at the tick instant, or a late one, is not in a score at that tick either). Checked before the
+        # day test below: a user can be active again within one last-activity day. Exact on a restore too
+        if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
         day = int(profile.last_ts // DAY)
         old = self._last_day.get(profile.user_id)
@@ -370,6 +369,7 @@ class PartitionEngine:
             score = round(float(scores[j]), 6)
             exp = None if expected is None else round(float(expected[j]), 4)
             profile.last_scored_ts = tick
+            profile.events_at_score = profile.n_events
             if trigger == "inactivity":
                 profile.inactive_flagged_ts = tick
                 profile.inactivity_level = level + 1

@@ -72,6 +72,7 @@ class Profile(msgspec.Struct, kw_only=True):
     events_since_rec: int = 0
     last_rec_ts: float = 0.0
     last_scored_ts: float = 0.0
+    events_at_score: int = 0  # n_events at the last churn score: more = activity that score did not see
     inactive_flagged_ts: float = 0.0
     inactivity_level: int = 0  # inactivity re-scorings since the last event (silence keeps growing)
     last_offer_ts: float = 0.0
