@@ -13,6 +13,7 @@ skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import heapq
 import time
 from collections import Counter
@@ -68,6 +69,7 @@ class EngineConfig:
     offer_items: int = 3
     profile: ProfileConfig = ProfileConfig()
     offers: offer_policy.OfferPolicy = offer_policy.OfferPolicy()
+    partitions: int = 1  # of the input topics: each partition enforces its share of the global offer budget
 
     @property
     def input_topics(self) -> tuple[str, str]:
@@ -86,6 +88,7 @@ class EngineConfig:
                                   window_grace_s=s.window_grace_s),
             offers=offer_policy.OfferPolicy(churn_threshold=s.churn_threshold, cooldown_s=s.offer_cooldown_s,
                                             daily_budget=s.offer_daily_budget, min_value=s.offer_min_value),
+            partitions=s.partitions,
         )
 
 
@@ -158,6 +161,9 @@ class PartitionEngine:
         self.config = config
         self.store = store
         self.state = state or PartitionState(partition=partition)
+        # the global daily offer budget, this partition's share of it
+        self.offer_policy = dataclasses.replace(config.offers, daily_budget=offer_policy.partition_budget(
+            config.offers.daily_budget, partition, config.partitions))
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
@@ -382,7 +388,7 @@ class PartitionEngine:
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
                 expected_purchases=exp, activity_drop=drop))
             decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used,
-                                           self.config.offers, expected_purchases=exp)
+                                           self.offer_policy, expected_purchases=exp)
             if decision is not None:
                 self.state.budget_used += 1
                 profile.last_offer_ts = tick

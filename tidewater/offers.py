@@ -32,7 +32,7 @@ class OfferPolicy:
     # days), so a customer drifting away crosses it.
     churn_threshold: float = 0.6
     cooldown_s: float = 90 * DAY  # one offer per lapse, not one per re-scoring step
-    daily_budget: int = 500
+    daily_budget: int = 500  # offers per event-time day, all partitions together (see partition_budget)
     min_purchases: int = 1
     min_value: float = 20.0  # customers worth less than this are not worth a discount
     high_value: float = 200.0
@@ -47,6 +47,16 @@ class OfferDecision:
     reason_codes: tuple[str, ...]
     expires_at: float
     customer_value: float
+
+
+def partition_budget(daily_budget: int, partition: int, partitions: int) -> int:
+    """This partition's share of the global daily offer budget: ``daily_budget // partitions``, plus one for the
+    first ``daily_budget % partitions`` partitions. The shares add up to the budget exactly, with no coordination
+    between workers (users are spread over partitions by key hash, so the shares fit the demand on average)."""
+    partitions = max(1, int(partitions))
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} outside 0..{partitions - 1}")
+    return daily_budget // partitions + (1 if partition < daily_budget % partitions else 0)
 
 
 def customer_value(profile: Profile, expected_purchases: float | None = None) -> float:

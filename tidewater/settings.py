@@ -154,7 +154,8 @@ class Settings:
                                      "Customers worth less (spend so far + expected spend) get no offer.")
     offer_cooldown_s: float = setting(90 * 86400.0, "TIDEWATER_OFFER_COOLDOWN_S", "Per-user offer cooldown (event time).")
     offer_daily_budget: int = setting(500, "TIDEWATER_OFFER_DAILY_BUDGET",
-                                      "Offers per event-time day per partition (budget).")
+                                      "Offers per event-time day, all partitions together: each partition "
+                                      "enforces its share (budget // partitions, the remainder to the first ones).")
 
     # --- web ------------------------------------------------------------------------------------------------
     web_host: str = setting("127.0.0.1", "TIDEWATER_WEB_HOST", "Bind address of the worker's HTTP server.")

@@ -180,7 +180,7 @@ def test_recommendations_answered_together_across_engines_equal_each_engines_own
     model = tiny_recs_version(tmp_path_factory.mktemp("reg") / "v0001-abc")
     evs = shop(n_users=6, days=40)
     parts = [records([e for e in evs if int(e.user_id[1:]) % 3 == p], partition=p) for p in range(3)]
-    config = EngineConfig(inactivity_gap_s=14 * DAY)
+    config = EngineConfig(inactivity_gap_s=14 * DAY, partitions=3)
 
     def drive(together: bool) -> list[list[tuple[str, bytes]]]:
         recommender = VectorRecommender(model)
@@ -208,7 +208,8 @@ def test_recommendations_answered_together_across_engines_equal_each_engines_own
 def test_engines_with_a_partition_popularity_recommender_are_not_answered_together():
     from tidewater.recommending import PartitionPopularity
 
-    engines = [PartitionEngine(p, EngineConfig(), DictStore(), recommender=PartitionPopularity()) for p in range(2)]
+    engines = [PartitionEngine(p, EngineConfig(partitions=2), DictStore(), recommender=PartitionPopularity())
+               for p in range(2)]
     with pytest.raises(ValueError, match="partition-independent"):
         answer_recs_together(engines, [engine.on_notify(0.0, defer_recs=True) for engine in engines])
 

@@ -1,8 +1,12 @@
-from hypothesis import given
+import json
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_engine import DictStore, records
+from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
 from tidewater.events import Purchase
-from tidewater.offers import OfferPolicy, customer_value, decide
+from tidewater.offers import OfferPolicy, customer_value, decide, partition_budget
 from tidewater.profile import DAY, apply, new_profile
 
 
@@ -60,3 +64,48 @@ def test_policy_invariants(amounts, score, expected, budget):
         richer = decide(buyer([a * 2 for a in amounts]), score, 100 * DAY, "inactivity", budget, policy,
                         expected_purchases=expected)
         assert richer is not None and richer.discount_pct >= decision.discount_pct
+
+
+@given(st.integers(0, 10_000), st.integers(1, 64))
+def test_partition_shares_add_up_to_the_global_budget(budget, partitions):
+    shares = [partition_budget(budget, p, partitions) for p in range(partitions)]
+    assert sum(shares) == budget
+    assert max(shares) - min(shares) <= 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(partitions=st.integers(1, 4), budget=st.integers(0, 12), n_users=st.integers(1, 30),
+       cooldown_days=st.integers(1, 20))
+def test_the_stream_never_exceeds_the_global_daily_budget_or_a_users_cooldown(partitions, budget, n_users,
+                                                                             cooldown_days):
+    """All partitions' engines together, every user at high risk on every tick (a constant scorer): offers per
+    event-time day never exceed TIDEWATER_OFFER_DAILY_BUDGET summed over partitions, and a user's offers are at
+    least the cooldown apart."""
+    class AlwaysAtRisk:
+        version = "test:constant-0.95"
+
+        def score_many(self, sequences, as_of):
+            return [0.95] * len(sequences)
+
+    config = EngineConfig(partitions=partitions, inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY,
+                          offers=OfferPolicy(daily_budget=budget, cooldown_s=cooldown_days * DAY))
+    offers = []
+    for p in range(partitions):
+        users = [f"u{i}" for i in range(n_users) if i % partitions == p]
+        evs = [Purchase(event_id=f"{u}-{d}", user_id=u, ts=d * DAY + 60, amount=50.0)
+               for d in range(0, 30, 3) for u in users]
+        engine = PartitionEngine(p, config, DictStore(), scorer=AlwaysAtRisk())
+        result = run_to_completion(engine, records(evs, partition=p))
+        offers += [json.loads(o.value) for o in result.outputs if o.topic == "retention-offers"]
+    per_day: dict[int, int] = {}
+    for o in offers:
+        per_day[int(o["as_of"] // DAY)] = per_day.get(int(o["as_of"] // DAY), 0) + 1
+    assert all(n <= budget for n in per_day.values())
+    by_user: dict[str, list[float]] = {}
+    for o in offers:
+        by_user.setdefault(o["user_id"], []).append(o["as_of"])
+    for times in by_user.values():
+        times.sort()
+        assert all(b - a >= cooldown_days * DAY for a, b in zip(times, times[1:]))
+    if budget >= partitions and n_users >= partitions:
+        assert offers  # the policy does offer when there is budget
