@@ -163,6 +163,10 @@ class VectorRecommender:
         return None if total is None else total / np.float32(profile.vec_weight)
 
     def query(self, profile: Profile) -> Query:
+        if profile.vec_version != self.version and profile.recent:
+            # a vector from another model version (a hot reload since the user's last event: retention offers go
+            # to silent users) is rebuilt from the ring in this model's space, as the next event would
+            self._rebuild(profile)
         # a new array and a tuple: later events do not change the query
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
