@@ -162,7 +162,7 @@ class PartitionEngine:
         self.store = store
         self.state = state or PartitionState(partition=partition)
         # the global daily offer budget, this partition's share of it
-        self.offer_policy = dataclasses.replace(config.offers, daily_budget=offer_policy.partition_budget(
+        self.partition_policy = dataclasses.replace(config.offers, daily_budget=offer_policy.partition_budget(
             config.offers.daily_budget, partition, config.partitions))
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
@@ -388,7 +388,7 @@ class PartitionEngine:
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
                 expected_purchases=exp, activity_drop=drop))
             decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used,
-                                           self.offer_policy, expected_purchases=exp)
+                                           self.partition_policy, expected_purchases=exp)
             if decision is not None:
                 self.state.budget_used += 1
                 profile.last_offer_ts = tick
