@@ -376,6 +376,7 @@ class PartitionEngine:
             exp = None if expected is None else round(float(expected[j]), 4)
             profile.last_scored_ts = tick
             profile.events_at_score = profile.n_events
+            self.recommender.refresh(profile)  # the segment stamped below is the current model's
             if trigger == "inactivity":
                 profile.inactive_flagged_ts = tick
                 profile.inactivity_level = level + 1

@@ -41,6 +41,8 @@ class StreamRecommender(Protocol):
 
     def fold(self, profile: Profile, item_id: str) -> bool: ...
 
+    def refresh(self, profile: Profile) -> None: ...
+
     def query(self, profile: Profile) -> Query: ...
 
     def change_since_rec(self, profile: Profile) -> float: ...
@@ -73,6 +75,9 @@ class PartitionPopularity:
 
     def fold(self, profile: Profile, item_id: str) -> bool:
         return False
+
+    def refresh(self, profile: Profile) -> None:
+        pass
 
     def query(self, profile: Profile) -> Query:
         return Query(None, seen_items(profile))
@@ -162,11 +167,15 @@ class VectorRecommender:
         total = self._sum(profile)
         return None if total is None else total / np.float32(profile.vec_weight)
 
-    def query(self, profile: Profile) -> Query:
+    def refresh(self, profile: Profile) -> None:
+        """A vector (and segment) from another model version, after a hot reload since the user's last event, is
+        rebuilt from the ring in this model's space, as the next event would. Silent users have no next event,
+        and they are the ones scored for inactivity and offered."""
         if profile.vec_version != self.version and profile.recent:
-            # a vector from another model version (a hot reload since the user's last event: retention offers go
-            # to silent users) is rebuilt from the ring in this model's space, as the next event would
             self._rebuild(profile)
+
+    def query(self, profile: Profile) -> Query:
+        self.refresh(profile)
         # a new array and a tuple: later events do not change the query
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))

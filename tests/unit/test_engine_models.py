@@ -11,7 +11,8 @@ from models.recs import user_vector as uv
 from models.recs.segments import train_segments
 from tests.unit.test_engine import DictStore, records, shop
 from tidewater.engine import EngineConfig, PartitionEngine, answer_recs_together, run_to_completion
-from tidewater.events import Click
+from tidewater.events import Click, Purchase
+from tidewater.offers import OfferPolicy
 from tidewater.profile import DAY, decode_profile, encode_profile
 from tidewater.recommending import VectorRecommender
 
@@ -406,7 +407,8 @@ def test_every_applied_event_is_seen_by_the_next_activity_score_even_when_late(t
 def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_user(tmp_path):
     """Bug: a user's vector is rebuilt in a new recs model's space at their next event, so a user who went silent
     before a swap (exactly who gets retention offers) had no vector in the new space and the offer carried the
-    model's popular items. The query now rebuilds it from the ring: the offer equals the new model's own."""
+    model's popular items, and the old model's segment id. The vector is now rebuilt from the ring when the user
+    is scored or queried: the offer equals the new model's own."""
     old = tiny_recs_version(tmp_path / "v0001-aaa", seed=1)
     new = tiny_recs_version(tmp_path / "v0002-bbb", seed=2)
 
@@ -416,13 +418,9 @@ def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_use
         def score_many(self, sequences, as_of):
             return [0.9] * len(sequences)
 
-    from tidewater.events import Purchase
-
     buys = [Purchase(event_id=f"p{i}", user_id="quiet", ts=i * DAY + 60, amount=80.0, item_id=ITEMS[i % 7])
             for i in range(3)]
     silence = [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 5, item_id="i0") for d in range(3, 40)]
-    from tidewater.offers import OfferPolicy
-
     config = EngineConfig(inactivity_gap_s=20 * DAY, offers=OfferPolicy(cooldown_s=5 * DAY))
 
     def offers(first, second):
@@ -430,10 +428,15 @@ def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_use
         engine = PartitionEngine(0, config, store, scorer=AtRisk(), recommender=VectorRecommender(first))
         store.update(run_to_completion(engine, records(buys + silence[:2])).profiles)
         engine.recommender = VectorRecommender(second)  # the hot reload, between two batches
-        out = run_to_completion(engine, records(buys + silence)).outputs  # buys again: duplicates, skipped
-        return [json.loads(o.value) for o in out if o.topic == "retention-offers"]
+        result = run_to_completion(engine, records(buys + silence))  # the buys again: duplicates, skipped
+        topics = {topic: [json.loads(o.value) for o in result.outputs if o.topic == topic]
+                  for topic in ("churn-scores", "retention-offers")}
+        return topics["retention-offers"], [s for s in topics["churn-scores"] if s["user_id"] == "quiet"]
 
-    swapped, native = offers(old, new), offers(new, new)
+    (swapped, swapped_scores), (native, _) = offers(old, new), offers(new, new)
     assert [o["user_id"] for o in swapped] == ["quiet"] and swapped[0]["recs_model_version"] == "v0002-bbb"
     assert [i["item_id"] for i in swapped[0]["items"]] == [i["item_id"] for i in native[0]["items"]]
+    # the segment stamped on the silent user's score and offer is the new model's, of the vector rebuilt from the ring
+    rebuilt = new.segment_of(np.asarray(new.recompute_user([b.item_id for b in buys]).sum, np.float32))
+    assert [s["segment"] for s in swapped_scores] == [rebuilt] and swapped[0]["segment"] == rebuilt
     assert any(i["score"] != 0.0 for i in swapped[0]["items"])  # the model's scores, not the popular fallback
