@@ -26,7 +26,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 EVENTS_IN = Counter("tidewater_events_in", "Input records received", ["topic"], registry=REGISTRY)
 APPLIED = Counter("tidewater_events_applied", "Input events applied to profiles", ["topic"], registry=REGISTRY)
-DUPLICATES = Counter("tidewater_duplicates_skipped", "Re-delivered events skipped by the idempotency marker",
+DUPLICATES = Counter("tidewater_duplicates_skipped",
+                     "Events skipped as already applied: re-delivered (offset) or written twice (event_id)",
                      ["topic"], registry=REGISTRY)
 DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-letter topic", ["reason"],
                        registry=REGISTRY)

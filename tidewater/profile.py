@@ -6,10 +6,13 @@ churn model's input), windowed activity (tumbling 1 h / 1 d buckets; hopping 7 d
 buckets), the user-vector slot, and the last applied offset per source partition (the idempotency marker).
 
 At-least-once delivery re-delivers events after a crash. ``apply`` skips any event whose offset is at or
-below the marker for its source partition, so applying an event twice equals applying it once.
+below the marker for its source partition, so applying an event twice equals applying it once. A producer that
+retries can also write one event twice, at two offsets: ``apply`` skips an event whose ``event_id`` is among the
+user's last ``RECENT_IDS`` applied events (kept as 8-byte digests).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import msgspec
@@ -19,6 +22,8 @@ from tidewater.events import Event, Purchase
 HOUR = 3600.0
 DAY = 86400.0
 MAX_CATEGORIES = 32
+RECENT_IDS = 16  # event ids remembered per user against producer duplicates (a retry follows its original closely)
+ID_DIGEST = 8
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Profile(msgspec.Struct, kw_only=True):
     last_rec_ts: float = 0.0
     last_scored_ts: float = 0.0
     events_at_score: int = 0  # n_events at the last churn score: more = activity that score did not see
+    recent_ids: bytes = b""  # digests of the last RECENT_IDS applied event ids, ID_DIGEST bytes each
     inactive_flagged_ts: float = 0.0
     inactivity_level: int = 0  # inactivity re-scorings since the last event (silence keeps growing)
     last_offer_ts: float = 0.0
@@ -91,15 +97,33 @@ def already_applied(profile: Profile, source: str, offset: int) -> bool:
     return offset <= profile.applied.get(source, -1)
 
 
+def id_digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode(), digest_size=ID_DIGEST).digest()
+
+
+def seen_event_id(profile: Profile, digest: bytes) -> bool:
+    """``digest`` is among the user's last applied event ids (aligned chunks: no match across two digests)."""
+    ids = profile.recent_ids
+    at = ids.find(digest)
+    while at > 0 and at % ID_DIGEST:
+        at = ids.find(digest, at + 1)
+    return at >= 0
+
+
 def apply(profile: Profile, event: Event, source: str, offset: int, watermark: float,
           config: ProfileConfig = ProfileConfig()) -> bool:
-    """Apply one event in place. Returns False (and changes nothing) when it was already applied.
+    """Apply one event in place. Returns False (and changes nothing) when it was already applied: re-delivered
+    (its offset) or written twice by the producer (its ``event_id``, among the user's last ``RECENT_IDS``).
 
     ``watermark`` is the partition's event-time watermark *before* this event; it decides whether the event
     is too late for its windows.
     """
     if already_applied(profile, source, offset):
         return False
+    digest = id_digest(event.event_id)
+    if seen_event_id(profile, digest):
+        return False
+    profile.recent_ids = (profile.recent_ids + digest)[-RECENT_IDS * ID_DIGEST:]
     profile.applied[source] = offset
     ts = event.ts
     is_purchase = isinstance(event, Purchase)

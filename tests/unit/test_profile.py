@@ -1,5 +1,6 @@
 import copy
 
+import msgspec
 from hypothesis import given, strategies as st
 
 from tidewater.events import Click, Purchase
@@ -15,6 +16,12 @@ events = st.builds(
     st.floats(0, 500).map(lambda x: round(x, 2)), st.one_of(st.none(), st.sampled_from(["i1", "i2", "i3"])))
 
 
+def event_lists(**kwargs):
+    """Lists of distinct events: each its own event_id (equal ids are producer duplicates, skipped by ``apply``)."""
+    return st.lists(events, **kwargs).map(
+        lambda evs: [msgspec.structs.replace(e, event_id=f"e{i}") for i, e in enumerate(evs)])
+
+
 def run(stream, profiles=None):
     profiles = profiles if profiles is not None else {}
     watermark = 0.0
@@ -25,7 +32,7 @@ def run(stream, profiles=None):
     return profiles
 
 
-@given(st.lists(events, max_size=40))
+@given(event_lists(max_size=40))
 def test_applying_twice_equals_applying_once(evs):
     stream = list(enumerate(evs))
     once = run(stream)
@@ -33,7 +40,7 @@ def test_applying_twice_equals_applying_once(evs):
     assert twice == once
 
 
-@given(st.lists(events, max_size=40), st.data())
+@given(event_lists(max_size=40), st.data())
 def test_redelivery_of_any_suffix_changes_nothing(evs, data):
     """At-least-once: after a crash, any suffix of already-applied events comes again."""
     stream = list(enumerate(evs))
@@ -43,7 +50,7 @@ def test_redelivery_of_any_suffix_changes_nothing(evs, data):
     assert again == once
 
 
-@given(st.lists(events, max_size=40), st.randoms())
+@given(event_lists(max_size=40), st.randoms())
 def test_order_across_users_does_not_matter(evs, rnd):
     stream = list(enumerate(evs))
     baseline = {u: p for u, p in run(stream).items()}
@@ -61,7 +68,7 @@ def test_order_across_users_does_not_matter(evs, rnd):
     assert counts(run(interleaved)) == counts(baseline)
 
 
-@given(st.lists(events, min_size=1, max_size=40))
+@given(event_lists(min_size=1, max_size=40))
 def test_invariants(evs):
     profiles = run(list(enumerate(evs)))
     for user, p in profiles.items():
@@ -130,3 +137,44 @@ def test_window_pruning_shortcut_equals_the_full_scan(steps):
         _count_in_windows(fast, ts, watermark, config)
         _windows_reference(slow, ts, watermark, config)
         assert (fast.hourly, fast.daily, fast.late_events) == (slow.hourly, slow.daily, slow.late_events)
+
+
+@given(event_lists(min_size=1, max_size=40), st.data())
+def test_producer_duplicates_at_new_offsets_change_nothing(evs, data):
+    """A producer that retries writes an event twice, at two offsets. Any event written again soon after (within
+    RECENT_IDS of its user's events) is skipped by its event_id: the profiles equal those without duplicates."""
+    from tidewater.profile import RECENT_IDS
+
+    stream = list(evs)
+    for _ in range(data.draw(st.integers(1, 10))):
+        at = data.draw(st.integers(0, len(stream) - 1))
+        original = stream[at]
+        later = [j for j in range(at + 1, len(stream) + 1)
+                 if sum(e.user_id == original.user_id for e in stream[at + 1:j]) < RECENT_IDS]
+        stream.insert(data.draw(st.sampled_from(later)), original)
+    def without_offsets(profiles):  # the offsets differ by construction: the duplicates took offsets too
+        return {u: msgspec.structs.replace(p, applied={}) for u, p in profiles.items()}
+
+    assert without_offsets(run(list(enumerate(stream)))) == without_offsets(run(list(enumerate(evs))))
+
+
+def test_an_event_id_seen_long_ago_is_applied_again():
+    """The memory is bounded (RECENT_IDS per user): an id re-used much later is a new event."""
+    from tidewater.profile import RECENT_IDS
+
+    p = new_profile("u")
+    for i in range(RECENT_IDS + 1):
+        assert apply(p, Click(event_id=f"e{i}", user_id="u", ts=float(i)), "c/0", i, float(i))
+    assert not apply(p, Click(event_id=f"e{RECENT_IDS}", user_id="u", ts=99.0), "c/0", 100, 99.0)
+    assert apply(p, Click(event_id="e0", user_id="u", ts=100.0), "c/0", 101, 100.0)
+    assert len(p.recent_ids) == RECENT_IDS * 8
+
+
+def test_an_id_digest_is_matched_only_on_its_own_boundaries():
+    from tidewater.profile import seen_event_id
+
+    p = new_profile("u")
+    p.recent_ids = b"xxxxabcd" + b"efghyyyy"  # "abcdefgh" straddles two digests: not an id that was seen
+    assert not seen_event_id(p, b"abcdefgh")
+    p.recent_ids += b"abcdefgh"
+    assert seen_event_id(p, b"abcdefgh") and seen_event_id(p, b"xxxxabcd") and not seen_event_id(p, b"abcdefgx")
