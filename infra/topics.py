@@ -69,3 +69,35 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
 
 def create_topics_sync(s: Settings) -> dict[str, str]:
     return asyncio.run(create_topics(s))
+
+
+async def input_partition_mismatches(s: Settings) -> list[str]:
+    """Input topics that exist with another partition count than ``TIDEWATER_PARTITIONS``: the profile tables, the
+    activity index rebuilt at an assignment and the offer-budget shares all assume the configured count. Empty when
+    the broker cannot be reached (the worker then waits for it as usual)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from streams.kafka_config import aiokafka_kwargs
+
+    admin = AIOKafkaAdminClient(**aiokafka_kwargs(s), request_timeout_ms=15000)
+    try:
+        await admin.start()
+    except (KafkaError, OSError):
+        return []
+    try:
+        wanted = [s.topic_clicks, s.topic_purchases]
+        existing = set(await admin.list_topics())
+        described = await admin.describe_topics([t for t in wanted if t in existing])
+    finally:
+        await admin.close()
+    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    return [f"input topic {topic} has {n} partitions but TIDEWATER_PARTITIONS is {s.partitions}"
+            for topic, n in sorted(counts.items()) if n != s.partitions]
+
+
+def check_input_partitions(s: Settings) -> None:
+    """Refuse to start a worker on input topics partitioned otherwise than configured (a clear error)."""
+    problems = asyncio.run(input_partition_mismatches(s))
+    if problems:
+        raise UserError("; ".join(problems) + ": set TIDEWATER_PARTITIONS to the topics' partition count")

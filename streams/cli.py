@@ -45,6 +45,9 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
 
         from streams.app import create_app
 
+        from infra.topics import check_input_partitions
+
+        check_input_partitions(s)  # the tables, the activity index and the offer-budget shares assume the count
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         faust_app = create_app(s)
         Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()

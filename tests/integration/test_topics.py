@@ -1,0 +1,36 @@
+"""Topic checks against the real broker."""
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+from infra.topics import TopicSpec, create_topics, input_partition_mismatches
+from tidewater.settings import Settings
+
+
+def _settings(broker, prefix: str, partitions: int) -> Settings:
+    return Settings.from_env(environ=dict(TIDEWATER_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+                                          TIDEWATER_TOPIC_CLICKS=f"{prefix}-clicks",
+                                          TIDEWATER_TOPIC_PURCHASES=f"{prefix}-purchases",
+                                          TIDEWATER_PARTITIONS=str(partitions)))
+
+
+def test_a_worker_refuses_input_topics_partitioned_otherwise_than_configured(broker, tmp_path):
+    """The profile tables, the activity index rebuilt at an assignment and the offer-budget shares all assume
+    TIDEWATER_PARTITIONS: a worker on topics with another count stops at once with a clear error, not later."""
+    prefix = "p" + uuid.uuid4().hex[:8]
+    created = _settings(broker, prefix, 3)
+    asyncio.run(create_topics(created, [TopicSpec(f"{prefix}-{kind}", 3) for kind in ("clicks", "purchases")]))
+    assert asyncio.run(input_partition_mismatches(created)) == []
+    wrong = _settings(broker, prefix, 8)
+    problems = asyncio.run(input_partition_mismatches(wrong))
+    assert problems == [f"input topic {prefix}-clicks has 3 partitions but TIDEWATER_PARTITIONS is 8",
+                        f"input topic {prefix}-purchases has 3 partitions but TIDEWATER_PARTITIONS is 8"]
+    env = dict(os.environ, TIDEWATER_BOOTSTRAP_SERVERS=broker.bootstrap_servers, TIDEWATER_PARTITIONS="8",
+               TIDEWATER_TOPIC_CLICKS=f"{prefix}-clicks", TIDEWATER_TOPIC_PURCHASES=f"{prefix}-purchases",
+               TIDEWATER_DATA_DIR=str(tmp_path / "data"))
+    proc = subprocess.run([sys.executable, "-m", "tidewater.cli", "worker"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "has 3 partitions but TIDEWATER_PARTITIONS is 8" in proc.stderr and "Traceback" not in proc.stderr
