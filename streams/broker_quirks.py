@@ -23,6 +23,8 @@ from typing import Any, Mapping
 from tidewater.settings import Settings
 
 QUIRKS = ("tansu-highwater", "noida-fetch-wait")
+# the work-around each embedded broker needs (`tidewater up` and the integration tests set it)
+QUIRKS_BY_BROKER = {"tansu": "tansu-highwater", "noida": "noida-fetch-wait"}
 FETCH_PACE_S = 0.005
 
 

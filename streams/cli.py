@@ -120,6 +120,7 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
            limit: Optional[int]) -> None:
     from infra.broker import EmbeddedBroker, free_port
     from infra.topics import create_topics_sync
+    from streams.broker_quirks import QUIRKS_BY_BROKER
     from streams.replay import replay as do_replay
     from streams.summary import print_summary, wait_until_processed
 
@@ -133,10 +134,8 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
             broker.start()
             bootstrap = broker.bootstrap_servers
             typer.echo(f"embedded {kind} broker on {bootstrap}")
-            if kind == "tansu":  # Tansu 0.6 reports a wrong high watermark: see streams/broker_quirks.py
-                env.setdefault("TIDEWATER_BROKER_QUIRKS", "tansu-highwater")
-            elif kind == "noida":  # noida answers empty fetches at once: see streams/broker_quirks.py
-                env.setdefault("TIDEWATER_BROKER_QUIRKS", "noida-fetch-wait")
+            if kind in QUIRKS_BY_BROKER:  # Tansu's high watermark, noida's empty fetches: streams/broker_quirks.py
+                env.setdefault("TIDEWATER_BROKER_QUIRKS", QUIRKS_BY_BROKER[kind])
         env["TIDEWATER_BOOTSTRAP_SERVERS"] = bootstrap
         s = Settings.from_env(environ=env)
         if broker is not None:  # a fresh broker has no topics: fresh local state too

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.broker import EmbeddedBroker, free_port
+from streams.broker_quirks import QUIRKS_BY_BROKER
 from tidewater.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,10 +52,8 @@ class Deployment:
                         TIDEWATER_SOURCE_IDLE_MS="300", TIDEWATER_MAX_EVENT_BYTES="2048",
                         TIDEWATER_INACTIVITY_GAP_S=str(14 * 86400), PYTHONUNBUFFERED="1",
                         TIDEWATER_REGISTRY_DIR=str(self.tmp / "registry"))  # empty: the placeholder scores
-        if self.broker.kind == "tansu":  # Tansu 0.6 high-watermark defect: see streams/broker_quirks.py
-            self.env["TIDEWATER_BROKER_QUIRKS"] = "tansu-highwater"
-        elif self.broker.kind == "noida":  # noida answers empty fetches at once: see streams/broker_quirks.py
-            self.env["TIDEWATER_BROKER_QUIRKS"] = "noida-fetch-wait"
+        if self.broker.kind in QUIRKS_BY_BROKER:  # Tansu's high watermark, noida's empty fetches
+            self.env["TIDEWATER_BROKER_QUIRKS"] = QUIRKS_BY_BROKER[self.broker.kind]
         self.settings = Settings.from_env(environ=self.env)
         from infra.topics import create_topics_sync
 
