@@ -56,8 +56,7 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
                 result[spec.name] = "created"
             except TopicAlreadyExistsError:
                 result[spec.name] = "exists"
-        described = await admin.describe_topics([spec.name for spec in specs if result[spec.name] == "exists"])
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = await _partition_counts(admin, [spec.name for spec in specs if result[spec.name] == "exists"])
         for spec in specs:
             n = counts.get(spec.name)
             if n is not None and n != spec.partitions:
@@ -65,6 +64,11 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
     finally:
         await admin.close()
     return result
+
+
+async def _partition_counts(admin, topics: list[str]) -> dict[str, int]:
+    """{topic: partition count} of ``topics`` (all existing), from one describe request."""
+    return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(topics)}
 
 
 def create_topics_sync(s: Settings) -> dict[str, str]:
@@ -86,12 +90,10 @@ async def input_partition_mismatches(s: Settings) -> list[str]:
     except (KafkaError, OSError):
         return []
     try:
-        wanted = [s.topic_clicks, s.topic_purchases]
         existing = set(await admin.list_topics())
-        described = await admin.describe_topics([t for t in wanted if t in existing])
+        counts = await _partition_counts(admin, [t for t in (s.topic_clicks, s.topic_purchases) if t in existing])
     finally:
         await admin.close()
-    counts = {d["topic"]: len(d["partitions"]) for d in described}
     return [f"input topic {topic} has {n} partitions but TIDEWATER_PARTITIONS is {s.partitions}"
             for topic, n in sorted(counts.items()) if n != s.partitions]
 
