@@ -215,9 +215,12 @@ def test_engines_with_a_partition_popularity_recommender_are_not_answered_togeth
         answer_recs_together(engines, [engine.on_notify(0.0, defer_recs=True) for engine in engines])
 
 
+def _churn_scores(result):
+    return [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+
+
 def _activity_scores(result, user):
-    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
-    return [s["as_of"] for s in scores if s["user_id"] == user and s["trigger"] == "activity"]
+    return [s["as_of"] for s in _churn_scores(result) if s["user_id"] == user and s["trigger"] == "activity"]
 
 
 def test_regression_sub_day_ticks_score_a_user_active_again_the_same_day():
@@ -272,8 +275,7 @@ def test_activity_scores_are_exactly_the_users_with_events_in_each_tick_window(t
     stamps = sorted((day0 + k * tick + offset[where], user) for user, k, where in events)
     evs = [Click(event_id=f"e{i}", user_id=user, ts=ts) for i, (ts, user) in enumerate(stamps)]
     _, _, result = run(evs, None, config=EngineConfig(inactivity_gap_s=400 * DAY, tick_s=tick))
-    got = {(s["user_id"], s["as_of"]) for s in map(json.loads, (o.value for o in result.outputs
-                                                                 if o.topic == "churn-scores"))}
+    got = {(s["user_id"], s["as_of"]) for s in _churn_scores(result)}
     # ticks fire when an event reaches them: every boundary after the first event, up to the last event
     first, last = stamps[0][0], stamps[-1][0]
     ticks = [t * tick for t in range(int(first // tick) + 1, int(last // tick) + 1)]
@@ -296,8 +298,7 @@ def test_inactivity_scores_follow_each_silence(gap, rescore, rescores, quiet):
     config = EngineConfig(inactivity_gap_s=gap * DAY, inactivity_rescore_s=rescore * DAY, inactivity_rescores=rescores)
     _, _, result = run([Click(event_id=f"e{i}", user_id=u, ts=ts) for i, (ts, u) in enumerate(evs)], None,
                        config=config)
-    got = sorted((s["user_id"], s["as_of"]) for s in map(json.loads, (o.value for o in result.outputs
-                                                                       if o.topic == "churn-scores"))
+    got = sorted((s["user_id"], s["as_of"]) for s in _churn_scores(result)
                  if s["trigger"] == "inactivity" and s["user_id"] != "busy")
     last_ts = evs[-1][0]
     expected = []
@@ -318,16 +319,18 @@ def _drive(engine, store, recs, batch, *, finish=True):
     import msgspec
 
     out = []
+
+    def notify(now):
+        res = engine.on_notify(now)
+        store.update(res.profiles)
+        out.append((res.outputs, res.done, msgspec.msgpack.encode(engine.snapshot())))
+
     for start in range(0, len(recs), batch):
         for r in recs[start:start + batch]:
             engine.on_record(r, 0.0)
-        res = engine.on_notify(0.0)
-        store.update(res.profiles)
-        out.append((res.outputs, res.done, msgspec.msgpack.encode(engine.snapshot())))
+        notify(0.0)
     if finish:
-        res = engine.on_notify(1e18)
-        store.update(res.profiles)
-        out.append((res.outputs, res.done, msgspec.msgpack.encode(engine.snapshot())))
+        notify(1e18)
     return out
 
 
@@ -392,8 +395,7 @@ def test_every_applied_event_is_seen_by_the_next_activity_score_even_when_late(t
     stream = [(day0 + (k + frac) * tick, user) for user, k, frac in events]  # input order: late events allowed
     evs = [Click(event_id=f"e{i}", user_id=user, ts=ts) for i, (ts, user) in enumerate(stream)]
     _, _, result = run(evs, None, config=EngineConfig(inactivity_gap_s=400 * DAY, tick_s=tick))
-    got = {(s["user_id"], s["as_of"]) for s in map(json.loads, (o.value for o in result.outputs
-                                                                 if o.topic == "churn-scores"))}
+    got = {(s["user_id"], s["as_of"]) for s in _churn_scores(result)}
     expected, pending, next_tick = set(), set(), (stream[0][0] // tick + 1) * tick
     for ts, user in stream:
         if ts >= next_tick:
