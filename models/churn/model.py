@@ -5,7 +5,8 @@
 * :class:`ChurnTransformer` — the torch module: event embeddings -> ``BertModel`` (random init, no
   hub download) -> heads. Pre-training heads predict masked event attributes and the next gap;
   fine-tuning heads predict the churn logit and the log of the expected purchase count in the
-  horizon from [summary token, mean of event tokens, standardised RFM summary].
+  horizon from [summary token, mean of event tokens, standardised RFM summary], added to a linear
+  path from the summary that starts as a logistic / Poisson regression (``glm_prior``).
 """
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ class ChurnConfig:
     intermediate: int = 128
     dropout: float = 0.1
     use_summary: bool = True  # feed the RFM summary vector into the head
-    wide: bool = False  # plus a linear path from the summary to the outputs (did not help on validation)
+    wide: bool = False  # a randomly initialised linear path from the summary to the outputs (did not help)
+    # start fine-tuning from two GLMs on the summary (logistic for churn, Poisson for the count) in the linear
+    # path, with the deep head's output at zero: the encoder learns only what the GLMs miss, and the GLMs alone
+    # are kept when no epoch beats them on validation (small logs, or logs with no sequence signal)
+    glm_prior: bool = True
     # pre-training (masked-event modelling + next gap)
     pretrain_epochs: int = 4
     mask_prob: float = 0.15
@@ -59,6 +64,8 @@ class ChurnConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChurnConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        # artifacts saved before the GLM prior existed have no linear path in their weights
+        data = {"glm_prior": False} | dict(data)
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json(self) -> str:
@@ -129,9 +136,9 @@ class ChurnTransformer(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(2 * h + n_sum, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 2),
         )
-        # "wide" linear path from the standardised summary straight to both outputs (wide & deep):
-        # a logistic / log-linear model on the RFM features is a special case the deep part refines
-        self.wide = nn.Linear(F.N_SUMMARY, 2) if cfg.use_summary and cfg.wide else None
+        # linear path from the standardised summary straight to both outputs (wide & deep): with glm_prior it
+        # starts as a logistic / Poisson regression on the RFM features, which the deep part refines
+        self.wide = nn.Linear(F.N_SUMMARY, 2) if cfg.use_summary and (cfg.wide or cfg.glm_prior) else None
         # calibration, fitted on validation: p = sigmoid(logit / temperature + bias); rate * exp(forecast_shift)
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))

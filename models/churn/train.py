@@ -194,6 +194,27 @@ def set_summary_stats(model: ChurnTransformer, summary_train: np.ndarray) -> Non
     model.summary_std.copy_(torch.from_numpy(std.astype(np.float32)))
 
 
+def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.ndarray, count: np.ndarray) -> dict:
+    """Set the wide path to a logistic regression (churn) and a Poisson regression (count) on the
+    standardised summary of the training users, and zero the deep head's output layer: fine-tuning
+    starts from the two GLMs and the encoder only learns what they miss."""
+    from sklearn.linear_model import LogisticRegression, PoissonRegressor
+
+    s = ((torch.from_numpy(summary_train.astype(np.float32)) - model.summary_mean) / model.summary_std).numpy()
+    n = max(len(s), 1)
+    logit = LogisticRegression(C=1.0, max_iter=2000).fit(s, churn)
+    pois = PoissonRegressor(alpha=1.0 / n, max_iter=1000).fit(s, count)
+    with torch.no_grad():
+        model.wide.weight[0].copy_(torch.from_numpy(logit.coef_[0].astype(np.float32)))
+        model.wide.bias[0] = float(logit.intercept_[0])
+        model.wide.weight[1].copy_(torch.from_numpy(pois.coef_.astype(np.float32)))
+        model.wide.bias[1] = float(pois.intercept_)
+        last = model.head[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    return {"logit_iter": int(logit.n_iter_[0]), "poisson_iter": int(pois.n_iter_)}
+
+
 def apply_lora(model: ChurnTransformer) -> None:
     """Wrap the encoder with peft LoRA adapters; freeze embeddings and encoder weights (head stays trainable)."""
     from peft import LoraConfig, get_peft_model
@@ -221,6 +242,8 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     cfg = model.cfg
     rng = np.random.default_rng(seed + 3)
     set_summary_stats(model, summary[train_idx])
+    if cfg.glm_prior and model.wide is not None:
+        fit_glm_prior(model, summary[train_idx], churn[train_idx], count[train_idx])
     if lora:
         apply_lora(model)
     params = [p for n, p in model.named_parameters()
@@ -240,6 +263,24 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.ema_decay > 0 else {}
     live: dict[str, torch.Tensor] = {}
     n_steps = 0
+
+    @torch.inference_mode()
+    def validate() -> tuple[float, float]:
+        tot = bce_tot = 0.0
+        for idx in val_batches:
+            batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
+            loss, bce, _ = _loss(model, batch, y[idx], c[idx], cfg.forecast_weight)
+            tot += float(loss) * len(idx)
+            bce_tot += float(bce) * len(idx)
+        n = max(len(val_idx), 1)
+        return tot / n, bce_tot / n
+
+    if cfg.glm_prior and model.wide is not None:  # the GLMs alone are a candidate: keep them if no epoch beats them
+        model.eval()
+        best, _ = validate()
+        best_state = copy.deepcopy(model.state_dict())
+        hist["best_epoch"] = 0
+        hist["glm_val_loss"] = best
     for epoch in range(cfg.finetune_epochs):
         model.train()
         ep = []
@@ -267,17 +308,10 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
                     if n in ema:
                         live[n] = p.detach().clone()
                         p.copy_(ema[n])
-        with torch.inference_mode():
-            tot = bce_tot = 0.0
-            for idx in val_batches:
-                batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
-                loss, bce, _ = _loss(model, batch, y[idx], c[idx], cfg.forecast_weight)
-                tot += float(loss) * len(idx)
-                bce_tot += float(bce) * len(idx)
-        vl = tot / max(len(val_idx), 1)
+        vl, vbce = validate()
         hist["train_loss"].append(float(np.mean(ep)))
         hist["val_loss"].append(vl)
-        hist["val_bce"].append(bce_tot / max(len(val_idx), 1))
+        hist["val_bce"].append(vbce)
         bar.set_postfix(train=f"{np.mean(ep):.4f}", val=f"{vl:.4f}")
         if vl < best - 1e-5:
             best, bad = vl, 0

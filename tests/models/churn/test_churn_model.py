@@ -30,7 +30,9 @@ def trained():
 
 def test_pretraining_and_finetuning_losses_fall():
     task = tiny_task()
-    cfg = tiny_config(pretrain_epochs=4, finetune_epochs=4, patience=10)
+    # from a random head (no GLM start, which begins near the optimum of the summary features), so that the
+    # loss has somewhere to fall
+    cfg = tiny_config(pretrain_epochs=4, finetune_epochs=4, patience=10, glm_prior=False)
     model = new_model(cfg, 0)
     losses = pretrain(model, task.sequences, task.cutoff, seed=0, progress=False)
     assert losses[-1] < losses[0] - 0.1, losses
@@ -56,8 +58,10 @@ def test_calibration_matches_the_base_rate_on_validation():
     base = calibrate(model, toks, summ, task.churn, task.count, va)
     # deliberately mis-scale the churn logit (x5, +3), then recalibrate: temperature + bias undo it
     with torch.no_grad():
-        model.head[-1].weight[0].mul_(5.0)
-        model.head[-1].bias[0].mul_(5.0).add_(3.0)
+        for layer in (model.head[-1], model.wide):  # the deep head and the GLM path add up to the logit
+            layer.weight[0].mul_(5.0)
+            layer.bias[0].mul_(5.0)
+        model.wide.bias[0].add_(3.0)
     info = calibrate(model, toks, summ, task.churn, task.count, va)
     logit, lrate = predict_raw(model, [toks[i] for i in va], summ[va])
     p = 1 / (1 + np.exp(-(logit / info["temperature"] + info["bias"])))
@@ -166,3 +170,65 @@ def test_serving_path_equals_training_path():
     prob, rate = scorer.predict_many([raw[u] for u in task.users[te]], [task.cutoff] * len(te))
     np.testing.assert_allclose(prob, expected_p, atol=1e-5)
     np.testing.assert_allclose(rate, expected_f, rtol=1e-4)
+
+
+def _glm_outputs(task, summ):
+    """The two GLMs fitted directly with sklearn on the training users' standardised summary."""
+    from sklearn.linear_model import LogisticRegression, PoissonRegressor
+
+    tr = task.idx("train")
+    mean, std = summ[tr].mean(0), summ[tr].std(0)
+    std = np.where(std < 1e-6, 1.0, std)
+    s = (summ - mean) / std
+    logit = LogisticRegression(C=1.0, max_iter=2000).fit(s[tr], task.churn[tr]).decision_function(s)
+    log_rate = np.log(PoissonRegressor(alpha=1.0 / len(tr), max_iter=1000).fit(s[tr], task.count[tr]).predict(s))
+    return logit, log_rate
+
+
+def test_finetuning_starts_from_the_glms():
+    from models.churn.train import fit_glm_prior, set_summary_stats
+
+    task = tiny_task()
+    cfg = tiny_config()
+    toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
+    model = new_model(cfg, 0)
+    tr = task.idx("train")
+    set_summary_stats(model, summ[tr])
+    fit_glm_prior(model, summ[tr], task.churn[tr], task.count[tr])
+    logit, log_rate = predict_raw(model, toks, summ)
+    want_logit, want_rate = _glm_outputs(task, summ)
+    np.testing.assert_allclose(logit, want_logit, atol=2e-4)
+    np.testing.assert_allclose(log_rate, want_rate, atol=2e-4)
+
+
+def test_finetuning_keeps_the_glms_when_no_epoch_beats_them_on_validation():
+    """A learning rate far too high makes every epoch worse than the start: the GLMs come back unchanged."""
+    task = tiny_task()
+    cfg = tiny_config(lr=0.5, ema_decay=0.0, finetune_epochs=2)
+    toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
+    model = new_model(cfg, 0)
+    hist = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"), progress=False)
+    assert not any(v <= hist["glm_val_loss"] for v in hist["val_loss"]), hist  # the trap worked: training only hurt
+    assert hist["best_epoch"] == 0
+    logit, log_rate = predict_raw(model, toks, summ)
+    want_logit, want_rate = _glm_outputs(task, summ)
+    np.testing.assert_allclose(logit, want_logit, atol=2e-4)
+    np.testing.assert_allclose(log_rate, want_rate, atol=2e-4)
+
+
+def test_regression_artifacts_saved_before_the_glm_prior_still_load(tmp_path):
+    """Registry versions written before `glm_prior` existed have no linear path in their weights."""
+    import json
+
+    _, res = trained()
+    old = new_model(tiny_config(glm_prior=False), 0)
+    save_model(old, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["glm_prior"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(tmp_path)
+    assert loaded.wide is None and res.model.wide is not None
+    seqs, as_of = _sequences()
+    a = ChurnScorer(old, device="cpu").score_many(seqs, as_of)
+    b = ChurnScorer(loaded, device="cpu").score_many(seqs, as_of)
+    np.testing.assert_array_equal(a, b)
