@@ -170,6 +170,18 @@ class ChurnTransformer(nn.Module):
             out = out + self.wide(parts[-1])
         return out[:, 0], out[:, 1]
 
+    def encoder_contributes(self) -> bool:
+        """False when the deep head's output layer is all zeros (fine-tuning kept the GLM start): the outputs
+        are then the linear path alone, and the encoder's forward pass can be skipped."""
+        last = self.head[-1]
+        return not (self.cfg.use_summary and self.wide is not None
+                    and not bool(last.weight.any()) and not bool(last.bias.any()))
+
+    def raw_outputs_from_summary(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`raw_outputs` without the encoder, exact when :meth:`encoder_contributes` is False."""
+        out = self.wide((summary - self.summary_mean) / self.summary_std)
+        return out[:, 0], out[:, 1]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibrated (churn probability, expected purchases in the horizon)."""
         logit, log_rate = self.raw_outputs(batch)

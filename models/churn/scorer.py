@@ -9,6 +9,9 @@ Each event is a dict with ``ts`` (epoch seconds), ``type`` ("click" | "purchase"
 Sequences are truncated to the last ``max_events`` events, padded per micro-batch (sorted by length
 to limit padding) and run under ``torch.inference_mode()``; on CUDA with bf16 (or fp16) autocast.
 
+A model whose fine-tuning kept its GLM start (the deep head's output layer is zero) scores from the summary
+features alone, with the same outputs (``uses_encoder`` is False); any other model runs the encoder.
+
 Thread safety: the model is read-only after loading and forward passes are serialised by a lock,
 so one scorer can be shared by executor threads (the stream worker calls it via run_in_executor).
 Featurisation runs outside the lock.
@@ -42,6 +45,8 @@ class ChurnScorer:
         self.version = version
         self.meta = meta or {}
         self.micro_batch = max(1, int(micro_batch))
+        # a model whose fine-tuning kept the GLM start has a zero deep head: its scores need no encoder pass
+        self.uses_encoder = self.model.encoder_contributes()
         self._lock = threading.Lock()
 
     @classmethod
@@ -78,8 +83,15 @@ class ChurnScorer:
             return prob, rate
         toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events,
                                item_buckets=self.cfg.item_buckets, category_buckets=self.cfg.category_buckets)
-        order = np.argsort([len(t["type"]) for t in toks], kind="stable")
         torch = self._torch
+        if not self.uses_encoder:
+            with torch.inference_mode():
+                logit, log_rate = self.model.raw_outputs_from_summary(
+                    torch.from_numpy(np.ascontiguousarray(summ, dtype=np.float32)).to(self.device))
+                prob[:] = torch.sigmoid(logit.float() / self.model.temperature + self.model.bias).cpu().numpy()
+                rate[:] = torch.exp(log_rate.float() + self.model.forecast_shift).cpu().numpy()
+            return prob, rate
+        order = np.argsort([len(t["type"]) for t in toks], kind="stable")
         for s in range(0, n, self.micro_batch):
             idx = order[s:s + self.micro_batch]
             batch = to_torch(F.collate([toks[i] for i in idx]), summ[idx], self.device)

@@ -232,3 +232,30 @@ def test_regression_artifacts_saved_before_the_glm_prior_still_load(tmp_path):
     a = ChurnScorer(old, device="cpu").score_many(seqs, as_of)
     b = ChurnScorer(loaded, device="cpu").score_many(seqs, as_of)
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_model_that_kept_its_glm_start_scores_without_the_encoder():
+    """The scorer skips the encoder when the deep head is zero, with the outputs of the full forward pass."""
+    from models.churn.train import fit_glm_prior, set_summary_stats
+
+    task = tiny_task()
+    cfg = tiny_config()
+    _, summ = tokenize_task(task.sequences, task.as_of, cfg)
+    model = new_model(cfg, 0)
+    tr = task.idx("train")
+    set_summary_stats(model, summ[tr])
+    fit_glm_prior(model, summ[tr], task.churn[tr], task.count[tr])
+    with torch.no_grad():  # a non-trivial calibration, so that every output path is exercised
+        model.temperature.fill_(1.3)
+        model.bias.fill_(-0.2)
+        model.forecast_shift.fill_(0.4)
+    seqs, as_of = _sequences(120, seed=4)
+    fast = ChurnScorer(model, device="cpu", micro_batch=32)
+    assert not fast.uses_encoder
+    full = ChurnScorer(model, device="cpu", micro_batch=32)
+    full.uses_encoder = True
+    for got, want in zip(fast.predict_many(seqs, as_of), full.predict_many(seqs, as_of)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)  # float32 GEMMs of other shapes
+    assert np.ptp(fast.score_many(seqs, as_of)) > 0.01  # the scores depend on the sequences
+    _, res = trained()
+    assert ChurnScorer(res.model, device="cpu").uses_encoder == bool(res.model.head[-1].weight.any())
