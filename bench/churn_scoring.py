@@ -3,8 +3,9 @@ the GPU when one is present, with the ratio to batch-of-1. The last line of stdo
 
     python bench/churn_scoring.py [--registry var/registry] [--seconds 2] [--threads 1] [--max-len 64]
 
-Uses the current model of ``<registry>/churn``; when the registry is empty it trains a tiny model on the
-CDNOW sample in memory (nothing is published) so the bench always runs. Input sequences are synthetic
+The encoder's forward pass always runs unless ``--as-served`` (a model that kept its GLM start skips it in
+the worker, with the same outputs). Uses the current model of ``<registry>/churn``; when the registry is
+empty it trains a tiny model on the CDNOW sample in memory (nothing is published) so the bench always runs. Input sequences are synthetic
 click/purchase histories with lengths uniform in 1..max-len (items, categories, amounts, quantities),
 so truncation and padding are exercised.
 """
@@ -84,6 +85,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--batches", default="1,32,256,1024")
+    ap.add_argument("--as-served", action="store_true",
+                    help="score as the worker does: a model that kept its GLM start skips the encoder (by default "
+                         "the encoder always runs, with the same outputs, so that the transformer is measured)")
     args = ap.parse_args()
 
     import torch
@@ -100,6 +104,8 @@ def main() -> None:
     for dev in devices:
         scorer = ChurnScorer.load(path, device=dev, micro_batch=max(batches)) if path is not None \
             else ChurnScorer(model, version="in-memory-tiny", device=dev, micro_batch=max(batches))
+        if not args.as_served:
+            scorer.uses_encoder = True
         version = scorer.version
         base = None
         for b in batches:
@@ -117,6 +123,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "max_len": args.max_len,
+        "encoder_pass": scorer.uses_encoder,
         "results": results,
     }
     print(json.dumps(out))

@@ -364,12 +364,15 @@ def prepare(
     max_events: int,
     item_buckets: int,
     category_buckets: int,
+    with_tokens: bool = True,
 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """Normalise, tokenise and summarise many sequences: (token dicts, summary matrix [B, N_SUMMARY]).
 
     The same result as ``normalize_events`` then ``encode_tokens`` and ``summary_features`` on each
     sequence, computed in one pass: events are normalised straight into flat columns (no event
-    dicts), the tokens of the whole batch come from one numpy pass (:func:`_tokens`)."""
+    dicts), the tokens of the whole batch come from one numpy pass (:func:`_tokens`).
+    ``with_tokens=False`` computes the same summary matrix only (no item/category buckets, no tokens:
+    the token list is empty), for a model that scores without its encoder."""
     if len(sequences) != len(as_of):
         raise ValueError(f"{len(sequences)} sequences but {len(as_of)} as_of times")
     # flat columns of all normalised events (array.array: appends as cheap as a list's, no conversion);
@@ -449,6 +452,8 @@ def prepare(
                 last_p = False
             last_ts = t
             add_ts(t)
+            if not with_tokens:
+                continue
             v = e.get("item")
             try:
                 bucket = item_bucket(v)
@@ -478,6 +483,9 @@ def prepare(
         rows.append(_summary_row(n, ts[start] if n else 0.0, last_ts, p_ts, p_amounts,
                                  qty_total if has_qty else None, t_of))
 
+    summ = np.array(rows, dtype=np.float64).reshape(len(rows), N_SUMMARY).astype(np.float32)
+    if not with_tokens:
+        return [], summ
     # the columns for _tokens, with the sentinel row after the events
     n_rows = len(ts)
     for col, value in zip((ts, items, cats), (_SENTINEL[0], _SENTINEL[2], _SENTINEL[3])):
@@ -492,5 +500,4 @@ def prepare(
     types_a[n_rows], amount_a[n_rows], qty_a[n_rows] = _SENTINEL[1], _SENTINEL[4], _SENTINEL[5]
     toks = _tokens(np.frombuffer(ts, dtype=np.float64), types_a, np.frombuffer(items, dtype=np.int64),
                    np.frombuffer(cats, dtype=np.int64), amount_a, qty_a, starts, ends, windows, times)
-    summ = np.array(rows, dtype=np.float64).reshape(len(rows), N_SUMMARY).astype(np.float32)
     return toks, summ

@@ -81,8 +81,9 @@ class ChurnScorer:
         rate = np.zeros(n, dtype=np.float64)
         if n == 0:
             return prob, rate
-        toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events,
-                               item_buckets=self.cfg.item_buckets, category_buckets=self.cfg.category_buckets)
+        summary_only = {} if self.uses_encoder else {"with_tokens": False}
+        toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events, item_buckets=self.cfg.item_buckets,
+                               category_buckets=self.cfg.category_buckets, **summary_only)
         torch = self._torch
         if not self.uses_encoder:
             with torch.inference_mode():

@@ -121,6 +121,20 @@ def test_prepare_equals_the_per_sequence_reference(batch, cfg):
         assert_same_prepared(want, got)
 
 
+@settings(max_examples=200, deadline=None)
+@given(batch=st.lists(sequence_and_as_of(), max_size=6), cfg=config_st)
+def test_summary_only_equals_the_full_preparation(batch, cfg):
+    """What a model that scores without its encoder featurises: the same summaries, the same errors."""
+    seqs = [s for s, _ in batch]
+    as_of = [t for _, t in batch]
+    want, want_err = outcome(F.prepare, seqs, as_of, **cfg)
+    got, got_err = outcome(functools.partial(F.prepare, with_tokens=False), seqs, as_of, **cfg)
+    assert got_err == want_err
+    if want_err is None:
+        assert got[0] == []
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 @settings(max_examples=150, deadline=None)
 @given(item=sequence_and_as_of(), cfg=config_st)
 def test_public_per_sequence_functions_equal_the_reference(item, cfg):
