@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -197,22 +198,41 @@ def set_summary_stats(model: ChurnTransformer, summary_train: np.ndarray) -> Non
 def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.ndarray, count: np.ndarray) -> dict:
     """Set the wide path to a logistic regression (churn) and a Poisson regression (count) on the
     standardised summary of the training users, and zero the deep head's output layer: fine-tuning
-    starts from the two GLMs and the encoder only learns what they miss."""
+    starts from the two GLMs and the encoder only learns what they miss. A target without variation
+    (every training user churns, or nobody buys in the horizon) gets a constant at its clipped mean."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, PoissonRegressor
 
     s = ((torch.from_numpy(summary_train.astype(np.float32)) - model.summary_mean) / model.summary_std).numpy()
     n = max(len(s), 1)
-    logit = LogisticRegression(C=1.0, max_iter=2000).fit(s, churn)
-    pois = PoissonRegressor(alpha=1.0 / n, max_iter=1000).fit(s, count)
+    churn = np.asarray(churn, dtype=np.float64)
+    count = np.asarray(count, dtype=np.float64)
+    zeros = np.zeros(s.shape[1])
+    info: dict = {}
+    with warnings.catch_warnings():  # an unconverged GLM is still a fine start: fine-tuning goes on from it
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if len(np.unique(churn)) > 1:
+            logit = LogisticRegression(C=1.0, max_iter=2000).fit(s, churn)
+            churn_w, churn_b = logit.coef_[0], float(logit.intercept_[0])
+            info["logit_iter"] = int(logit.n_iter_[0])
+        else:
+            p = float(np.clip(churn.mean() if len(churn) else 0.5, 1e-3, 1 - 1e-3))
+            churn_w, churn_b = zeros, math.log(p / (1 - p))
+        if count.sum() > 0:
+            pois = PoissonRegressor(alpha=1.0 / n, max_iter=1000).fit(s, count)
+            count_w, count_b = pois.coef_, float(pois.intercept_)
+            info["poisson_iter"] = int(pois.n_iter_)
+        else:
+            count_w, count_b = zeros, math.log(1e-3)
     with torch.no_grad():
-        model.wide.weight[0].copy_(torch.from_numpy(logit.coef_[0].astype(np.float32)))
-        model.wide.bias[0] = float(logit.intercept_[0])
-        model.wide.weight[1].copy_(torch.from_numpy(pois.coef_.astype(np.float32)))
-        model.wide.bias[1] = float(pois.intercept_)
+        model.wide.weight[0].copy_(torch.from_numpy(np.asarray(churn_w, dtype=np.float32)))
+        model.wide.bias[0] = churn_b
+        model.wide.weight[1].copy_(torch.from_numpy(np.asarray(count_w, dtype=np.float32)))
+        model.wide.bias[1] = count_b
         last = model.head[-1]
         last.weight.zero_()
         last.bias.zero_()
-    return {"logit_iter": int(logit.n_iter_[0]), "poisson_iter": int(pois.n_iter_)}
+    return info
 
 
 def apply_lora(model: ChurnTransformer) -> None:

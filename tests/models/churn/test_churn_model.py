@@ -259,3 +259,22 @@ def test_a_model_that_kept_its_glm_start_scores_without_the_encoder():
     assert np.ptp(fast.score_many(seqs, as_of)) > 0.01  # the scores depend on the sequences
     _, res = trained()
     assert ChurnScorer(res.model, device="cpu").uses_encoder == bool(res.model.head[-1].weight.any())
+
+
+@pytest.mark.parametrize("churn_value, count_value", [(1.0, 0.0), (0.0, 2.0)])
+def test_glm_start_on_a_target_without_variation_is_a_constant(churn_value, count_value):
+    """A small log can give training users who all churn (so nobody buys), or none: no GLM can be fitted."""
+    from models.churn.train import fit_glm_prior, set_summary_stats
+
+    task = tiny_task()
+    cfg = tiny_config()
+    toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
+    model = new_model(cfg, 0)
+    tr = task.idx("train")
+    set_summary_stats(model, summ[tr])
+    fit_glm_prior(model, summ[tr], np.full(len(tr), churn_value), np.full(len(tr), count_value))
+    logit, log_rate = predict_raw(model, toks, summ)
+    assert np.isfinite(logit).all() and np.isfinite(log_rate).all()
+    assert np.ptp(logit) == 0 and (logit[0] > 0) == (churn_value == 1.0)
+    if count_value > 0:
+        np.testing.assert_allclose(np.exp(log_rate), count_value, rtol=1e-3)  # a constant target is fitted exactly
