@@ -185,7 +185,9 @@ def _glm_outputs(task, summ):
     return logit, log_rate
 
 
-def test_finetuning_starts_from_the_glms():
+def _glm_started(churn=None, count=None):
+    """(task, tokens, summaries, a tiny model set to its GLM start), fitted to the given targets (default: the
+    task's own) of the training users."""
     from models.churn.train import fit_glm_prior, set_summary_stats
 
     task = tiny_task()
@@ -194,7 +196,12 @@ def test_finetuning_starts_from_the_glms():
     model = new_model(cfg, 0)
     tr = task.idx("train")
     set_summary_stats(model, summ[tr])
-    fit_glm_prior(model, summ[tr], task.churn[tr], task.count[tr])
+    fit_glm_prior(model, summ[tr], task.churn[tr] if churn is None else churn, task.count[tr] if count is None else count)
+    return task, toks, summ, model
+
+
+def test_finetuning_starts_from_the_glms():
+    task, toks, summ, model = _glm_started()
     logit, log_rate = predict_raw(model, toks, summ)
     want_logit, want_rate = _glm_outputs(task, summ)
     np.testing.assert_allclose(logit, want_logit, atol=2e-4)
@@ -236,15 +243,7 @@ def test_regression_artifacts_saved_before_the_glm_prior_still_load(tmp_path):
 
 def test_a_model_that_kept_its_glm_start_scores_without_the_encoder():
     """The scorer skips the encoder when the deep head is zero, with the outputs of the full forward pass."""
-    from models.churn.train import fit_glm_prior, set_summary_stats
-
-    task = tiny_task()
-    cfg = tiny_config()
-    _, summ = tokenize_task(task.sequences, task.as_of, cfg)
-    model = new_model(cfg, 0)
-    tr = task.idx("train")
-    set_summary_stats(model, summ[tr])
-    fit_glm_prior(model, summ[tr], task.churn[tr], task.count[tr])
+    _, _, _, model = _glm_started()
     with torch.no_grad():  # a non-trivial calibration, so that every output path is exercised
         model.temperature.fill_(1.3)
         model.bias.fill_(-0.2)
@@ -264,15 +263,8 @@ def test_a_model_that_kept_its_glm_start_scores_without_the_encoder():
 @pytest.mark.parametrize("churn_value, count_value", [(1.0, 0.0), (0.0, 2.0)])
 def test_glm_start_on_a_target_without_variation_is_a_constant(churn_value, count_value):
     """A small log can give training users who all churn (so nobody buys), or none: no GLM can be fitted."""
-    from models.churn.train import fit_glm_prior, set_summary_stats
-
-    task = tiny_task()
-    cfg = tiny_config()
-    toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
-    model = new_model(cfg, 0)
-    tr = task.idx("train")
-    set_summary_stats(model, summ[tr])
-    fit_glm_prior(model, summ[tr], np.full(len(tr), churn_value), np.full(len(tr), count_value))
+    n_train = len(tiny_task().idx("train"))
+    _, toks, summ, model = _glm_started(np.full(n_train, churn_value), np.full(n_train, count_value))
     logit, log_rate = predict_raw(model, toks, summ)
     assert np.isfinite(logit).all() and np.isfinite(log_rate).all()
     assert np.ptp(logit) == 0 and (logit[0] > 0) == (churn_value == 1.0)
