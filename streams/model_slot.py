@@ -97,6 +97,12 @@ class ChurnScorerSlot(RegistrySlot):
     def _gauges(self, value: int) -> None:
         metrics.MODEL_VERSION.labels("churn", self.current.version).set(value)
 
+    def _describe(self) -> str:
+        model = getattr(self.current, "scorer", None)
+        if model is not None and not getattr(model, "uses_encoder", True):
+            return f"{super()._describe()} (kept its GLM start: scores from the summary features, no encoder pass)"
+        return super()._describe()
+
 
 class RecommenderSlot(RegistrySlot):
     """The recommender in use: the registry's current recs model with the newest index built for it."""

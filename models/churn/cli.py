@@ -97,7 +97,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             forecast_metrics(task.count[te], rate)
         meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days, "seed": seed,
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
-                "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"]}
+                "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
+                "uses_encoder": res.model.encoder_contributes()}
         fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -105,6 +106,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         typer.echo(f"published churn model {version} to {reg.root} "
                    f"(test AUC {metrics['auc']:.4f}, forecast corr {metrics['forecast_corr']:.3f}, "
                    f"trained in {res.info['train_seconds']:.0f} s)")
+        if not meta["uses_encoder"]:
+            typer.echo("note: no fine-tuning epoch beat the GLM start on the validation users, so this version is the "
+                       "logistic/Poisson regression on the summary features; it scores without the encoder pass")
 
     @evaluate_app.command("churn")
     def evaluate_churn(

@@ -66,6 +66,10 @@ def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     assert scorer.version == version
     p = scorer.score_one([{"ts": 850_000_000.0, "type": "purchase", "amount": 12.0, "quantity": 1}], 852_076_800.0)
     assert 0.0 < p < 1.0
+    # whether the encoder contributes is recorded, and said when it does not
+    meta = json.loads((reg.current_path() / "meta.json").read_text())
+    assert meta["uses_encoder"] == scorer.uses_encoder
+    assert ("scores without the encoder pass" in capsys.readouterr().out) == (not scorer.uses_encoder)
 
 
 @pytest.mark.parametrize("content,message", [
