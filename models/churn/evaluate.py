@@ -119,6 +119,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     result_model["pretrain_seconds"] = round(pretrain_s, 1)
     result_model["train_seconds"] = round(info["train_seconds"], 1)
     result_model["n_parameters"] = info["n_parameters"]
+    result_model["uses_encoder"] = main.encoder_contributes()  # False: fine-tuning kept the GLM start
     abl = {name: model_metrics(name, te) for name in outs if name != "model"}
 
     best = max(baselines, key=lambda k: baselines[k]["auc"])

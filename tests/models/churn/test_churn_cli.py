@@ -47,6 +47,7 @@ def test_evaluate_churn_prints_one_json_object_last(tiny_csv, tmp_path, capsys):
     assert result["dataset"] == "purchases.csv"
     for key in ("auc", "pr_auc", "brier", "forecast_corr", "forecast_cum_error_pct"):
         assert isinstance(result["model"][key], float)
+    assert result["model"]["uses_encoder"] == (result["model"]["best_epoch"] != 0)  # epoch 0 = the GLM start
     assert set(result["baselines"]) == {"bgnbd", "recency", "rfm_logreg", "rfm_lightgbm"}
     assert {"model_no_pretrain", "model_lora", "model_sequence_only"} <= set(result["ablations"])
     lo, hi = result["ci_vs_best_baseline"]["ci95"]
