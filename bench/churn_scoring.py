@@ -5,9 +5,9 @@ the GPU when one is present, with the ratio to batch-of-1. The last line of stdo
 
 The encoder's forward pass always runs unless ``--as-served`` (a model that kept its GLM start skips it in
 the worker, with the same outputs). Uses the current model of ``<registry>/churn``; when the registry is
-empty it trains a tiny model on the CDNOW sample in memory (nothing is published) so the bench always runs. Input sequences are synthetic
-click/purchase histories with lengths uniform in 1..max-len (items, categories, amounts, quantities),
-so truncation and padding are exercised.
+empty it trains a tiny model on the CDNOW sample in memory (nothing is published) so the bench always runs.
+Input sequences are synthetic click/purchase histories with lengths uniform in 1..max-len (items,
+categories, amounts, quantities), so truncation and padding are exercised.
 """
 from __future__ import annotations
 

@@ -163,28 +163,33 @@ class ChurnTransformer(nn.Module):
         pooled = (hs * mask.unsqueeze(-1)).sum(1) / denom
         parts = [hs[:, 0], pooled]
         if self.cfg.use_summary:
-            s = (batch["summary"] - self.summary_mean) / self.summary_std
-            parts.append(s.to(hs.dtype))
+            parts.append(self.standardised_summary(batch["summary"]).to(hs.dtype))
         out = self.head(torch.cat(parts, dim=-1))
         if self.wide is not None:
             out = out + self.wide(parts[-1])
         return out[:, 0], out[:, 1]
 
+    def standardised_summary(self, summary: torch.Tensor) -> torch.Tensor:
+        """The RFM summary as the head and the linear path see it (training users' mean and std)."""
+        return (summary - self.summary_mean) / self.summary_std
+
     def encoder_contributes(self) -> bool:
         """False when the deep head's output layer is all zeros (fine-tuning kept the GLM start): the outputs
         are then the linear path alone, and the encoder's forward pass can be skipped."""
         last = self.head[-1]
-        return not (self.cfg.use_summary and self.wide is not None
-                    and not bool(last.weight.any()) and not bool(last.bias.any()))
+        return self.wide is None or bool(last.weight.any()) or bool(last.bias.any())
 
     def raw_outputs_from_summary(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`raw_outputs` without the encoder, exact when :meth:`encoder_contributes` is False."""
-        out = self.wide((summary - self.summary_mean) / self.summary_std)
+        out = self.wide(self.standardised_summary(summary))
         return out[:, 0], out[:, 1]
+
+    def calibrated(self, logit: torch.Tensor, log_rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw outputs -> (churn probability, expected purchases), in float32 whatever the compute dtype."""
+        prob = torch.sigmoid(logit.float() / self.temperature + self.bias)
+        rate = torch.exp(log_rate.float() + self.forecast_shift)
+        return prob, rate
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibrated (churn probability, expected purchases in the horizon)."""
-        logit, log_rate = self.raw_outputs(batch)
-        prob = torch.sigmoid(logit / self.temperature + self.bias)
-        rate = torch.exp(log_rate + self.forecast_shift)
-        return prob, rate
+        return self.calibrated(*self.raw_outputs(batch))

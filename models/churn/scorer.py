@@ -87,10 +87,9 @@ class ChurnScorer:
         torch = self._torch
         if not self.uses_encoder:
             with torch.inference_mode():
-                logit, log_rate = self.model.raw_outputs_from_summary(
-                    torch.from_numpy(np.ascontiguousarray(summ, dtype=np.float32)).to(self.device))
-                prob[:] = torch.sigmoid(logit.float() / self.model.temperature + self.model.bias).cpu().numpy()
-                rate[:] = torch.exp(log_rate.float() + self.model.forecast_shift).cpu().numpy()
+                p, r = self.model.calibrated(*self.model.raw_outputs_from_summary(
+                    torch.from_numpy(np.ascontiguousarray(summ, dtype=np.float32)).to(self.device)))
+            prob[:], rate[:] = p.cpu().numpy(), r.cpu().numpy()
             return prob, rate
         order = np.argsort([len(t["type"]) for t in toks], kind="stable")
         for s in range(0, n, self.micro_batch):
@@ -102,11 +101,8 @@ class ChurnScorer:
                         logit, log_rate = self.model.raw_outputs(batch)
                 else:
                     logit, log_rate = self.model.raw_outputs(batch)
-                logit = logit.float() / self.model.temperature + self.model.bias
-                p = torch.sigmoid(logit).cpu().numpy()
-                r = torch.exp(log_rate.float() + self.model.forecast_shift).cpu().numpy()
-            prob[idx] = p
-            rate[idx] = r
+                p, r = self.model.calibrated(logit, log_rate)
+            prob[idx], rate[idx] = p.cpu().numpy(), r.cpu().numpy()
         return prob, rate
 
     def score_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float) -> np.ndarray:

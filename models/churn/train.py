@@ -203,7 +203,7 @@ def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, PoissonRegressor
 
-    s = ((torch.from_numpy(summary_train.astype(np.float32)) - model.summary_mean) / model.summary_std).numpy()
+    s = model.standardised_summary(torch.from_numpy(summary_train.astype(np.float32))).numpy()
     n = max(len(s), 1)
     churn = np.asarray(churn, dtype=np.float64)
     count = np.asarray(count, dtype=np.float64)
@@ -262,7 +262,8 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     cfg = model.cfg
     rng = np.random.default_rng(seed + 3)
     set_summary_stats(model, summary[train_idx])
-    if cfg.glm_prior and model.wide is not None:
+    glm_start = cfg.glm_prior and model.wide is not None
+    if glm_start:
         fit_glm_prior(model, summary[train_idx], churn[train_idx], count[train_idx])
     if lora:
         apply_lora(model)
@@ -295,7 +296,7 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         n = max(len(val_idx), 1)
         return tot / n, bce_tot / n
 
-    if cfg.glm_prior and model.wide is not None:  # the GLMs alone are a candidate: keep them if no epoch beats them
+    if glm_start:  # the GLMs alone are a candidate: keep them if no epoch beats them
         model.eval()
         best, _ = validate()
         best_state = copy.deepcopy(model.state_dict())

@@ -182,10 +182,14 @@ class ItemIndex:
         return rec
 
     # ------------------------------------------------------------------ search
-    def search_ids(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _query_matrix(queries: np.ndarray) -> np.ndarray:
+        """Queries as FAISS takes them: a contiguous float32 matrix (one vector becomes one row)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
+        return q[None] if q.ndim == 1 else q
+
+    def search_ids(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = self._query_matrix(queries)
         k = max(1, min(int(k), len(self.item_ids)))
         return self._index.search(q, k)
 
@@ -194,9 +198,7 @@ class ItemIndex:
         the widest with -inf / -1. Answers depend only on the row and its width, never on the other rows of the
         call (a single search of the widest width would let a row's answer from an approximate index depend on
         its neighbours in the batch)."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
+        q = self._query_matrix(queries)
         n = len(self.item_ids)
         w = np.minimum(np.maximum(np.asarray(widths, np.int64), 1), n)
         if len(w) != len(q):
@@ -220,9 +222,7 @@ class ItemIndex:
         ``k + exclusions`` (enough for any row). Widths are per row (``row_width``), so a row's answer does not
         depend on the others in the call. On a flat index this gives the same items as one wide search, at a
         fraction of the cost (flat search time grows with k)."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
+        q = self._query_matrix(queries)
         if exclude is not None and len(exclude) != len(q):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
         n = len(self.item_ids)
