@@ -18,13 +18,16 @@ DEFAULT_REGISTRY = Path("var/registry")
 DEFAULT_HORIZON_DAYS = 273  # 39 weeks: the CDNOW holdout of Fader, Hardie & Lee (2005)
 DEFAULT_CDNOW_CUTOFF = "1997-10-01"
 
-PURCHASES_HELP = ("CSV purchase log with columns user_id,ts (epoch seconds or ISO dates) and optional "
-                  "amount,quantity. Default: the full CDNOW file from the installed lifetimes package.")
+PURCHASES_HELP = ("CSV purchase log with columns user_id,ts (ISO dates, YYYYMMDD, or epoch seconds / ms / µs / ns, "
+                  "told apart by magnitude) and optional amount,quantity. Default: the full CDNOW file from the "
+                  "installed lifetimes package.")
 CUTOFF_HELP = ("Cut-off date YYYY-MM-DD: features use events before it, labels the horizon after it. "
                f"Default: {DEFAULT_CDNOW_CUTOFF} for CDNOW, else the end of the log minus the horizon.")
 
 
 def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float):
+    import pandas as pd
+
     from .data import load_purchases_csv, parse_time
 
     if horizon_days <= 0:
@@ -41,13 +44,17 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float)
     else:
         frame = load_purchases_csv(purchases)
         name = Path(purchases).name
+        if frame.attrs.get("ts_unit") not in ("iso", "seconds"):
+            typer.secho(f"note: read column ts as {frame.attrs['ts_unit']}", err=True)
         if cutoff:
             cut = parse_time(cutoff)
         else:
             end = float(frame["ts"].max())
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
     if not (frame["ts"] < cut).any():
-        raise UserError(f"no event before the cut-off {cutoff or cut}: the calibration set is empty")
+        first = pd.Timestamp(float(frame["ts"].min()), unit="s", tz="UTC").date()
+        raise UserError(f"no event before the cut-off {pd.Timestamp(cut, unit='s', tz='UTC').date()} (the log "
+                        f"starts on {first}): the calibration set is empty")
     if float(frame["ts"].max()) < cut + (horizon_days - 1) * 86400.0:
         typer.secho(f"warning: the log ends before the end of the {horizon_days:g}-day horizon: users who "
                     "would have bought later are labelled as churners", fg="yellow", err=True)
@@ -86,6 +93,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
         frame, cut, name = _load(purchases, cutoff, horizon_days)
         task = build_task(frame, cut, horizon_days, seed=seed)
+        task.check_splits()
         cfg = ChurnConfig()
         tokens = tokenize_task(task.sequences, task.as_of, cfg)
         res = train_model(task, cfg, seed=seed, do_pretrain=not no_pretrain, lora=lora, progress=progress,

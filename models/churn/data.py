@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.timestamps import to_epoch_seconds
 from tidewater.errors import UserError
 
 from .features import DAY, normalize_events
@@ -43,8 +44,9 @@ def parse_time(value: str) -> float:
 
 
 def load_purchases_csv(path: str | Path) -> pd.DataFrame:
-    """Read a purchase log: columns ``user_id,ts`` (epoch seconds or ISO dates) and optional
-    ``amount,quantity`` (and ``type``, ``item``, ``category``). Returns the standard frame."""
+    """Read a purchase log: columns ``user_id,ts`` (ISO dates, ``YYYYMMDD`` or epoch seconds, milliseconds,
+    microseconds or nanoseconds: ``models.timestamps``) and optional ``amount,quantity`` (and ``type``, ``item``,
+    ``category``). Returns the standard frame; ``frame.attrs["ts_unit"]`` says how ``ts`` was read."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"purchase file {path} does not exist")
@@ -58,16 +60,10 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need user_id,ts[,amount,quantity]")
     if raw.empty:
         raise UserError(f"{path} has no rows")
-    ts_num = pd.to_numeric(raw["ts"], errors="coerce")
-    if ts_num.notna().all():
-        ts = ts_num.astype("float64")
-    else:
-        parsed = pd.to_datetime(raw["ts"].astype(str), utc=True, errors="coerce", format="mixed")
-        bad = parsed.isna()
-        if bad.any():
-            raise UserError(f"{path}: cannot parse ts {raw['ts'][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2} "
-                            "(use epoch seconds or ISO dates)")
-        ts = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().astype("float64")
+    try:
+        ts, ts_unit = to_epoch_seconds(raw["ts"])
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from exc
     frame = pd.DataFrame({"user_id": raw["user_id"].astype(str), "ts": ts})
     if raw["user_id"].isna().any():
         raise UserError(f"{path}: empty user_id in row {int(raw['user_id'].isna().idxmax()) + 2}")
@@ -85,7 +81,9 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
         bad = ~frame["type"].isin(["click", "purchase"])
         if bad.any():
             raise UserError(f"{path}: type must be 'click' or 'purchase', got {frame['type'][bad].iloc[0]!r}")
-    return frame.sort_values(["ts", "user_id"], kind="stable").reset_index(drop=True)
+    frame = frame.sort_values(["ts", "user_id"], kind="stable").reset_index(drop=True)
+    frame.attrs["ts_unit"] = ts_unit  # how the ts column was read (models/timestamps.py)
+    return frame
 
 
 def frame_to_sequences(frame: pd.DataFrame) -> dict[str, list[dict]]:
@@ -121,6 +119,19 @@ class ChurnTask:
 
     def idx(self, part: str) -> np.ndarray:
         return np.flatnonzero(self.split == part)
+
+    def check_splits(self) -> None:
+        """Training needs churners and buyers among the training users; early stopping and calibration among
+        the validation users; AUC among the test users. A log too small for that gets a clear error instead of
+        a scikit-learn traceback from deep inside a baseline."""
+        for part in ("train", "val", "test"):
+            labels = self.churn[self.split == part]
+            if len(labels) == 0 or labels.min() == labels.max():
+                raise UserError(
+                    f"the {part} split has {len(labels)} users and {int(labels.sum())} churners: each split needs "
+                    f"both churners and buyers in the horizon ({len(self.churn)} users in the task, "
+                    f"{int(self.churn.sum())} churn). Use a longer log (more users), or another "
+                    "--cutoff/--horizon-days")
 
 
 def split_users(users: np.ndarray, seed: int, fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> np.ndarray:
@@ -172,3 +183,4 @@ def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed:
     return ChurnTask(users=users.astype(str), sequences=sequences, churn=churn, count=count,
                      split=split_users(users.astype(str), seed, fractions), cutoff=float(cutoff),
                      horizon_days=float(horizon_days), seed=seed, meta=meta)
+

@@ -39,6 +39,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     cfg = cfg or ChurnConfig()
     t_start = time.perf_counter()
     task = build_task(frame, cutoff, horizon_days, seed=seed)
+    task.check_splits()
     tokens = tokenize_task(task.sequences, task.as_of, cfg)
     toks, summ = tokens
     tr, va, te = task.idx("train"), task.idx("val"), task.idx("test")

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from models.timestamps import to_epoch_seconds
+
 K_MAX = 50
 HEADLINE = ("ndcg@10", "hit@10", "mrr@10", "recall@20")
 
@@ -52,12 +54,7 @@ def normalize_log(df: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("interaction log has empty user_id/item_id/ts values")
     out["user_id"] = out["user_id"].astype(str)
     out["item_id"] = out["item_id"].astype(str)
-    ts = pd.to_numeric(out["ts"], errors="coerce")
-    if ts.isna().any():
-        try:  # ISO dates are accepted too
-            ts = (pd.to_datetime(out["ts"], utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-        except (ValueError, TypeError) as exc:
-            raise ValueError("column ts must be numeric epoch seconds or ISO timestamps") from exc
+    ts, _unit = to_epoch_seconds(out["ts"])  # only the order within a user matters here
     out["ts"] = ts.astype("float64")
     out["_tie"] = _tie_key(out["user_id"], out["item_id"])
     out = out.sort_values(["user_id", "ts", "_tie"], kind="stable")

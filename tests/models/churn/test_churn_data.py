@@ -134,6 +134,32 @@ def test_csv_loader_accepts_iso_and_epoch_and_rejects_bad_input(tmp_path):
         parse_time("31/31/2020")
 
 
+def test_csv_loader_reads_yyyymmdd_and_epoch_milliseconds(tmp_path):
+    """CDNOW's own file writes dates as YYYYMMDD; Kafka and JavaScript write milliseconds. Read as seconds, both
+    would put every purchase in 1970 and the churn task would measure gaps in the wrong unit."""
+    dates = tmp_path / "d.csv"
+    dates.write_text("user_id,ts\nu1,19970101\nu2,19970312\n")
+    frame = load_purchases_csv(dates)
+    assert frame["ts"].tolist() == [parse_time("1997-01-01"), parse_time("1997-03-12")]
+    assert frame.attrs["ts_unit"] == "yyyymmdd"
+    millis = tmp_path / "ms.csv"
+    millis.write_text(f"user_id,ts\nu1,{int(parse_time('2020-01-02')) * 1000}\n")
+    assert load_purchases_csv(millis)["ts"].tolist() == [parse_time("2020-01-02")]
+
+
+def test_a_log_too_small_for_the_split_is_a_user_error_not_a_traceback():
+    """Regression: a 10-user log (7 churn) left a validation split with only churners, and the recency
+    baseline's logistic calibration raised a scikit-learn ValueError. With one buyer in ten, two splits
+    have none, whatever the seed."""
+    frame = pd.DataFrame({"user_id": [f"u{i}" for i in range(10)] + ["u0"], "ts": [0.0] * 10 + [40 * 86400.0]})
+    task = build_task(frame, 30 * 86400.0, 30, seed=0)
+    assert task.churn.sum() == 9
+    with pytest.raises(UserError, match=r"split has \d+ users and \d+ churners"):
+        task.check_splits()
+    big = pd.concat([frame.assign(user_id=frame.user_id + f"-{k}") for k in range(20)], ignore_index=True)
+    build_task(big, 30 * 86400.0, 30, seed=0).check_splits()  # 200 users, 10 % buyers: every split has both
+
+
 def test_csv_with_clicks_items_and_categories(tmp_path):
     path = tmp_path / "events.csv"
     path.write_text("user_id,ts,type,item,category,amount,quantity\n"

