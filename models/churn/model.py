@@ -47,6 +47,10 @@ class ChurnConfig:
     # fine-tuning
     finetune_epochs: int = 12
     patience: int = 3
+    # the validation loss that picks the epoch: "churn" (its cross-entropy: the product's output) or "total"
+    # (plus forecast_weight x the count's Poisson NLL, which on logs with heavy-tailed counts dominates the sum
+    # and picked epochs that were worse for churn)
+    early_stop_on: str = "churn"
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 128

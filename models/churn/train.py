@@ -258,7 +258,7 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
              count: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, seed: int = 0,
              lora: bool = False, progress: bool = True, desc: str = "fine-tune") -> dict:
     """Train the heads (and the encoder, or LoRA adapters with ``lora``) with early stopping on the
-    validation loss; restores the best epoch. Returns the history."""
+    validation loss named by ``cfg.early_stop_on``; restores the best epoch. Returns the history."""
     cfg = model.cfg
     rng = np.random.default_rng(seed + 3)
     set_summary_stats(model, summary[train_idx])
@@ -296,12 +296,16 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         n = max(len(val_idx), 1)
         return tot / n, bce_tot / n
 
+    if cfg.early_stop_on not in ("churn", "total"):
+        raise ValueError(f"early_stop_on must be 'churn' or 'total', got {cfg.early_stop_on!r}")
+    on_churn = cfg.early_stop_on == "churn"
     if glm_start:  # the GLMs alone are a candidate: keep them if no epoch beats them
         model.eval()
-        best, _ = validate()
+        glm_loss, glm_bce = validate()
+        best = glm_bce if on_churn else glm_loss
         best_state = copy.deepcopy(model.state_dict())
         hist["best_epoch"] = 0
-        hist["glm_val_loss"] = best
+        hist["glm_val_loss"], hist["glm_val_bce"] = glm_loss, glm_bce
     for epoch in range(cfg.finetune_epochs):
         model.train()
         ep = []
@@ -334,8 +338,9 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         hist["val_loss"].append(vl)
         hist["val_bce"].append(vbce)
         bar.set_postfix(train=f"{np.mean(ep):.4f}", val=f"{vl:.4f}")
-        if vl < best - 1e-5:
-            best, bad = vl, 0
+        criterion = vbce if on_churn else vl
+        if criterion < best - 1e-5:
+            best, bad = criterion, 0
             best_state = copy.deepcopy(model.state_dict())
             hist["best_epoch"] = epoch + 1
         else:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.churn.data import build_task
+from models.churn.model import ChurnConfig
 from models.churn.scorer import ChurnScorer
 from models.churn.train import (calibrate, finetune, load_model, new_model, predict_raw, pretrain, save_model,
                                 tokenize_task, train_model)
@@ -221,6 +222,40 @@ def test_finetuning_keeps_the_glms_when_no_epoch_beats_them_on_validation():
     want_logit, want_rate = _glm_outputs(task, summ)
     np.testing.assert_allclose(logit, want_logit, atol=2e-4)
     np.testing.assert_allclose(log_rate, want_rate, atol=2e-4)
+
+
+def _first_best(start: float, losses: list[float]) -> int:
+    """The epoch that finetune's rule keeps: the first one better than every earlier one by 1e-5 (0: the start)."""
+    best, epoch = start, 0
+    for i, loss in enumerate(losses):
+        if loss < best - 1e-5:
+            best, epoch = loss, i + 1
+    return epoch
+
+
+def test_early_stopping_picks_the_epoch_by_the_configured_validation_loss():
+    """``early_stop_on="churn"`` (the default) keeps the epoch with the lowest validation cross-entropy, "total"
+    the lowest churn + count loss. With no early stop (patience > epochs) both runs train alike, so their
+    histories are the same and only the kept epoch differs, in at least one of these learning rates."""
+    task = tiny_task()
+    disagreed = False
+    for lr in (2e-3, 3e-3):
+        kept = {}
+        for on in ("churn", "total"):
+            cfg = tiny_config(lr=lr, finetune_epochs=4, patience=10, early_stop_on=on)
+            toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
+            hist = finetune(new_model(cfg, 0), toks, summ, task.churn, task.count, task.idx("train"),
+                            task.idx("val"), progress=False)
+            want = (_first_best(hist["glm_val_bce"], hist["val_bce"]) if on == "churn"
+                    else _first_best(hist["glm_val_loss"], hist["val_loss"]))
+            assert hist["best_epoch"] == want, (lr, on, hist)
+            kept[on] = hist["best_epoch"]
+        disagreed |= kept["churn"] != kept["total"]
+    assert disagreed, "the two losses agreed everywhere: the test cannot tell them apart"
+    assert ChurnConfig().early_stop_on == "churn"
+    with pytest.raises(ValueError, match="early_stop_on"):
+        finetune(new_model(tiny_config(early_stop_on="auc"), 0), toks, summ, task.churn, task.count,
+                 task.idx("train"), task.idx("val"), progress=False)
 
 
 def test_regression_artifacts_saved_before_the_glm_prior_still_load(tmp_path):
