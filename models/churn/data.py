@@ -55,6 +55,8 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} as CSV: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
+    if "item" not in raw.columns and "item_id" in raw.columns:  # the name of the stream's events and of recs logs
+        raw = raw.rename(columns={"item_id": "item"})
     missing = [c for c in ("user_id", "ts") if c not in raw.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need user_id,ts[,amount,quantity]")

@@ -175,6 +175,8 @@ def test_csv_with_clicks_items_and_categories(tmp_path):
     assert task.sequences[1] == [{"ts": parse_time("2020-01-03"), "type": "click"}]  # empty cells = absent
     assert task.sequences[0][0]["item"] == "i1" and task.sequences[0][0]["category"] == "books"
     assert task.sequences[0][1]["quantity"] == 1 and task.sequences[0][1]["amount"] == 9.5
+    path.write_text("user_id,ts,item_id\nu1,2020-01-01,i9\n")  # item_id, as in events and recs logs
+    assert load_purchases_csv(path)["item"].tolist() == ["i9"]
     path.write_text("user_id,ts,amount\nu1,2020-01-01,lots\n")
     with pytest.raises(UserError, match="non-numeric amount"):
         load_purchases_csv(path)
