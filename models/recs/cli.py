@@ -9,7 +9,8 @@ import typer
 
 from tidewater.errors import UserError
 
-INTERACTIONS_HELP = "CSV with columns user_id,item_id,ts[,item_text] (default: MovieLens ml-100k from recbole)."
+INTERACTIONS_HELP = ("CSV with columns user_id,item_id,ts[,item_text]; ts as ISO dates, YYYYMMDD or epoch s/ms/µs/ns "
+                     "(default: MovieLens ml-100k from recbole).")
 
 
 def _user_errors(fn, *args, **kwargs):
