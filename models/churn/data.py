@@ -185,4 +185,3 @@ def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed:
     return ChurnTask(users=users.astype(str), sequences=sequences, churn=churn, count=count,
                      split=split_users(users.astype(str), seed, fractions), cutoff=float(cutoff),
                      horizon_days=float(horizon_days), seed=seed, meta=meta)
-
