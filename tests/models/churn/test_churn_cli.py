@@ -77,6 +77,10 @@ def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     ("user,ts\nu1,2020-01-01\n", "missing column"),
     ("user_id,ts\nu1,someday\n", "cannot parse ts"),
     ("user_id,ts\nu1,2020-01-01\nu2,2020-02-01\n", "calibration set is empty"),
+    # ten users, one buyer: some split has no buyer (dates as YYYYMMDD, which the command says it read so)
+    ("user_id,ts\n" + "".join(f"u{i},20180601\n" for i in range(10)) + "u0,20190201\n",
+     "note: read column ts as yyyymmdd"),
+    ("user_id,ts\n" + "".join(f"u{i},20180601\n" for i in range(10)) + "u0,20190201\n", "each split needs both churners and buyers"),
 ])
 def test_bad_input_is_a_user_error(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
