@@ -91,6 +91,16 @@ def test_bad_input_is_a_user_error(tmp_path, capsys, content, message):
     assert message in capsys.readouterr().err
 
 
+def test_a_log_shorter_than_the_default_horizon_says_how_to_fix_it(tmp_path, capsys):
+    path = tmp_path / "short.csv"
+    path.write_text("user_id,ts\nu1,2020-01-01\nu2,2020-02-01\n")  # one month: 273 days back is before it
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "churn", "--purchases", str(path), "--no-progress"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "the log starts on 2020-01-01" in err and "shorter --horizon-days" in err
+
+
 def test_bad_cutoff_is_a_user_error(tiny_csv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-13-45", "--no-progress"])
