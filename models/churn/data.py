@@ -28,6 +28,7 @@ from .features import DAY, normalize_events
 CDNOW_CUTOFF = "1997-10-01"
 CDNOW_HORIZON_DAYS = 273
 SPLIT_FRACTIONS = (0.55, 0.15, 0.30)  # train, validation, test
+CSV_COLUMNS = ("user_id", "ts", "amount", "quantity", "type", "item", "item_id", "category")
 
 
 def parse_time(value: str) -> float:
@@ -51,10 +52,12 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"purchase file {path} does not exist")
     try:
-        raw = pd.read_csv(path, dtype={"user_id": str})
+        raw = pd.read_csv(path, dtype=str)  # ids stay as written (007, not 7; no 7.0 in a column with blanks)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} as CSV: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
+    by_lower = {c.lower(): c for c in raw.columns}  # headers such as User_ID or TS
+    raw = raw.rename(columns={by_lower[c]: c for c in CSV_COLUMNS if c not in raw.columns and c in by_lower})
     if "item" not in raw.columns and "item_id" in raw.columns:  # the name of the stream's events and of recs logs
         raw = raw.rename(columns={"item_id": "item"})
     missing = [c for c in ("user_id", "ts") if c not in raw.columns]

@@ -177,6 +177,12 @@ def test_csv_with_clicks_items_and_categories(tmp_path):
     assert task.sequences[0][1]["quantity"] == 1 and task.sequences[0][1]["amount"] == 9.5
     path.write_text("user_id,ts,item_id\nu1,2020-01-01,i9\n")  # item_id, as in events and recs logs
     assert load_purchases_csv(path)["item"].tolist() == ["i9"]
+    path.write_text("User_ID,TS,Amount\nu1,2020-01-01,2.5\n")  # header case does not matter
+    assert load_purchases_csv(path)[["user_id", "amount"]].values.tolist() == [["u1", 2.5]]
+    path.write_text("user_id,ts,item,quantity\n007,2020-01-01,7,2\n8,2020-01-02,,1\n")  # ids as written
+    frame = load_purchases_csv(path)
+    assert frame["user_id"].tolist() == ["007", "8"] and frame["item"].tolist() == ["7", ""]
+    assert frame["quantity"].tolist() == [2, 1] and frame["quantity"].dtype.kind == "i"
     path.write_text("user_id,ts,amount\nu1,2020-01-01,lots\n")
     with pytest.raises(UserError, match="non-numeric amount"):
         load_purchases_csv(path)
