@@ -25,7 +25,7 @@ _EPOCH = pd.Timestamp(0, tz="UTC")
 def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     """(float64 UTC epoch seconds, how the column was read: ``iso``, ``yyyymmdd`` or a unit of
     ``NUMERIC_UNITS``). Raises ``ValueError`` naming the first value that is none of these, with its row
-    number in the file (header = row 1)."""
+    number in the file (header = row 1; from the index, which ``read_csv`` numbers from 0)."""
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.notna().all():
         dates = _yyyymmdd(numeric)
@@ -39,7 +39,9 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     bad = parsed.isna()
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"cannot parse ts {values.iloc[first]!r} in row {first + 2} (use ISO dates, YYYYMMDD, "
+        label = values.index[first]  # a frame read from a file keeps its row numbers in the index
+        row = int(label) + 2 if isinstance(label, (int, np.integer)) else first + 2
+        raise ValueError(f"cannot parse ts {values.iloc[first]!r} in row {row} (use ISO dates, YYYYMMDD, "
                          "or epoch seconds / milliseconds / microseconds / nanoseconds)")
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), "iso"
 

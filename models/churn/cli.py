@@ -46,6 +46,8 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float)
         name = Path(purchases).name
         if frame.attrs.get("ts_unit") not in ("iso", "seconds"):
             typer.secho(f"note: read column ts as {frame.attrs['ts_unit']}", err=True)
+        if frame.attrs.get("rows_without_user"):
+            typer.secho(f"note: skipped {frame.attrs['rows_without_user']:,} rows without a user_id", err=True)
         if cutoff:
             cut = parse_time(cutoff)
         else:

@@ -47,7 +47,8 @@ def parse_time(value: str) -> float:
 def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     """Read a purchase log: columns ``user_id,ts`` (ISO dates, ``YYYYMMDD`` or epoch seconds, milliseconds,
     microseconds or nanoseconds: ``models.timestamps``) and optional ``amount,quantity`` (and ``type``, ``item``,
-    ``category``). Returns the standard frame; ``frame.attrs["ts_unit"]`` says how ``ts`` was read."""
+    ``category``). Rows without a user_id (guest checkouts) are skipped. Returns the standard frame;
+    ``frame.attrs`` says how ``ts`` was read (``ts_unit``) and how many rows were skipped (``rows_without_user``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"purchase file {path} does not exist")
@@ -63,15 +64,15 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("user_id", "ts") if c not in raw.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need user_id,ts[,amount,quantity]")
+    anonymous = raw["user_id"].isna() | (raw["user_id"].str.strip() == "")
+    raw = raw[~anonymous]  # guest checkouts: no customer to score (the index keeps the file's row numbers)
     if raw.empty:
-        raise UserError(f"{path} has no rows")
+        raise UserError(f"{path} has no rows" + (" with a user_id" if anonymous.any() else ""))
     try:
         ts, ts_unit = to_epoch_seconds(raw["ts"])
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from exc
-    frame = pd.DataFrame({"user_id": raw["user_id"].astype(str), "ts": ts})
-    if raw["user_id"].isna().any():
-        raise UserError(f"{path}: empty user_id in row {int(raw['user_id'].isna().idxmax()) + 2}")
+    frame = pd.DataFrame({"user_id": raw["user_id"], "ts": ts})
     for col in ("amount", "quantity"):  # empty cells (e.g. on clicks) mean "absent"
         if col in raw.columns:
             num = pd.to_numeric(raw[col], errors="coerce")
@@ -88,6 +89,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
             raise UserError(f"{path}: type must be 'click' or 'purchase', got {frame['type'][bad].iloc[0]!r}")
     frame = frame.sort_values(["ts", "user_id"], kind="stable").reset_index(drop=True)
     frame.attrs["ts_unit"] = ts_unit  # how the ts column was read (models/timestamps.py)
+    frame.attrs["rows_without_user"] = int(anonymous.sum())
     return frame
 
 

@@ -179,6 +179,12 @@ def test_csv_with_clicks_items_and_categories(tmp_path):
     assert load_purchases_csv(path)["item"].tolist() == ["i9"]
     path.write_text("User_ID,TS,Amount\nu1,2020-01-01,2.5\n")  # header case does not matter
     assert load_purchases_csv(path)[["user_id", "amount"]].values.tolist() == [["u1", 2.5]]
+    path.write_text("user_id,ts\nu1,2020-01-01\n,2020-01-02\n  ,2020-01-03\nu2,2020-01-04\n")  # guests skipped
+    frame = load_purchases_csv(path)
+    assert frame["user_id"].tolist() == ["u1", "u2"] and frame.attrs["rows_without_user"] == 2
+    path.write_text("user_id,ts\n,2020-01-01\nu1,2020-01-02\nu2,soon\n")  # the bad ts is named by its file row
+    with pytest.raises(UserError, match="'soon' in row 4"):
+        load_purchases_csv(path)
     path.write_text("user_id,ts,item,quantity\n007,2020-01-01,7,2\n8,2020-01-02,,1\n")  # ids as written
     frame = load_purchases_csv(path)
     assert frame["user_id"].tolist() == ["007", "8"] and frame["item"].tolist() == ["7", ""]
