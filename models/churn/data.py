@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.logs import read_log_csv
 from models.timestamps import to_epoch_seconds
 from tidewater.errors import UserError
 
@@ -28,7 +29,7 @@ from .features import DAY, normalize_events
 CDNOW_CUTOFF = "1997-10-01"
 CDNOW_HORIZON_DAYS = 273
 SPLIT_FRACTIONS = (0.55, 0.15, 0.30)  # train, validation, test
-CSV_COLUMNS = ("user_id", "ts", "amount", "quantity", "type", "item", "item_id", "category")
+CSV_COLUMNS = ("amount", "quantity", "type", "item", "category")  # optional, besides user_id,ts
 
 
 def parse_time(value: str) -> float:
@@ -50,24 +51,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     ``category``). Rows without a user_id (guest checkouts) are skipped. Returns the standard frame;
     ``frame.attrs`` says how ``ts`` was read (``ts_unit``) and how many rows were skipped (``rows_without_user``)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"purchase file {path} does not exist")
-    try:
-        raw = pd.read_csv(path, dtype=str)  # ids stay as written (007, not 7; no 7.0 in a column with blanks)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path} as CSV: {exc}") from exc
-    raw.columns = [str(c).strip() for c in raw.columns]
-    by_lower = {c.lower(): c for c in raw.columns}  # headers such as User_ID or TS
-    raw = raw.rename(columns={by_lower[c]: c for c in CSV_COLUMNS if c not in raw.columns and c in by_lower})
-    if "item" not in raw.columns and "item_id" in raw.columns:  # the name of the stream's events and of recs logs
-        raw = raw.rename(columns={"item_id": "item"})
-    missing = [c for c in ("user_id", "ts") if c not in raw.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need user_id,ts[,amount,quantity]")
-    anonymous = raw["user_id"].isna() | (raw["user_id"].str.strip() == "")
-    raw = raw[~anonymous]  # guest checkouts: no customer to score (the index keeps the file's row numbers)
-    if raw.empty:
-        raise UserError(f"{path} has no rows" + (" with a user_id" if anonymous.any() else ""))
+    raw, skipped = read_log_csv(path, required=("user_id", "ts"), known=CSV_COLUMNS, aliases={"item_id": "item"})
     try:
         ts, ts_unit = to_epoch_seconds(raw["ts"])
     except ValueError as exc:
@@ -89,7 +73,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
             raise UserError(f"{path}: type must be 'click' or 'purchase', got {frame['type'][bad].iloc[0]!r}")
     frame = frame.sort_values(["ts", "user_id"], kind="stable").reset_index(drop=True)
     frame.attrs["ts_unit"] = ts_unit  # how the ts column was read (models/timestamps.py)
-    frame.attrs["rows_without_user"] = int(anonymous.sum())
+    frame.attrs["rows_without_user"] = skipped
     return frame
 
 

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from models.logs import read_log_csv
 from models.recs.evaluation import (
     K_MAX, Split, evaluate_scorer, headline, leave_one_out, metrics_from_ranks, normalize_log,
 )
@@ -20,7 +21,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def load_log(interactions: str | Path | None) -> tuple[str, pd.DataFrame, dict[str, str] | None]:
+def load_log(interactions: str | Path | None, log: Log = _quiet) -> tuple[str, pd.DataFrame, dict[str, str] | None]:
     """(dataset name, events, item_id -> item_text or None). Default: MovieLens ml-100k."""
     if interactions is None:
         from models.datasets import load_ml100k
@@ -29,12 +30,10 @@ def load_log(interactions: str | Path | None) -> tuple[str, pd.DataFrame, dict[s
         texts = dict(zip(ml.items["item_id"].astype(str), ml.items["item_text"].astype(str)))
         return "ml-100k", ml.interactions[["user_id", "item_id", "ts"]], texts
     path = Path(interactions)
-    if not path.is_file():
-        raise FileNotFoundError(f"interactions file {path} does not exist")
-    df = pd.read_csv(path, dtype={"user_id": str, "item_id": str})
-    missing = {"user_id", "item_id", "ts"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected user_id,item_id,ts[,item_text]")
+    df, skipped = read_log_csv(path, required=("user_id", "item_id", "ts"), known=("item_text",),
+                               ids=("user_id", "item_id"))
+    if skipped:
+        log(f"note: skipped {skipped:,} rows without a user_id or item_id")
     texts = None
     if "item_text" in df.columns:
         t = df.dropna(subset=["item_text"]).drop_duplicates("item_id")
@@ -113,7 +112,7 @@ def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, th
     from models.registry import Registry
 
     set_threads(threads)
-    name, df, texts = load_log(interactions)
+    name, df, texts = load_log(interactions, log)
     log_df = normalize_log(df)
     split = leave_one_out(log_df)
     everything = split.history("test")
@@ -187,7 +186,7 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
     from models.recs.index import ItemIndex, exact_topk, recall_at_k
     from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer, search_and_rerank
     set_threads(threads)
-    name, df, texts = load_log(interactions)
+    name, df, texts = load_log(interactions, log)
     split = leave_one_out(df)
     ev = split.eval_users
     if len(ev) == 0:

@@ -1,0 +1,49 @@
+"""Reading a user's event log from CSV, the same way for the churn task and the recommender.
+
+* Every column is read as text first, so ids stay as written (``007`` stays ``007``; an item column with
+  blanks does not turn ``7`` into ``7.0``). Numbers and times are converted afterwards by the caller
+  (``models.timestamps`` for ``ts``).
+* Headers are stripped, and the known columns match in any case (``User_ID``, ``TS``).
+* Rows with an empty id column (guest checkouts in many retail exports) are skipped and counted: there is no
+  customer to score or to recommend to. The frame's index keeps the file's row numbers (0 = the first data row),
+  so later errors can name the row in the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from tidewater.errors import UserError
+
+
+def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[str] = (),
+                 ids: Sequence[str] = ("user_id",), aliases: dict[str, str] | None = None) -> tuple[pd.DataFrame, int]:
+    """(the log's rows as text, how many were skipped for an empty id). ``required`` and ``known`` columns are
+    matched case-insensitively; ``aliases`` renames a column when its target is absent (e.g. item_id -> item).
+    Raises :class:`UserError` for a missing file, unreadable CSV, missing columns or no rows left."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    try:
+        raw = pd.read_csv(path, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path} as CSV: {exc}") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    by_lower = {c.lower(): c for c in raw.columns}
+    wanted = [*required, *known, *(aliases or {})]
+    raw = raw.rename(columns={by_lower[c]: c for c in wanted if c not in raw.columns and c in by_lower})
+    for source, target in (aliases or {}).items():
+        if target not in raw.columns and source in raw.columns:
+            raw = raw.rename(columns={source: target})
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(required)}")
+    empty = pd.Series(False, index=raw.index)
+    for column in ids:
+        empty |= raw[column].isna() | (raw[column].str.strip() == "")
+    raw = raw[~empty]
+    if raw.empty:
+        raise UserError(f"{path} has no rows" + (" with " + " and ".join(ids) if empty.any() else ""))
+    return raw, int(empty.sum())
