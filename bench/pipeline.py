@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from infra.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.broker_quirks import QUIRKS_BY_BROKER  # noqa: E402
 from worker_rate import acked_rate  # noqa: E402
 
 PEER_VENVS = ROOT / ".bench"
@@ -233,7 +234,7 @@ def main() -> None:
         parser.error("--profile needs py-spy in this environment: .venv/bin/pip install py-spy")
     n = args.events
     tmp = Path(tempfile.mkdtemp(prefix="tidewater-bench-"))
-    quirks = "tansu-highwater" if args.broker == "tansu" else ""
+    quirks = QUIRKS_BY_BROKER.get(args.broker, "")  # as `tidewater up` and the tests set them
     broker = EmbeddedBroker(args.broker, log_path=str(tmp / "broker.log")).start()
     bs = broker.bootstrap_servers
     results: dict[str, Any] = {}
