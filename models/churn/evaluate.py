@@ -156,7 +156,8 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
         "cutoff": task.meta["cutoff_iso"],
         "horizon_days": horizon_days,
         "seed": seed,
-        "task": task.meta | {"n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te))},
+        "task": task.meta | {"n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te))}
+        | {key: frame.attrs[key] for key in ("ts_unit", "rows_without_user") if key in frame.attrs},  # CSV input
         "model": result_model,
         "ablations": abl,
         "baselines": baselines,

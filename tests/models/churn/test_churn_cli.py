@@ -45,6 +45,7 @@ def test_evaluate_churn_prints_one_json_object_last(tiny_csv, tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])
     assert result["dataset"] == "purchases.csv"
+    assert result["task"]["ts_unit"] == "iso" and result["task"]["rows_without_user"] == 0  # how the CSV was read
     for key in ("auc", "pr_auc", "brier", "forecast_corr", "forecast_cum_error_pct"):
         assert isinstance(result["model"][key], float)
     assert result["model"]["uses_encoder"] == (result["model"]["best_epoch"] != 0)  # epoch 0 = the GLM start
