@@ -1,9 +1,11 @@
 """Reading a user's event log from CSV, the same way for the churn task and the recommender.
 
 * Every column is read as text first, so ids stay as written (``007`` stays ``007``; an item column with
-  blanks does not turn ``7`` into ``7.0``). Numbers and times are converted afterwards by the caller
+  blanks does not turn ``7`` into ``7.0``; a user called ``NA`` is not a missing value). Numbers and times are converted afterwards by the caller
   (``models.timestamps`` for ``ts``).
 * Headers are stripped, and the known columns match in any case (``User_ID``, ``TS``).
+* Strings that pandas reads as missing by default (``NA``, ``null``, ...) are values in id and name columns
+  (a user called ``NA``) and missing elsewhere (R writes ``NA`` for a missing amount).
 * Rows with an empty id column (guest checkouts in many retail exports) are skipped and counted: there is no
   customer to score or to recommend to. The frame's index keeps the file's row numbers (0 = the first data row),
   so later errors can name the row in the file.
@@ -17,17 +19,23 @@ import pandas as pd
 
 from tidewater.errors import UserError
 
+# what pandas reads as missing by default (R writes NA, pandas NaN, SQL exports NULL)
+NA_STRINGS = frozenset({"NA", "N/A", "n/a", "#N/A", "#NA", "NaN", "nan", "-NaN", "-nan", "<NA>", "null", "NULL",
+                        "None", "-1.#IND", "1.#IND", "1.#QNAN", "-1.#QNAN", "#N/A N/A"})
+
 
 def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[str] = (),
-                 ids: Sequence[str] = ("user_id",), aliases: dict[str, str] | None = None) -> tuple[pd.DataFrame, int]:
+                 ids: Sequence[str] = ("user_id",), names: Sequence[str] = (),
+                 aliases: dict[str, str] | None = None) -> tuple[pd.DataFrame, int]:
     """(the log's rows as text, how many were skipped for an empty id). ``required`` and ``known`` columns are
     matched case-insensitively; ``aliases`` renames a column when its target is absent (e.g. item_id -> item).
-    Raises :class:`UserError` for a missing file, unreadable CSV, missing columns or no rows left."""
+    In ``ids`` and ``names`` (e.g. item or category), strings such as NA or null are values; elsewhere they are
+    missing. Raises :class:`UserError` for a missing file, unreadable CSV, missing columns or no rows left."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist")
     try:
-        raw = pd.read_csv(path, dtype=str)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} as CSV: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -37,6 +45,9 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     for source, target in (aliases or {}).items():
         if target not in raw.columns and source in raw.columns:
             raw = raw.rename(columns={source: target})
+    for column in raw.columns:  # NA, null, ... are missing values, except where they can be a name
+        if column not in ids and column not in names:
+            raw[column] = raw[column].mask(raw[column].str.strip().isin(NA_STRINGS))
     missing = [c for c in required if c not in raw.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(required)}")

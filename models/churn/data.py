@@ -51,7 +51,8 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     ``category``). Rows without a user_id (guest checkouts) are skipped. Returns the standard frame;
     ``frame.attrs`` says how ``ts`` was read (``ts_unit``) and how many rows were skipped (``rows_without_user``)."""
     path = Path(path)
-    raw, skipped = read_log_csv(path, required=("user_id", "ts"), known=CSV_COLUMNS, aliases={"item_id": "item"})
+    raw, skipped = read_log_csv(path, required=("user_id", "ts"), known=CSV_COLUMNS, names=("item", "category"),
+                                aliases={"item_id": "item"})
     try:
         ts, ts_unit = to_epoch_seconds(raw["ts"])
     except ValueError as exc:

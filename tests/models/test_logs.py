@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from models.logs import read_log_csv
 from models.recs.pipeline import load_log
@@ -15,6 +17,14 @@ def test_ids_stay_as_written_headers_match_in_any_case_and_guest_rows_are_skippe
     assert skipped == 2
     assert raw["user_id"].tolist() == ["007", "010"] and raw["item_id"].tolist() == ["7", "7.50"]
     assert raw.index.tolist() == [0, 3]  # the file's data rows, for error messages
+
+
+def test_na_strings_are_ids_in_id_columns_and_missing_elsewhere(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,ts,amount,item\nNA,1,NA,None\nnull,2,3.5,i1\n")  # R writes NA for a missing amount
+    raw, skipped = read_log_csv(path, required=("user_id", "ts"), known=("amount", "item"), names=("item",))
+    assert skipped == 0 and raw["user_id"].tolist() == ["NA", "null"] and raw["item"].tolist() == ["None", "i1"]
+    assert raw["amount"].isna().tolist() == [True, False]
 
 
 def test_recs_log_reads_the_same_way_and_says_what_it_skipped(tmp_path):
@@ -37,3 +47,25 @@ def test_unusable_logs_are_user_errors(tmp_path, content, message):
         read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
     with pytest.raises(UserError, match="does not exist"):
         read_log_csv(tmp_path / "missing.csv", required=("user_id",))
+
+
+# pandas reads NA, nan, null, None and N/A as missing by default: as ids they are ids
+ids = st.one_of(st.just(""), st.just("  "), st.sampled_from(["NA", "nan", "null", "None", "N/A", "007"]),
+                st.from_regex(r"[0-9A-Za-z_.\-]{1,8}", fullmatch=True))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(ids, ids), min_size=1, max_size=30), upper=st.booleans())
+def test_every_non_empty_id_comes_back_as_written_and_every_empty_one_is_counted(tmp_path, rows, upper):
+    path = tmp_path / "log.csv"
+    header = "USER_ID,Item_ID,ts" if upper else "user_id,item_id,ts"
+    path.write_text(header + "\n" + "".join(f"{u},{i},{n}\n" for n, (u, i) in enumerate(rows)))
+    kept = [(u, i, str(n)) for n, (u, i) in enumerate(rows) if u.strip() and i.strip()]
+    if not kept:
+        with pytest.raises(UserError, match="has no rows"):
+            read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+        return
+    raw, skipped = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+    assert list(zip(raw["user_id"], raw["item_id"], raw["ts"])) == kept
+    assert skipped == len(rows) - len(kept)
+    assert raw.index.tolist() == [n for n, (u, i) in enumerate(rows) if u.strip() and i.strip()]
