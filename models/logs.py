@@ -1,7 +1,7 @@
 """Reading a user's event log from CSV, the same way for the churn task and the recommender.
 
 * Every column is read as text first, so ids stay as written (``007`` stays ``007``; an item column with
-  blanks does not turn ``7`` into ``7.0``; a user called ``NA`` is not a missing value). Numbers and times are converted afterwards by the caller
+  blanks does not turn ``7`` into ``7.0``). Numbers and times are converted afterwards by the caller
   (``models.timestamps`` for ``ts``).
 * Headers are stripped, and the known columns match in any case (``User_ID``, ``TS``).
 * Strings that pandas reads as missing by default (``NA``, ``null``, ...) are values in id and name columns

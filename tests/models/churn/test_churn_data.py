@@ -147,6 +147,20 @@ def test_csv_loader_reads_yyyymmdd_and_epoch_milliseconds(tmp_path):
     assert load_purchases_csv(millis)["ts"].tolist() == [parse_time("2020-01-02")]
 
 
+def test_cdnow_sample_as_a_csv_with_its_own_yyyymmdd_dates_gives_the_standard_task(tmp_path):
+    """Real data through the CSV path: the CDNOW sample exported with the file's own YYYYMMDD dates (as a user
+    would export it) gives the same task as the package loader: same users, labels, counts and features."""
+    sample = cdnow_sample()
+    path = tmp_path / "cdnow_sample.csv"
+    sample.assign(ts=pd.to_datetime(sample["ts"], unit="s").dt.strftime("%Y%m%d").astype(int)).to_csv(path, index=False)
+    frame = load_purchases_csv(path)
+    assert frame.attrs["ts_unit"] == "yyyymmdd"
+    want = build_task(sample, CUTOFF, 273, seed=0)
+    got = build_task(frame, CUTOFF, 273, seed=0)
+    assert list(got.users) == list(want.users) and (got.churn == want.churn).all() and (got.count == want.count).all()
+    assert got.sequences == want.sequences
+
+
 def test_a_log_too_small_for_the_split_is_a_user_error_not_a_traceback():
     """Regression: a 10-user log (7 churn) left a validation split with only churners, and the recency
     baseline's logistic calibration raised a scikit-learn ValueError. With one buyer in ten, two splits
