@@ -65,6 +65,10 @@ class ChurnConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def __post_init__(self) -> None:
+        if self.early_stop_on not in ("churn", "total"):  # at construction, not after the GLMs are fitted
+            raise ValueError(f"early_stop_on must be 'churn' or 'total', got {self.early_stop_on!r}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChurnConfig":
         known = {f.name for f in dataclasses.fields(cls)}

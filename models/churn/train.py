@@ -195,7 +195,7 @@ def set_summary_stats(model: ChurnTransformer, summary_train: np.ndarray) -> Non
     model.summary_std.copy_(torch.from_numpy(std.astype(np.float32)))
 
 
-def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.ndarray, count: np.ndarray) -> dict:
+def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.ndarray, count: np.ndarray) -> None:
     """Set the wide path to a logistic regression (churn) and a Poisson regression (count) on the
     standardised summary of the training users, and zero the deep head's output layer: fine-tuning
     starts from the two GLMs and the encoder only learns what they miss. A target without variation
@@ -208,20 +208,17 @@ def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.
     churn = np.asarray(churn, dtype=np.float64)
     count = np.asarray(count, dtype=np.float64)
     zeros = np.zeros(s.shape[1])
-    info: dict = {}
     with warnings.catch_warnings():  # an unconverged GLM is still a fine start: fine-tuning goes on from it
         warnings.simplefilter("ignore", ConvergenceWarning)
         if len(np.unique(churn)) > 1:
             logit = LogisticRegression(C=1.0, max_iter=2000).fit(s, churn)
             churn_w, churn_b = logit.coef_[0], float(logit.intercept_[0])
-            info["logit_iter"] = int(logit.n_iter_[0])
         else:
             p = float(np.clip(churn.mean() if len(churn) else 0.5, 1e-3, 1 - 1e-3))
             churn_w, churn_b = zeros, math.log(p / (1 - p))
         if count.sum() > 0:
             pois = PoissonRegressor(alpha=1.0 / n, max_iter=1000).fit(s, count)
             count_w, count_b = pois.coef_, float(pois.intercept_)
-            info["poisson_iter"] = int(pois.n_iter_)
         else:
             count_w, count_b = zeros, math.log(1e-3)
     with torch.no_grad():
@@ -232,7 +229,6 @@ def fit_glm_prior(model: ChurnTransformer, summary_train: np.ndarray, churn: np.
         last = model.head[-1]
         last.weight.zero_()
         last.bias.zero_()
-    return info
 
 
 def apply_lora(model: ChurnTransformer) -> None:
@@ -296,8 +292,6 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         n = max(len(val_idx), 1)
         return tot / n, bce_tot / n
 
-    if cfg.early_stop_on not in ("churn", "total"):
-        raise ValueError(f"early_stop_on must be 'churn' or 'total', got {cfg.early_stop_on!r}")
     on_churn = cfg.early_stop_on == "churn"
     if glm_start:  # the GLMs alone are a candidate: keep them if no epoch beats them
         model.eval()
