@@ -76,6 +76,9 @@ class OneAtATime:
         return [p[0][0] for p in out], [p[1][0] for p in out]
 
 
+SCORING_RUNS = 5
+
+
 def bench_scoring(n_events: int) -> dict:
     from tidewater.engine import EngineConfig, PartitionEngine, Record, run_to_completion
     from tidewater.events import encode_event
@@ -87,22 +90,27 @@ def bench_scoring(n_events: int) -> dict:
     for label, scorer in churn_scorers().items():
         part = out[label] = {"model_version": scorer.version, "uses_encoder": scorer.scorer.uses_encoder}
         for name, s in (("micro_batch", scorer), ("batch_of_1", OneAtATime(scorer))):
-            spent = {"seconds": 0.0, "users": 0, "calls": 0}
+            runs = []
+            # a pass that scores in a fraction of a second is repeated (up to SCORING_RUNS times, until a second
+            # of scoring is measured) and its median kept: one short pass is at the mercy of the shared machine
+            while len(runs) < SCORING_RUNS and sum(r["seconds"] for r in runs) < 1.0:
+                spent = {"seconds": 0.0, "users": 0, "calls": 0}
 
-            def observe(model, size, seconds, spent=spent):
-                if model == "churn":
-                    spent["seconds"] += seconds
-                    spent["users"] += int(size)
-                    spent["calls"] += 1
+                def observe(model, size, seconds, spent=spent):
+                    if model == "churn":
+                        spent["seconds"] += seconds
+                        spent["users"] += int(size)
+                        spent["calls"] += 1
 
-            engine = PartitionEngine(0, EngineConfig(), {}, scorer=s, observe=observe)
-            started = time.perf_counter()
-            run_to_completion(engine, records, batch=2000)
-            wall = time.perf_counter() - started
-            part[name] = {"users_scored": spent["users"], "scoring_calls": spent["calls"],
-                          "scoring_seconds": round(spent["seconds"], 2),
-                          "users_per_s": round(spent["users"] / spent["seconds"]),
-                          "engine_events_per_s": round(len(records) / wall)}
+                engine = PartitionEngine(0, EngineConfig(), {}, scorer=s, observe=observe)
+                started = time.perf_counter()
+                run_to_completion(engine, records, batch=2000)
+                runs.append(dict(spent, wall=time.perf_counter() - started))
+            mid = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+            part[name] = {"users_scored": mid["users"], "scoring_calls": mid["calls"], "runs": len(runs),
+                          "scoring_seconds": round(mid["seconds"], 3),
+                          "users_per_s": round(mid["users"] / mid["seconds"]),
+                          "engine_events_per_s": round(len(records) / mid["wall"])}
             log(label, name, part[name])
         part["ratio_micro_batch_vs_batch_of_1"] = round(
             part["micro_batch"]["users_per_s"] / part["batch_of_1"]["users_per_s"], 1)

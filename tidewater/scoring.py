@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.churn.summary_batch import MIN_BATCH, summary_of_records
+
 
 class RingScorer:
-    """Adapts a model scorer (event dicts) to the profile's ring of ``RecentEvent`` structs."""
+    """Adapts a model scorer (event dicts) to the profile's ring of ``RecentEvent`` structs. A model that
+    scores from the summary features alone (``uses_encoder`` False) gets a tick's rings summarised in one
+    vectorised pass (``models/churn/summary_batch.py``, bit for bit the per-sequence features)."""
 
     def __init__(self, scorer: Any) -> None:
         self.scorer = scorer
@@ -17,9 +21,20 @@ class RingScorer:
         return [[{"ts": e.ts, "type": e.type, "item": e.item_id, "category": e.category, "amount": e.amount,
                   "quantity": e.quantity} for e in ring] for ring in sequences]
 
+    def _from_summary(self, sequences: Any) -> bool:
+        return len(sequences) >= MIN_BATCH and not getattr(self.scorer, "uses_encoder", True)
+
+    def _predict_from_summary(self, sequences: Any, as_of: Any) -> Any:
+        as_of = [as_of] * len(sequences) if isinstance(as_of, (int, float)) else list(as_of)
+        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of))
+
     def score_many(self, sequences: Any, as_of: Any) -> Any:
+        if self._from_summary(sequences):
+            return self._predict_from_summary(sequences, as_of)[0]
         return self.scorer.score_many(self._dicts(sequences), as_of)
 
     def predict_many(self, sequences: Any, as_of: Any) -> Any:
         """(churn probabilities, expected purchases in the model's horizon)."""
+        if self._from_summary(sequences):
+            return self._predict_from_summary(sequences, as_of)
         return self.scorer.predict_many(self._dicts(sequences), as_of)

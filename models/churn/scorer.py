@@ -86,11 +86,7 @@ class ChurnScorer:
                                category_buckets=self.cfg.category_buckets, **summary_only)
         torch = self._torch
         if not self.uses_encoder:
-            with torch.inference_mode():
-                p, r = self.model.calibrated(*self.model.raw_outputs_from_summary(
-                    torch.from_numpy(np.ascontiguousarray(summ, dtype=np.float32)).to(self.device)))
-            prob[:], rate[:] = p.cpu().numpy(), r.cpu().numpy()
-            return prob, rate
+            return self.predict_from_summary(summ)
         order = np.argsort([len(t["type"]) for t in toks], kind="stable")
         for s in range(0, n, self.micro_batch):
             idx = order[s:s + self.micro_batch]
@@ -104,6 +100,17 @@ class ChurnScorer:
                 p, r = self.model.calibrated(logit, log_rate)
             prob[idx], rate[idx] = p.cpu().numpy(), r.cpu().numpy()
         return prob, rate
+
+    def predict_from_summary(self, summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_many`` from the sequences' summary matrix (``features.prepare(..., with_tokens=False)[1]`` or
+        ``summary_batch.summary_of_records``), for a model that scores without its encoder."""
+        if self.uses_encoder:
+            raise ValueError("this model runs its encoder: it needs the event sequences (predict_many)")
+        torch = self._torch
+        with torch.inference_mode():
+            p, r = self.model.calibrated(*self.model.raw_outputs_from_summary(
+                torch.from_numpy(np.ascontiguousarray(summary, dtype=np.float32)).to(self.device)))
+        return p.cpu().numpy().astype(np.float64), r.cpu().numpy().astype(np.float64)
 
     def score_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float) -> np.ndarray:
         """Calibrated churn probabilities, one per sequence."""

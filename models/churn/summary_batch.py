@@ -1,0 +1,251 @@
+"""The summary features of a whole batch of event records at once: the stream's scoring path for a model that
+scores from the summary alone (one that kept its GLM start, ``ChurnScorer.uses_encoder`` False).
+
+:func:`models.churn.features.prepare` normalises and summarises sequence by sequence in plain Python, which
+costs a few microseconds per sequence even for a one-event history; at a daily tick the stream scores thousands.
+Here the events of the batch become four flat numpy columns and every feature is computed for all sequences at
+once, with the same float operations in the same order as ``features._summary_row``, so the matrix is bit for
+bit the one ``prepare(..., with_tokens=False)`` gives:
+
+* elementwise IEEE operations (``+ - * /``, ``sqrt``, comparisons) round the same in numpy as in Python;
+* ``log1p`` goes through ``math.log1p`` (numpy's own differs from it in the last bit for some inputs);
+* ``max(x, c)`` / ``min(x, c)`` keep Python's choice for ties and NaN (``np.maximum`` turns ``-0.0`` into ``0.0``);
+* sums follow numpy's pairwise order (``features._np_sum``): term by term below 8 terms, 8 interleaved partial
+  sums up to 128, with the padding masked so that no extra ``+ 0.0`` touches a partial sum.
+
+Sequences this fast path does not cover go through ``prepare`` itself: events out of time order or at/after the
+scoring time, purchase lines of one basket (same time, merged by ``prepare``), non-finite times or amounts,
+unknown event types, more than 128 events. An event record is any object with ``ts``, ``type``, ``amount`` and
+``quantity`` attributes (the stream's ``RecentEvent``); nothing else of it enters the summary.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import features as F
+
+MIN_BATCH = 16  # below this many sequences the per-sequence path is faster (numpy's cost per call)
+MAX_EVENTS = 128  # the sums' pairwise order is emulated up to this many terms (numpy's block size)
+_TYPE_CODE = {"click": F.CLICK, "purchase": F.PURCHASE}
+
+
+def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> np.ndarray:
+    """``prepare([[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in seq] ...],
+    as_of, with_tokens=False)[1]``, bit for bit, raising what it raises."""
+    if len(sequences) != len(as_of):
+        raise ValueError(f"{len(sequences)} sequences but {len(as_of)} as_of times")
+    try:
+        lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
+        ts = np.fromiter([e.ts for seq in sequences for e in seq], np.float64)
+        code = np.fromiter([_TYPE_CODE.get(e.type, 0) for seq in sequences for e in seq], np.int64)
+        amount = np.fromiter([e.amount for seq in sequences for e in seq], np.float64)
+        quantity = np.fromiter([e.quantity for seq in sequences for e in seq], np.float64)
+        when = np.fromiter(as_of, np.float64, len(sequences))
+    except (TypeError, ValueError, OverflowError):  # odd values (None, strings, huge ints): the general path
+        return _general(sequences, as_of, range(len(sequences)), np.zeros((len(sequences), F.N_SUMMARY)))
+    seg = np.repeat(np.arange(len(sequences)), lengths)
+    purchase = code == F.PURCHASE
+    # a purchase line at the same time as the purchase just before it belongs to that basket (prepare merges it)
+    merged = np.zeros(len(ts), bool)
+    merged[1:] = purchase[1:] & purchase[:-1] & (seg[1:] == seg[:-1]) & (ts[1:] == ts[:-1])
+    general = _not_covered(ts, code, amount, quantity, seg, lengths, when, merged)
+    with np.errstate(all="ignore"):
+        out = _summaries(*_merge_baskets(ts, purchase, amount, quantity, seg, merged, len(sequences)), when)
+    return _general(sequences, as_of, np.flatnonzero(general).tolist(), out)
+
+
+def _merge_baskets(ts, purchase, amount, quantity, seg, merged, b):
+    """The normalised events (one per basket) and each sequence's quantity total, as ``prepare`` counts them:
+    a basket's amount is its lines' amounts added in order; a line's quantity counts when it is at least 1,
+    a merged line's whatever it is (``prepare``'s rule)."""
+    q = np.trunc(quantity)
+    counted = np.where(merged, q, np.where(purchase & (q >= 1), q, 0.0))  # clicks' quantities do not count
+    qty_total = np.bincount(seg, weights=counted, minlength=b)  # whole numbers below 2**31: exact
+    if not merged.any():
+        return ts, purchase, amount, seg, qty_total
+    line = np.arange(len(ts))
+    head = np.maximum.accumulate(np.where(merged, 0, line))
+    position = line - head
+    basket = amount.copy()
+    for p in range(1, int(position.max()) + 1):
+        at = np.flatnonzero(position == p)
+        basket[head[at]] = basket[head[at]] + amount[at]
+    keep = ~merged
+    return ts[keep], purchase[keep], basket[keep], seg[keep], qty_total
+
+
+def _general(sequences, as_of, rows, out: np.ndarray) -> np.ndarray:
+    """The rows the fast path does not cover, through ``prepare``; ``out`` (float64) with them filled in."""
+    if len(rows):
+        dicts = [[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in sequences[i]]
+                 for i in rows]
+        _, summ = F.prepare(dicts, [as_of[i] for i in rows], max_events=0, item_buckets=2, category_buckets=2,
+                            with_tokens=False)
+        out = out.astype(np.float32)
+        out[list(rows)] = summ
+        return out
+    return out.astype(np.float32)
+
+
+def _not_covered(ts, code, amount, quantity, seg, lengths, when, merged) -> np.ndarray:
+    """Per sequence: True where the fast path would not reproduce ``prepare`` exactly."""
+    bad_event = ~np.isfinite(ts) | (code == 0) | np.isinf(amount) | ~(ts < when[seg]) | ~(np.abs(quantity) < 2**31)
+    # basket lines: prepare adds a NaN amount or fails on a NaN quantity there, and reads a -0.0 amount as 0.0
+    in_basket = merged.copy()
+    in_basket[:-1] |= merged[1:]
+    bad_event |= in_basket & (np.isnan(amount) | ((amount == 0.0) & np.signbit(amount)) | np.isnan(quantity))
+    same = seg[1:] == seg[:-1]
+    bad_pair = same & (ts[1:] < ts[:-1])
+    general = (lengths > MAX_EVENTS) | ~np.isfinite(when)
+    general[seg[bad_event]] = True
+    general[seg[1:][bad_pair]] = True
+    return general
+
+
+def _pymax(x: np.ndarray, c: float) -> np.ndarray:
+    """Python's ``max(x, c)`` elementwise: ``c`` only where ``c > x`` (keeps -0.0 and NaN as Python does)."""
+    return np.where(c > x, c, x)
+
+
+def _log1p(x: np.ndarray) -> np.ndarray:
+    return np.fromiter(map(math.log1p, x.tolist()), np.float64, x.size).reshape(x.shape)
+
+
+_LOG1P_OF_COUNTS = np.array([math.log1p(k) for k in range(MAX_EVENTS + 1)])
+
+
+def _log1p_count(k: np.ndarray) -> np.ndarray:
+    """``math.log1p`` of whole numbers 0..``MAX_EVENTS`` (event counts), by table; longer sequences are
+    computed by ``prepare`` (their values here are placeholders)."""
+    return _LOG1P_OF_COUNTS[np.minimum(k, MAX_EVENTS)]
+
+
+def _segment_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``features._np_sum`` of each segment of ``values`` (segments back to back, ``lengths`` each, at most
+    ``MAX_EVENTS``): numpy's pairwise summation order, emulated across all segments at once."""
+    out = np.zeros(len(lengths))
+    width = int(lengths.max(initial=0))
+    if width == 0:
+        return out
+    padded = np.zeros((len(lengths), width))
+    padded[np.arange(width) < lengths[:, None]] = values
+    short = lengths < 8
+    if short.any():  # from 0.0, term by term; the zero padding is exact (the sum is never -0.0)
+        part, total = padded[short], np.zeros(int(short.sum()))
+        for j in range(min(width, 7)):
+            total = total + part[:, j]
+        out[short] = total
+    if not short.all():  # 8 interleaved partial sums over whole blocks of 8, then the rest term by term
+        long_rows = ~short
+        part, n = padded[long_rows], lengths[long_rows]
+        whole = n - n % 8
+        acc = part[:, :8].copy()
+        for start in range(8, int(whole.max()), 8):
+            acc = np.where((start < whole)[:, None], acc + part[:, start:start + 8], acc)
+        total = ((acc[:, 0] + acc[:, 1]) + (acc[:, 2] + acc[:, 3])) + ((acc[:, 4] + acc[:, 5]) + (acc[:, 6] + acc[:, 7]))
+        rows = np.arange(len(part))
+        for j in range(7):
+            col = np.minimum(whole + j, width - 1)
+            total = np.where(j < n - whole, total + part[rows, col], total)
+        out[long_rows] = total
+    return out
+
+
+def _summaries(ts, purchase, amount, seg, qty_total, when) -> np.ndarray:
+    """``features._summary_row`` of every sequence (float64) from its normalised events, assuming each
+    sequence is covered (``_not_covered``)."""
+    day = F.DAY
+    b = len(when)
+    out = np.zeros((b, F.N_SUMMARY))
+    n = np.bincount(seg, minlength=b)
+    bounds = np.zeros(b + 1, np.int64)
+    np.cumsum(n, out=bounds[1:])
+    has = n > 0
+    if not has.any():
+        return out
+    last_row = np.maximum(bounds[1:] - 1, 0)
+    first_ts = np.where(has, ts[np.minimum(bounds[:-1], max(len(ts) - 1, 0))], 0.0) if len(ts) else np.zeros(b)
+    last_ts = ts[last_row] if len(ts) else np.zeros(b)
+    p_at = np.flatnonzero(purchase)
+    p_ts, p_seg = ts[p_at], seg[p_at]
+    n_p = np.bincount(p_seg, minlength=b)
+    p_bounds = np.zeros(b + 1, np.int64)
+    np.cumsum(n_p, out=p_bounds[1:])
+    has_p = n_p > 0
+
+    age = (when - first_ts) / day
+    recency_event = (when - last_ts) / day
+    log_age = _log1p(_pymax(age, 0.0))
+    f = out
+    f[:, 0], f[:, 1], f[:, 2] = _log1p_count(n_p), _log1p_count(n), _log1p_count(n - n_p)
+    f[:, 3] = log_age
+    f[:, 4] = _log1p(_pymax(recency_event, 0.0))
+    f[:, 5] = log_age
+    if has_p.any():
+        r = np.flatnonzero(has_p)
+        first_p, last_p = p_ts[p_bounds[r]], p_ts[p_bounds[r + 1] - 1]
+        rec = (when[r] - last_p) / day
+        span = (last_p - first_p) / day
+        f[r, 3] = _log1p(_pymax(rec, 0.0))
+        f[r, 6] = _log1p(_pymax(span, 0.0))
+        f[r, 7] = (n_p[r] - 1) / _pymax(age[r], 1.0)
+        f[r, 8] = span / _pymax(age[r], 1e-9)
+        _gap_features(f, r, rec, p_ts, p_seg, n_p)
+        _amount_features(f, amount[p_at], p_seg, b)
+        with_qty = has_p & (qty_total > 0)
+        f[with_qty, 20] = _log1p(qty_total[with_qty])
+        recent_from = when - 0.25 * age * day
+        recent = np.bincount(p_seg, weights=(p_ts >= recent_from[p_seg]).astype(np.float64), minlength=b)
+        f[r, 21] = recent[r] / n_p[r]
+    f[~has] = 0.0
+    return out
+
+
+def _gap_features(f: np.ndarray, rows: np.ndarray, rec: np.ndarray, p_ts, p_seg, n_p) -> None:
+    """Columns 9-15 for the sequences with two purchases or more (``rows``: those with one or more, ``rec``
+    their purchase recency in days)."""
+    two = n_p[rows] > 1
+    if not two.any():
+        return
+    r, rec = rows[two], rec[two]
+    pair = p_seg[1:] == p_seg[:-1]
+    gaps = ((p_ts[1:] - p_ts[:-1]) / F.DAY)[pair]  # the purchase gaps of every sequence, in order
+    n_g = n_p[r] - 1
+    starts = np.zeros(len(n_p) + 1, np.int64)
+    np.cumsum(np.maximum(n_p - 1, 0), out=starts[1:])
+    mean = _segment_sums(gaps, n_g) / n_g
+    dev = gaps - np.repeat(mean, n_g)
+    std = np.sqrt(_segment_sums(dev * dev, n_g) / n_g)
+    g_max = np.maximum.reduceat(gaps, starts[r])
+    g_min = np.minimum.reduceat(gaps, starts[r])
+    last_gap = gaps[starts[r + 1] - 1]
+    f[r, 9] = _log1p(_pymax(mean, 0.0))
+    f[r, 10] = _log1p(_pymax(std, 0.0))
+    f[r, 11] = _log1p(_pymax(last_gap, 0.0))
+    f[r, 12] = _log1p(_pymax(g_max, 0.0))
+    f[r, 13] = _log1p(_pymax(g_min, 0.0))
+    ratio = rec / _pymax(mean, 1e-3)
+    f[r, 14] = np.where(100.0 < ratio, 100.0, ratio)  # Python's min(ratio, 100.0)
+    f[r, 15] = 1.0
+
+
+def _amount_features(f: np.ndarray, p_amount: np.ndarray, p_seg: np.ndarray, b: int) -> None:
+    """Columns 16-19 from the amounts present (not NaN) on each sequence's purchases."""
+    present = ~np.isnan(p_amount)
+    values, seg = p_amount[present], p_seg[present]
+    count = np.bincount(seg, minlength=b)
+    r = np.flatnonzero(count)
+    if not len(r):
+        return
+    starts = np.zeros(b + 1, np.int64)
+    np.cumsum(count, out=starts[1:])
+    total = _segment_sums(values, count[r])
+    mean = total / count[r]
+    last = values[starts[r + 1] - 1]
+    f[r, 16] = _log1p(_pymax(total, 0.0))
+    f[r, 17] = _log1p(_pymax(mean, 0.0))
+    f[r, 18] = _log1p(_pymax(last, 0.0))
+    f[r, 19] = np.where(mean > 0, last / mean, 1.0)

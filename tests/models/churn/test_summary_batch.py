@@ -1,0 +1,183 @@
+"""The vectorised summary of event records (models/churn/summary_batch.py) is bit for bit the per-sequence
+reference's (tests/models/churn/features_reference.py), on messy input and on the stream's rings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.churn import summary_batch as SB
+
+from . import features_reference as R
+from .test_features_fast import DAY, TIMES, _bits, cdnow_sequences, outcome, stream_rings
+
+
+@dataclass
+class Rec:
+    """An event record as the stream's ring holds one (``RecentEvent``'s summary fields)."""
+
+    ts: Any
+    type: Any
+    amount: Any = 0.0
+    quantity: Any = 0
+
+
+def as_dicts(seqs):
+    return [[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in s] for s in seqs]
+
+
+def reference_summary(seqs, as_of):
+    return R.prepare(as_dicts(seqs), as_of, max_events=8, item_buckets=16, category_buckets=4)[1]
+
+
+def assert_same(seqs, as_of):
+    want, want_err = outcome(reference_summary, seqs, as_of)
+    got, got_err = outcome(SB.summary_of_records, seqs, as_of)
+    assert got_err == want_err
+    if want is not None:
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert _bits(got) == _bits(want), np.argwhere(got != want)[:5]
+
+
+def covered(seqs, as_of) -> int:
+    """How many sequences the fast path computes itself (the rest go through prepare)."""
+    ts = np.array([e.ts for s in seqs for e in s], np.float64)
+    code = np.array([SB._TYPE_CODE.get(e.type, 0) for s in seqs for e in s], np.int64)
+    amount = np.array([e.amount for s in seqs for e in s], np.float64)
+    qty = np.array([e.quantity for s in seqs for e in s], np.float64)
+    lengths = np.array([len(s) for s in seqs], np.int64)
+    seg = np.repeat(np.arange(len(seqs)), lengths)
+    purchase = code == 2
+    merged = np.zeros(len(ts), bool)
+    merged[1:] = purchase[1:] & purchase[:-1] & (seg[1:] == seg[:-1]) & (ts[1:] == ts[:-1])
+    return int((~SB._not_covered(ts, code, amount, qty, seg, lengths, np.array(as_of, np.float64), merged)).sum())
+
+
+# messy records: repeated times (baskets), odd amounts and quantities, unknown types, unsorted input
+ts_st = st.one_of(st.sampled_from(TIMES), st.floats(-1e7, 4e7, allow_nan=False, allow_infinity=False),
+                  st.integers(0, 4 * 10**7), st.just(float("-inf")), st.just(float("nan")))
+amount_st = st.one_of(st.floats(-50, 5000), st.just(0.0), st.just(-0.0), st.just(float("nan")),
+                      st.just(float("inf")), st.integers(-3, 100), st.floats(1e300, 1e308), st.none())
+qty_st = st.one_of(st.integers(-2, 12), st.sampled_from([0.0, 2.0, 2.7, -1.5, float("nan")]), st.none(),
+                   st.just(2**40))
+type_st = st.sampled_from(["click", "purchase", "purchase", "purchase", "view"])
+record_st = st.builds(Rec, ts=ts_st, type=type_st, amount=amount_st, quantity=qty_st)
+clean_st = st.builds(Rec, ts=st.sampled_from(TIMES), type=st.sampled_from(["click", "purchase", "purchase"]),
+                     amount=st.one_of(st.floats(-20, 500), st.just(0.0), st.just(-0.0)), quantity=st.integers(-1, 4))
+
+
+@st.composite
+def batch_st(draw):
+    seqs, as_of = [], []
+    for _ in range(draw(st.integers(0, 24))):
+        events = draw(st.lists(st.one_of(record_st, clean_st, clean_st), max_size=40))
+        if draw(st.booleans()):
+            events.sort(key=lambda e: float(e.ts) if isinstance(e.ts, (int, float)) else 0.0)
+        seqs.append(events)
+        finite = [float(e.ts) for e in events if np.isfinite(float(e.ts))]
+        as_of.append(draw(st.one_of(st.just(max(finite, default=0.0) + DAY), st.sampled_from(TIMES),
+                                    st.just(float("inf")))))
+    return seqs, as_of
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=batch_st())
+def test_summary_of_records_equals_the_reference(batch):
+    assert_same(*batch)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(0, 140), min_size=1, max_size=12), seed=st.integers(0, 2**32 - 1))
+def test_long_sums_follow_numpys_pairwise_order(lengths, seed):
+    """Sorted purchase histories of every length around numpy's 8-term blocks and its 128-term limit."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for n in lengths:
+        ts = np.sort(rng.uniform(0, 300 * DAY, n))
+        seqs.append([Rec(float(t), "purchase" if rng.random() < 0.8 else "click",
+                         float(rng.lognormal(3, 2)) * (rng.random() < 0.9), int(rng.integers(0, 4))) for t in ts])
+    as_of = [400 * DAY] * len(seqs)
+    assert_same(seqs, as_of)
+    assert covered(seqs, as_of) == sum(1 for n in lengths if n <= SB.MAX_EVENTS)
+
+
+def _records(dict_seqs):
+    return [[Rec(e["ts"], e["type"], e.get("amount", 0.0), e.get("quantity", 0)) for e in s] for s in dict_seqs]
+
+
+def test_stream_rings_mostly_take_the_fast_path_with_the_same_result():
+    seqs, as_of = stream_rings(400, seed=3)
+    records = _records(seqs)
+    assert_same(records, as_of)
+    # late events and future events fall back; baskets and everything else are vectorised
+    assert covered(records, as_of) > 0.6 * len(records)
+
+
+def test_cdnow_baskets_take_the_fast_path_with_the_same_result():
+    seqs = _records(cdnow_sequences())
+    as_of = [8.75e8] * len(seqs)  # 1997-09-23, inside the calibration period: some purchases are in the future
+    assert_same(seqs, as_of)
+    assert covered(seqs, as_of) > 0.5 * len(seqs)
+    later = [1e9] * len(seqs)
+    assert_same(seqs, later)
+    assert covered(seqs, later) == len(seqs)  # same-day lines merged in the fast path too
+
+
+def test_ring_scorer_uses_the_summary_path_with_the_same_scores():
+    """A model that scores without its encoder: RingScorer's vectorised path gives ChurnScorer.predict_many's
+    probabilities and forecasts exactly; one by one (the dict path, below ``MIN_BATCH``) they agree too."""
+    import torch
+
+    from models.churn.scorer import ChurnScorer
+    from models.churn.train import new_model
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
+
+    from .helpers import tiny_config
+
+    model = new_model(tiny_config(), 0)
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
+        torch.manual_seed(0)
+        model.wide.weight.normal_(0, 0.5)
+        model.temperature.fill_(1.3)
+    scorer = ChurnScorer(model, device="cpu")
+    assert not scorer.uses_encoder
+    dict_seqs, as_of = stream_rings(120, seed=9)
+    rings = [[RecentEvent(ts=e["ts"], type=e["type"], item_id=e["item"], category=e["category"],
+                          amount=e["amount"], quantity=e["quantity"]) for e in s] for s in dict_seqs]
+    ring_scorer = RingScorer(scorer)
+    assert ring_scorer._from_summary(rings)
+    prob, rate = ring_scorer.predict_many(rings, as_of)
+    want_prob, want_rate = scorer.predict_many(dict_seqs, as_of)
+    np.testing.assert_array_equal(prob, want_prob)
+    np.testing.assert_array_equal(rate, want_rate)
+    np.testing.assert_array_equal(ring_scorer.score_many(rings, as_of), want_prob)
+    assert np.ptp(prob) > 0.01
+    one_by_one = [ring_scorer.predict_many([r], [t])[0][0] for r, t in zip(rings[:20], as_of[:20])]
+    np.testing.assert_allclose(one_by_one, prob[:20], rtol=1e-5, atol=0)  # float32 GEMMs of other shapes
+
+
+def test_corner_cases_equal_the_reference():
+    """Signed zeros (Python's max keeps -0.0, numpy's maximum does not; prepare reads a -0.0 basket line as 0.0),
+    baskets of several lines with zero or negative quantities, refunds: each alone and in one batch."""
+    p, c = "purchase", "click"
+    cases = [
+        [Rec(DAY, p, -0.0, 1)],
+        [Rec(DAY, p, 5.0, 1), Rec(2 * DAY, p, -0.0, 0)],
+        [Rec(DAY, p, -0.0, 1), Rec(DAY, p, -0.0, 1)],
+        [Rec(DAY, p, 0.0, 1), Rec(DAY, p, -0.0, 2)],
+        [Rec(DAY, p, 3.0, 0), Rec(DAY, p, 4.0, -2), Rec(DAY, p, 5.0, 3), Rec(3 * DAY, c, 0.0, 7)],
+        [Rec(DAY, p, -10.0, 1), Rec(DAY, c, 0.0, 0), Rec(DAY, p, 2.0, 1), Rec(5 * DAY, p, 1.5, 2)],
+        [Rec(DAY, c, 0.0, 0)] * 3,
+        [],
+    ]
+    as_of = [10 * DAY] * len(cases)
+    for case in cases:
+        assert_same([case], [10 * DAY])
+    assert_same(cases * 3, as_of * 3)  # a batch of 24: the size RingScorer hands over
+    assert covered(cases, as_of) == len(cases) - 2  # the -0.0 basket lines go through prepare
