@@ -159,8 +159,8 @@ class Recommender:
         by the full-rank model in one vectorised pass."""
         history_pos = [self.positions(h) for h in histories]
         excluded: list = [[] for _ in history_pos]
-        if exclude_history:  # as a set: the search is widened by the number of distinct excluded items
-            excluded = [set(h) for h in history_pos]
+        if exclude_history:  # repeats are fine: the search is widened by the number of distinct excluded items
+            excluded = history_pos
         if exclude is not None:
             for r, e in enumerate(exclude):
                 if e:

@@ -71,13 +71,14 @@ class FullRankScorer:
         return table
 
     def rerank_batch(self, histories: Sequence[Sequence[int]], ids: np.ndarray, fallback: np.ndarray,
-                     exclude: Sequence[Sequence[int]], k: int, candidates: int,
-                     chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                     exclude: Sequence[Sequence[int]], k: int, candidates: int, chunk: int = 256,
+                     exclude_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Re-score raw index answers, vectorised: ``ids`` / ``fallback`` (Q, C) from the index in its order
         (-1 = no item), ``exclude`` the item indices each row must skip. The first ``candidates`` items of each
         row that are not excluded are re-scored with ``x_user · B`` (items outside the dense system keep their
         index score). Returns (Q, k) item indices, best first with ties to the lower index (-1 where a row has
-        fewer than k items), and their scores."""
+        fewer than k items), and their scores. ``exclude_mask``: ``exclude`` as :func:`exclusion_mask` gave it,
+        when the caller has it already."""
         q_all, c = ids.shape
         width = min(c, max(candidates, k))  # the columns that can still be served after the cut
         k = min(k, c)
@@ -90,7 +91,10 @@ class FullRankScorer:
             ids_c = ids[start:stop]
             valid = ids_c >= 0
             safe = np.where(valid, ids_c, 0)
-            skip = ~valid | _excluded(safe, exclude[start:stop], n_items)
+            if exclude_mask is not None:
+                skip = ~valid | exclude_mask[np.arange(start, stop)[:, None], safe]
+            else:
+                skip = ~valid | _excluded(safe, exclude[start:stop], n_items)
             keep = ~skip & (np.cumsum(~skip, axis=1) <= candidates)
             # the kept columns first, in index order: only those are gathered from B
             sel = np.argsort(~keep, axis=1, kind="stable")[:, :width]
@@ -134,15 +138,25 @@ class FullRankScorer:
         return rows, w
 
 
+def exclusion_mask(exclude: Sequence[Sequence[int]], n_items: int) -> np.ndarray | None:
+    """(q, n_items) bool: item ``i`` is in ``exclude[r]`` (rows may repeat an item); None above ``MASK_CELLS``."""
+    q = len(exclude)
+    if q * n_items > MASK_CELLS:
+        return None
+    sizes = np.fromiter(map(len, exclude), np.int64, q)
+    mask = np.zeros((q, n_items), bool)
+    mask[np.repeat(np.arange(q), sizes), np.fromiter(chain.from_iterable(exclude), np.int64, int(sizes.sum()))] = True
+    return mask
+
+
 def _excluded(ids: np.ndarray, exclude: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
     """(q, C) bool: ``ids[r, j]`` is in ``exclude[r]``."""
     q = len(ids)
+    mask = exclusion_mask(exclude, n_items)  # dense: no sorting
+    if mask is not None:
+        return mask[np.arange(q)[:, None], ids]
     sizes = np.fromiter(map(len, exclude), np.int64, q)
     flat = np.fromiter(chain.from_iterable(exclude), np.int64, int(sizes.sum()))
-    if q * n_items <= MASK_CELLS:  # a dense (q, n_items) mask: no sorting
-        mask = np.zeros((q, n_items), bool)
-        mask[np.repeat(np.arange(q), sizes), flat] = True
-        return mask[np.arange(q)[:, None], ids]
     keys = np.repeat(np.arange(q), sizes) * n_items + flat
     return np.isin(np.arange(q)[:, None] * n_items + ids, keys)
 
@@ -154,6 +168,9 @@ def search_and_rerank(index, full: FullRankScorer, vectors: np.ndarray, k: int, 
     then ``full.rerank_batch``. The worker (``Recommender``) and ``evaluate recs`` both call this, so the
     evaluation measures what is served."""
     n = len(index)
-    widths = [row_width(candidates + len(ex), n) for ex in exclude]
+    mask = exclusion_mask(exclude, n)  # the distinct excluded items of each row (a row may repeat one)
+    distinct = mask.sum(axis=1).tolist() if mask is not None else [len(set(ex)) for ex in exclude]
+    widths = [row_width(candidates + d, n) for d in distinct]
     scores, ids = index.search_rows(vectors, widths)
-    return full.rerank_batch(histories, ids, scores.astype(np.float64), exclude, k, candidates)
+    return full.rerank_batch(histories, ids, scores.astype(np.float64), exclude, k, candidates,
+                             exclude_mask=mask)

@@ -188,3 +188,26 @@ def test_regression_an_empty_dense_system_serves_the_index_scores():
     top, top_scores = scorer.rerank_batch([[1, 1, 1]], np.array([[1, 0]]), np.array([[0.5, 0.25]]), [[]], k=2,
                                           candidates=2)
     assert top.tolist() == [[1, 0]] and top_scores.tolist() == [[0.5, 0.25]]
+
+
+@pytest.mark.parametrize("mask_cells", [None, 0])
+def test_repeated_history_items_are_excluded_once(fitted, monkeypatch, mask_cells):
+    """A ring repeats items (the same film clicked twice). The stream passes it as it is; the search is widened
+    by the distinct excluded items (counted on the dense mask, or by sets above ``MASK_CELLS``), so the answers
+    equal passing the de-duplicated sets explicitly."""
+    from models.recs import rerank
+
+    if mask_cells is not None:
+        monkeypatch.setattr(rerank, "MASK_CELLS", mask_cells)
+    split, _, directory = fitted
+    rec = Recommender(directory, use_gpu=False, rerank_candidates=25)  # of 40 items: the search width matters
+    hist = split.history("test")
+    histories = [[split.item_ids[i] for i in hist[u]] for u in split.eval_users[:40]]
+    histories = [h + h[: 1 + r % 4] * (1 + r % 3) for r, h in enumerate(histories)]  # repeats, most recent last
+    assert all(len(set(h)) < len(h) for h in histories if h)
+    states = [rec.recompute_user(h) for h in histories]
+    want = rec.recommend_many(states, k=20, exclude=[set(h) for h in histories], histories=histories)
+    got = rec.recommend_many(states, k=20, histories=histories, exclude_history=True)
+    assert got == want
+    assert all(len(row) == 20 for row in got)  # 25 candidates left after the history (13 items of 40)
+    assert all(not set(h) & {i for i, _ in row} for h, row in zip(histories, got))
