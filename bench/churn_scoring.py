@@ -3,8 +3,10 @@ the GPU when one is present, with the ratio to batch-of-1. The last line of stdo
 
     python bench/churn_scoring.py [--registry var/registry] [--seconds 2] [--threads 1] [--max-len 64]
 
-The encoder's forward pass always runs unless ``--as-served`` (a model that kept its GLM start skips it in
-the worker, with the same outputs). Uses the current model of ``<registry>/churn``; when the registry is
+The encoder's forward pass always runs unless ``--as-served``: then the sequences go in as the worker hands
+them over (the profile's ring of ``RecentEvent`` structs, through ``tidewater.scoring.RingScorer``), and a model
+that kept its GLM start skips the encoder, with the same outputs (and from 16 rings up gets the vectorised
+summary, ``models/churn/summary_batch.py``). Uses the current model of ``<registry>/churn``; when the registry is
 empty it trains a tiny model on the CDNOW sample in memory (nothing is published) so the bench always runs.
 Input sequences are synthetic click/purchase histories with lengths uniform in 1..max-len (items,
 categories, amounts, quantities), so truncation and padding are exercised.
@@ -86,33 +88,41 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--batches", default="1,32,256,1024")
     ap.add_argument("--as-served", action="store_true",
-                    help="score as the worker does: a model that kept its GLM start skips the encoder (by default "
-                         "the encoder always runs, with the same outputs, so that the transformer is measured)")
+                    help="score as the worker does: rings of RecentEvent structs through RingScorer; a model that kept "
+                         "its GLM start skips the encoder (by default the encoder always runs, with the same "
+                         "outputs, so that the transformer is measured)")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     from models.churn.scorer import ChurnScorer
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
 
     path, model = load_or_train(args.registry)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     batches = [int(b) for b in args.batches.split(",")]
     seqs, as_of = synthetic_sequences(max(4096, 2 * max(batches)), args.max_len)
+    rings = [[RecentEvent(ts=e["ts"], type=e["type"], item_id=e.get("item"), category=e.get("category"),
+                          amount=e.get("amount", 0.0), quantity=e.get("quantity", 0)) for e in seq] for seq in seqs]
     results = []
     version = None
     for dev in devices:
         scorer = ChurnScorer.load(path, device=dev, micro_batch=max(batches)) if path is not None \
             else ChurnScorer(model, version="in-memory-tiny", device=dev, micro_batch=max(batches))
-        if not args.as_served:
-            scorer.uses_encoder = True
         version = scorer.version
+        if args.as_served:
+            scorer, inputs = RingScorer(scorer), rings
+        else:
+            scorer.uses_encoder, inputs = True, seqs
         base = None
         for b in batches:
-            rate = run(scorer, seqs, as_of, b, args.seconds)
+            rate = run(scorer, inputs, as_of, b, args.seconds)
             base = base or rate
+            amp = getattr(scorer, "scorer", scorer).amp_dtype
             row = {"device": dev, "batch": b, "seq_per_s": round(rate, 1), "ratio_to_batch1": round(rate / base, 2),
-                   "amp_dtype": str(scorer.amp_dtype).replace("torch.", "") if scorer.amp_dtype else "float32"}
+                   "amp_dtype": str(amp).replace("torch.", "") if amp else "float32"}
             results.append(row)
             print(f"{dev:5s} batch {b:5d}: {rate:10.1f} seq/s  x{rate / base:6.2f} vs batch 1", flush=True)
     out = {
@@ -123,7 +133,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "max_len": args.max_len,
-        "encoder_pass": scorer.uses_encoder,
+        "encoder_pass": getattr(scorer, "scorer", scorer).uses_encoder,
         "results": results,
     }
     print(json.dumps(out))
