@@ -29,8 +29,12 @@ class Query:
     """One recommendation request, frozen at the event that triggered it."""
 
     vector: np.ndarray | None  # None: the user has no vector yet (popular items)
-    exclude: frozenset[str]
+    excluded: frozenset[str] | None  # None: the items of ``history`` (built only if asked: ``exclude``)
     history: tuple[str, ...] = ()  # the ring's item ids, oldest first, for the full-rank re-scoring
+
+    @property
+    def exclude(self) -> frozenset[str]:
+        return frozenset(self.history) if self.excluded is None else self.excluded
 
 
 class StreamRecommender(Protocol):
@@ -180,7 +184,7 @@ class VectorRecommender:
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
         history = tuple([e.item_id for e in profile.recent if e.item_id])
-        return Query(self.vector(profile), frozenset(history), history)  # = seen_items: one pass over the ring
+        return Query(self.vector(profile), None, history)  # exclude = seen_items: the re-ranking passes history
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The

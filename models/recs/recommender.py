@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import chain
 from pathlib import Path
 from typing import AbstractSet, Sequence
 
@@ -157,7 +158,7 @@ class Recommender:
                      decimals: int | None = None) -> list[list[tuple[str, float]]]:
         """The index's top candidates (enough to leave ``rerank_candidates`` after the exclusions), re-scored
         by the full-rank model in one vectorised pass."""
-        history_pos = [self.positions(h) for h in histories]
+        history_pos = self.positions_many(histories)
         excluded: list = [[] for _ in history_pos]
         if exclude_history:  # repeats are fine: the search is widened by the number of distinct excluded items
             excluded = history_pos
@@ -178,6 +179,18 @@ class Recommender:
         """Catalogue indices of the known items among ``item_ids`` (unknown ones are skipped, as in the user
         vector)."""
         return [p for p in map(self._pos.get, item_ids) if p is not None]  # one dict lookup per item
+
+    def positions_many(self, histories: Sequence[Sequence[str]]) -> list[list[int]]:
+        """``[positions(h) for h in histories]``: one lookup pass over all of them, split by slicing (the
+        per-row filter only when an item is unknown)."""
+        found = list(map(self._pos.get, chain.from_iterable(histories)))
+        if None in found:
+            return [self.positions(h) for h in histories]
+        out, at = [], 0
+        for n in map(len, histories):
+            out.append(found[at:at + n])
+            at += n
+        return out
 
     def popular_items(self, k: int = 10, exclude: AbstractSet[str] | None = None) -> list[str]:
         out = []

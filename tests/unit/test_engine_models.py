@@ -442,3 +442,19 @@ def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_use
     rebuilt = new.segment_of(np.asarray(new.recompute_user([b.item_id for b in buys]).sum, np.float32))
     assert [s["segment"] for s in swapped_scores] == [rebuilt] and swapped[0]["segment"] == rebuilt
     assert any(i["score"] != 0.0 for i in swapped[0]["items"])  # the model's scores, not the popular fallback
+
+
+@settings(max_examples=40, deadline=None)
+@given(histories=st.lists(st.lists(st.sampled_from(ITEMS + ["unknown", "i99"]), max_size=9), max_size=6))
+def test_positions_many_equals_positions_row_by_row(tmp_path_factory, histories):
+    """One lookup pass over all histories, split by slicing: the same lists as one ``positions`` per row, with
+    unknown items skipped (the per-row path) and repeats kept."""
+    rec = tiny_recs_version(tmp_path_factory.mktemp("reg") / "v0001-pos")
+    assert rec.positions_many(histories) == [rec.positions(h) for h in histories]
+
+
+def test_a_query_without_its_own_exclusions_excludes_its_history():
+    from tidewater.recommending import Query
+
+    assert Query(None, None, ("i1", "i2", "i1")).exclude == frozenset({"i1", "i2"})
+    assert Query(None, frozenset({"i3"}), ("i1",)).exclude == frozenset({"i3"})
