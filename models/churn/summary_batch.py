@@ -166,9 +166,8 @@ def _summaries(ts, purchase, amount, seg, qty_total, when) -> np.ndarray:
     has = n > 0
     if not has.any():
         return out
-    last_row = np.maximum(bounds[1:] - 1, 0)
-    first_ts = np.where(has, ts[np.minimum(bounds[:-1], max(len(ts) - 1, 0))], 0.0) if len(ts) else np.zeros(b)
-    last_ts = ts[last_row] if len(ts) else np.zeros(b)
+    first_ts = np.where(has, ts[np.minimum(bounds[:-1], len(ts) - 1)], 0.0)  # some event exists: len(ts) > 0
+    last_ts = ts[np.maximum(bounds[1:] - 1, 0)]  # (rows without events are zeroed at the end)
     p_at = np.flatnonzero(purchase)
     p_ts, p_seg = ts[p_at], seg[p_at]
     n_p = np.bincount(p_seg, minlength=b)
