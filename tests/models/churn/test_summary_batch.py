@@ -179,5 +179,5 @@ def test_corner_cases_equal_the_reference():
     as_of = [10 * DAY] * len(cases)
     for case in cases:
         assert_same([case], [10 * DAY])
-    assert_same(cases * 3, as_of * 3)  # a batch of 24: the size RingScorer hands over
+    assert_same(cases * 3, as_of * 3)  # one batch of them all
     assert covered(cases, as_of) == len(cases) - 2  # the -0.0 basket lines go through prepare
