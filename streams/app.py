@@ -243,9 +243,10 @@ class Pipeline:
         if engine is None:
             profiles, states = self.tables[partition] = (PartitionTable(self.profiles, partition),
                                                          PartitionTable(self.states, partition))
-            raw = states.get(f"p{partition}".encode())
-            state = None if raw is None else _decode_state(raw)
+            state, one_record = _restore_state(states, partition)
             engine = self.engine_factory(partition, state, PartitionProfiles(profiles, self.cache), self.clock())
+            if one_record and hasattr(engine, "mark_all_changed"):
+                engine.mark_all_changed()  # the next write moves the counts and the ranking to their own records
             if hasattr(engine, "index_profile"):
                 self._rebuild_index(engine)
             self.engines[partition] = engine
@@ -322,7 +323,12 @@ class Pipeline:
         steps = []
         for partition, engine, result in zip(partitions, engines, results):
             writes = [(user_id.encode(), encode_profile(profile)) for user_id, profile in result.profiles.items()]
-            state = _encode_state(engine.snapshot()) if result.state_changed else None
+            state = None
+            if result.state_changed:
+                items, ranking = [], False
+                if hasattr(engine, "take_changed_items"):
+                    items, ranking = engine.take_changed_items(), engine.take_ranking_changed()
+                state = _state_records(partition, engine.snapshot(), items, ranking)
             steps.append((partition, result, writes, state))
         return steps
 
@@ -349,9 +355,8 @@ class Pipeline:
             profiles_table.put_many(writes)
             changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)
             if state is not None:
-                key = f"p{partition}".encode()
-                states_table.put_many([(key, state)])
-                changelog.append((self.states_changelog, partition, key, state))
+                states_table.put_many(state)
+                changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
             done.extend(result.done)
             engine.drain_metrics()
             pending += engine.pending()
@@ -469,16 +474,56 @@ def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambd
     return factory
 
 
-def _encode_state(state: PartitionState) -> bytes:
+# The partition-state table holds, per partition: the clock, budget and inactivity scan (``p{partition}``: a
+# PartitionState without its counts and ranking), the popularity ranking (``p{partition}/ranking``, written when
+# it is recomputed) and one record per counted item (``p{partition}/item/{item_id}``: the count in ASCII). A
+# batch writes the changed items (a tombstone for an item dropped from the counts), the ranking if it changed,
+# then the state record, in that order on the changelog partition: a state record that made it means that its
+# batch's other records made it too.
+def _state_key(partition: int) -> bytes:
+    return f"p{partition}".encode()
+
+
+def _ranking_key(partition: int) -> bytes:
+    return f"p{partition}/ranking".encode()
+
+
+def _item_prefix(partition: int) -> bytes:
+    return f"p{partition}/item/".encode()
+
+
+def _state_records(partition: int, state: Any, changed_items: list[tuple[str, int | None]],
+                   ranking_changed: bool) -> list[tuple[bytes, bytes | None]]:
     import msgspec
 
-    return msgspec.msgpack.encode(state)
+    prefix = _item_prefix(partition)
+    records: list[tuple[bytes, bytes | None]] = [
+        (prefix + item.encode(), None if count is None else str(count).encode()) for item, count in changed_items]
+    if isinstance(state, PartitionState):
+        if ranking_changed:
+            records.append((_ranking_key(partition), msgspec.msgpack.encode([state.popular, state.popular_counts])))
+        state = msgspec.structs.replace(state, item_counts={}, popular=[], popular_counts=[])  # in their records
+    records.append((_state_key(partition), msgspec.msgpack.encode(state)))
+    return records
 
 
-def _decode_state(raw: bytes) -> PartitionState:
+def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionState | None, bool]:
+    """(the partition's state, whether it came in the one-record format of before: counts and ranking inside)."""
     import msgspec
 
-    return msgspec.msgpack.decode(raw, type=PartitionState)
+    raw = states.get(_state_key(partition))
+    if raw is None:
+        return None, False
+    state = msgspec.msgpack.decode(raw, type=PartitionState)
+    if state.item_counts or state.popular:
+        return state, True
+    ranking = states.get(_ranking_key(partition))
+    if ranking is not None:
+        state.popular, state.popular_counts = msgspec.msgpack.decode(ranking, type=tuple[list[str], list[int]])
+    prefix = _item_prefix(partition)
+    state.item_counts = {key[len(prefix):].decode(): int(value)
+                         for key, value in states.items_with_prefix(prefix)}
+    return state, False
 
 
 def create_app(settings: Settings, *, engine_factory: EngineFactory | None = None) -> faust.App:

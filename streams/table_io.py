@@ -61,15 +61,34 @@ class PartitionTable:
         with partition_context(self.topic, self.partition):
             return self.table.data.get(key)
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+    def put_many(self, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """One write batch; a value of None deletes the key (the changelog's tombstone)."""
         if self._db_for is not None:
             import rocksdict
 
             batch = rocksdict.WriteBatch(raw_mode=True)
             for key, value in items:
-                batch.put(key, value)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             self._db_for(self.partition).write(batch)
             return
         with partition_context(self.topic, self.partition):
             for key, value in items:
-                self.table.data[key] = value
+                if value is None:
+                    self.table.data.pop(key, None)
+                else:
+                    self.table.data[key] = value
+
+    def items_with_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """The partition's keys that start with ``prefix``, with their values, in key order."""
+        if self._db_for is not None:
+            out = []
+            for key, value in self._db_for(self.partition).items(from_key=prefix):
+                if not key.startswith(prefix):
+                    break
+                out.append((key, value))
+            return out
+        with partition_context(self.topic, self.partition):
+            return sorted((k, v) for k, v in self.table.data.items() if isinstance(k, bytes) and k.startswith(prefix))

@@ -180,6 +180,8 @@ class PartitionEngine:
         self._cache: dict[str, Profile] = {}
         self._pending_recs: list[_PendingRec] = []
         self._max_pushed_ts = float("-inf")  # latest event time handed to the merge (see ``scoring_bound``)
+        self._changed_items: set[str] = set()  # item counts changed since ``take_changed_items``
+        self._ranking_changed = False  # the popularity ranking was recomputed since ``take_ranking_changed``
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
@@ -245,6 +247,28 @@ class PartitionEngine:
     def snapshot(self) -> PartitionState:
         return self.state
 
+    def take_changed_items(self) -> list[tuple[str, int | None]]:
+        """The item counts changed since the last call, by item (None: dropped from the counts). The worker
+        persists the partition state as a small record, the ranking and one record per item, and writes only
+        what changed with each batch: the whole state (up to ``MAX_POPULAR_ITEMS`` counts and the ranking) with
+        every live batch was most of the changelog's bytes."""
+        counts = self.state.item_counts
+        changed = sorted(self._changed_items)
+        self._changed_items.clear()
+        return [(item, counts.get(item)) for item in changed]
+
+    def take_ranking_changed(self) -> bool:
+        """Whether the popularity ranking (``popular``, ``popular_counts``) changed since the last call: it is
+        recomputed at ticks and every ``RERANK_EVERY`` items, and persisted in its own record only then."""
+        changed, self._ranking_changed = self._ranking_changed, False
+        return changed
+
+    def mark_all_changed(self) -> None:
+        """Every count and the ranking are to be written again (a state restored from the one-record format
+        of before)."""
+        self._changed_items.update(self.state.item_counts)
+        self._ranking_changed = True
+
     def pending(self) -> int:
         return self.merger.pending()
 
@@ -291,9 +315,11 @@ class PartitionEngine:
     def _count_item(self, item_id: str) -> None:
         counts = self.state.item_counts
         counts[item_id] = counts.get(item_id, 0) + 1
+        self._changed_items.add(item_id)
         if len(counts) > MAX_POPULAR_ITEMS:
             weakest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
             del counts[weakest]
+            self._changed_items.add(weakest)
         self.state.items_since_rank += 1
         if self.state.items_since_rank >= RERANK_EVERY or not self.state.popular:
             self._rerank()
@@ -305,6 +331,7 @@ class PartitionEngine:
         self.state.popular = [item for item, _ in ranked]
         self.state.popular_counts = [n for _, n in ranked]
         self.state.items_since_rank = 0
+        self._ranking_changed = True
 
     def _rec_trigger(self, profile: Profile) -> str | None:
         if profile.events_since_rec >= self.config.rec_every_events:

@@ -145,7 +145,8 @@ def _segment_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         acc = part[:, :8].copy()
         for start in range(8, int(whole.max()), 8):
             acc = np.where((start < whole)[:, None], acc + part[:, start:start + 8], acc)
-        total = ((acc[:, 0] + acc[:, 1]) + (acc[:, 2] + acc[:, 3])) + ((acc[:, 4] + acc[:, 5]) + (acc[:, 6] + acc[:, 7]))
+        total = (((acc[:, 0] + acc[:, 1]) + (acc[:, 2] + acc[:, 3]))
+                 + ((acc[:, 4] + acc[:, 5]) + (acc[:, 6] + acc[:, 7])))
         rows = np.arange(len(part))
         for j in range(7):
             col = np.minimum(whole + j, width - 1)

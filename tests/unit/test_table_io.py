@@ -19,3 +19,17 @@ def test_partition_writes_are_visible_to_fausts_own_reads_of_that_partition(tmp_
     assert PartitionTable(table, 1).get(b"missing") is None
     if store == "rocksdb://":  # one database per partition: nothing leaked into partition 0
         assert PartitionTable(table, 0).get(b"u1") is None
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_none_deletes_and_prefix_reads_stay_in_their_partition(tmp_path, store):
+    app = faust.App("table-io-prefix", broker="kafka://127.0.0.1:1", store=store, datadir=str(tmp_path))
+    table = app.Table("states", partitions=2, key_type=bytes, value_type=bytes)
+    one, zero = PartitionTable(table, 1), PartitionTable(table, 0)
+    one.put_many([(b"p1", b"s"), (b"p1/item/b", b"2"), (b"p1/item/a", b"1"), (b"p11/item/c", b"3"), (b"p2", b"x")])
+    zero.put_many([(b"p0/item/z", b"9")])
+    assert one.items_with_prefix(b"p1/item/") == [(b"p1/item/a", b"1"), (b"p1/item/b", b"2")]
+    one.put_many([(b"p1/item/a", None), (b"p1/item/d", b"4")])  # None: a tombstone
+    assert one.items_with_prefix(b"p1/item/") == [(b"p1/item/b", b"2"), (b"p1/item/d", b"4")]
+    assert one.get(b"p1/item/a") is None and one.get(b"p1") == b"s"
+    assert zero.items_with_prefix(b"p0/item/") == [(b"p0/item/z", b"9")]

@@ -1,0 +1,115 @@
+"""The partition state as the worker persists it (streams/app.py): a small state record, the popularity ranking
+and one record per item count, written only as they change, restored to the same PartitionState."""
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.app import _restore_state, _state_records
+from tests.unit.test_engine import DictStore, records
+from tidewater import engine as engine_module
+from tidewater.engine import EngineConfig, PartitionEngine, PartitionState
+from tidewater.events import Click, Purchase
+from tidewater.profile import DAY
+
+
+class FakeTable:
+    """PartitionTable's interface over a dict (keys sorted on prefix reads, None deletes)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.bytes_written = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put_many(self, items) -> None:
+        for key, value in items:
+            self.bytes_written += len(key) + len(value or b"")
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
+    def items_with_prefix(self, prefix: bytes):
+        return sorted((k, v) for k, v in self.data.items() if k.startswith(prefix))
+
+
+event_st = st.tuples(st.sampled_from(["u1", "u2", "u3", "u4"]), st.sampled_from(["i1", "i2", "i3", "i4", "i5", ""]),
+                     st.booleans(), st.floats(0, 3 * DAY))
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(st.lists(event_st, max_size=12), min_size=1, max_size=8), kept=st.integers(1, 4))
+def test_persisted_records_restore_the_state_after_every_batch(batches, kept):
+    """After every batch the table holds exactly the engine's state: the counts (items dropped from them are
+    deleted), the ranking and the clock. Few kept items (``MAX_POPULAR_ITEMS``) and a re-rank every few items
+    exercise the tombstones and the ranking record."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_module, "MAX_POPULAR_ITEMS", kept)
+        patch.setattr(engine_module, "RERANK_EVERY", 3)
+        _check_every_batch(batches, kept)
+
+
+def _check_every_batch(batches, kept) -> None:
+    engine = PartitionEngine(2, EngineConfig(tick_s=DAY / 2, partitions=4), DictStore())
+    evs, sizes, t = [], [], 1.8e9
+    for batch in batches:
+        for user, item, buy, dt in batch:
+            t += dt
+            evs.append(Purchase(event_id=f"e{len(evs)}", user_id=user, ts=t, amount=5.0, item_id=item or None) if buy
+                       else Click(event_id=f"e{len(evs)}", user_id=user, ts=t, item_id=item or None))
+        sizes.append(len(batch))
+    recs, at, table = records(evs), 0, FakeTable()
+    for size in sizes:
+        for record in recs[at:at + size]:
+            engine.on_record(record, 0.0)
+        at += size
+        result = engine.on_notify(1e9)
+        if result.state_changed:
+            table.put_many(_state_records(2, engine.snapshot(), engine.take_changed_items(),
+                                          engine.take_ranking_changed()))
+        restored, one_record = _restore_state(table, 2)
+        assert not one_record
+        assert restored == (engine.snapshot() if table.data else None)  # nothing written before a change
+        assert len(engine.state.item_counts) <= kept
+
+
+def test_the_one_record_format_of_before_is_read_and_then_rewritten_in_parts():
+    state = PartitionState(partition=0, watermark=5.0, item_counts={"a": 2, "b": 1}, popular=["a", "b"],
+                           popular_counts=[2, 1])
+    table = FakeTable()
+    table.put_many([(b"p0", msgspec.msgpack.encode(state))])
+    restored, one_record = _restore_state(table, 0)
+    assert one_record and restored == state
+    engine = PartitionEngine(0, EngineConfig(), DictStore(), state=restored)
+    engine.mark_all_changed()
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
+    again, one_record = _restore_state(table, 0)
+    assert not one_record and again == state
+    assert sorted(table.data) == [b"p0", b"p0/item/a", b"p0/item/b", b"p0/ranking"]
+
+
+def test_a_batch_writes_its_changed_counts_not_the_whole_table():
+    """Regression: the whole state (every count and the ranking) was written with every batch; live, with many
+    small batches, that was most of the changelog's bytes. A batch of one event now writes a few dozen bytes."""
+    engine = PartitionEngine(0, EngineConfig(), DictStore())
+    # 3,500 items: the next one does not make the ranking due again (every RERANK_EVERY items)
+    evs = [Click(event_id=f"w{i}", user_id=f"u{i % 50}", ts=1.8e9 + i, item_id=f"item-{i % 2000}")
+           for i in range(3500)]
+    evs.append(Click(event_id="one", user_id="u1", ts=1.8e9 + 5000, item_id="item-7"))
+    recs = records(evs)
+    for record in recs[:-1]:
+        engine.on_record(record, 0.0)
+    engine.on_notify(1e9)
+    table = FakeTable()
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
+    full = table.bytes_written
+    table.bytes_written = 0
+    engine.on_record(recs[-1], 0.0)
+    assert engine.on_notify(1e9).state_changed
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
+    assert table.bytes_written < 200 < 20_000 < full
+    assert _restore_state(table, 0)[0] == engine.snapshot()
