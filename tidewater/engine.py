@@ -291,6 +291,8 @@ class PartitionEngine:
             state.next_tick = first_tick_after(event.ts, self.config.tick_s)
             self._result.state_changed = True
         ticks, state.next_tick = crossed_ticks(state.next_tick, event.ts, self.config.tick_s)
+        if ticks:  # the clock moved (even for a duplicate event, which changes nothing else): persist it
+            self._result.state_changed = True
         for tick in ticks:
             self._on_tick(tick)
         profile = self._profile(event.user_id)

@@ -113,3 +113,22 @@ def test_a_batch_writes_its_changed_counts_not_the_whole_table():
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
     assert table.bytes_written < 200 < 20_000 < full
     assert _restore_state(table, 0)[0] == engine.snapshot()
+
+
+def test_regression_a_tick_crossed_by_a_duplicate_event_is_persisted():
+    """A duplicate event (its id seen before) changes no profile, but its time can move the clock past a tick
+    with nobody to score; the batch did not report a state change, so the new tick (and a re-ranking) waited for
+    the next change to be persisted."""
+    day = 1.8e9 // DAY * DAY
+    evs = [Click(event_id="a", user_id="u1", ts=day + 100, item_id="i1"),
+           Click(event_id="a", user_id="u1", ts=day + 1.5 * DAY, item_id="i1"),  # the same id: a duplicate
+           Click(event_id="a", user_id="u1", ts=day + 2.5 * DAY, item_id="i1")]
+    engine = PartitionEngine(0, EngineConfig(), DictStore())
+    changed = []
+    for record in records(evs):
+        engine.on_record(record, 0.0)
+        result = engine.on_notify(1e9)
+        engine.store.update(result.profiles)
+        changed.append(result.state_changed)
+    assert engine.state.next_tick == day + 3 * DAY
+    assert changed == [True, True, True]
