@@ -21,7 +21,7 @@ unknown event types, more than 128 events. An event record is any object with ``
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,38 +32,57 @@ MAX_EVENTS = 128  # the sums' pairwise order is emulated up to this many terms (
 _TYPE_CODE = {"click": F.CLICK, "purchase": F.PURCHASE}
 
 
+class _Columns(NamedTuple):
+    """A batch's events back to back (``seg``: the sequence of each), as the fast path reads them."""
+
+    ts: np.ndarray
+    code: np.ndarray  # F.CLICK, F.PURCHASE, 0 for any other type
+    amount: np.ndarray
+    quantity: np.ndarray
+    lengths: np.ndarray
+    when: np.ndarray  # as_of per sequence
+    seg: np.ndarray
+    purchase: np.ndarray
+    merged: np.ndarray  # a purchase line at the time of the purchase just before it: its basket (prepare merges)
+
+
 def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> np.ndarray:
     """``prepare([[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in seq] ...],
     as_of, with_tokens=False)[1]``, bit for bit, raising what it raises."""
     if len(sequences) != len(as_of):
         raise ValueError(f"{len(sequences)} sequences but {len(as_of)} as_of times")
     try:
-        lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
-        ts = np.fromiter([e.ts for seq in sequences for e in seq], np.float64)
-        code = np.fromiter([_TYPE_CODE.get(e.type, 0) for seq in sequences for e in seq], np.int64)
-        amount = np.fromiter([e.amount for seq in sequences for e in seq], np.float64)
-        quantity = np.fromiter([e.quantity for seq in sequences for e in seq], np.float64)
-        when = np.fromiter(as_of, np.float64, len(sequences))
+        cols = _columns(sequences, as_of)
     except (TypeError, ValueError, OverflowError):  # odd values (None, strings, huge ints): the general path
         return _general(sequences, as_of, range(len(sequences)), np.zeros((len(sequences), F.N_SUMMARY)))
-    seg = np.repeat(np.arange(len(sequences)), lengths)
-    purchase = code == F.PURCHASE
-    # a purchase line at the same time as the purchase just before it belongs to that basket (prepare merges it)
-    merged = np.zeros(len(ts), bool)
-    merged[1:] = purchase[1:] & purchase[:-1] & (seg[1:] == seg[:-1]) & (ts[1:] == ts[:-1])
-    general = _not_covered(ts, code, amount, quantity, seg, lengths, when, merged)
+    general = _not_covered(cols)
     with np.errstate(all="ignore"):
-        out = _summaries(*_merge_baskets(ts, purchase, amount, quantity, seg, merged, len(sequences)), when)
+        out = _summaries(*_merge_baskets(cols), cols.when)
     return _general(sequences, as_of, np.flatnonzero(general).tolist(), out)
 
 
-def _merge_baskets(ts, purchase, amount, quantity, seg, merged, b):
+def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> _Columns:
+    lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
+    ts = np.fromiter([e.ts for seq in sequences for e in seq], np.float64)
+    code = np.fromiter([_TYPE_CODE.get(e.type, 0) for seq in sequences for e in seq], np.int64)
+    amount = np.fromiter([e.amount for seq in sequences for e in seq], np.float64)
+    quantity = np.fromiter([e.quantity for seq in sequences for e in seq], np.float64)
+    when = np.fromiter(as_of, np.float64, len(sequences))
+    seg = np.repeat(np.arange(len(sequences)), lengths)
+    purchase = code == F.PURCHASE
+    merged = np.zeros(len(ts), bool)
+    merged[1:] = purchase[1:] & purchase[:-1] & (seg[1:] == seg[:-1]) & (ts[1:] == ts[:-1])
+    return _Columns(ts, code, amount, quantity, lengths, when, seg, purchase, merged)
+
+
+def _merge_baskets(c: _Columns):
     """The normalised events (one per basket) and each sequence's quantity total, as ``prepare`` counts them:
     a basket's amount is its lines' amounts added in order; a line's quantity counts when it is at least 1,
     a merged line's whatever it is (``prepare``'s rule)."""
-    q = np.trunc(quantity)
+    ts, purchase, amount, seg, merged = c.ts, c.purchase, c.amount, c.seg, c.merged
+    q = np.trunc(c.quantity)
     counted = np.where(merged, q, np.where(purchase & (q >= 1), q, 0.0))  # clicks' quantities do not count
-    qty_total = np.bincount(seg, weights=counted, minlength=b)  # whole numbers below 2**31: exact
+    qty_total = np.bincount(seg, weights=counted, minlength=len(c.lengths))  # whole numbers below 2**31: exact
     if not merged.any():
         return ts, purchase, amount, seg, qty_total
     line = np.arange(len(ts))
@@ -90,16 +109,17 @@ def _general(sequences, as_of, rows, out: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _not_covered(ts, code, amount, quantity, seg, lengths, when, merged) -> np.ndarray:
+def _not_covered(c: _Columns) -> np.ndarray:
     """Per sequence: True where the fast path would not reproduce ``prepare`` exactly."""
-    bad_event = ~np.isfinite(ts) | (code == 0) | np.isinf(amount) | ~(ts < when[seg]) | ~(np.abs(quantity) < 2**31)
+    ts, amount, quantity, seg, merged = c.ts, c.amount, c.quantity, c.seg, c.merged
+    bad_event = ~np.isfinite(ts) | (c.code == 0) | np.isinf(amount) | ~(ts < c.when[seg]) \
+        | ~(np.abs(quantity) < 2**31)
     # basket lines: prepare adds a NaN amount or fails on a NaN quantity there, and reads a -0.0 amount as 0.0
     in_basket = merged.copy()
     in_basket[:-1] |= merged[1:]
     bad_event |= in_basket & (np.isnan(amount) | ((amount == 0.0) & np.signbit(amount)) | np.isnan(quantity))
-    same = seg[1:] == seg[:-1]
-    bad_pair = same & (ts[1:] < ts[:-1])
-    general = (lengths > MAX_EVENTS) | ~np.isfinite(when)
+    bad_pair = (seg[1:] == seg[:-1]) & (ts[1:] < ts[:-1])
+    general = (c.lengths > MAX_EVENTS) | ~np.isfinite(c.when)
     general[seg[bad_event]] = True
     general[seg[1:][bad_pair]] = True
     return general

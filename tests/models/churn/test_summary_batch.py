@@ -44,16 +44,7 @@ def assert_same(seqs, as_of):
 
 def covered(seqs, as_of) -> int:
     """How many sequences the fast path computes itself (the rest go through prepare)."""
-    ts = np.array([e.ts for s in seqs for e in s], np.float64)
-    code = np.array([SB._TYPE_CODE.get(e.type, 0) for s in seqs for e in s], np.int64)
-    amount = np.array([e.amount for s in seqs for e in s], np.float64)
-    qty = np.array([e.quantity for s in seqs for e in s], np.float64)
-    lengths = np.array([len(s) for s in seqs], np.int64)
-    seg = np.repeat(np.arange(len(seqs)), lengths)
-    purchase = code == 2
-    merged = np.zeros(len(ts), bool)
-    merged[1:] = purchase[1:] & purchase[:-1] & (seg[1:] == seg[:-1]) & (ts[1:] == ts[:-1])
-    return int((~SB._not_covered(ts, code, amount, qty, seg, lengths, np.array(as_of, np.float64), merged)).sum())
+    return int((~SB._not_covered(SB._columns(seqs, as_of))).sum())
 
 
 # messy records: repeated times (baskets), odd amounts and quantities, unknown types, unsorted input
