@@ -21,6 +21,8 @@ unknown event types, more than 128 events. An event record is any object with ``
 from __future__ import annotations
 
 import math
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -61,12 +63,17 @@ def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float
     return _general(sequences, as_of, np.flatnonzero(general).tolist(), out)
 
 
+_TS, _TYPE, _AMOUNT, _QUANTITY = (attrgetter(name) for name in ("ts", "type", "amount", "quantity"))
+
+
 def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> _Columns:
     lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
-    ts = np.fromiter([e.ts for seq in sequences for e in seq], np.float64)
-    code = np.fromiter([_TYPE_CODE.get(e.type, 0) for seq in sequences for e in seq], np.int64)
-    amount = np.fromiter([e.amount for seq in sequences for e in seq], np.float64)
-    quantity = np.fromiter([e.quantity for seq in sequences for e in seq], np.float64)
+    events = list(chain.from_iterable(sequences))  # one flat list, then C-level maps over it (no nested loops)
+    n = len(events)
+    ts = np.fromiter(map(_TS, events), np.float64, n)
+    code = np.fromiter(map(_TYPE_CODE.get, map(_TYPE, events), repeat(0)), np.int64, n)
+    amount = np.fromiter(map(_AMOUNT, events), np.float64, n)
+    quantity = np.fromiter(map(_QUANTITY, events), np.float64, n)
     when = np.fromiter(as_of, np.float64, len(sequences))
     seg = np.repeat(np.arange(len(sequences)), lengths)
     purchase = code == F.PURCHASE
