@@ -45,3 +45,58 @@ def test_prometheus_scrapes_both_workers_on_their_web_port():
     port = compose()["services"]["worker-1"]["environment"]["TIDEWATER_WEB_PORT"]
     assert sorted(targets) == [f"worker-1:{port}", f"worker-2:{port}"]
     assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
+
+
+def _models_script() -> str:
+    command = compose()["services"]["models"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    return command[2].replace("$$", "$")  # compose's escape for a literal $
+
+
+def test_workers_wait_for_the_models_and_share_their_registry():
+    services = compose()["services"]
+    registry = services["worker-1"]["environment"]["TIDEWATER_REGISTRY_DIR"]
+    assert f"R={registry};" in _models_script()
+    for name in ("models", "worker-1", "worker-2"):
+        assert f"registry:{registry}" in services[name]["volumes"], name
+    for worker in ("worker-1", "worker-2"):
+        assert services[worker]["depends_on"]["models"] == {"condition": "service_completed_successfully"}
+        probe = " ".join(services[worker]["healthcheck"]["test"])
+        port = services[worker]["environment"]["TIDEWATER_WEB_PORT"]
+        assert f"http://127.0.0.1:{port}/health" in probe and "'ok'" in probe
+
+
+def test_models_service_trains_each_missing_model_once(tmp_path):
+    """Run the service's shell script with a stand-in `tidewater` that records its arguments and publishes."""
+    import os
+    import subprocess
+
+    registry = tmp_path / "registry"
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "tidewater"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n'
+                    'for a in "$@"; do last="$a"; done\nmkdir -p "$last/$2" && touch "$last/$2/current"\n')
+    fake.chmod(0o755)
+    script = _models_script().replace(compose()["services"]["worker-1"]["environment"]["TIDEWATER_REGISTRY_DIR"],
+                                      str(registry))
+    env = dict(os.environ, PATH=f"{fake.parent}:{os.environ['PATH']}", CALLS=str(calls))
+    for _ in range(2):  # the second start finds both models current and trains nothing
+        subprocess.run(["sh", "-c", script], env=env, check=True, timeout=30)
+    lines = calls.read_text().splitlines()
+    assert lines == [f"train churn --no-progress --registry {registry}", f"train recs --registry {registry}"]
+    (registry / "recs" / "current").unlink()
+    subprocess.run(["sh", "-c", script], env=env, check=True, timeout=30)
+    assert calls.read_text().splitlines()[2:] == [f"train recs --registry {registry}"]
+
+
+def test_models_service_options_are_real_cli_options():
+    from typer.testing import CliRunner
+
+    from tidewater.cli import app
+
+    for kind, options in (("churn", ["--no-progress", "--registry"]), ("recs", ["--registry"])):
+        assert f"train {kind}" in _models_script()
+        out = CliRunner().invoke(app, ["train", kind, "--help"], terminal_width=200).output
+        for option in options:
+            assert option in out, (kind, option)
