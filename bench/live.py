@@ -10,8 +10,12 @@
              floor: the same traffic through bench/apps/relay.py, which does no work (two broker hops). Each
              run reports the CPU seconds of the process under test, the broker and the load generator (cpu_s)
 4. scale     two workers ÷ one worker on 8 partitions over the same pre-filled input
+5. recovery  how long a restarted worker takes to serve again: one worker processes --recovery-events events of
+             --recovery-users users, stops; a worker on the same data directory (warm: RocksDB kept) and one on
+             an empty one (cold: every table rebuilt from its changelog) are timed from start to the moment they
+             have processed one new event on each of the 8 partitions; with the changelogs' record counts
 
-usage: python bench/live.py [--only scoring,size,latency,scale] [--users N] [--rate R] [--seconds S]
+usage: python bench/live.py [--only scoring,size,latency,scale,recovery] [--users N] [--rate R] [--seconds S]
                             [--broker tansu|noida]
 """
 from __future__ import annotations
@@ -246,11 +250,11 @@ def stop(procs: list[subprocess.Popen]) -> None:
 PACE_S = 0.002  # the offered load's send granularity
 
 
-def live_events(n: int, seed: int = 0):
-    """Shop traffic over the ml-100k catalogue: 90 % clicks, 10 % purchases, 2,000 users."""
+def live_events(n: int, seed: int = 0, users: int = 2000):
+    """Shop traffic over the ml-100k catalogue: 90 % clicks, 10 % purchases, ``users`` users."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        user = f"live-{rng.integers(2000)}"
+        user = f"live-{rng.integers(users)}"
         item = str(int(rng.integers(1, 1683)))
         if rng.random() < 0.1:
             yield "purchase", {"type": "purchase", "event_id": f"lp{i}", "user_id": user, "amount": 20.0,
@@ -387,14 +391,14 @@ def bench_latency(bs: str, tmp: Path, rate: float, seconds: float, broker_pid: i
 
 
 # ----------------------------------------------------------------------------------------------- 4. scale
-async def prefill_live(bs: str, env: dict, n: int) -> None:
+async def prefill_live(bs: str, env: dict, n: int, users: int = 2000) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bs, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     topics = {"click": env["TIDEWATER_TOPIC_CLICKS"], "purchase": env["TIDEWATER_TOPIC_PURCHASES"]}
     futures = []
-    for i, (kind, value) in enumerate(live_events(n, seed=1)):
+    for i, (kind, value) in enumerate(live_events(n, seed=1, users=users)):
         value["ts"] = 1_800_000_000.0 + i * 0.5
         futures.append(await producer.send(topics[kind], key=value["user_id"].encode(), value=json.dumps(value).encode()))
     await asyncio.gather(*futures)
@@ -428,16 +432,106 @@ def bench_scale(bs: str, tmp: Path, n: int) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------- 5. recovery
+def processed(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return int(json.loads(resp.read()).get("processed", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+async def one_event_per_partition(bs: str, env: dict, partitions: int, ts: float) -> None:
+    """A purchase of a new user on each input partition (keys picked with the producer's own partitioner)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    choose, keys, i = DefaultPartitioner(), {}, 0
+    while len(keys) < partitions:
+        key = f"probe-{i}".encode()
+        keys.setdefault(choose(key, list(range(partitions)), list(range(partitions))), key)
+        i += 1
+    producer = AIOKafkaProducer(bootstrap_servers=bs)
+    await producer.start()
+    try:
+        for p, key in sorted(keys.items()):
+            value = {"type": "purchase", "event_id": f"probe-{ts}-{p}", "user_id": key.decode(), "ts": ts,
+                     "amount": 10.0, "quantity": 1, "item_id": "1"}
+            await producer.send_and_wait(env["TIDEWATER_TOPIC_PURCHASES"], key=key, value=json.dumps(value).encode(),
+                                         partition=p)
+    finally:
+        await producer.stop()
+
+
+async def changelog_records(bs: str, app_id: str) -> dict:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bs)
+    await consumer.start()
+    try:
+        out = {}
+        for table in ("profiles", "partition-state"):
+            topic = f"{app_id}-{table}-changelog"
+            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+            if not parts:
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic created by the worker
+                parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+            ends = await consumer.end_offsets(parts)
+            out[table] = sum(ends.values())
+        return out
+    finally:
+        await consumer.stop()
+
+
+def bench_recovery(bs: str, tmp: Path, n: int, users: int, partitions: int = 8) -> dict:
+    app_id = f"recovery-{time.time_ns() % 10**8}"
+    env = worker_env(bs, app_id, tmp, partitions, TIDEWATER_SOURCE_IDLE_MS="200")
+    asyncio.run(prefill_live(bs, env, n, users=users))
+    out: dict = {"events": n, "users": users, "partitions": partitions}
+    proc, port = start_worker(env, tmp, "first")
+    started = time.perf_counter()
+    try:
+        while processed(port) < n and time.perf_counter() - started < 900:
+            time.sleep(0.2)
+        out["first_run_seconds"] = round(time.perf_counter() - started, 1)
+    finally:
+        stop([proc])
+    out["changelog_records"] = asyncio.run(changelog_records(bs, app_id))
+    log("recovery: processed", n, "events;", out["changelog_records"])
+    probe_ts = 1_800_000_000.0 + n  # after every pre-filled event (they are 0.5 s apart)
+    for label, data_dir in (("warm", "first"), ("cold", "empty")):
+        probe_ts += 1
+        asyncio.run(one_event_per_partition(bs, env, partitions, probe_ts))  # waiting in the topic
+        proc, port = start_worker(env, tmp, data_dir)
+        started = time.perf_counter()
+        try:
+            ready = served = None
+            while served is None and time.perf_counter() - started < 900:
+                if ready is None and health(port) is not None:
+                    ready = time.perf_counter() - started
+                if processed(port) >= partitions:
+                    served = time.perf_counter() - started
+                time.sleep(0.1)
+            out[label] = {"seconds_to_models_loaded": round(ready, 1) if ready else None,
+                          "seconds_to_serving_every_partition": round(served, 1) if served else None}
+            log("recovery", label, out[label])
+        finally:
+            stop([proc])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="scoring,size,latency,scale")
+    parser.add_argument("--only", default="scoring,size,latency,scale,recovery")
     parser.add_argument("--users", type=int, default=1_000_000, help="Synthetic users for the size measurement.")
     parser.add_argument("--scoring-events", type=int, default=20_000, help="CDNOW events for the scoring ratio.")
     parser.add_argument("--rate", type=float, default=2000.0, help="Offered events/s for the latency run.")
     parser.add_argument("--seconds", type=float, default=20.0, help="Length of each latency run.")
     parser.add_argument("--scale-events", type=int, default=200_000)
+    parser.add_argument("--recovery-events", type=int, default=200_000)
+    parser.add_argument("--recovery-users", type=int, default=50_000)
     parser.add_argument("--broker", default="tansu", choices=("tansu", "noida"),
-                        help="Embedded broker for the latency and scale runs.")
+                        help="Embedded broker for the latency, scale and recovery runs.")
     args = parser.parse_args()
     only = set(args.only.split(","))
     results: dict = {}
@@ -446,7 +540,7 @@ def main() -> None:
     if "size" in only:
         results["size"] = bench_size(args.users)
         log("size", results["size"])
-    if only & {"latency", "scale"}:
+    if only & {"latency", "scale", "recovery"}:
         from infra.broker import EmbeddedBroker
 
         tmp = Path(tempfile.mkdtemp(prefix="tidewater-live-"))
@@ -461,6 +555,9 @@ def main() -> None:
                                                    broker_pid=broker.process.pid if broker.process else None)
             if "scale" in only:
                 results["scale"] = bench_scale(broker.bootstrap_servers, tmp, args.scale_events)
+            if "recovery" in only:
+                results["recovery"] = bench_recovery(broker.bootstrap_servers, tmp, args.recovery_events,
+                                                     args.recovery_users)
         finally:
             broker.stop()
             shutil.rmtree(tmp, ignore_errors=True)

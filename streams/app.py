@@ -30,7 +30,7 @@ from streams.live_stats import LiveStats
 from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
                               can_answer_together)
-from tidewater.profile import Profile, decode_profile, encode_profile
+from tidewater.profile import Profile, decode_activity, decode_profile, encode_profile
 from tidewater.settings import Settings
 
 log = logging.getLogger("tidewater.worker")
@@ -253,17 +253,16 @@ class Pipeline:
         return engine
 
     def _rebuild_index(self, engine: Any) -> None:
-        from aiokafka.partitioner import DefaultPartitioner
-
-        partitioner = DefaultPartitioner()
-        all_partitions = list(range(self.settings.partitions))
+        """The engine's inactivity index from its partition's stored profiles (after an assignment or a restart),
+        reading only the fields it needs."""
+        started = time.perf_counter()
         n = 0
-        for key, raw in self.profiles.items():
-            if partitioner(key, all_partitions, all_partitions) == engine.partition:
-                engine.index_profile(decode_profile(raw))
-                n += 1
+        for raw in self.tables[engine.partition][0].values():
+            engine.index_profile(decode_activity(raw))
+            n += 1
         if n:
-            log.info("partition %d: rebuilt the activity index of %d users", engine.partition, n)
+            log.info("partition %d: rebuilt the activity index of %d users in %.2f s", engine.partition, n,
+                     time.perf_counter() - started)
 
     async def on_batch(self, records: list[Any]) -> None:
         started = time.perf_counter()

@@ -81,6 +81,23 @@ class PartitionTable:
                 else:
                     self.table.data[key] = value
 
+    def values(self) -> Iterator[bytes]:
+        """Every value stored in this partition (a RocksDB store holds one database per partition; the memory
+        store holds all partitions together, so its keys are told apart with the producer's partitioner)."""
+        if self._db_for is not None:
+            offset_key = getattr(self.table.data, "offset_key", None)  # Faust's own record of the changelog offset
+            for key, value in self._db_for(self.partition).items():
+                if key != offset_key:
+                    yield value
+            return
+        from aiokafka.partitioner import DefaultPartitioner
+
+        choose = DefaultPartitioner()
+        partitions = list(range(self.table.partitions or self.table.app.conf.topic_partitions))
+        for key, value in list(self.table.data.items()):
+            if isinstance(key, bytes) and choose(key, partitions, partitions) == self.partition:
+                yield value
+
     def items_with_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """The partition's keys that start with ``prefix``, with their values, in key order."""
         if self._db_for is not None:

@@ -222,6 +222,24 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Profile)
 
 
+class ActivityView(msgspec.Struct, kw_only=True):
+    """The fields of a stored profile that the inactivity index reads (``PartitionEngine.index_profile``).
+    Decoding only these skips the ring, the windows and the vectors: rebuilding the index at an assignment
+    reads every profile of the partition."""
+
+    user_id: str
+    last_ts: float = 0.0
+    n_events: int = 0
+    events_at_score: int = 0
+
+
+_activity_decoder = msgspec.msgpack.Decoder(ActivityView)
+
+
+def decode_activity(raw: bytes) -> ActivityView:
+    return _activity_decoder.decode(raw)
+
+
 def encode_profile(profile: Profile) -> bytes:
     return _encoder.encode(profile)
 

@@ -178,3 +178,15 @@ def test_an_id_digest_is_matched_only_on_its_own_boundaries():
     assert not seen_event_id(p, b"abcdefgh")
     p.recent_ids += b"abcdefgh"
     assert seen_event_id(p, b"abcdefgh") and seen_event_id(p, b"xxxxabcd") and not seen_event_id(p, b"abcdefgx")
+
+
+@given(event_lists(min_size=1, max_size=40), st.integers(0, 5))
+def test_the_activity_view_reads_the_stored_profiles_index_fields(evs, scored):
+    """The inactivity index is rebuilt from ``decode_activity`` (no ring, windows or vectors decoded)."""
+    from tidewater.profile import decode_activity
+
+    for p in run(list(enumerate(evs))).values():
+        p.events_at_score = min(scored, p.n_events)
+        view = decode_activity(encode_profile(p))
+        assert (view.user_id, view.last_ts, view.n_events, view.events_at_score) == \
+            (p.user_id, p.last_ts, p.n_events, p.events_at_score)

@@ -33,3 +33,22 @@ def test_none_deletes_and_prefix_reads_stay_in_their_partition(tmp_path, store):
     assert one.items_with_prefix(b"p1/item/") == [(b"p1/item/b", b"2"), (b"p1/item/d", b"4")]
     assert one.get(b"p1/item/a") is None and one.get(b"p1") == b"s"
     assert zero.items_with_prefix(b"p0/item/") == [(b"p0/item/z", b"9")]
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_values_are_the_partitions_own_without_fausts_offset_record(tmp_path, store):
+    from aiokafka.partitioner import DefaultPartitioner
+    from faust.types import TP
+
+    app = faust.App("table-io-values", broker="kafka://127.0.0.1:1", store=store, datadir=str(tmp_path))
+    table = app.Table("profiles", partitions=3, key_type=bytes, value_type=bytes)
+    choose, parts = DefaultPartitioner(), [0, 1, 2]
+    keys = [f"user-{i}".encode() for i in range(40)]
+    by_partition = {p: {k: b"v-" + k for k in keys if choose(k, parts, parts) == p} for p in parts}
+    assert all(by_partition.values())  # every partition has users
+    for p, items in by_partition.items():
+        PartitionTable(table, p).put_many(items.items())
+    if store == "rocksdb://":  # Faust keeps the changelog offset in each partition's database
+        table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), 1), 7)
+    for p, items in by_partition.items():
+        assert sorted(PartitionTable(table, p).values()) == sorted(items.values())

@@ -1,0 +1,36 @@
+"""The inactivity index a worker rebuilds from its partition's stored profiles when it takes a partition
+(``Pipeline.engine`` → ``_rebuild_index``), on both table stores, without a broker."""
+from __future__ import annotations
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.app import create_app
+from streams.table_io import PartitionTable
+from tidewater.profile import DAY, encode_profile, new_profile
+from tidewater.settings import Settings
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_an_engine_indexes_exactly_its_partitions_users_by_last_activity(tmp_path, store):
+    settings = Settings.from_env(environ={"TIDEWATER_STORE": store, "TIDEWATER_DATA_DIR": str(tmp_path / "data"),
+                                          "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
+                                          "TIDEWATER_PARTITIONS": "4", "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    pipeline = create_app(settings).tidewater
+    choose, parts = DefaultPartitioner(), [0, 1, 2, 3]
+    users: dict[int, dict[str, tuple[int, bool]]] = {p: {} for p in parts}  # user -> (last day, unscored activity)
+    for i in range(60):
+        user = f"user-{i}"
+        p = choose(user.encode(), parts, parts)
+        profile = new_profile(user)
+        profile.last_ts, profile.n_events = (100 + i % 7) * DAY + 3600.0, 3 + i % 4
+        profile.events_at_score = profile.n_events - (i % 3 == 0)  # every third has events its score did not see
+        users[p][user] = (100 + i % 7, i % 3 == 0)
+        PartitionTable(pipeline.profiles, p).put_many([(user.encode(), encode_profile(profile))])
+    assert all(users.values())
+    for p in parts:
+        engine = pipeline.engine(p)
+        assert engine._last_day == {u: day for u, (day, _) in users[p].items()}
+        assert {u for day_users in engine._by_day.values() for u in day_users} == set(users[p])
+        assert all(engine._last_day[u] == day for day, day_users in engine._by_day.items() for u in day_users)
+        assert engine._active_since_tick == {u for u, (_, unscored) in users[p].items() if unscored}
