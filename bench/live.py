@@ -505,15 +505,17 @@ def bench_recovery(bs: str, tmp: Path, n: int, users: int, partitions: int = 8) 
         proc, port = start_worker(env, tmp, data_dir)
         started = time.perf_counter()
         try:
-            ready = served = None
+            ready = served = cpu = None
             while served is None and time.perf_counter() - started < 900:
                 if ready is None and health(port) is not None:
                     ready = time.perf_counter() - started
                 if processed(port) >= partitions:
                     served = time.perf_counter() - started
+                    cpu = cpu_seconds(proc.pid)
                 time.sleep(0.1)
             out[label] = {"seconds_to_models_loaded": round(ready, 1) if ready else None,
-                          "seconds_to_serving_every_partition": round(served, 1) if served else None}
+                          "seconds_to_serving_every_partition": round(served, 1) if served else None,
+                          "worker_cpu_seconds_until_serving": cpu}
             log("recovery", label, out[label])
         finally:
             stop([proc])

@@ -227,6 +227,12 @@ class Pipeline:
         because it has not fetched for a while, so replays stay deterministic on a slow machine."""
         return self.starved_s
 
+    def preload_models(self) -> None:
+        """Start loading the registry's models in the engine thread before the worker starts (the imports and
+        the weights take seconds; the group join and the table recovery run meanwhile)."""
+        self.churn_slot.preload(self.executor)
+        self.recs_slot.preload(self.executor)
+
     async def reload_models(self) -> None:
         churn = await self.churn_slot.maybe_reload(self.executor)
         recs = await self.recs_slot.maybe_reload(self.executor)

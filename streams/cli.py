@@ -50,6 +50,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         check_input_partitions(s)  # the tables, the activity index and the offer-budget shares assume the count
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         faust_app = create_app(s)
+        faust_app.tidewater.preload_models()  # type: ignore[attr-defined]
         Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
     @app.command()

@@ -38,6 +38,15 @@ class RegistrySlot:
     def _gauges(self, value: int) -> None:
         raise NotImplementedError
 
+    _preloading: tuple[Any, Any] | None = None  # (version, concurrent.futures.Future) started by ``preload``
+
+    def preload(self, executor: Any) -> None:
+        """Start loading the registry's current version in ``executor`` now, so that loading overlaps the
+        worker's group join and table recovery; the first ``maybe_reload`` takes the result."""
+        wanted = self._wanted()
+        if wanted is not None and wanted != self.loaded:
+            self._preloading = (wanted, executor.submit(self._load, wanted))
+
     def load_current_blocking(self) -> bool:
         wanted = self._wanted()
         if wanted is None or wanted == self.loaded:
@@ -50,8 +59,12 @@ class RegistrySlot:
         wanted = self._wanted()
         if wanted is None or wanted == self.loaded:
             return False
+        preloading, self._preloading = self._preloading, None
         try:
-            current = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
+            if preloading is not None and preloading[0] == wanted:
+                current = await asyncio.wrap_future(preloading[1])
+            else:  # nothing preloaded, or a newer version was published meanwhile
+                current = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
         except Exception as exc:  # a broken artifact must not stop the stream: keep what serves now
             log.error("could not load %s %s: %r; keeping %s", self.kind, wanted, exc, self.current.version)
             self.loaded = wanted

@@ -1,0 +1,64 @@
+"""streams/model_slot.py: a version preloaded before the worker starts is taken by the first reload, once."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+from streams.model_slot import RegistrySlot
+
+
+class CountingSlot(RegistrySlot):
+    """A registry whose current version the test sets; loading records which thread loaded what."""
+
+    def __init__(self) -> None:
+        self.current = SimpleNamespace(version="placeholder")
+        self.published: str | None = "v1"
+        self.loads: list[tuple[str, str]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def _wanted(self):
+        return self.published
+
+    def _load(self, wanted):
+        self.release.wait(10)
+        self.loads.append((wanted, threading.current_thread().name))
+        return SimpleNamespace(version=wanted)
+
+    def _gauges(self, value: int) -> None:
+        pass
+
+
+def test_the_first_reload_takes_the_preloaded_version_without_loading_it_again():
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1, thread_name_prefix="engine")
+    slot.release.clear()
+    slot.preload(executor)  # loading starts before any event loop runs
+    assert slot.current.version == "placeholder"
+    slot.release.set()
+    assert asyncio.run(slot.maybe_reload(executor)) is True
+    assert slot.current.version == "v1" and slot.loaded == "v1"
+    assert [v for v, _ in slot.loads] == ["v1"] and slot.loads[0][1].startswith("engine")
+    assert asyncio.run(slot.maybe_reload(executor)) is False  # nothing new: no second load
+
+
+def test_a_version_published_after_the_preload_is_loaded_instead():
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    slot.preload(executor)
+    slot.published = "v2"
+    assert asyncio.run(slot.maybe_reload(executor)) is True
+    assert slot.current.version == "v2"
+    assert asyncio.run(slot.maybe_reload(executor)) is False
+
+
+def test_a_preload_that_fails_keeps_the_placeholder_and_the_stream_going():
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+
+    def broken(wanted):
+        raise OSError("truncated weights")
+
+    slot._load = broken
+    slot.preload(executor)
+    assert asyncio.run(slot.maybe_reload(executor)) is False
+    assert slot.current.version == "placeholder" and slot.loaded == "v1"  # not retried until a new version
