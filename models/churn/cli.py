@@ -28,7 +28,7 @@ CUTOFF_HELP = ("Cut-off date YYYY-MM-DD: features use events before it, labels t
 def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float):
     import pandas as pd
 
-    from .data import load_purchases_csv, parse_time
+    from .data import check_calibration, load_purchases_csv, parse_time
 
     if horizon_days <= 0:
         raise UserError(f"--horizon-days must be positive, got {horizon_days}")
@@ -53,12 +53,9 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float)
         else:
             end = float(frame["ts"].max())
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
-    if not (frame["ts"] < cut).any():
-        first = pd.Timestamp(float(frame["ts"].min()), unit="s", tz="UTC").date()
-        hint = "" if cutoff else (f"; the default cut-off is the end of the log minus the {horizon_days:g}-day "
-                                  "horizon: pass --cutoff, or a shorter --horizon-days")
-        raise UserError(f"no event before the cut-off {pd.Timestamp(cut, unit='s', tz='UTC').date()} (the log "
-                        f"starts on {first}): the calibration set is empty{hint}")
+    check_calibration(frame, cut, hint="; choose a later --cutoff" if cutoff else (
+        f"; the default cut-off is the end of the log minus the {horizon_days:g}-day horizon: pass --cutoff, or a "
+        "shorter --horizon-days"))
     if float(frame["ts"].max()) < cut + (horizon_days - 1) * 86400.0:
         typer.secho(f"warning: the log ends before the end of the {horizon_days:g}-day horizon: users who "
                     "would have bought later are labelled as churners", fg="yellow", err=True)

@@ -141,15 +141,22 @@ def split_users(users: np.ndarray, seed: int, fractions: tuple[float, float, flo
     return split.astype(str)
 
 
+def check_calibration(frame: pd.DataFrame, cutoff: float, hint: str = "; choose a later --cutoff") -> None:
+    """A clear error when no event lies before the cut-off (the features would be built from nothing)."""
+    if not (frame["ts"] < cutoff).any():
+        first = pd.Timestamp(float(frame["ts"].min()), unit="s", tz="UTC").date() if len(frame) else None
+        raise UserError(f"no event before the cut-off {pd.Timestamp(cutoff, unit='s', tz='UTC').date()} "
+                        f"(the log starts on {first}): the calibration set is empty{hint}")
+
+
 def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed: int = 0,
                fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> ChurnTask:
     """Cut a purchase log into the churn task (see the module docstring)."""
     if horizon_days <= 0:
         raise UserError(f"horizon must be positive, got {horizon_days} days")
     horizon_end = cutoff + horizon_days * DAY
+    check_calibration(frame, cutoff)
     calib = frame[frame["ts"] < cutoff]
-    if calib.empty:
-        raise UserError("no event before the cut-off: the calibration set is empty (choose a later --cutoff)")
     hold = frame[(frame["ts"] >= cutoff) & (frame["ts"] < horizon_end)]
     if "type" in hold.columns:
         hold = hold[hold["type"] == "purchase"]

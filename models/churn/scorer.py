@@ -77,16 +77,16 @@ class ChurnScorer:
         as_of = list(as_of)
         if len(as_of) != n:
             raise ValueError(f"{n} sequences but {len(as_of)} as_of times")
-        prob = np.zeros(n, dtype=np.float64)
-        rate = np.zeros(n, dtype=np.float64)
         if n == 0:
-            return prob, rate
+            return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
         summary_only = {} if self.uses_encoder else {"with_tokens": False}
         toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events, item_buckets=self.cfg.item_buckets,
                                category_buckets=self.cfg.category_buckets, **summary_only)
-        torch = self._torch
         if not self.uses_encoder:
             return self.predict_from_summary(summ)
+        torch = self._torch
+        prob = np.zeros(n, dtype=np.float64)
+        rate = np.zeros(n, dtype=np.float64)
         order = np.argsort([len(t["type"]) for t in toks], kind="stable")
         for s in range(0, n, self.micro_batch):
             idx = order[s:s + self.micro_batch]
