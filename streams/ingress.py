@@ -3,9 +3,12 @@
 Faust's fetch loop (``Consumer._drain_messages``) turns every record into a ``ConsumerMessage`` and awaits
 ``wait_first(callback(message), suspend_flow.wait())`` for it, which creates two tasks per record: measured as
 the largest single cost of the worker after the engine. Here the loop is the same except for the input topics:
-their records go to the pipeline as the fetched list, one call per topic partition and fetch. Everything else
-(changelog records during recovery, any other subscribed topic) still takes Faust's per-message path, so table
-recovery is untouched.
+their records go to the pipeline as the fetched list, one call per topic partition and fetch.
+
+Changelog records of a table being restored (``restore_batch``) go straight into Faust's recovery in fetched
+batches, with its own offset bookkeeping, buffers, batch writes and end-of-recovery signal; Faust's per-record
+path made a cold restore cost about 180 µs of CPU per record. Everything else (standby partitions, a restore
+while a rebalance suspends the flow, any other subscribed topic) still takes Faust's per-message path.
 
 What Faust's loop keeps per record is kept here per batch: the read offset, gaps in the offsets (compaction,
 transaction markers), the high-watermark monitor, the generation check at a rebalance and the commit every
@@ -16,11 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import MethodType
 from typing import Any, Awaitable, Callable, Iterable
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types.tuples import ack_lock
+
+from streams import metrics
 
 log = logging.getLogger("tidewater.ingress")
 
@@ -74,7 +80,10 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if tp.topic in input_topics:
                         await _deliver_batch(self, tp, batch, read_offset, deliver)
-                    else:
+                    elif not restore_batch(self, tp, batch, read_offset):
+                        table = self.app.tables.recovery.tp_to_table.get(tp)
+                        if table is not None:
+                            metrics.RESTORED.labels(table.name, "faust").inc(len(batch))
                         await _deliver_one_by_one(self, tp, batch, read_offset, callback, acks_enabled_for)
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
@@ -127,6 +136,83 @@ async def _deliver_one_by_one(consumer: Any, tp: Any, batch: list, read_offset: 
                 await consumer._add_gap(tp, r_offset + 1, offset)
             await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
             read_offset[tp] = offset
+
+
+class _ChangelogMessage:
+    """What a table store reads of a changelog record while it restores (``apply_changelog_batch``)."""
+
+    __slots__ = ("tp", "topic", "partition", "offset", "key", "value")
+
+    def __init__(self, tp: Any, record: Any) -> None:
+        self.tp, self.topic, self.partition = tp, tp.topic, tp.partition
+        self.offset, self.key, self.value = record.offset, record.key, record.value
+
+
+class _ChangelogEvent:
+    """A changelog record as Faust's recovery buffers it. The tables' key and value codecs are raw bytes, so
+    the decoded key and value are the record's own."""
+
+    __slots__ = ("message", "key", "value")
+
+    def __init__(self, message: _ChangelogMessage) -> None:
+        self.message, self.key, self.value = message, message.key, message.value
+
+
+def restore_batch(consumer: Any, tp: Any, batch: list, read_offset: Any) -> bool:
+    """A fetched batch of an *active* changelog partition straight into Faust's recovery, as
+    ``Recovery._slurp_changelogs`` takes it one record at a time: the same offset bookkeeping and buffer, the
+    table's batch write when the buffer is full, and the end of recovery signalled when nothing remains.
+
+    Faust's path costs about 180 µs of CPU per changelog record (a message object, ``wait_first`` with two tasks,
+    the topic conductor, a flow-controlled queue, ``asyncio.wait_for``, a recount of every partition's remaining
+    offsets), which makes a cold restore of a million profiles take minutes. Returns False, leaving the batch to
+    Faust's path, where this does not apply: not an active changelog partition being restored (standbys, other
+    topics), flow suspended by a rebalance, a table with a changelog callback or without raw bytes codecs."""
+    app = consumer.app
+    recovery = app.tables.recovery
+    if tp not in recovery.active_tps or consumer.suspend_flow.is_set():
+        return False
+    table = recovery.tp_to_table.get(tp)
+    if table is None or table._on_changelog_event is not None or not _raw_bytes(table):
+        return False
+    r_offset = read_offset[tp]
+    offsets = recovery.active_offsets
+    seen = offsets.get(tp)
+    buf = recovery.buffers[table]
+    added = 0
+    for record in batch:
+        offset = record.offset
+        if (r_offset is None or offset >= r_offset) and (seen is None or offset > seen):
+            buf.append(_ChangelogEvent(_ChangelogMessage(tp, record)))
+            seen = offset
+            added += 1
+    if batch and (r_offset is None or batch[-1].offset >= r_offset):
+        read_offset[tp] = batch[-1].offset
+    if not added:
+        return True
+    offsets[tp] = seen
+    metrics.RESTORED.labels(table.name, "batch").inc(added)
+    now = time.monotonic()
+    recovery._active_events_received_at[tp] = now
+    if len(buf) >= table.recovery_buffer_size:
+        table.apply_changelog_batch(buf)
+        buf.clear()
+        recovery._last_flush_at = now
+    last = recovery._last_active_event_processed_at
+    if last is not None:  # Faust's estimate of the time left takes per-record processing times
+        recovery._processing_times.append((time.monotonic() - last) / added)
+        if len(recovery._processing_times) > recovery.num_samples_required_for_estimate:
+            recovery._processing_times.popleft()
+    recovery._last_active_event_processed_at = time.monotonic()
+    if recovery.in_recovery and not recovery.need_recovery():  # as _slurp_changelogs ends a recovery
+        recovery.flush_buffers()
+        recovery._set_recovery_ended()
+        recovery.signal_recovery_end.set()
+    return True
+
+
+def _raw_bytes(table: Any) -> bool:
+    return table.key_type is bytes and table.value_type is bytes
 
 
 def ack_records(consumer: Any, tp: Any, offsets: list[int]) -> int:

@@ -34,6 +34,10 @@ DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-lette
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
 LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their windows (beyond grace)", registry=REGISTRY)
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
+RESTORED = Counter("tidewater_changelog_records_restored",
+                   "Changelog records restored into the tables at start-up or after a rebalance, by path: batch "
+                   "(streams/ingress.py restore_batch) or faust (its per-record path, for what the batch path "
+                   "does not take)", ["table", "path"], registry=REGISTRY)
 BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 RECORD_AGE = Histogram("tidewater_record_age_seconds",

@@ -28,9 +28,12 @@ class _Fetcher:
         self._stopped = asyncio.Event()
 
 
-def run_drain(fetches: list[dict[TP, list[FakeRecord]]]) -> tuple[Any, list, list]:
-    """Drive the drain through ``fetches`` (one record map per fetch), return (consumer, delivered, callbacks)."""
+def run_drain(fetches: list[dict[TP, list[FakeRecord]]], prepare: Any = None) -> tuple[Any, list, list]:
+    """Drive the drain through ``fetches`` (one record map per fetch), return (consumer, delivered, callbacks).
+    ``prepare(app)`` runs first (tables, a recovery in progress)."""
     app = faust.App("ingress-test", broker="kafka://127.0.0.1:1", store="memory://")
+    if prepare is not None:
+        prepare(app)
     consumer = app.consumer
     delivered: list[tuple[TP, list]] = []
     called: list[Any] = []
@@ -117,3 +120,73 @@ def test_a_faust_without_the_internals_is_refused_at_start() -> None:
 
     with pytest.raises(RuntimeError, match="faust-streaming 0.15.3"):
         install_batch_drain(OtherConsumer(), ["clicks"], lambda tp, records: None)  # type: ignore[arg-type]
+
+
+def changelog_record(partition: int, offset: int, value: bytes | None) -> FakeRecord:
+    return FakeRecord(CHANGELOG, partition, offset, 0, 0, [], f"user-{offset % 7}".encode(), value, None, 1, 1)
+
+
+CHANGELOG = "ingress-test-profiles-changelog"
+
+
+def restoring(highwater: int, buffer_size: int = 4, **table_options: Any) -> Any:
+    """A ``prepare`` that registers a bytes table and starts restoring its partition 0 up to ``highwater``."""
+    def prepare(app: Any) -> None:
+        table = app.Table("profiles", partitions=2, key_type=bytes, value_type=bytes,
+                          recovery_buffer_size=buffer_size, **table_options)
+        recovery = app.tables.recovery
+        tp = TP(CHANGELOG, 0)
+        recovery.active_tps.add(tp)
+        recovery.tp_to_table[tp] = table
+        recovery.active_highwaters[tp] = highwater
+        recovery.active_offsets[tp] = -1
+        recovery._set_recovery_started()
+        app.restoring_table = table
+    return prepare
+
+
+def test_a_restore_takes_whole_fetched_batches_and_ends_the_recovery() -> None:
+    """streams/ingress.py restore_batch: Faust's offsets and buffers, its batch writes, the end signal."""
+    tp = TP(CHANGELOG, 0)
+    fetches = [{tp: [changelog_record(0, o, b"v%d" % o) for o in range(0, 3)]},
+               {tp: [changelog_record(0, o, b"v%d" % o) for o in range(1, 9)]},  # a re-fetch of 1-2: skipped
+               {tp: [changelog_record(0, 9, None), changelog_record(0, 10, b"last")]}]  # a tombstone
+    consumer, delivered, called = run_drain(fetches, restoring(highwater=10))
+    recovery = consumer.app.tables.recovery
+    table = consumer.app.restoring_table
+    assert not called and not delivered  # neither Faust's per-message path nor the pipeline saw them
+    assert recovery.active_offsets[tp] == 10 and consumer._read_offset[tp] == 10
+    assert recovery.signal_recovery_end.is_set() and not recovery.in_recovery
+    assert not any(recovery.buffers.values())  # everything written
+    expected: dict[bytes, bytes] = {}
+    for o in range(0, 11):  # last write wins per key, a tombstone deletes
+        key = f"user-{o % 7}".encode()
+        if o == 9:
+            expected.pop(key, None)
+        else:
+            expected[key] = b"last" if o == 10 else b"v%d" % o
+    assert dict(table.data.items()) == expected
+
+
+def test_a_restore_not_done_yet_keeps_buffering_below_the_buffer_size() -> None:
+    tp = TP(CHANGELOG, 0)
+    consumer, _, called = run_drain([{tp: [changelog_record(0, o, b"x") for o in range(3)]}],
+                                    restoring(highwater=50, buffer_size=10))
+    recovery = consumer.app.tables.recovery
+    assert not called and recovery.in_recovery and not recovery.signal_recovery_end.is_set()
+    assert [e.message.offset for e in recovery.buffers[consumer.app.restoring_table]] == [0, 1, 2]
+    assert not dict(consumer.app.restoring_table.data.items())  # buffered, not yet written
+
+
+def test_what_the_batch_restore_does_not_take_goes_through_fausts_path() -> None:
+    tp, standby = TP(CHANGELOG, 0), TP(CHANGELOG, 1)  # partition 1 is not an active restore
+
+    def suspended(app: Any) -> None:
+        restoring(highwater=10)(app)
+        app.consumer.suspend_flow.set()  # a rebalance in progress
+
+    for prepare, fetch in ((restoring(highwater=10), {standby: [changelog_record(1, 0, b"s")]}),
+                           (suspended, {tp: [changelog_record(0, 0, b"a")]})):
+        consumer, _, called = run_drain([fetch], prepare)
+        assert called  # Faust's per-message callback
+        assert consumer.app.tables.recovery.active_offsets[tp] == -1
