@@ -196,8 +196,25 @@ class PartitionEngine:
             return
         if old is not None:
             self._by_day.get(old, set()).discard(profile.user_id)
+        if day < self._scanned_by_every_level():  # no inactivity level will look at that day again
+            self._last_day.pop(profile.user_id, None)
+            return
         self._last_day[profile.user_id] = day
         self._by_day.setdefault(day, set()).add(profile.user_id)
+
+    def _scanned_by_every_level(self) -> int:
+        """The first last-activity day that some inactivity level has still to scan (0 while a level never ran)."""
+        scanned = self.state.inactivity_scanned
+        return min(scanned) if len(scanned) >= 1 + max(0, self.config.inactivity_rescores) else 0
+
+    def _forget_scanned_days(self) -> None:
+        """Drop the days every level has scanned, so that the index holds the users who can still be scored for
+        silence, not every user ever seen (a user seen again is indexed under the new day)."""
+        done = self._scanned_by_every_level()
+        for day in [d for d in self._by_day if d < done]:
+            for user_id in self._by_day.pop(day):
+                if self._last_day.get(user_id) == day:
+                    del self._last_day[user_id]
 
     # --- hooks ---------------------------------------------------------------------------------------
     def on_record(self, record: Record, now: float) -> None:
@@ -445,6 +462,7 @@ class PartitionEngine:
             if level == len(scanned):
                 scanned.append(0)
             scanned[level] = max(start_day, horizon_day)
+        self._forget_scanned_days()
 
     def _inactivity_days(self, tick: float) -> list[tuple[int, int, int]]:
         """Per inactivity level (the gap, then each re-score): the last-activity days ``[start, horizon)`` that a

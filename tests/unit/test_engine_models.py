@@ -458,3 +458,27 @@ def test_a_query_without_its_own_exclusions_excludes_its_history():
 
     assert Query(None, None, ("i1", "i2", "i1")).exclude == frozenset({"i1", "i2"})
     assert Query(None, frozenset({"i3"}), ("i1",)).exclude == frozenset({"i3"})
+
+
+@settings(max_examples=40, deadline=None)
+@given(gap=st.integers(1, 4), rescore=st.integers(1, 3), rescores=st.integers(0, 2),
+       visits=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 45)), min_size=1, max_size=40))
+def test_the_inactivity_index_forgets_scanned_days_and_scores_the_same(gap, rescore, rescores, visits):
+    """Users whose every inactivity level has passed leave the index (it would otherwise hold every user ever
+    seen); the scores are those of an index that keeps everyone, and it holds only users still to be scored."""
+    day0 = 20_000 * DAY
+    evs = sorted([(day0 + d * DAY + 5.0, f"u{u}") for u, d in visits] + [(day0 + d * DAY, "clock") for d in range(50)])
+    config = EngineConfig(inactivity_gap_s=gap * DAY, inactivity_rescore_s=rescore * DAY, inactivity_rescores=rescores)
+    clicks = [Click(event_id=f"e{i}", user_id=u, ts=ts) for i, (ts, u) in enumerate(evs)]
+    engine, _, forgetting = run(clicks, None, config=config)
+
+    class KeepingEveryone(PartitionEngine):
+        def _scanned_by_every_level(self) -> int:
+            return 0
+
+    keeping_engine = KeepingEveryone(0, config, DictStore())
+    keeping = run_to_completion(keeping_engine, records(clicks), batch=50)
+    assert [(o.topic, o.key, o.value) for o in forgetting.outputs] == \
+        [(o.topic, o.key, o.value) for o in keeping.outputs]
+    done = min(engine.state.inactivity_scanned)  # every level has scanned the days before this one
+    assert engine._last_day == {u: d for u, d in keeping_engine._last_day.items() if d >= done}
