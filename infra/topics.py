@@ -5,12 +5,16 @@ co-partitioned inputs and changelogs)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass
 
 from tidewater.errors import UserError
 from tidewater.settings import Settings
 
 CHANGELOG_TABLES = ("profiles", "partition-state")
+
+log = logging.getLogger("tidewater.topics")
 
 
 @dataclass(frozen=True)
@@ -75,20 +79,31 @@ def create_topics_sync(s: Settings) -> dict[str, str]:
     return asyncio.run(create_topics(s))
 
 
-async def input_partition_mismatches(s: Settings) -> list[str]:
+async def input_partition_mismatches(s: Settings, wait_s: float = 0.0) -> list[str]:
     """Input topics that exist with another partition count than ``TIDEWATER_PARTITIONS``: the profile tables, the
-    activity index rebuilt at an assignment and the offer-budget shares all assume the configured count. Empty when
-    the broker cannot be reached (the worker then waits for it as usual)."""
+    activity index rebuilt at an assignment and the offer-budget shares all assume the configured count. Retries
+    reaching the cluster for ``wait_s`` seconds, then raises ``UserError``."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
     from streams.kafka_config import aiokafka_kwargs
 
-    admin = AIOKafkaAdminClient(**aiokafka_kwargs(s), request_timeout_ms=15000)
-    try:
-        await admin.start()
-    except (KafkaError, OSError):
-        return []
+    started = time.monotonic()
+    deadline = started + wait_s
+    delay = 0.5
+    while True:
+        admin = AIOKafkaAdminClient(**aiokafka_kwargs(s), request_timeout_ms=15000)
+        try:
+            await admin.start()
+            break
+        except (KafkaError, OSError) as exc:
+            await admin.close()
+            if time.monotonic() + delay > deadline:
+                raise UserError(f"cannot reach Kafka at {s.bootstrap_servers} (tried for "
+                                f"{time.monotonic() - started:.0f} s; TIDEWATER_BROKER_WAIT_S={wait_s:g}): {exc}") from None
+            log.warning("waiting for Kafka at %s: %s", s.bootstrap_servers, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
     try:
         existing = set(await admin.list_topics())
         counts = await _partition_counts(admin, [t for t in (s.topic_clicks, s.topic_purchases) if t in existing])
@@ -100,6 +115,6 @@ async def input_partition_mismatches(s: Settings) -> list[str]:
 
 def check_input_partitions(s: Settings) -> None:
     """Refuse to start a worker on input topics partitioned otherwise than configured (a clear error)."""
-    problems = asyncio.run(input_partition_mismatches(s))
+    problems = asyncio.run(input_partition_mismatches(s, wait_s=s.broker_wait_s))
     if problems:
         raise UserError("; ".join(problems) + ": set TIDEWATER_PARTITIONS to the topics' partition count")

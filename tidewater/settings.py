@@ -70,6 +70,9 @@ class Settings:
                                   "How often the worker checks the registry for a new model version (hot reload).")
 
     # --- consumer group behaviour -----------------------------------------------------------------
+    broker_wait_s: float = setting(60.0, "TIDEWATER_BROKER_WAIT_S",
+                                   "How long a starting worker waits for the Kafka cluster to answer (a pod that "
+                                   "starts before its brokers) before it exits with an error (code 2).")
     session_timeout_s: float = setting(10.0, "TIDEWATER_SESSION_TIMEOUT_S",
                                        "Consumer group session timeout: how fast a dead worker is noticed.")
     heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S", "Consumer heartbeat interval.")
