@@ -39,6 +39,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     try:
         await producer.start()
     except KafkaConnectionError as exc:
+        await producer.stop()  # its half-started client, closed (else "Unclosed AIOKafkaProducer" on exit)
         raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
     topics = {"click": s.topic_clicks, "purchase": s.topic_purchases}
     counts = {s.topic_clicks: 0, s.topic_purchases: 0}
@@ -98,6 +99,7 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
+        await consumer.stop()
         raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
     rows: list[tuple[int, int, bytes | None, bytes | None]] = []
     try:
