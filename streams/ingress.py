@@ -126,7 +126,7 @@ async def _deliver_batch(consumer: Any, tp: Any, batch: list, read_offset: Any, 
 
 async def _deliver_one_by_one(consumer: Any, tp: Any, batch: list, read_offset: Any, callback: Any,
                               acks_enabled_for: Callable[[str], bool]) -> None:
-    """Faust's own per-message path, for everything that is not an input topic."""
+    """Faust's own per-message path, for what is neither an input topic nor a batch restore (``restore_batch``)."""
     for record in batch:
         message = consumer._to_message(tp, record)
         offset = message.offset

@@ -4,7 +4,7 @@ Faust's per-key path (``table.data[key] = value``) finds the partition from the 
 key index and serialises per call; reads without a current event search every partition's database. The
 batch loop knows each record's partition, so it reads and writes that partition's RocksDB directly, writing a
 batch's profiles in one ``WriteBatch``. The changelog records are produced by the pipeline as before, and the
-persisted changelog offset is still kept by Faust's store, so recovery is Faust's own.
+persisted changelog offset is still kept by Faust's store, so a restore starts where Faust expects.
 
 Stores without per-partition databases (``memory://``) take Faust's path under a current event for the
 partition.
