@@ -40,9 +40,27 @@ FAUST_INTERNALS = ("_drain_messages", "_wait_next_records", "_read_offset", "_ad
                    "perform_seek", "highwater", "commit")
 
 
-def install_batch_drain(consumer: Any, input_topics: Iterable[str], deliver: Deliver) -> None:
+# What ``restore_batch`` reads and writes of Faust's ``Recovery`` (declared on the class or its annotations)
+RECOVERY_INTERNALS = ("active_tps", "tp_to_table", "active_offsets", "buffers", "_active_events_received_at",
+                      "_last_active_event_processed_at", "_processing_times", "num_samples_required_for_estimate",
+                      "_last_flush_at", "in_recovery", "need_recovery", "flush_buffers", "_set_recovery_ended",
+                      "signal_recovery_end")
+
+
+def _missing_recovery_internals(recovery_class: type) -> list[str]:
+    declared: dict[str, Any] = {}
+    for cls in recovery_class.__mro__:
+        declared.update(getattr(cls, "__annotations__", {}))
+    return [name for name in RECOVERY_INTERNALS if name not in declared and not hasattr(recovery_class, name)]
+
+
+def install_batch_drain(consumer: Any, input_topics: Iterable[str], deliver: Deliver,
+                        recovery_class: type | None = None) -> None:
     """Replace ``consumer._drain_messages`` (the coroutine Faust's Fetcher service runs) on this instance."""
+    if recovery_class is None:
+        from faust.tables.recovery import Recovery as recovery_class
     missing = [name for name in FAUST_INTERNALS if not hasattr(consumer, name)]
+    missing += [f"Recovery.{name}" for name in _missing_recovery_internals(recovery_class)]
     if missing:
         raise RuntimeError(f"this faust-streaming consumer lacks {missing}: streams/ingress.py is written against "
                            "faust-streaming 0.15.3 (see pyproject.toml)")

@@ -122,6 +122,16 @@ def test_a_faust_without_the_internals_is_refused_at_start() -> None:
         install_batch_drain(OtherConsumer(), ["clicks"], lambda tp, records: None)  # type: ignore[arg-type]
 
 
+def test_a_faust_whose_recovery_lacks_what_the_batch_restore_uses_is_refused_at_start() -> None:
+    class OtherRecovery:
+        buffers: dict
+
+    app = faust.App("ingress-test-recovery", broker="kafka://127.0.0.1:1", store="memory://")
+    with pytest.raises(RuntimeError, match=r"Recovery\.active_tps.*faust-streaming 0.15.3"):
+        install_batch_drain(app.consumer, ["clicks"], lambda tp, records: None, recovery_class=OtherRecovery)
+    install_batch_drain(app.consumer, ["clicks"], lambda tp, records: None)  # the pinned Faust has them all
+
+
 def changelog_record(partition: int, offset: int, value: bytes | None) -> FakeRecord:
     return FakeRecord(CHANGELOG, partition, offset, 0, 0, [], f"user-{offset % 7}".encode(), value, None, 1, 1)
 
