@@ -23,7 +23,7 @@ log = logging.getLogger("tidewater.models")
 
 class RegistrySlot:
     """What both slots share: poll the registry for the wanted version, load it in the executor, swap it in,
-    keep the old one (and log) when a version fails to load, and flip the ``tidewater_model_info`` gauges."""
+    keep the old one (and log) when a version fails to load, and move the ``tidewater_model_info`` series."""
 
     kind = "model"
     loaded: Any = None  # the registry version(s) in use; None: the placeholder
@@ -35,8 +35,20 @@ class RegistrySlot:
     def _load(self, wanted: Any) -> Any:
         raise NotImplementedError
 
-    def _gauges(self, value: int) -> None:
+    def _gauge_labels(self) -> list[tuple[str, str]]:
+        """The ``tidewater_model_info`` series (kind, version) of what serves now."""
         raise NotImplementedError
+
+    def _publish(self) -> None:
+        for labels in self._gauge_labels():
+            metrics.MODEL_VERSION.labels(*labels).set(1)
+
+    def _unpublish(self) -> None:
+        for labels in self._gauge_labels():
+            try:
+                metrics.MODEL_VERSION.remove(*labels)
+            except KeyError:  # never published
+                pass
 
     _preloading: tuple[Any, Any] | None = None  # (version, concurrent.futures.Future) started by ``preload``
 
@@ -73,9 +85,9 @@ class RegistrySlot:
         return True
 
     def _swap(self, wanted: Any, current: Any) -> None:
-        self._gauges(0)
+        self._unpublish()  # the replaced version's series goes: one series per kind, not per version ever served
         self.current, self.loaded = current, wanted
-        self._gauges(1)
+        self._publish()
         log.info("%s in use", self._describe())
 
     def _describe(self) -> str:
@@ -90,7 +102,7 @@ class ChurnScorerSlot(RegistrySlot):
         self.micro_batch = micro_batch  # most sequences per forward pass
         self.threads = max(1, threads)
         self.current: Any = RecencyHeuristic()
-        self._gauges(1)
+        self._publish()
 
     @property
     def scorer(self) -> Any:
@@ -107,8 +119,8 @@ class ChurnScorerSlot(RegistrySlot):
         torch.set_num_threads(self.threads)  # small model, few shared cores: more threads measured slower
         return RingScorer(ChurnScorer.load(self.registry.path(version), micro_batch=self.micro_batch))
 
-    def _gauges(self, value: int) -> None:
-        metrics.MODEL_VERSION.labels("churn", self.current.version).set(value)
+    def _gauge_labels(self) -> list[tuple[str, str]]:
+        return [("churn", self.current.version)]
 
     def _describe(self) -> str:
         model = getattr(self.current, "scorer", None)
@@ -131,7 +143,7 @@ class RecommenderSlot(RegistrySlot):
         self.models = Registry(Path(registry_dir) / "recs")
         self.indexes = Registry(Path(registry_dir) / "recs_index")
         self.current: Any = PartitionPopularity()
-        self._gauges(1)
+        self._publish()
 
     @property
     def recommender(self) -> Any:
@@ -161,9 +173,8 @@ class RecommenderSlot(RegistrySlot):
         return VectorRecommender(model, index_dir=str(self.indexes.path(index_version)),
                                  index_version=f"{model_version}/{index_version}")
 
-    def _gauges(self, value: int) -> None:
-        metrics.MODEL_VERSION.labels("recs", self.current.version).set(value)
-        metrics.MODEL_VERSION.labels("index", self.current.index_version).set(value)
+    def _gauge_labels(self) -> list[tuple[str, str]]:
+        return [("recs", self.current.version), ("index", self.current.index_version)]
 
     def _describe(self) -> str:
         return f"recommender {self.current.version} with index {self.current.index_version}"

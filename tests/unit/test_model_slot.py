@@ -27,8 +27,10 @@ class CountingSlot(RegistrySlot):
         self.loads.append((wanted, threading.current_thread().name))
         return SimpleNamespace(version=wanted)
 
-    def _gauges(self, value: int) -> None:
-        pass
+    label = "test"  # the metric's "kind"
+
+    def _gauge_labels(self):
+        return [(self.label, self.current.version)]
 
 
 def test_the_first_reload_takes_the_preloaded_version_without_loading_it_again():
@@ -62,3 +64,20 @@ def test_a_preload_that_fails_keeps_the_placeholder_and_the_stream_going():
     slot.preload(executor)
     assert asyncio.run(slot.maybe_reload(executor)) is False
     assert slot.current.version == "placeholder" and slot.loaded == "v1"  # not retried until a new version
+
+
+def test_the_model_info_metric_shows_only_what_serves_now():
+    from streams import metrics
+
+    def series():
+        return {s.labels["version"]: s.value for m in metrics.REGISTRY.collect() if m.name == "tidewater_model_info"
+                for s in m.samples if s.labels["kind"] == "test-info"}
+
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    slot.label = "test-info"
+    slot._publish()
+    assert series() == {"placeholder": 1.0}
+    for version in ("v1", "v2"):
+        slot.published = version
+        assert asyncio.run(slot.maybe_reload(executor)) is True
+        assert series() == {version: 1.0}  # the replaced version's series is gone, not left at 0
