@@ -23,3 +23,16 @@ def test_observe_many_equals_one_observe_per_value(values: list[float]) -> None:
         single.observe(value)
     observe_many(batched, values)
     assert _exposition(one) == _exposition(many)
+
+
+def test_every_metric_is_in_the_readme_table():
+    """The README's /metrics table names every metric the worker exports (counters with their _total suffix)."""
+    from pathlib import Path
+
+    from streams import metrics
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("| metric | labels | what |"):]
+    table = table[:table.index("\n\n")]
+    names = {f"{m.name}_total" if m.type == "counter" else m.name for m in metrics.REGISTRY.collect()}
+    assert names and all(f"`{name}`" in table for name in names), sorted(n for n in names if f"`{n}`" not in table)
