@@ -7,6 +7,7 @@ validate never reaches the profile logic; it becomes a :class:`Rejected` with a 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Annotated, Literal, Union
 
 import msgspec
@@ -15,7 +16,10 @@ SCHEMA_VERSION = 1
 MAX_TS = 4102444800.0  # 2100-01-01: anything later is a unit mistake (ms instead of s)
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Ts = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TS, description="event time, UNIX epoch seconds (UTC)")]
+EpochSeconds = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TS, description="event time, UNIX epoch seconds (UTC)")]
+# Event time as epoch seconds, or as an RFC 3339 date-time with its UTC offset ("2026-11-30T12:00:00Z"), which
+# decode_event turns into epoch seconds: every decoded event carries a float ``ts``.
+Ts = Union[EpochSeconds, Annotated[datetime, msgspec.Meta(tz=True, description="event time, RFC 3339 with offset")]]
 Money = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
 Text = Annotated[str, msgspec.Meta(max_length=256)]
 
@@ -74,6 +78,11 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
         return _classify(str(exc))
     except msgspec.DecodeError as exc:
         return Rejected("malformed_json", str(exc))
+    if isinstance(event.ts, datetime):
+        ts = event.ts.timestamp()
+        if not 0.0 <= ts <= MAX_TS:
+            return Rejected("invalid_field", f"ts {event.ts.isoformat()} is outside 1970..2100 - at `$.ts`")
+        event = msgspec.structs.replace(event, ts=ts)
     if not math.isfinite(event.ts):  # pragma: no cover - JSON has no NaN/inf literals; belt and braces
         return Rejected("invalid_field", "ts is not finite")
     if expected_type is not None and event_type(event) != expected_type:

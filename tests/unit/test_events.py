@@ -1,4 +1,5 @@
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, strategies as st
@@ -73,3 +74,21 @@ def test_decoder_classifies_any_json_object(obj):
         assert result.reason in {"unknown_event_type", "missing_field", "invalid_field"}
     else:
         assert result.user_id and result.event_id
+
+
+@given(when=st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2099, 12, 30)),
+       offset_minutes=st.integers(-14 * 60, 14 * 60), purchase=st.booleans())
+def test_an_rfc3339_ts_with_an_offset_decodes_to_the_same_event_as_epoch_seconds(when, offset_minutes, purchase):
+    aware = when.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    base = OK_PURCHASE if purchase else OK_CLICK
+    from_iso = decode_event(raw({**base, "ts": aware.isoformat()}), max_bytes=1000)
+    from_epoch = decode_event(raw({**base, "ts": aware.timestamp()}), max_bytes=1000)
+    assert not isinstance(from_iso, Rejected), from_iso
+    assert from_iso == from_epoch and isinstance(from_iso.ts, float)
+
+
+@pytest.mark.parametrize("ts, says", [("2026-11-30T12:00:00", "timezone"), ("2026-11-30", "RFC3339"),
+                                      ("2150-01-01T00:00:00Z", "outside 1970..2100")])
+def test_a_date_time_ts_without_offset_or_out_of_range_is_rejected_with_reason(ts, says):
+    result = decode_event(raw({**OK_CLICK, "ts": ts}), max_bytes=1000)
+    assert isinstance(result, Rejected) and result.reason == "invalid_field" and says in result.detail
