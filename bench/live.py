@@ -433,14 +433,6 @@ def bench_scale(bs: str, tmp: Path, n: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- 5. recovery
-def processed(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-            return int(json.loads(resp.read()).get("processed", 0))
-    except (OSError, ValueError):
-        return 0
-
-
 async def one_event_per_partition(bs: str, env: dict, partitions: int, ts: float) -> None:
     """A purchase of a new user on each input partition (keys picked with the producer's own partitioner)."""
     from aiokafka import AIOKafkaProducer
@@ -466,11 +458,13 @@ async def one_event_per_partition(bs: str, env: dict, partitions: int, ts: float
 async def changelog_records(bs: str, app_id: str) -> dict:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from infra.topics import CHANGELOG_TABLES
+
     consumer = AIOKafkaConsumer(bootstrap_servers=bs)
     await consumer.start()
     try:
         out = {}
-        for table in ("profiles", "partition-state"):
+        for table in CHANGELOG_TABLES:
             topic = f"{app_id}-{table}-changelog"
             parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
             if not parts:
@@ -491,7 +485,7 @@ def bench_recovery(bs: str, tmp: Path, n: int, users: int, partitions: int = 8) 
     proc, port = start_worker(env, tmp, "first")
     started = time.perf_counter()
     try:
-        while processed(port) < n and time.perf_counter() - started < 900:
+        while stats(port).get("processed", 0) < n and time.perf_counter() - started < 900:
             time.sleep(0.2)
         out["first_run_seconds"] = round(time.perf_counter() - started, 1)
     finally:
@@ -509,7 +503,7 @@ def bench_recovery(bs: str, tmp: Path, n: int, users: int, partitions: int = 8) 
             while served is None and time.perf_counter() - started < 900:
                 if ready is None and health(port) is not None:
                     ready = time.perf_counter() - started
-                if processed(port) >= partitions:
+                if stats(port).get("processed", 0) >= partitions:
                     served = time.perf_counter() - started
                     cpu = cpu_seconds(proc.pid)
                 time.sleep(0.1)

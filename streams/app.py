@@ -260,16 +260,16 @@ class Pipeline:
             if one_record and hasattr(engine, "mark_all_changed"):
                 engine.mark_all_changed()  # the next write moves the counts and the ranking to their own records
             if hasattr(engine, "index_profile"):
-                self._rebuild_index(engine)
+                self._rebuild_index(engine, profiles)
             self.engines[partition] = engine
         return engine
 
-    def _rebuild_index(self, engine: Any) -> None:
+    def _rebuild_index(self, engine: Any, profiles: PartitionTable) -> None:
         """The engine's inactivity index from its partition's stored profiles (after an assignment or a restart),
         reading only the fields it needs."""
         started = time.perf_counter()
         n = 0
-        for raw in self.tables[engine.partition][0].values():
+        for raw in profiles.values():
             engine.index_profile(decode_activity(raw))
             n += 1
         if n:
