@@ -436,13 +436,10 @@ def bench_scale(bs: str, tmp: Path, n: int) -> dict:
 async def one_event_per_partition(bs: str, env: dict, partitions: int, ts: float) -> None:
     """A purchase of a new user on each input partition (keys picked with the producer's own partitioner)."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import DefaultPartitioner
 
-    choose, keys, i = DefaultPartitioner(), {}, 0
-    while len(keys) < partitions:
-        key = f"probe-{i}".encode()
-        keys.setdefault(choose(key, list(range(partitions)), list(range(partitions))), key)
-        i += 1
+    from streams.producing import one_key_per_partition
+
+    keys = one_key_per_partition("probe", partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bs)
     await producer.start()
     try:

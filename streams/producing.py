@@ -14,6 +14,17 @@ from typing import Any, Callable, Iterable
 from aiokafka.partitioner import DefaultPartitioner
 
 
+def one_key_per_partition(prefix: str, partitions: int) -> dict[int, bytes]:
+    """A key that the producer's partitioner sends to each partition (``prefix-0``, ``prefix-1``, ...: the first
+    one found for each): probes that must reach every partition of a topic."""
+    choose, parts, keys, i = DefaultPartitioner(), list(range(partitions)), {}, 0
+    while len(keys) < partitions:
+        key = f"{prefix}-{i}".encode()
+        keys.setdefault(choose(key, parts, parts), key)
+        i += 1
+    return keys
+
+
 class BatchSender:
     def __init__(self, faust_producer: Any, partitions: int) -> None:
         self.faust_producer = faust_producer

@@ -28,7 +28,7 @@ CUTOFF_HELP = ("Cut-off date YYYY-MM-DD: features use events before it, labels t
 def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float):
     import pandas as pd
 
-    from .data import check_calibration, load_purchases_csv, parse_time
+    from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, parse_time
 
     if horizon_days <= 0:
         raise UserError(f"--horizon-days must be positive, got {horizon_days}")
@@ -53,7 +53,7 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float)
         else:
             end = float(frame["ts"].max())
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
-    check_calibration(frame, cut, hint="; choose a later --cutoff" if cutoff else (
+    check_calibration(frame, cut, hint=LATER_CUTOFF_HINT if cutoff else (
         f"; the default cut-off is the end of the log minus the {horizon_days:g}-day horizon: pass --cutoff, or a "
         "shorter --horizon-days"))
     if float(frame["ts"].max()) < cut + (horizon_days - 1) * 86400.0:

@@ -141,7 +141,10 @@ def split_users(users: np.ndarray, seed: int, fractions: tuple[float, float, flo
     return split.astype(str)
 
 
-def check_calibration(frame: pd.DataFrame, cutoff: float, hint: str = "; choose a later --cutoff") -> None:
+LATER_CUTOFF_HINT = "; choose a later --cutoff"
+
+
+def check_calibration(frame: pd.DataFrame, cutoff: float, hint: str = LATER_CUTOFF_HINT) -> None:
     """A clear error when no event lies before the cut-off (the features would be built from nothing)."""
     if not (frame["ts"] < cutoff).any():
         first = pd.Timestamp(float(frame["ts"].min()), unit="s", tz="UTC").date() if len(frame) else None

@@ -127,14 +127,9 @@ def test_a_worker_on_an_empty_data_directory_restores_every_profile_exactly_in_b
     assert after == before
     # the partition state (event-time watermark) too: an old event of a new user on every partition creates the
     # partition's engine from the restored state, and leaves the watermark where it was
-    from aiokafka.partitioner import DefaultPartitioner
+    from streams.producing import one_key_per_partition
 
-    choose, parts = DefaultPartitioner(), list(range(deployment.partitions))
-    probes = {}
-    for i in range(1000):
-        probes.setdefault(choose(f"probe-{i}".encode(), parts, parts), f"probe-{i}")
-        if len(probes) == len(parts):
-            break
+    probes = {p: key.decode() for p, key in one_key_per_partition("probe", deployment.partitions).items()}
     deployment.replay_file(write_jsonl(tmp_path / "probes.jsonl", [json.dumps(
         {"type": "click", "event_id": user, "user_id": user, "ts": 1_600_000_000}).encode() for user in probes.values()]))
     assert wait_for_profiles(restored, {user: 1 for user in probes.values()}) == {user: 1 for user in probes.values()}
