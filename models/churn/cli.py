@@ -90,7 +90,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         from .data import build_task
         from .metrics import binary_metrics, forecast_metrics
         from .model import ChurnConfig
-        from .train import predict_raw, save_model, tokenize_task, train_model
+        from .train import predict_calibrated, save_model, tokenize_task, train_model
 
         frame, cut, name = _load(purchases, cutoff, horizon_days)
         task = build_task(frame, cut, horizon_days, seed=seed)
@@ -100,8 +100,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         res = train_model(task, cfg, seed=seed, do_pretrain=not no_pretrain, lora=lora, progress=progress,
                           tokens=tokens)
         te = task.idx("test")
-        logit, lrate = predict_raw(res.model, [tokens[0][i] for i in te], tokens[1][te])
-        rate = __import__("numpy").exp(lrate + float(res.model.forecast_shift))
+        logit, _, rate = predict_calibrated(res.model, [tokens[0][i] for i in te], tokens[1][te])
         metrics = {k: v for k, v in binary_metrics(task.churn[te], logit).items()} | \
             forecast_metrics(task.count[te], rate)
         meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days, "seed": seed,

@@ -14,7 +14,7 @@ from .data import build_task
 from .features import DAY
 from .metrics import binary_metrics, bootstrap_auc_diff, bootstrap_forecast_corr, forecast_metrics
 from .model import ChurnConfig
-from .train import finetune_variant as train_variant, new_model, predict_raw, pretrain, tokenize_task
+from .train import finetune_variant as train_variant, new_model, predict_calibrated, pretrain, tokenize_task
 
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "forecast_corr": 0.626}
 
@@ -25,11 +25,7 @@ def _strip_calibration(m: dict) -> dict:
 
 
 def _model_outputs(model, tokens) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    toks, summ = tokens
-    logit, lrate = predict_raw(model, toks, summ)
-    prob = 1 / (1 + np.exp(-(logit / float(model.temperature) + float(model.bias))))
-    rate = np.exp(lrate + float(model.forecast_shift))
-    return logit, prob, rate
+    return predict_calibrated(model, *tokens)
 
 
 def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset: str, seed: int = 0,

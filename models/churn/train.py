@@ -180,6 +180,17 @@ def predict_raw(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarr
     return logits, lrate
 
 
+def predict_calibrated(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
+                       batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw churn logits, churn probabilities, expected purchases in the horizon), in input order. The last two
+    come from ``model.calibrated``, in float32 as the served scorer computes them: what is evaluated is what is
+    served."""
+    logit, lrate = predict_raw(model, toks, summary, batch_size)
+    with torch.inference_mode():
+        prob, rate = model.calibrated(torch.from_numpy(logit), torch.from_numpy(lrate))
+    return logit, prob.numpy().astype(np.float64), rate.numpy().astype(np.float64)
+
+
 def _loss(model, batch, churn, count, w):
     logit, log_rate = model.raw_outputs(batch)
     bce = TF.binary_cross_entropy_with_logits(logit, churn)

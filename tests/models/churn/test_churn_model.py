@@ -11,8 +11,8 @@ import torch
 from models.churn.data import build_task
 from models.churn.model import ChurnConfig
 from models.churn.scorer import ChurnScorer
-from models.churn.train import (calibrate, finetune, load_model, new_model, predict_raw, pretrain, save_model,
-                                tokenize_task, train_model)
+from models.churn.train import (calibrate, finetune, load_model, new_model, predict_calibrated, predict_raw,
+                                pretrain, save_model, tokenize_task, train_model)
 
 from .helpers import CUTOFF, random_events, sample_slice, tiny_config
 
@@ -163,11 +163,8 @@ def test_serving_path_equals_training_path():
     raw = frame_to_sequences(sample_slice(400))  # all events, holdout included
     te = task.idx("test")[:60]
     toks, summ = tokenize_task(task.sequences, task.as_of, res.model.cfg)
-    logit, lrate = predict_raw(res.model, [toks[i] for i in te], summ[te])
-    m = res.model
-    expected_p = 1 / (1 + np.exp(-(logit / float(m.temperature) + float(m.bias))))
-    expected_f = np.exp(lrate + float(m.forecast_shift))
-    scorer = ChurnScorer(m, device="cpu", micro_batch=16)
+    _, expected_p, expected_f = predict_calibrated(res.model, [toks[i] for i in te], summ[te])
+    scorer = ChurnScorer(res.model, device="cpu", micro_batch=16)
     prob, rate = scorer.predict_many([raw[u] for u in task.users[te]], [task.cutoff] * len(te))
     np.testing.assert_allclose(prob, expected_p, atol=1e-5)
     np.testing.assert_allclose(rate, expected_f, rtol=1e-4)
