@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 CURRENT = "current"
+KINDS = ("churn", "recs", "recs_index")  # the registries under one root, as the worker reads them
+# the meta fields that say what a version is, shown by `tidewater models list`
+HEADLINE = ("dataset", "test_auc", "valid_ndcg@10", "model_version", "items", "n_users", "users")
 
 
 class RegistryEmpty(LookupError):
@@ -91,3 +94,39 @@ class Registry:
         if version is None:
             raise RegistryEmpty(f"no current version in {self.root}")
         return json.loads((self.root / version / "meta.json").read_text())
+
+
+def resolve_version(registry: Registry, name: str) -> str:
+    """A version named in full (``v0002-1a2b3c4d``) or by its number (``v0002``, ``2``)."""
+    versions = registry.versions()
+    if name in versions:
+        return name
+    digits = name[1:] if name[:1] == "v" else name
+    if digits.isdigit():
+        matches = [v for v in versions if v[1:5].isdigit() and int(v[1:5]) == int(digits)]
+        if len(matches) == 1:
+            return matches[0]
+    known = ", ".join(versions) or "none"
+    raise LookupError(f"no version {name!r} in {registry.root} (published: {known})")
+
+
+def describe(root: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per kind, every published version, oldest first: its name, whether it is current, when it was created
+    and the headline of its metadata (an unreadable ``meta.json`` is reported, not raised)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        registry = Registry(Path(root) / kind)
+        current = registry.current_version()
+        rows = []
+        for version in registry.versions():
+            row: dict[str, Any] = {"version": version, "current": version == current}
+            try:
+                meta = registry.meta(version)
+            except (OSError, ValueError) as exc:
+                row["error"] = f"meta.json unreadable: {exc}"
+            else:
+                row["created_unix"] = meta.get("created_unix")
+                row.update({k: meta[k] for k in HEADLINE if k in meta})
+            rows.append(row)
+        out[kind] = rows
+    return out

@@ -22,10 +22,13 @@ train_app = typer.Typer(help="Train models on real data and publish them to the 
 evaluate_app = typer.Typer(help="Evaluate models against baselines; `--json` prints one JSON object last.",
                            no_args_is_help=True)
 index_app = typer.Typer(help="Build and inspect the FAISS item index.", no_args_is_help=True)
+models_app = typer.Typer(help="List the registry's model versions; make one current (rollback).",
+                         no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(index_app, name="index")
+app.add_typer(models_app, name="models")
 
 # Model commands live next to the models; each module exposes register(train, evaluate, index).
 for _module in ("models.churn.cli", "models.recs.cli"):
@@ -34,6 +37,8 @@ for _module in ("models.churn.cli", "models.recs.cli"):
     except ModuleNotFoundError as exc:  # a model package not present in this build
         if exc.name is None or not _module.startswith(exc.name):
             raise
+
+importlib.import_module("models.registry_cli").register(models_app)
 
 # Stream commands (broker, topics, worker, up, replay, record) register themselves here.
 for _module in ("infra.cli", "streams.cli"):

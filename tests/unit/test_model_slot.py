@@ -81,3 +81,14 @@ def test_the_model_info_metric_shows_only_what_serves_now():
         slot.published = version
         assert asyncio.run(slot.maybe_reload(executor)) is True
         assert series() == {version: 1.0}  # the replaced version's series is gone, not left at 0
+
+
+def test_a_rollback_to_an_earlier_version_is_loaded_like_a_new_one():
+    """`tidewater models use churn v0001` points ``current`` back: the worker follows the pointer, whatever the
+    version's age."""
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    for version in ("v1", "v2", "v1"):
+        slot.published = version
+        assert asyncio.run(slot.maybe_reload(executor)) is True
+        assert slot.current.version == version
+    assert [v for v, _ in slot.loads] == ["v1", "v2", "v1"]

@@ -1,0 +1,82 @@
+"""`tidewater models list` / `tidewater models use`: what the registry holds, and which version is current.
+
+Workers follow each kind's ``current`` pointer (hot reload), so pointing it at an earlier version is a rollback
+without retraining or a restart."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+
+from models.registry import KINDS, Registry, describe, resolve_version
+from tidewater.errors import UserError
+
+REGISTRY_HELP = "Registry root (TIDEWATER_REGISTRY_DIR of the workers)."
+
+
+def _created(row: dict) -> str:
+    ts = row.get("created_unix")
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if ts else "?"
+
+
+def _headline(row: dict) -> str:
+    parts = []
+    for key, value in row.items():
+        if key in ("version", "current", "created_unix"):
+            continue
+        parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)
+
+
+def _index_note(root: Path, index_version: str) -> str | None:
+    """Why a current index would not serve: it was built for another recs model than the current one."""
+    built_for = Registry(root / "recs_index").meta(index_version).get("model_version")
+    model = Registry(root / "recs").current_version()
+    if built_for != model:
+        return (f"index {index_version} was built for recs model {built_for}, the current recs model is {model}: "
+                "workers serve that model's own index until an index built for it is current")
+    return None
+
+
+def register(models_app: typer.Typer) -> None:
+    @models_app.command("list")
+    def list_versions(
+        registry: Path = typer.Option(Path("var/registry"), "--registry", envvar="TIDEWATER_REGISTRY_DIR",
+                                      help=REGISTRY_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object (kind -> versions)."),
+    ) -> None:
+        """Every published version of each kind (churn, recs, recs_index), oldest first; * marks the current."""
+        found = describe(registry)
+        if as_json:
+            typer.echo(json.dumps(found))
+            return
+        for kind, rows in found.items():
+            typer.echo(f"{kind} ({registry / kind})" + ("" if rows else ": nothing published"))
+            for row in rows:
+                typer.echo(f"  {'*' if row['current'] else ' '} {row['version']}  {_created(row)}  {_headline(row)}")
+
+    @models_app.command("use")
+    def use_version(
+        kind: str = typer.Argument(..., help=f"One of: {', '.join(KINDS)}."),
+        version: str = typer.Argument(..., help="A version, in full (v0002-1a2b3c4d) or by number (v0002, 2)."),
+        registry: Path = typer.Option(Path("var/registry"), "--registry", envvar="TIDEWATER_REGISTRY_DIR",
+                                      help=REGISTRY_HELP),
+    ) -> None:
+        """Make VERSION the current one of KIND (a rollback or a pin): running workers load it at their next
+        registry poll (TIDEWATER_MODEL_POLL_S) and stamp it on every output from then on."""
+        if kind not in KINDS:
+            raise UserError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+        reg = Registry(registry / kind)
+        try:
+            chosen = resolve_version(reg, version)
+        except LookupError as exc:
+            raise UserError(str(exc)) from exc
+        before = reg.current_version()
+        reg.set_current(chosen)
+        typer.echo(f"{kind}: current {before or 'none'} -> {chosen}")
+        index = Registry(registry / "recs_index").current_version()
+        note = _index_note(registry, index) if kind in ("recs", "recs_index") and index else None
+        if note:
+            typer.secho(f"note: {note}", fg="yellow", err=True)

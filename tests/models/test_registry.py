@@ -1,0 +1,82 @@
+"""models/registry.py and `tidewater models list|use`: versions, the current pointer, rollback."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.registry import Registry, describe, resolve_version
+from tidewater.cli import main
+
+
+def publish(root, kind: str, fingerprint: str, **meta) -> str:
+    return Registry(root / kind).publish(lambda d: (d / "weights.bin").write_bytes(b"w"), fingerprint=fingerprint,
+                                         meta=meta)
+
+
+def run(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    first = publish(tmp_path, "churn", "aaaaaaaa11", dataset="cdnow_master", test_auc=0.77)
+    second = publish(tmp_path, "churn", "bbbbbbbb22", dataset="cdnow_master", test_auc=0.78)
+    recs = publish(tmp_path, "recs", "cccccccc33", dataset="ml-100k")
+    return tmp_path, first, second, recs
+
+
+def test_versions_resolve_in_full_or_by_number(registry):
+    root, first, second, _ = registry
+    reg = Registry(root / "churn")
+    assert [resolve_version(reg, name) for name in (first, "v0001", "1", "v2", "0002")] == [first, first, first,
+                                                                                             second, second]
+    with pytest.raises(LookupError, match="published: v0001-aaaaaaaa, v0002-bbbbbbbb"):
+        resolve_version(reg, "3")
+
+
+def test_describe_lists_every_version_with_the_current_one_marked(registry):
+    root, first, second, recs = registry
+    (root / "churn" / first / "meta.json").write_text("{not json")
+    found = describe(root)
+    assert [(r["version"], r["current"]) for r in found["churn"]] == [(first, False), (second, True)]
+    assert "unreadable" in found["churn"][0]["error"]
+    assert found["churn"][1]["test_auc"] == 0.78 and found["churn"][1]["dataset"] == "cdnow_master"
+    assert [r["version"] for r in found["recs"]] == [recs] and found["recs_index"] == []
+
+
+def test_models_use_rolls_back_and_list_shows_it(registry, capsys):
+    root, first, second, _ = registry
+    code, out, _ = run(["models", "use", "churn", "v0001", "--registry", str(root)], capsys)
+    assert code == 0 and f"current {second} -> {first}" in out
+    assert Registry(root / "churn").current_version() == first
+    code, out, _ = run(["models", "list", "--registry", str(root), "--json"], capsys)
+    listed = json.loads(out.strip().splitlines()[-1])
+    assert [r["version"] for r in listed["churn"] if r["current"]] == [first]
+    code, out, _ = run(["models", "list", "--registry", str(root)], capsys)
+    assert f"* {first}" in out and f"  {second}" in out and "recs_index" in out and "nothing published" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["models", "use", "weights", "1"], "unknown kind 'weights'"),
+    (["models", "use", "churn", "9"], "no version '9'"),
+    (["models", "use", "recs_index", "1"], "published: none"),
+])
+def test_models_use_refuses_what_is_not_there_with_a_clear_error(registry, capsys, args, message):
+    root, _, second, _ = registry
+    code, _, err = run(args + ["--registry", str(root)], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert Registry(root / "churn").current_version() == second  # unchanged
+
+
+def test_an_index_built_for_another_recs_model_is_pointed_out(registry, capsys):
+    root, _, _, recs = registry
+    older = publish(root, "recs_index", "dddddddd44", model_version="v0000-old")
+    code, _, err = run(["models", "use", "recs_index", older, "--registry", str(root)], capsys)
+    assert code == 0 and f"built for recs model v0000-old, the current recs model is {recs}" in err
+    matching = publish(root, "recs_index", "eeeeeeee55", model_version=recs)
+    code, _, err = run(["models", "use", "recs_index", matching, "--registry", str(root)], capsys)
+    assert code == 0 and "built for" not in err
