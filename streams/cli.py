@@ -84,7 +84,9 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
 
     @app.command()
     def up(
-        dataset: list[str] = typer.Option(["cdnow", "ml-100k"], "--dataset", help="Datasets to replay through the pipeline."),
+        dataset: list[str] = typer.Option(
+            ["cdnow", "ml-100k"], "--dataset",
+            help="Datasets to replay through the pipeline: cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
         bootstrap_servers: Optional[str] = typer.Option(None, help="Use this cluster instead of an embedded broker."),
         broker_kind: str = typer.Option("tansu", "--broker", help="Embedded broker: tansu or noida."),
         port: int = typer.Option(0, help="Embedded broker port (0 = free)."),
