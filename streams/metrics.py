@@ -38,6 +38,13 @@ RESTORED = Counter("tidewater_changelog_records_restored",
                    "Changelog records restored into the tables at start-up or after a rebalance, by path: batch "
                    "(streams/ingress.py restore_batch) or faust (its per-record path, for what the batch path "
                    "does not take)", ["table", "path"], registry=REGISTRY)
+SCORING_ERRORS = Counter("tidewater_scoring_errors",
+                         "Churn scoring calls that failed, by the model version that failed; the tick was scored by "
+                         "the recency placeholder instead (its version is on those outputs)", ["model_version"],
+                         registry=REGISTRY)
+MODEL_LOAD_FAILURES = Counter("tidewater_model_load_failures",
+                              "Registry versions that could not be loaded, by kind; the worker keeps serving what it "
+                              "had", ["kind"], registry=REGISTRY)
 BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 RECORD_AGE = Histogram("tidewater_record_age_seconds",
@@ -64,7 +71,7 @@ MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (
                       registry=REGISTRY)
 
 _BY_NAME = {"events_in": EVENTS_IN, "applied": APPLIED, "duplicates_skipped": DUPLICATES,
-            "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT}
+            "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT, "scoring_errors": SCORING_ERRORS}
 
 
 def record_engine_metric(name: str, label: str, n: int) -> None:

@@ -26,6 +26,7 @@ class RegistrySlot:
     keep the old one (and log) when a version fails to load, and move the ``tidewater_model_info`` series."""
 
     kind = "model"
+    metric_kind = "model"  # the ``kind`` label of its metrics, as in ``tidewater_model_info``
     loaded: Any = None  # the registry version(s) in use; None: the placeholder
     current: Any
 
@@ -79,6 +80,7 @@ class RegistrySlot:
                 current = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
         except Exception as exc:  # a broken artifact must not stop the stream: keep what serves now
             log.error("could not load %s %s: %r; keeping %s", self.kind, wanted, exc, self.current.version)
+            metrics.MODEL_LOAD_FAILURES.labels(self.metric_kind).inc()
             self.loaded = wanted
             return False
         self._swap(wanted, current)
@@ -96,6 +98,7 @@ class RegistrySlot:
 
 class ChurnScorerSlot(RegistrySlot):
     kind = "churn model"
+    metric_kind = "churn"
 
     def __init__(self, registry_dir: str | Path, micro_batch: int = 256, threads: int = 1) -> None:
         self.registry = Registry(Path(registry_dir) / "churn")
@@ -133,6 +136,7 @@ class RecommenderSlot(RegistrySlot):
     """The recommender in use: the registry's current recs model with the newest index built for it."""
 
     kind = "recommender"
+    metric_kind = "recs"
 
     def __init__(self, registry_dir: str | Path, rerank_candidates: int | None = None) -> None:
         from models.recs.rerank import RERANK_CANDIDATES

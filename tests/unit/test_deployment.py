@@ -47,6 +47,40 @@ def test_prometheus_scrapes_both_workers_on_their_web_port():
     assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
 
 
+def _exported_series() -> set[str]:
+    """The series names the worker's /metrics exposes (counters with _total, histograms with their parts)."""
+    from streams import metrics
+
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        names.update(sample.name for sample in family.samples)
+        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return names | {"tidewater_batch_seconds_bucket", "tidewater_scoring_seconds_bucket"}  # before any observation
+
+
+def test_alert_rules_are_loaded_mounted_valid_promql_and_name_only_exported_series():
+    import promql_parser
+
+    prom = yaml.safe_load((ROOT / "infra/prometheus/prometheus.yml").read_text())
+    mounted = compose()["services"]["prometheus"]["volumes"]
+    assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert "./infra/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in mounted
+    rules = [rule for group in yaml.safe_load((ROOT / "infra/prometheus/alerts.yml").read_text())["groups"]
+             for rule in group["rules"]]
+    exported = _exported_series()
+    assert len(rules) >= 6
+    for rule in rules:
+        assert rule["alert"].startswith("Tidewater") and rule["labels"]["severity"] in ("page", "warn")
+        assert rule["annotations"]["summary"], rule["alert"]
+        promql_parser.parse(rule["expr"])  # raises on a syntax error
+        named = set(re.findall(r"\b(tidewater_[a-z_]+)", rule["expr"]))
+        assert named <= exported, (rule["alert"], named - exported)
+    alerted = " ".join(rule["expr"] for rule in rules)
+    for must in ("tidewater_consumer_lag", "tidewater_dead_letters_total", "tidewater_scoring_errors_total",
+                 "tidewater_model_load_failures_total", "up{"):
+        assert must in alerted, must
+
+
 def _models_script() -> str:
     command = compose()["services"]["models"]["command"]
     assert command[:2] == ["sh", "-c"]

@@ -148,14 +148,25 @@ def test_a_failing_scorer_falls_back_to_the_placeholder_and_the_stream_goes_on()
         def score_many(self, sequences, as_of):
             raise RuntimeError("bad weights")
 
+    from streams import metrics
+
+    def exported() -> float:
+        value = metrics.REGISTRY.get_sample_value("tidewater_scoring_errors_total", {"model_version": "model:broken"})
+        return value or 0.0
+
+    before = exported()
     store = DictStore()
-    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), store, scorer=Broken())
+    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), store, scorer=Broken(),
+                             metrics=metrics.record_engine_metric)
     evs = shop()
     result = run_to_completion(engine, records(evs))
     scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
     assert scores and {s["model_version"] for s in scores} == {"heuristic:recency-v1"}
-    assert engine.counters[("scoring_errors", "model:broken")] > 0
+    failures = engine.counters[("scoring_errors", "model:broken")]
+    assert failures > 0
     assert len(result.done) == len(evs)
+    engine.drain_metrics()
+    assert exported() - before == failures  # on /metrics, for the alert rule
 
 
 @settings(max_examples=25, deadline=None)

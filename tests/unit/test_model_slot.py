@@ -60,10 +60,18 @@ def test_a_preload_that_fails_keeps_the_placeholder_and_the_stream_going():
     def broken(wanted):
         raise OSError("truncated weights")
 
+    from streams import metrics
+
+    def failures() -> float:
+        return metrics.REGISTRY.get_sample_value("tidewater_model_load_failures_total", {"kind": "model"}) or 0.0
+
+    before = failures()
     slot._load = broken
     slot.preload(executor)
     assert asyncio.run(slot.maybe_reload(executor)) is False
     assert slot.current.version == "placeholder" and slot.loaded == "v1"  # not retried until a new version
+    assert failures() - before == 1  # counted once, for the alert rule
+    assert asyncio.run(slot.maybe_reload(executor)) is False and failures() - before == 1
 
 
 def test_the_model_info_metric_shows_only_what_serves_now():
