@@ -1,4 +1,5 @@
-"""`tidewater replay`: write events to the input topics; `tidewater record`: dump a topic to JSON lines."""
+"""`tidewater replay`: write events to the input topics; `tidewater record`: dump a topic to JSON lines;
+`tidewater redrive`: dead letters back to their input topic."""
 from __future__ import annotations
 
 import asyncio
@@ -24,23 +25,13 @@ def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
 async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progress: bool = True,
                  limit: int | None = None) -> dict[str, int]:
     """Produce the events (keyed by user id) and return how many went to each topic."""
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaConnectionError
     from tqdm import tqdm
-
-    from streams.kafka_config import aiokafka_kwargs
 
     try:
         events = merged_events(datasets)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    producer = AIOKafkaProducer(**aiokafka_kwargs(s), linger_ms=5, max_batch_size=256 * 1024,
-                                max_request_size=8 * 1024 * 1024)
-    try:
-        await producer.start()
-    except KafkaConnectionError as exc:
-        await producer.stop()  # its half-started client, closed (else "Unclosed AIOKafkaProducer" on exit)
-        raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+    producer = await _started_producer(s)
     topics = {"click": s.topic_clicks, "purchase": s.topic_purchases}
     counts = {s.topic_clicks: 0, s.topic_purchases: 0}
     bar = tqdm(desc="replay", unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
@@ -73,6 +64,44 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         bar.close()
         await producer.stop()
     return counts
+
+
+async def _started_producer(s: Settings):
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError
+
+    from streams.kafka_config import aiokafka_kwargs
+
+    producer = AIOKafkaProducer(**aiokafka_kwargs(s), linger_ms=5, max_batch_size=256 * 1024,
+                                max_request_size=8 * 1024 * 1024)
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        await producer.stop()  # its half-started client, closed (else "Unclosed AIOKafkaProducer" on exit)
+        raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+    return producer
+
+
+async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None, dry_run: bool = False):
+    """`tidewater redrive`: the dead letters of ``letters`` (a `tidewater record` dump of the dead-letter topic)
+    whose record decodes under ``s`` go back to their input topic (``tidewater.redrive``); returns the plan."""
+    from tidewater.redrive import plan_redrive
+
+    try:
+        with open(letters, "rb") as fh:
+            plan = plan_redrive(fh, input_topics={s.topic_clicks: "click", s.topic_purchases: "purchase"},
+                                max_bytes=s.max_event_bytes, reasons=reasons)
+    except OSError as exc:
+        raise UserError(f"cannot read {letters}: {exc.strerror or exc}") from None
+    if dry_run or not plan.records:
+        return plan
+    producer = await _started_producer(s)
+    try:
+        sent = [await producer.send(topic, value=value, key=key) for topic, key, value in plan.records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    return plan
 
 
 def _key_of(raw: bytes) -> bytes | None:

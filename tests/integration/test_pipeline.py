@@ -1,10 +1,12 @@
 """End to end through a real broker: replay → worker → profile table → output topics."""
+import asyncio
 import json
 import signal
 import time
 
 import pytest
 
+from streams.replay import record, redrive
 from tests.integration.conftest import synthetic_shop, wait_for_profiles, write_jsonl
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -47,6 +49,34 @@ def test_bad_input_goes_to_dead_letter_and_valid_events_around_it_apply(deployme
     metrics = worker.get("/stats")["counters"]
     assert sum(v for k, v in metrics.items() if k.startswith("dead_letters:")) == 5
     assert worker.proc.poll() is None  # the worker kept going
+
+    # a producer that keyed one event wrongly: dead-lettered; `tidewater redrive` sends it back with its user's
+    # key and leaves the other five out (they would be rejected again: no new dead letters)
+    asyncio.run(_produce(deployment, deployment.settings.topic_clicks, b"not-user-1", json.dumps(
+        {"type": "click", "event_id": "b5", "user_id": "user-1", "ts": 1_600_000_200}).encode()))
+    dlq = deployment.settings.topic_dead_letter
+    deadline = time.monotonic() + 60
+    while len(deployment.read(dlq)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    asyncio.run(record(deployment.settings, dlq, str(tmp_path / "letters.jsonl")))
+    plan = asyncio.run(redrive(deployment.settings, str(tmp_path / "letters.jsonl")))
+    assert plan.counts == {"redriven:key_mismatch": 1, "still_rejected:malformed_json": 1,
+                           "still_rejected:unknown_event_type": 1, "still_rejected:missing_field": 1,
+                           "still_rejected:invalid_field": 1, "still_rejected:oversized": 1}
+    expected["user-1"] += 1
+    assert wait_for_profiles(worker, expected) == expected
+    assert len(deployment.read(dlq)) == 6
+
+
+async def _produce(deployment, topic: str, key: bytes, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.settings.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=value, key=key)
+    finally:
+        await producer.stop()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])

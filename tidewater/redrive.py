@@ -1,0 +1,72 @@
+"""Dead letters back to their input topic once their cause is fixed (`tidewater redrive`): pure, no Kafka.
+
+A dead letter (:class:`tidewater.outputs.DeadLetter`) carries the raw record (its topic, partition, offset, key
+and value) and why it was rejected. Once the cause is fixed (a size limit raised, a producer's key corrected, a
+decoder that now accepts the form), the letters whose record decodes under the current settings go back to their
+original input topic, keyed by the event's ``user_id``: the partitioning contract, so a record rejected for its
+key is sent with the right one. The rest are counted under the reason they would get now and left out, so a
+redrive never produces dead letters of its own. A record dead-lettered twice (letters are at least once, like
+every output) is sent once; the profile's event-id check would skip a second copy anyway.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import msgspec
+
+from tidewater.events import Rejected, decode_event
+from tidewater.outputs import DeadLetter
+
+_letter = msgspec.json.Decoder(DeadLetter)
+
+
+@dataclass
+class RedrivePlan:
+    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value), in letter order
+    # "redriven:<reason it had>", "still_rejected:<reason it would get now>", "skipped:<why>"
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max_bytes: int,
+                 reasons: Iterable[str] | None = None) -> RedrivePlan:
+    """``lines``: dead letters as JSON (what `tidewater record --topic <dead-letter topic>` writes, one per line).
+    ``input_topics``: input topic -> the event type it carries. ``reasons``: only letters rejected for these."""
+    wanted = set(reasons) if reasons else None
+    plan = RedrivePlan()
+    seen: set[tuple[str, int, int]] = set()
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            letter = _letter.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            plan.counts["skipped:not_a_dead_letter"] += 1
+            continue
+        if wanted is not None and letter.reason not in wanted:
+            plan.counts["skipped:reason_not_selected"] += 1
+            continue
+        if letter.topic not in input_topics:
+            plan.counts["skipped:not_an_input_topic"] += 1
+            continue
+        origin = (letter.topic, letter.partition, letter.offset)
+        if origin in seen:
+            plan.counts["skipped:duplicate_letter"] += 1
+            continue
+        seen.add(origin)
+        try:
+            value = None if letter.value_b64 is None else base64.b64decode(letter.value_b64, validate=True)
+        except (binascii.Error, ValueError):
+            plan.counts["skipped:bad_base64"] += 1
+            continue
+        event = decode_event(value, max_bytes=max_bytes, expected_type=input_topics[letter.topic])
+        if isinstance(event, Rejected):
+            plan.counts[f"still_rejected:{event.reason}"] += 1
+            continue
+        assert value is not None  # decode_event rejects a missing value
+        plan.records.append((letter.topic, event.user_id.encode(), value))
+        plan.counts[f"redriven:{letter.reason}"] += 1
+    return plan
