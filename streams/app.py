@@ -92,6 +92,9 @@ class ProfileCache:
         while len(profiles) > self.max_cached:
             profiles.popitem(last=False)
 
+    def drop(self, user_id: str) -> None:
+        self.profiles.pop(user_id, None)
+
     def forget(self) -> None:
         self.profiles.clear()
 
@@ -320,7 +323,8 @@ class Pipeline:
             <= self.inline_max_scoring
 
     def _step(self, partitions: list[int], now: float,
-              caught_up: dict[int, frozenset[str]]) -> list[tuple[int, Any, list[tuple[bytes, bytes]], bytes | None]]:
+              caught_up: dict[int, frozenset[str]]) -> list[tuple[int, Any, list[tuple[bytes, bytes | None]],
+                                                                  list[tuple[bytes, bytes | None]] | None]]:
         """The engines' part of a batch after ``_apply``, on the event loop (``_inline``) or in the executor
         thread; there in one hop per batch, not one per partition (each hop is a GIL hand-over between two
         busy threads, which showed up as latency)."""
@@ -333,7 +337,9 @@ class Pipeline:
             answer_recs_together(engines, results)
         steps = []
         for partition, engine, result in zip(partitions, engines, results):
-            writes = [(user_id.encode(), encode_profile(profile)) for user_id, profile in result.profiles.items()]
+            writes: list[tuple[bytes, bytes | None]] = [
+                (user_id.encode(), encode_profile(profile)) for user_id, profile in result.profiles.items()]
+            writes.extend((user_id.encode(), None) for user_id in sorted(result.erased))  # changelog tombstones
             state = None
             if result.state_changed:
                 items, ranking = [], False
@@ -355,7 +361,7 @@ class Pipeline:
                 self.executor, self._step, ordered, now, caught_up)
         pending = 0
         outputs: list[tuple[str, int | None, bytes, bytes]] = []
-        changelog: list[tuple[str, int | None, bytes, bytes]] = []
+        changelog: list[tuple[str, int | None, bytes, bytes | None]] = []
         done: list[Any] = []
         for partition, result, writes, state in steps:
             engine = self.engines[partition]
@@ -363,6 +369,8 @@ class Pipeline:
             profiles_table, states_table = self.tables[partition]
             for user_id, profile in result.profiles.items():
                 self.cache.put(user_id, profile)
+            for user_id in result.erased:
+                self.cache.drop(user_id)
             profiles_table.put_many(writes)
             changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)
             if state is not None:

@@ -32,6 +32,8 @@ DUPLICATES = Counter("tidewater_duplicates_skipped",
 DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-letter topic", ["reason"],
                        registry=REGISTRY)
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
+USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: profiles deleted (changelog tombstones)",
+                       ["topic"], registry=REGISTRY)
 LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their windows (beyond grace)", registry=REGISTRY)
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
 RESTORED = Counter("tidewater_changelog_records_restored",
@@ -71,7 +73,8 @@ MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (
                       registry=REGISTRY)
 
 _BY_NAME = {"events_in": EVENTS_IN, "applied": APPLIED, "duplicates_skipped": DUPLICATES,
-            "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT, "scoring_errors": SCORING_ERRORS}
+            "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT, "scoring_errors": SCORING_ERRORS,
+            "erased": USERS_ERASED}
 
 
 def record_engine_metric(name: str, label: str, n: int) -> None:

@@ -12,9 +12,10 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import lag, metrics
-from tidewater.events import Purchase, Rejected, decode_event, encode_event
+from tidewater.events import Rejected, decode_event, encode_event
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
+from tidewater.sources import topic_kind
 
 
 def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
@@ -56,7 +57,7 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             if errors:  # all or nothing: the web tier fixes the batch and resends it
                 return self.json({"error": "invalid events", "rejected": errors}, status=422)
             for event in decoded:
-                kind = "purchase" if isinstance(event, Purchase) else "click"
+                kind = topic_kind(event)  # erasure requests go with the clicks
                 await topics[kind].send(key=event.user_id.encode(), value=encode_event(event))
             return self.json({"accepted": len(decoded)}, status=202)
 

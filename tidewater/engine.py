@@ -131,6 +131,7 @@ class Emit:
 class BatchResult:
     outputs: list[Emit] = field(default_factory=list)
     profiles: dict[str, Profile] = field(default_factory=dict)
+    erased: set[str] = field(default_factory=set)  # users whose stored profile is to be deleted (erasure requests)
     done: list[Any] = field(default_factory=list)
     state_changed: bool = False
 
@@ -148,7 +149,7 @@ class _PendingRec:
 @dataclass
 class _Valid:
     record: Record
-    event: ev.Event
+    event: ev.InputEvent
 
 
 class PartitionEngine:
@@ -178,6 +179,7 @@ class PartitionEngine:
         self._active_since_tick: set[str] = set()
         self._result = BatchResult()
         self._cache: dict[str, Profile] = {}
+        self._erased: set[str] = set()  # erased in this batch: the store's copy is not read again
         self._pending_recs: list[_PendingRec] = []
         self._max_pushed_ts = float("-inf")  # latest event time handed to the merge (see ``scoring_bound``)
         self._changed_items: set[str] = set()  # item counts changed since ``take_changed_items``
@@ -258,7 +260,8 @@ class PartitionEngine:
         result, self._result = self._result, BatchResult()
         for user_id, profile in self._cache.items():
             result.profiles[user_id] = profile
-        self._cache = {}
+        result.erased = self._erased.difference(self._cache)  # erased and not seen again since
+        self._cache, self._erased = {}, set()
         return result
 
     def snapshot(self) -> PartitionState:
@@ -297,7 +300,8 @@ class PartitionEngine:
     def _profile(self, user_id: str) -> Profile:
         profile = self._cache.get(user_id)
         if profile is None:
-            profile = self.store.get(user_id) or new_profile(user_id)
+            stored = None if user_id in self._erased else self.store.get(user_id)
+            profile = stored or new_profile(user_id)
             self._cache[user_id] = profile
         return profile
 
@@ -312,6 +316,12 @@ class PartitionEngine:
             self._result.state_changed = True
         for tick in ticks:
             self._on_tick(tick)
+        if isinstance(event, ev.Erase):
+            self._erase(event.user_id, record.topic)
+            if event.ts > state.watermark:
+                state.watermark = event.ts
+            self._result.done.append(record)
+            return
         profile = self._profile(event.user_id)
         applied = apply(profile, event, source_key(record.topic, record.partition), record.offset,
                         state.watermark, self.config.profile)
@@ -330,6 +340,20 @@ class PartitionEngine:
         else:
             self._count("duplicates_skipped", record.topic)
         self._result.done.append(record)
+
+    def _erase(self, user_id: str, topic: str) -> None:
+        """Forget a user: the profile goes (deleted from the store after this batch), and so do the timers'
+        entries, so no later tick scores or offers for them. Outputs already triggered by earlier events (queued
+        recommendations) still go out: when they are answered must not depend on batch boundaries. The item
+        counts keep the user's items (aggregates, not personal data)."""
+        self._cache.pop(user_id, None)
+        self._erased.add(user_id)
+        self._active_since_tick.discard(user_id)
+        day = self._last_day.pop(user_id, None)
+        if day is not None:
+            self._by_day.get(day, set()).discard(user_id)
+        self._count("erased", topic)
+        self._result.state_changed = True
 
     def _count_item(self, item_id: str) -> None:
         counts = self.state.item_counts
@@ -571,8 +595,13 @@ def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, bat
         if hasattr(engine.store, "__setitem__"):  # write back, as the worker does after every batch
             for user_id, profile in res.profiles.items():
                 engine.store[user_id] = profile  # type: ignore[index]
+            for user_id in res.erased:
+                engine.store.pop(user_id, None)  # type: ignore[attr-defined]
         total.outputs.extend(res.outputs)
+        for user_id in res.erased:
+            total.profiles.pop(user_id, None)
         total.profiles.update(res.profiles)
+        total.erased = (total.erased - res.profiles.keys()) | res.erased
         total.done.extend(res.done)
         total.state_changed |= res.state_changed
 

@@ -49,10 +49,23 @@ class Purchase(msgspec.Struct, tag="purchase", tag_field="type", kw_only=True, f
     category: Text | None = None
 
 
-Event = Union[Click, Purchase]
-EVENT_TYPES = ("click", "purchase")
+class Erase(msgspec.Struct, tag="erase", tag_field="type", kw_only=True, frozen=True):
+    """A request to forget a user (the right to erasure). ``type`` is "erase". Sent on either input topic, keyed
+    by the user: the worker deletes the user's profile (a tombstone in the changelog, so a restore does not bring
+    it back), drops the user from its timers and from queued recommendations, and emits nothing more about the
+    events before it. Events of the user that arrive after it start a new profile."""
 
-_decoder = msgspec.json.Decoder(Event)
+    event_id: Id
+    user_id: Id
+    ts: Ts
+    schema_version: Literal[1] = 1
+
+
+Event = Union[Click, Purchase]
+InputEvent = Union[Click, Purchase, Erase]  # what the input topics carry
+EVENT_TYPES = ("click", "purchase", "erase")
+
+_decoder = msgspec.json.Decoder(InputEvent)
 _encoder = msgspec.json.Encoder()
 
 
@@ -66,8 +79,9 @@ REJECT_REASONS = ("oversized", "malformed_json", "unknown_event_type", "missing_
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None = None,
-                 key: bytes | None = None) -> Event | Rejected:
-    """Decode and validate one record value. Never raises on bad input."""
+                 key: bytes | None = None) -> InputEvent | Rejected:
+    """Decode and validate one record value. Never raises on bad input. ``expected_type``: the event type of the
+    topic it came from (an erasure is accepted on any input topic)."""
     if raw is None:
         return Rejected("malformed_json", "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -85,7 +99,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
         event = msgspec.structs.replace(event, ts=ts)
     if not math.isfinite(event.ts):  # pragma: no cover - JSON has no NaN/inf literals; belt and braces
         return Rejected("invalid_field", "ts is not finite")
-    if expected_type is not None and event_type(event) != expected_type:
+    if expected_type is not None and not isinstance(event, Erase) and event_type(event) != expected_type:
         return Rejected("wrong_topic", f"a {event_type(event)} event on the {expected_type} topic")
     if key is not None and key != event.user_id.encode():
         return Rejected("key_mismatch", "record key must be the user_id (partitioning is by user)")
@@ -102,13 +116,15 @@ def _classify(message: str) -> Rejected:
     return Rejected("invalid_field", message)
 
 
-def event_type(event: Event) -> str:
-    return "purchase" if isinstance(event, Purchase) else "click"
+def event_type(event: InputEvent) -> str:
+    if isinstance(event, Purchase):
+        return "purchase"
+    return "erase" if isinstance(event, Erase) else "click"
 
 
-def encode_event(event: Event) -> bytes:
+def encode_event(event: InputEvent) -> bytes:
     return _encoder.encode(event)
 
 
 def json_schema() -> dict:
-    return msgspec.json.schema(Event)
+    return msgspec.json.schema(InputEvent)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import msgspec
 
-from tidewater.events import Event
+from tidewater.events import InputEvent
 from tidewater.outputs import PUBLIC_SCHEMAS
 
 
 def all_schemas() -> dict[str, dict]:
-    out = {"input_event.v1": msgspec.json.schema(Event)}
+    out = {"input_event.v1": msgspec.json.schema(InputEvent)}
     for name, cls in PUBLIC_SCHEMAS.items():
         out[name] = msgspec.json.schema(cls)
     return out

@@ -57,11 +57,13 @@ def dataset_events(name: str) -> Iterator[Event | bytes]:
 
 
 def topic_kind(item: Event | bytes) -> str:
-    """'click' or 'purchase' for valid events; raw lines go by their "type" field (default click)."""
+    """'click' or 'purchase': the input topic of an event; raw lines go by their "type" field (default click).
+    Erasure requests, which either input topic takes, go with the clicks."""
     if isinstance(item, bytes):
         try:
             kind = json.loads(item).get("type")
         except (ValueError, AttributeError):
             kind = None
-        return "purchase" if kind == "purchase" else "click"
-    return event_type(item)
+    else:
+        kind = event_type(item)
+    return "purchase" if kind == "purchase" else "click"

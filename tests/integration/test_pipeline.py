@@ -142,7 +142,17 @@ def test_a_worker_on_an_empty_data_directory_restores_every_profile_exactly_in_b
     first.wait_ready()
     deployment.replay_file(write_jsonl(tmp_path / "in.jsonl", lines))
     assert wait_for_profiles(first, expected) == expected
+    # an erasure request: the profile goes, and its tombstone in the changelog keeps it gone after the restore
+    end = max(json.loads(line)["ts"] for line in lines)
+    deployment.replay_file(write_jsonl(tmp_path / "erase.jsonl", [json.dumps(
+        {"type": "erase", "event_id": "erase-user-3", "user_id": "user-3", "ts": end + 1}).encode()]))
+    deadline = time.monotonic() + 60
+    while first.get("/users/user-3/profile") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first.get("/users/user-3/profile") is None
+    assert first.stats()["counters"].get(f"erased:{deployment.settings.topic_clicks}") == 1
     before = {user: first.get(f"/users/{user}/profile") for user in expected}
+    assert before["user-3"] is None and all(before[user] for user in expected if user != "user-3")
     watermarks = first.stats()["watermarks"]
     first.stop()
     restored = deployment.start_worker("restored")  # its own, empty data directory

@@ -1,0 +1,99 @@
+"""Erasure requests (the right to be forgotten) in the pure engine: what is deleted, what is emitted after."""
+from __future__ import annotations
+
+import json
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
+from tidewater.events import Erase, Purchase, decode_event
+from tidewater.profile import DAY, encode_profile
+
+from .test_engine import DictStore, records, shop
+
+CONFIG = EngineConfig(inactivity_gap_s=14 * DAY)
+
+
+def with_erasures(events, erasures: dict[str, float]):
+    """``events`` with an erasure request of each user at the given event time, in event-time order."""
+    requests = [Erase(event_id=f"erase-{user}", user_id=user, ts=ts) for user, ts in erasures.items()]
+    return sorted(events + requests, key=lambda e: e.ts)  # stable: an event at the same time stays before
+
+
+def replay(events, batch=50):
+    store = DictStore()
+    engine = PartitionEngine(0, CONFIG, store)
+    result = run_to_completion(engine, records(events), batch=batch)
+    return engine, store, result
+
+
+def without_offsets(profile):
+    return msgspec.structs.replace(profile, applied={})
+
+
+def outputs_about(result, user: str, after: float = -1.0) -> list[dict]:
+    out = [json.loads(o.value) for o in result.outputs if o.key == user.encode() and o.topic != "dead-letter"]
+    return [o for o in out if o["as_of"] > after]
+
+
+def test_an_erased_user_is_deleted_and_never_scored_or_offered_again():
+    evs = shop()  # u5 stops coming at day 40; inactivity scoring would score and offer it from day 54 on
+    _, _, plain = replay(evs)
+    assert outputs_about(plain, "u5", after=45 * DAY)  # without the erasure there is more about u5
+    engine, store, result = replay(with_erasures(evs, {"u5": 45 * DAY}))
+    assert "u5" not in store and "u5" in result.erased and "u5" not in result.profiles
+    assert outputs_about(result, "u5", after=45 * DAY) == []
+    assert engine.counters[("erased", "clicks")] == 1
+    assert len(result.done) == len(evs) + 1
+    others = {u for u in store}
+    assert others == {e.user_id for e in evs} - {"u5"}
+    untouched = replay(evs)[1]
+    for user in others:  # nobody else is touched (but the offsets: the request took one on the clicks topic)
+        assert encode_profile(without_offsets(store[user])) == encode_profile(without_offsets(untouched[user]))
+
+
+def test_events_after_an_erasure_start_a_new_profile():
+    evs = shop()
+    at = 30 * DAY + 1
+    _, store, _ = replay(with_erasures(evs, {"u1": at}))
+    later = [e for e in evs if e.user_id == "u1" and e.ts > at]
+    assert later and store["u1"].n_events == len(later)
+    assert store["u1"].first_ts == min(e.ts for e in later)
+    assert store["u1"].n_purchases == sum(isinstance(e, Purchase) for e in later)
+
+
+def test_an_erasure_is_accepted_on_either_input_topic_and_nothing_else_is():
+    raw = json.dumps({"type": "erase", "event_id": "x", "user_id": "u1", "ts": 5}).encode()
+    for topic_type in ("click", "purchase"):
+        assert isinstance(decode_event(raw, max_bytes=1000, expected_type=topic_type, key=b"u1"), Erase)
+    assert decode_event(raw, max_bytes=1000, key=b"u2").reason == "key_mismatch"
+    missing = json.dumps({"type": "erase", "event_id": "x", "ts": 5}).encode()
+    assert decode_event(missing, max_bytes=1000).reason == "missing_field"
+
+
+def test_a_redelivered_erasure_changes_nothing():
+    evs = with_erasures(shop(), {"u5": 45 * DAY, "u2": 20 * DAY})
+    recs = records(evs)
+    engine, store, _ = replay(evs)
+    restarted = PartitionEngine(0, CONFIG, store, state=engine.snapshot())
+    again = run_to_completion(restarted, recs[-60:])  # a restart re-reads the last records, erasures included
+    assert again.outputs == []
+    assert "u5" not in store
+    _, reference, _ = replay(evs)
+    assert {u: encode_profile(p) for u, p in store.items()} == {u: encode_profile(p) for u, p in reference.items()}
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 80), erasures=st.dictionaries(st.sampled_from([f"u{i}" for i in range(6)]),
+                                                          st.floats(0, 95 * DAY), max_size=4))
+def test_erasures_give_the_same_outputs_and_profiles_whatever_the_batching(batch, erasures):
+    evs = with_erasures(shop(), erasures)
+    _, ref_store, reference = replay(evs, batch=len(evs))
+    _, store, result = replay(evs, batch=batch)
+    assert [o.value for o in result.outputs] == [o.value for o in reference.outputs]
+    assert {u: encode_profile(p) for u, p in store.items()} == {u: encode_profile(p) for u, p in ref_store.items()}
+    for user, ts in erasures.items():  # nothing about an erased user's events before the request is stored
+        if user in store:
+            assert store[user].first_ts > ts
