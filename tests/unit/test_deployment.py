@@ -75,6 +75,10 @@ def test_alert_rules_are_loaded_mounted_valid_promql_and_name_only_exported_seri
         promql_parser.parse(rule["expr"])  # raises on a syntax error
         named = set(re.findall(r"\b(tidewater_[a-z_]+)", rule["expr"]))
         assert named <= exported, (rule["alert"], named - exported)
+    runbook = (ROOT / "docs/operations.md").read_text()
+    for rule in rules:  # every alert has its runbook section, linked from the rule
+        assert f"\n### {rule['alert']}\n" in runbook, rule["alert"]
+        assert rule["annotations"]["runbook_url"] == f"docs/operations.md#{rule['alert'].lower()}"
     alerted = " ".join(rule["expr"] for rule in rules)
     for must in ("tidewater_consumer_lag", "tidewater_dead_letters_total", "tidewater_scoring_errors_total",
                  "tidewater_model_load_failures_total", "up{"):
