@@ -91,7 +91,11 @@ def bench_scoring(n_events: int) -> dict:
     records = [Record("purchases", 0, i, e.user_id.encode(), encode_event(e))
                for i, e in enumerate(islice(cdnow_events(), n_events))]
     out: dict = {"events": len(records)}
-    for label, scorer in churn_scorers().items():
+    scorers = churn_scorers()
+    from streams.app import freeze_heap
+
+    freeze_heap()  # as the worker does once its models are loaded (streams/app.py)
+    for label, scorer in scorers.items():
         part = out[label] = {"model_version": scorer.version, "uses_encoder": scorer.scorer.uses_encoder}
         for name, s in (("micro_batch", scorer), ("batch_of_1", OneAtATime(scorer))):
             runs = []
