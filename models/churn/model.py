@@ -51,6 +51,10 @@ class ChurnConfig:
     # (plus forecast_weight x the count's Poisson NLL, which on logs with heavy-tailed counts dominates the sum
     # and picked epochs that were worse for churn)
     early_stop_on: str = "churn"
+    # the best fine-tuned epoch replaces the GLM start only if its validation gain exceeds this many standard
+    # errors of the per-user loss difference (the one-standard-error rule): on a small validation set an epoch
+    # "wins" by noise, and the simpler model is the safer one; larger logs shrink the standard error
+    select_margin_se: float = 1.0
     lr: float = 1e-3
     weight_decay: float = 0.01
     batch_size: int = 128

@@ -292,23 +292,33 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     live: dict[str, torch.Tensor] = {}
     n_steps = 0
 
+    on_churn = cfg.early_stop_on == "churn"
+    per_user = np.zeros(len(val_order))  # the selected validation loss of each user (in val_order)
+
     @torch.inference_mode()
     def validate() -> tuple[float, float]:
         tot = bce_tot = 0.0
+        at = 0
         for idx in val_batches:
             batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
-            loss, bce, _ = _loss(model, batch, y[idx], c[idx], cfg.forecast_weight)
-            tot += float(loss) * len(idx)
-            bce_tot += float(bce) * len(idx)
+            logit, log_rate = model.raw_outputs(batch)
+            bce = TF.binary_cross_entropy_with_logits(logit, y[idx], reduction="none")
+            pois = TF.poisson_nll_loss(log_rate, c[idx], log_input=True, full=False, reduction="none")
+            loss = bce + cfg.forecast_weight * pois
+            per_user[at:at + len(idx)] = (bce if on_churn else loss).double().numpy()
+            at += len(idx)
+            tot += float(loss.sum())
+            bce_tot += float(bce.sum())
         n = max(len(val_idx), 1)
         return tot / n, bce_tot / n
 
-    on_churn = cfg.early_stop_on == "churn"
+    glm_state, glm_per_user, best_per_user = None, None, None
     if glm_start:  # the GLMs alone are a candidate: keep them if no epoch beats them
         model.eval()
         glm_loss, glm_bce = validate()
         best = glm_bce if on_churn else glm_loss
-        best_state = copy.deepcopy(model.state_dict())
+        best_state = glm_state = copy.deepcopy(model.state_dict())
+        glm_per_user = per_user.copy()
         hist["best_epoch"] = 0
         hist["glm_val_loss"], hist["glm_val_bce"] = glm_loss, glm_bce
     for epoch in range(cfg.finetune_epochs):
@@ -347,6 +357,7 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         if criterion < best - 1e-5:
             best, bad = criterion, 0
             best_state = copy.deepcopy(model.state_dict())
+            best_per_user = per_user.copy()
             hist["best_epoch"] = epoch + 1
         else:
             bad += 1
@@ -358,12 +369,24 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         if bad >= cfg.patience:
             break
     bar.close()
+    if glm_per_user is not None and best_per_user is not None and hist["best_epoch"] > 0:
+        gain, se = _paired_gain(glm_per_user, best_per_user)
+        hist["val_gain_over_glm"], hist["val_gain_se"] = gain, se
+        if gain <= cfg.select_margin_se * se:  # within the noise of this validation set: the simpler model
+            best_state, hist["best_epoch"], hist["kept_glm_within_se"] = glm_state, 0, True
     if best_state is not None:
         model.load_state_dict(best_state)
     if lora:
         merge_lora(model)
     model.eval()
     return hist
+
+
+def _paired_gain(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """Mean per-user loss reduction from ``before`` to ``after`` and its standard error."""
+    diff = before - after
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    return float(diff.mean()), se
 
 
 def calibrate(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray, churn: np.ndarray,

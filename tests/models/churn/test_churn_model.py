@@ -239,7 +239,7 @@ def test_early_stopping_picks_the_epoch_by_the_configured_validation_loss():
     for lr in (2e-3, 2.5e-3, 3e-3):  # at 2.5e-3 the two losses keep epochs 4 and 3, by margins of 5e-4 and 9e-4
         kept = {}
         for on in ("churn", "total"):
-            cfg = tiny_config(lr=lr, finetune_epochs=4, patience=10, early_stop_on=on)
+            cfg = tiny_config(lr=lr, finetune_epochs=4, patience=10, early_stop_on=on, select_margin_se=0.0)
             toks, summ = tokenize_task(task.sequences, task.as_of, cfg)
             hist = finetune(new_model(cfg, 0), toks, summ, task.churn, task.count, task.idx("train"),
                             task.idx("val"), progress=False)
@@ -253,6 +253,34 @@ def test_early_stopping_picks_the_epoch_by_the_configured_validation_loss():
     with pytest.raises(ValueError, match="early_stop_on"):
         finetune(new_model(tiny_config(early_stop_on="auc"), 0), toks, summ, task.churn, task.count,
                  task.idx("train"), task.idx("val"), progress=False)
+
+
+def test_an_epoch_replaces_the_glms_only_when_it_wins_by_more_than_the_noise_of_validation():
+    """The one-standard-error rule: the best epoch's mean per-user gain over the GLM start must exceed
+    ``select_margin_se`` standard errors, else the GLMs are kept. Training is seeded, so the runs below differ
+    only in the margin."""
+    task = tiny_task()
+    toks, summ = tokenize_task(task.sequences, task.as_of, tiny_config())
+
+    def run(margin):
+        cfg = tiny_config(lr=2e-3, finetune_epochs=4, patience=10, select_margin_se=margin)
+        model = new_model(cfg, 0)
+        hist = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"), progress=False)
+        return model, hist
+
+    _, free = run(0.0)
+    assert free["best_epoch"] > 0 and free["val_gain_over_glm"] > 0  # an epoch does beat the GLMs on validation
+    ratio = free["val_gain_over_glm"] / free["val_gain_se"]
+    assert abs(free["val_gain_over_glm"] - (free["glm_val_bce"] - free["val_bce"][free["best_epoch"] - 1])) < 1e-6
+    _, below = run(ratio * 0.9)
+    assert below["best_epoch"] == free["best_epoch"] and not below.get("kept_glm_within_se")
+    model, above = run(ratio * 1.1)
+    assert above["best_epoch"] == 0 and above["kept_glm_within_se"]
+    logit, log_rate = predict_raw(model, toks, summ)
+    want_logit, want_rate = _glm_outputs(task, summ)
+    np.testing.assert_allclose(logit, want_logit, atol=2e-4)
+    np.testing.assert_allclose(log_rate, want_rate, atol=2e-4)
+    assert ChurnConfig().select_margin_se == 1.0
 
 
 def test_regression_artifacts_saved_before_the_glm_prior_still_load(tmp_path):
