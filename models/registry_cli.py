@@ -32,7 +32,10 @@ def _headline(row: dict) -> str:
 
 def _index_note(root: Path, index_version: str) -> str | None:
     """Why a current index would not serve: it was built for another recs model than the current one."""
-    built_for = Registry(root / "recs_index").meta(index_version).get("model_version")
+    try:
+        built_for = Registry(root / "recs_index").meta(index_version).get("model_version")
+    except (OSError, ValueError) as exc:
+        return f"index {index_version} has no readable meta.json ({exc}): workers serve the model's own index"
     model = Registry(root / "recs").current_version()
     if built_for != model:
         return (f"index {index_version} was built for recs model {built_for}, the current recs model is {model}: "

@@ -80,3 +80,11 @@ def test_an_index_built_for_another_recs_model_is_pointed_out(registry, capsys):
     matching = publish(root, "recs_index", "eeeeeeee55", model_version=recs)
     code, _, err = run(["models", "use", "recs_index", matching, "--registry", str(root)], capsys)
     assert code == 0 and "built for" not in err
+
+
+def test_an_index_without_readable_metadata_is_reported_not_a_traceback(registry, capsys):
+    root, _, _, _ = registry
+    broken = publish(root, "recs_index", "ffffffff66", model_version="x")
+    (root / "recs_index" / broken / "meta.json").write_text("{")
+    code, _, err = run(["models", "use", "recs_index", broken, "--registry", str(root)], capsys)
+    assert code == 0 and "no readable meta.json" in err and "Traceback" not in err
