@@ -6,12 +6,17 @@ import asyncio
 import heapq
 import json
 import time
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tidewater.errors import UserError
 from tidewater.events import Event, encode_event
 from tidewater.settings import Settings
 from tidewater.sources import dataset_events, topic_kind
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
+    from tidewater.redrive import RedrivePlan
 
 
 def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
@@ -66,7 +71,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     return counts
 
 
-async def _started_producer(s: Settings):
+async def _started_producer(s: Settings) -> "AIOKafkaProducer":
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaConnectionError
 
@@ -82,7 +87,8 @@ async def _started_producer(s: Settings):
     return producer
 
 
-async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None, dry_run: bool = False):
+async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None,
+                  dry_run: bool = False) -> "RedrivePlan":
     """`tidewater redrive`: the dead letters of ``letters`` (a `tidewater record` dump of the dead-letter topic)
     whose record decodes under ``s`` go back to their input topic (``tidewater.redrive``); returns the plan."""
     from tidewater.redrive import plan_redrive
