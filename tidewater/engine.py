@@ -25,7 +25,7 @@ import msgspec
 from tidewater import events as ev
 from tidewater import offers as offer_policy
 from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tick_after
-from tidewater.outputs import (ChurnScore, DeadLetter, Recommendation, RetentionOffer, ScoredItem,
+from tidewater.outputs import (ChurnScore, DeadLetter, Recommendation, RetentionOffer, ScoredItem, UserErased,
                                deterministic_id, encode_output)
 from tidewater.placeholders import RecencyHeuristic
 from tidewater.profile import DAY, Profile, ProfileConfig, apply, new_profile, rfm, source_key
@@ -56,6 +56,7 @@ class EngineConfig:
     churn_topic: str = "churn-scores"
     recs_topic: str = "recommendations"
     offers_topic: str = "retention-offers"
+    erasures_topic: str = "user-erasures"
     dead_letter_topic: str = "dead-letter"
     max_event_bytes: int = 16384
     source_idle_s: float = 1.0
@@ -79,7 +80,8 @@ class EngineConfig:
     def from_settings(cls, s: Any) -> "EngineConfig":
         return cls(
             clicks_topic=s.topic_clicks, purchases_topic=s.topic_purchases, churn_topic=s.topic_churn_scores,
-            recs_topic=s.topic_recommendations, offers_topic=s.topic_offers, dead_letter_topic=s.topic_dead_letter,
+            recs_topic=s.topic_recommendations, offers_topic=s.topic_offers, erasures_topic=s.topic_erasures,
+            dead_letter_topic=s.topic_dead_letter,
             max_event_bytes=s.max_event_bytes, source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
             inactivity_gap_s=s.inactivity_gap_s, inactivity_rescore_s=s.inactivity_rescore_s,
             inactivity_rescores=s.inactivity_rescores, rec_every_events=s.rec_every_events,
@@ -317,7 +319,7 @@ class PartitionEngine:
         for tick in ticks:
             self._on_tick(tick)
         if isinstance(event, ev.Erase):
-            self._erase(event.user_id, record.topic)
+            self._erase(event, record.topic)
             if event.ts > state.watermark:
                 state.watermark = event.ts
             self._result.done.append(record)
@@ -341,11 +343,15 @@ class PartitionEngine:
             self._count("duplicates_skipped", record.topic)
         self._result.done.append(record)
 
-    def _erase(self, user_id: str, topic: str) -> None:
+    def _erase(self, request: ev.Erase, topic: str) -> None:
         """Forget a user: the profile goes (deleted from the store after this batch), and so do the timers'
-        entries, so no later tick scores or offers for them. Outputs already triggered by earlier events (queued
-        recommendations) still go out: when they are answered must not depend on batch boundaries. The item
-        counts keep the user's items (aggregates, not personal data)."""
+        entries, so no later tick scores or offers for them; a ``UserErased`` record confirms it. Outputs already
+        triggered by earlier events (queued recommendations) still go out: when they are answered must not
+        depend on batch boundaries. The item counts keep the user's items (aggregates, not personal data)."""
+        user_id = request.user_id
+        self._emit(self.config.erasures_topic, user_id, UserErased(
+            event_id=deterministic_id("erase", user_id, request.event_id), user_id=user_id, as_of=request.ts,
+            request_event_id=request.event_id))
         self._cache.pop(user_id, None)
         self._erased.add(user_id)
         self._active_since_tick.discard(user_id)

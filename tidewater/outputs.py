@@ -19,6 +19,7 @@ CHURN_SCORE_SCHEMA = "tidewater.churn_score/v1"
 RECOMMENDATION_SCHEMA = "tidewater.recommendation/v1"
 RETENTION_OFFER_SCHEMA = "tidewater.retention_offer/v1"
 DEAD_LETTER_SCHEMA = "tidewater.dead_letter/v1"
+USER_ERASED_SCHEMA = "tidewater.user_erased/v1"
 
 
 def deterministic_id(*parts: object) -> str:
@@ -84,6 +85,18 @@ class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
     recs_model_version: str | None = None  # the recommender that chose ``items``
 
 
+class UserErased(msgspec.Struct, kw_only=True, frozen=True):
+    """An erasure request was applied: the user's profile is deleted and nothing more is scored or offered for
+    the events before it. A downstream that keeps data about the user (offers made) forgets it on this record.
+    Like every output it is at least once: a request re-read after a crash gives the same record again."""
+
+    schema: Literal["tidewater.user_erased/v1"] = USER_ERASED_SCHEMA
+    event_id: str
+    user_id: str
+    as_of: float  # the request's event time
+    request_event_id: str
+
+
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
     """A record that could not be decoded or validated, with where it came from."""
 
@@ -110,4 +123,5 @@ PUBLIC_SCHEMAS: dict[str, type] = {
     "recommendation.v1": Recommendation,
     "retention_offer.v1": RetentionOffer,
     "dead_letter.v1": DeadLetter,
+    "user_erased.v1": UserErased,
 }

@@ -59,6 +59,8 @@ class Settings:
     topic_recommendations: str = setting("recommendations", "TIDEWATER_TOPIC_RECOMMENDATIONS",
                                          "Output: recommendation events.")
     topic_offers: str = setting("retention-offers", "TIDEWATER_TOPIC_OFFERS", "Output: retention offers.")
+    topic_erasures: str = setting("user-erasures", "TIDEWATER_TOPIC_ERASURES",
+                                  "Output: confirmations of erasure requests (the user's profile is deleted).")
     topic_dead_letter: str = setting("dead-letter", "TIDEWATER_TOPIC_DEAD_LETTER",
                                      "Records that failed to decode or validate, with the reason.")
     data_dir: str = setting("var/tidewater", "TIDEWATER_DATA_DIR", "Local state (RocksDB tables) of the worker.")
@@ -205,8 +207,8 @@ class Settings:
         return (self.topic_clicks, self.topic_purchases)
 
     @property
-    def output_topics(self) -> tuple[str, str, str]:
-        return (self.topic_churn_scores, self.topic_recommendations, self.topic_offers)
+    def output_topics(self) -> tuple[str, str, str, str]:
+        return (self.topic_churn_scores, self.topic_recommendations, self.topic_offers, self.topic_erasures)
 
     def all_topics(self) -> tuple[str, ...]:
         return (*self.input_topics, *self.output_topics, self.topic_dead_letter)

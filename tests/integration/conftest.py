@@ -48,6 +48,7 @@ class Deployment:
                         TIDEWATER_TOPIC_CLICKS=f"{p}-clicks", TIDEWATER_TOPIC_PURCHASES=f"{p}-purchases",
                         TIDEWATER_TOPIC_CHURN_SCORES=f"{p}-churn", TIDEWATER_TOPIC_RECOMMENDATIONS=f"{p}-recs",
                         TIDEWATER_TOPIC_OFFERS=f"{p}-offers", TIDEWATER_TOPIC_DEAD_LETTER=f"{p}-dlq",
+                        TIDEWATER_TOPIC_ERASURES=f"{p}-erasures",
                         TIDEWATER_SESSION_TIMEOUT_S="6", TIDEWATER_HEARTBEAT_INTERVAL_S="0.5",
                         TIDEWATER_SOURCE_IDLE_MS="300", TIDEWATER_MAX_EVENT_BYTES="2048",
                         TIDEWATER_INACTIVITY_GAP_S=str(14 * 86400), PYTHONUNBUFFERED="1",

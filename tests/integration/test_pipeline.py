@@ -151,6 +151,8 @@ def test_a_worker_on_an_empty_data_directory_restores_every_profile_exactly_in_b
         time.sleep(0.5)
     assert first.get("/users/user-3/profile") is None
     assert first.stats()["counters"].get(f"erased:{deployment.settings.topic_clicks}") == 1
+    confirmed = [json.loads(v) for *_, v in deployment.read(deployment.settings.topic_erasures)]
+    assert [(c["user_id"], c["request_event_id"]) for c in confirmed] == [("user-3", "erase-user-3")]
     before = {user: first.get(f"/users/{user}/profile") for user in expected}
     assert before["user-3"] is None and all(before[user] for user in expected if user != "user-3")
     watermarks = first.stats()["watermarks"]
