@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -46,6 +47,13 @@ def test_post_events_validates_authenticates_and_lands_in_profiles(deployment):
     profile = worker.get("/users/web-user/profile")
     assert profile["n_purchases"] == 1 and profile["monetary"] == 42.5
     assert worker.get("/users/nobody/profile") is None  # 404
+    # an erasure request through the same door: the profile goes
+    erase = {"type": "erase", "event_id": "w-erase", "user_id": "web-user", "ts": 1_700_000_200}
+    assert post(worker.port, json.dumps(erase).encode()) == (202, {"accepted": 1})
+    deadline = time.monotonic() + 60
+    while worker.get("/users/web-user/profile") is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker.get("/users/web-user/profile") is None
 
 
 def test_topics_create_is_idempotent_and_record_dumps_what_was_replayed(deployment, tmp_path):
