@@ -46,7 +46,7 @@ def print_summary(s: Settings) -> dict[str, int]:
     from streams.replay import read_topic
 
     counts: dict[str, int] = {}
-    for topic in (s.topic_churn_scores, s.topic_recommendations, s.topic_offers, s.topic_dead_letter):
+    for topic in (*s.output_topics, s.topic_dead_letter):
         rows = asyncio.run(read_topic(s, topic, idle_s=1.5))
         counts[topic] = len(rows)
         print(f"\n== {topic}: {len(rows)} events")
