@@ -349,6 +349,7 @@ class PartitionEngine:
         triggered by earlier events (queued recommendations) still go out: when they are answered must not
         depend on batch boundaries. The item counts keep the user's items (aggregates, not personal data)."""
         user_id = request.user_id
+        self._flush_recs()  # the queued answers go out before the confirmation, whatever the batching
         self._emit(self.config.erasures_topic, user_id, UserErased(
             event_id=deterministic_id("erase", user_id, request.event_id), user_id=user_id, as_of=request.ts,
             request_event_id=request.event_id))

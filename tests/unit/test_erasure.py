@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import msgspec
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
@@ -91,7 +91,9 @@ def test_a_redelivered_erasure_changes_nothing():
     assert {u: encode_profile(p) for u, p in store.items()} == {u: encode_profile(p) for u, p in reference.items()}
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
+@example(batch=1, erasures={"u0": 518461.0})  # regression: the confirmation overtook a queued recommendation
+@example(batch=1, erasures={"u0": 60.0})  # an event at the request's instant, merged after it
 @given(batch=st.integers(1, 80), erasures=st.dictionaries(st.sampled_from([f"u{i}" for i in range(6)]),
                                                           st.floats(0, 95 * DAY), max_size=4))
 def test_erasures_give_the_same_outputs_and_profiles_whatever_the_batching(batch, erasures):
@@ -101,5 +103,5 @@ def test_erasures_give_the_same_outputs_and_profiles_whatever_the_batching(batch
     assert [o.value for o in result.outputs] == [o.value for o in reference.outputs]
     assert {u: encode_profile(p) for u, p in store.items()} == {u: encode_profile(p) for u, p in ref_store.items()}
     for user, ts in erasures.items():  # nothing about an erased user's events before the request is stored
-        if user in store:
-            assert store[user].first_ts > ts
+        if user in store:  # (an event at the request's very instant may be merged after it)
+            assert store[user].first_ts >= ts
