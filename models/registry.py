@@ -96,6 +96,18 @@ class Registry:
         return json.loads((self.root / version / "meta.json").read_text())
 
 
+def serving_index(indexes: Registry, model_version: str | None) -> str | None:
+    """The current version of ``indexes`` (``<root>/recs_index``) if it was built for ``model_version``, else None:
+    an index built for another recs model (or with unreadable metadata) does not serve, the model's own does."""
+    index = indexes.current_version()
+    if index is None or model_version is None:
+        return None
+    try:
+        return index if indexes.meta(index).get("model_version") == model_version else None
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_version(registry: Registry, name: str) -> str:
     """A version named in full (``v0002-1a2b3c4d``) or by its number (``v0002``, ``2``)."""
     versions = registry.versions()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from models.registry import KINDS, Registry, describe, resolve_version
+from models.registry import KINDS, Registry, describe, resolve_version, serving_index
 from tidewater.errors import UserError
 
 REGISTRY_HELP = "Registry root (TIDEWATER_REGISTRY_DIR of the workers)."
@@ -31,16 +31,17 @@ def _headline(row: dict) -> str:
 
 
 def _index_note(root: Path, index_version: str) -> str | None:
-    """Why a current index would not serve: it was built for another recs model than the current one."""
+    """Why the current index does not serve (``serving_index``, as the workers decide): it was built for another
+    recs model than the current one, or its metadata cannot be read."""
+    indexes, model = Registry(root / "recs_index"), Registry(root / "recs").current_version()
+    if serving_index(indexes, model) == index_version:
+        return None
     try:
-        built_for = Registry(root / "recs_index").meta(index_version).get("model_version")
+        built_for = indexes.meta(index_version).get("model_version")
     except (OSError, ValueError) as exc:
         return f"index {index_version} has no readable meta.json ({exc}): workers serve the model's own index"
-    model = Registry(root / "recs").current_version()
-    if built_for != model:
-        return (f"index {index_version} was built for recs model {built_for}, the current recs model is {model}: "
-                "workers serve that model's own index until an index built for it is current")
-    return None
+    return (f"index {index_version} was built for recs model {built_for}, the current recs model is {model}: "
+            "workers serve that model's own index until an index built for it is current")
 
 
 def register(models_app: typer.Typer) -> None:

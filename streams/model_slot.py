@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from models.registry import Registry
+from models.registry import Registry, serving_index
 from streams import metrics
 from tidewater.placeholders import RecencyHeuristic
 from tidewater.scoring import RingScorer
@@ -157,14 +157,7 @@ class RecommenderSlot(RegistrySlot):
         model = self.models.current_version()
         if model is None:
             return None
-        index = self.indexes.current_version()
-        if index is not None:
-            try:
-                if self.indexes.meta(index).get("model_version") != model:
-                    index = None  # built for another model version: the model's own index serves
-            except (OSError, ValueError):
-                index = None
-        return model, index
+        return model, serving_index(self.indexes, model)
 
     def _load(self, wanted: tuple[str, str | None]) -> Any:
         from models.recs.recommender import Recommender

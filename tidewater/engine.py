@@ -195,16 +195,18 @@ class PartitionEngine:
         if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
         day = int(profile.last_ts // DAY)
-        old = self._last_day.get(profile.user_id)
-        if old == day:
+        if self._last_day.get(profile.user_id) == day:
             return
-        if old is not None:
-            self._by_day.get(old, set()).discard(profile.user_id)
+        self._unindex(profile.user_id)
         if day < self._scanned_by_every_level():  # no inactivity level will look at that day again
-            self._last_day.pop(profile.user_id, None)
             return
         self._last_day[profile.user_id] = day
         self._by_day.setdefault(day, set()).add(profile.user_id)
+
+    def _unindex(self, user_id: str) -> None:
+        day = self._last_day.pop(user_id, None)
+        if day is not None:
+            self._by_day.get(day, set()).discard(user_id)
 
     def _scanned_by_every_level(self) -> int:
         """The first last-activity day that some inactivity level has still to scan (0 while a level never ran)."""
@@ -356,9 +358,7 @@ class PartitionEngine:
         self._cache.pop(user_id, None)
         self._erased.add(user_id)
         self._active_since_tick.discard(user_id)
-        day = self._last_day.pop(user_id, None)
-        if day is not None:
-            self._by_day.get(day, set()).discard(user_id)
+        self._unindex(user_id)
         self._count("erased", topic)
         self._result.state_changed = True
 

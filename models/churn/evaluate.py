@@ -24,10 +24,6 @@ def _strip_calibration(m: dict) -> dict:
         {"calibration_ece": m["calibration"]["ece"]} if "calibration" in m else {})
 
 
-def _model_outputs(model, tokens) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return predict_calibrated(model, *tokens)
-
-
 def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset: str, seed: int = 0,
              cfg: ChurnConfig | None = None, progress: bool = True, ablations: bool = True,
              report_dir: Path | None = None, reference_sample: pd.DataFrame | None = None) -> tuple[dict, object, dict]:
@@ -86,7 +82,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     info["pretrain_loss"] = pre_loss
     info["pretrain_seconds"] = pretrain_s
     info["train_seconds"] = time.perf_counter() - t_model
-    outs = {"model": _model_outputs(main, tokens)}
+    outs = {"model": predict_calibrated(main, *tokens)}
     infos = {"model": info}
     if ablations:
         variants = {
@@ -97,7 +93,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
         for name, (vcfg, state, lora) in variants.items():
             m, inf = train_variant(task, vcfg, tokens, seed=seed, pretrained_state=state, lora=lora,
                                    progress=progress, desc=f"fine-tune ({name})")
-            outs[name] = _model_outputs(m, tokens)
+            outs[name] = predict_calibrated(m, *tokens)
             infos[name] = inf
 
     def model_metrics(name: str, idx: np.ndarray) -> dict:

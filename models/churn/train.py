@@ -293,11 +293,12 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
     n_steps = 0
 
     on_churn = cfg.early_stop_on == "churn"
-    per_user = np.zeros(len(val_order))  # the selected validation loss of each user (in val_order)
 
     @torch.inference_mode()
-    def validate() -> tuple[float, float]:
+    def validate() -> tuple[float, float, np.ndarray]:
+        """(mean total loss, mean cross-entropy, each user's selected loss in ``val_order``)."""
         tot = bce_tot = 0.0
+        per_user = np.zeros(len(val_order))
         at = 0
         for idx in val_batches:
             batch = to_torch(F.collate([toks[i] for i in idx]), summary[idx])
@@ -310,15 +311,14 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
             tot += float(loss.sum())
             bce_tot += float(bce.sum())
         n = max(len(val_idx), 1)
-        return tot / n, bce_tot / n
+        return tot / n, bce_tot / n, per_user
 
     glm_state, glm_per_user, best_per_user = None, None, None
     if glm_start:  # the GLMs alone are a candidate: keep them if no epoch beats them
         model.eval()
-        glm_loss, glm_bce = validate()
+        glm_loss, glm_bce, glm_per_user = validate()
         best = glm_bce if on_churn else glm_loss
         best_state = glm_state = copy.deepcopy(model.state_dict())
-        glm_per_user = per_user.copy()
         hist["best_epoch"] = 0
         hist["glm_val_loss"], hist["glm_val_bce"] = glm_loss, glm_bce
     for epoch in range(cfg.finetune_epochs):
@@ -348,7 +348,7 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
                     if n in ema:
                         live[n] = p.detach().clone()
                         p.copy_(ema[n])
-        vl, vbce = validate()
+        vl, vbce, epoch_per_user = validate()
         hist["train_loss"].append(float(np.mean(ep)))
         hist["val_loss"].append(vl)
         hist["val_bce"].append(vbce)
@@ -357,7 +357,7 @@ def finetune(model: ChurnTransformer, toks: Sequence[dict], summary: np.ndarray,
         if criterion < best - 1e-5:
             best, bad = criterion, 0
             best_state = copy.deepcopy(model.state_dict())
-            best_per_user = per_user.copy()
+            best_per_user = epoch_per_user
             hist["best_epoch"] = epoch + 1
         else:
             bad += 1
