@@ -52,8 +52,9 @@ class Purchase(msgspec.Struct, tag="purchase", tag_field="type", kw_only=True, f
 class Erase(msgspec.Struct, tag="erase", tag_field="type", kw_only=True, frozen=True):
     """A request to forget a user (the right to erasure). ``type`` is "erase". Sent on either input topic, keyed
     by the user: the worker deletes the user's profile (a tombstone in the changelog, so a restore does not bring
-    it back), drops the user from its timers and from queued recommendations, and emits nothing more about the
-    events before it. Events of the user that arrive after it start a new profile."""
+    it back), drops the user from its inactivity timers and confirms on the erasures topic; recommendations
+    already queued by earlier events are still answered. Events of the user that arrive after it start a new
+    profile."""
 
     event_id: Id
     user_id: Id
