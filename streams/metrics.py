@@ -34,6 +34,9 @@ DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-lette
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
 USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: profiles deleted (changelog tombstones)",
                        ["topic"], registry=REGISTRY)
+ERASED_EVENTS_DROPPED = Counter(
+    "tidewater_erased_events_dropped", "Events of an erased user at or before the erasure request, arriving after "
+    "it (a producer's retry, a late event): dropped, not dead-lettered", ["topic"], registry=REGISTRY)
 LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their windows (beyond grace)", registry=REGISTRY)
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
 RESTORED = Counter("tidewater_changelog_records_restored",
@@ -74,7 +77,7 @@ MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (
 
 _BY_NAME = {"events_in": EVENTS_IN, "applied": APPLIED, "duplicates_skipped": DUPLICATES,
             "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT, "scoring_errors": SCORING_ERRORS,
-            "erased": USERS_ERASED}
+            "erased": USERS_ERASED, "erased_events_dropped": ERASED_EVENTS_DROPPED}
 
 
 def record_engine_metric(name: str, label: str, n: int) -> None:

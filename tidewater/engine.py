@@ -64,6 +64,7 @@ class EngineConfig:
     inactivity_gap_s: float = 30 * DAY
     inactivity_rescore_s: float = 30 * DAY  # then again every this much silence ...
     inactivity_rescores: int = 5  # ... this many times (30, 60, ..., 180 days by default)
+    erasure_guard_s: float = 7 * DAY  # events of an erased user at or before the request are dropped this long
     rec_every_events: int = 5
     rec_change_threshold: float = 0.2  # 1 - cosine of the user vector since the last recommendation
     rec_top_k: int = 10
@@ -84,7 +85,8 @@ class EngineConfig:
             dead_letter_topic=s.topic_dead_letter,
             max_event_bytes=s.max_event_bytes, source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
             inactivity_gap_s=s.inactivity_gap_s, inactivity_rescore_s=s.inactivity_rescore_s,
-            inactivity_rescores=s.inactivity_rescores, rec_every_events=s.rec_every_events,
+            inactivity_rescores=s.inactivity_rescores, erasure_guard_s=s.erasure_guard_s,
+            rec_every_events=s.rec_every_events,
             rec_change_threshold=s.rec_change_threshold, rec_top_k=s.rec_top_k,
             profile=ProfileConfig(session_gap_s=s.session_gap_s, recent_events=s.recent_events,
                                   window_grace_s=s.window_grace_s),
@@ -107,6 +109,9 @@ class PartitionState(msgspec.Struct, kw_only=True):
     popular_counts: list[int] = []  # their counts at that ranking (the placeholder's scores)
     items_since_rank: int = 0
     inactivity_scanned: list[int] = []  # per inactivity level: the last-activity days already scanned
+    # users erased recently -> their request's event time: their events at or before it are dropped (a producer's
+    # retry or a late event must not rebuild what was erased), until a tick erasure_guard_s after it
+    erased: dict[str, float] = {}
 
 
 @dataclass
@@ -326,6 +331,11 @@ class PartitionEngine:
                 state.watermark = event.ts
             self._result.done.append(record)
             return
+        erased_at = state.erased.get(event.user_id)
+        if erased_at is not None and event.ts <= erased_at:
+            self._count("erased_events_dropped", record.topic)  # not dead-lettered: that would keep the data
+            self._result.done.append(record)
+            return
         profile = self._profile(event.user_id)
         applied = apply(profile, event, source_key(record.topic, record.partition), record.offset,
                         state.watermark, self.config.profile)
@@ -355,12 +365,22 @@ class PartitionEngine:
         self._emit(self.config.erasures_topic, user_id, UserErased(
             event_id=deterministic_id("erase", user_id, request.event_id), user_id=user_id, as_of=request.ts,
             request_event_id=request.event_id))
+        erased = self.state.erased
+        erased[user_id] = max(request.ts, erased.get(user_id, request.ts))
         self._cache.pop(user_id, None)
         self._erased.add(user_id)
         self._active_since_tick.discard(user_id)
         self._unindex(user_id)
         self._count("erased", topic)
         self._result.state_changed = True
+
+    def _expire_erasures(self, tick: float) -> None:
+        """Forget erasure requests older than the guard: the user id is kept no longer than the guard needs."""
+        erased = self.state.erased
+        if erased:
+            horizon = tick - self.config.erasure_guard_s
+            for user_id in [u for u, ts in erased.items() if ts < horizon]:
+                del erased[user_id]
 
     def _count_item(self, item_id: str) -> None:
         counts = self.state.item_counts
@@ -429,6 +449,7 @@ class PartitionEngine:
         (the gap, then every ``inactivity_rescore_s`` more, ``inactivity_rescores`` times): risk is re-assessed
         as silence grows, because a customer who stops coming produces no events."""
         self._count("ticks", "clock")
+        self._expire_erasures(tick)
         if self.state.items_since_rank:
             self._rerank()
         candidates: dict[str, tuple[str, int]] = {u: ("activity", -1) for u in sorted(self._active_since_tick)}

@@ -53,7 +53,8 @@ class Erase(msgspec.Struct, tag="erase", tag_field="type", kw_only=True, frozen=
     """A request to forget a user (the right to erasure). ``type`` is "erase". Sent on either input topic, keyed
     by the user: the worker deletes the user's profile (a tombstone in the changelog, so a restore does not bring
     it back), drops the user from its inactivity timers and confirms on the erasures topic; recommendations
-    already queued by earlier events are still answered. Events of the user that arrive after it start a new
+    already queued by earlier events are still answered. Events of the user timed at or before the request that
+    arrive after it are dropped for a guard period (TIDEWATER_ERASURE_GUARD_S); events timed after it start a new
     profile."""
 
     event_id: Id

@@ -146,6 +146,11 @@ class Settings:
                                           "After the first inactivity score, score again every this much more silence.")
     inactivity_rescores: int = setting(5, "TIDEWATER_INACTIVITY_RESCORES",
                                        "How many times a silent user is re-scored (0: only at the gap).")
+    erasure_guard_s: float = setting(
+        7 * 86400.0, "TIDEWATER_ERASURE_GUARD_S",
+        "After an erasure request, events of that user at or before the request's time are dropped for this long "
+        "(event time): a producer's retry or a late event does not rebuild the erased profile. The user id is kept "
+        "in the partition state that long, no longer.")
 
     # --- outputs ------------------------------------------------------------------------------------------
     rec_top_k: int = setting(10, "TIDEWATER_REC_TOP_K", "Items per recommendation event.")

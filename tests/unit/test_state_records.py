@@ -11,7 +11,7 @@ from streams.app import _restore_state, _state_records
 from tests.unit.test_engine import DictStore, records
 from tidewater import engine as engine_module
 from tidewater.engine import EngineConfig, PartitionEngine, PartitionState
-from tidewater.events import Click, Purchase
+from tidewater.events import Click, Erase, Purchase
 from tidewater.profile import DAY
 
 
@@ -38,14 +38,14 @@ class FakeTable:
 
 
 event_st = st.tuples(st.sampled_from(["u1", "u2", "u3", "u4"]), st.sampled_from(["i1", "i2", "i3", "i4", "i5", ""]),
-                     st.booleans(), st.floats(0, 3 * DAY))
+                     st.sampled_from(["click", "purchase", "erase"]), st.floats(0, 3 * DAY))
 
 
 @settings(max_examples=60, deadline=None)
 @given(batches=st.lists(st.lists(event_st, max_size=12), min_size=1, max_size=8), kept=st.integers(1, 4))
 def test_persisted_records_restore_the_state_after_every_batch(batches, kept):
     """After every batch the table holds exactly the engine's state: the counts (items dropped from them are
-    deleted), the ranking and the clock. Few kept items (``MAX_POPULAR_ITEMS``) and a re-rank every few items
+    deleted), the ranking, the clock and the recent erasures. Few kept items (``MAX_POPULAR_ITEMS``) and a re-rank every few items
     exercise the tombstones and the ranking record."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine_module, "MAX_POPULAR_ITEMS", kept)
@@ -57,10 +57,12 @@ def _check_every_batch(batches, kept) -> None:
     engine = PartitionEngine(2, EngineConfig(tick_s=DAY / 2, partitions=4), DictStore())
     evs, sizes, t = [], [], 1.8e9
     for batch in batches:
-        for user, item, buy, dt in batch:
+        for user, item, kind, dt in batch:
             t += dt
-            evs.append(Purchase(event_id=f"e{len(evs)}", user_id=user, ts=t, amount=5.0, item_id=item or None) if buy
-                       else Click(event_id=f"e{len(evs)}", user_id=user, ts=t, item_id=item or None))
+            eid = f"e{len(evs)}"
+            evs.append(Purchase(event_id=eid, user_id=user, ts=t, amount=5.0, item_id=item or None) if kind == "purchase"
+                       else Erase(event_id=eid, user_id=user, ts=t) if kind == "erase"
+                       else Click(event_id=eid, user_id=user, ts=t, item_id=item or None))
         sizes.append(len(batch))
     recs, at, table = records(evs), 0, FakeTable()
     for size in sizes:
