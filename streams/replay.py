@@ -91,11 +91,12 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
                   dry_run: bool = False) -> "RedrivePlan":
     """`tidewater redrive`: the dead letters of ``letters`` (a `tidewater record` dump of the dead-letter topic)
     whose record decodes under ``s`` go back to their input topic (``tidewater.redrive``); returns the plan."""
+    from tidewater.engine import EngineConfig
     from tidewater.redrive import plan_redrive
 
     try:
         with open(letters, "rb") as fh:
-            plan = plan_redrive(fh, input_topics={s.topic_clicks: "click", s.topic_purchases: "purchase"},
+            plan = plan_redrive(fh, input_topics=EngineConfig.from_settings(s).topic_types,
                                 max_bytes=s.max_event_bytes, reasons=reasons)
     except OSError as exc:
         raise UserError(f"cannot read {letters}: {exc.strerror or exc}") from None

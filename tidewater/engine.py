@@ -77,6 +77,11 @@ class EngineConfig:
     def input_topics(self) -> tuple[str, str]:
         return (self.clicks_topic, self.purchases_topic)
 
+    @property
+    def topic_types(self) -> dict[str, str]:
+        """Input topic -> the event type it carries (erasure requests are accepted on either)."""
+        return {self.clicks_topic: "click", self.purchases_topic: "purchase"}
+
     @classmethod
     def from_settings(cls, s: Any) -> "EngineConfig":
         return cls(
@@ -175,7 +180,7 @@ class PartitionEngine:
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
-        self.expected_type = {config.clicks_topic: "click", config.purchases_topic: "purchase"}
+        self.expected_type = config.topic_types
         self.counters: Counter[tuple[str, str]] = Counter()
         self._reported: dict[tuple[str, str], int] = {}
         self._metric = metrics or (lambda name, label, n: None)
