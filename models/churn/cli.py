@@ -25,10 +25,14 @@ CUTOFF_HELP = ("Cut-off date YYYY-MM-DD: features use events before it, labels t
                f"Default: {DEFAULT_CDNOW_CUTOFF} for CDNOW, else the end of the log minus the horizon.")
 
 
-def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float):
+MAX_USERS_HELP = ("Train (and evaluate) on at most this many users of the log, always the same ones (a stable hash of "
+                  "the id): bounds time and memory on very large logs. Default: every user.")
+
+
+def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float, max_users: Optional[int] = None):
     import pandas as pd
 
-    from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, parse_time
+    from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, parse_time, sample_users
 
     if horizon_days <= 0:
         raise UserError(f"--horizon-days must be positive, got {horizon_days}")
@@ -53,6 +57,10 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float)
         else:
             end = float(frame["ts"].max())
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
+    frame, n_users = sample_users(frame, max_users)
+    if max_users is not None and n_users > max_users:
+        frame.attrs["sampled_from_users"] = n_users
+        typer.secho(f"note: --max-users: using {max_users:,} of the log's {n_users:,} users", err=True)
     check_calibration(frame, cut, hint=LATER_CUTOFF_HINT if cutoff else (
         f"; the default cut-off is the end of the log minus the {horizon_days:g}-day horizon: pass --cutoff, or a "
         "shorter --horizon-days"))
@@ -80,6 +88,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Skip masked-event pre-training."),
         registry: Path = typer.Option(DEFAULT_REGISTRY, "--registry", help="Registry root; publishes to <root>/churn."),
         threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this small model)."),
+        max_users: Optional[int] = typer.Option(None, "--max-users", help=MAX_USERS_HELP),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars on stderr."),
     ) -> None:
         """Pre-train (masked events) and fine-tune the churn transformer; publish a registry version."""
@@ -92,7 +101,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         from .model import ChurnConfig
         from .train import predict_calibrated, save_model, tokenize_task, train_model
 
-        frame, cut, name = _load(purchases, cutoff, horizon_days)
+        frame, cut, name = _load(purchases, cutoff, horizon_days, max_users)
         task = build_task(frame, cut, horizon_days, seed=seed)
         task.check_splits()
         cfg = ChurnConfig()
@@ -106,7 +115,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days, "seed": seed,
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
-                "uses_encoder": res.model.encoder_contributes()}
+                "uses_encoder": res.model.encoder_contributes(),
+                "sampled_from_users": frame.attrs.get("sampled_from_users")}
         fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -131,13 +141,14 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         publish: Optional[Path] = typer.Option(None, "--publish",
                                                help="Registry root: also publish the evaluated model to <root>/churn."),
         threads: int = typer.Option(1, "--threads"),
+        max_users: Optional[int] = typer.Option(None, "--max-users", help=MAX_USERS_HELP),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Train with default hyper-parameters; evaluate the model and every baseline on the same test users."""
         _threads(threads)
         from .evaluate import evaluate
 
-        frame, cut, name = _load(purchases, cutoff, horizon_days)
+        frame, cut, name = _load(purchases, cutoff, horizon_days, max_users)
         reference = None
         if purchases is None:
             from models.datasets import load_cdnow

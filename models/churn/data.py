@@ -152,6 +152,25 @@ def check_calibration(frame: pd.DataFrame, cutoff: float, hint: str = LATER_CUTO
                         f"(the log starts on {first}): the calibration set is empty{hint}")
 
 
+def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFrame, int]:
+    """At most ``max_users`` users of the log with all their rows, and how many users the log had.
+
+    The sample is the users with the smallest stable hash (crc32 of the id, ties by id): the same users on every
+    run and machine whatever the row order, and a larger cap keeps every user of a smaller one. Training time and
+    memory grow with the users; this bounds them on logs far larger than the model needs."""
+    import zlib
+
+    users = pd.unique(frame["user_id"])
+    if max_users is None or len(users) <= max_users:
+        return frame, len(users)
+    if max_users < 1:
+        raise UserError(f"--max-users must be at least 1, got {max_users}")
+    ids = [str(u) for u in users]
+    ranked = sorted(range(len(ids)), key=lambda i: (zlib.crc32(ids[i].encode()), ids[i]))
+    kept = users[np.sort(np.asarray(ranked[:max_users]))]
+    return frame[frame["user_id"].isin(kept)], len(users)
+
+
 def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed: int = 0,
                fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> ChurnTask:
     """Cut a purchase log into the churn task (see the module docstring)."""

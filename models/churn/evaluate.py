@@ -16,6 +16,7 @@ from .metrics import binary_metrics, bootstrap_auc_diff, bootstrap_forecast_corr
 from .model import ChurnConfig
 from .train import finetune_variant as train_variant, new_model, predict_calibrated, pretrain, tokenize_task
 
+FRAME_NOTES = ("ts_unit", "rows_without_user", "sampled_from_users")  # how the log was read (models.churn.cli)
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "forecast_corr": 0.626}
 
 
@@ -149,7 +150,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
         "horizon_days": horizon_days,
         "seed": seed,
         "task": task.meta | {"n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(te))}
-        | {key: frame.attrs[key] for key in ("ts_unit", "rows_without_user") if key in frame.attrs},  # CSV input
+        | {key: frame.attrs[key] for key in FRAME_NOTES if key in frame.attrs},
         "model": result_model,
         "ablations": abl,
         "baselines": baselines,

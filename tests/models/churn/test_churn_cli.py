@@ -60,7 +60,7 @@ def test_evaluate_churn_prints_one_json_object_last(tiny_csv, tmp_path, capsys):
 def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     reg_root = tmp_path / "reg"
     run_ok(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
-          "--registry", str(reg_root)])
+          "--registry", str(reg_root), "--max-users", "250"])
     reg = Registry(reg_root / "churn")
     version = reg.current_version()
     assert version and version.startswith("v0001-")
@@ -71,7 +71,11 @@ def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     # whether the encoder contributes is recorded, and said when it does not
     meta = json.loads((reg.current_path() / "meta.json").read_text())
     assert meta["uses_encoder"] == scorer.uses_encoder
-    assert ("scores without the encoder pass" in capsys.readouterr().out) == (not scorer.uses_encoder)
+    captured = capsys.readouterr()
+    assert ("scores without the encoder pass" in captured.out) == (not scorer.uses_encoder)
+    # --max-users: trained on 250 of the 300 users, and the version says so
+    assert meta["sampled_from_users"] == 300 and meta["n_users"] <= 250
+    assert "using 250 of the log's 300 users" in captured.err
 
 
 @pytest.mark.parametrize("content,message", [

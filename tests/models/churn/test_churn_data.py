@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.churn import features as F
-from models.churn.data import build_task, load_purchases_csv, parse_time, split_users
+from models.churn.data import build_task, load_purchases_csv, parse_time, sample_users, split_users
 from models.churn.model import ChurnConfig
 from models.churn.train import tokenize_task
 from tidewater.errors import UserError
@@ -217,3 +217,25 @@ def test_stream_ring_events_are_understood():
                     {"ts": 2.0, "type": "purchase", "item": "i1", "category": "c", "amount": 5.0}]
     with pytest.raises(ValueError, match="unknown event type"):
         F.normalize_events([{"ts": 1.0, "type": "view"}], 10.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from([f"c{i}" for i in range(30)]), st.floats(0, 1e6)), max_size=120),
+       cap=st.integers(1, 40), seed=st.integers(0, 1000))
+def test_sampled_users_keep_their_whole_history_and_do_not_depend_on_row_order(rows, cap, seed):
+    frame = pd.DataFrame(rows, columns=["user_id", "ts"])
+    users = set(frame["user_id"])
+    kept, n_users = sample_users(frame, cap)
+    assert n_users == len(users)
+    chosen = set(kept["user_id"])
+    assert len(chosen) == min(cap, len(users))
+    assert len(kept) == int(frame["user_id"].isin(chosen).sum())  # every row of a kept user, nothing else
+    shuffled = frame.sample(frac=1.0, random_state=seed)
+    assert set(sample_users(shuffled, cap)[0]["user_id"]) == chosen
+    assert chosen <= set(sample_users(frame, cap + 5)[0]["user_id"])  # a larger cap keeps these users
+
+
+def test_a_cap_below_one_user_is_a_user_error():
+    frame = pd.DataFrame({"user_id": ["a", "b"], "ts": [1.0, 2.0]})
+    with pytest.raises(UserError, match="at least 1"):
+        sample_users(frame, 0)
