@@ -20,6 +20,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import faust
@@ -100,23 +101,63 @@ class ProfileCache:
 
 
 class PartitionProfiles:
-    """The engine's view of its partition of the profile table: ``get`` through the cache."""
+    """The engine's view of its partition of the profile table: ``get`` through the cache, then the profiles
+    computed but not yet written (``unwritten``: a batch's profiles reach RocksDB only once its outputs and
+    changelog records are in Kafka), then the table."""
 
     def __init__(self, table: PartitionTable, cache: ProfileCache) -> None:
         self.table = table
         self.cache = cache
+        self.unwritten: dict[bytes, tuple[int, bytes | None]] = {}  # key -> (batch number, value; None: deleted)
 
     def get(self, user_id: str) -> Profile | None:
         profile = self.cache.profiles.get(user_id)
         if profile is None:
-            raw = self.table.get(user_id.encode())
+            key = user_id.encode()
+            held = self.unwritten.get(key)
+            raw = held[1] if held is not None else self.table.get(key)
             if raw is None:
                 return None
             profile = decode_profile(raw)
         return profile
 
+    def hold(self, writes: list[tuple[bytes, bytes | None]], batch: int) -> None:
+        unwritten = self.unwritten
+        for key, value in writes:
+            unwritten[key] = (batch, value)
+
+    def write(self, writes: list[tuple[bytes, bytes | None]], batch: int) -> None:
+        """Write a batch's profiles to the table and stop holding those that no later batch changed again."""
+        self.table.put_many(writes)
+        unwritten = self.unwritten
+        for key, _ in writes:
+            held = unwritten.get(key)
+            if held is not None and held[0] == batch:
+                del unwritten[key]
+
+
+@dataclass
+class PartitionStores:
+    """What a partition's engine reads and writes: its part of the profile and state tables, and the view."""
+
+    profiles: PartitionTable
+    states: PartitionTable
+    view: PartitionProfiles
+
 
 EngineFactory = Callable[[int, "PartitionState | None", Any, float], Any]
+
+
+@dataclass
+class Outgoing:
+    """One computed batch on its way out (``Pipeline._send_loop``)."""
+
+    batch: int
+    outputs: list[tuple[str, int | None, bytes, bytes]] = field(default_factory=list)
+    changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
+    writes: list[tuple[int, PartitionStores, list[tuple[bytes, bytes | None]], Any]] = field(default_factory=list)
+    done: list[Any] = field(default_factory=list)
+    deliveries: list[Any] = field(default_factory=list)  # of the step in progress (streams.producing.Delivery)
 
 
 class Pipeline:
@@ -145,7 +186,7 @@ class Pipeline:
         self.handed_over: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset given to the engine
         self.lock = asyncio.Lock()
         self.cache = ProfileCache(settings.profile_cache_users)
-        self.tables: dict[int, tuple[PartitionTable, PartitionTable]] = {}  # partition -> (profiles, states)
+        self.stores: dict[int, PartitionStores] = {}  # of the partitions that have an engine
         self.processed = 0
         self.throughput = AckTimes()  # GET /stats: when acks started and ended (benchmarks time the worker)
         self.dropped_at_rebalance = 0
@@ -166,8 +207,11 @@ class Pipeline:
         self._space = asyncio.Event()
         self._space.set()
         # at most one batch waits while another is being sent (bounded memory, bounded unacked input)
-        self._outbox: asyncio.Queue[tuple[list, list, list]] = asyncio.Queue(maxsize=1)
+        self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)
+        self._changelog_queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)  # outputs sent
+        self._store_queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)  # outputs in Kafka, changelog sent
         self._send_failed: BaseException | None = None
+        self._batches = 0  # numbers the batches, for PartitionProfiles.unwritten
 
     # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
     async def deliver(self, tp: Any, records: list[Any]) -> None:
@@ -256,10 +300,11 @@ class Pipeline:
     def engine(self, partition: int) -> Any:
         engine = self.engines.get(partition)
         if engine is None:
-            profiles, states = self.tables[partition] = (PartitionTable(self.profiles, partition),
-                                                         PartitionTable(self.states, partition))
+            profiles, states = PartitionTable(self.profiles, partition), PartitionTable(self.states, partition)
+            view = PartitionProfiles(profiles, self.cache)
+            self.stores[partition] = PartitionStores(profiles, states, view)
             state, one_record = _restore_state(states, partition)
-            engine = self.engine_factory(partition, state, PartitionProfiles(profiles, self.cache), self.clock())
+            engine = self.engine_factory(partition, state, view, self.clock())
             if one_record and hasattr(engine, "mark_all_changed"):
                 engine.mark_all_changed()  # the next write moves the counts and the ranking to their own records
             if hasattr(engine, "index_profile"):
@@ -283,6 +328,10 @@ class Pipeline:
         started = time.perf_counter()
         now = self.clock()
         async with self.lock:
+            if any(record.partition not in self.engines for record in records):
+                # a partition (re)assigned: its engine starts from the tables, so they must hold every batch
+                # computed before (a batch of an earlier assignment may still be on its way out)
+                await self._drained()
             by_partition: dict[int, list[Any]] = {}
             handed_over = self.handed_over
             for record in records:
@@ -360,57 +409,114 @@ class Pipeline:
             steps = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._step, ordered, now, caught_up)
         pending = 0
-        outputs: list[tuple[str, int | None, bytes, bytes]] = []
-        changelog: list[tuple[str, int | None, bytes, bytes | None]] = []
-        done: list[Any] = []
+        self._batches += 1
+        out = Outgoing(self._batches)
+        outputs, changelog = out.outputs, out.changelog
         for partition, result, writes, state in steps:
             engine = self.engines[partition]
             outputs.extend((emit.topic, None, emit.key, emit.value) for emit in result.outputs)
-            profiles_table, states_table = self.tables[partition]
+            stores = self.stores[partition]
             for user_id, profile in result.profiles.items():
                 self.cache.put(user_id, profile)
             for user_id in result.erased:
                 self.cache.drop(user_id)
-            profiles_table.put_many(writes)
+            stores.view.hold(writes, out.batch)
+            out.writes.append((partition, stores, writes, state))
             changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)
             if state is not None:
-                states_table.put_many(state)
                 changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
-            done.extend(result.done)
+            out.done.extend(result.done)
             engine.drain_metrics()
             pending += engine.pending()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
-        self.live.observe(outputs, processed=len(done), now=time.time())
+        self.live.observe(outputs, processed=len(out.done), now=time.time())
         metrics.PENDING.set(pending)
         if self._send_failed is not None:
             raise self._send_failed
-        await self._outbox.put((outputs, changelog, done))  # the next batch is computed while this one is sent
+        await self._outbox.put(out)  # the next batch is computed while this one is sent
 
     async def _send_loop(self) -> None:
-        """Hand each batch's outputs and changelog records to the producer, then ack its inputs: in batch order,
-        one batch at a time. aiokafka accepts a partition's next batch only once the previous one has been
-        sent, so this wait overlaps with the engine's work on the next batch instead of adding to it. Acks come
-        after the records are queued, and Faust flushes the producer before it commits, so outputs still
-        precede the offsets that caused them (commits for partitions revoked meanwhile are discarded by Faust:
-        those records are re-read by their new owner)."""
-        sender = self.sender
+        """Make each batch durable, in batch order, while the next ones are computed:
+
+        1. its outputs are produced;
+        2. once Kafka has them, its changelog records (profiles, partition state) are produced;
+        3. once Kafka has those, its profiles and state go to the local RocksDB tables and its input records are
+           acked (Faust commits acked offsets).
+
+        So any stored profile, in RocksDB or in the changelog, implies that the outputs of the events it holds are
+        in Kafka. A profile's offset marker makes a re-read event a duplicate: were the profile stored before its
+        outputs were, a crash in between would lose those outputs for good (a restart skips their events). A
+        delivery that fails stops the worker before its inputs are acked. The three steps are three tasks joined
+        by one-batch queues, so the wait for one batch's delivery overlaps with the next batch's sending (the
+        producer keeps each partition's records in order). Batches of partitions revoked meanwhile are not written
+        locally (their changelog has them, for the next owner's restore), and Faust drops their acks: the next
+        owner re-reads those records."""
+        await asyncio.gather(self._send_outputs(), self._send_changelog(), self._store_and_ack())
+
+    async def _send_outputs(self) -> None:
+        await self._stage(self._outbox, self._changelog_queue, self._produce_outputs)
+
+    async def _send_changelog(self) -> None:
+        await self._stage(self._changelog_queue, self._store_queue, self._produce_changelog)
+
+    async def _store_and_ack(self) -> None:
+        await self._stage(self._store_queue, None, self._stored)
+
+    async def _stage(self, inbox: asyncio.Queue, next_queue: asyncio.Queue | None, step: Callable) -> None:
+        """Take batches in order, run ``step`` on each and pass it on. After a failure anywhere, batches are
+        still taken and passed on but not sent, stored or acked, so that a batch loop waiting to put one sees
+        the failure instead of hanging."""
         while True:
-            outputs, changelog, done = await self._outbox.get()
+            out = await inbox.get()
             try:
-                if self._send_failed is None:  # after a failure: take batches without sending or acking them,
-                    if outputs:                 # so a batch loop waiting to put one sees the failure, not a hang
-                        await sender.send(outputs)
-                    if changelog:
-                        await sender.send(changelog, on_delivered=self._persisted)
-                    self._ack(done)
-                    self.processed += len(done)
-                    if done:
-                        self.throughput.acked(len(done), time.time())
+                if self._send_failed is None:
+                    await step(out)
             except Exception as exc:  # noqa: BLE001 - surfaced in the batch loop, which stops the worker
                 log.exception("producing a batch failed")
                 self._send_failed = exc
             finally:
-                self._outbox.task_done()
+                if next_queue is not None:
+                    await next_queue.put(out)
+                inbox.task_done()
+
+    async def _produce_outputs(self, out: "Outgoing") -> None:
+        out.deliveries = await self.sender.send(out.outputs) if out.outputs else []
+
+    async def _produce_changelog(self, out: "Outgoing") -> None:
+        from streams.producing import delivered
+
+        await delivered(out.deliveries)  # the outputs are in Kafka
+        out.deliveries = await self.sender.send(out.changelog) if out.changelog else []
+
+    async def _stored(self, out: "Outgoing") -> None:
+        from streams.producing import delivered
+
+        self._write(out, await delivered(out.deliveries))  # the changelog records are in Kafka
+        self._ack(out.done)
+        self.processed += len(out.done)
+        if out.done:
+            self.throughput.acked(len(out.done), time.time())
+
+    async def _drained(self) -> None:
+        """Every batch computed so far is stored and acked (or dropped after a failure)."""
+        for queue in (self._outbox, self._changelog_queue, self._store_queue):
+            await queue.join()
+
+    def _write(self, out: "Outgoing", last: dict[tuple[str, int], int]) -> None:
+        """A delivered batch's profiles and state into the partitions' RocksDB, and the changelog offset that
+        the store now holds (Faust's recovery starts after it)."""
+        from faust.types import TP
+
+        for partition, stores, writes, state in out.writes:
+            if self.stores.get(partition) is not stores:
+                continue  # revoked since (and maybe assigned again, restored from the changelog meanwhile)
+            stores.view.write(writes, out.batch)
+            if state is not None:
+                stores.states.put_many(state)
+            for table, topic in ((self.profiles, self.profiles_changelog), (self.states, self.states_changelog)):
+                offset = last.get((topic, partition))
+                if offset is not None:
+                    table.data.set_persisted_offset(TP(topic, partition), offset)
 
     def _ack(self, done: list[Any]) -> None:
         """Ack applied records per topic partition (in the order applied, which is offset order within one)."""
@@ -445,13 +551,6 @@ class Pipeline:
                 out.append(topic)
         return frozenset(out)
 
-    def _persisted(self, topic: str, partition: int, last_offset: int) -> None:
-        """Faust's RocksDB store keeps the last changelog offset it holds (recovery starts after it)."""
-        from faust.types import TP
-
-        table = self.profiles if topic == self.profiles_changelog else self.states
-        table.data.set_persisted_offset(TP(topic, partition), last_offset)
-
     @property
     def sender(self) -> Any:
         if self._sender is None:
@@ -472,7 +571,7 @@ class Pipeline:
                 if engine is not None:
                     self.dropped_at_rebalance += engine.pending()
                     engine.drop_pending()
-                self.tables.pop(partition, None)
+                self.stores.pop(partition, None)
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
 

@@ -180,3 +180,30 @@ def wait_for_profiles(worker_or_workers, expected: dict[str, int], timeout: floa
             return seen
         time.sleep(1.0)
     return seen
+
+
+def offline_output_ids(settings, lines: list[bytes]) -> dict[str, set[str]]:
+    """The output event ids of an uninterrupted run: the pure engine over each partition's records as `replay`
+    routes the lines (key = user_id, the producer's partitioner, the topic of the event's type), by output topic.
+    Outputs are deterministic, so a worker's outputs must include these whatever happened to it (at least once)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from tidewater.engine import EngineConfig, PartitionEngine, Record, run_to_completion
+    from tidewater.sources import topic_kind
+
+    choose, parts = DefaultPartitioner(), list(range(settings.partitions))
+    topics = {"click": settings.topic_clicks, "purchase": settings.topic_purchases}
+    by_partition: dict[int, list[Record]] = {}
+    offsets: dict[tuple[str, int], int] = {}
+    for line in lines:
+        key = json.loads(line)["user_id"].encode()
+        partition, topic = choose(key, parts, parts), topics[topic_kind(line)]
+        offset = offsets[(topic, partition)] = offsets.get((topic, partition), -1) + 1
+        by_partition.setdefault(partition, []).append(Record(topic, partition, offset, key, line))
+    config = EngineConfig.from_settings(settings)
+    out: dict[str, set[str]] = {}
+    for partition, records in sorted(by_partition.items()):
+        result = run_to_completion(PartitionEngine(partition, config, {}), records)
+        for emit in result.outputs:
+            out.setdefault(emit.topic, set()).add(json.loads(emit.value)["event_id"])
+    return out

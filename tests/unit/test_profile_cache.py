@@ -27,3 +27,53 @@ def test_the_cache_size_is_a_setting(tmp_path):
                                           "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
                                           "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert create_app(settings).tidewater.cache.max_cached == 7
+
+
+class DictTable:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put_many(self, items) -> None:
+        for key, value in items:
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
+
+# a batch: (user, deleted?) pairs; batches are held in order and written later, oldest first, a few at a time
+batch_st = st.lists(st.tuples(st.sampled_from("abcd"), st.booleans()), max_size=4)
+
+
+@given(batches=st.lists(batch_st, min_size=1, max_size=8), lag=st.integers(0, 3))
+def test_the_engine_reads_the_latest_profile_whether_or_not_its_batch_is_written_yet(batches, lag):
+    """Profiles reach RocksDB only once their batch's outputs are in Kafka (Pipeline._send_loop); until then the
+    engine must read them from the view, and an older batch's write must not hide a newer batch's profile."""
+    from streams.app import PartitionProfiles
+    from tidewater.profile import encode_profile
+
+    table, latest = DictTable(), {}
+    view = PartitionProfiles(table, ProfileCache(0))  # no cache: every read goes through the view
+    held: list[tuple[int, list]] = []
+    for number, batch in enumerate(batches, start=1):
+        writes = []
+        for user, deleted in dict(batch).items():
+            profile = new_profile(user)
+            profile.n_events = number
+            writes.append((user.encode(), None if deleted else encode_profile(profile)))
+            latest[user] = None if deleted else number
+        view.hold(writes, number)
+        held.append((number, writes))
+        while len(held) > lag:
+            view.write(held[0][1], held[0][0])
+            held.pop(0)
+        for user, number_read in latest.items():
+            got = view.get(user)
+            assert (got.n_events if got else None) == number_read
+    for number, writes in held:
+        view.write(writes, number)
+    assert view.unwritten == {}
+    assert {k.decode() for k in table.data} == {u for u, n in latest.items() if n is not None}

@@ -2,14 +2,25 @@
 import asyncio
 from types import SimpleNamespace
 
-from streams.app import Pipeline
+from streams.app import Outgoing, Pipeline
+
+
+def _namespace(**parts):
+    """What Pipeline's send tasks use of ``self``: its queues, the sender, and the steps, bound to the namespace."""
+    pipeline = SimpleNamespace(_outbox=asyncio.Queue(maxsize=1), _changelog_queue=asyncio.Queue(maxsize=1),
+                               _store_queue=asyncio.Queue(maxsize=1), _send_failed=None, processed=0,
+                               throughput=SimpleNamespace(acked=lambda n, now: None), **parts)
+    for name in ("_send_outputs", "_send_changelog", "_store_and_ack", "_stage", "_produce_outputs",
+                 "_produce_changelog", "_stored", "_drained"):
+        setattr(pipeline, name, getattr(Pipeline, name).__get__(pipeline))
+    return pipeline
 
 
 class FailingSender:
     def __init__(self) -> None:
         self.sent: list = []
 
-    async def send(self, records, on_delivered=None) -> None:
+    async def send(self, records) -> list:
         self.sent.append(records)
         raise OSError("broker gone")
 
@@ -19,17 +30,86 @@ def test_regression_a_failed_send_does_not_hang_the_batch_loop() -> None:
     loop was already putting a third, the send task used to stop taking batches: that put waited forever and
     the worker hung instead of stopping. Batches after a failure are taken but neither sent nor acked."""
     acked: list = []
-    pipeline = SimpleNamespace(sender=FailingSender(), _outbox=asyncio.Queue(maxsize=1), _send_failed=None,
-                               _persisted=None, _ack=acked.append, processed=0)
+    pipeline = _namespace(sender=FailingSender(), _write=None, _ack=acked.append)
 
     async def scenario() -> None:
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
-        for batch in ("a", "b", "c"):
-            await asyncio.wait_for(pipeline._outbox.put(([("out", None, b"k", batch.encode())], [], [batch])), 2)
-        await asyncio.wait_for(pipeline._outbox.join(), 2)
+        for batch in ("a", "b", "c", "d", "e"):
+            out = Outgoing(1, outputs=[("out", None, b"k", batch.encode())], done=[batch])
+            await asyncio.wait_for(pipeline._outbox.put(out), 2)
+        await asyncio.wait_for(Pipeline._drained(pipeline), 2)  # type: ignore[arg-type]
         sending.cancel()
 
     asyncio.run(scenario())
     assert isinstance(pipeline._send_failed, OSError)
     assert len(pipeline.sender.sent) == 1  # only the first batch reached the producer
     assert acked == [] and pipeline.processed == 0  # nothing after (or in) the failed batch is acked
+
+
+class ControlledSender:
+    """Each send returns one Delivery whose future the test resolves or fails."""
+
+    def __init__(self) -> None:
+        self.sent: list = []  # (topic of the first record, future)
+
+    async def send(self, records) -> list:
+        from streams.producing import Delivery
+
+        future = asyncio.get_running_loop().create_future()
+        self.sent.append((records[0][0], future))
+        return [Delivery(future, records[0][0], 0, len(records))]
+
+
+def _pipeline(sender, log):
+    return _namespace(sender=sender, _write=lambda out, last: log.append(("write", dict(last))),
+                      _ack=lambda done: log.append(("ack", list(done))))
+
+
+def _batch():
+    return Outgoing(1, outputs=[("recs", None, b"u1", b"r")], changelog=[("profiles-changelog", 0, b"u1", b"p")],
+                    done=["record-1"])
+
+
+def test_a_batch_is_stored_and_acked_only_after_its_outputs_then_its_changelog_are_in_kafka() -> None:
+    log: list = []
+    sender = ControlledSender()
+    pipeline = _pipeline(sender, log)
+
+    async def scenario() -> None:
+        from types import SimpleNamespace as Meta
+
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        await pipeline._outbox.put(_batch())
+        await asyncio.sleep(0.01)
+        assert [topic for topic, _ in sender.sent] == ["recs"]  # the changelog waits for the outputs
+        sender.sent[0][1].set_result(Meta(offset=40))
+        await asyncio.sleep(0.01)
+        assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"] and log == []
+        sender.sent[1][1].set_result(Meta(offset=7))
+        await asyncio.wait_for(pipeline._drained(), 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert log == [("write", {("profiles-changelog", 0): 7}), ("ack", ["record-1"])]
+    assert pipeline.processed == 1
+
+
+def test_regression_a_delivery_that_fails_in_kafka_stops_the_worker_before_anything_is_stored_or_acked() -> None:
+    """Records were handed to the producer and their inputs acked at once; a delivery that failed later (an
+    authorisation error, a record too large for the broker) went unnoticed and Faust committed the offsets."""
+    log: list = []
+    sender = ControlledSender()
+    pipeline = _pipeline(sender, log)
+
+    async def scenario() -> None:
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        await pipeline._outbox.put(_batch())
+        await asyncio.sleep(0.01)
+        sender.sent[0][1].set_exception(RuntimeError("TopicAuthorizationFailedError"))
+        await asyncio.wait_for(pipeline._drained(), 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert isinstance(pipeline._send_failed, RuntimeError)
+    assert [topic for topic, _ in sender.sent] == ["recs"]  # no changelog for a batch whose outputs failed
+    assert log == [] and pipeline.processed == 0
