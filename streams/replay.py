@@ -114,7 +114,7 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
 def _key_of(raw: bytes) -> bytes | None:
     try:
         user = json.loads(raw).get("user_id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return str(user).encode() if user is not None else None
 

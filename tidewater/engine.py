@@ -236,7 +236,7 @@ class PartitionEngine:
     def on_record(self, record: Record, now: float) -> None:
         self._count("events_in", record.topic)
         decoded = ev.decode_event(record.value, max_bytes=self.config.max_event_bytes,
-                                  expected_type=self.expected_type.get(record.topic), key=record.key)
+                                  expected_type=self.expected_type.get(record.topic), key=record.key, keyed=True)
         if isinstance(decoded, ev.Rejected):
             self._dead_letter(record, decoded)
             return

@@ -81,9 +81,11 @@ REJECT_REASONS = ("oversized", "malformed_json", "unknown_event_type", "missing_
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None = None,
-                 key: bytes | None = None) -> InputEvent | Rejected:
+                 key: bytes | None = None, keyed: bool = False) -> InputEvent | Rejected:
     """Decode and validate one record value. Never raises on bad input. ``expected_type``: the event type of the
-    topic it came from (an erasure is accepted on any input topic)."""
+    topic it came from (an erasure is accepted on any input topic). ``key``: the record's key, which must be the
+    user_id; ``keyed``: the value came from a Kafka record, so a missing key is an error too (the producer's
+    partitioner would scatter the user over partitions: split profiles, a cooldown and budget per piece)."""
     if raw is None:
         return Rejected("malformed_json", "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -94,6 +96,8 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
         return _classify(str(exc))
     except msgspec.DecodeError as exc:
         return Rejected("malformed_json", str(exc))
+    except RecursionError:  # a few kB of brackets, well within max_bytes
+        return Rejected("malformed_json", "JSON nested too deeply")
     if isinstance(event.ts, datetime):
         ts = event.ts.timestamp()
         if not 0.0 <= ts <= MAX_TS:
@@ -103,6 +107,8 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
         return Rejected("invalid_field", "ts is not finite")
     if expected_type is not None and not isinstance(event, Erase) and event_type(event) != expected_type:
         return Rejected("wrong_topic", f"a {event_type(event)} event on the {expected_type} topic")
+    if key is None and keyed:
+        return Rejected("key_mismatch", "record has no key: the key must be the user_id (partitioning is by user)")
     if key is not None and key != event.user_id.encode():
         return Rejected("key_mismatch", "record key must be the user_id (partitioning is by user)")
     return event

@@ -62,7 +62,7 @@ def topic_kind(item: Event | bytes) -> str:
     if isinstance(item, bytes):
         try:
             kind = json.loads(item).get("type")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             kind = None
     else:
         kind = event_type(item)

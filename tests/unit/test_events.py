@@ -54,6 +54,26 @@ def test_wrong_topic_and_key_mismatch():
     assert isinstance(decode_event(raw(OK_CLICK), max_bytes=1000, key=b"u1", expected_type="click"), Click)
 
 
+def test_regression_a_record_without_a_key_is_rejected():
+    """A keyless record was accepted with any user_id: the producer's partitioner spread such a user over
+    partitions (split profiles, a cooldown and a budget per piece)."""
+    rejected = decode_event(raw(OK_CLICK), max_bytes=1000, key=None, keyed=True)
+    assert rejected.reason == "key_mismatch" and "no key" in rejected.detail
+    assert isinstance(decode_event(raw(OK_CLICK), max_bytes=1000), Click)  # a value alone (POST /events, redrive)
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_regression_deeply_nested_json_is_rejected_not_raised(opening):
+    """msgspec raises RecursionError past about 1,000 levels, which fit in 2 kB: the worker stopped on it and
+    stopped again on the same record at every restart."""
+    closing = "]" if opening == "[" else "}"
+    nested = '{"type":"click","event_id":"e","user_id":"u1","ts":1,"x":' + opening * 5000 + "1" + closing * 5000 + "}"
+    assert decode_event(nested.encode(), max_bytes=100_000).reason == "malformed_json"
+    from tidewater.sources import topic_kind
+
+    assert topic_kind(nested.encode()) == "click"  # replay routes it, and the worker dead-letters it
+
+
 @given(st.binary(max_size=300))
 def test_decoder_never_raises_on_arbitrary_bytes(data):
     result = decode_event(data, max_bytes=200)
