@@ -190,6 +190,7 @@ class Pipeline:
         self.processed = 0
         self.throughput = AckTimes()  # GET /stats: when acks started and ended (benchmarks time the worker)
         self.dropped_at_rebalance = 0
+        self.revocations = 0  # deliver() drops what it fetched before one
         self.live = LiveStats(settings)  # what GET /dashboard shows (streams/live_stats.py)
         self.inbox: list[Any] = []
         self.batch_max = settings.batch_max_events
@@ -216,11 +217,18 @@ class Pipeline:
     # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
     async def deliver(self, tp: Any, records: list[Any]) -> None:
         """Take one fetched batch of one input partition (aiokafka ConsumerRecords). Waits while the inbox is
-        full (backpressure: the fetch loop stops fetching) and while Faust holds the flow for a rebalance."""
+        full (backpressure: the fetch loop stops fetching) and while Faust holds the flow for a rebalance. Records
+        fetched before a revocation that happened meanwhile are dropped: applied now, they would run ahead of the
+        re-read of the records the revocation dropped from the inbox, whose offsets their profiles' markers would
+        then skip (lost events)."""
+        revocations = self.revocations
         await self.app.flow_control.acquire()
         while len(self.inbox) >= self.inbox_max:
             self._space.clear()
             await self._space.wait()
+        if self.revocations != revocations:
+            self.dropped_at_rebalance += len(records)
+            return
         self.inbox.extend(records)
         wall = time.time()  # Kafka timestamps are in ms
         metrics.observe_many(metrics.FETCH_AGE,
@@ -562,6 +570,7 @@ class Pipeline:
     async def revoke(self, partitions: set[int]) -> None:
         """After Faust committed what was acked: forget everything not applied (the next owner re-reads it)."""
         async with self.lock:
+            self.revocations += 1
             self.dropped_at_rebalance += len(self.inbox)
             self.inbox = []
             self.cache.forget()  # another worker may own (and change) these users now

@@ -138,8 +138,10 @@ async def _deliver_batch(consumer: Any, tp: Any, batch: list, read_offset: Any, 
             # whose ack then duplicates it and holds the commit back a round; the gap here ends before it.
             await consumer._add_gap(tp, previous + 1, record.offset - 1)
         previous = record.offset
-    await deliver(tp, batch)
-    read_offset[tp] = batch[-1].offset
+    generation = consumer.app.consumer_generation_id
+    await deliver(tp, batch)  # may wait (a full inbox) across a rebalance
+    if consumer.flow_active and consumer.app.consumer_generation_id == generation:
+        read_offset[tp] = batch[-1].offset  # else Faust has reset it, and this batch is re-read
 
 
 async def _deliver_one_by_one(consumer: Any, tp: Any, batch: list, read_offset: Any, callback: Any,

@@ -28,9 +28,10 @@ class _Fetcher:
         self._stopped = asyncio.Event()
 
 
-def run_drain(fetches: list[dict[TP, list[FakeRecord]]], prepare: Any = None) -> tuple[Any, list, list]:
+def run_drain(fetches: list[dict[TP, list[FakeRecord]]], prepare: Any = None,
+              after_deliver: Any = None) -> tuple[Any, list, list]:
     """Drive the drain through ``fetches`` (one record map per fetch), return (consumer, delivered, callbacks).
-    ``prepare(app)`` runs first (tables, a recovery in progress)."""
+    ``prepare(app)`` runs first (tables, a recovery in progress); ``after_deliver(app)`` after each delivery."""
     app = faust.App("ingress-test", broker="kafka://127.0.0.1:1", store="memory://")
     if prepare is not None:
         prepare(app)
@@ -42,6 +43,8 @@ def run_drain(fetches: list[dict[TP, list[FakeRecord]]], prepare: Any = None) ->
 
     async def deliver(tp: TP, records: list) -> None:
         delivered.append((tp, list(records)))
+        if after_deliver is not None:
+            after_deliver(app)
 
     async def callback(message: Any) -> None:
         called.append((message.topic, message.partition, message.offset))
@@ -200,3 +203,47 @@ def test_what_the_batch_restore_does_not_take_goes_through_fausts_path() -> None
         consumer, _, called = run_drain([fetch], prepare)
         assert called  # Faust's per-message callback
         assert consumer.app.tables.recovery.active_offsets[tp] == -1
+
+
+def test_regression_a_batch_delivered_across_a_rebalance_does_not_move_the_read_offset():
+    """A delivery can wait (a full inbox) while a rebalance resets Faust's read offsets; setting the offset of
+    that stale batch afterwards made Faust drop the re-fetch of those records as already delivered."""
+    tp = TP("clicks", 0)
+
+    def rebalanced(app) -> None:  # a rebalance happened while the batch waited
+        app.consumer_generation_id += 1
+
+    fetch = [{tp: [record("clicks", 0, 5), record("clicks", 0, 6)]}]
+    consumer, delivered, _ = run_drain(fetch, after_deliver=rebalanced)
+    assert [r.offset for _, batch in delivered for r in batch] == [5, 6]
+    assert consumer._read_offset[tp] is None  # left for Faust's seek to the committed offset
+    consumer, _, _ = run_drain(fetch)
+    assert consumer._read_offset[tp] == 6  # without a rebalance: read up to the batch's end
+
+
+def test_regression_records_fetched_before_a_revocation_are_not_applied_after_it():
+    """deliver() waited for inbox space; the revocation emptied the inbox and set the space, and the stale batch
+    went in, ahead of the re-read of the records the revocation had dropped (whose markers it would then skip)."""
+    from types import SimpleNamespace
+
+    from streams.app import Pipeline
+
+    async def acquire() -> None:
+        return None
+
+    pipeline = SimpleNamespace(app=SimpleNamespace(flow_control=SimpleNamespace(acquire=acquire)), inbox=["old"],
+                               inbox_max=1, _space=asyncio.Event(), _ready=asyncio.Event(), revocations=0,
+                               dropped_at_rebalance=0)
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(Pipeline.deliver(pipeline, TP("clicks", 0), [record("clicks", 0, 9)]))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # the inbox is full
+        pipeline.revocations += 1  # what Pipeline.revoke does, under its lock
+        pipeline.dropped_at_rebalance += len(pipeline.inbox)
+        pipeline.inbox = []
+        pipeline._space.set()
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(scenario())
+    assert pipeline.inbox == [] and pipeline.dropped_at_rebalance == 2
