@@ -518,7 +518,10 @@ class PartitionEngine:
                     candidates.setdefault(user_id, ("inactivity", level))
             if level == len(scanned):
                 scanned.append(0)
-            scanned[level] = max(start_day, horizon_day)
+            # the days before the horizon are done at this level; not the first indexed day when the horizon has
+            # not reached it yet (that day depends on what the index holds, which a restart changes: a late event
+            # indexed before it was then never scanned, and only on a worker that had restarted)
+            scanned[level] = horizon_day
         self._forget_scanned_days()
 
     def _inactivity_days(self, tick: float) -> list[tuple[int, int, int]]:

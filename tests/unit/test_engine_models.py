@@ -482,3 +482,48 @@ def test_the_inactivity_index_forgets_scanned_days_and_scores_the_same(gap, resc
         [(o.topic, o.key, o.value) for o in keeping.outputs]
     done = min(engine.state.inactivity_scanned)  # every level has scanned the days before this one
     assert engine._last_day == {u: d for u, d in keeping_engine._last_day.items() if d >= done}
+
+
+def _drive_restarting(config, recs, batch):
+    """``_drive`` with a restart after every batch: a new engine from the encoded state, the activity index
+    rebuilt from the stored profiles, and the records the merge still held handed to it again."""
+    import msgspec
+
+    from tidewater.engine import PartitionState
+
+    store, state, outputs, carry = EncodedStore(), None, [], []
+    starts = list(range(0, len(recs), batch)) + [None]  # the last round: every source idle
+    for start in starts:
+        engine = PartitionEngine(0, config, store,
+                                 state=None if state is None else msgspec.msgpack.decode(state, type=PartitionState))
+        for user_id in sorted(store):
+            engine.index_profile(store.get(user_id))
+        for r in carry + (recs[start:start + batch] if start is not None else []):
+            engine.on_record(r, 0.0)
+        res = engine.on_notify(1e18 if start is None else 0.0)
+        store.update(res.profiles)
+        outputs.extend(res.outputs)
+        state = msgspec.msgpack.encode(engine.snapshot())
+        carry = sorted((item.handle.record for item in engine.merger.drop()), key=lambda r: (r.topic, r.offset))
+    return outputs
+
+
+def test_regression_a_late_event_is_scored_for_inactivity_whether_or_not_the_worker_restarted():
+    """An inactivity level's first scans recorded the first indexed day as done while the level's horizon had not
+    reached it. That day depends on what the index holds, and a running worker keeps emptied days that a
+    restarted one does not rebuild: a late event indexed before it was never scored for silence, only on a
+    worker that had restarted (found by review; 121 outputs against 119)."""
+    evs = []
+    for d in range(60):
+        evs.append(Click(event_id=f"a{d}", user_id="u0", ts=d * DAY + 100))
+        evs.append(Purchase(event_id=f"b{d}", user_id="u1", ts=d * DAY + 200, amount=30.0))
+        if d == 9:  # a new user's click timed on day 2, arriving on day 9
+            evs.append(Click(event_id="late", user_id="z", ts=2 * DAY + 300))
+    config = EngineConfig(inactivity_gap_s=14 * DAY)
+    recs = records(evs)
+    store = EncodedStore()
+    continuous = [o for outputs, _, _ in _drive(PartitionEngine(0, config, store), store, recs, 10) for o in outputs]
+    restarted = _drive_restarting(config, recs, 10)
+    assert [o.value for o in restarted] == [o.value for o in continuous]
+    late_user = [json.loads(o.value) for o in continuous if o.key == b"z" and o.topic == "churn-scores"]
+    assert [s["trigger"] for s in late_user].count("inactivity") == 2  # at the gap (day 17) and a re-score (47)
