@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import msgspec
 
 from tidewater import events as ev
+from tidewater import heavy_hitters
 from tidewater import offers as offer_policy
 from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tick_after
 from tidewater.outputs import (ChurnScore, DeadLetter, Recommendation, RetentionOffer, ScoredItem, UserErased,
@@ -388,13 +389,10 @@ class PartitionEngine:
                 del erased[user_id]
 
     def _count_item(self, item_id: str) -> None:
-        counts = self.state.item_counts
-        counts[item_id] = counts.get(item_id, 0) + 1
+        displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS)
         self._changed_items.add(item_id)
-        if len(counts) > MAX_POPULAR_ITEMS:
-            weakest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
-            del counts[weakest]
-            self._changed_items.add(weakest)
+        if displaced is not None:
+            self._changed_items.add(displaced)
         self.state.items_since_rank += 1
         if self.state.items_since_rank >= RERANK_EVERY or not self.state.popular:
             self._rerank()

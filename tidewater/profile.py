@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from tidewater import heavy_hitters
 from tidewater.events import Event, Purchase
 
 HOUR = 3600.0
@@ -168,10 +169,7 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
 
 
 def _bump_category(categories: dict[str, int], category: str) -> None:
-    categories[category] = categories.get(category, 0) + 1
-    if len(categories) > MAX_CATEGORIES:  # bounded: drop the weakest (ties: by name, deterministic)
-        weakest = min(categories.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        del categories[weakest]
+    heavy_hitters.count(categories, category, MAX_CATEGORIES)  # bounded, and a new favourite still gets in
 
 
 def _count_in_windows(profile: Profile, ts: float, watermark: float, config: ProfileConfig) -> None:

@@ -1,0 +1,49 @@
+"""Bounded counts of frequent keys (tidewater/heavy_hitters.py, Space-Saving): its guarantees on any stream."""
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, strategies as st
+
+from tidewater import heavy_hitters
+from tidewater.engine import EngineConfig, PartitionEngine
+from tidewater.events import Click
+
+streams = st.lists(st.sampled_from("abcdefghij"), max_size=200)
+
+
+@given(stream=streams, capacity=st.integers(1, 6))
+def test_space_saving_guarantees(stream, capacity):
+    counts: dict[str, int] = {}
+    for key in stream:
+        heavy_hitters.count(counts, key, capacity)
+    true = Counter(stream)
+    assert len(counts) <= capacity
+    assert sum(counts.values()) == len(stream)
+    assert all(counts[key] >= true[key] for key in counts)  # never an undercount
+    assert {key for key, n in true.items() if n * capacity > len(stream)} <= set(counts)  # the frequent are in
+
+
+def test_regression_a_new_key_gets_in_once_every_count_is_above_one():
+    """Evicting the weakest after adding the newcomer evicted the newcomer itself once every kept key had a count
+    of 2 or more: the partition's popular items and a user's categories froze (found by review)."""
+    counts = {f"old-{i}": 2 for i in range(5)}
+    for _ in range(10):
+        heavy_hitters.count(counts, "new-hit", 5)
+    assert "new-hit" in counts and counts["new-hit"] >= 10
+
+
+def test_a_new_hit_gets_into_the_partition_item_counts(monkeypatch):
+    from tidewater import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_POPULAR_ITEMS", 4)
+    events = [Click(event_id=f"o{i}", user_id=f"u{i}", ts=float(i), item_id=f"old-{i % 4}") for i in range(12)]
+    events += [Click(event_id=f"n{i}", user_id=f"v{i}", ts=100.0 + i, item_id="new-hit") for i in range(20)]
+    from tests.unit.test_engine import DictStore, records
+
+    engine = PartitionEngine(0, EngineConfig(), DictStore())
+    for record in records(events):
+        engine.on_record(record, 0.0)
+    engine.on_notify(1e18)
+    counts = engine.state.item_counts
+    assert len(counts) == 4 and max(counts, key=counts.get) == "new-hit"
