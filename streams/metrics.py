@@ -44,8 +44,10 @@ RESTORED = Counter("tidewater_changelog_records_restored",
                    "(streams/ingress.py restore_batch) or faust (its per-record path, for what the batch path "
                    "does not take)", ["table", "path"], registry=REGISTRY)
 SCORING_ERRORS = Counter("tidewater_scoring_errors",
-                         "Churn scoring calls that failed, by the model version that failed; the tick was scored by "
-                         "the recency placeholder instead (its version is on those outputs)", ["model_version"],
+                         "Model calls that failed (raised, or a churn score that is not a finite number), by the "
+                         "version that failed: a churn tick was then scored by the recency placeholder, a "
+                         "recommendation batch answered from the partition's popularity counts (their versions "
+                         "are on those outputs)", ["model_version"],
                          registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter("tidewater_model_load_failures",
                               "Registry versions that could not be loaded, by kind; the worker keeps serving what it "

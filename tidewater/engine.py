@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import heapq
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import msgspec
+import numpy as np
 
 from tidewater import events as ev
 from tidewater import heavy_hitters
@@ -118,6 +120,19 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # users erased recently -> their request's event time: their events at or before it are dropped (a producer's
     # retry or a late event must not rebuild what was erased), until a tick erasure_guard_s after it
     erased: dict[str, float] = {}
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return bool(np.isfinite(values).all()) if isinstance(values, np.ndarray) else all(map(math.isfinite, values))
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A recommender's answers to a batch of queries, and the versions that gave them."""
+
+    ranked: list[list[tuple[str, float]]]
+    version: str
+    index_version: str
 
 
 @dataclass
@@ -423,28 +438,38 @@ class PartitionEngine:
         profile.events_since_rec = 0
         profile.last_rec_ts = event.ts
 
-    def _ask(self, queries: list[Query], k: int) -> list[list[tuple[str, float]]]:
-        """One batched query (the partition's popularity ranking is the fallback for users without a vector)."""
+    def _ask(self, queries: list[Query], k: int, *, fallback: bool = True) -> Answers | None:
+        """One batched query (the partition's popularity ranking is the fallback for users without a vector). A
+        recommender that fails (a broken model or index) must not stop the stream: the query is answered from the
+        partition's popularity counts, and those answers carry that placeholder's version. ``fallback`` False:
+        None on failure instead (the caller falls back per partition)."""
         started = time.perf_counter()
-        ranked = self.recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts)
+        recommender: Any = self.recommender
+        try:
+            ranked = recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts)
+        except Exception:
+            self._count("scoring_errors", recommender.version)
+            if not fallback:
+                return None
+            recommender = PartitionPopularity()
+            ranked = recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts)
         self._observe("recommend", len(queries), time.perf_counter() - started)
-        return ranked
+        return Answers(ranked, recommender.version, recommender.index_version)
 
     def _flush_recs(self) -> None:
         pending, self._pending_recs = self._pending_recs, []
         if pending:
             self._emit_recs(pending, self._ask([p.query for p in pending], self.config.rec_top_k), self._result)
 
-    def _emit_recs(self, pending: list[_PendingRec], answers: list[list[tuple[str, float]]],
-                   into: BatchResult) -> None:
-        for p, ranked in zip(pending, answers):
+    def _emit_recs(self, pending: list[_PendingRec], answers: "Answers", into: BatchResult) -> None:
+        for p, ranked in zip(pending, answers.ranked):
             if not ranked:
                 continue
             self._emit(self.config.recs_topic, p.user_id, Recommendation(
                 event_id=deterministic_id("rec", p.user_id, p.event_id),
                 user_id=p.user_id, as_of=p.ts, source_event_id=p.event_id,
-                items=[ScoredItem(i, s) for i, s in ranked], model_version=self.recommender.version,
-                index_version=self.recommender.index_version, trigger=p.trigger,  # type: ignore[arg-type]
+                items=[ScoredItem(i, s) for i, s in ranked], model_version=answers.version,
+                index_version=answers.index_version, trigger=p.trigger,  # type: ignore[arg-type]
                 segment=p.segment), into)
 
     def _on_tick(self, tick: float) -> None:
@@ -497,14 +522,14 @@ class PartitionEngine:
                 offered.append((profile, score, decision))
         if offered:
             items = self._ask([self.recommender.query(p) for p, _, _ in offered], self.config.offer_items)
-            for (profile, score, decision), ranked in zip(offered, items):
+            for (profile, score, decision), ranked in zip(offered, items.ranked):
                 self._emit(self.config.offers_topic, profile.user_id, RetentionOffer(
                     event_id=deterministic_id("offer", profile.user_id, tick),
                     user_id=profile.user_id, as_of=tick, offer_type=decision.offer_type,
                     discount_pct=decision.discount_pct, churn_score=score,
                     reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in ranked],
                     model_version=version, expires_at=decision.expires_at, segment=profile.segment,
-                    customer_value=decision.customer_value, recs_model_version=self.recommender.version))
+                    customer_value=decision.customer_value, recs_model_version=items.version))
         self._result.state_changed = True
 
     def _scan_inactive(self, tick: float, candidates: dict[str, tuple[str, int]]) -> None:
@@ -545,7 +570,10 @@ class PartitionEngine:
             else:
                 scores, expected = self.scorer.score_many(sequences, as_of), None
             version = self.scorer.version
+            ok = _finite(scores) and (expected is None or _finite(expected))
         except Exception:  # a broken model must not stop the stream: score this tick with the placeholder
+            ok = False
+        if not ok:  # raised, or answered with NaN or infinity
             self._count("scoring_errors", self.scorer.version)
             fallback = RecencyHeuristic()
             scores, expected, version = fallback.score_many(sequences, as_of), None, fallback.version
@@ -608,10 +636,15 @@ def answer_recs_together(engines: Sequence[PartitionEngine], results: Sequence[B
     queries = [p.query for rows in pending for p in rows]
     if not queries:
         return
-    answers = first._ask(queries, first.config.rec_top_k)  # its partition's ranking is ignored (independent)
+    answers = first._ask(queries, first.config.rec_top_k, fallback=False)  # its ranking is ignored (independent)
     at = 0
     for engine, rows, result in zip(engines, pending, results):
-        engine._emit_recs(rows, answers[at:at + len(rows)], result)
+        if answers is None:  # the recommender failed: each partition falls back to its own popularity counts
+            if rows:
+                engine._emit_recs(rows, engine._ask([p.query for p in rows], engine.config.rec_top_k), result)
+            continue
+        engine._emit_recs(rows, Answers(answers.ranked[at:at + len(rows)], answers.version, answers.index_version),
+                          result)
         at += len(rows)
 
 

@@ -91,8 +91,9 @@ def activity_dropped(profile: Profile, as_of: float) -> bool:
 
 def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_used_today: int,
            policy: OfferPolicy = OfferPolicy(), *, expected_purchases: float | None = None) -> OfferDecision | None:
-    """An offer, or None: not at risk, not worth it, in cooldown, or the day's budget is spent."""
-    if score < policy.churn_threshold:
+    """An offer, or None: not at risk (or no valid score), not worth it, in cooldown, or the day's budget is
+    spent."""
+    if not score >= policy.churn_threshold:  # also False for NaN: no offer on a score that is not a number
         return None
     if profile.n_purchases < policy.min_purchases:
         return None

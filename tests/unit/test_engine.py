@@ -2,6 +2,7 @@
 import json
 
 import msgspec
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, Record, run_to_completion
@@ -167,6 +168,84 @@ def test_a_failing_scorer_falls_back_to_the_placeholder_and_the_stream_goes_on()
     assert len(result.done) == len(evs)
     engine.drain_metrics()
     assert exported() - before == failures  # on /metrics, for the alert rule
+
+
+def test_regression_a_model_that_returns_nan_is_a_scoring_failure_not_an_offer():
+    """NaN is not below the offer threshold, so a model returning NaN made every scored user an offer with a null
+    score (found by review): such a tick is scored by the placeholder, and counted as a failure."""
+    import math
+
+    from tidewater.offers import decide
+    from tidewater.profile import new_profile
+
+    class Nan:
+        version = "model:nan"
+
+        def score_many(self, sequences, as_of):
+            return [math.nan] * len(sequences)
+
+    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), DictStore(), scorer=Nan())
+    result = run_to_completion(engine, records(shop()))
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+    assert scores and all(s["model_version"] == "heuristic:recency-v1" and s["score"] is not None for s in scores)
+    assert engine.counters[("scoring_errors", "model:nan")] > 0
+    buyer = new_profile("u")
+    buyer.n_purchases, buyer.monetary = 5, 500.0
+    assert decide(buyer, math.nan, 100 * DAY, "inactivity", 0) is None
+    assert decide(buyer, 0.99, 100 * DAY, "inactivity", 0) is not None  # the same customer, a real score
+
+
+class BrokenRecommender:
+    """Loads, then fails on every query (an index of the wrong dimension, say)."""
+
+    version = "recs:broken"
+    index_version = "idx:broken"
+    has_vectors = False
+    partition_independent = True
+
+    def fold(self, profile, item_id):
+        return False
+
+    def refresh(self, profile):
+        pass
+
+    def query(self, profile):
+        from tidewater.recommending import PartitionPopularity
+
+        return PartitionPopularity().query(profile)
+
+    def change_since_rec(self, profile):
+        return 0.0
+
+    def mark_recommended(self, profile):
+        pass
+
+    def recommend_many(self, queries, k, popular, popular_counts):
+        raise ValueError("query dimension 32 != index dimension 64")
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one_engine", "answered_together"])
+def test_regression_a_failing_recommender_falls_back_to_popularity_and_the_stream_goes_on(together):
+    """A recommender that failed at query time raised out of the batch and stopped the worker, again at every
+    restart (churn scoring already fell back to its placeholder; found by review)."""
+    from tidewater.engine import answer_recs_together
+
+    config = EngineConfig(inactivity_gap_s=14 * DAY, rec_every_events=2)
+    reference_engine = PartitionEngine(0, config, DictStore())
+    reference = run_to_completion(reference_engine, records(shop()))
+    engine = PartitionEngine(0, config, DictStore(), recommender=BrokenRecommender())
+    if together:  # the worker's path: queued queries of several engines answered in one call
+        for record in records(shop()):
+            engine.on_record(record, 1e18)
+        result = engine.on_notify(1e18, defer_recs=True)
+        answer_recs_together([engine], [result])
+    else:
+        result = run_to_completion(engine, records(shop()))
+    recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]
+    expected = [json.loads(o.value) for o in reference.outputs if o.topic == "recommendations"]
+    assert recs == expected  # the popularity placeholder's answers, with its versions on them
+    assert {(r["model_version"], r["index_version"]) for r in recs} == {("baseline:popularity-v1", "none")}
+    assert engine.counters[("scoring_errors", "recs:broken")] > 0
 
 
 @settings(max_examples=25, deadline=None)
