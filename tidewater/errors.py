@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input, a missing prerequisite, an unreachable broker: something the user can fix."""
+
+
+class InvalidSetting(UserError, ValueError):
+    """A setting's value the worker cannot run with; the message names the environment variable."""

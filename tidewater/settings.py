@@ -7,9 +7,12 @@ Read with :meth:`Settings.from_env`; command-line flags override the environment
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, get_type_hints
+
+from tidewater.errors import InvalidSetting
 
 
 class Secret(str):
@@ -188,7 +191,7 @@ class Settings:
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
             if raw is not None:
-                values[f.name] = _coerce(f.name, hints[f.name], raw)
+                values[f.name] = _coerce(f.metadata["env"], hints[f.name], raw)
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = _coerce(key, hints[key], value) if isinstance(value, str) else value
@@ -197,12 +200,19 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise InvalidSetting (a ValueError) naming the variable for a value the worker cannot run with (a tick of 0 s divided by
+        zero at the first event; a NaN threshold made every scored user an offer)."""
         for f in fields(self):
+            value, env = getattr(self, f.name), f.metadata["env"]
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.metadata['env']}={getattr(self, f.name)!r}: expected one of {', '.join(choices)}")
-        if self.partitions < 1:
-            raise ValueError("TIDEWATER_PARTITIONS must be >= 1")
+            if choices and value not in choices:
+                raise InvalidSetting(f"{env}={value!r}: expected one of {', '.join(choices)}")
+            if f.name in RANGES:
+                low, high = RANGES[f.name]
+                if not (math.isfinite(value) and (value > 0 if low == "positive" else value >= low)
+                        and (high is None or value <= high)):
+                    expected = "a number > 0" if low == "positive" else f"a number >= {low}"
+                    raise InvalidSetting(f"{env}={value!r}: expected {expected}" + (f" and <= {high}" if high else ""))
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -219,6 +229,25 @@ class Settings:
         return (*self.input_topics, *self.output_topics, self.topic_dead_letter)
 
 
+# the accepted values of every numeric setting: (lowest, highest or None); "positive" means > 0
+_POSITIVE = ("positive", None)
+_NON_NEGATIVE = (0, None)
+RANGES: dict[str, tuple[Any, Any]] = {
+    "partitions": _POSITIVE, "replication_factor": _POSITIVE, "model_poll_s": _POSITIVE, "broker_wait_s": _POSITIVE,
+    "session_timeout_s": _POSITIVE, "heartbeat_interval_s": _POSITIVE, "producer_max_batch_bytes": _POSITIVE,
+    "fetch_max_wait_ms": _NON_NEGATIVE, "commit_interval_s": _POSITIVE, "batch_max_events": _POSITIVE,
+    "batch_max_wait_ms": _NON_NEGATIVE, "inline_min_events": _NON_NEGATIVE, "inline_max_scoring": _NON_NEGATIVE,
+    "profile_cache_users": _NON_NEGATIVE, "max_event_bytes": _POSITIVE, "source_idle_ms": _NON_NEGATIVE,
+    "scoring_max_batch": _POSITIVE, "model_threads": _POSITIVE, "session_gap_s": _POSITIVE,
+    "recent_events": _POSITIVE, "window_grace_s": _NON_NEGATIVE, "clock_tick_s": _POSITIVE,
+    "inactivity_gap_s": _POSITIVE, "inactivity_rescore_s": _POSITIVE, "inactivity_rescores": _NON_NEGATIVE,
+    "erasure_guard_s": _NON_NEGATIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
+    "rec_rerank_candidates": _NON_NEGATIVE, "rec_change_threshold": (0, 2),  # 1 - cosine
+    "churn_threshold": (0, 1), "offer_min_value": _NON_NEGATIVE, "offer_cooldown_s": _NON_NEGATIVE,
+    "offer_daily_budget": _NON_NEGATIVE, "web_port": (0, 65535), "max_request_bytes": _POSITIVE,
+}
+
+
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     try:
         if kind is bool:
@@ -227,7 +256,7 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
             return Secret(raw)
         return kind(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"setting {name}: cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
+        raise InvalidSetting(f"{name}: cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
 
 
 def settings_table_markdown() -> str:
@@ -236,6 +265,9 @@ def settings_table_markdown() -> str:
         default = f.default
         shown = "" if isinstance(default, Secret) else f"`{default}`"
         doc = f.metadata["doc"]
+        if f.name in RANGES:
+            low, high = RANGES[f.name]
+            doc += " Range: " + ("> 0" if low == "positive" else f">= {low}") + (f", <= {high}" if high else "") + "."
         if f.metadata.get("choices"):
             doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
         rows.append(f"| `{f.metadata['env']}` | {shown} | {doc} |")

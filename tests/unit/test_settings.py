@@ -11,7 +11,7 @@ def test_env_overrides_and_types():
     assert s.partitions == 3 and s.session_gap_s == 60.0
     with pytest.raises(ValueError, match="TIDEWATER_SECURITY_PROTOCOL"):
         Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "TLS"})
-    with pytest.raises(ValueError, match="partitions"):
+    with pytest.raises(ValueError, match="TIDEWATER_PARTITIONS"):
         Settings.from_env(environ={"TIDEWATER_PARTITIONS": "many"})
 
 
@@ -65,3 +65,26 @@ def test_a_worker_that_cannot_reach_kafka_retries_then_says_so(caplog):
             asyncio.run(input_partition_mismatches(s, wait_s=2.0))
     assert 1.0 <= time.monotonic() - started < 10
     assert sum("waiting for Kafka" in r.message for r in caplog.records) >= 2
+
+
+def test_every_numeric_setting_has_a_range():
+    from dataclasses import fields
+    from typing import get_type_hints
+
+    from tidewater.settings import RANGES
+
+    hints = get_type_hints(Settings)
+    numeric = {f.name for f in fields(Settings) if hints[f.name] in (int, float)}
+    assert numeric == set(RANGES)
+    Settings().validate()  # the defaults are in range
+
+
+@pytest.mark.parametrize("env,value", [("TIDEWATER_CLOCK_TICK_S", "0"), ("TIDEWATER_CHURN_THRESHOLD", "nan"),
+                                       ("TIDEWATER_CHURN_THRESHOLD", "1.5"), ("TIDEWATER_OFFER_DAILY_BUDGET", "-1"),
+                                       ("TIDEWATER_INACTIVITY_RESCORE_S", "0"), ("TIDEWATER_PARTITIONS", "0"),
+                                       ("TIDEWATER_SESSION_GAP_S", "inf")])
+def test_regression_values_the_worker_cannot_run_with_are_refused_by_name(env, value):
+    """A tick of 0 s divided by zero at the first event; a NaN threshold made every scored user an offer
+    (found by review): refused at start-up, naming the variable."""
+    with pytest.raises(ValueError, match=env):
+        Settings.from_env(environ={env: value})
