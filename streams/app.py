@@ -416,7 +416,6 @@ class Pipeline:
         else:
             steps = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._step, ordered, now, caught_up)
-        pending = 0
         self._batches += 1
         out = Outgoing(self._batches)
         outputs, changelog = out.outputs, out.changelog
@@ -435,10 +434,9 @@ class Pipeline:
                 changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
             out.done.extend(result.done)
             engine.drain_metrics()
-            pending += engine.pending()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
         self.live.observe(outputs, processed=len(out.done), now=time.time())
-        metrics.PENDING.set(pending)
+        metrics.PENDING.set(sum(engine.pending() for engine in self.engines.values()))  # every partition's
         if self._send_failed is not None:
             raise self._send_failed
         await self._outbox.put(out)  # the next batch is computed while this one is sent
@@ -577,6 +575,10 @@ class Pipeline:
             self._space.set()
             for partition in partitions:
                 engine = self.engines.pop(partition, None)
+                try:
+                    metrics.WATERMARK.remove(str(partition))  # its new owner reports it now
+                except KeyError:
+                    pass
                 if engine is not None:
                     self.dropped_at_rebalance += engine.pending()
                     engine.drop_pending()

@@ -37,7 +37,8 @@ USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: prof
 ERASED_EVENTS_DROPPED = Counter(
     "tidewater_erased_events_dropped", "Events of an erased user at or before the erasure request, arriving after "
     "it (a producer's retry, a late event): dropped, not dead-lettered", ["topic"], registry=REGISTRY)
-LATE_EVENTS = Counter("tidewater_late_events", "Events too late for their windows (beyond grace)", registry=REGISTRY)
+LATE_EVENTS = Counter("tidewater_late_events", "Events applied to the profile but too late for their windows (beyond "
+                      "TIDEWATER_WINDOW_GRACE_S)", ["topic"], registry=REGISTRY)
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
 RESTORED = Counter("tidewater_changelog_records_restored",
                    "Changelog records restored into the tables at start-up or after a rebalance, by path: batch "
@@ -79,7 +80,7 @@ MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (
 
 _BY_NAME = {"events_in": EVENTS_IN, "applied": APPLIED, "duplicates_skipped": DUPLICATES,
             "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT, "scoring_errors": SCORING_ERRORS,
-            "erased": USERS_ERASED, "erased_events_dropped": ERASED_EVENTS_DROPPED}
+            "erased": USERS_ERASED, "erased_events_dropped": ERASED_EVENTS_DROPPED, "late_events": LATE_EVENTS}
 
 
 def record_engine_metric(name: str, label: str, n: int) -> None:

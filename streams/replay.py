@@ -124,7 +124,8 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     """Every record of a topic as (partition, offset, key, value), sorted by partition then offset.
 
     Reads until the end offsets are reached *and* nothing new arrived for ``idle_s`` (Tansu 0.6 reports a wrong
-    high watermark after multi-record batches, so the end offsets alone are not trusted)."""
+    high watermark after multi-record batches, so the end offsets alone are not trusted). A topic of any size is
+    read whole; ``timeout_s`` without a record while the end is not reached is an error, never a short result."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaConnectionError
 
@@ -149,9 +150,8 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
         last_data = time.monotonic()
-        while time.monotonic() < deadline:
+        while True:
             batch = await consumer.getmany(timeout_ms=200, max_records=50000)
             if batch:
                 last_data = time.monotonic()
@@ -162,6 +162,9 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
             reached = all(pos >= end[tp] for pos, tp in zip(positions, tps))
             if reached and time.monotonic() - last_data >= idle_s:
                 break
+            if not reached and time.monotonic() - last_data >= timeout_s:
+                raise UserError(f"reading {topic!r}: no record for {timeout_s:g} s before its end offsets (read "
+                                f"{len(rows):,} records): is the broker up?")
     finally:
         await consumer.stop()
     rows.sort(key=lambda r: (r[0], r[1]))
@@ -169,8 +172,12 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
 
 
 async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, idle_s: float = 2.0) -> int:
-    rows = await read_topic(s, topic, idle_s=idle_s)
-    with open(out, "wb") as fh:
+    try:
+        fh = open(out, "wb")  # before reading: a wrong path fails at once, not after the whole topic
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    with fh:
+        rows = await read_topic(s, topic, idle_s=idle_s)
         for partition, offset, key, value in rows:
             if with_meta:
                 line = json.dumps({"partition": partition, "offset": offset,

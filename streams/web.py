@@ -73,7 +73,11 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            assigned = sorted({tp.partition for tp in app.consumer.assignment() if tp.topic in s.input_topics})
+            try:
+                assignment = app.consumer.assignment()
+            except Exception:  # noqa: BLE001 - the web server starts before the consumer: nothing assigned yet
+                assignment = set()
+            assigned = sorted({tp.partition for tp in assignment if tp.topic in s.input_topics})
             # "starting" until the registry's models are loaded (a readiness probe: no input is processed before)
             return self.json({"status": "ok" if pipeline.ready else "starting", "partitions": assigned,
                               "processed": pipeline.processed, "dropped_at_rebalance": pipeline.dropped_at_rebalance,
@@ -90,8 +94,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     class Stats(View):
         async def get(self, request: Request) -> Response:
             counters: dict[str, int] = {}
-            for engine in pipeline.engines.values():
-                for (name, label), n in getattr(engine, "counters", {}).items():
+            for engine in list(pipeline.engines.values()):  # copies: the engine thread may add keys meanwhile
+                for (name, label), n in list(getattr(engine, "counters", {}).items()):
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
             return self.json({"processed": pipeline.processed, "acks": pipeline.throughput.as_dict(),
                               "counters": counters,

@@ -358,10 +358,13 @@ class PartitionEngine:
             self._result.done.append(record)
             return
         profile = self._profile(event.user_id)
+        late_before = profile.late_events
         applied = apply(profile, event, source_key(record.topic, record.partition), record.offset,
                         state.watermark, self.config.profile)
         if applied:
             self._count("applied", record.topic)
+            if profile.late_events != late_before:
+                self._count("late_events", record.topic)
             if event.ts > state.watermark:
                 state.watermark = event.ts
             self._result.state_changed = True

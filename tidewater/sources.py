@@ -52,6 +52,8 @@ def dataset_events(name: str) -> Iterator[Event | bytes]:
     if name == "ml-100k":
         return ml100k_events()
     if name.endswith(".jsonl") or name.endswith(".json") or Path(name).is_file():
+        if not Path(name).is_file():  # checked now: the lines are read lazily, once the producer runs
+            raise ValueError(f"no such file: {name}")
         return jsonl_events(name)
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file")
 

@@ -287,3 +287,21 @@ def test_scoring_bound_is_zero_while_no_tick_can_be_crossed():
     assert engine.scoring_bound() >= 2  # midnight is crossed: both active users may be scored
     result = engine.on_notify(1e18)
     assert sum(e.topic == "churn-scores" for e in result.outputs) == 2
+
+
+def test_regression_late_events_are_counted_on_metrics():
+    """tidewater_late_events_total was declared and documented but never incremented (found by review)."""
+    from streams import metrics
+
+    def exported() -> float:
+        return metrics.REGISTRY.get_sample_value("tidewater_late_events_total", {"topic": "clicks"}) or 0.0
+
+    before = exported()
+    evs = [Click(event_id="a", user_id="u1", ts=10 * DAY), Click(event_id="b", user_id="u2", ts=10 * DAY + 60),
+           Click(event_id="late", user_id="u1", ts=2 * DAY)]  # eight days behind the watermark: beyond the grace
+    engine = PartitionEngine(0, EngineConfig(), DictStore(), metrics=metrics.record_engine_metric)
+    result = run_to_completion(engine, records(evs))
+    assert result.profiles["u1"].late_events == 1 and result.profiles["u1"].n_events == 2  # applied, not windowed
+    assert engine.counters[("late_events", "clicks")] == 1
+    engine.drain_metrics()
+    assert exported() - before == 1
