@@ -3,7 +3,9 @@
 The calibration period is replayed through the stream's own pure functions (``profile.apply`` builds each
 customer's profile and ring of recent events), every customer is scored at the cut-off by the churn model and
 the offer policy decides as it would in the stream (trigger ``inactivity`` when the customer has been silent
-for at least the inactivity gap). The outcome is the churn label of the horizon after the cut-off.
+for at least the inactivity gap), with no offer made before and the day's budget left aside: this measures whom
+the policy targets, not how many offers one day's budget allows. The outcome is the churn label of the horizon
+after the cut-off.
 
 Reported on the model's held-out test customers (the split seed and cut-off come from the model's registry
 metadata, so no customer the model was trained or calibrated on is counted): the offered fraction, the churn
@@ -87,6 +89,9 @@ def offer_lift(profiles: dict[str, Profile], churned: dict[str, bool], scores: n
         result.update(policy={"churn_rate": None, "lift": None})
         return result
     rate = float(y[offered].mean())
+    if base == 0:  # no churner among these customers: a lift is not defined
+        result.update(policy={"churn_rate": round(rate, 4), "lift": None}, note="no churner among these customers")
+        return result
     result["policy"] = {"churn_rate": round(rate, 4), "lift": round(rate / base, 4)}
     # the same number of offers spent on the longest-silent customers
     recency = np.array([cutoff - profiles[u].last_ts for u in users])

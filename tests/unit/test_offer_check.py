@@ -54,3 +54,12 @@ def test_a_score_that_knows_nothing_gives_no_lift():
     scores = np.random.default_rng(1).uniform(0.6, 1.0, len(users))
     result = offer_lift(profiles, churned, scores, None, 100 * DAY, CheckConfig())
     assert abs(result["policy"]["lift"] - 1.0) < 0.2
+
+
+def test_customers_without_a_churner_give_no_lift_instead_of_dividing_by_zero():
+    frame, churned = synthetic_log()
+    profiles = build_profiles(frame, cutoff=100 * DAY)
+    nobody = {user: False for user in churned}
+    scores = np.full(len(nobody), 0.9)
+    result = offer_lift(profiles, nobody, scores, None, 100 * DAY, CheckConfig())
+    assert result["offers"] > 0 and result["policy"] == {"churn_rate": 0.0, "lift": None}
