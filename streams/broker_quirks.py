@@ -38,8 +38,8 @@ async def true_end_offsets(settings: Settings, reported: Mapping[Any, int], *, s
     if not probe:
         return result
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings), enable_auto_commit=False, fetch_max_wait_ms=50)
-    await consumer.start()
     try:
+        await consumer.start()  # inside the try: a failed start still closes the client's connections
         tps = {tp: TopicPartition(tp.topic, tp.partition) for tp in probe}
         consumer.assign(list(tps.values()))
         for tp, value in probe.items():
