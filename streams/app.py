@@ -4,10 +4,11 @@ Faust owns the consumer group, offsets, acks and commits, the tables with their 
 the web server. What it does not do here is the per-message stream path (a message, two tasks, an Event, a
 queue hop, processors and sensors per record), which measured at ~15k records/s before any work was done.
 Instead the consumer's fetch loop hands each fetched list of input records to an in-memory inbox
-(``streams/ingress.py``); one task takes the inbox in batches, hands the records to one pure
-``PartitionEngine`` per partition (in the executor thread), writes each changed profile once per batch
-(``streams/table_io.py``), and passes the outputs and changelog records to a send task, which acks the input
-records once they are queued in the producer, so Faust commits exactly what was applied.
+(``streams/ingress.py``); one task takes the inbox in batches and hands the records to one pure
+``PartitionEngine`` per partition (in the executor thread). Send tasks then produce each batch's outputs, then,
+once Kafka has them, its changelog records, then write each changed profile once to RocksDB
+(``streams/table_io.py``) and ack the input records (``Pipeline._send_loop``), so Faust commits what was applied
+and a stored profile never runs ahead of its outputs.
 
 Records held in the event-time merge are not acked until applied. At a rebalance, Faust commits what was
 acked; the revoke handler then drops the inbox and the engines of revoked partitions, whose records the next
@@ -207,7 +208,8 @@ class Pipeline:
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
-        # at most one batch waits while another is being sent (bounded memory, bounded unacked input)
+        # the send tasks' one-batch queues (_send_loop): a few batches on their way out at most (bounded memory,
+        # bounded unacked input)
         self._outbox: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)
         self._changelog_queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)  # outputs sent
         self._store_queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)  # outputs in Kafka, changelog sent
