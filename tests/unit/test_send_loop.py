@@ -70,26 +70,35 @@ def _batch():
                     done=["record-1"])
 
 
-def test_a_batch_is_stored_and_acked_only_after_its_outputs_then_its_changelog_are_in_kafka() -> None:
+def _send_one_batch(drive):
+    """Run the send tasks on one batch; ``drive(sender, log)`` resolves its deliveries. (pipeline, sender, log)"""
     log: list = []
     sender = ControlledSender()
     pipeline = _pipeline(sender, log)
 
     async def scenario() -> None:
-        from types import SimpleNamespace as Meta
-
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
         await pipeline._outbox.put(_batch())
         await asyncio.sleep(0.01)
+        await drive(sender, log)
+        await asyncio.wait_for(pipeline._drained(), 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    return pipeline, sender, log
+
+
+def test_a_batch_is_stored_and_acked_only_after_its_outputs_then_its_changelog_are_in_kafka() -> None:
+    from types import SimpleNamespace as Meta
+
+    async def deliver_in_turn(sender, log) -> None:
         assert [topic for topic, _ in sender.sent] == ["recs"]  # the changelog waits for the outputs
         sender.sent[0][1].set_result(Meta(offset=40))
         await asyncio.sleep(0.01)
         assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"] and log == []
         sender.sent[1][1].set_result(Meta(offset=7))
-        await asyncio.wait_for(pipeline._drained(), 2)
-        sending.cancel()
 
-    asyncio.run(scenario())
+    pipeline, _, log = _send_one_batch(deliver_in_turn)
     assert log == [("write", {("profiles-changelog", 0): 7}), ("ack", ["record-1"])]
     assert pipeline.processed == 1
 
@@ -97,19 +106,11 @@ def test_a_batch_is_stored_and_acked_only_after_its_outputs_then_its_changelog_a
 def test_regression_a_delivery_that_fails_in_kafka_stops_the_worker_before_anything_is_stored_or_acked() -> None:
     """Records were handed to the producer and their inputs acked at once; a delivery that failed later (an
     authorisation error, a record too large for the broker) went unnoticed and Faust committed the offsets."""
-    log: list = []
-    sender = ControlledSender()
-    pipeline = _pipeline(sender, log)
 
-    async def scenario() -> None:
-        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
-        await pipeline._outbox.put(_batch())
-        await asyncio.sleep(0.01)
+    async def fail_the_outputs(sender, log) -> None:
         sender.sent[0][1].set_exception(RuntimeError("TopicAuthorizationFailedError"))
-        await asyncio.wait_for(pipeline._drained(), 2)
-        sending.cancel()
 
-    asyncio.run(scenario())
+    pipeline, sender, log = _send_one_batch(fail_the_outputs)
     assert isinstance(pipeline._send_failed, RuntimeError)
     assert [topic for topic, _ in sender.sent] == ["recs"]  # no changelog for a batch whose outputs failed
     assert log == [] and pipeline.processed == 0
