@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -657,6 +658,15 @@ def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionSta
     return state, False
 
 
+def canonical_url(s: Settings) -> str:
+    """How other workers reach this one. Faust keys the table's partition owners by it, so two workers announcing
+    the same URL (http://0.0.0.0:6066 in every container) routed profile requests to the wrong one."""
+    if s.web_canonical_url:
+        return s.web_canonical_url
+    host = socket.gethostname() if s.web_host in ("0.0.0.0", "::", "") else s.web_host
+    return f"http://{host}:{s.web_port}"
+
+
 def create_app(settings: Settings, *, engine_factory: EngineFactory | None = None) -> faust.App:
     s = settings
     app = faust.App(
@@ -679,6 +689,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         web_host=s.web_host,
         web_port=s.web_port,
         web_bind=s.web_host,
+        canonical_url=canonical_url(s),
         table_standby_replicas=0,
     )
     set_fetch_max_wait(s.fetch_max_wait_ms)

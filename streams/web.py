@@ -1,6 +1,7 @@
 """HTTP views served by each worker (Faust web): ingest, profiles, health, metrics, stats, dashboard."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from importlib import resources
@@ -30,18 +31,24 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             token = s.ingest_token.reveal()
             if not token:
                 return self.json({"error": "ingest disabled: set TIDEWATER_INGEST_TOKEN"}, status=503)
-            auth = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {token}".encode()):
+            auth = request.headers.get("Authorization", "")  # aiohttp keeps undecodable bytes as surrogates
+            if not hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
                 return self.json({"error": "missing or wrong bearer token"}, status=401)
+            too_big = self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
             if request.content_length is not None and request.content_length > s.max_request_bytes:
-                return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
-            body = await request.read()
-            if len(body) > s.max_request_bytes:
-                return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
+                return too_big
+            chunks, size = [], 0  # read here, not with request.read(): aiohttp's own cap is 1 MiB whatever is set
+            async for chunk in request.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > s.max_request_bytes:
+                    return too_big
+                chunks.append(chunk)
             try:
-                items = msgspec.json.decode(body)
+                items = msgspec.json.decode(b"".join(chunks))
             except msgspec.DecodeError as exc:
                 return self.json({"error": f"malformed JSON: {exc}"}, status=400)
+            except RecursionError:
+                return self.json({"error": "malformed JSON: nested too deeply"}, status=400)
             if isinstance(items, dict):
                 items = [items]
             if not isinstance(items, list) or not items:
@@ -56,9 +63,14 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                     decoded.append(event)
             if errors:  # all or nothing: the web tier fixes the batch and resends it
                 return self.json({"error": "invalid events", "rejected": errors}, status=422)
-            for event in decoded:
-                kind = topic_kind(event)  # erasure requests go with the clicks
-                await topics[kind].send(key=event.user_id.encode(), value=encode_event(event))
+            sent = [await topics[topic_kind(event)].send(key=event.user_id.encode(), value=encode_event(event))
+                    for event in decoded]  # erasure requests go with the clicks
+            try:  # 202 means Kafka has every event, not that the producer queued them
+                await asyncio.gather(*sent)
+            except Exception as exc:  # noqa: BLE001 - any delivery failure: the client must resend
+                return self.json({"error": f"not every event reached Kafka ({exc!r}); resend the batch: an event "
+                                           "already stored is skipped by its event_id (among the user's last 16)"},
+                                 status=503)
             return self.json({"accepted": len(decoded)}, status=202)
 
     @app.page("/users/{user_id}/profile")
@@ -79,11 +91,13 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 assignment = set()
             assigned = sorted({tp.partition for tp in assignment if tp.topic in s.input_topics})
             # "starting" until the registry's models are loaded (a readiness probe: no input is processed before)
+            # a readiness probe: HTTP 503 while starting, so a probe that reads only the status code works too
             return self.json({"status": "ok" if pipeline.ready else "starting", "partitions": assigned,
                               "processed": pipeline.processed, "dropped_at_rebalance": pipeline.dropped_at_rebalance,
                               "models": {"churn": pipeline.churn_slot.scorer.version,
                                          "recs": pipeline.recs_slot.recommender.version,
-                                         "index": pipeline.recs_slot.recommender.index_version}})
+                                         "index": pipeline.recs_slot.recommender.index_version}},
+                             status=200 if pipeline.ready else 503)
 
     @app.page("/metrics")
     class Metrics(View):

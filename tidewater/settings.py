@@ -178,6 +178,10 @@ class Settings:
     # --- web ------------------------------------------------------------------------------------------------
     web_host: str = setting("127.0.0.1", "TIDEWATER_WEB_HOST", "Bind address of the worker's HTTP server.")
     web_port: int = setting(6066, "TIDEWATER_WEB_PORT", "Port of the worker's HTTP server (API, metrics, dashboard).")
+    web_canonical_url: str = setting(
+        "", "TIDEWATER_WEB_CANONICAL_URL",
+        "The URL other workers reach this one at (GET /users/{id}/profile is routed to the owner's). Empty: "
+        "http://TIDEWATER_WEB_HOST:PORT, or the host name when the server binds every interface (0.0.0.0).")
     ingest_token: Secret = setting(Secret(""), "TIDEWATER_INGEST_TOKEN",
                                    "Bearer token required by POST /events (secret). Empty disables ingest.")
     max_request_bytes: int = setting(1 << 20, "TIDEWATER_MAX_REQUEST_BYTES", "Largest accepted POST /events body.")

@@ -25,6 +25,21 @@ def post(port: int, body: bytes, token: str | None = TOKEN) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def raw_auth_status(port: int, authorization: bytes) -> int:
+    """POST with an Authorization header of raw bytes (urllib only sends text)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("POST", "/events")
+        conn.putheader("Authorization", authorization)
+        conn.putheader("Content-Length", "2")
+        conn.endheaders(b"[]")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_post_events_validates_authenticates_and_lands_in_profiles(deployment):
     deployment.env["TIDEWATER_INGEST_TOKEN"] = TOKEN
     deployment.env["TIDEWATER_MAX_REQUEST_BYTES"] = "4096"
@@ -38,6 +53,9 @@ def test_post_events_validates_authenticates_and_lands_in_profiles(deployment):
     assert post(worker.port, json.dumps(events).encode(), token="wrong")[0] == 401
     status, body = post(worker.port, b"{nope")
     assert status == 400 and "malformed" in body["error"]
+    status, body = post(worker.port, b"[" * 1500 + b"]" * 1500)  # regression: RecursionError was a 500
+    assert status == 400 and "nested too deeply" in body["error"]
+    assert raw_auth_status(worker.port, b"Bearer \xff") == 401  # regression: an undecodable header was a 500
     status, body = post(worker.port, json.dumps([{**events[0], "ts": "later"}]).encode())
     assert status == 422 and body["rejected"][0]["reason"] == "invalid_field"
     assert post(worker.port, json.dumps(events * 40).encode())[0] == 413

@@ -28,6 +28,16 @@ def test_compose_has_kraft_kafka_topics_two_workers_and_prometheus():
     for worker in ("worker-1", "worker-2"):
         assert services[worker]["command"][:2] == ["tidewater", "worker"]
         assert services[worker]["environment"]["TIDEWATER_APP_ID"] == "tidewater"  # one consumer group
+        # each announces its own reachable URL: with 0.0.0.0 for both, profile routing went to the wrong worker
+        port = services[worker]["environment"]["TIDEWATER_WEB_PORT"]
+        assert services[worker]["environment"]["TIDEWATER_WEB_CANONICAL_URL"] == f"http://{worker}:{port}"
+        assert services[worker]["hostname"] == worker
+    # Kafka writes where its volume is mounted, and the host reaches it through a listener it advertises
+    assert f"kafka-data:{env['KAFKA_LOG_DIRS']}" in kafka["volumes"]
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    host_port = advertised["EXTERNAL"].split(":")[-1]
+    assert advertised["EXTERNAL"].startswith("localhost:") and f"{host_port}:{host_port}" in kafka["ports"]
+    assert all(name in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] for name in advertised)
 
 
 def test_compose_env_names_are_real_settings():
