@@ -55,9 +55,9 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
                 result[spec.name] = "exists"
                 continue
             try:
-                await admin.create_topics([NewTopic(spec.name, spec.partitions, s.replication_factor,
-                                                    topic_configs=spec.configs)])
-                result[spec.name] = "created"
+                response = await admin.create_topics([NewTopic(spec.name, spec.partitions, s.replication_factor,
+                                                               topic_configs=spec.configs)])
+                result[spec.name] = creation_outcome(spec.name, response.topic_errors)
             except TopicAlreadyExistsError:
                 result[spec.name] = "exists"
         counts = await _partition_counts(admin, [spec.name for spec in specs if result[spec.name] == "exists"])
@@ -68,6 +68,23 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
     finally:
         await admin.close()
     return result
+
+
+def creation_outcome(name: str, topic_errors: list[tuple]) -> str:
+    """"created" or "exists" from a CreateTopics response's ``(topic, error_code[, message])`` entries; any
+    other error is a UserError. aiokafka returns the broker's per-topic errors instead of raising them, so a
+    replication factor above the broker count, say, printed "created" for topics that were not."""
+    from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+    for entry in topic_errors:
+        if entry[0] != name or entry[1] == 0:
+            continue
+        error = for_code(entry[1])
+        if error is TopicAlreadyExistsError:
+            return "exists"
+        message = entry[2] if len(entry) > 2 and entry[2] else error.description
+        raise UserError(f"cannot create topic {name}: {error.__name__}: {message}")
+    return "created"
 
 
 async def _partition_counts(admin, topics: list[str]) -> dict[str, int]:

@@ -12,13 +12,14 @@ Workers poll :meth:`Registry.current_version` and reload when it changes (hot re
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 CURRENT = "current"
 KINDS = ("churn", "recs", "recs_index")  # the registries under one root, as the worker reads them
@@ -63,23 +64,38 @@ class Registry:
         meta: dict[str, Any] | None = None,
         make_current: bool = True,
     ) -> str:
-        """Create the next version: ``write(tmpdir)`` fills it, then it is renamed into place."""
+        """Create the next version: ``write(tmpdir)`` fills it, then it is renamed into place. Publishers running at
+        once each get their own number: it is taken, and the version renamed into place and made current, under a
+        lock on the registry (two publishers used to pick the same number)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        number = 1 + max((int(v[1:5]) for v in self.versions() if v[1:5].isdigit()), default=0)
-        version = f"v{number:04d}-{fingerprint[:8]}"
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would keep workers running as another user out
         try:
             write(tmp)
-            info = {"version": version, "fingerprint": fingerprint, "created_unix": time.time()}
-            info.update(meta or {})
-            (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-            os.rename(tmp, self.root / version)
+            with self._lock():
+                number = 1 + max((int(v[1:5]) for v in self.versions() if v[1:5].isdigit()), default=0)
+                version = f"v{number:04d}-{fingerprint[:8]}"
+                info = {"version": version, "fingerprint": fingerprint, "created_unix": time.time()}
+                info.update(meta or {})
+                (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+                os.rename(tmp, self.root / version)
+                if make_current:
+                    self.set_current(version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if make_current:
-            self.set_current(version)
         return version
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        import fcntl
+
+        with open(self.root / ".publish.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def set_current(self, version: str) -> None:
         if not (self.root / version).is_dir():
@@ -87,6 +103,7 @@ class Registry:
         fd, tmp = tempfile.mkstemp(prefix=".current-", dir=self.root)
         with os.fdopen(fd, "w") as fh:
             fh.write(version + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600: readable by workers running as another user
         os.replace(tmp, self.root / CURRENT)
 
     def meta(self, version: str | None = None) -> dict[str, Any]:

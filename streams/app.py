@@ -701,6 +701,9 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     profiles = app.Table(PROFILES_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes)
     states = app.Table(STATE_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes)
     pipeline = Pipeline(app, s, profiles, states, outputs, engine_factory=engine_factory)
+    for topic in s.input_topics:  # at 0 from the start: "nothing applied yet" is a series an alert can read
+        metrics.EVENTS_IN.labels(topic)
+        metrics.APPLIED.labels(topic)
     app.tidewater = pipeline  # type: ignore[attr-defined]
 
     # Subscribe the input topics (co-partitioned: same partition count); their fetched batches go to the

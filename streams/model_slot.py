@@ -43,6 +43,10 @@ class RegistrySlot:
     def _publish(self) -> None:
         for labels in self._gauge_labels():
             metrics.MODEL_VERSION.labels(*labels).set(1)
+        # the failure counters of what serves now exist from the start, at 0: an alert on increase() sees no
+        # increase from a series that first appears already at 1 (a first failure would never alert)
+        metrics.MODEL_LOAD_FAILURES.labels(self.metric_kind)
+        metrics.SCORING_ERRORS.labels(self.current.version)
 
     def _unpublish(self) -> None:
         for labels in self._gauge_labels():
@@ -69,7 +73,11 @@ class RegistrySlot:
 
     async def maybe_reload(self, executor: Any) -> bool:
         """True when a new version was swapped in (the caller hands it to the engines)."""
-        wanted = self._wanted()
+        try:
+            wanted = self._wanted()
+        except OSError as exc:  # an unreadable registry (permissions, a lost mount): keep serving, say why
+            log.error("could not read the %s registry: %r; keeping %s", self.kind, exc, self.current.version)
+            return False
         if wanted is None or wanted == self.loaded:
             return False
         preloading, self._preloading = self._preloading, None

@@ -36,6 +36,19 @@ class CheckConfig:
     seed: int = 0
 
 
+def held_out_task(frame: pd.DataFrame, meta: dict[str, Any]):
+    """The model's churn task rebuilt as it was trained, from its registry metadata: the same cut-off, horizon,
+    split seed and, for a model trained on a sample (``--max-users``), the same users; so its test users are the
+    ones it never saw. (The log as used, the task.)"""
+    from models.churn.data import build_task, parse_time, sample_users
+
+    if meta.get("max_users"):
+        frame, _ = sample_users(frame, int(meta["max_users"]))
+    task = build_task(frame, parse_time(meta["cutoff"][:10]), float(meta["horizon_days"]),
+                      seed=int(meta.get("seed", 0)))
+    return frame, task
+
+
 def build_profiles(frame: pd.DataFrame, cutoff: float, config: ProfileConfig = ProfileConfig()) -> dict[str, Profile]:
     """Replay the purchases before the cut-off in event-time order into profiles (the stream's ``apply``)."""
     calib = frame[frame["ts"] < cutoff].sort_values(["ts", "user_id"], kind="stable")
@@ -114,7 +127,6 @@ def offer_lift(profiles: dict[str, Profile], churned: dict[str, bool], scores: n
 def run_check(registry_dir: str, config: CheckConfig = CheckConfig(), frame: pd.DataFrame | None = None,
               split: str = "test") -> dict[str, Any]:
     """The check on the current churn model's own data, cut-off and held-out test customers."""
-    from models.churn.data import build_task, parse_time
     from models.registry import Registry
     from models.churn.scorer import ChurnScorer
     from tidewater.scoring import RingScorer
@@ -127,8 +139,8 @@ def run_check(registry_dir: str, config: CheckConfig = CheckConfig(), frame: pd.
         from models.datasets import load_cdnow
 
         frame = load_cdnow(sample=False)
-    cutoff = parse_time(meta["cutoff"][:10])
-    task = build_task(frame, cutoff, float(meta["horizon_days"]), seed=int(meta.get("seed", 0)))
+    frame, task = held_out_task(frame, meta)
+    cutoff = task.cutoff
     chosen = task.split == split
     churned = {str(u): bool(c) for u, c in zip(task.users[chosen], task.churn[chosen])}
     profiles = build_profiles(frame, cutoff, config.profile)

@@ -211,6 +211,11 @@ class Settings:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise InvalidSetting(f"{env}={value!r}: expected one of {', '.join(choices)}")
+            if f.name == "bootstrap_servers" and not all(_host_port(entry) for entry in value.split(",")):
+                raise InvalidSetting(f"{env}={value!r}: expected host:port, or several separated by commas")
+            if f.name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") and value and "SSL" in self.security_protocol \
+                    and not os.path.isfile(value):
+                raise InvalidSetting(f"{env}={value!r}: no such file")
             if f.name in RANGES:
                 low, high = RANGES[f.name]
                 if not (math.isfinite(value) and (value > 0 if low == "positive" else value >= low)
@@ -250,6 +255,11 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "churn_threshold": (0, 1), "offer_min_value": _NON_NEGATIVE, "offer_cooldown_s": _NON_NEGATIVE,
     "offer_daily_budget": _NON_NEGATIVE, "web_port": (0, 65535), "max_request_bytes": _POSITIVE,
 }
+
+
+def _host_port(entry: str) -> bool:
+    host, sep, port = entry.strip().rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:

@@ -116,7 +116,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
                 "uses_encoder": res.model.encoder_contributes(),
-                "sampled_from_users": frame.attrs.get("sampled_from_users")}
+                "sampled_from_users": frame.attrs.get("sampled_from_users"),
+                "max_users": max_users if frame.attrs.get("sampled_from_users") else None}
         fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -166,7 +167,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
             version = Registry(publish / "churn").publish(
                 lambda d: save_model(model, d, metrics=slim, extra=info), fingerprint=fp,
-                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed})
+                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed,
+                      "sampled_from_users": frame.attrs.get("sampled_from_users"),
+                      "max_users": max_users if frame.attrs.get("sampled_from_users") else None})
             result["published_version"] = version
         m = result["model"]
         lines = [f"dataset {name}: {result['task']['n_users']} users, test {result['task']['n_test']}, "

@@ -88,3 +88,24 @@ def test_an_index_without_readable_metadata_is_reported_not_a_traceback(registry
     (root / "recs_index" / broken / "meta.json").write_text("{")
     code, _, err = run(["models", "use", "recs_index", broken, "--registry", str(root)], capsys)
     assert code == 0 and "no readable meta.json" in err and "Traceback" not in err
+
+
+def test_regression_publishers_running_at_once_get_their_own_versions(tmp_path):
+    """The number was picked before the (long) write, without a lock: two publishers at once both took v0001
+    (found by review). One publishes while the other is writing its files."""
+    import stat
+
+    registry = Registry(tmp_path / "churn")
+    inner: list[str] = []
+
+    def write_outer(directory):
+        (directory / "weights.bin").write_bytes(b"outer")
+        inner.append(registry.publish(lambda d: (d / "weights.bin").write_bytes(b"inner"), fingerprint="bbbbbbbb"))
+
+    outer = registry.publish(write_outer, fingerprint="aaaaaaaa")
+    assert inner == ["v0001-bbbbbbbb"] and outer == "v0002-aaaaaaaa"
+    assert registry.versions() == ["v0001-bbbbbbbb", "v0002-aaaaaaaa"] and registry.current_version() == outer
+    assert (registry.path(outer) / "weights.bin").read_bytes() == b"outer"
+    # readable by a worker running as another user (mkdtemp / mkstemp create 0700 / 0600)
+    assert stat.S_IMODE(registry.path(outer).stat().st_mode) & 0o055 == 0o055
+    assert stat.S_IMODE((registry.root / "current").stat().st_mode) & 0o044 == 0o044

@@ -100,3 +100,27 @@ def test_a_rollback_to_an_earlier_version_is_loaded_like_a_new_one():
         assert asyncio.run(slot.maybe_reload(executor)) is True
         assert slot.current.version == version
     assert [v for v, _ in slot.loads] == ["v1", "v2", "v1"]
+
+
+def test_regression_the_failure_counters_exist_at_zero_before_the_first_failure():
+    """The alert rules use increase(); a labelled counter that first appears at 1 shows no increase, so a first
+    load failure or a first scoring failure of a version never alerted (found by review)."""
+    from streams import metrics
+
+    slot = CountingSlot()
+    slot.metric_kind = "never-failed"
+    slot.current = SimpleNamespace(version="v-never-failed")
+    slot._publish()
+    value = metrics.REGISTRY.get_sample_value
+    assert value("tidewater_model_load_failures_total", {"kind": "never-failed"}) == 0.0
+    assert value("tidewater_scoring_errors_total", {"model_version": "v-never-failed"}) == 0.0
+
+
+def test_an_unreadable_registry_keeps_the_model_serving():
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+
+    def unreadable():
+        raise PermissionError(13, "Permission denied", "var/registry/churn/current")
+
+    slot._wanted = unreadable
+    assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "placeholder"

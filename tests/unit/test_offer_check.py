@@ -63,3 +63,18 @@ def test_customers_without_a_churner_give_no_lift_instead_of_dividing_by_zero():
     scores = np.full(len(nobody), 0.9)
     result = offer_lift(profiles, nobody, scores, None, 100 * DAY, CheckConfig())
     assert result["offers"] > 0 and result["policy"] == {"churn_rate": 0.0, "lift": None}
+
+
+def test_regression_a_model_trained_on_a_sample_is_checked_on_its_own_held_out_users():
+    """The check rebuilt the split on the whole log, so for a model trained with --max-users about 29 % of its
+    test users had been training or validation users (found by review)."""
+    from models.churn.data import build_task, sample_users
+    from tidewater.offer_check import held_out_task
+
+    frame, _ = synthetic_log(n=400)
+    frame = pd.concat([frame, frame.assign(ts=frame["ts"] + 150 * DAY)])  # purchases in the horizon too
+    meta = {"cutoff": "1970-04-11", "horizon_days": 100.0, "seed": 3, "max_users": 250}
+    _, task = held_out_task(frame, meta)
+    trained = build_task(sample_users(frame, 250)[0], task.cutoff, 100.0, seed=3)  # what `train churn` built
+    assert set(task.users) == set(trained.users) and len(task.users) == 250
+    assert set(task.users[task.split == "test"]) == set(trained.users[trained.split == "test"])

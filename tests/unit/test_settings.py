@@ -82,9 +82,22 @@ def test_every_numeric_setting_has_a_range():
 @pytest.mark.parametrize("env,value", [("TIDEWATER_CLOCK_TICK_S", "0"), ("TIDEWATER_CHURN_THRESHOLD", "nan"),
                                        ("TIDEWATER_CHURN_THRESHOLD", "1.5"), ("TIDEWATER_OFFER_DAILY_BUDGET", "-1"),
                                        ("TIDEWATER_INACTIVITY_RESCORE_S", "0"), ("TIDEWATER_PARTITIONS", "0"),
-                                       ("TIDEWATER_SESSION_GAP_S", "inf")])
+                                       ("TIDEWATER_SESSION_GAP_S", "inf"),
+                                       ("TIDEWATER_BOOTSTRAP_SERVERS", "127.0.0.1:abc"),
+                                       ("TIDEWATER_BOOTSTRAP_SERVERS", "kafka:9092,")])
 def test_regression_values_the_worker_cannot_run_with_are_refused_by_name(env, value):
     """A tick of 0 s divided by zero at the first event; a NaN threshold made every scored user an offer
     (found by review): refused at start-up, naming the variable."""
     with pytest.raises(ValueError, match=env):
         Settings.from_env(environ={env: value})
+
+
+def test_tls_files_must_exist_when_tls_is_on(tmp_path):
+    """A missing CA file was a FileNotFoundError traceback from the Kafka client (found by review)."""
+    missing = str(tmp_path / "ca.pem")
+    with pytest.raises(ValueError, match="TIDEWATER_SSL_CAFILE"):
+        Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "SSL", "TIDEWATER_SSL_CAFILE": missing})
+    Settings.from_env(environ={"TIDEWATER_SSL_CAFILE": missing})  # not used without TLS: not checked
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "SSL", "TIDEWATER_SSL_CAFILE": missing})
+    assert Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": "a:9092, b:9093,[::1]:9094"})
