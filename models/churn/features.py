@@ -91,10 +91,10 @@ def normalize_events(events: Iterable[dict], as_of: float) -> list[dict]:
         if etype not in TYPE_IDS:
             raise ValueError(f"unknown event type {etype!r} (expected 'click' or 'purchase')")
         if out and etype == "purchase" and out[-1]["type"] == "purchase" and float(e["ts"]) == out[-1]["ts"]:
-            last = out[-1]
-            if e.get("amount") is not None:
+            last = out[-1]  # a NaN on a later line is missing, as on the first (not a NaN total, not a crash)
+            if e.get("amount") is not None and not (isinstance(e["amount"], float) and math.isnan(e["amount"])):
                 last["amount"] = (last.get("amount") or 0.0) + float(e["amount"])
-            if e.get("quantity") is not None:
+            if e.get("quantity") is not None and not (isinstance(e["quantity"], float) and math.isnan(e["quantity"])):
                 last["quantity"] = (last.get("quantity") or 0) + int(e["quantity"])
             continue
         ev = {"ts": float(e["ts"]), "type": etype}
@@ -415,15 +415,17 @@ def prepare(
                 raise ValueError(f"unknown event type {etype!r} (expected 'click' or 'purchase')")
             if tid == purchase:
                 if last_p and t == last_ts:  # another line of the same basket: merge into the last purchase
-                    if e.get("amount") is not None:
-                        new = (last_amount or 0.0) + float(e["amount"])
+                    a = e.get("amount")  # a NaN is missing here as on the basket's first line
+                    if a is not None and not (isinstance(a, float) and isnan(a)):
+                        new = (last_amount or 0.0) + float(a)
                         if last_amount is None:
                             p_amounts.append(new)
                         else:
                             p_amounts[-1] = new
                         last_amount = amounts[-1] = new
-                    if e.get("quantity") is not None:
-                        q = int(e["quantity"])
+                    q = e.get("quantity")
+                    if q is not None and not (isinstance(q, float) and isnan(q)):
+                        q = int(q)
                         last_qty = qtys[-1] = (last_qty or 0) + q
                         qty_total += q
                         has_qty = True

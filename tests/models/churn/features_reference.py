@@ -59,10 +59,10 @@ def normalize_events(events: Iterable[dict], as_of: float) -> list[dict]:
         if etype not in TYPE_IDS:
             raise ValueError(f"unknown event type {etype!r} (expected 'click' or 'purchase')")
         if out and etype == "purchase" and out[-1]["type"] == "purchase" and float(e["ts"]) == out[-1]["ts"]:
-            last = out[-1]
-            if e.get("amount") is not None:
+            last = out[-1]  # a NaN on a later line is missing, as on the first (not a NaN total, not a crash)
+            if e.get("amount") is not None and not (isinstance(e["amount"], float) and math.isnan(e["amount"])):
                 last["amount"] = (last.get("amount") or 0.0) + float(e["amount"])
-            if e.get("quantity") is not None:
+            if e.get("quantity") is not None and not (isinstance(e["quantity"], float) and math.isnan(e["quantity"])):
                 last["quantity"] = (last.get("quantity") or 0) + int(e["quantity"])
             continue
         ev = {"ts": float(e["ts"]), "type": etype}
