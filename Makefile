@@ -45,7 +45,8 @@ chromium:
 
 ## Unit tests, model tests and integration tests through a real embedded broker (and the dashboard in Chromium).
 test: install chromium
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	@$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit
