@@ -26,7 +26,8 @@ class RingScorer:
 
     def _predict_from_summary(self, sequences: Any, as_of: Any) -> Any:
         as_of = [as_of] * len(sequences) if isinstance(as_of, (int, float)) else list(as_of)
-        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of))
+        clicks = getattr(self.scorer, "reads_clicks", True)
+        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, clicks=clicks))
 
     def score_many(self, sequences: Any, as_of: Any) -> Any:
         if self._from_summary(sequences):

@@ -96,7 +96,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         from models.datasets import fingerprint
         from models.registry import Registry
 
-        from .data import build_task
+        from .data import build_task, event_types
         from .metrics import binary_metrics, forecast_metrics
         from .model import ChurnConfig
         from .train import predict_calibrated, save_model, tokenize_task, train_model
@@ -117,7 +117,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
                 "uses_encoder": res.model.encoder_contributes(),
                 "sampled_from_users": frame.attrs.get("sampled_from_users"),
-                "max_users": max_users if frame.attrs.get("sampled_from_users") else None}
+                "max_users": max_users if frame.attrs.get("sampled_from_users") else None,
+                "event_types": event_types(frame, cut)}
         fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -161,6 +162,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             from models.datasets import fingerprint
             from models.registry import Registry
 
+            from .data import event_types
             from .train import save_model
 
             fp = fingerprint(frame[["user_id", "ts"]])
@@ -169,7 +171,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 lambda d: save_model(model, d, metrics=slim, extra=info), fingerprint=fp,
                 meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed,
                       "sampled_from_users": frame.attrs.get("sampled_from_users"),
-                      "max_users": max_users if frame.attrs.get("sampled_from_users") else None})
+                      "max_users": max_users if frame.attrs.get("sampled_from_users") else None,
+                      "event_types": event_types(frame, cut)})
             result["published_version"] = version
         m = result["model"]
         lines = [f"dataset {name}: {result['task']['n_users']} users, test {result['task']['n_test']}, "

@@ -152,6 +152,14 @@ def check_calibration(frame: pd.DataFrame, cutoff: float, hint: str = LATER_CUTO
                         f"(the log starts on {first}): the calibration set is empty{hint}")
 
 
+def event_types(frame: pd.DataFrame, cutoff: float) -> list[str]:
+    """The event types of the calibration period, what a model trained on the log learns from ("purchase" alone
+    for a log without a ``type`` column); saved with the model, which ignores other types when it serves."""
+    if "type" not in frame.columns:
+        return ["purchase"]
+    return sorted(set(frame.loc[frame["ts"] < cutoff, "type"].astype(str)))
+
+
 def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFrame, int]:
     """At most ``max_users`` users of the log with all their rows, and how many users the log had.
 

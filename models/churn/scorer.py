@@ -47,6 +47,11 @@ class ChurnScorer:
         self.micro_batch = max(1, int(micro_batch))
         # a model whose fine-tuning kept the GLM start has a zero deep head: its scores need no encoder pass
         self.uses_encoder = self.model.encoder_contributes()
+        # a model trained on a log without clicks (CDNOW: purchases only) never learnt what clicks mean: served a
+        # stream with clicks, it read a browsing user's clicks as activity it had only seen from buyers (60 clicks
+        # gave 166 expected purchases). It scores the purchases alone, as in training. Older versions, whose
+        # metadata does not say, read everything as before.
+        self.reads_clicks = "click" in self.meta.get("event_types", ["click", "purchase"])
         self._lock = threading.Lock()
 
     @classmethod
@@ -79,6 +84,8 @@ class ChurnScorer:
             raise ValueError(f"{n} sequences but {len(as_of)} as_of times")
         if n == 0:
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
+        if not self.reads_clicks:
+            sequences = [[e for e in seq if e.get("type", "purchase") != "click"] for seq in sequences]
         summary_only = {} if self.uses_encoder else {"with_tokens": False}
         toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events, item_buckets=self.cfg.item_buckets,
                                category_buckets=self.cfg.category_buckets, **summary_only)

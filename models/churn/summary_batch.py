@@ -48,25 +48,27 @@ class _Columns(NamedTuple):
     merged: np.ndarray  # a purchase line at the time of the purchase just before it: its basket (prepare merges)
 
 
-def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> np.ndarray:
+def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], *,
+                       clicks: bool = True) -> np.ndarray:
     """``prepare([[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in seq] ...],
-    as_of, with_tokens=False)[1]``, bit for bit, raising what it raises."""
+    as_of, with_tokens=False)[1]``, bit for bit, raising what it raises. ``clicks`` False: as if the sequences
+    held no clicks (a model trained on a log without clicks must not read them: ``ChurnScorer.event_types``)."""
     if len(sequences) != len(as_of):
         raise ValueError(f"{len(sequences)} sequences but {len(as_of)} as_of times")
     try:
-        cols = _columns(sequences, as_of)
+        cols = _columns(sequences, as_of, clicks)
     except (TypeError, ValueError, OverflowError):  # odd values (None, strings, huge ints): the general path
-        return _general(sequences, as_of, range(len(sequences)), np.zeros((len(sequences), F.N_SUMMARY)))
+        return _general(sequences, as_of, range(len(sequences)), np.zeros((len(sequences), F.N_SUMMARY)), clicks)
     general = _not_covered(cols)
     with np.errstate(all="ignore"):
         out = _summaries(*_merge_baskets(cols), cols.when)
-    return _general(sequences, as_of, np.flatnonzero(general).tolist(), out)
+    return _general(sequences, as_of, np.flatnonzero(general).tolist(), out, clicks)
 
 
 _TS, _TYPE, _AMOUNT, _QUANTITY = (attrgetter(name) for name in ("ts", "type", "amount", "quantity"))
 
 
-def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> _Columns:
+def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], clicks: bool = True) -> _Columns:
     lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
     events = list(chain.from_iterable(sequences))  # one flat list, then C-level maps over it (no nested loops)
     n = len(events)
@@ -76,6 +78,10 @@ def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float]) -> _Col
     quantity = np.fromiter(map(_QUANTITY, events), np.float64, n)
     when = np.fromiter(as_of, np.float64, len(sequences))
     seg = np.repeat(np.arange(len(sequences)), lengths)
+    if not clicks:
+        kept = code != F.CLICK
+        ts, code, amount, quantity, seg = ts[kept], code[kept], amount[kept], quantity[kept], seg[kept]
+        lengths = np.bincount(seg, minlength=len(sequences))
     purchase = code == F.PURCHASE
     merged = np.zeros(len(ts), bool)
     merged[1:] = purchase[1:] & purchase[:-1] & (seg[1:] == seg[:-1]) & (ts[1:] == ts[:-1])
@@ -103,11 +109,11 @@ def _merge_baskets(c: _Columns):
     return ts[keep], purchase[keep], basket[keep], seg[keep], qty_total
 
 
-def _general(sequences, as_of, rows, out: np.ndarray) -> np.ndarray:
+def _general(sequences, as_of, rows, out: np.ndarray, clicks: bool = True) -> np.ndarray:
     """The rows the fast path does not cover, through ``prepare``; ``out`` (float64) with them filled in."""
     if len(rows):
-        dicts = [[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in sequences[i]]
-                 for i in rows]
+        dicts = [[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in sequences[i]
+                  if clicks or e.type != "click"] for i in rows]
         _, summ = F.prepare(dicts, [as_of[i] for i in rows], max_events=0, item_buckets=2, category_buckets=2,
                             with_tokens=False)
         out = out.astype(np.float32)

@@ -75,6 +75,7 @@ def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     assert ("scores without the encoder pass" in captured.out) == (not scorer.uses_encoder)
     # --max-users: trained on 250 of the 300 users, and the version says so
     assert meta["sampled_from_users"] == 300 and meta["n_users"] <= 250
+    assert meta["event_types"] == ["purchase"] and not scorer.reads_clicks  # a log of purchases only
     assert "using 250 of the log's 300 users" in captured.err
 
 
