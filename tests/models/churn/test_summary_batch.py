@@ -117,15 +117,11 @@ def test_cdnow_baskets_take_the_fast_path_with_the_same_result():
     assert covered(seqs, later) == len(seqs)  # same-day lines merged in the fast path too
 
 
-def test_ring_scorer_uses_the_summary_path_with_the_same_scores():
-    """A model that scores without its encoder: RingScorer's vectorised path gives ChurnScorer.predict_many's
-    probabilities and forecasts exactly; one by one (the dict path, below ``MIN_BATCH``) they agree too."""
+def glm_only_model():
+    """A tiny model that kept its GLM start (zero deep head, random linear path): it scores from the summary."""
     import torch
 
-    from models.churn.scorer import ChurnScorer
     from models.churn.train import new_model
-    from tidewater.profile import RecentEvent
-    from tidewater.scoring import RingScorer
 
     from .helpers import tiny_config
 
@@ -135,6 +131,20 @@ def test_ring_scorer_uses_the_summary_path_with_the_same_scores():
         model.head[-1].bias.zero_()
         torch.manual_seed(0)
         model.wide.weight.normal_(0, 0.5)
+    return model
+
+
+def test_ring_scorer_uses_the_summary_path_with_the_same_scores():
+    """A model that scores without its encoder: RingScorer's vectorised path gives ChurnScorer.predict_many's
+    probabilities and forecasts exactly; one by one (the dict path, below ``MIN_BATCH``) they agree too."""
+    import torch
+
+    from models.churn.scorer import ChurnScorer
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
+
+    model = glm_only_model()
+    with torch.no_grad():
         model.temperature.fill_(1.3)
     scorer = ChurnScorer(model, device="cpu")
     assert not scorer.uses_encoder
@@ -168,21 +178,11 @@ def test_regression_a_model_trained_without_clicks_does_not_read_clicks():
     """The CDNOW model (purchases only) read a browsing user's clicks as the activity it had only seen from buyers:
     60 clicks yesterday gave 166 expected purchases (found by review). A model whose metadata lists the event
     types it was trained on scores the others' absence, on both of RingScorer's paths."""
-    import torch
-
     from models.churn.scorer import ChurnScorer
-    from models.churn.train import new_model
     from tidewater.profile import RecentEvent
     from tidewater.scoring import RingScorer
 
-    from .helpers import tiny_config
-
-    model = new_model(tiny_config(), 0)
-    with torch.no_grad():
-        model.head[-1].weight.zero_()
-        model.head[-1].bias.zero_()
-        torch.manual_seed(0)
-        model.wide.weight.normal_(0, 0.5)
+    model = glm_only_model()
     purchases_only = RingScorer(ChurnScorer(model, device="cpu", meta={"event_types": ["purchase"]}))
     reads_all = RingScorer(ChurnScorer(model, device="cpu", meta={"event_types": ["click", "purchase"]}))
     buys = [RecentEvent(ts=d * DAY, type="purchase", amount=20.0, quantity=1) for d in range(0, 60, 7)]
