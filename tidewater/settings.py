@@ -80,6 +80,11 @@ class Settings:
                                    "starts before its brokers) before it exits with an error (code 2).")
     session_timeout_s: float = setting(10.0, "TIDEWATER_SESSION_TIMEOUT_S",
                                        "Consumer group session timeout: how fast a dead worker is noticed.")
+    rebalance_timeout_s: float = setting(
+        60.0, "TIDEWATER_REBALANCE_TIMEOUT_S",
+        "How long the group waits for a live worker to rejoin a rebalance. A worker first finishes the batch in "
+        "progress (a daily tick can score tens of thousands of users), so this must exceed the longest batch; a dead "
+        "worker is still noticed after the session timeout.")
     heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S", "Consumer heartbeat interval.")
     producer_max_batch_bytes: int = setting(
         262144, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
@@ -243,7 +248,7 @@ _POSITIVE = ("positive", None)
 _NON_NEGATIVE = (0, None)
 RANGES: dict[str, tuple[Any, Any]] = {
     "partitions": _POSITIVE, "replication_factor": _POSITIVE, "model_poll_s": _POSITIVE, "broker_wait_s": _POSITIVE,
-    "session_timeout_s": _POSITIVE, "heartbeat_interval_s": _POSITIVE, "producer_max_batch_bytes": _POSITIVE,
+    "session_timeout_s": _POSITIVE, "rebalance_timeout_s": _POSITIVE, "heartbeat_interval_s": _POSITIVE, "producer_max_batch_bytes": _POSITIVE,
     "fetch_max_wait_ms": _NON_NEGATIVE, "commit_interval_s": _POSITIVE, "batch_max_events": _POSITIVE,
     "batch_max_wait_ms": _NON_NEGATIVE, "inline_min_events": _NON_NEGATIVE, "inline_max_scoring": _NON_NEGATIVE,
     "profile_cache_users": _NON_NEGATIVE, "max_event_bytes": _POSITIVE, "source_idle_ms": _NON_NEGATIVE,

@@ -77,3 +77,14 @@ def test_the_engine_reads_the_latest_profile_whether_or_not_its_batch_is_written
         view.write(writes, number)
     assert view.unwritten == {}
     assert {k.decode() for k in table.data} == {u for u, n in latest.items() if n is not None}
+
+
+def test_the_rebalance_timeout_outlasts_a_long_batch_not_the_session_timeout(tmp_path):
+    """It was the session timeout (10 s): a worker finishing a long batch (a daily tick scoring tens of thousands
+    of users with an encoder model) before it could rejoin was dropped from the group (found by review)."""
+    env = {"TIDEWATER_DATA_DIR": str(tmp_path / "data"), "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
+           "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    conf = create_app(Settings.from_env(environ=env)).conf
+    assert conf.broker_rebalance_timeout == 60.0 and conf.broker_session_timeout == 10.0
+    conf = create_app(Settings.from_env(environ=env | {"TIDEWATER_SESSION_TIMEOUT_S": "90"})).conf
+    assert conf.broker_rebalance_timeout == 90.0  # never shorter than the session timeout
