@@ -29,13 +29,22 @@ class RingScorer:
         clicks = getattr(self.scorer, "reads_clicks", True)
         return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, clicks=clicks))
 
+    def _ring_view(self, sequences: Any) -> Any:
+        """The last ``ring_events`` of each ring, the view the model was trained on, when the worker keeps more."""
+        keep = getattr(self.scorer, "ring_events", 0)
+        if keep and max(map(len, sequences), default=0) > keep:
+            return [ring[-keep:] if len(ring) > keep else ring for ring in sequences]
+        return sequences
+
     def score_many(self, sequences: Any, as_of: Any) -> Any:
+        sequences = self._ring_view(sequences)
         if self._from_summary(sequences):
             return self._predict_from_summary(sequences, as_of)[0]
         return self.scorer.score_many(self._dicts(sequences), as_of)
 
     def predict_many(self, sequences: Any, as_of: Any) -> Any:
         """(churn probabilities, expected purchases in the model's horizon)."""
+        sequences = self._ring_view(sequences)
         if self._from_summary(sequences):
             return self._predict_from_summary(sequences, as_of)
         return self.scorer.predict_many(self._dicts(sequences), as_of)

@@ -105,7 +105,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         task = build_task(frame, cut, horizon_days, seed=seed)
         task.check_splits()
         cfg = ChurnConfig()
-        tokens = tokenize_task(task.sequences, task.as_of, cfg)
+        tokens = tokenize_task(task.ring_sequences, task.as_of, cfg)
         res = train_model(task, cfg, seed=seed, do_pretrain=not no_pretrain, lora=lora, progress=progress,
                           tokens=tokens)
         te = task.idx("test")
@@ -118,7 +118,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 "uses_encoder": res.model.encoder_contributes(),
                 "sampled_from_users": frame.attrs.get("sampled_from_users"),
                 "max_users": max_users if frame.attrs.get("sampled_from_users") else None,
-                "event_types": event_types(frame, cut)}
+                "event_types": event_types(frame, cut), "ring_events": task.ring_events}
         fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -162,7 +162,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             from models.datasets import fingerprint
             from models.registry import Registry
 
-            from .data import event_types
+            from .data import RING_EVENTS, event_types
             from .train import save_model
 
             fp = fingerprint(frame[["user_id", "ts"]])
@@ -172,7 +172,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed,
                       "sampled_from_users": frame.attrs.get("sampled_from_users"),
                       "max_users": max_users if frame.attrs.get("sampled_from_users") else None,
-                      "event_types": event_types(frame, cut)})
+                      "event_types": event_types(frame, cut), "ring_events": RING_EVENTS})
             result["published_version"] = version
         m = result["model"]
         lines = [f"dataset {name}: {result['task']['n_users']} users, test {result['task']['n_test']}, "

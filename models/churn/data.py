@@ -23,6 +23,7 @@ import pandas as pd
 from models.logs import read_log_csv
 from models.timestamps import to_epoch_seconds
 from tidewater.errors import UserError
+from tidewater.profile import ProfileConfig
 
 from .features import DAY, normalize_events
 
@@ -30,6 +31,7 @@ CDNOW_CUTOFF = "1997-10-01"
 CDNOW_HORIZON_DAYS = 273
 SPLIT_FRACTIONS = (0.55, 0.15, 0.30)  # train, validation, test
 CSV_COLUMNS = ("amount", "quantity", "type", "item", "category")  # optional, besides user_id,ts
+RING_EVENTS = ProfileConfig().recent_events  # what the stream keeps per user (TIDEWATER_RECENT_EVENTS' default)
 
 
 def parse_time(value: str) -> float:
@@ -96,7 +98,9 @@ def frame_to_sequences(frame: pd.DataFrame) -> dict[str, list[dict]]:
 @dataclass
 class ChurnTask:
     users: np.ndarray  # str [n]
-    sequences: list[list[dict]]  # normalised events with ts < cutoff, per user
+    sequences: list[list[dict]]  # normalised events with ts < cutoff, per user (the whole history: baselines)
+    # the model's input: the same from the user's last ``ring_events`` raw events before the cut-off, the view the
+    # stream's ring of recent events gives the served model (the same list where the history is that short)
     churn: np.ndarray  # int [n]: 1 = no purchase in the horizon
     count: np.ndarray  # int [n]: purchases (baskets) in the horizon
     split: np.ndarray  # str [n]: train | val | test
@@ -104,6 +108,8 @@ class ChurnTask:
     horizon_days: float
     seed: int
     meta: dict = field(default_factory=dict)
+    ring_sequences: list[list[dict]] = field(default_factory=list)
+    ring_events: int = 0
 
     @property
     def as_of(self) -> np.ndarray:
@@ -180,7 +186,7 @@ def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFra
 
 
 def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed: int = 0,
-               fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> ChurnTask:
+               fractions: tuple[float, float, float] = SPLIT_FRACTIONS, ring_events: int = RING_EVENTS) -> ChurnTask:
     """Cut a purchase log into the churn task (see the module docstring)."""
     if horizon_days <= 0:
         raise UserError(f"horizon must be positive, got {horizon_days} days")
@@ -199,6 +205,8 @@ def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed:
         raise UserError("every user has the same label in the horizon (all churn or none): "
                         "choose another --cutoff/--horizon-days")
     sequences = [normalize_events(seqs[u], cutoff) for u in users]
+    ring_sequences = [seq if len(seqs[u]) <= ring_events else normalize_events(seqs[u][-ring_events:], cutoff)
+                      for u, seq in zip(users, sequences)]
     data_end = float(frame["ts"].max())
     meta = {
         "n_users": int(len(users)),
@@ -208,7 +216,9 @@ def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed:
         "cutoff_iso": pd.Timestamp(cutoff, unit="s", tz="UTC").isoformat(),
         "horizon_days": float(horizon_days),
         "horizon_covered_by_data": bool(data_end >= horizon_end - DAY),
+        "users_beyond_ring": int(sum(len(seqs[u]) > ring_events for u in users)),
     }
     return ChurnTask(users=users.astype(str), sequences=sequences, churn=churn, count=count,
                      split=split_users(users.astype(str), seed, fractions), cutoff=float(cutoff),
-                     horizon_days=float(horizon_days), seed=seed, meta=meta)
+                     horizon_days=float(horizon_days), seed=seed, meta=meta, ring_sequences=ring_sequences,
+                     ring_events=ring_events)

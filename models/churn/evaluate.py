@@ -33,7 +33,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     t_start = time.perf_counter()
     task = build_task(frame, cutoff, horizon_days, seed=seed)
     task.check_splits()
-    tokens = tokenize_task(task.sequences, task.as_of, cfg)
+    tokens = tokenize_task(task.ring_sequences, task.as_of, cfg)  # the served view (the stream's ring)
     toks, summ = tokens
     tr, va, te = task.idx("train"), task.idx("val"), task.idx("test")
     y, cnt = task.churn, task.count

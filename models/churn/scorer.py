@@ -52,6 +52,9 @@ class ChurnScorer:
         # gave 166 expected purchases). It scores the purchases alone, as in training. Older versions, whose
         # metadata does not say, read everything as before.
         self.reads_clicks = "click" in self.meta.get("event_types", ["click", "purchase"])
+        # the number of most recent events per user it was trained on (its training log's view through the stream's
+        # ring); a ring kept longer (TIDEWATER_RECENT_EVENTS raised) is cut to it. 0: not recorded, no cut
+        self.ring_events = int(self.meta.get("ring_events") or 0)
         self._lock = threading.Lock()
 
     @classmethod

@@ -435,7 +435,7 @@ def train_model(task, cfg: ChurnConfig, *, seed: int = 0, do_pretrain: bool = Tr
     ``tokens`` reuses the task's (tokens, summaries). `train churn` and `evaluate churn` both go through
     here, so the same seed gives the same model in both commands."""
     t0 = time.perf_counter()
-    tokens = tokens if tokens is not None else tokenize_task(task.sequences, task.as_of, cfg)
+    tokens = tokens if tokens is not None else tokenize_task(task.ring_sequences, task.as_of, cfg)
     info: dict = {}
     if do_pretrain and pretrained_state is None:
         base = new_model(cfg, seed)
