@@ -91,3 +91,17 @@ def test_topics_create_is_idempotent_and_record_dumps_what_was_replayed(deployme
     assert sorted((tmp_path / "out.jsonl").read_text().splitlines()) == sorted(lines)
     bad = run("replay", "--dataset", "no-such-dataset")
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_regression_a_body_cap_above_one_mebibyte_is_honoured(deployment):
+    """aiohttp caps a request body at 1 MiB on its own, so raising TIDEWATER_MAX_REQUEST_BYTES had no effect: a
+    1.5 MB batch got 413 whatever the setting (found by review)."""
+    deployment.env["TIDEWATER_INGEST_TOKEN"] = TOKEN
+    deployment.env["TIDEWATER_MAX_REQUEST_BYTES"] = str(4 << 20)
+    worker = deployment.start_worker()
+    worker.wait_ready()
+    events = [{"type": "click", "event_id": f"big-{i}", "user_id": f"big-user-{i % 50}", "ts": 1_700_000_000 + i,
+               "item_id": f"item-{i % 97}", "category": "c" * 40} for i in range(9000)]
+    body = json.dumps(events).encode()
+    assert len(body) > 1.4 * (1 << 20)
+    assert post(worker.port, body) == (202, {"accepted": 9000})
