@@ -140,9 +140,9 @@ class PartitionProfiles:
 
 @dataclass
 class PartitionStores:
-    """What a partition's engine reads and writes: its part of the profile and state tables, and the view."""
+    """What a partition's engine reads and writes: its part of the state table, and the view of its part of the
+    profile table (``view.table``)."""
 
-    profiles: PartitionTable
     states: PartitionTable
     view: PartitionProfiles
 
@@ -313,7 +313,7 @@ class Pipeline:
         if engine is None:
             profiles, states = PartitionTable(self.profiles, partition), PartitionTable(self.states, partition)
             view = PartitionProfiles(profiles, self.cache)
-            self.stores[partition] = PartitionStores(profiles, states, view)
+            self.stores[partition] = PartitionStores(states, view)
             state, one_record = _restore_state(states, partition)
             engine = self.engine_factory(partition, state, view, self.clock())
             if one_record and hasattr(engine, "mark_all_changed"):
@@ -460,16 +460,9 @@ class Pipeline:
         producer keeps each partition's records in order). Batches of partitions revoked meanwhile are not written
         locally (their changelog has them, for the next owner's restore), and Faust drops their acks: the next
         owner re-reads those records."""
-        await asyncio.gather(self._send_outputs(), self._send_changelog(), self._store_and_ack())
-
-    async def _send_outputs(self) -> None:
-        await self._stage(self._outbox, self._changelog_queue, self._produce_outputs)
-
-    async def _send_changelog(self) -> None:
-        await self._stage(self._changelog_queue, self._store_queue, self._produce_changelog)
-
-    async def _store_and_ack(self) -> None:
-        await self._stage(self._store_queue, None, self._stored)
+        await asyncio.gather(self._stage(self._outbox, self._changelog_queue, self._produce_outputs),
+                             self._stage(self._changelog_queue, self._store_queue, self._produce_changelog),
+                             self._stage(self._store_queue, None, self._stored))
 
     async def _stage(self, inbox: asyncio.Queue, next_queue: asyncio.Queue | None, step: Callable) -> None:
         """Take batches in order, run ``step`` on each and pass it on. After a failure anywhere, batches are

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import heapq
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -123,7 +122,7 @@ class PartitionState(msgspec.Struct, kw_only=True):
 
 
 def _finite(values: Sequence[float]) -> bool:
-    return bool(np.isfinite(values).all()) if isinstance(values, np.ndarray) else all(map(math.isfinite, values))
+    return bool(np.isfinite(values).all())
 
 
 @dataclass(frozen=True)
@@ -447,17 +446,23 @@ class PartitionEngine:
         partition's popularity counts, and those answers carry that placeholder's version. ``fallback`` False:
         None on failure instead (the caller falls back per partition)."""
         started = time.perf_counter()
-        recommender: Any = self.recommender
+        recommender = self.recommender
         try:
-            ranked = recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts)
+            answers = Answers(recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts),
+                              recommender.version, recommender.index_version)
         except Exception:
             self._count("scoring_errors", recommender.version)
             if not fallback:
                 return None
-            recommender = PartitionPopularity()
-            ranked = recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts)
+            answers = self._popular_answers(queries, k)
         self._observe("recommend", len(queries), time.perf_counter() - started)
-        return Answers(ranked, recommender.version, recommender.index_version)
+        return answers
+
+    def _popular_answers(self, queries: list[Query], k: int) -> Answers:
+        """The placeholder's answers from this partition's popularity counts: a failed recommender's stand-in."""
+        placeholder = PartitionPopularity()
+        return Answers(placeholder.recommend_many(queries, k, self.state.popular, self.state.popular_counts),
+                       placeholder.version, placeholder.index_version)
 
     def _flush_recs(self) -> None:
         pending, self._pending_recs = self._pending_recs, []
@@ -642,9 +647,10 @@ def answer_recs_together(engines: Sequence[PartitionEngine], results: Sequence[B
     answers = first._ask(queries, first.config.rec_top_k, fallback=False)  # its ranking is ignored (independent)
     at = 0
     for engine, rows, result in zip(engines, pending, results):
-        if answers is None:  # the recommender failed: each partition falls back to its own popularity counts
+        if answers is None:  # the recommender failed (counted once): each partition's own popularity counts answer
             if rows:
-                engine._emit_recs(rows, engine._ask([p.query for p in rows], engine.config.rec_top_k), result)
+                engine._emit_recs(rows, engine._popular_answers([p.query for p in rows], engine.config.rec_top_k),
+                                  result)
             continue
         engine._emit_recs(rows, Answers(answers.ranked[at:at + len(rows)], answers.version, answers.index_version),
                           result)

@@ -70,6 +70,16 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
     return frame, cut, name
 
 
+def _serving_meta(frame, cutoff: float, max_users: Optional[int]) -> dict:
+    """What a published version records about the data it saw, which serving and `evaluate offers` rely on: the
+    --max-users sample (rebuilt for the held-out users), the event types and the ring length it was trained on."""
+    from .data import RING_EVENTS, event_types
+
+    sampled = frame.attrs.get("sampled_from_users")
+    return {"sampled_from_users": sampled, "max_users": max_users if sampled else None,
+            "event_types": event_types(frame, cutoff), "ring_events": RING_EVENTS}
+
+
 def _threads(threads: int) -> None:
     import torch
 
@@ -96,7 +106,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         from models.datasets import fingerprint
         from models.registry import Registry
 
-        from .data import build_task, event_types
+        from .data import build_task
         from .metrics import binary_metrics, forecast_metrics
         from .model import ChurnConfig
         from .train import predict_calibrated, save_model, tokenize_task, train_model
@@ -115,10 +125,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days, "seed": seed,
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
-                "uses_encoder": res.model.encoder_contributes(),
-                "sampled_from_users": frame.attrs.get("sampled_from_users"),
-                "max_users": max_users if frame.attrs.get("sampled_from_users") else None,
-                "event_types": event_types(frame, cut), "ring_events": task.ring_events}
+                "uses_encoder": res.model.encoder_contributes()} | _serving_meta(frame, cut, max_users)
         fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -162,17 +169,14 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             from models.datasets import fingerprint
             from models.registry import Registry
 
-            from .data import RING_EVENTS, event_types
             from .train import save_model
 
             fp = fingerprint(frame[["user_id", "ts"]])
             slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
             version = Registry(publish / "churn").publish(
                 lambda d: save_model(model, d, metrics=slim, extra=info), fingerprint=fp,
-                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed,
-                      "sampled_from_users": frame.attrs.get("sampled_from_users"),
-                      "max_users": max_users if frame.attrs.get("sampled_from_users") else None,
-                      "event_types": event_types(frame, cut), "ring_events": RING_EVENTS})
+                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed}
+                | _serving_meta(frame, cut, max_users))
             result["published_version"] = version
         m = result["model"]
         lines = [f"dataset {name}: {result['task']['n_users']} users, test {result['task']['n_test']}, "

@@ -80,6 +80,11 @@ def _bucket_cache(buckets: int) -> dict:
     return cache
 
 
+def _present(value: Any) -> bool:
+    """An amount or quantity given: not None and not a (Python float) NaN, the CSV's empty cell."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def normalize_events(events: Iterable[dict], as_of: float) -> list[dict]:
     """Events strictly before ``as_of``, sorted by time; purchase lines with the same timestamp
     (one basket split over several rows) are merged into one purchase (amounts and quantities summed)."""
@@ -90,12 +95,13 @@ def normalize_events(events: Iterable[dict], as_of: float) -> list[dict]:
         etype = e.get("type", "purchase")
         if etype not in TYPE_IDS:
             raise ValueError(f"unknown event type {etype!r} (expected 'click' or 'purchase')")
+        amount, q = e.get("amount"), e.get("quantity")
         if out and etype == "purchase" and out[-1]["type"] == "purchase" and float(e["ts"]) == out[-1]["ts"]:
             last = out[-1]  # a NaN on a later line is missing, as on the first (not a NaN total, not a crash)
-            if e.get("amount") is not None and not (isinstance(e["amount"], float) and math.isnan(e["amount"])):
-                last["amount"] = (last.get("amount") or 0.0) + float(e["amount"])
-            if e.get("quantity") is not None and not (isinstance(e["quantity"], float) and math.isnan(e["quantity"])):
-                last["quantity"] = (last.get("quantity") or 0) + int(e["quantity"])
+            if _present(amount):
+                last["amount"] = (last.get("amount") or 0.0) + float(amount)
+            if _present(q):
+                last["quantity"] = (last.get("quantity") or 0) + int(q)
             continue
         ev = {"ts": float(e["ts"]), "type": etype}
         for key in ("item", "category"):
@@ -104,10 +110,9 @@ def normalize_events(events: Iterable[dict], as_of: float) -> list[dict]:
         # clicks carry no amount or quantity (the stream's event ring stores 0.0 / 0 for them);
         # a quantity <= 0 means "unknown"
         if etype == "purchase":
-            if e.get("amount") is not None and not (isinstance(e["amount"], float) and math.isnan(e["amount"])):
-                ev["amount"] = float(e["amount"])
-            q = e.get("quantity")
-            if q is not None and not (isinstance(q, float) and math.isnan(q)) and int(q) > 0:
+            if _present(amount):
+                ev["amount"] = float(amount)
+            if _present(q) and int(q) > 0:
                 ev["quantity"] = int(q)
         out.append(ev)
     return out

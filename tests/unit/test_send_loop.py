@@ -10,8 +10,7 @@ def _namespace(**parts):
     pipeline = SimpleNamespace(_outbox=asyncio.Queue(maxsize=1), _changelog_queue=asyncio.Queue(maxsize=1),
                                _store_queue=asyncio.Queue(maxsize=1), _send_failed=None, processed=0,
                                throughput=SimpleNamespace(acked=lambda n, now: None), **parts)
-    for name in ("_send_outputs", "_send_changelog", "_store_and_ack", "_stage", "_produce_outputs",
-                 "_produce_changelog", "_stored", "_drained"):
+    for name in ("_stage", "_produce_outputs", "_produce_changelog", "_stored", "_drained"):
         setattr(pipeline, name, getattr(Pipeline, name).__get__(pipeline))
     return pipeline
 
