@@ -309,19 +309,36 @@ class Pipeline:
                 freeze_heap()
 
     def engine(self, partition: int) -> Any:
+        """The partition's engine, built on the calling thread if it has none yet (``_open_engines`` is the
+        worker's way: off the event loop)."""
         engine = self.engines.get(partition)
         if engine is None:
-            profiles, states = PartitionTable(self.profiles, partition), PartitionTable(self.states, partition)
-            view = PartitionProfiles(profiles, self.cache)
-            self.stores[partition] = PartitionStores(states, view)
-            state, one_record = _restore_state(states, partition)
-            engine = self.engine_factory(partition, state, view, self.clock())
-            if one_record and hasattr(engine, "mark_all_changed"):
-                engine.mark_all_changed()  # the next write moves the counts and the ranking to their own records
-            if hasattr(engine, "index_profile"):
-                self._rebuild_index(engine, profiles)
+            engine, self.stores[partition] = self._build_engine(partition, self.clock())
             self.engines[partition] = engine
         return engine
+
+    async def _open_engines(self, partitions: list[int]) -> None:
+        """Engines for newly assigned partitions, built in the engine thread: rebuilding a partition's inactivity
+        index reads every profile stored in it (seconds for a million users), and on the event loop that would
+        stop fetching, the web server and the group heartbeats, so a large partition got the worker thrown out
+        of the group that had just assigned it."""
+        now = self.clock()
+        built = await asyncio.get_running_loop().run_in_executor(
+            self.executor, lambda: [self._build_engine(partition, now) for partition in partitions])
+        for partition, (engine, stores) in zip(partitions, built):
+            self.engines[partition], self.stores[partition] = engine, stores
+
+    def _build_engine(self, partition: int, now: float) -> tuple[Any, PartitionStores]:
+        """A partition's engine and stores from its tables (the state record, then the stored profiles)."""
+        profiles, states = PartitionTable(self.profiles, partition), PartitionTable(self.states, partition)
+        view = PartitionProfiles(profiles, self.cache)
+        state, one_record = _restore_state(states, partition)
+        engine = self.engine_factory(partition, state, view, now)
+        if one_record and hasattr(engine, "mark_all_changed"):
+            engine.mark_all_changed()  # the next write moves the counts and the ranking to their own records
+        if hasattr(engine, "index_profile"):
+            self._rebuild_index(engine, profiles)
+        return engine, PartitionStores(states, view)
 
     def _rebuild_index(self, engine: Any, profiles: PartitionTable) -> None:
         """The engine's inactivity index from its partition's stored profiles (after an assignment or a restart),
@@ -339,10 +356,12 @@ class Pipeline:
         started = time.perf_counter()
         now = self.clock()
         async with self.lock:
-            if any(record.partition not in self.engines for record in records):
+            new = sorted({record.partition for record in records} - self.engines.keys())
+            if new:
                 # a partition (re)assigned: its engine starts from the tables, so they must hold every batch
                 # computed before (a batch of an earlier assignment may still be on its way out)
                 await self._drained()
+                await self._open_engines(new)
             by_partition: dict[int, list[Any]] = {}
             handed_over = self.handed_over
             for record in records:
@@ -350,7 +369,6 @@ class Pipeline:
                 part = by_partition.get(partition)
                 if part is None:
                     part = by_partition[partition] = []
-                    self.engine(partition)  # created (from its stored state) on the partition's first record
                 part.append(record)
                 handed_over[(record.topic, partition)] = record.offset
             await self._flush(set(by_partition), now, by_partition)

@@ -2,6 +2,9 @@
 (``Pipeline.engine`` → ``_rebuild_index``), on both table stores, without a broker."""
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -11,12 +14,16 @@ from tidewater.profile import DAY, encode_profile, new_profile
 from tidewater.settings import Settings
 
 
-@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
-def test_an_engine_indexes_exactly_its_partitions_users_by_last_activity(tmp_path, store):
+def _pipeline(tmp_path, store: str):
     settings = Settings.from_env(environ={"TIDEWATER_STORE": store, "TIDEWATER_DATA_DIR": str(tmp_path / "data"),
                                           "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
                                           "TIDEWATER_PARTITIONS": "4", "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
-    pipeline = create_app(settings).tidewater
+    return create_app(settings).tidewater
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_an_engine_indexes_exactly_its_partitions_users_by_last_activity(tmp_path, store):
+    pipeline = _pipeline(tmp_path, store)
     choose, parts = DefaultPartitioner(), [0, 1, 2, 3]
     users: dict[int, dict[str, tuple[int, bool]]] = {p: {} for p in parts}  # user -> (last day, unscored activity)
     for i in range(60):
@@ -34,3 +41,34 @@ def test_an_engine_indexes_exactly_its_partitions_users_by_last_activity(tmp_pat
         assert {u for day_users in engine._by_day.values() for u in day_users} == set(users[p])
         assert all(engine._last_day[u] == day for day, day_users in engine._by_day.items() for u in day_users)
         assert engine._active_since_tick == {u for u, (_, unscored) in users[p].items() if unscored}
+
+
+def test_regression_a_partitions_index_rebuild_runs_off_the_event_loop(tmp_path, monkeypatch):
+    """Rebuilding the index reads every stored profile of the partition: seconds for a large one. It ran on the
+    event loop, which then stopped fetching, serving and heartbeating, so the group could drop the worker that
+    had just been assigned the partition."""
+    import streams.app as app_module
+
+    pipeline = _pipeline(tmp_path, "memory://")
+    table = PartitionTable(pipeline.profiles, 0)
+    choose, parts = DefaultPartitioner(), [0, 1, 2, 3]
+    mine = [u for u in (f"user-{i}" for i in range(400)) if choose(u.encode(), parts, parts) == 0][:40]
+    for user in mine:
+        profile = new_profile(user)
+        profile.last_ts, profile.n_events = 100 * DAY, 1
+        table.put_many([(profile.user_id.encode(), encode_profile(profile))])
+    decode, threads = app_module.decode_activity, set()
+
+    def recording_decode(raw):
+        threads.add(threading.get_ident())
+        return decode(raw)
+
+    monkeypatch.setattr(app_module, "decode_activity", recording_decode)
+
+    async def scenario() -> int:
+        await pipeline._open_engines([0])
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert len(pipeline.engines[0]._last_day) == 40 and 0 in pipeline.stores
+    assert threads and loop_thread not in threads, "the stored profiles were read on the event loop's thread"
