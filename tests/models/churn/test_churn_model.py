@@ -1,6 +1,7 @@
 """Training on a tiny slice, calibration, save/load and the serving scorer."""
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 
@@ -11,8 +12,8 @@ import torch
 from models.churn.data import build_task
 from models.churn.model import ChurnConfig
 from models.churn.scorer import ChurnScorer
-from models.churn.train import (calibrate, finetune, load_model, new_model, predict_calibrated, predict_raw,
-                                pretrain, save_model, tokenize_task, train_model)
+from models.churn.train import (apply_lora, calibrate, finetune, load_model, merge_lora, new_model,
+                                predict_calibrated, predict_raw, pretrain, save_model, tokenize_task, train_model)
 
 from .helpers import CUTOFF, random_events, sample_slice, tiny_config
 
@@ -27,6 +28,29 @@ def trained():
     task = tiny_task()
     res = train_model(task, tiny_config(), seed=0, progress=False)
     return task, res
+
+
+@functools.lru_cache(maxsize=1)
+def encoder_model():
+    """The tiny trained model with a non-zero deep head. The trained one kept its GLM start, and a scorer skips
+    the encoder of such a model (same outputs from the summary alone); this one's outputs depend on the encoder,
+    so its scorer pads, sorts by length, micro-batches and runs it."""
+    model = copy.deepcopy(trained()[1].model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        last = model.head[-1]
+        last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.5)
+    return model
+
+
+def served(kind: str):
+    """The model each serving test runs on: ``glm`` (the summary-only path) or ``encoder``."""
+    model = trained()[1].model if kind == "glm" else encoder_model()
+    assert model.encoder_contributes() == (kind == "encoder")
+    return model
+
+
+BOTH_PATHS = pytest.mark.parametrize("kind", ["glm", "encoder"])
 
 
 def test_pretraining_and_finetuning_losses_fall():
@@ -80,22 +104,25 @@ def _sequences(n=50, seed=0):
     return seqs, as_of
 
 
-def test_save_load_round_trip_gives_identical_scores(tmp_path):
-    _, res = trained()
+@BOTH_PATHS
+def test_save_load_round_trip_gives_identical_scores(tmp_path, kind):
+    model = served(kind)
     seqs, as_of = _sequences()
-    save_model(res.model, tmp_path / "v")
-    s1 = ChurnScorer(res.model, device="cpu")
+    save_model(model, tmp_path / "v")
+    s1 = ChurnScorer(model, device="cpu")
     s2 = ChurnScorer.load(tmp_path / "v", device="cpu")
+    assert s1.uses_encoder == s2.uses_encoder == (kind == "encoder")
     np.testing.assert_array_equal(s1.score_many(seqs, as_of), s2.score_many(seqs, as_of))
     np.testing.assert_array_equal(s1.forecast_many(seqs, as_of), s2.forecast_many(seqs, as_of))
-    reloaded = load_model(tmp_path / "v").state_dict()
-    assert all(torch.equal(v, reloaded[k]) for k, v in res.model.state_dict().items())
+    reloaded = load_model(tmp_path / "v")
+    assert reloaded.cfg == model.cfg  # the architecture and the tokenisation (max_events, bucket counts)
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
-def test_batched_scores_equal_one_by_one_and_are_probabilities():
-    _, res = trained()
+@BOTH_PATHS
+def test_batched_scores_equal_one_by_one_and_are_probabilities(kind):
     seqs, as_of = _sequences(80, seed=1)
-    scorer = ChurnScorer(res.model, device="cpu", micro_batch=16)
+    scorer = ChurnScorer(served(kind), device="cpu", micro_batch=16)
     batched = scorer.score_many(seqs, as_of)
     single = np.array([scorer.score_one(s, t) for s, t in zip(seqs, as_of)])
     np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
@@ -109,10 +136,10 @@ def test_batched_scores_equal_one_by_one_and_are_probabilities():
     assert scorer.score_many([], []).shape == (0,)
 
 
-def test_scorer_is_thread_safe():
-    _, res = trained()
+@BOTH_PATHS
+def test_scorer_is_thread_safe(kind):
     seqs, as_of = _sequences(60, seed=2)
-    scorer = ChurnScorer(res.model, device="cpu", micro_batch=8)
+    scorer = ChurnScorer(served(kind), device="cpu", micro_batch=8)
     expected = scorer.score_many(seqs, as_of)
     results, errors = [None] * 4, []
 
@@ -144,6 +171,29 @@ def test_lora_finetuning_merges_into_a_plain_artifact(tmp_path):
                                   ChurnScorer.load(tmp_path / "lora", device="cpu").score_many(seqs, as_of))
 
 
+def test_merging_lora_adapters_keeps_the_adapted_outputs():
+    """merge_and_unload folds the adapters into the encoder's weights: the merged model gives what the adapted
+    one gave, which differs from the base model's outputs (the adapters did something)."""
+    task = tiny_task()
+    cfg = tiny_config(glm_prior=False)
+    model = new_model(cfg, 0).eval()
+    toks, summ = tokenize_task(task.sequences[:40], task.as_of[:40], cfg)
+    base, _ = predict_raw(model, toks, summ)
+    apply_lora(model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        adapters = [p for name, p in model.encoder.named_parameters() if "lora_B" in name]
+        assert adapters
+        for p in adapters:  # lora_B starts at zero: give the adapters an effect
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    adapted, _ = predict_raw(model, toks, summ)
+    merge_lora(model)
+    assert set(model.state_dict()) == set(new_model(cfg, 0).state_dict())
+    merged, _ = predict_raw(model, toks, summ)
+    assert np.abs(adapted - base).max() > 1e-3
+    np.testing.assert_allclose(merged, adapted, atol=1e-4)
+
+
 def test_model_beats_chance_on_held_out_users():
     task, res = trained()
     from models.churn.metrics import auc
@@ -154,17 +204,18 @@ def test_model_beats_chance_on_held_out_users():
     assert auc(task.churn[te], logit) > 0.65
 
 
-def test_serving_path_equals_training_path():
+@BOTH_PATHS
+def test_serving_path_equals_training_path(kind):
     """The scorer, fed raw event dicts (including events after the cut-off, which it must ignore),
     gives the same probabilities and forecasts as the training pipeline's features for those users."""
     from models.churn.data import frame_to_sequences
 
-    task, res = trained()
+    task, model = tiny_task(), served(kind)
     raw = frame_to_sequences(sample_slice(400))  # all events, holdout included
     te = task.idx("test")[:60]
-    toks, summ = tokenize_task(task.sequences, task.as_of, res.model.cfg)
-    _, expected_p, expected_f = predict_calibrated(res.model, [toks[i] for i in te], summ[te])
-    scorer = ChurnScorer(res.model, device="cpu", micro_batch=16)
+    toks, summ = tokenize_task(task.sequences, task.as_of, model.cfg)
+    _, expected_p, expected_f = predict_calibrated(model, [toks[i] for i in te], summ[te])
+    scorer = ChurnScorer(model, device="cpu", micro_batch=16)
     prob, rate = scorer.predict_many([raw[u] for u in task.users[te]], [task.cutoff] * len(te))
     np.testing.assert_allclose(prob, expected_p, atol=1e-5)
     np.testing.assert_allclose(rate, expected_f, rtol=1e-4)
