@@ -179,6 +179,9 @@ class Pipeline:
         # One thread runs the engines' steps (decoded events → outputs, scoring micro-batches), so the event
         # loop keeps fetching, heartbeating and serving HTTP while a batch is scored.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
+        # New model versions load in a thread of their own: in the engine's, a load of seconds (weights, a big
+        # FAISS index) stopped batch processing for that long.
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-loader")
         self.churn_slot = ChurnScorerSlot(settings.registry_dir, micro_batch=settings.scoring_max_batch,
                                           threads=settings.model_threads)
         self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates)
@@ -272,7 +275,9 @@ class Pipeline:
                 await self.on_idle()
             if now - last_poll >= self.settings.model_poll_s:
                 last_poll = now
-                await self.reload_models()
+                self.churn_slot.poll(self.loader)
+                self.recs_slot.poll(self.loader)
+            await self._swap_loaded_models()
 
     async def _gather(self) -> None:
         """Let the batch grow while records are still being handed over (a backlog: big batches), and stop as
@@ -292,21 +297,32 @@ class Pipeline:
         return self.starved_s
 
     def preload_models(self) -> None:
-        """Start loading the registry's models in the engine thread before the worker starts (the imports and
-        the weights take seconds; the group join and the table recovery run meanwhile)."""
-        self.churn_slot.preload(self.executor)
-        self.recs_slot.preload(self.executor)
+        """Start loading the registry's models before the worker starts (the imports and the weights take
+        seconds; the group join and the table recovery run meanwhile)."""
+        self.churn_slot.preload(self.loader)
+        self.recs_slot.preload(self.loader)
 
     async def reload_models(self) -> None:
-        churn = await self.churn_slot.maybe_reload(self.executor)
-        recs = await self.recs_slot.maybe_reload(self.executor)
+        """Load the registry's current models now (at start-up: the first batch is computed with them)."""
+        churn = await self.churn_slot.maybe_reload(self.loader)
+        recs = await self.recs_slot.maybe_reload(self.loader)
         if churn or recs:
-            async with self.lock:  # between two batches: every output of a batch has one model version
-                for engine in self.engines.values():
-                    engine.scorer = self.churn_slot.scorer
-                    engine.recommender = self.recs_slot.recommender
-            if self.ready:  # a hot reload: free the old model, freeze the new one (one pause, at the swap)
-                freeze_heap()
+            await self._hand_to_engines()
+
+    async def _swap_loaded_models(self) -> None:
+        """Swap in versions whose load has finished (``poll`` started them), between two batches."""
+        churn = self.churn_slot.take_loaded()
+        recs = self.recs_slot.take_loaded()
+        if churn or recs:
+            await self._hand_to_engines()
+
+    async def _hand_to_engines(self) -> None:
+        async with self.lock:  # between two batches: every output of a batch has one model version
+            for engine in self.engines.values():
+                engine.scorer = self.churn_slot.scorer
+                engine.recommender = self.recs_slot.recommender
+        if self.ready:  # a hot reload: free the old model, freeze the new one (one pause, at the swap)
+            freeze_heap()
 
     def engine(self, partition: int) -> Any:
         """The partition's engine, built on the calling thread if it has none yet (``_open_engines`` is the

@@ -1,9 +1,9 @@
 """The churn scorer and the recommender the worker uses, hot-reloaded from the model registry.
 
 Until a version is published to ``<registry>/churn`` (``<registry>/recs``) the named placeholder scores
-(recommends). The worker polls the registry's atomic ``current`` pointers; a new version is loaded in the
-engine's executor thread (the event loop keeps consuming) and swapped in between two batches, so every output
-carries the versions of the models that produced it. A FAISS index published for the current recs model under
+(recommends). The worker polls the registry's atomic ``current`` pointers; a new version is loaded in a loader
+thread of its own (the event loop keeps consuming and the engine thread keeps processing batches) and swapped in
+between two batches, so every output carries the versions of the models that produced it. A FAISS index published for the current recs model under
 ``<registry>/recs_index`` (``tidewater index build``) replaces the model's own index the same way.
 """
 from __future__ import annotations
@@ -19,6 +19,8 @@ from tidewater.placeholders import RecencyHeuristic
 from tidewater.scoring import RingScorer
 
 log = logging.getLogger("tidewater.models")
+
+LOAD_ATTEMPTS = 3  # loads of one version before it is left alone (each poll interval apart)
 
 
 class RegistrySlot:
@@ -55,14 +57,49 @@ class RegistrySlot:
             except KeyError:  # never published
                 pass
 
-    _preloading: tuple[Any, Any] | None = None  # (version, concurrent.futures.Future) started by ``preload``
+    _loading: tuple[Any, Any] | None = None  # (version, concurrent.futures.Future) being loaded
+    _failures: tuple[Any, int] | None = None  # (version, failed loads of it so far)
 
-    def preload(self, executor: Any) -> None:
-        """Start loading the registry's current version in ``executor`` now, so that loading overlaps the
-        worker's group join and table recovery; the first ``maybe_reload`` takes the result."""
-        wanted = self._wanted()
-        if wanted is not None and wanted != self.loaded:
-            self._preloading = (wanted, executor.submit(self._load, wanted))
+    def poll(self, executor: Any) -> bool:
+        """Start loading the registry's current version in ``executor`` if it is new and nothing is loading;
+        True when a load is in flight. ``take_loaded`` swaps it in once done. A version that failed to load is
+        tried ``LOAD_ATTEMPTS`` times in all (a file still being copied, a busy network mount), then left alone
+        until another version is published."""
+        if self._loading is not None:
+            return True
+        try:
+            wanted = self._wanted()
+        except OSError as exc:  # an unreadable registry (permissions, a lost mount): keep serving, say why
+            log.error("could not read the %s registry: %r; keeping %s", self.kind, exc, self.current.version)
+            return False
+        if wanted is None or wanted == self.loaded:
+            return False
+        if self._failures is not None and self._failures[0] == wanted and self._failures[1] >= LOAD_ATTEMPTS:
+            return False
+        self._loading = (wanted, executor.submit(self._load, wanted))
+        return True
+
+    preload = poll  # at start-up: loading overlaps the group join and the table recovery
+
+    def take_loaded(self) -> bool:
+        """Swap in a finished load; True when a new version now serves (the caller hands it to the engines)."""
+        if self._loading is None or not self._loading[1].done():
+            return False
+        (wanted, future), self._loading = self._loading, None
+        try:
+            current = future.result()
+        except Exception as exc:  # a broken artifact must not stop the stream: keep what serves now
+            attempts = (self._failures[1] if self._failures and self._failures[0] == wanted else 0) + 1
+            self._failures = (wanted, attempts)
+            then = "giving up on it until another version is published" if attempts >= LOAD_ATTEMPTS \
+                else "will retry"
+            log.error("could not load %s %s (attempt %d of %d): %r; keeping %s, %s", self.kind, wanted, attempts,
+                      LOAD_ATTEMPTS, exc, self.current.version, then)
+            metrics.MODEL_LOAD_FAILURES.labels(self.metric_kind).inc()
+            return False
+        self._failures = None
+        self._swap(wanted, current)
+        return True
 
     def load_current_blocking(self) -> bool:
         wanted = self._wanted()
@@ -72,27 +109,18 @@ class RegistrySlot:
         return True
 
     async def maybe_reload(self, executor: Any) -> bool:
-        """True when a new version was swapped in (the caller hands it to the engines)."""
-        try:
-            wanted = self._wanted()
-        except OSError as exc:  # an unreadable registry (permissions, a lost mount): keep serving, say why
-            log.error("could not read the %s registry: %r; keeping %s", self.kind, exc, self.current.version)
-            return False
-        if wanted is None or wanted == self.loaded:
-            return False
-        preloading, self._preloading = self._preloading, None
-        try:
-            if preloading is not None and preloading[0] == wanted:
-                current = await asyncio.wrap_future(preloading[1])
-            else:  # nothing preloaded, or a newer version was published meanwhile
-                current = await asyncio.get_running_loop().run_in_executor(executor, self._load, wanted)
-        except Exception as exc:  # a broken artifact must not stop the stream: keep what serves now
-            log.error("could not load %s %s: %r; keeping %s", self.kind, wanted, exc, self.current.version)
-            metrics.MODEL_LOAD_FAILURES.labels(self.metric_kind).inc()
-            self.loaded = wanted
-            return False
-        self._swap(wanted, current)
-        return True
+        """Load a new version now and swap it in; True when one was (at start-up, before the first batch; the
+        batch loop uses ``poll`` and ``take_loaded`` and keeps processing while a version loads)."""
+        swapped = False
+        for _ in range(2):  # the version being loaded, then one published meanwhile
+            if not self.poll(executor):
+                break
+            assert self._loading is not None
+            await asyncio.wait([asyncio.wrap_future(self._loading[1])])
+            if not self.take_loaded():
+                break
+            swapped = True
+        return swapped
 
     def _swap(self, wanted: Any, current: Any) -> None:
         self._unpublish()  # the replaced version's series goes: one series per kind, not per version ever served

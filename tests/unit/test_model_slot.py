@@ -54,24 +54,86 @@ def test_a_version_published_after_the_preload_is_loaded_instead():
     assert asyncio.run(slot.maybe_reload(executor)) is False
 
 
-def test_a_preload_that_fails_keeps_the_placeholder_and_the_stream_going():
-    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
-
-    def broken(wanted):
-        raise OSError("truncated weights")
-
+def _load_failures() -> float:
     from streams import metrics
 
-    def failures() -> float:
-        return metrics.REGISTRY.get_sample_value("tidewater_model_load_failures_total", {"kind": "model"}) or 0.0
+    return metrics.REGISTRY.get_sample_value("tidewater_model_load_failures_total", {"kind": "model"}) or 0.0
 
-    before = failures()
+
+def test_a_version_that_keeps_failing_is_tried_three_times_then_left_alone():
+    from streams.model_slot import LOAD_ATTEMPTS
+
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    calls = []
+
+    def broken(wanted):
+        calls.append(wanted)
+        raise OSError("truncated weights")
+
+    before = _load_failures()
     slot._load = broken
     slot.preload(executor)
-    assert asyncio.run(slot.maybe_reload(executor)) is False
-    assert slot.current.version == "placeholder" and slot.loaded == "v1"  # not retried until a new version
-    assert failures() - before == 1  # counted once, for the alert rule
-    assert asyncio.run(slot.maybe_reload(executor)) is False and failures() - before == 1
+    for _ in range(LOAD_ATTEMPTS + 2):
+        assert asyncio.run(slot.maybe_reload(executor)) is False
+        assert slot.current.version == "placeholder" and slot.loaded is None  # the stream goes on
+    assert calls == ["v1"] * LOAD_ATTEMPTS and _load_failures() - before == LOAD_ATTEMPTS
+    slot.published = "v2"  # a new version is tried again
+    assert asyncio.run(slot.maybe_reload(executor)) is False and calls[-1] == "v2"
+
+
+def test_regression_a_load_that_failed_once_is_retried():
+    """A failed load marked its version as loaded, so a transient failure at start-up (a file still being copied,
+    a busy network mount) left the worker on the placeholder until another version was published (found by
+    review)."""
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    load, failed = slot._load, []
+
+    def flaky(wanted):
+        if not failed:
+            failed.append(wanted)
+            raise OSError("Stale file handle")
+        return load(wanted)
+
+    slot._load = flaky
+    assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "placeholder"
+    assert asyncio.run(slot.maybe_reload(executor)) is True and slot.current.version == "v1"
+
+
+def test_a_load_in_flight_does_not_block_and_is_swapped_in_once_done():
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    slot.release.clear()
+    assert slot.poll(executor) is True
+    assert slot.take_loaded() is False and slot.current.version == "placeholder"  # still loading: no wait
+    assert slot.poll(executor) is True and len(slot.loads) == 0  # no second load started meanwhile
+    slot.release.set()
+    executor.submit(lambda: None).result(timeout=10)  # the load (queued before) has finished
+    assert slot.take_loaded() is True and slot.current.version == "v1"
+    assert slot.poll(executor) is False
+
+
+def test_regression_a_hot_reload_loads_outside_the_engine_thread(tmp_path):
+    """Loading a new version ran in the engine's only thread, so batch processing stopped for the whole load
+    (seconds for big weights or a big FAISS index; found by review)."""
+    from streams.app import create_app
+    from tidewater.settings import Settings
+
+    settings = Settings.from_env(environ={"TIDEWATER_STORE": "memory://", "TIDEWATER_DATA_DIR": str(tmp_path / "d"),
+                                          "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
+                                          "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    pipeline = create_app(settings).tidewater
+    slot, gate, loading = pipeline.churn_slot, threading.Event(), threading.Event()
+
+    def slow_load(wanted):
+        loading.set()
+        gate.wait(10)
+        return SimpleNamespace(version=wanted)
+
+    slot._wanted, slot._load = (lambda: "v9"), slow_load
+    try:
+        assert slot.poll(pipeline.loader) and loading.wait(10)
+        assert pipeline.executor.submit(lambda: "a batch").result(timeout=5) == "a batch"
+    finally:
+        gate.set()
 
 
 def test_the_model_info_metric_shows_only_what_serves_now():
