@@ -149,17 +149,18 @@ class VectorRecommender:
         state = self.model.recompute_user([e.item_id for e in profile.recent if e.item_id])
         profile.vec_version = self.version
         profile.vec_at_rec = None
-        if state is None:
-            profile.vec_sum, profile.vec_weight, profile.vec_count = None, 0.0, 0
+        if state is None:  # none of the ring's items is in this model's catalogue
+            profile.vec_sum, profile.vec_weight, profile.vec_count, profile.segment = None, 0.0, 0, None
             return
         profile.vec_sum = bytearray(np.asarray(state.sum, np.float32).tobytes())
         profile.vec_weight, profile.vec_count = float(state.weight), int(state.count)
         self._segment(profile, np.frombuffer(profile.vec_sum, np.float32))
 
     def _segment(self, profile: Profile, total: np.ndarray | None) -> None:
-        """The k-means segment of the vector (its decayed sum: the argmax of centroid cosines is scale-free)."""
-        if self.has_segments and total is not None:
-            profile.segment = self.model.segment_of(total)
+        """The k-means segment of the vector (its decayed sum: the argmax of centroid cosines is scale-free); None
+        without a vector or without segments in this model (a segment id is only meaningful for the model whose
+        k-means made it)."""
+        profile.segment = self.model.segment_of(total) if self.has_segments and total is not None else None
 
     def _sum(self, profile: Profile) -> np.ndarray | None:
         """The decayed sum (a view of the profile's bytes: the user vector is it ÷ ``vec_weight``)."""

@@ -19,18 +19,19 @@ from tidewater.recommending import VectorRecommender
 ITEMS = [f"i{i}" for i in range(7)]
 
 
-def tiny_recs_version(directory, seed=0, dim=8):
+def tiny_recs_version(directory, seed=0, dim=8, items=ITEMS, segments=True):
     """A recs registry version written the way `tidewater train recs` writes one, with random embeddings."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True)
-    emb = rng.normal(size=(len(ITEMS), dim)).astype(np.float32)
-    (directory / "item_ids.json").write_text(json.dumps(ITEMS))
+    emb = rng.normal(size=(len(items), dim)).astype(np.float32)
+    (directory / "item_ids.json").write_text(json.dumps(items))
     np.save(directory / "item_emb.npy", emb)
     np.save(directory / "query_emb.npy", emb)
-    np.save(directory / "popularity.npy", np.arange(len(ITEMS), 0, -1).astype(np.float64))
+    np.save(directory / "popularity.npy", np.arange(len(items), 0, -1).astype(np.float64))
     (directory / "config.json").write_text(json.dumps({"stream_decay": 0.8, "stream_window": 50}))
-    np.save(directory / "segments.npy", train_segments(rng.normal(size=(40, dim)), k=3, seed=seed))
-    ItemIndex.build(ITEMS, emb, kind="flat", version=directory.name, use_gpu=False).save(directory / "index")
+    if segments:
+        np.save(directory / "segments.npy", train_segments(rng.normal(size=(40, dim)), k=3, seed=seed))
+    ItemIndex.build(items, emb, kind="flat", version=directory.name, use_gpu=False).save(directory / "index")
     return Recommender(directory, use_gpu=False)
 
 
@@ -98,6 +99,21 @@ def test_a_new_model_version_rebuilds_the_vector_in_its_own_space(tmp_path):
     assert profile.vec_version == "v0002-bbb"
     expected = new.recompute_user([e.item_id for e in evs]).vector()
     np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("new_catalogue, new_segments", [(["x1", "x2", "x3"], True), (ITEMS, False)])
+def test_regression_a_segment_from_the_previous_recs_model_is_not_kept(tmp_path, new_catalogue, new_segments):
+    """A segment id is only meaningful for the k-means of the model that made it. After a swap to a model that
+    knows none of the user's items, or has no segments, the old id stayed in the profile and was stamped on
+    scores, offers and recommendations of the new version (found by review)."""
+    old = tiny_recs_version(tmp_path / "v0001-aaa", seed=1)
+    new = tiny_recs_version(tmp_path / "v0002-bbb", seed=2, items=new_catalogue, segments=new_segments)
+    evs = [Click(event_id=f"e{i}", user_id="u", ts=float(i), item_id=ITEMS[i % 7]) for i in range(6)]
+    _, store, _ = run(evs, VectorRecommender(old), config=EngineConfig(rec_every_events=1))
+    assert store["u"].segment in (0, 1, 2)
+    profile = store["u"]
+    VectorRecommender(new).refresh(profile)
+    assert profile.vec_version == "v0002-bbb" and profile.segment is None
 
 
 def test_silent_users_are_rescored_as_silence_grows_then_left_alone():
