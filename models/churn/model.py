@@ -168,7 +168,11 @@ class ChurnTransformer(nn.Module):
 
     def raw_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Uncalibrated (churn logit, log expected count)."""
-        hs = self.encode(batch)
+        return self.outputs_from_states(self.encode(batch), batch)
+
+    def outputs_from_states(self, hs: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`raw_outputs` from the encoder's hidden states (a GPU scorer runs only the encoder in bf16/fp16:
+        the heads and the linear path stay in float32, as calibrated)."""
         mask = batch["attention_mask"].to(hs.dtype).clone()
         mask[:, 0] = 0  # events only
         denom = mask.sum(1, keepdim=True).clamp_min(1.0)

@@ -26,6 +26,28 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
+BUILT_IN_PURCHASE_LOGS = ("cdnow_master", "cdnow_sample")  # `tidewater train churn` without --purchases
+
+
+def event_types(meta: dict) -> list[str]:
+    """The event types a version was trained on. Versions published before the metadata recorded them: the
+    built-in CDNOW logs hold purchases only; any other log may have had clicks (read everything, as before)."""
+    types = meta.get("event_types")
+    if types is None:
+        return ["purchase"] if meta.get("dataset") in BUILT_IN_PURCHASE_LOGS else ["click", "purchase"]
+    return list(types)
+
+
+def amp_dtype(torch, device) -> object | None:
+    """The autocast dtype on ``device``: bf16 on GPUs that compute it natively (compute capability 8 and up:
+    Ampere, Hopper), fp16 on older ones (``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only
+    emulated, and slow), None on the CPU (float32)."""
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
 class ChurnScorer:
     def __init__(self, model, *, version: str = "unversioned", device: str | None = None, micro_batch: int = 256,
                  meta: dict | None = None) -> None:
@@ -35,9 +57,7 @@ class ChurnScorer:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.amp_dtype = None
-        if self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(torch, self.device)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -51,7 +71,7 @@ class ChurnScorer:
         # stream with clicks, it read a browsing user's clicks as activity it had only seen from buyers (60 clicks
         # gave 166 expected purchases). It scores the purchases alone, as in training. Older versions, whose
         # metadata does not say, read everything as before.
-        self.reads_clicks = "click" in self.meta.get("event_types", ["click", "purchase"])
+        self.reads_clicks = "click" in event_types(self.meta)
         # the number of most recent events per user it was trained on (its training log's view through the stream's
         # ring); a ring kept longer (TIDEWATER_RECENT_EVENTS raised) is cut to it. 0: not recorded, no cut
         self.ring_events = int(self.meta.get("ring_events") or 0)
@@ -102,9 +122,10 @@ class ChurnScorer:
             idx = order[s:s + self.micro_batch]
             batch = to_torch(F.collate([toks[i] for i in idx]), summ[idx], self.device)
             with self._lock, torch.inference_mode():
-                if self.amp_dtype is not None:
+                if self.amp_dtype is not None:  # the encoder in half precision, the calibrated heads in float32
                     with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
-                        logit, log_rate = self.model.raw_outputs(batch)
+                        states = self.model.encode(batch)
+                    logit, log_rate = self.model.outputs_from_states(states.float(), batch)
                 else:
                     logit, log_rate = self.model.raw_outputs(batch)
                 p, r = self.model.calibrated(logit, log_rate)

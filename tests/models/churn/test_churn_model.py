@@ -381,3 +381,14 @@ def test_glm_start_on_a_target_without_variation_is_a_constant(churn_value, coun
     assert np.ptp(logit) == 0 and (logit[0] > 0) == (churn_value == 1.0)
     if count_value > 0:
         np.testing.assert_allclose(np.exp(log_rate), count_value, rtol=1e-3)  # a constant target is fitted exactly
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "float16"), ((8, 0), "bfloat16"), ((9, 0), "bfloat16")])
+def test_regression_gpus_without_native_bf16_get_fp16(monkeypatch, capability, expected):
+    """torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (T4, V100: slow), so those GPUs
+    were given bf16 (found by review). No GPU here: the capability is what the choice reads."""
+    from models.churn.scorer import amp_dtype
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert amp_dtype(torch, torch.device("cuda")) == getattr(torch, expected)
+    assert amp_dtype(torch, torch.device("cpu")) is None
