@@ -44,6 +44,26 @@ def _index_note(root: Path, index_version: str) -> str | None:
             "workers serve that model's own index until an index built for it is current")
 
 
+def _churn_view_note(reg: Registry, version: str) -> str | None:
+    """What a worker will serve a churn version that predates the serving metadata (the event types and the ring
+    length of its training view): guessed, so say so."""
+    from models.churn.scorer import event_types
+
+    try:
+        meta = reg.meta(version)
+    except (OSError, ValueError) as exc:
+        return f"{version} has no readable meta.json ({exc})"
+    guessed = []
+    if "event_types" not in meta:
+        guessed.append(f"{' and '.join(event_types(meta))} events")
+    if "ring_events" not in meta:
+        guessed.append("each user's whole ring")
+    if not guessed:
+        return None
+    return (f"{version} predates the serving metadata: workers will serve it {', '.join(guessed)}, which may not be "
+            "the view it was trained on (`tidewater train churn --publish` records it)")
+
+
 def register(models_app: typer.Typer) -> None:
     @models_app.command("list")
     def list_versions(
@@ -84,3 +104,7 @@ def register(models_app: typer.Typer) -> None:
         note = _index_note(registry, index) if kind in ("recs", "recs_index") and index else None
         if note:
             typer.secho(f"note: {note}", fg="yellow", err=True)
+        if kind == "churn":
+            note = _churn_view_note(reg, chosen)
+            if note:
+                typer.secho(f"note: {note}", fg="yellow", err=True)

@@ -30,11 +30,15 @@ class RingScorer:
         return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, clicks=clicks))
 
     def _ring_view(self, sequences: Any) -> Any:
-        """The last ``ring_events`` of each ring, the view the model was trained on, when the worker keeps more."""
+        """The last ``ring_events`` of each ring, the view the model was trained on, when the worker keeps more.
+        A model that does not read clicks was trained on a log without them: its view is the last
+        ``ring_events`` purchases, so clicks go before the cut (after it, they would take purchases' places)."""
         keep = getattr(self.scorer, "ring_events", 0)
-        if keep and max(map(len, sequences), default=0) > keep:
+        if not keep or max(map(len, sequences), default=0) <= keep:
+            return sequences
+        if getattr(self.scorer, "reads_clicks", True):
             return [ring[-keep:] if len(ring) > keep else ring for ring in sequences]
-        return sequences
+        return [[e for e in ring if e.type != "click"][-keep:] if len(ring) > keep else ring for ring in sequences]
 
     def score_many(self, sequences: Any, as_of: Any) -> Any:
         sequences = self._ring_view(sequences)

@@ -109,3 +109,21 @@ def test_regression_publishers_running_at_once_get_their_own_versions(tmp_path):
     # readable by a worker running as another user (mkdtemp / mkstemp create 0700 / 0600)
     assert stat.S_IMODE(registry.path(outer).stat().st_mode) & 0o055 == 0o055
     assert stat.S_IMODE((registry.root / "current").stat().st_mode) & 0o044 == 0o044
+
+
+def test_regression_a_rollback_to_a_version_without_serving_metadata_says_what_will_be_served(registry, capsys):
+    """Rolling back to churn v0001 (published before event_types and ring_events were recorded) silently brought
+    back a model reading clicks it was never trained on (found by review). The built-in CDNOW logs are
+    purchases-only, so their versions are served purchases; `models use` says what is guessed."""
+    from models.churn.scorer import event_types
+
+    root, first, _, _ = registry
+    code, _, err = run(["models", "use", "churn", first, "--registry", str(root)], capsys)
+    assert code == 0 and "predates the serving metadata" in err and "purchase events" in err and "whole ring" in err
+    assert event_types({"dataset": "cdnow_master"}) == ["purchase"]
+    assert event_types({"dataset": "shop.csv"}) == ["click", "purchase"]
+    assert event_types({"dataset": "shop.csv", "event_types": ["purchase"]}) == ["purchase"]
+    recorded = publish(root, "churn", "gggggggg77", dataset="shop.csv", event_types=["click", "purchase"],
+                       ring_events=64)
+    code, _, err = run(["models", "use", "churn", recorded, "--registry", str(root)], capsys)
+    assert code == 0 and "predates" not in err

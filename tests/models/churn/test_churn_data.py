@@ -285,3 +285,29 @@ def test_the_model_trains_on_the_view_the_stream_serves_it():
 
     RingScorer(Recorder()).predict_many([longer.recent], [cutoff])
     assert len(longer.recent) == 128 and [e["ts"] for e in seen[0]] == [e.ts for e in profile.recent]
+
+
+def test_regression_a_purchases_only_model_sees_the_last_purchases_of_a_longer_ring():
+    """A model trained on a log without clicks was trained on each user's last ``ring_events`` purchases. A worker
+    keeping a longer ring cut it to the last ``ring_events`` events first and dropped the clicks after, so the
+    model saw fewer purchases than it was trained on (found by review)."""
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
+
+    ring = [RecentEvent(ts=float(i), type="click" if i % 2 else "purchase", amount=0.0 if i % 2 else 5.0)
+            for i in range(8)]
+    seen = []
+
+    class PurchasesOnly:
+        version, ring_events, uses_encoder, reads_clicks = "p", 4, True, False
+
+        def predict_many(self, sequences, as_of):
+            seen.extend(sequences)
+            return np.zeros(len(sequences)), np.zeros(len(sequences))
+
+    RingScorer(PurchasesOnly()).predict_many([ring], [10.0])
+    assert [e["ts"] for e in seen[0]] == [0.0, 2.0, 4.0, 6.0]  # the last four purchases, no clicks
+    seen.clear()
+    PurchasesOnly.reads_clicks = True  # a model that reads clicks keeps the last four events
+    RingScorer(PurchasesOnly()).predict_many([ring], [10.0])
+    assert [e["ts"] for e in seen[0]] == [4.0, 5.0, 6.0, 7.0]
