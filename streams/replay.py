@@ -97,7 +97,8 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
     try:
         with open(letters, "rb") as fh:
             plan = plan_redrive(fh, input_topics=EngineConfig.from_settings(s).topic_types,
-                                max_bytes=s.max_event_bytes, reasons=reasons)
+                                max_bytes=s.max_event_bytes, reasons=reasons, now=time.time(),
+                                max_lead_s=s.max_event_lead_s)
     except OSError as exc:
         raise UserError(f"cannot read {letters}: {exc.strerror or exc}") from None
     if dry_run or not plan.records:

@@ -61,6 +61,7 @@ class EngineConfig:
     erasures_topic: str = "user-erasures"
     dead_letter_topic: str = "dead-letter"
     max_event_bytes: int = 16384
+    max_event_lead_s: float = DAY  # an event this far ahead of its record's Kafka timestamp is dead-lettered
     source_idle_s: float = 1.0
     tick_s: float = DAY
     inactivity_gap_s: float = 30 * DAY
@@ -90,7 +91,7 @@ class EngineConfig:
             clicks_topic=s.topic_clicks, purchases_topic=s.topic_purchases, churn_topic=s.topic_churn_scores,
             recs_topic=s.topic_recommendations, offers_topic=s.topic_offers, erasures_topic=s.topic_erasures,
             dead_letter_topic=s.topic_dead_letter,
-            max_event_bytes=s.max_event_bytes, source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
+            max_event_bytes=s.max_event_bytes, max_event_lead_s=s.max_event_lead_s, source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
             inactivity_gap_s=s.inactivity_gap_s, inactivity_rescore_s=s.inactivity_rescore_s,
             inactivity_rescores=s.inactivity_rescores, erasure_guard_s=s.erasure_guard_s,
             rec_every_events=s.rec_every_events,
@@ -254,6 +255,13 @@ class PartitionEngine:
                                   expected_type=self.expected_type.get(record.topic), key=record.key, keyed=True)
         if isinstance(decoded, ev.Rejected):
             self._dead_letter(record, decoded)
+            return
+        lead = self.config.max_event_lead_s
+        if lead and record.timestamp is not None and decoded.ts > record.timestamp / 1000.0 + lead:
+            # the record's own timestamp, not the worker's clock: a re-read of the topic decides the same
+            self._dead_letter(record, ev.Rejected(
+                "ts_in_future", f"ts {decoded.ts:.3f} is {decoded.ts - record.timestamp / 1000.0:.0f} s after the "
+                f"record was produced (TIDEWATER_MAX_EVENT_LEAD_S={lead:g})"))
             return
         self.merger.push(record.topic, decoded.ts, record.offset, _Valid(record, decoded), now)
         if decoded.ts > self._max_pushed_ts:

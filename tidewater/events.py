@@ -77,7 +77,7 @@ class Rejected(msgspec.Struct, frozen=True):
 
 
 REJECT_REASONS = ("oversized", "malformed_json", "unknown_event_type", "missing_field", "invalid_field",
-                  "wrong_topic", "key_mismatch")
+                  "wrong_topic", "key_mismatch", "ts_in_future")  # the last one: the engine's, against the record
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None = None,

@@ -32,9 +32,12 @@ class RedrivePlan:
 
 
 def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max_bytes: int,
-                 reasons: Iterable[str] | None = None) -> RedrivePlan:
+                 reasons: Iterable[str] | None = None, now: float | None = None,
+                 max_lead_s: float = 0.0) -> RedrivePlan:
     """``lines``: dead letters as JSON (what `tidewater record --topic <dead-letter topic>` writes, one per line).
-    ``input_topics``: input topic -> the event type it carries. ``reasons``: only letters rejected for these."""
+    ``input_topics``: input topic -> the event type it carries. ``reasons``: only letters rejected for these.
+    ``now`` and ``max_lead_s``: a record produced at ``now`` whose event is more than ``max_lead_s`` ahead of it
+    would be rejected again (ts_in_future), so it stays out."""
     wanted = set(reasons) if reasons else None
     plan = RedrivePlan()
     seen: set[tuple[str, int, int]] = set()
@@ -65,6 +68,9 @@ def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max
         event = decode_event(value, max_bytes=max_bytes, expected_type=input_topics[letter.topic])
         if isinstance(event, Rejected):
             plan.counts[f"still_rejected:{event.reason}"] += 1
+            continue
+        if now is not None and max_lead_s and event.ts > now + max_lead_s:
+            plan.counts["still_rejected:ts_in_future"] += 1
             continue
         assert value is not None  # decode_event rejects a missing value
         plan.records.append((letter.topic, event.user_id.encode(), value))

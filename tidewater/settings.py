@@ -126,6 +126,12 @@ class Settings:
         "0 turns the cache off.")
     max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
                                    "Records larger than this go to the dead-letter topic (oversized).")
+    max_event_lead_s: float = setting(
+        86400.0, "TIDEWATER_MAX_EVENT_LEAD_S",
+        "Events whose time is further than this ahead of their Kafka record's timestamp (when it was produced) go "
+        "to the dead-letter topic (ts_in_future): one event from a client with a wrong clock would otherwise move "
+        "its partition's event time years ahead (a burst of inactivity ticks, every later event late). 0: no "
+        "check.")
     source_idle_ms: int = setting(
         1000, "TIDEWATER_SOURCE_IDLE_MS",
         "Event-time merge of clicks+purchases: a source partition silent this long (counted in time the worker "
@@ -251,7 +257,7 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "session_timeout_s": _POSITIVE, "rebalance_timeout_s": _POSITIVE, "heartbeat_interval_s": _POSITIVE, "producer_max_batch_bytes": _POSITIVE,
     "fetch_max_wait_ms": _NON_NEGATIVE, "commit_interval_s": _POSITIVE, "batch_max_events": _POSITIVE,
     "batch_max_wait_ms": _NON_NEGATIVE, "inline_min_events": _NON_NEGATIVE, "inline_max_scoring": _NON_NEGATIVE,
-    "profile_cache_users": _NON_NEGATIVE, "max_event_bytes": _POSITIVE, "source_idle_ms": _NON_NEGATIVE,
+    "profile_cache_users": _NON_NEGATIVE, "max_event_bytes": _POSITIVE, "max_event_lead_s": _NON_NEGATIVE, "source_idle_ms": _NON_NEGATIVE,
     "scoring_max_batch": _POSITIVE, "model_threads": _POSITIVE, "session_gap_s": _POSITIVE,
     "recent_events": _POSITIVE, "window_grace_s": _NON_NEGATIVE, "clock_tick_s": _POSITIVE,
     "inactivity_gap_s": _POSITIVE, "inactivity_rescore_s": _POSITIVE, "inactivity_rescores": _NON_NEGATIVE,

@@ -1,4 +1,5 @@
 """The pure partition engine, driven like a Bytewax testing source → sink, with no broker."""
+import dataclasses
 import json
 
 import msgspec
@@ -130,6 +131,36 @@ def test_bad_records_go_to_dead_letter_and_valid_ones_around_them_apply():
     assert all(l["value_b64"] and l["topic"] == "clicks" for l in letters)
     assert result.profiles["u1"].n_events == 4
     assert len(result.done) == len(mixed)
+
+
+def _produced_at(recs, lag_s: float = 60.0):
+    """The records as a producer writes them: Kafka timestamps (ms) shortly after each event's time."""
+    return [dataclasses.replace(r, timestamp=int((json.loads(r.value)["ts"] + lag_s) * 1000)) for r in recs]
+
+
+def test_regression_one_event_from_a_wrong_clock_does_not_move_the_partitions_event_time():
+    """An event dated 2099 moved the partition's watermark there: thousands of inactivity ticks at once, then
+    every later event was late and no tick fired again (found by review). An event further ahead of its record's
+    Kafka timestamp than max_event_lead_s is dead-lettered; everything else is as without it."""
+    evs = shop()
+    clean = _produced_at(records(evs))
+    bogus = Click(event_id="wrong-clock", user_id="u1", ts=4070908800.0)  # 2099-01-01
+    mixed = _produced_at(records(evs[:40] + [bogus] + evs[40:]))
+    mixed[40] = dataclasses.replace(mixed[40], timestamp=mixed[39].timestamp)  # produced when its neighbours were
+    _, _, reference = run(clean)
+    _, _, result = run(mixed)
+    letters = [json.loads(o.value) for o in result.outputs if o.topic == "dead-letter"]
+    assert [(l["reason"], l["offset"]) for l in letters] == [("ts_in_future", mixed[40].offset)]
+    assert "TIDEWATER_MAX_EVENT_LEAD_S" in letters[0]["detail"]
+    assert len(result.done) == len(mixed)
+    outputs = [(o.topic, o.value) for o in result.outputs if o.topic != "dead-letter"]
+    assert outputs == [(o.topic, o.value) for o in reference.outputs]
+    # within the lead, or without Kafka timestamps (the pure engine's callers), events are taken as they are
+    near = dataclasses.replace(clean[-1], offset=10**6, timestamp=clean[-1].timestamp - 3600 * 1000)
+    _, _, result = run(clean + [near])
+    assert not [o for o in result.outputs if o.topic == "dead-letter"]
+    _, _, result = run(records(evs[:40] + [bogus]))
+    assert not [o for o in result.outputs if o.topic == "dead-letter"]
 
 
 @settings(max_examples=25)

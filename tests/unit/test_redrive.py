@@ -42,6 +42,18 @@ def test_fixed_causes_go_back_with_the_users_key_and_the_rest_stay_out():
     assert plan_redrive(letters, input_topics=TOPICS, max_bytes=150).records == [("clicks", b"bob", wrong_key)]
 
 
+def test_an_event_from_the_future_goes_back_only_once_its_time_is_near():
+    early = click("ann", 0)  # ts 1_700_000_000, produced two days before it
+    letters = dead_letters([Record("clicks", 0, 1, b"ann", early, timestamp=(1_700_000_000 - 2 * 86400) * 1000)],
+                           max_bytes=1024)
+    assert [json.loads(x)["reason"] for x in letters] == ["ts_in_future"]
+    still = plan_redrive(letters, input_topics=TOPICS, max_bytes=1024, now=1_700_000_000 - 2 * 86400,
+                         max_lead_s=86400)
+    assert still.records == [] and still.counts == {"still_rejected:ts_in_future": 1}
+    later = plan_redrive(letters, input_topics=TOPICS, max_bytes=1024, now=1_700_000_000 - 3600, max_lead_s=86400)
+    assert later.records == [("clicks", b"ann", early)]
+
+
 def test_reason_filter_foreign_topics_duplicates_and_lines_that_are_not_letters():
     letters = dead_letters([Record("clicks", 0, 1, b"x", click("ann", 1)), Record("clicks", 0, 2, b"bob", b"[")],
                            max_bytes=4096)  # ann's key is wrong: key_mismatch; bob's value: malformed_json
