@@ -120,6 +120,9 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # users erased recently -> their request's event time: their events at or before it are dropped (a producer's
     # retry or a late event must not rebuild what was erased), until a tick erasure_guard_s after it
     erased: dict[str, float] = {}
+    # the same users -> their request's input record ("topic/partition", offset): a request read again after a
+    # restart (its offset not yet committed) is a duplicate, and must not delete the profile built since
+    erase_records: dict[str, tuple[str, int]] = {}
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -354,7 +357,14 @@ class PartitionEngine:
         for tick in ticks:
             self._on_tick(tick)
         if isinstance(event, ev.Erase):
+            source = source_key(record.topic, record.partition)
+            applied = state.erase_records.get(event.user_id)
+            if applied is not None and applied[0] == source and record.offset <= applied[1]:
+                self._count("duplicates_skipped", record.topic)  # re-read after a restart: already applied
+                self._result.done.append(record)
+                return
             self._erase(event, record.topic)
+            state.erase_records[event.user_id] = (source, record.offset)
             if event.ts > state.watermark:
                 state.watermark = event.ts
             self._result.done.append(record)
@@ -412,6 +422,7 @@ class PartitionEngine:
             horizon = tick - self.config.erasure_guard_s
             for user_id in [u for u, ts in erased.items() if ts < horizon]:
                 del erased[user_id]
+                self.state.erase_records.pop(user_id, None)
 
     def _count_item(self, item_id: str) -> None:
         displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS)

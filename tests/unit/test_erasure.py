@@ -83,12 +83,50 @@ def test_a_redelivered_erasure_changes_nothing():
     first = [o for o in run_to_completion(PartitionEngine(0, CONFIG, DictStore()), recs).outputs]
     restarted = PartitionEngine(0, CONFIG, store, state=engine.snapshot())
     again = run_to_completion(restarted, recs[-60:])  # a restart re-reads the last records, erasures included
-    # only the confirmations of the erasures re-read come again, byte for byte (the downstream de-duplicates)
+    # only the confirmations of the erasures re-read come again, byte for byte (the downstream de-duplicates):
+    # those older than the erasure guard, whose request record is no longer remembered
     assert again.outputs and all(o.topic == "user-erasures" for o in again.outputs)
     assert {(o.key, o.value) for o in again.outputs} <= {(o.key, o.value) for o in first}
     assert "u5" not in store
     _, reference, _ = replay(evs)
     assert {u: encode_profile(p) for u, p in store.items()} == {u: encode_profile(p) for u, p in reference.items()}
+
+
+def test_regression_an_erasure_read_again_after_a_restart_keeps_the_profile_built_since():
+    """Erasure requests had no offset marker: re-read after a restart (their offset not yet committed), one
+    deleted the profile built since, with its offer cooldown and scoring state, and the user got a second score
+    and a second offer (found by review). A restart after any batch now equals the uninterrupted run."""
+    from tidewater.events import Click
+    from tidewater.offers import OfferPolicy
+
+    config = EngineConfig(offers=OfferPolicy(churn_threshold=0.0))
+    evs = [Purchase(event_id="p1", user_id="u1", ts=1 * DAY + 10, amount=100.0),
+           Erase(event_id="e1", user_id="u1", ts=2 * DAY),
+           Purchase(event_id="p2", user_id="u1", ts=2 * DAY + 100, amount=100.0),
+           Click(event_id="c1", user_id="u2", ts=3 * DAY + 5),
+           Click(event_id="c2", user_id="u2", ts=4 * DAY + 5),
+           Purchase(event_id="p3", user_id="u2", ts=5 * DAY + 5, amount=1.0)]
+    recs = records(evs)
+    reference_store = DictStore()
+    reference = run_to_completion(PartitionEngine(0, config, reference_store), recs, batch=4)
+    reference_store.update(reference.profiles)
+    for stored_after in range(1, len(recs)):
+        store = DictStore()
+        engine = PartitionEngine(0, config, store)
+        first = run_to_completion(engine, recs[:stored_after], batch=4)
+        store.update(first.profiles)
+        for user in first.erased:
+            store.pop(user, None)
+        state = msgspec.msgpack.decode(msgspec.msgpack.encode(engine.snapshot()), type=type(engine.snapshot()))
+        restarted = PartitionEngine(0, config, store, state=state)
+        for user in sorted(store):
+            restarted.index_profile(store[user])
+        again = run_to_completion(restarted, recs, batch=4)  # nothing committed: everything is read again
+        store.update(again.profiles)
+        outputs = [(o.topic, o.key, o.value) for o in first.outputs + again.outputs]
+        assert outputs == [(o.topic, o.key, o.value) for o in reference.outputs], stored_after
+        assert {u: encode_profile(p) for u, p in store.items()} == \
+            {u: encode_profile(p) for u, p in reference_store.items()}
 
 
 @settings(max_examples=60, deadline=None)
