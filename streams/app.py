@@ -417,15 +417,16 @@ class Pipeline:
             <= self.inline_max_scoring
 
     def _step(self, partitions: list[int], now: float,
-              caught_up: dict[int, frozenset[str]]) -> list[tuple[int, Any, list[tuple[bytes, bytes | None]],
+              status: dict[int, tuple[frozenset[str], frozenset[str]]]
+              ) -> list[tuple[int, Any, list[tuple[bytes, bytes | None]],
                                                                   list[tuple[bytes, bytes | None]] | None]]:
         """The engines' part of a batch after ``_apply``, on the event loop (``_inline``) or in the executor
         thread; there in one hop per batch, not one per partition (each hop is a GIL hand-over between two
         busy threads, which showed up as latency)."""
         engines = [self.engines[partition] for partition in partitions]
         together = len(engines) > 1 and can_answer_together(engines)
-        results = [engine.on_notify(now, caught_up[partition], defer_recs=True) if together
-                   else engine.on_notify(now, caught_up[partition])  # other engines (bench) lack the keyword
+        results = [engine.on_notify(now, *status[partition], defer_recs=True) if together
+                   else engine.on_notify(now, *status[partition])  # other engines (bench) lack the keyword
                    for partition, engine in zip(partitions, engines)]
         if together:  # one recommender call for the batch's partitions, not one each
             answer_recs_together(engines, results)
@@ -445,14 +446,14 @@ class Pipeline:
 
     async def _flush(self, partitions: set[int], now: float, records: dict[int, list[Any]] | None = None) -> None:
         ordered = sorted(partitions)
-        caught_up = {partition: self.caught_up(partition) for partition in ordered}
+        status = {partition: self.source_status(partition) for partition in ordered}
         if records:
             self._apply(records, now)  # decode + merge push: cheap, and tells whether a tick will score
         if self._inline(records):
-            steps = self._step(ordered, now, caught_up)
+            steps = self._step(ordered, now, status)
         else:
             steps = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._step, ordered, now, caught_up)
+                self.executor, self._step, ordered, now, status)
         self._batches += 1
         out = Outgoing(self._batches)
         outputs, changelog = out.outputs, out.changelog
@@ -574,18 +575,34 @@ class Pipeline:
         """Input topics whose ``partition`` has been handed to the engine up to the high watermark of the last
         fetch response: nothing earlier is waiting in Kafka, so the merge need not wait for them (live latency).
         In a replay the high watermark is the end of the input, so this holds only at its true end."""
+        return self.source_status(partition)[0]
+
+    def source_status(self, partition: int) -> tuple[frozenset[str], frozenset[str]]:
+        """(caught up, behind): the input topics of ``partition`` handed over up to the high watermark of the last
+        fetch response, and those with records in Kafka not handed over yet; a topic without a known high
+        watermark is in neither."""
         from faust.types import TP
 
         consumer = self.app.consumer
-        out = []
+        caught_up, behind = [], []
         for topic in self.settings.input_topics:
+            tp = TP(topic, partition)
             try:
-                highwater = consumer.highwater(TP(topic, partition))
+                highwater = consumer.highwater(tp)
             except Exception:  # noqa: BLE001 - not assigned / consumer being rebuilt: not known
                 continue
-            if highwater is not None and highwater >= 0 and self.handed_over.get((topic, partition), -1) >= highwater - 1:
-                out.append(topic)
-        return frozenset(out)
+            if highwater is None or highwater < 0:
+                continue
+            last = self.handed_over.get((topic, partition))
+            if last is None:
+                # nothing handed over since the assignment (or the start): the group's committed offset says what
+                # was processed before. Without it, a source fully committed and quiet since a restart was never
+                # caught up, so the other topic's records of the partition waited in the merge for idle time that
+                # a backlog never gives (found by review)
+                committed = consumer._committed_offset.get(tp)
+                last = committed - 1 if committed is not None else -1
+            (caught_up if last >= highwater - 1 else behind).append(topic)
+        return frozenset(caught_up), frozenset(behind)
 
     @property
     def sender(self) -> Any:

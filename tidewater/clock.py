@@ -22,6 +22,7 @@ from typing import Generic, Iterator, NamedTuple, TypeVar
 H = TypeVar("H")
 
 MAX_TICKS_PER_JUMP = 10_000  # a huge gap in the data fires only the last ticks
+BEHIND_PATIENCE = 10  # a source known to have unfetched records is waited for this many idle periods
 
 
 class MergeItem(NamedTuple, Generic[H]):
@@ -51,8 +52,15 @@ class EventTimeMerger(Generic[H]):
     def pending(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def pop_ready(self, now: float, caught_up: frozenset[str] = frozenset()) -> Iterator[MergeItem[H]]:
+    def pop_ready(self, now: float, caught_up: frozenset[str] = frozenset(),
+                  behind: frozenset[str] = frozenset()) -> Iterator[MergeItem[H]]:
+        """Release heads in merge order while every source has a head, is caught up, or is idle. A source known to
+        be ``behind`` (records in Kafka not fetched yet: a slow fetch, not a quiet source) is idle only after
+        ``BEHIND_PATIENCE`` times as long: releasing the others past it would make the merge depend on fetch
+        timing, where a replay must depend on the data alone. Not forever: a high watermark counting offsets
+        that never arrive (transaction markers) must not stall the partition."""
         queues = self.queues
+        patience = self.idle_s * BEHIND_PATIENCE
         while True:
             best: MergeItem[H] | None = None
             best_source = ""
@@ -61,7 +69,8 @@ class EventTimeMerger(Generic[H]):
                     head = queue[0]
                     if best is None or head < best:
                         best, best_source = head, source
-                elif source not in caught_up and now - self.last_arrival[source] < self.idle_s:
+                elif source not in caught_up and \
+                        now - self.last_arrival[source] < (patience if source in behind else self.idle_s):
                     return  # a live source might still send something earlier
             if best is None:
                 return

@@ -288,12 +288,14 @@ class PartitionEngine:
             bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
         return bound
 
-    def on_notify(self, now: float, caught_up: frozenset[str] = frozenset(), *,
-                  defer_recs: bool = False) -> BatchResult:
-        """``caught_up``: input topics whose partition has been handed over up to its high watermark.
+    def on_notify(self, now: float, caught_up: frozenset[str] = frozenset(), behind: frozenset[str] = frozenset(),
+                  *, defer_recs: bool = False) -> BatchResult:
+        """``caught_up``: input topics whose partition has been handed over up to its high watermark; ``behind``:
+        those known to have records in Kafka not handed over yet (the merge waits longer for them than for a
+        source that may have gone quiet).
         ``defer_recs``: leave the recommendations still queued at the end for :func:`answer_recs_together`, which
         answers those of several engines in one recommender call; they are appended to this result then."""
-        for item in self.merger.pop_ready(now, caught_up):
+        for item in self.merger.pop_ready(now, caught_up, behind):
             self._process(item)
         if not defer_recs:
             self._flush_recs()

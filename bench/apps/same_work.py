@@ -43,7 +43,8 @@ class SameWorkEngine:
         self.cache[user] = st
         self.result.done.append(record)
 
-    def on_notify(self, now: float, caught_up: frozenset = frozenset()) -> BatchResult:
+    def on_notify(self, now: float, caught_up: frozenset = frozenset(), behind: frozenset = frozenset()
+                  ) -> BatchResult:
         result, self.result = self.result, BatchResult()
         result.profiles = self.cache  # type: ignore[assignment]
         self.cache = {}

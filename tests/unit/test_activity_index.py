@@ -72,3 +72,29 @@ def test_regression_a_partitions_index_rebuild_runs_off_the_event_loop(tmp_path,
     loop_thread = asyncio.run(scenario())
     assert len(pipeline.engines[0]._last_day) == 40 and 0 in pipeline.stores
     assert threads and loop_thread not in threads, "the stored profiles were read on the event loop's thread"
+
+
+def test_regression_a_quiet_source_fully_committed_before_a_restart_is_caught_up(tmp_path):
+    """After a restart (or an assignment) nothing has been handed over yet: a source whose records were all
+    committed before, and quiet since, was never "caught up", so the other topic's records of the partition
+    waited in the merge for idle time, which a backlog never gives (found by review). The committed offset
+    now counts as handed over."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    pipeline = _pipeline(tmp_path, "memory://")
+    clicks, purchases = pipeline.settings.topic_clicks, pipeline.settings.topic_purchases
+    highwater = {TP(clicks, 0): 900, TP(purchases, 0): 500}
+    committed = defaultdict(lambda: None, {TP(clicks, 0): 400, TP(purchases, 0): 500})
+    pipeline.app = SimpleNamespace(consumer=SimpleNamespace(highwater=highwater.__getitem__,
+                                                            _committed_offset=committed))
+    assert pipeline.caught_up(0) == frozenset({purchases})  # clicks: 500 records still to read
+    assert pipeline.source_status(0) == (frozenset({purchases}), frozenset({clicks}))
+    pipeline.handed_over[(clicks, 0)] = 899
+    assert pipeline.caught_up(0) == frozenset({clicks, purchases})
+    committed[TP(purchases, 0)] = 499  # one record of purchases not processed yet
+    assert pipeline.caught_up(0) == frozenset({clicks})
+    del committed[TP(purchases, 0)]  # nothing ever committed (a new group): only what is handed over counts
+    assert pipeline.caught_up(0) == frozenset({clicks})

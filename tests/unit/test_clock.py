@@ -35,6 +35,17 @@ def test_merge_keeps_each_sources_offset_order(a, b):
         assert offsets == sorted(offsets)
 
 
+@given(ts_lists, ts_lists, st.randoms())
+def test_sources_each_in_time_order_merge_into_time_then_source_then_offset_order(a, b, rnd):
+    """With each source already in event-time order, the merge is the sort by (ts, source rank, offset): a merger
+    ordering by (rank, ts), or dropping the offset tie-break, fails here."""
+    a, b = sorted(a), sorted(b)
+    arrival = ["a"] * len(a) + ["b"] * len(b)
+    rnd.shuffle(arrival)
+    expected = sorted([(ts, 0, i) for i, ts in enumerate(a)] + [(ts, 1, i) for i, ts in enumerate(b)])
+    assert merge(a, b, arrival) == [("ab"[rank], i) for _, rank, i in expected]
+
+
 def test_live_source_holds_back_until_idle():
     m = EventTimeMerger(("a", "b"), idle_s=1.0, now=0.0)
     m.push("a", 5.0, 0, "x", now=0.0)
@@ -46,6 +57,22 @@ def test_crossed_ticks():
     assert crossed_ticks(10.0, 9.0, 10.0) == ([], 10.0)
     assert crossed_ticks(10.0, 10.0, 10.0) == ([10.0], 20.0)
     assert crossed_ticks(10.0, 35.0, 10.0) == ([10.0, 20.0, 30.0], 40.0)
+
+
+def test_regression_a_source_known_to_be_behind_is_not_taken_for_a_quiet_one():
+    """A fetch stall of an idle period with records still in Kafka released the other source past them, so a
+    replay's merge depended on fetch timing (found by review). A source known to be behind is waited for
+    BEHIND_PATIENCE idle periods (not forever: offsets that never arrive, such as transaction markers)."""
+    from tidewater.clock import BEHIND_PATIENCE, EventTimeMerger
+
+    merger = EventTimeMerger(("clicks", "purchases"), idle_s=1.0, now=0.0)
+    merger.push("clicks", 10.0, 0, "c0", now=0.0)
+    behind = frozenset({"purchases"})
+    assert [i.handle for i in merger.pop_ready(1.5)] == ["c0"]  # unknown: idle after 1 s
+    merger.push("clicks", 11.0, 1, "c1", now=2.0)
+    assert list(merger.pop_ready(3.5, behind=behind)) == []  # purchases silent for 3.5 s, but behind
+    assert list(merger.pop_ready(BEHIND_PATIENCE - 0.1, behind=behind)) == []
+    assert [i.handle for i in merger.pop_ready(BEHIND_PATIENCE, behind=behind)] == ["c1"]
 
 
 def test_a_caught_up_source_does_not_hold_the_others_back():
