@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import json
 import time
@@ -47,18 +48,23 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         for n, item in enumerate(events):
             if limit is not None and n >= limit:
                 break
-            if isinstance(item, bytes):
-                value, key = item, _key_of(item)
+            partition = None
+            recorded = from_envelope(item) if isinstance(item, bytes) else None
+            if recorded is not None:  # `record --with-meta`: back to its topic, partition and key, as read
+                topic, partition, key, value = recorded
+                if partition is not None and partition >= len(await producer.partitions_for(topic)):
+                    partition = None  # fewer partitions here: by key
+            elif isinstance(item, bytes):
+                value, key, topic = item, _key_of(item), topics[topic_kind(item)]
             else:
-                value, key = encode_event(item), item.user_id.encode()
+                value, key, topic = encode_event(item), item.user_id.encode(), topics[topic_kind(item)]
                 if speed > 0:
                     first_ts = item.ts if first_ts is None else first_ts
                     wait = (item.ts - first_ts) / speed - (time.monotonic() - started)
                     if wait > 0:
                         await asyncio.sleep(wait)
-            topic = topics[topic_kind(item)]
-            pending.append(await producer.send(topic, value=value, key=key))
-            counts[topic] += 1
+            pending.append(await producer.send(topic, value=value, key=key, partition=partition))
+            counts[topic] = counts.get(topic, 0) + 1
             bar.update(1)
             if len(pending) >= 20000:
                 await asyncio.gather(*pending)
@@ -172,6 +178,43 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     return rows
 
 
+def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> dict:
+    """One record as `record --with-meta` writes it: key and value as text when they are UTF-8, else base64
+    (``key_b64`` / ``value_b64``), so that `replay` sends back exactly the bytes that were read."""
+    out: dict = {"topic": topic, "partition": partition, "offset": offset}
+    for name, raw in (("key", key), ("value", value)):
+        if raw is None:
+            out[name] = None
+            continue
+        try:
+            out[name] = raw.decode()
+        except UnicodeDecodeError:
+            out[f"{name}_b64"] = base64.b64encode(raw).decode()
+    return out
+
+
+def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | None] | None:
+    """(topic, partition, key, value) of a `record --with-meta` line; None for any other line (an event)."""
+    if not line.startswith(b"{") or b'"offset"' not in line:
+        return None
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("topic"), str) or "offset" not in data \
+            or not ({"value", "value_b64"} & data.keys()):
+        return None
+
+    def raw(name: str) -> bytes | None:
+        if data.get(f"{name}_b64") is not None:
+            return base64.b64decode(data[f"{name}_b64"])
+        text = data.get(name)
+        return None if text is None else str(text).encode()
+
+    partition = data.get("partition")
+    return data["topic"], partition if isinstance(partition, int) else None, raw("key"), raw("value")
+
+
 async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, idle_s: float = 2.0) -> int:
     try:
         fh = open(out, "wb")  # before reading: a wrong path fails at once, not after the whole topic
@@ -181,9 +224,7 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
         rows = await read_topic(s, topic, idle_s=idle_s)
         for partition, offset, key, value in rows:
             if with_meta:
-                line = json.dumps({"partition": partition, "offset": offset,
-                                   "key": key.decode(errors="replace") if key else None,
-                                   "value": (value or b"").decode(errors="replace")}).encode()
+                line = json.dumps(envelope(topic, partition, offset, key, value)).encode()
             else:
                 line = (value or b"").replace(b"\n", b" ")
             fh.write(line + b"\n")

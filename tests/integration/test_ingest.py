@@ -105,3 +105,46 @@ def test_regression_a_body_cap_above_one_mebibyte_is_honoured(deployment):
     body = json.dumps(events).encode()
     assert len(body) > 1.4 * (1 << 20)
     assert post(worker.port, body) == (202, {"accepted": 9000})
+
+
+def test_regression_record_with_meta_then_replay_gives_back_the_same_records(deployment, tmp_path):
+    """Recorded event files went back by event type: an erasure read from the purchases topic was replayed to the
+    clicks topic (another place in the event-time merge, so another outcome), keys were rebuilt from user_id (a
+    key_mismatch record came back valid) and values were stripped (found by review). A `record --with-meta` dump
+    now replays to the topic, partition and key each record was read from, byte for byte."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_config import aiokafka_kwargs
+
+    topic = deployment.settings.topic_purchases
+    day = 86400
+    originals = [
+        (b"u1", json.dumps({"type": "purchase", "event_id": "p", "user_id": "u1", "ts": 10 * day, "amount": 5}).encode()),
+        (b"u1", json.dumps({"type": "erase", "event_id": "e", "user_id": "u1", "ts": 9 * day}).encode()),
+        (b"not-u2", json.dumps({"type": "purchase", "event_id": "k", "user_id": "u2", "ts": 11 * day}).encode()),
+        (b"u3", b"\xff\xfe not utf-8 \n"),
+        (None, b"  padded  "),
+    ]
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(**aiokafka_kwargs(deployment.settings))
+        await producer.start()
+        try:
+            for key, value in originals:
+                await producer.send_and_wait(topic, value=value, key=key, partition=1)
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    run = lambda *args: subprocess.run([sys.executable, "-m", "tidewater.cli", *args], env=deployment.env,  # noqa: E731
+                                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    dump = tmp_path / "purchases.jsonl"
+    recorded = run("record", "--topic", topic, "--out", str(dump), "--with-meta")
+    assert recorded.returncode == 0, recorded.stderr
+    replayed = run("replay", "--dataset", str(dump))
+    assert replayed.returncode == 0, replayed.stderr
+    rows = deployment.read(topic)
+    assert {p for p, _, _, _ in rows} == {1}
+    assert [(k, v) for _, _, k, v in rows] == originals + originals
