@@ -207,3 +207,20 @@ def offline_output_ids(settings, lines: list[bytes]) -> dict[str, set[str]]:
         for emit in result.outputs:
             out.setdefault(emit.topic, set()).add(json.loads(emit.value)["event_id"])
     return out
+
+
+def model_in_use(worker, kind: str) -> str | None:
+    """The version of ``kind`` (churn, recs, index) the worker serves now: its ``tidewater_model_info`` series."""
+    import re
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as resp:
+        found = re.search(rf'tidewater_model_info\{{kind="{kind}",version="([^"]+)"\}} 1', resp.read().decode())
+    return found.group(1) if found else None
+
+
+def wait_for_models(worker, wanted: dict[str, str], timeout: float = 60.0) -> None:
+    """Until the worker serves ``wanted`` (kind -> version): a hot reload, observed instead of slept for."""
+    deadline = time.monotonic() + timeout
+    while any(model_in_use(worker, k) != v for k, v in wanted.items()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {k: model_in_use(worker, k) for k in wanted} == wanted

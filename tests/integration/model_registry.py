@@ -10,12 +10,21 @@ import numpy as np
 from models.registry import Registry
 
 
-def publish_tiny_churn(root: Path, seed: int) -> str:
+def publish_tiny_churn(root: Path, seed: int, bias: float = 0.0) -> str:
+    """A tiny random churn model; ``bias`` shifts its calibrated logit (e.g. -20 / +20: every probability near 0
+    or near 1), so a test can tell from the scores themselves which version produced them."""
+    import torch
+
     from models.churn.train import new_model, save_model
     from tests.models.churn.helpers import tiny_config
 
-    return Registry(root / "churn").publish(lambda d: save_model(new_model(tiny_config(), seed), d),
-                                            fingerprint=f"tiny{seed}")
+    def write(directory: Path) -> None:
+        model = new_model(tiny_config(), seed)
+        with torch.no_grad():
+            model.bias.fill_(bias)
+        save_model(model, directory)
+
+    return Registry(root / "churn").publish(write, fingerprint=f"tiny{seed}")
 
 
 def write_recs_version(directory: Path, item_ids: Sequence[str], seed: int = 0, dim: int = 16,

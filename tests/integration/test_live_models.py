@@ -7,7 +7,7 @@ import time
 import pytest
 
 from models.registry import Registry
-from tests.integration.conftest import Deployment, write_jsonl
+from tests.integration.conftest import Deployment, wait_for_models, write_jsonl
 from tests.integration.model_registry import publish_tiny_churn, publish_tiny_recs
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -75,7 +75,7 @@ def test_real_data_with_registry_models_and_a_swap_of_both_mid_replay(deployment
 
     index_v1, info = build_index(registry, kind="flat")
     assert info["model_version"] == recs_v2
-    time.sleep(3)  # > poll interval: the worker swaps between two batches
+    wait_for_models(worker, {"churn": churn_v2, "recs": recs_v2, "index": f"{recs_v2}/{index_v1}"})
     deployment.replay_file(write_jsonl(tmp_path / "b.jsonl", lines[half:]))
     wait_processed(worker, len(lines))
     assert applied(worker) == len(lines)  # nothing dropped during the swap, nothing applied twice
