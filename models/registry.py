@@ -78,7 +78,9 @@ class Registry:
                 info = {"version": version, "fingerprint": fingerprint, "created_unix": time.time()}
                 info.update(meta or {})
                 (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+                _sync_tree(tmp)  # on disk before it is named: after a power loss, `current` never names torn files
                 os.rename(tmp, self.root / version)
+                _sync_dir(self.root)
                 if make_current:
                     self.set_current(version)
         except BaseException:
@@ -103,14 +105,37 @@ class Registry:
         fd, tmp = tempfile.mkstemp(prefix=".current-", dir=self.root)
         with os.fdopen(fd, "w") as fh:
             fh.write(version + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp's 0600: readable by workers running as another user
         os.replace(tmp, self.root / CURRENT)
+        _sync_dir(self.root)
 
     def meta(self, version: str | None = None) -> dict[str, Any]:
         version = version or self.current_version()
         if version is None:
             raise RegistryEmpty(f"no current version in {self.root}")
         return json.loads((self.root / version / "meta.json").read_text())
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then the directories (a rename is only as durable as what it names)."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _sync_dir(Path(directory))
 
 
 def serving_index(indexes: Registry, model_version: str | None) -> str | None:
