@@ -24,6 +24,10 @@ def test_end_to_end_replay_gives_exact_profiles_and_outputs(deployment, tmp_path
     assert scores and recs
     assert all(s["model_version"] == "heuristic:recency-v1" and 0 <= s["score"] <= 1 for s in scores)
     assert len({s["event_id"] for s in scores}) == len(scores)
+    # exactly the outputs of the pure engine over the same records: each one once, none missing, none extra
+    reference = offline_output_ids(deployment.settings, lines)
+    assert sorted(s["event_id"] for s in scores) == sorted(reference[deployment.settings.topic_churn_scores])
+    assert sorted(r["event_id"] for r in recs) == sorted(reference[deployment.settings.topic_recommendations])
 
 
 def test_bad_input_goes_to_dead_letter_and_valid_events_around_it_apply(deployment, tmp_path):
@@ -91,6 +95,7 @@ def test_worker_killed_mid_replay_restarts_with_exact_profiles(deployment, tmp_p
     deadline = time.monotonic() + 120
     while worker.stats()["processed"] < len(lines) // 6 and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert worker.stats()["processed"] >= len(lines) // 6, "the worker never got a sixth of the way"
     worker.stop(sig)
     deployment.replay_file(write_jsonl(tmp_path / "rest.jsonl", rest))
     restarted = deployment.start_worker("second")
@@ -121,6 +126,7 @@ def test_regression_outputs_survive_kills_of_a_worker_that_restarts_on_its_own_d
         deadline = time.monotonic() + 120
         while worker.stats()["processed"] < len(lines) // share and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert worker.stats()["processed"] >= len(lines) // share, "the worker never got that far"
         worker.stop(signal.SIGKILL)
     worker = deployment.start_worker("same-disk")
     worker.wait_ready()

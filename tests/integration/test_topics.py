@@ -5,8 +5,12 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from infra.topics import TopicSpec, create_topics, input_partition_mismatches
 from tidewater.settings import Settings
+
+pytestmark = [pytest.mark.broker]
 
 
 def _settings(broker, prefix: str, partitions: int) -> Settings:

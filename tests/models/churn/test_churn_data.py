@@ -45,26 +45,27 @@ events_strategy = st.lists(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=events_strategy, cut_day=st.floats(1, 99), horizon=st.floats(1, 60),
-       extra=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.floats(0, 100)), max_size=10))
-def test_no_holdout_event_reaches_the_features(events, cut_day, horizon, extra):
-    """Adding or changing events at/after the cut-off must not change any feature (tokens or summaries)."""
+       extra=st.lists(st.tuples(st.sampled_from(["a", "c", "d", "e"]), st.floats(0, 100)), max_size=10),
+       new_amount=st.floats(0, 1e6))
+def test_no_holdout_event_reaches_the_features(events, cut_day, horizon, extra, new_amount):
+    """Adding or changing events at/after the cut-off must not change any feature (tokens or summaries).
+
+    Every example reaches the comparison: the calibration rows are all before the cut-off, user "a" buys in the
+    holdout and "b" never comes back (two labels, so the task builds), and the future rows both add events and
+    rewrite a's holdout purchase."""
     day = 86400.0
-    frame = pd.DataFrame([{"user_id": u, "ts": d * day, "amount": a, "quantity": q} for u, d, a, q in events])
     cutoff = cut_day * day
-    if not (frame["ts"] < cutoff).any():
-        with pytest.raises(UserError):
-            build_task(frame, cutoff, horizon)
-        return
-    # future events: shifted after the cut-off, with wild amounts
+    rows = [{"user_id": u, "ts": d / 100 * cutoff, "amount": a, "quantity": q} for u, d, a, q in events]
+    rows += [{"user_id": "a", "ts": 0.0, "amount": 1.0, "quantity": 1},
+             {"user_id": "b", "ts": 0.5 * cutoff, "amount": 2.0, "quantity": 1},
+             {"user_id": "a", "ts": cutoff + 0.5 * horizon * day, "amount": 3.0, "quantity": 1}]
+    frame = pd.DataFrame(rows)
     future = pd.DataFrame([{"user_id": u, "ts": cutoff + d * day, "amount": 1e6, "quantity": 99} for u, d in extra])
-    try:
-        base = build_task(frame, cutoff, horizon)
-    except UserError:  # all users share one label: nothing to compare
-        return
-    try:
-        more = build_task(pd.concat([frame, future], ignore_index=True), cutoff, horizon)
-    except UserError:
-        return
+    rewritten = frame.copy()
+    rewritten.loc[rewritten["ts"] >= cutoff, "amount"] = new_amount
+    base = build_task(frame, cutoff, horizon)
+    more = build_task(pd.concat([rewritten, future], ignore_index=True), cutoff, horizon)
+    assert set(base.churn) == {0, 1}
     assert list(base.users) == list(more.users)  # a user with only future events never enters the task
     cfg = ChurnConfig(max_events=8)
     for view in ("sequences", "ring_sequences"):  # the baselines' whole history and the model's ring view

@@ -80,6 +80,13 @@ def test_calibration_matches_the_base_rate_on_validation():
     toks, summ = tokenize_task(task.sequences, task.as_of, model.cfg)
     va = task.idx("val")
     saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        _check_recalibration(model, task, toks, summ, va)
+    finally:  # the trained model is shared (cached) by later tests
+        model.load_state_dict(saved)
+
+
+def _check_recalibration(model, task, toks, summ, va) -> None:
     base = calibrate(model, toks, summ, task.churn, task.count, va)
     # deliberately mis-scale the churn logit (x5, +3), then recalibrate: temperature + bias undo it
     with torch.no_grad():
@@ -94,7 +101,6 @@ def test_calibration_matches_the_base_rate_on_validation():
     assert abs(info["temperature"] / base["temperature"] - 5.0) < 0.05  # it found the inflated scale
     # forecast correction: total expected purchases on validation = actual total
     assert abs(np.exp(lrate + info["forecast_shift"]).sum() - task.count[va].sum()) < 1e-3 * max(task.count[va].sum(), 1)
-    model.load_state_dict(saved)
 
 
 def _sequences(n=50, seed=0):
