@@ -116,3 +116,15 @@ def test_train_publish_index_build_and_recommender(app, csv, tmp_path):
     new_dir = Registry(reg / "recs_index").current_path()
     assert rec.swap_index(new_dir) == rec.index.version and built["model_version"] == rec.version
     assert len(rec.recommend_many([state], k=5)[0]) == 5
+    # an index of other vectors or another catalogue is refused, and the one serving stays (found by review)
+    from models.recs.index import ItemIndex
+
+    serving = rec.index.version
+    rng = np.random.default_rng(0)
+    for name, ids, dim in (("other-dim", rec.item_ids, rec.dim + 1),
+                           ("other-ids", [f"x{i}" for i in range(len(rec.item_ids))], rec.dim)):
+        ItemIndex.build(ids, rng.normal(size=(len(ids), dim)).astype(np.float32), kind="flat", version=name,
+                        use_gpu=False).save(tmp_path / name)
+        with pytest.raises(ValueError, match="does not match recs model"):
+            rec.swap_index(tmp_path / name)
+        assert rec.index.version == serving
