@@ -137,7 +137,7 @@ def synthetic_profiles(n_templates: int = 2000, seed: int = 0):
     for t in range(n_templates):
         p = new_profile(f"user-{t}")
         n = int(rng.integers(1, 61))
-        ts = 1_700_000_000.0
+        ts = 1_699_948_800.0
         for i in range(n):
             ts += float(rng.exponential(2 * DAY))
             if rng.random() < 0.2:
@@ -403,7 +403,7 @@ async def prefill_live(bs: str, env: dict, n: int, users: int = 2000) -> None:
     topics = {"click": env["TIDEWATER_TOPIC_CLICKS"], "purchase": env["TIDEWATER_TOPIC_PURCHASES"]}
     futures = []
     for i, (kind, value) in enumerate(live_events(n, seed=1, users=users)):
-        value["ts"] = 1_700_000_000.0 + i * 0.5
+        value["ts"] = 1_699_948_800.0 + i * 0.5
         futures.append(await producer.send(topics[kind], key=value["user_id"].encode(), value=json.dumps(value).encode()))
     await asyncio.gather(*futures)
     await producer.stop()
@@ -493,7 +493,7 @@ def bench_recovery(bs: str, tmp: Path, n: int, users: int, partitions: int = 8) 
         stop([proc])
     out["changelog_records"] = asyncio.run(changelog_records(bs, app_id))
     log("recovery: processed", n, "events;", out["changelog_records"])
-    probe_ts = 1_700_000_000.0 + n  # after every pre-filled event (they are 0.5 s apart)
+    probe_ts = 1_699_948_800.0 + n  # after every pre-filled event (they are 0.5 s apart)
     for label, data_dir in (("warm", "first"), ("cold", "empty")):
         probe_ts += 1
         asyncio.run(one_event_per_partition(bs, env, partitions, probe_ts))  # waiting in the topic
