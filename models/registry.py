@@ -72,7 +72,7 @@ class Registry:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would keep workers running as another user out
         try:
             write(tmp)
-            with self._lock():
+            with self.lock():
                 number = 1 + max((int(v[1:5]) for v in self.versions() if v[1:5].isdigit()), default=0)
                 version = f"v{number:04d}-{fingerprint[:8]}"
                 info = {"version": version, "fingerprint": fingerprint, "created_unix": time.time()}
@@ -89,7 +89,9 @@ class Registry:
         return version
 
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def lock(self) -> Iterator[None]:
+        """The registry's publish lock (an flock on ``.publish.lock``): numbering a version, renaming it into place
+        and moving ``current`` happen under it, and so does a rollback (`tidewater models use`)."""
         import fcntl
 
         with open(self.root / ".publish.lock", "a") as fh:

@@ -97,8 +97,9 @@ def register(models_app: typer.Typer) -> None:
             chosen = resolve_version(reg, version)
         except LookupError as exc:
             raise UserError(str(exc)) from exc
-        before = reg.current_version()
-        reg.set_current(chosen)
+        with reg.lock():  # not between a concurrent publisher's numbering and its own pointer update
+            before = reg.current_version()
+            reg.set_current(chosen)
         typer.echo(f"{kind}: current {before or 'none'} -> {chosen}")
         index = Registry(registry / "recs_index").current_version()
         note = _index_note(registry, index) if kind in ("recs", "recs_index") and index else None

@@ -155,3 +155,31 @@ def test_a_published_version_is_synced_to_disk_before_it_is_named(tmp_path, monk
     assert any(os.path.basename(p).startswith(".current-") for p in synced)  # the pointer's content
     assert synced[-1] == str(tmp_path / "churn")  # the directory holding the renamed pointer, last
     assert Registry(tmp_path / "churn").current_version() == version
+
+
+def test_a_rollback_waits_for_a_publisher_that_holds_the_lock(registry, capsys):
+    """`models use` took no lock, so a rollback could land between a concurrent publisher's numbering and its
+    pointer update, and be silently undone (found by review). It now waits for the publisher: the rollback is
+    the last word, and it reports the pointer the publisher left."""
+    import threading
+    import time
+
+    root, first, second, _ = registry
+    reg = Registry(root / "churn")
+    held, done = threading.Event(), threading.Event()
+
+    def publisher():
+        with reg.lock():
+            held.set()
+            time.sleep(0.3)  # the rollback below starts meanwhile (without the lock it would finish now)
+            reg.set_current(second)
+        done.set()
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    held.wait(5)
+    reg.set_current(first)  # what the publisher overwrites: the rollback must come after it
+    code, out, _ = run(["models", "use", "churn", first, "--registry", str(root)], capsys)
+    thread.join()
+    assert done.is_set() and code == 0
+    assert f"current {second} -> {first}" in out and reg.current_version() == first
