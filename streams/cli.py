@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from tidewater.errors import UserError
 from tidewater.settings import Settings
 
 BOOTSTRAP_HELP = "Kafka bootstrap servers (env TIDEWATER_BOOTSTRAP_SERVERS)."
@@ -59,14 +62,58 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
         speed: float = typer.Option(0.0, help="0 = as fast as possible; N = N× real time by event time."),
         limit: Optional[int] = typer.Option(None, help="Stop after this many events."),
+        close: bool = typer.Option(False, "--close", help="Then a clock record to every partition at the first "
+                                                          "tick after the last event: the workers score the "
+                                                          "replay's last tick."),
     ) -> None:
         """Write events from the real datasets or a JSON-lines file to the input topics; returns when all are written."""
         from streams.replay import replay as do_replay
 
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
-        counts = asyncio.run(do_replay(s, dataset, speed=speed, limit=limit, progress=sys.stderr.isatty()))
+        counts = asyncio.run(do_replay(s, dataset, speed=speed, limit=limit, progress=sys.stderr.isatty(),
+                                       close=close))
         for topic, n in counts.items():
             typer.echo(f"{topic}: {n} events written")
+
+    @app.command()
+    def clock(
+        ts: Optional[str] = typer.Option(None, "--ts", help="Event time to announce: epoch seconds or RFC 3339 "
+                                                            "(default: now minus --lag-s)."),
+        lag_s: float = typer.Option(3600.0, "--lag-s", help="With the default time: how far behind now (the "
+                                                             "lateness the producers may still have)."),
+        every: Optional[float] = typer.Option(None, "--every", help="Repeat every this many seconds (until "
+                                                                    "interrupted), with the time then."),
+        bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
+    ) -> None:
+        """Write a clock record to every partition of the clicks topic: event time has reached TS there. A
+        partition's timers run on its own records' time, so a partition whose users have all gone quiet scores
+        no one for inactivity until its clock moves. Run it on a schedule (--every 600) next to a live shop."""
+        from streams.replay import _started_producer, send_clock
+        from tidewater.events import Clock, decode_event
+
+        s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
+        fixed = None
+        if ts is not None:
+            decoded = decode_event(json.dumps({"type": "clock", "ts": float(ts) if _is_number(ts) else ts}).encode(),
+                                   max_bytes=s.max_event_bytes)
+            if not isinstance(decoded, Clock):
+                raise UserError(f"--ts {ts!r}: {decoded.detail}")
+            fixed = decoded.ts
+
+        async def run() -> None:
+            producer = await _started_producer(s)
+            try:
+                while True:
+                    at = fixed if fixed is not None else time.time() - lag_s
+                    n = await send_clock(producer, s.topic_clicks, at)
+                    typer.echo(f"clock {at:.0f} written to {n} partitions of {s.topic_clicks}")
+                    if every is None:
+                        return
+                    await asyncio.sleep(every)
+            finally:
+                await producer.stop()
+
+        asyncio.run(run())
 
     @app.command()
     def redrive(
@@ -197,3 +244,11 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
                 worker_proc.kill()
         if broker is not None:
             broker.stop()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

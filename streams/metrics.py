@@ -40,6 +40,8 @@ ERASED_EVENTS_DROPPED = Counter(
 LATE_EVENTS = Counter("tidewater_late_events", "Events applied to the profile but too late for their windows (beyond "
                       "TIDEWATER_WINDOW_GRACE_S)", ["topic"], registry=REGISTRY)
 TICKS = Counter("tidewater_clock_ticks", "Event-time timer ticks fired", registry=REGISTRY)
+CLOCK_RECORDS = Counter("tidewater_clock_records", "Clock records read (a partition's event time moved without a "
+                        "user's event: `tidewater clock`)", ["topic"], registry=REGISTRY)
 RESTORED = Counter("tidewater_changelog_records_restored",
                    "Changelog records restored into the tables at start-up or after a rebalance, by path: batch "
                    "(streams/ingress.py restore_batch) or faust (its per-record path, for what the batch path "
@@ -80,7 +82,8 @@ MODEL_VERSION = Gauge("tidewater_model_info", "Model and index versions in use (
 
 _BY_NAME = {"events_in": EVENTS_IN, "applied": APPLIED, "duplicates_skipped": DUPLICATES,
             "dead_letters": DEAD_LETTERS, "events_out": EVENTS_OUT, "scoring_errors": SCORING_ERRORS,
-            "erased": USERS_ERASED, "erased_events_dropped": ERASED_EVENTS_DROPPED, "late_events": LATE_EVENTS}
+            "erased": USERS_ERASED, "erased_events_dropped": ERASED_EVENTS_DROPPED, "late_events": LATE_EVENTS,
+            "clock_records": CLOCK_RECORDS}
 
 
 def record_engine_metric(name: str, label: str, n: int) -> None:

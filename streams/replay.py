@@ -6,11 +6,13 @@ import asyncio
 import base64
 import heapq
 import json
+import math
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tidewater.errors import UserError
-from tidewater.events import Event, encode_event
+from tidewater.events import Clock, Event, decode_event, encode_event
 from tidewater.settings import Settings
 from tidewater.sources import dataset_events, topic_kind
 
@@ -28,9 +30,28 @@ def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
     return heapq.merge(*streams, key=lambda e: e.ts if not isinstance(e, bytes) else float("-inf"))
 
 
+async def send_clock(producer: "AIOKafkaProducer", topic: str, ts: float) -> int:
+    """A clock record (``tidewater.events.Clock``) at ``ts`` to every partition of ``topic``; how many."""
+    from tidewater.events import Clock
+
+    value = encode_event(Clock(ts=ts))
+    partitions = sorted(await producer.partitions_for(topic))
+    await asyncio.gather(*[await producer.send(topic, value=value, partition=p) for p in partitions])
+    return len(partitions)
+
+
+def closing_time(last_ts: float, tick_s: float) -> float:
+    """The clock that closes a replay: the first tick boundary after its last event, so the last tick fires."""
+    from tidewater.clock import first_tick_after
+
+    return first_tick_after(last_ts, tick_s)
+
+
 async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progress: bool = True,
-                 limit: int | None = None) -> dict[str, int]:
-    """Produce the events (keyed by user id) and return how many went to each topic."""
+                 limit: int | None = None, close: bool = False) -> dict[str, int]:
+    """Produce the events (keyed by user id) and return how many went to each topic. Clock lines go to every
+    partition of the clicks topic. ``close``: then a clock at the first tick after the last event, so the workers
+    score the replay's last tick (a partition's clock only moves with its own records)."""
     from tqdm import tqdm
 
     try:
@@ -42,6 +63,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     counts = {s.topic_clicks: 0, s.topic_purchases: 0}
     bar = tqdm(desc="replay", unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
     first_ts = None
+    last_ts = -math.inf
     started = time.monotonic()
     pending = []
     try:
@@ -55,8 +77,16 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                 if partition is not None and partition >= len(await producer.partitions_for(topic)):
                     partition = None  # fewer partitions here: by key
             elif isinstance(item, bytes):
-                value, key, topic = item, _key_of(item), topics[topic_kind(item)]
+                kind, key, ts = _peek(item)
+                last_ts = max(last_ts, ts)
+                clock = decode_event(item, max_bytes=s.max_event_bytes) if kind == "clock" else None
+                if isinstance(clock, Clock):  # to every partition; an invalid one goes as it is (dead letter)
+                    counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks, clock.ts)
+                    bar.update(1)
+                    continue
+                value, topic = item, topics[topic_kind(item)]
             else:
+                last_ts = max(last_ts, item.ts)
                 value, key, topic = encode_event(item), item.user_id.encode(), topics[topic_kind(item)]
                 if speed > 0:
                     first_ts = item.ts if first_ts is None else first_ts
@@ -70,6 +100,9 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
+        if close and math.isfinite(last_ts):
+            counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks,
+                                                       closing_time(last_ts, s.clock_tick_s))
         await producer.flush()
     finally:
         bar.close()
@@ -118,12 +151,21 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
     return plan
 
 
-def _key_of(raw: bytes) -> bytes | None:
+def _peek(raw: bytes) -> tuple[str | None, bytes | None, float]:
+    """(type, key, ts) of a JSON line as far as they can be read; a line that does not decode goes as it is
+    (the worker dead-letters it), keyed by nothing and timed -inf."""
     try:
-        user = json.loads(raw).get("user_id")
+        data = json.loads(raw)
+        user, kind, ts = data.get("user_id"), data.get("type"), data.get("ts")
     except (ValueError, AttributeError, RecursionError):
-        return None
-    return str(user).encode() if user is not None else None
+        return None, None, -math.inf
+    key = str(user).encode() if user is not None else None
+    if isinstance(ts, str):  # RFC 3339, as the event schema allows
+        try:
+            ts = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            ts = None
+    return (kind if isinstance(kind, str) else None), key, (float(ts) if isinstance(ts, (int, float)) else -math.inf)
 
 
 async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 120.0

@@ -13,7 +13,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import lag, metrics
-from tidewater.events import Rejected, decode_event, encode_event
+from tidewater.events import Clock, Rejected, decode_event, encode_event
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
 from tidewater.sources import topic_kind
@@ -63,8 +63,14 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                     decoded.append(event)
             if errors:  # all or nothing: the web tier fixes the batch and resends it
                 return self.json({"error": "invalid events", "rejected": errors}, status=422)
-            sent = [await topics[topic_kind(event)].send(key=event.user_id.encode(), value=encode_event(event))
-                    for event in decoded]  # erasure requests go with the clicks
+            sent = []
+            for event in decoded:
+                if isinstance(event, Clock):  # the partition's time, for every partition
+                    sent.extend([await topics["click"].send(value=encode_event(event), partition=partition)
+                                 for partition in range(s.partitions)])
+                else:  # erasure requests go with the clicks
+                    sent.append(await topics[topic_kind(event)].send(key=event.user_id.encode(),
+                                                                     value=encode_event(event)))
             try:  # 202 means Kafka has every event, not that the producer queued them
                 await asyncio.gather(*sent)
             except Exception as exc:  # noqa: BLE001 - any delivery failure: the client must resend

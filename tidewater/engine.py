@@ -358,6 +358,13 @@ class PartitionEngine:
             self._result.state_changed = True
         for tick in ticks:
             self._on_tick(tick)
+        if isinstance(event, ev.Clock):  # the partition's time moved; no user's event
+            if event.ts > state.watermark:
+                state.watermark = event.ts
+                self._result.state_changed = True
+            self._count("clock_records", record.topic)
+            self._result.done.append(record)
+            return
         if isinstance(event, ev.Erase):
             source = source_key(record.topic, record.partition)
             applied = state.erase_records.get(event.user_id)

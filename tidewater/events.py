@@ -63,9 +63,21 @@ class Erase(msgspec.Struct, tag="erase", tag_field="type", kw_only=True, frozen=
     schema_version: Literal[1] = 1
 
 
+class Clock(msgspec.Struct, tag="clock", tag_field="type", kw_only=True, frozen=True):
+    """Event time has reached ``ts`` in this partition: no user's event, only the partition's clock. ``type`` is
+    "clock". Written to every partition of an input topic (`tidewater clock`, `tidewater replay --close`, or the
+    web tier's POST /events, which sends it to all partitions), with any key. A partition's timers run on its own
+    events' time, so one that gets no more events (its users all quiet, or the end of a replay) would score no
+    one for inactivity without it. A clock record is part of the input: a replay gives the same outputs. One
+    timed before the partition's watermark changes nothing."""
+
+    ts: Ts
+    schema_version: Literal[1] = 1
+
+
 Event = Union[Click, Purchase]
-InputEvent = Union[Click, Purchase, Erase]  # what the input topics carry
-EVENT_TYPES = ("click", "purchase", "erase")
+InputEvent = Union[Click, Purchase, Erase, Clock]  # what the input topics carry
+EVENT_TYPES = ("click", "purchase", "erase", "clock")
 
 _decoder = msgspec.json.Decoder(InputEvent)
 _encoder = msgspec.json.Encoder()
@@ -105,6 +117,8 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
         event = msgspec.structs.replace(event, ts=ts)
     if not math.isfinite(event.ts):  # pragma: no cover - JSON has no NaN/inf literals; belt and braces
         return Rejected("invalid_field", "ts is not finite")
+    if isinstance(event, Clock):
+        return event  # any topic, any key: it belongs to the partition, not to a user
     if expected_type is not None and not isinstance(event, Erase) and event_type(event) != expected_type:
         return Rejected("wrong_topic", f"a {event_type(event)} event on the {expected_type} topic")
     if key is None and keyed:
@@ -127,6 +141,8 @@ def _classify(message: str) -> Rejected:
 def event_type(event: InputEvent) -> str:
     if isinstance(event, Purchase):
         return "purchase"
+    if isinstance(event, Clock):
+        return "clock"
     return "erase" if isinstance(event, Erase) else "click"
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 import msgspec
 
-from tidewater.events import Rejected, decode_event
+from tidewater.events import Clock, Rejected, decode_event
 from tidewater.outputs import DeadLetter
 
 _letter = msgspec.json.Decoder(DeadLetter)
@@ -68,6 +68,9 @@ def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max
         event = decode_event(value, max_bytes=max_bytes, expected_type=input_topics[letter.topic])
         if isinstance(event, Rejected):
             plan.counts[f"still_rejected:{event.reason}"] += 1
+            continue
+        if isinstance(event, Clock):  # a partition's clock, not a user's event: `tidewater clock` writes a new one
+            plan.counts["skipped:clock"] += 1
             continue
         if now is not None and max_lead_s and event.ts > now + max_lead_s:
             plan.counts["still_rejected:ts_in_future"] += 1

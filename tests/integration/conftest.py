@@ -70,10 +70,10 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
-    def replay_file(self, path: Path) -> dict:
+    def replay_file(self, path: Path, close: bool = False) -> dict:
         from streams.replay import replay
 
-        return asyncio.run(replay(self.settings, [str(path)], progress=False))
+        return asyncio.run(replay(self.settings, [str(path)], progress=False, close=close))
 
     def read(self, topic: str) -> list:
         from streams.replay import read_topic

@@ -148,3 +148,36 @@ def test_regression_record_with_meta_then_replay_gives_back_the_same_records(dep
     rows = deployment.read(topic)
     assert {p for p, _, _, _ in rows} == {1}
     assert [(k, v) for _, _, k, v in rows] == originals + originals
+
+
+def test_clock_records_close_a_replay_and_move_a_quiet_partitions_time(deployment, tmp_path):
+    """`replay --close` ends with a clock record on every partition at the first tick after the last event: the
+    replay's last day of activity is scored (without it, that tick never fires). A clock posted to the web tier
+    reaches every partition too, and scores the users who went quiet."""
+    from streams.replay import closing_time
+    from tests.integration.conftest import synthetic_shop, write_jsonl
+
+    deployment.env["TIDEWATER_INGEST_TOKEN"] = TOKEN
+    lines, expected = synthetic_shop(n_users=12, per_user=10)
+    last = max(json.loads(line)["ts"] for line in lines)
+    worker = deployment.start_worker()
+    worker.wait_ready()
+    counts = deployment.replay_file(write_jsonl(tmp_path / "in.jsonl", lines), close=True)
+    assert sum(counts.values()) == len(lines) + deployment.settings.partitions  # one clock per partition
+    assert wait_for_profiles(worker, expected) == expected
+    closing = closing_time(last, deployment.settings.clock_tick_s)
+
+    def churn_scores() -> list[dict]:
+        return [json.loads(v) for *_, v in deployment.read(deployment.settings.topic_churn_scores)]
+
+    deadline = time.monotonic() + 60
+    while not any(s["as_of"] == closing for s in churn_scores()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    last_day = {json.loads(line)["user_id"] for line in lines if json.loads(line)["ts"] >= closing - 86400}
+    assert last_day and {s["user_id"] for s in churn_scores() if s["as_of"] == closing} == last_day
+    later = closing + 40 * 86400  # beyond TIDEWATER_INACTIVITY_GAP_S (30 days) of silence for everyone
+    assert post(worker.port, json.dumps({"type": "clock", "ts": later}).encode()) == (202, {"accepted": 1})
+    deadline = time.monotonic() + 60
+    while not any(s["trigger"] == "inactivity" for s in churn_scores()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {s["user_id"] for s in churn_scores() if s["trigger"] == "inactivity"} == set(expected)

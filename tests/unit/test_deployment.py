@@ -148,3 +148,16 @@ def test_models_service_options_are_real_cli_options():
         out = CliRunner().invoke(app, ["train", kind, "--help"], terminal_width=200).output
         for option in options:
             assert option in out, (kind, option)
+
+
+def test_the_clock_service_runs_the_clock_command_with_real_options():
+    from typer.testing import CliRunner
+
+    from tidewater.cli import app
+
+    service = compose()["services"]["clock"]
+    command = service["command"]
+    assert command[:2] == ["tidewater", "clock"] and "topics" in service["depends_on"]
+    out = CliRunner().invoke(app, ["clock", "--help"], terminal_width=200).output
+    for option in (arg for arg in command[2:] if arg.startswith("--")):
+        assert option in out, option

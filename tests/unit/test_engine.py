@@ -24,7 +24,7 @@ def records(events, partition=0):
         if isinstance(e, bytes):
             topic = "clicks"
         value = e if isinstance(e, bytes) else encode_event(e)
-        key = b"u1" if isinstance(e, bytes) else e.user_id.encode()
+        key = b"u1" if isinstance(e, bytes) else getattr(e, "user_id", "clock").encode()
         out.append(Record(topic, partition, offsets[topic], key, value))
         offsets[topic] += 1
     return out
@@ -336,3 +336,36 @@ def test_regression_late_events_are_counted_on_metrics():
     assert engine.counters[("late_events", "clicks")] == 1
     engine.drain_metrics()
     assert exported() - before == 1
+
+
+def test_clock_records_score_the_silent_users_of_a_partition_without_traffic():
+    """A partition's timers run on its own records' time: once its users all stop, no tick fires and no one is
+    scored for inactivity. Clock records (``tidewater clock``, ``replay --close``) move its time instead; they touch
+    no profile, and one before the watermark changes nothing."""
+    from tidewater.events import Clock
+
+    quiet = [Click(event_id=f"q{i}", user_id=f"q{i}", ts=i * 3600.0) for i in range(3)]
+    config = EngineConfig(inactivity_gap_s=30 * DAY, inactivity_rescore_s=30 * DAY, inactivity_rescores=1)
+
+    def scores(evs):
+        _, store, result = run(records(evs), config=config)
+        return store, [(json.loads(o.value)["user_id"], json.loads(o.value)["as_of"], json.loads(o.value)["trigger"])
+                       for o in result.outputs if o.topic == "churn-scores"]
+
+    _, without = scores(quiet)
+    assert without == []  # the day's activity waits for a tick that never comes
+    clocks = [Clock(ts=t * DAY) for t in (0.5, 31.0, 61.0, 200.0)]  # the first one is before the watermark
+    store, with_clocks = scores(quiet + [Clock(ts=0.5 * 3600.0)] + clocks)
+    assert with_clocks == [(f"q{i}", DAY, "activity") for i in range(3)] + \
+        [(f"q{i}", 31 * DAY, "inactivity") for i in range(3)] + [(f"q{i}", 61 * DAY, "inactivity") for i in range(3)]
+    assert set(store) == {"q0", "q1", "q2"} and all(p.n_events == 1 for p in store.values())
+
+
+def test_a_clock_record_is_accepted_on_any_input_topic_with_any_key():
+    from tidewater.events import Clock, decode_event
+
+    raw = json.dumps({"type": "clock", "ts": "2026-11-30T00:00:00Z"}).encode()
+    for topic_type, key in (("click", b"anything"), ("purchase", None)):
+        event = decode_event(raw, max_bytes=1024, expected_type=topic_type, key=key, keyed=True)
+        assert event == Clock(ts=1795996800.0)
+    assert decode_event(b'{"type": "clock"}', max_bytes=1024).reason == "missing_field"

@@ -52,6 +52,12 @@ def test_an_event_from_the_future_goes_back_only_once_its_time_is_near():
     assert still.records == [] and still.counts == {"still_rejected:ts_in_future": 1}
     later = plan_redrive(letters, input_topics=TOPICS, max_bytes=1024, now=1_700_000_000 - 3600, max_lead_s=86400)
     assert later.records == [("clicks", b"ann", early)]
+    # a clock record from the future is not sent back: `tidewater clock` writes a current one
+    clock = json.dumps({"type": "clock", "ts": 1_700_000_000}).encode()
+    letters = dead_letters([Record("clicks", 0, 2, b"any", clock, timestamp=(1_700_000_000 - 2 * 86400) * 1000)],
+                           max_bytes=1024)
+    assert [json.loads(x)["reason"] for x in letters] == ["ts_in_future"]
+    assert plan_redrive(letters, input_topics=TOPICS, max_bytes=1024).counts == {"skipped:clock": 1}
 
 
 def test_reason_filter_foreign_topics_duplicates_and_lines_that_are_not_letters():
