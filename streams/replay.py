@@ -8,11 +8,10 @@ import heapq
 import json
 import math
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tidewater.errors import UserError
-from tidewater.events import Clock, Event, decode_event, encode_event
+from tidewater.events import Clock, Event, Rejected, decode_event, encode_event
 from tidewater.settings import Settings
 from tidewater.sources import dataset_events, topic_kind
 
@@ -63,7 +62,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     counts = {s.topic_clicks: 0, s.topic_purchases: 0}
     bar = tqdm(desc="replay", unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
     first_ts = None
-    last_ts = -math.inf
+    last_ts = held_clock = -math.inf
     started = time.monotonic()
     pending = []
     try:
@@ -76,14 +75,17 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                 topic, partition, key, value = recorded
                 if partition is not None and partition >= len(await producer.partitions_for(topic)):
                     partition = None  # fewer partitions here: by key
+                if close:
+                    last_ts = max(last_ts, _event_time(value, s.max_event_bytes))
             elif isinstance(item, bytes):
-                kind, key, ts = _peek(item)
-                last_ts = max(last_ts, ts)
-                clock = decode_event(item, max_bytes=s.max_event_bytes) if kind == "clock" else None
-                if isinstance(clock, Clock):  # to every partition; an invalid one goes as it is (dead letter)
-                    counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks, clock.ts)
+                kind, key = _peek(item)
+                decoded = decode_event(item, max_bytes=s.max_event_bytes) if close or kind == "clock" else None
+                if isinstance(decoded, Clock):  # sent to every partition after the events (below)
+                    held_clock = max(held_clock, decoded.ts)
                     bar.update(1)
                     continue
+                if decoded is not None and not isinstance(decoded, Rejected):  # the worker will read its time
+                    last_ts = max(last_ts, decoded.ts)
                 value, topic = item, topics[topic_kind(item)]
             else:
                 last_ts = max(last_ts, item.ts)
@@ -100,9 +102,11 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
-        if close and math.isfinite(last_ts):
-            counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks,
-                                                       closing_time(last_ts, s.clock_tick_s))
+        # clock lines of a file go out once, the latest, after its events: sent where they stood, a clock line
+        # of one partition's dump (plain `record`) would run every other partition's time ahead of its events
+        closing = closing_time(last_ts, s.clock_tick_s) if close and math.isfinite(last_ts) else -math.inf
+        if max(held_clock, closing) > -math.inf:
+            counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks, max(held_clock, closing))
         await producer.flush()
     finally:
         bar.close()
@@ -151,21 +155,21 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
     return plan
 
 
-def _peek(raw: bytes) -> tuple[str | None, bytes | None, float]:
-    """(type, key, ts) of a JSON line as far as they can be read; a line that does not decode goes as it is
-    (the worker dead-letters it), keyed by nothing and timed -inf."""
+def _event_time(value: bytes | None, max_bytes: int) -> float:
+    """The event time a worker will read from ``value``: a valid user event's ``ts``, else -inf."""
+    event = decode_event(value, max_bytes=max_bytes)
+    return -math.inf if isinstance(event, (Rejected, Clock)) else event.ts
+
+
+def _peek(raw: bytes) -> tuple[str | None, bytes | None]:
+    """(type, key) of a JSON line as far as they can be read; a line that does not decode goes as it is (the
+    worker dead-letters it), keyed by nothing."""
     try:
         data = json.loads(raw)
-        user, kind, ts = data.get("user_id"), data.get("type"), data.get("ts")
+        user, kind = data.get("user_id"), data.get("type")
     except (ValueError, AttributeError, RecursionError):
-        return None, None, -math.inf
-    key = str(user).encode() if user is not None else None
-    if isinstance(ts, str):  # RFC 3339, as the event schema allows
-        try:
-            ts = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            ts = None
-    return (kind if isinstance(kind, str) else None), key, (float(ts) if isinstance(ts, (int, float)) else -math.inf)
+        return None, None
+    return (kind if isinstance(kind, str) else None), (str(user).encode() if user is not None else None)
 
 
 async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 120.0
@@ -244,8 +248,8 @@ def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | N
     except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("topic"), str) or "offset" not in data \
-            or not ({"value", "value_b64"} & data.keys()):
-        return None
+            or not ({"value", "value_b64"} & data.keys()) or "reason" in data:
+        return None  # "reason": a dead letter (dead_letter.v1), which goes back through `redrive` only
 
     def raw(name: str) -> bytes | None:
         if data.get(f"{name}_b64") is not None:

@@ -63,15 +63,15 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                     decoded.append(event)
             if errors:  # all or nothing: the web tier fixes the batch and resends it
                 return self.json({"error": "invalid events", "rejected": errors}, status=422)
-            sent = []
-            for event in decoded:
-                if isinstance(event, Clock):  # the partition's time, for every partition
-                    sent.extend([await topics["click"].send(value=encode_event(event), partition=partition)
-                                 for partition in range(s.partitions)])
-                else:  # erasure requests go with the clicks
-                    sent.append(await topics[topic_kind(event)].send(key=event.user_id.encode(),
-                                                                     value=encode_event(event)))
             try:  # 202 means Kafka has every event, not that the producer queued them
+                sent = []
+                for event in decoded:
+                    if isinstance(event, Clock):  # the partition's time, for every partition
+                        sent.extend([await topics["click"].send(value=encode_event(event), partition=partition)
+                                     for partition in range(s.partitions)])  # = the topic's (checked at start)
+                    else:  # erasure requests go with the clicks
+                        sent.append(await topics[topic_kind(event)].send(key=event.user_id.encode(),
+                                                                         value=encode_event(event)))
                 await asyncio.gather(*sent)
             except Exception as exc:  # noqa: BLE001 - any delivery failure: the client must resend
                 return self.json({"error": f"not every event reached Kafka ({exc!r}); resend the batch: an event "

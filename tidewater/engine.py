@@ -260,7 +260,8 @@ class PartitionEngine:
             self._dead_letter(record, decoded)
             return
         lead = self.config.max_event_lead_s
-        if lead and record.timestamp is not None and decoded.ts > record.timestamp / 1000.0 + lead:
+        if lead and record.timestamp is not None and record.timestamp >= 0 \
+                and decoded.ts > record.timestamp / 1000.0 + lead:  # -1: a record without a timestamp
             # the record's own timestamp, not the worker's clock: a re-read of the topic decides the same
             self._dead_letter(record, ev.Rejected(
                 "ts_in_future", f"ts {decoded.ts:.3f} is {decoded.ts - record.timestamp / 1000.0:.0f} s after the "

@@ -13,6 +13,7 @@ byte-identical) and the index sees micro-batches, not single queries.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
@@ -20,6 +21,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from tidewater.profile import Profile
+
+log = logging.getLogger("tidewater.recs")
 
 Ranked = list[tuple[str, float]]
 
@@ -117,9 +120,13 @@ class VectorRecommender:
         self.model = model
         self.version: str = model.version
         if index_dir is not None:  # a newer index of the same model (`tidewater index build`)
-            model.swap_index(index_dir)
-            if index_version:  # the registry's name (the file holds the name it was written under)
-                model.index.current.version = index_version
+            try:
+                model.swap_index(index_dir)
+            except ValueError as exc:  # built over other vectors: the model's own index serves, the model loads
+                log.error("%s; serving recs model %s with its own index", exc, model.version)
+            else:
+                if index_version:  # the registry's name (the file holds the name it was written under)
+                    model.index.current.version = index_version
         self.index_version: str = model.index.version or self.version
         self.decay = np.float32(model.decay)
         self.dim = model.dim

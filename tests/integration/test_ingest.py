@@ -162,8 +162,16 @@ def test_clock_records_close_a_replay_and_move_a_quiet_partitions_time(deploymen
     last = max(json.loads(line)["ts"] for line in lines)
     worker = deployment.start_worker()
     worker.wait_ready()
-    counts = deployment.replay_file(write_jsonl(tmp_path / "in.jsonl", lines), close=True)
+    # a clock line in the middle of the file (as a plain `record` dump of one partition has them) goes out once,
+    # after the events, merged with the closing one: sent where it stood, it would run the other partitions ahead
+    middle = json.dumps({"type": "clock", "ts": json.loads(lines[len(lines) // 2])["ts"]}).encode()
+    with_clock = lines[: len(lines) // 2] + [middle] + lines[len(lines) // 2:]
+    counts = deployment.replay_file(write_jsonl(tmp_path / "in.jsonl", with_clock), close=True)
     assert sum(counts.values()) == len(lines) + deployment.settings.partitions  # one clock per partition
+    clicks = deployment.read(deployment.settings.topic_clicks)
+    for partition in range(deployment.settings.partitions):
+        mine = [json.loads(v) for p, _, _, v in clicks if p == partition]
+        assert [m for m in mine if m["type"] == "clock"] == [mine[-1]] and mine[-1]["ts"] > last
     assert wait_for_profiles(worker, expected) == expected
     closing = closing_time(last, deployment.settings.clock_tick_s)
 

@@ -116,6 +116,16 @@ def test_regression_a_segment_from_the_previous_recs_model_is_not_kept(tmp_path,
     assert profile.vec_version == "v0002-bbb" and profile.segment is None
 
 
+def test_an_index_of_another_catalogue_leaves_the_model_serving_with_its_own(tmp_path, caplog):
+    """A published index that does not match the recs model is refused; the model still loads (with its own
+    index) instead of failing the whole load and keeping the previous model."""
+    model = tiny_recs_version(tmp_path / "v0002-bbb", seed=2)
+    ItemIndex.build([f"x{i}" for i in range(len(ITEMS))], np.ones((len(ITEMS), 8), np.float32), kind="flat",
+                    version="wrong", use_gpu=False).save(tmp_path / "wrong-index")
+    recommender = VectorRecommender(model, index_dir=str(tmp_path / "wrong-index"), index_version="v0002-bbb/x")
+    assert recommender.index_version == "v0002-bbb" and "does not match" in caplog.text
+
+
 def test_silent_users_are_rescored_as_silence_grows_then_left_alone():
     config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=10 * DAY, inactivity_rescores=2)
     evs = [Click(event_id="a", user_id="quiet", ts=0.0)]

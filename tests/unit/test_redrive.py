@@ -88,3 +88,14 @@ def test_any_valid_event_rejected_for_its_key_comes_back_byte_for_byte(values):
     plan = plan_redrive(dead_letters(records, max_bytes=16384), input_topics=TOPICS, max_bytes=16384)
     assert plan.records == [(r.topic, json.loads(r.value)["user_id"].encode(), r.value) for r in records]
     assert plan.counts == {"redriven:key_mismatch": len(values)}
+
+
+def test_a_dead_letter_dump_is_not_taken_for_record_envelopes():
+    """A dead letter has topic, partition, offset and value_b64 like a `record --with-meta` envelope; replaying a
+    dump of the dead-letter topic must not put the rejected records back (only `redrive` does, filtered)."""
+    from streams.replay import envelope, from_envelope
+
+    letters = dead_letters([Record("clicks", 0, 1, b"cy", b"{not json")], max_bytes=1024)
+    assert letters and from_envelope(letters[0]) is None
+    line = json.dumps(envelope("clicks", 0, 1, b"cy", b"\xff")).encode()
+    assert from_envelope(line) == ("clicks", 0, b"cy", b"\xff")
