@@ -31,6 +31,7 @@ from streams import metrics
 from streams.ingress import ack_records, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
+from streams.producing import BatchSender, delivered
 from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
                               can_answer_together)
@@ -324,15 +325,6 @@ class Pipeline:
         if self.ready:  # a hot reload: free the old model, freeze the new one (one pause, at the swap)
             freeze_heap()
 
-    def engine(self, partition: int) -> Any:
-        """The partition's engine, built on the calling thread if it has none yet (``_open_engines`` is the
-        worker's way: off the event loop)."""
-        engine = self.engines.get(partition)
-        if engine is None:
-            engine, self.stores[partition] = self._build_engine(partition, self.clock())
-            self.engines[partition] = engine
-        return engine
-
     async def _open_engines(self, partitions: list[int]) -> None:
         """Engines for newly assigned partitions, built in the engine thread: rebuilding a partition's inactivity
         index reads every profile stored in it (seconds for a million users), and on the event loop that would
@@ -520,14 +512,10 @@ class Pipeline:
         out.deliveries = await self.sender.send(out.outputs) if out.outputs else []
 
     async def _produce_changelog(self, out: "Outgoing") -> None:
-        from streams.producing import delivered
-
         await delivered(out.deliveries)  # the outputs are in Kafka
         out.deliveries = await self.sender.send(out.changelog) if out.changelog else []
 
     async def _stored(self, out: "Outgoing") -> None:
-        from streams.producing import delivered
-
         self._write(out, await delivered(out.deliveries))  # the changelog records are in Kafka
         self._ack(out.done)
         self.processed += len(out.done)
@@ -571,16 +559,11 @@ class Pipeline:
             ack_records(consumer, TP(topic, partition), offsets)
         metrics.observe_many(metrics.RECORD_AGE, ages)
 
-    def caught_up(self, partition: int) -> frozenset[str]:
-        """Input topics whose ``partition`` has been handed to the engine up to the high watermark of the last
-        fetch response: nothing earlier is waiting in Kafka, so the merge need not wait for them (live latency).
-        In a replay the high watermark is the end of the input, so this holds only at its true end."""
-        return self.source_status(partition)[0]
-
     def source_status(self, partition: int) -> tuple[frozenset[str], frozenset[str]]:
         """(caught up, behind): the input topics of ``partition`` handed over up to the high watermark of the last
-        fetch response, and those with records in Kafka not handed over yet; a topic without a known high
-        watermark is in neither."""
+        fetch response (nothing earlier is waiting in Kafka, so the merge need not wait for them: live latency; in
+        a replay the high watermark is the end of the input, so this holds only at its true end), and those with
+        records in Kafka not handed over yet; a topic without a known high watermark is in neither."""
         from faust.types import TP
 
         consumer = self.app.consumer
@@ -607,8 +590,6 @@ class Pipeline:
     @property
     def sender(self) -> Any:
         if self._sender is None:
-            from streams.producing import BatchSender
-
             self._sender = BatchSender(self.app.producer, self.settings.partitions)
         return self._sender
 

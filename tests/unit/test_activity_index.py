@@ -1,5 +1,5 @@
 """The inactivity index a worker rebuilds from its partition's stored profiles when it takes a partition
-(``Pipeline.engine`` → ``_rebuild_index``), on both table stores, without a broker."""
+(``Pipeline._open_engines`` → ``_rebuild_index``), on both table stores, without a broker."""
 from __future__ import annotations
 
 import asyncio
@@ -8,17 +8,9 @@ import threading
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.app import create_app
 from streams.table_io import PartitionTable
+from tests.unit.pipelines import offline_pipeline as _pipeline
 from tidewater.profile import DAY, encode_profile, new_profile
-from tidewater.settings import Settings
-
-
-def _pipeline(tmp_path, store: str):
-    settings = Settings.from_env(environ={"TIDEWATER_STORE": store, "TIDEWATER_DATA_DIR": str(tmp_path / "data"),
-                                          "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
-                                          "TIDEWATER_PARTITIONS": "4", "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
-    return create_app(settings).tidewater
 
 
 @pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
@@ -36,7 +28,8 @@ def test_an_engine_indexes_exactly_its_partitions_users_by_last_activity(tmp_pat
         PartitionTable(pipeline.profiles, p).put_many([(user.encode(), encode_profile(profile))])
     assert all(users.values())
     for p in parts:
-        engine = pipeline.engine(p)
+        asyncio.run(pipeline._open_engines([p]))
+        engine = pipeline.engines[p]
         assert engine._last_day == {u: day for u, (day, _) in users[p].items()}
         assert {u for day_users in engine._by_day.values() for u in day_users} == set(users[p])
         assert all(engine._last_day[u] == day for day, day_users in engine._by_day.items() for u in day_users)
@@ -90,11 +83,11 @@ def test_regression_a_quiet_source_fully_committed_before_a_restart_is_caught_up
     committed = defaultdict(lambda: None, {TP(clicks, 0): 400, TP(purchases, 0): 500})
     pipeline.app = SimpleNamespace(consumer=SimpleNamespace(highwater=highwater.__getitem__,
                                                             _committed_offset=committed))
-    assert pipeline.caught_up(0) == frozenset({purchases})  # clicks: 500 records still to read
+    assert pipeline.source_status(0)[0] == frozenset({purchases})  # clicks: 500 records still to read
     assert pipeline.source_status(0) == (frozenset({purchases}), frozenset({clicks}))
     pipeline.handed_over[(clicks, 0)] = 899
-    assert pipeline.caught_up(0) == frozenset({clicks, purchases})
+    assert pipeline.source_status(0)[0] == frozenset({clicks, purchases})
     committed[TP(purchases, 0)] = 499  # one record of purchases not processed yet
-    assert pipeline.caught_up(0) == frozenset({clicks})
+    assert pipeline.source_status(0)[0] == frozenset({clicks})
     del committed[TP(purchases, 0)]  # nothing ever committed (a new group): only what is handed over counts
-    assert pipeline.caught_up(0) == frozenset({clicks})
+    assert pipeline.source_status(0)[0] == frozenset({clicks})

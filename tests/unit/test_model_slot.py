@@ -114,13 +114,9 @@ def test_a_load_in_flight_does_not_block_and_is_swapped_in_once_done():
 def test_regression_a_hot_reload_loads_outside_the_engine_thread(tmp_path):
     """Loading a new version ran in the engine's only thread, so batch processing stopped for the whole load
     (seconds for big weights or a big FAISS index; found by review)."""
-    from streams.app import create_app
-    from tidewater.settings import Settings
+    from tests.unit.pipelines import offline_pipeline
 
-    settings = Settings.from_env(environ={"TIDEWATER_STORE": "memory://", "TIDEWATER_DATA_DIR": str(tmp_path / "d"),
-                                          "TIDEWATER_REGISTRY_DIR": str(tmp_path / "registry"),
-                                          "TIDEWATER_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
-    pipeline = create_app(settings).tidewater
+    pipeline = offline_pipeline(tmp_path)
     slot, gate, loading = pipeline.churn_slot, threading.Event(), threading.Event()
 
     def slow_load(wanted):
