@@ -24,7 +24,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import AbstractSet, Sequence
+from typing import AbstractSet, Callable, Sequence
 
 import numpy as np
 
@@ -318,8 +318,12 @@ class HotSwapIndex:
             old, self._current = self._current, new
         return old
 
-    def load_and_swap(self, directory: str | os.PathLike[str], use_gpu: bool | None = None) -> ItemIndex:
+    def load_and_swap(self, directory: str | os.PathLike[str], use_gpu: bool | None = None,
+                      accept: Callable[[ItemIndex], None] | None = None) -> ItemIndex:
+        """Load an index and install it; ``accept(new)`` may refuse it (raise) before it becomes visible."""
         new = ItemIndex.load(directory, use_gpu=use_gpu)  # built entirely before it becomes visible
+        if accept is not None:
+            accept(new)
         self.swap(new)
         return new
 

@@ -218,15 +218,13 @@ class Recommender:
         """Hot-swap in another saved index (e.g. from `tidewater index build`); returns its version. An index of
         other vectors (another dimension) or another catalogue is refused: its answers would be other items' ids
         or a FAISS error at query time, and only its metadata's model version said otherwise."""
-        from models.recs.index import ItemIndex
+        def matches(new: ItemIndex) -> None:
+            if new.dim != self.dim or new.item_ids != self.item_ids:
+                raise ValueError(f"index {directory} does not match recs model {self.version}: dimension {new.dim} "
+                                 f"(model {self.dim}), {len(new.item_ids)} items (model {len(self.item_ids)}"
+                                 f"{', same count but other ids' if len(new.item_ids) == len(self.item_ids) else ''})")
 
-        new = ItemIndex.load(directory)
-        if new.dim != self.dim or new.item_ids != self.item_ids:
-            raise ValueError(f"index {directory} does not match recs model {self.version}: dimension {new.dim} "
-                             f"(model {self.dim}), {len(new.item_ids)} items (model {len(self.item_ids)}"
-                             f"{', same count but other ids' if len(new.item_ids) == len(self.item_ids) else ''})")
-        self.index.swap(new)
-        return new.version
+        return self.index.load_and_swap(directory, accept=matches).version
 
 
 def _rounded(ranked: list[list[tuple[str, float]]], decimals: int | None) -> list[list[tuple[str, float]]]:
