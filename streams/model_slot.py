@@ -3,8 +3,9 @@
 Until a version is published to ``<registry>/churn`` (``<registry>/recs``) the named placeholder scores
 (recommends). The worker polls the registry's atomic ``current`` pointers; a new version is loaded in a loader
 thread of its own (the event loop keeps consuming and the engine thread keeps processing batches) and swapped in
-between two batches, so every output carries the versions of the models that produced it. A FAISS index published for the current recs model under
-``<registry>/recs_index`` (``tidewater index build``) replaces the model's own index the same way.
+between two batches, so every output carries the versions of the models that produced it. A FAISS index
+published for the current recs model under ``<registry>/recs_index`` (``tidewater index build``) replaces the
+model's own index the same way.
 """
 from __future__ import annotations
 

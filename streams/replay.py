@@ -31,8 +31,6 @@ def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
 
 async def send_clock(producer: "AIOKafkaProducer", topic: str, ts: float) -> int:
     """A clock record (``tidewater.events.Clock``) at ``ts`` to every partition of ``topic``; how many."""
-    from tidewater.events import Clock
-
     value = encode_event(Clock(ts=ts))
     partitions = sorted(await producer.partitions_for(topic))
     await asyncio.gather(*[await producer.send(topic, value=value, partition=p) for p in partitions])

@@ -34,14 +34,16 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             auth = request.headers.get("Authorization", "")  # aiohttp keeps undecodable bytes as surrogates
             if not hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
                 return self.json({"error": "missing or wrong bearer token"}, status=401)
-            too_big = self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
+            def too_big() -> Response:
+                return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
+
             if request.content_length is not None and request.content_length > s.max_request_bytes:
-                return too_big
+                return too_big()
             chunks, size = [], 0  # read here, not with request.read(): aiohttp's own cap is 1 MiB whatever is set
             async for chunk in request.content.iter_chunked(1 << 16):
                 size += len(chunk)
                 if size > s.max_request_bytes:
-                    return too_big
+                    return too_big()
                 chunks.append(chunk)
             try:
                 items = msgspec.json.decode(b"".join(chunks))
@@ -96,8 +98,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             except Exception:  # noqa: BLE001 - the web server starts before the consumer: nothing assigned yet
                 assignment = set()
             assigned = sorted({tp.partition for tp in assignment if tp.topic in s.input_topics})
-            # "starting" until the registry's models are loaded (a readiness probe: no input is processed before)
-            # a readiness probe: HTTP 503 while starting, so a probe that reads only the status code works too
+            # "starting", with HTTP 503, until the registry's models are loaded (no input is processed before): a
+            # readiness probe that reads only the status code works too
             return self.json({"status": "ok" if pipeline.ready else "starting", "partitions": assigned,
                               "processed": pipeline.processed, "dropped_at_rebalance": pipeline.dropped_at_rebalance,
                               "models": {"churn": pipeline.churn_slot.scorer.version,

@@ -215,8 +215,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        """Raise InvalidSetting (a ValueError) naming the variable for a value the worker cannot run with (a tick of 0 s divided by
-        zero at the first event; a NaN threshold made every scored user an offer)."""
+        """Raise InvalidSetting (a ValueError) naming the variable for a value the worker cannot run with (a tick of
+        0 s divided by zero at the first event; a NaN threshold made every scored user an offer)."""
         for f in fields(self):
             value, env = getattr(self, f.name), f.metadata["env"]
             choices = f.metadata.get("choices")

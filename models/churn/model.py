@@ -170,7 +170,8 @@ class ChurnTransformer(nn.Module):
         """Uncalibrated (churn logit, log expected count)."""
         return self.outputs_from_states(self.encode(batch), batch)
 
-    def outputs_from_states(self, hs: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def outputs_from_states(self, hs: torch.Tensor,
+                            batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`raw_outputs` from the encoder's hidden states (a GPU scorer runs only the encoder in bf16/fp16:
         the heads and the linear path stay in float32, as calibrated)."""
         mask = batch["attention_mask"].to(hs.dtype).clone()
