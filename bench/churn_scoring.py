@@ -1,7 +1,7 @@
 """Throughput of ChurnScorer.score_many: sequences/s at batch 1, 32, 256 and 1024, on the CPU and on
 the GPU when one is present, with the ratio to batch-of-1. The last line of stdout is one JSON object.
 
-    python bench/churn_scoring.py [--registry var/registry] [--seconds 2] [--threads 1] [--max-len 64]
+    python bench/churn_scoring.py [--registry var/registry] [--seconds 2] [--warmup 1] [--threads 1] [--max-len 64]
 
 The encoder's forward pass always runs unless ``--as-served``: then the sequences go in as the worker hands
 them over (the profile's ring of ``RecentEvent`` structs, through ``tidewater.scoring.RingScorer``), and a model
@@ -66,27 +66,58 @@ def load_or_train(registry: Path):
     return None, res.model
 
 
-def run(scorer, seqs, as_of, batch: int, seconds: float) -> float:
+def run(scorer, seqs, as_of, batch: int, seconds: float, warmup: float) -> float:
+    """Sequences/s over ``seconds`` after ``warmup`` seconds of the same calls: on a GPU each new (batch, length)
+    shape pays once for kernel loading and selection, which a long-running worker has long paid."""
     n = len(seqs)
-    scorer.score_many(seqs[:batch], as_of[:batch])  # warm-up
-    done, i, t0 = 0, 0, time.perf_counter()
-    while True:
-        s = (i * batch) % (n - batch + 1)
-        scorer.score_many(seqs[s:s + batch], as_of[s:s + batch])
-        done += batch
-        i += 1
-        el = time.perf_counter() - t0
-        if el >= seconds and i >= 3:
-            return done / el
+
+    def calls(duration: float, start: int) -> tuple[int, int, float]:
+        done, i, t0 = 0, start, time.perf_counter()
+        while True:
+            s = (i * batch) % (n - batch + 1)
+            scorer.score_many(seqs[s:s + batch], as_of[s:s + batch])
+            done += batch
+            i += 1
+            el = time.perf_counter() - t0
+            if el >= duration and i - start >= 3:
+                return done, i, el
+
+    _, end, _ = calls(warmup, 0)
+    done, _, el = calls(seconds, end)
+    return done / el
+
+
+def mixed_batches(scorer, seqs, as_of, calls: int, most: int, seed: int = 1) -> dict:
+    """Batches as the stream hands them over: random sizes 1..most from random users, so nearly every call has a
+    (rows, length) shape of its own. Per-call latency p50/p99 in ms, from a scorer used for the first time."""
+    rng = np.random.default_rng(seed)
+    inner = getattr(scorer, "scorer", scorer)
+    warm_s = time.perf_counter()
+    shapes = inner.warm_up()
+    warm_s = time.perf_counter() - warm_s
+    ms, done = [], 0
+    for _ in range(calls):
+        pick = rng.choice(len(seqs), int(rng.integers(1, most + 1)), replace=False)
+        t = time.perf_counter()
+        scorer.score_many([seqs[i] for i in pick], [as_of[i] for i in pick])
+        ms.append((time.perf_counter() - t) * 1e3)
+        done += len(pick)
+    return {"shape_buckets": inner.shape_buckets, "warm_up_shapes": shapes, "warm_up_s": round(warm_s, 2),
+            "calls": calls, "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "seq_per_s": round(done / (sum(ms) / 1e3), 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--registry", type=Path, default=Path("var/registry"))
     ap.add_argument("--seconds", type=float, default=2.0, help="time per (device, batch) point")
+    ap.add_argument("--warmup", type=float, default=1.0, help="untimed calls before each point, in seconds")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--batches", default="1,32,256,1024")
+    ap.add_argument("--mixed-calls", type=int, default=300,
+                    help="calls of random sizes 1..max batch on a fresh scorer per device (0: skip); on a GPU run "
+                         "with and without shape buckets")
     ap.add_argument("--as-served", action="store_true",
                     help="score as the worker does: rings of RecentEvent structs through RingScorer; a model that kept "
                          "its GLM start skips the encoder (by default the encoder always runs, with the same "
@@ -106,7 +137,7 @@ def main() -> None:
     seqs, as_of = synthetic_sequences(max(4096, 2 * max(batches)), args.max_len)
     rings = [[RecentEvent(ts=e["ts"], type=e["type"], item_id=e.get("item"), category=e.get("category"),
                           amount=e.get("amount", 0.0), quantity=e.get("quantity", 0)) for e in seq] for seq in seqs]
-    results = []
+    results, mixed = [], []
     version = None
     for dev in devices:
         scorer = ChurnScorer.load(path, device=dev, micro_batch=max(batches)) if path is not None \
@@ -118,13 +149,26 @@ def main() -> None:
             scorer.uses_encoder, inputs = True, seqs
         base = None
         for b in batches:
-            rate = run(scorer, inputs, as_of, b, args.seconds)
+            rate = run(scorer, inputs, as_of, b, args.seconds, args.warmup)
             base = base or rate
             amp = getattr(scorer, "scorer", scorer).amp_dtype
             row = {"device": dev, "batch": b, "seq_per_s": round(rate, 1), "ratio_to_batch1": round(rate / base, 2),
                    "amp_dtype": str(amp).replace("torch.", "") if amp else "float32"}
             results.append(row)
             print(f"{dev:5s} batch {b:5d}: {rate:10.1f} seq/s  x{rate / base:6.2f} vs batch 1", flush=True)
+        for buckets in ([True, False] if dev == "cuda" else [False]) if args.mixed_calls else []:
+            fresh = ChurnScorer.load(path, device=dev, micro_batch=max(batches)) if path is not None \
+                else ChurnScorer(model, version="in-memory-tiny", device=dev, micro_batch=max(batches))
+            fresh.shape_buckets = buckets
+            if args.as_served:
+                fresh = RingScorer(fresh)
+            else:
+                fresh.uses_encoder = True
+            row = {"device": dev, **mixed_batches(fresh, inputs, as_of, args.mixed_calls, max(batches))}
+            mixed.append(row)
+            print(f"{dev:5s} mixed batches 1..{max(batches)}, shape buckets {'on ' if buckets else 'off'}: "
+                  f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['seq_per_s']} seq/s "
+                  f"(warm-up {row['warm_up_shapes']} shapes in {row['warm_up_s']} s)", flush=True)
     out = {
         "bench": "churn_scoring",
         "model_version": version,
@@ -135,6 +179,7 @@ def main() -> None:
         "max_len": args.max_len,
         "encoder_pass": getattr(scorer, "scorer", scorer).uses_encoder,
         "results": results,
+        "mixed_batches": mixed,
     }
     print(json.dumps(out))
 

@@ -157,7 +157,9 @@ class ChurnScorerSlot(RegistrySlot):
         from models.churn.scorer import ChurnScorer
 
         torch.set_num_threads(self.threads)  # small model, few shared cores: more threads measured slower
-        return RingScorer(ChurnScorer.load(self.registry.path(version), micro_batch=self.micro_batch))
+        scorer = ChurnScorer.load(self.registry.path(version), micro_batch=self.micro_batch)
+        scorer.warm_up()  # on a GPU: every batch shape once, here in the loader thread, not in the first batches
+        return RingScorer(scorer)
 
     def _gauge_labels(self) -> list[tuple[str, str]]:
         return [("churn", self.current.version)]

@@ -48,6 +48,43 @@ def amp_dtype(torch, device) -> object | None:
     return torch.bfloat16 if major >= 8 else torch.float16
 
 
+LENGTH_STEP = 16  # bucketed sequence lengths (GPU): multiples of this, up to the model's longest
+
+
+def bucket_length(length: int, longest: int) -> int:
+    return min(-(-length // LENGTH_STEP) * LENGTH_STEP, longest)
+
+
+def _pow2_upto(n: int) -> list[int]:
+    out = [1]
+    while out[-1] < n:
+        out.append(min(out[-1] * 2, n))
+    return out
+
+
+def bucket_shape(batch: dict[str, np.ndarray], summary: np.ndarray, longest: int, most_rows: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A collated batch padded to a bucketed shape: lengths up to a multiple of ``LENGTH_STEP`` (masked positions,
+    capped at ``longest``), rows up to a power of two capped at ``most_rows`` (copies of the first row, whose
+    outputs are dropped). The real rows' outputs do not change: the padding is masked out, and rows do not see
+    each other."""
+    rows, length = batch["attention_mask"].shape
+    extra_len = bucket_length(length, max(longest, length)) - length
+    extra_rows = max(min(1 << max(rows - 1, 0).bit_length(), most_rows), rows) - rows
+    if not extra_len and not extra_rows:
+        return batch, summary
+    out = {}
+    for k, v in batch.items():
+        if extra_len:
+            v = np.pad(v, [(0, 0), (0, extra_len)] + [(0, 0)] * (v.ndim - 2))
+        if extra_rows:
+            v = np.concatenate([v, np.repeat(v[:1], extra_rows, axis=0)])
+        out[k] = v
+    if extra_rows:
+        summary = np.concatenate([summary, np.repeat(summary[:1], extra_rows, axis=0)])
+    return out, summary
+
+
 class ChurnScorer:
     def __init__(self, model, *, version: str = "unversioned", device: str | None = None, micro_batch: int = 256,
                  meta: dict | None = None) -> None:
@@ -75,6 +112,11 @@ class ChurnScorer:
         # the number of most recent events per user it was trained on (its training log's view through the stream's
         # ring); a ring kept longer (TIDEWATER_RECENT_EVENTS raised) is cut to it. 0: not recorded, no cut
         self.ring_events = int(self.meta.get("ring_events") or 0)
+        # on a GPU each new (rows, length) shape of a forward pass first stalls for ~40 ms (measured on an H200:
+        # cuDNN's attention plans and kernel selection), and the stream's batches come in every size: padded to
+        # power-of-two rows and lengths in steps of LENGTH_STEP, a version meets a few dozen shapes, all run once
+        # by warm_up. The CPU has no such cost and would only pay for the padding
+        self.shape_buckets = self.device.type == "cuda"
         self._lock = threading.Lock()
 
     @classmethod
@@ -97,7 +139,6 @@ class ChurnScorer:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """(calibrated churn probability, expected purchases in the horizon), float64 arrays in input order."""
         from . import features as F
-        from .train import to_torch
 
         n = len(sequences)
         if np.isscalar(as_of):
@@ -114,23 +155,52 @@ class ChurnScorer:
                                category_buckets=self.cfg.category_buckets, **summary_only)
         if not self.uses_encoder:
             return self.predict_from_summary(summ)
-        torch = self._torch
         prob = np.zeros(n, dtype=np.float64)
         rate = np.zeros(n, dtype=np.float64)
         order = np.argsort([len(t["type"]) for t in toks], kind="stable")
         for s in range(0, n, self.micro_batch):
             idx = order[s:s + self.micro_batch]
-            batch = to_torch(F.collate([toks[i] for i in idx]), summ[idx], self.device)
-            with self._lock, torch.inference_mode():
-                if self.amp_dtype is not None:  # the encoder in half precision, the calibrated heads in float32
-                    with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
-                        states = self.model.encode(batch)
-                    logit, log_rate = self.model.outputs_from_states(states.float(), batch)
-                else:
-                    logit, log_rate = self.model.raw_outputs(batch)
-                p, r = self.model.calibrated(logit, log_rate)
-            prob[idx], rate[idx] = p.cpu().numpy(), r.cpu().numpy()
+            prob[idx], rate[idx] = self._encoder_pass(F.collate([toks[i] for i in idx]), summ[idx])
         return prob, rate
+
+    def _encoder_pass(self, batch_np: dict[str, np.ndarray], summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, expected purchases) of one collated micro-batch."""
+        from .train import to_torch
+
+        torch = self._torch
+        rows = len(summary)
+        if self.shape_buckets:
+            batch_np, summary = bucket_shape(batch_np, summary, self.cfg.max_events + 1, self.micro_batch)
+        batch = to_torch(batch_np, summary, self.device)
+        with self._lock, torch.inference_mode():
+            if self.amp_dtype is not None:  # the encoder in half precision, the calibrated heads in float32
+                with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+                    states = self.model.encode(batch)
+                logit, log_rate = self.model.outputs_from_states(states.float(), batch)
+            else:
+                logit, log_rate = self.model.raw_outputs(batch)
+            p, r = self.model.calibrated(logit[:rows], log_rate[:rows])
+        return p.cpu().numpy(), r.cpu().numpy()
+
+    def warm_up(self) -> int:
+        """Run every bucketed shape once (a no-op on the CPU or for a model that skips its encoder), so that the
+        first batches of each shape do not stall on kernel selection; the worker's loader thread calls it before a
+        version goes live. Returns the number of shapes run."""
+        from . import features as F
+
+        if not (self.shape_buckets and self.uses_encoder):
+            return 0
+        event = {"ts": 0.0, "type": "purchase", "item": "i", "category": "c", "amount": 1.0, "quantity": 1}
+        toks, summ = F.prepare([[event] * self.cfg.max_events], [1.0], max_events=self.cfg.max_events,
+                               item_buckets=self.cfg.item_buckets, category_buckets=self.cfg.category_buckets)
+        full = toks[0]
+        shapes = 0
+        for rows in _pow2_upto(self.micro_batch):
+            for length in sorted({bucket_length(n, len(full["type"])) for n in range(1, len(full["type"]) + 1)}):
+                tok = {k: v[:length] for k, v in full.items()}
+                self._encoder_pass(F.collate([tok] * rows), np.repeat(summ, rows, axis=0))
+                shapes += 1
+        return shapes
 
     def predict_from_summary(self, summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``predict_many`` from the sequences' summary matrix (``features.prepare(..., with_tokens=False)[1]`` or

@@ -36,6 +36,7 @@ APPROX_KINDS = ("ivf", "ivfpq")
 REFINE_K_FACTOR = 8
 FIRST_PASS_MARGIN = 16  # search_many: first pass asks for k + this many, enough unless more excluded items rank there
 WIDTH_STEP = 32  # per-row search widths are rounded up to a multiple of this, so that rows can share a search
+GPU_MAX_K = 2048  # faiss-gpu's largest k per search (its k-selection kernels); wider rows are searched on the CPU copy
 _DIRECT_MAP_LOCK = threading.Lock()
 
 
@@ -46,10 +47,10 @@ def _faiss():
 
 
 def gpu_available() -> bool:
-    faiss = _faiss()
     try:
+        faiss = _faiss()
         return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    except Exception:  # pragma: no cover - depends on the build
+    except Exception:  # pragma: no cover - depends on the build (or no faiss at all)
         return False
 
 
@@ -98,10 +99,9 @@ class ItemIndex:
         if nprobe is None or self.kind not in APPROX_KINDS:
             return
         self.nprobe = int(nprobe)
+        _faiss().extract_index_ivf(self._cpu_index).nprobe = self.nprobe  # also the GPU's fallback (search_rows)
         if self.on_gpu:
             _faiss().GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
-        else:
-            _faiss().extract_index_ivf(self._index).nprobe = self.nprobe
 
     @property
     def nlist(self) -> int | None:
@@ -191,13 +191,14 @@ class ItemIndex:
     def search_ids(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = self._query_matrix(queries)
         k = max(1, min(int(k), len(self.item_ids)))
-        return self._index.search(q, k)
+        return (self._cpu_index if self.on_gpu and k > GPU_MAX_K else self._index).search(q, k)
 
     def search_rows(self, queries: np.ndarray, widths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Row ``r`` searched for its top ``widths[r]``, one search per distinct width; (scores, ids) padded to
         the widest with -inf / -1. Answers depend only on the row and its width, never on the other rows of the
         call (a single search of the widest width would let a row's answer from an approximate index depend on
-        its neighbours in the batch)."""
+        its neighbours in the batch). On a GPU, rows wider than ``GPU_MAX_K`` (users who consumed thousands of
+        items) are searched on the index's CPU copy, which has no such limit."""
         q = self._query_matrix(queries)
         n = len(self.item_ids)
         w = np.minimum(np.maximum(np.asarray(widths, np.int64), 1), n)
@@ -209,7 +210,8 @@ class ItemIndex:
         for width in np.unique(w).tolist():
             rows = np.flatnonzero(w == width)
             part = q if len(rows) == len(q) else q[rows]
-            s, i = self._index.search(part, width)
+            index = self._cpu_index if self.on_gpu and width > GPU_MAX_K else self._index
+            s, i = index.search(part, width)
             scores[rows, :width], ids[rows, :width] = s, i
         return scores, ids
 

@@ -398,3 +398,33 @@ def test_regression_gpus_without_native_bf16_get_fp16(monkeypatch, capability, e
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert amp_dtype(torch, torch.device("cuda")) == getattr(torch, expected)
     assert amp_dtype(torch, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("rows,length,most_rows,expect", [
+    (1, 1, 256, (1, 16)), (3, 17, 256, (4, 32)), (100, 65, 100, (100, 65)), (100, 40, 256, (128, 48)),
+    (256, 64, 256, (256, 64)), (5, 64, 4, (5, 64))])
+def test_bucketed_shapes(rows, length, most_rows, expect):
+    from models.churn.scorer import bucket_shape
+
+    batch = {"type": np.ones((rows, length), np.int64), "cont": np.ones((rows, length, 3), np.float32),
+             "attention_mask": np.ones((rows, length), np.int64)}
+    out, summ = bucket_shape(batch, np.arange(rows, dtype=np.float32)[:, None], 65, most_rows)
+    assert out["attention_mask"].shape == out["type"].shape == expect and out["cont"].shape == (*expect, 3)
+    assert summ.shape == (expect[0], 1) and summ[:rows, 0].tolist() == list(range(rows))
+    assert out["attention_mask"][:rows, length:].sum() == 0  # the added positions are masked
+    assert out["attention_mask"][:rows, :length].all()
+
+
+@BOTH_PATHS
+def test_regression_shape_buckets_leave_the_scores_unchanged(kind):
+    """On a GPU every new batch shape stalled for ~40 ms (H200), so a CUDA scorer pads batches to bucketed shapes;
+    the padding must not change any user's score (checked here on the CPU, where it is switched on by hand)."""
+    seqs, as_of = _sequences(150, seed=7)
+    plain = ChurnScorer(served(kind), device="cpu", micro_batch=64)
+    expected = plain.predict_many(seqs, as_of)
+    bucketed = ChurnScorer(served(kind), device="cpu", micro_batch=64)
+    bucketed.shape_buckets = True
+    for got, want in zip(bucketed.predict_many(seqs, as_of), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # rows 1, 2, 4, ..., 64 at the tiny model's one length bucket (16 events); nothing for a model without encoder
+    assert bucketed.warm_up() == (7 if kind == "encoder" else 0)
