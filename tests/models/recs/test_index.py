@@ -185,3 +185,31 @@ def test_regression_approximate_answers_do_not_depend_on_the_other_queries_of_a_
     t_ids, t_scores = search_and_rerank(idx, full, q, 10, 50, ex, hist)
     assert t_ids[0].tolist() == a_ids[0].tolist()
     np.testing.assert_array_equal(t_scores[0], a_scores[0])
+
+
+def test_regression_rows_wider_than_the_gpu_limit_go_to_the_cpu_copy():
+    """faiss-gpu selects at most GPU_MAX_K results per search. A GPU index (stood in for here by a search that
+    refuses wider calls, as faiss-gpu does) answers a user with more exclusions than that from its CPU copy, with
+    the CPU's answer."""
+    from models.recs.index import GPU_MAX_K
+
+    rng = np.random.default_rng(0)
+    n = GPU_MAX_K + 600
+    ids, base, q, idx = _random_flat_index(rng, n, n_queries=3)
+    expected_heavy = idx.search_many(q, 10, [set(ids[: GPU_MAX_K + 100]), None, None])
+    expected_wide = idx.search_ids(q, GPU_MAX_K + 50)
+
+    class GpuLike:
+        widths = []
+
+        def search(self, x, k):
+            self.widths.append(k)
+            if k > GPU_MAX_K:
+                raise RuntimeError("k > 2048 on the GPU")
+            return idx._cpu_index.search(x, k)
+
+    idx._index, idx.on_gpu = GpuLike(), True
+    assert idx.search_many(q, 10, [set(ids[: GPU_MAX_K + 100]), None, None]) == expected_heavy
+    for got, want in zip(idx.search_ids(q, GPU_MAX_K + 50), expected_wide):
+        np.testing.assert_array_equal(got, want)
+    assert GpuLike.widths and max(GpuLike.widths) <= GPU_MAX_K  # the narrow rows still went to the "GPU"
