@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tidewater.scoring import RingScorer
 log = logging.getLogger("tidewater.models")
 
 LOAD_ATTEMPTS = 3  # loads of one version before it is left alone (each poll interval apart)
+SLOW_LOAD_S = 300.0  # a load running this long (a hung network mount, say) is logged, again at each multiple
 
 
 class RegistrySlot:
@@ -67,6 +69,7 @@ class RegistrySlot:
         tried ``LOAD_ATTEMPTS`` times in all (a file still being copied, a busy network mount), then left alone
         until another version is published."""
         if self._loading is not None:
+            self._warn_if_slow()
             return True
         try:
             wanted = self._wanted()
@@ -78,7 +81,30 @@ class RegistrySlot:
         if self._failures is not None and self._failures[0] == wanted and self._failures[1] >= LOAD_ATTEMPTS:
             return False
         self._loading = (wanted, executor.submit(self._load, wanted))
+        self._loading_since, self._slow_warnings = time.monotonic(), 0
         return True
+
+    _loading_since = 0.0
+    _slow_warnings = 0
+
+    def _warn_if_slow(self) -> None:
+        """A load never times out (nothing can stop a thread stuck in a read), but it holds back every version
+        published after it: say so, so that an operator can look."""
+        assert self._loading is not None
+        age = time.monotonic() - self._loading_since
+        if age < SLOW_LOAD_S * (self._slow_warnings + 1):
+            return
+        self._slow_warnings += 1
+        newer = self._safe_wanted()
+        waiting = f"; {newer} was published since and waits for it" if newer not in (None, self._loading[0]) else ""
+        log.warning("loading %s %s has taken %.0f s and is still running; %s keeps serving%s", self.kind,
+                    self._loading[0], age, self.current.version, waiting)
+
+    def _safe_wanted(self) -> Any:
+        try:
+            return self._wanted()
+        except OSError:
+            return None
 
     preload = poll  # at start-up: loading overlaps the group join and the table recovery
 

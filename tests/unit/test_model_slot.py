@@ -182,3 +182,27 @@ def test_an_unreadable_registry_keeps_the_model_serving():
 
     slot._wanted = unreadable
     assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "placeholder"
+
+
+def test_regression_a_hung_load_is_logged_with_the_version_it_holds_back(monkeypatch, caplog):
+    """A load stuck in a read (a hung mount) held back every later version without a word."""
+    import streams.model_slot as model_slot
+
+    clock = [1000.0]
+    monkeypatch.setattr(model_slot.time, "monotonic", lambda: clock[0])
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    slot.release.clear()
+    assert slot.poll(executor)
+    clock[0] += model_slot.SLOW_LOAD_S - 1
+    with caplog.at_level("WARNING", logger="tidewater.models"):
+        slot.poll(executor)
+        assert not caplog.records  # not slow yet
+        clock[0] += 2
+        slot.published = "v2"
+        slot.poll(executor)
+        slot.poll(executor)  # once per SLOW_LOAD_S, not at every poll
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "v1" in message and "v2 was published since and waits for it" in message and "placeholder" in message
+    slot.release.set()
+    executor.shutdown(wait=True)
