@@ -493,6 +493,12 @@ def load_model(directory: Path) -> ChurnTransformer:
     spec = json.loads((directory / "feature_spec.json").read_text())
     if spec.get("version") != FEATURE_SPEC_VERSION:
         raise ValueError(f"{directory}: feature spec version {spec.get('version')} != {FEATURE_SPEC_VERSION}")
+    # the whole spec, not its number alone: bucket edges or summary features changed without a version bump would
+    # feed the weights tokens they were not trained on, and score without an error
+    differ = sorted(k for k, v in feature_spec().items() if k != "order" and spec.get(k) != v)
+    if differ:
+        raise ValueError(f"{directory}: trained with other features than this code computes ({', '.join(differ)} "
+                         "differ in feature_spec.json); retrain, or serve it with the code it was trained with")
     cfg = ChurnConfig.from_dict(json.loads((directory / "config.json").read_text()))
     model = ChurnTransformer(cfg)
     model.load_state_dict(load_file(str(directory / "weights.safetensors")))

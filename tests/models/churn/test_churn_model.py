@@ -428,3 +428,18 @@ def test_regression_shape_buckets_leave_the_scores_unchanged(kind):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # rows 1, 2, 4, ..., 64 at the tiny model's one length bucket (16 events); nothing for a model without encoder
     assert bucketed.warm_up() == (7 if kind == "encoder" else 0)
+
+
+def test_regression_an_artifact_with_other_bucket_edges_is_refused(tmp_path):
+    """load_model compared only the feature spec's version number: an artifact whose time buckets differ from the
+    code's (edges changed without a version bump) loaded and scored with shifted tokens, without an error."""
+    import json
+
+    save_model(served("encoder"), tmp_path / "v")
+    load_model(tmp_path / "v")  # as saved: loads
+    spec_file = tmp_path / "v" / "feature_spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec["time_edges_days"][3] *= 2
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="time_edges_days"):
+        load_model(tmp_path / "v")
