@@ -61,7 +61,7 @@ def _churn_view_note(reg: Registry, version: str) -> str | None:
     if not guessed:
         return None
     return (f"{version} predates the serving metadata: workers will serve it {', '.join(guessed)}, which may not be "
-            "the view it was trained on (`tidewater train churn --publish` records it)")
+            "the view it was trained on (`tidewater train churn` records it)")
 
 
 def register(models_app: typer.Typer) -> None:

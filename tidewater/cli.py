@@ -51,7 +51,8 @@ for _module in ("infra.cli", "streams.cli"):
 
 @evaluate_app.command("offers")
 def evaluate_offers(
-    registry: str = typer.Option("var/registry", "--registry", help="Registry root holding the churn model."),
+    registry: str = typer.Option("var/registry", "--registry", envvar="TIDEWATER_REGISTRY_DIR",
+                                 help="Registry root holding the churn model."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Churn threshold (default: the policy's)."),
     split: str = typer.Option("test", "--split", help="Customers to report on: test (held out) or val."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),

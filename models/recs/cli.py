@@ -29,7 +29,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
     def train_recs(
         interactions: Optional[Path] = typer.Option(None, "--interactions", help=INTERACTIONS_HELP),
         seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic given it)."),
-        registry: Path = typer.Option(Path("var/registry"), "--registry", help="Registry root; publishes to <root>/recs."),
+        registry: Path = typer.Option(Path("var/registry"), "--registry", envvar="TIDEWATER_REGISTRY_DIR",
+                                      help="Registry root; publishes to <root>/recs."),
         threads: int = typer.Option(2, "--threads", help="CPU threads for torch/BLAS."),
         arch: str = typer.Option("seqlinear", "--arch", help="seqlinear (default) or sasrec."),
     ) -> None:
@@ -45,7 +46,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
     @index_app.command("build")
     def index_build(
-        registry: Path = typer.Option(Path("var/registry"), "--registry", help="Registry root."),
+        registry: Path = typer.Option(Path("var/registry"), "--registry", envvar="TIDEWATER_REGISTRY_DIR",
+                                      help="Registry root."),
         kind: str = typer.Option("auto", "--kind", help="auto (flat up to 50k items, else IVF), flat or ivf."),
     ) -> None:
         """Build the FAISS index from the current recs model; publish it under <registry>/recs_index."""

@@ -183,3 +183,12 @@ def test_a_rollback_waits_for_a_publisher_that_holds_the_lock(registry, capsys):
     thread.join()
     assert done.is_set() and code == 0
     assert f"current {second} -> {first}" in out and reg.current_version() == first
+
+
+@pytest.mark.parametrize("args", [["evaluate", "offers"], ["index", "build"], ["models", "list"]])
+def test_regression_every_registry_command_reads_the_workers_registry_setting(tmp_path, monkeypatch, capsys, args):
+    """Only `models list|use` read TIDEWATER_REGISTRY_DIR; `train`, `index build` and `evaluate offers` silently
+    used ./var/registry, so a runbook command acted on another registry than the workers'."""
+    monkeypatch.setenv("TIDEWATER_REGISTRY_DIR", str(tmp_path / "workers-registry"))
+    _, out, err = run(args, capsys)
+    assert str(tmp_path / "workers-registry") in out + err

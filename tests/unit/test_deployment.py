@@ -107,6 +107,10 @@ def test_workers_wait_for_the_models_and_share_their_registry():
     assert f"R={registry};" in _models_script()
     for name in ("models", "worker-1", "worker-2"):
         assert f"registry:{registry}" in services[name]["volumes"], name
+    # `docker compose run --rm models tidewater models use ...` (docs/operations.md) acts on the workers' brokers
+    # and registry: the service had no environment, so it read ./var/registry and 127.0.0.1:9092
+    for key in ("TIDEWATER_REGISTRY_DIR", "TIDEWATER_BOOTSTRAP_SERVERS"):
+        assert services["models"]["environment"][key] == services["worker-1"]["environment"][key], key
     for worker in ("worker-1", "worker-2"):
         assert services[worker]["depends_on"]["models"] == {"condition": "service_completed_successfully"}
         probe = " ".join(services[worker]["healthcheck"]["test"])
