@@ -142,12 +142,9 @@ def test_batched_scores_equal_one_by_one_and_are_probabilities(kind):
     assert scorer.score_many([], []).shape == (0,)
 
 
-@BOTH_PATHS
-def test_scorer_is_thread_safe(kind):
-    seqs, as_of = _sequences(60, seed=2)
-    scorer = ChurnScorer(served(kind), device="cpu", micro_batch=8)
-    expected = scorer.score_many(seqs, as_of)
-    results, errors = [None] * 4, []
+def scores_from_threads(scorer, seqs, as_of, threads: int) -> list[np.ndarray]:
+    """``scorer.score_many(seqs, as_of)`` from ``threads`` threads at once; raises what any of them raised."""
+    results, errors = [None] * threads, []
 
     def work(i):
         try:
@@ -155,13 +152,22 @@ def test_scorer_is_thread_safe(kind):
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
-    assert not errors
-    for r in results:
+    if errors:
+        raise errors[0]
+    return results
+
+
+@BOTH_PATHS
+def test_scorer_is_thread_safe(kind):
+    seqs, as_of = _sequences(60, seed=2)
+    scorer = ChurnScorer(served(kind), device="cpu", micro_batch=8)
+    expected = scorer.score_many(seqs, as_of)
+    for r in scores_from_threads(scorer, seqs, as_of, 4):
         np.testing.assert_array_equal(r, expected)
 
 

@@ -9,7 +9,6 @@ CPU's float32 within tolerances about 20 times the error that CPU autocast in bf
 from __future__ import annotations
 
 import copy
-import threading
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ import torch
 from models.churn.scorer import ChurnScorer
 from models.churn.train import save_model
 
-from .test_churn_model import BOTH_PATHS, _sequences, served
+from .test_churn_model import BOTH_PATHS, _sequences, scores_from_threads, served
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -90,21 +89,7 @@ def test_cuda_scorer_is_thread_safe():
     seqs, as_of = _sequences(120, seed=2)
     scorer = _on("cuda", "encoder", micro_batch=8)
     expected = scorer.score_many(seqs, as_of)
-    results, errors = [None] * 6, []
-
-    def work(i):
-        try:
-            results[i] = scorer.score_many(seqs, as_of)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(results))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for r in results:
+    for r in scores_from_threads(scorer, seqs, as_of, 6):
         np.testing.assert_allclose(r, expected, rtol=0, atol=EXACT_ATOL)
 
 
