@@ -130,6 +130,12 @@ def _finite(values: Sequence[float]) -> bool:
     return bool(np.isfinite(values).all())
 
 
+def _probabilities(values: Sequence[float]) -> bool:
+    """Churn scores must be probabilities: a model answering logits (3.7) would otherwise offer to everyone."""
+    a = np.asarray(values, dtype=np.float64)
+    return bool(((a >= 0.0) & (a <= 1.0)).all())  # False for NaN as well
+
+
 @dataclass(frozen=True)
 class Answers:
     """A recommender's answers to a batch of queries, and the versions that gave them."""
@@ -533,7 +539,7 @@ class PartitionEngine:
         day = int(tick // DAY)
         if self.state.budget_day != day:
             self.state.budget_day, self.state.budget_used = day, 0
-        offered: list[tuple[Profile, float, offer_policy.OfferDecision]] = []
+        wanted: list[tuple[Profile, float, offer_policy.OfferDecision]] = []
         for j, i in enumerate(keep):
             profile, (trigger, level) = profiles[i], candidates[users[i]]
             score = round(float(scores[j]), 6)
@@ -552,12 +558,14 @@ class PartitionEngine:
                 model_version=version, recency_days=features["recency_days"],
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
                 expected_purchases=exp, activity_drop=drop))
-            decision = offer_policy.decide(profile, score, tick, trigger, self.state.budget_used,
-                                           self.partition_policy, expected_purchases=exp)
+            decision = offer_policy.decide(profile, score, tick, trigger, 0, self.partition_policy,
+                                           expected_purchases=exp)  # the budget is applied to the tick's whole list
             if decision is not None:
-                self.state.budget_used += 1
-                profile.last_offer_ts = tick
-                offered.append((profile, score, decision))
+                wanted.append((profile, score, decision))
+        offered = offer_policy.within_budget(wanted, self.partition_policy.daily_budget - self.state.budget_used)
+        self.state.budget_used += len(offered)
+        for profile, _, _ in offered:
+            profile.last_offer_ts = tick
         if offered:
             items = self._ask([self.recommender.query(p) for p, _, _ in offered], self.config.offer_items)
             for (profile, score, decision), ranked in zip(offered, items.ranked):
@@ -608,10 +616,10 @@ class PartitionEngine:
             else:
                 scores, expected = self.scorer.score_many(sequences, as_of), None
             version = self.scorer.version
-            ok = _finite(scores) and (expected is None or _finite(expected))
+            ok = _probabilities(scores) and (expected is None or _finite(expected))
         except Exception:  # a broken model must not stop the stream: score this tick with the placeholder
             ok = False
-        if not ok:  # raised, or answered with NaN or infinity
+        if not ok:  # raised, or answered with NaN, infinity or a score that is not a probability
             self._count("scoring_errors", self.scorer.version)
             fallback = RecencyHeuristic()
             scores, expected, version = fallback.score_many(sequences, as_of), None, fallback.version

@@ -7,9 +7,10 @@ follows the value.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from tidewater.profile import DAY, Profile, hopping_counts
+from tidewater.profile import DAY, Profile
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,31 @@ def reason_codes(profile: Profile, score: float, as_of: float, trigger: str, pol
 
 
 def activity_dropped(profile: Profile, as_of: float) -> bool:
-    """Anomaly: the last 7 days hold under a quarter of the user's own average week of the 3 weeks before."""
-    weeks = hopping_counts(profile, as_of, size_days=7, hop_days=7, hops=4)
-    earlier = weeks[1:]
-    baseline = sum(earlier) / len(earlier)
-    return baseline >= 2.0 and weeks[0] < 0.25 * baseline
+    """Anomaly: the last 7 days (to ``as_of``, today's events included) hold under a quarter of the user's own
+    average week over their last 3 active weeks: the 3 weeks before the last 7 days, or, for a user silent for
+    longer, the 3 weeks up to their last event (a customer who stopped coming is scored only once silence has
+    lasted a month, when the 3 weeks before the last 7 days are empty too)."""
+    end = math.ceil(as_of / DAY) * DAY
+    recent = _events_between(profile, end - 7 * DAY, end)
+    base_end = min(end - 7 * DAY, math.floor(profile.last_ts / DAY) * DAY + DAY)
+    baseline = _events_between(profile, base_end - 21 * DAY, base_end) / 3
+    return baseline >= 2.0 and recent < 0.25 * baseline
+
+
+def _events_between(profile: Profile, start: float, end: float) -> int:
+    return sum(c for day, c in profile.daily.items() if start <= day < end)
+
+
+def within_budget(wanted: list[tuple[Profile, float, OfferDecision]], room: int
+                  ) -> list[tuple[Profile, float, OfferDecision]]:
+    """The offers a tick may make with ``room`` left in the day's budget: the most value at risk first (churn
+    probability × customer value), then the higher risk, then the user id (deterministic). In the order they came
+    (user id), a short budget went to the same low-sorting ids every day whatever their risk or value."""
+    if len(wanted) <= room:
+        return wanted
+    ranked = sorted(range(len(wanted)), key=lambda i: (-wanted[i][1] * wanted[i][2].customer_value, -wanted[i][1],
+                                                       wanted[i][0].user_id))
+    return [wanted[i] for i in sorted(ranked[:max(0, room)])]  # emitted in the tick's order, as before
 
 
 def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_used_today: int,
@@ -104,7 +125,7 @@ def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_us
     value = customer_value(profile, expected_purchases)
     if value < policy.min_value:
         return None
-    tier = next((t for t in policy.tiers if value >= t.min_value), None)
+    tier = next((t for t in sorted(policy.tiers, key=lambda t: -t.min_value) if value >= t.min_value), None)
     if tier is None:
         return None
     codes = reason_codes(profile, score, as_of, trigger, policy, value)

@@ -81,10 +81,14 @@ class PartitionPopularity:
     partition_independent = False  # answers come from the partition's own counts
 
     def fold(self, profile: Profile, item_id: str) -> bool:
+        # a model's vector misses this event: marked stale, it is rebuilt from the ring when a model serves again
+        # (the same version reloaded after a failed load would otherwise take it as current)
+        if profile.vec_version:
+            profile.vec_version = ""
         return False
 
     def refresh(self, profile: Profile) -> None:
-        pass
+        profile.segment = None  # segments are a recs model's clusters, and no model serves
 
     def query(self, profile: Profile) -> Query:
         return Query(None, seen_items(profile))

@@ -204,6 +204,24 @@ def test_a_failing_scorer_falls_back_to_the_placeholder_and_the_stream_goes_on()
     assert exported() - before == failures  # on /metrics, for the alert rule
 
 
+@pytest.mark.parametrize("bad", [3.7, -0.2])
+def test_regression_a_model_that_returns_logits_is_a_scoring_failure_not_an_offer(bad):
+    """Only NaN and infinity were failures: a model answering logits (3.7) gave every user a "probability" above 1,
+    an offer and high_churn_risk, until the budget ran out (found by review)."""
+
+    class Logits:
+        version = "model:logits"
+
+        def score_many(self, sequences, as_of):
+            return [bad] * len(sequences)
+
+    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), DictStore(), scorer=Logits())
+    result = run_to_completion(engine, records(shop()))
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+    assert scores and all(s["model_version"] == "heuristic:recency-v1" and 0 <= s["score"] <= 1 for s in scores)
+    assert engine.counters[("scoring_errors", "model:logits")] > 0
+
+
 def test_regression_a_model_that_returns_nan_is_a_scoring_failure_not_an_offer():
     """NaN is not below the offer threshold, so a model returning NaN made every scored user an offer with a null
     score (found by review): such a tick is scored by the placeholder, and counted as a failure."""

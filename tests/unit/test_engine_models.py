@@ -101,6 +101,29 @@ def test_a_new_model_version_rebuilds_the_vector_in_its_own_space(tmp_path):
     np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight, expected, rtol=1e-4)
 
 
+def test_regression_events_under_the_popularity_stand_in_make_the_vector_stale(tmp_path):
+    """While the stand-in serves (a recs model that failed to load at a restart), events were not folded into the
+    vector and its version stayed: the same model loading again took the vector as current, missing those events,
+    and the old model's segment was stamped meanwhile (found by review). The vector is now rebuilt from the ring."""
+    from tidewater.recommending import PartitionPopularity
+
+    model = tiny_recs_version(tmp_path / "v0001-aaa")
+    evs = [Click(event_id=f"e{i}", user_id="u", ts=float(i), item_id=ITEMS[i % 7]) for i in range(12)]
+    _, store, _ = run(evs[:4], VectorRecommender(model))
+    assert store["u"].vec_version == "v0001-aaa" and store["u"].segment is not None
+    engine = PartitionEngine(0, EngineConfig(), store, recommender=PartitionPopularity())
+    store.update(run_to_completion(engine, records(evs)[4:8]).profiles)
+    assert store["u"].vec_version == ""
+    stand_in = PartitionPopularity()
+    stand_in.refresh(store["u"])
+    assert store["u"].segment is None
+    engine = PartitionEngine(0, EngineConfig(), store, recommender=VectorRecommender(model))
+    store.update(run_to_completion(engine, records(evs)[8:]).profiles)
+    profile = store["u"]
+    expected = model.recompute_user([e.item_id for e in evs]).vector()
+    np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight, expected, rtol=1e-4)
+
+
 @pytest.mark.parametrize("new_catalogue, new_segments", [(["x1", "x2", "x3"], True), (ITEMS, False)])
 def test_regression_a_segment_from_the_previous_recs_model_is_not_kept(tmp_path, new_catalogue, new_segments):
     """A segment id is only meaningful for the k-means of the model that made it. After a swap to a model that

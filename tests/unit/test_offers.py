@@ -5,8 +5,9 @@ from hypothesis import strategies as st
 
 from tests.unit.test_engine import DictStore, records
 from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
-from tidewater.events import Purchase
-from tidewater.offers import OfferPolicy, customer_value, decide, partition_budget
+from tidewater.events import Click, Purchase
+from tidewater.offers import (OfferDecision, OfferPolicy, OfferTier, activity_dropped, customer_value, decide,
+                              partition_budget, within_budget)
 from tidewater.profile import DAY, apply, new_profile
 
 
@@ -109,3 +110,58 @@ def test_the_stream_never_exceeds_the_global_daily_budget_or_a_users_cooldown(pa
         assert all(b - a >= cooldown_days * DAY for a, b in zip(times, times[1:]))
     if budget >= partitions and n_users >= partitions:
         assert offers  # the policy does offer when there is budget
+
+
+def _regular(days: int, per_day: int = 5, start_day: int = 0):
+    """A user active every day from ``start_day`` for ``days`` days, ``per_day`` events a day."""
+    p = new_profile("u")
+    n = 0
+    for d in range(start_day, start_day + days):
+        for k in range(per_day):
+            ts = d * DAY + k * 600.0
+            apply(p, Click(event_id=f"c{n}", user_id="u", ts=ts, item_id="i"), "c/0", n, ts)
+            n += 1
+    return p
+
+
+def test_regression_a_customer_who_stopped_coming_is_flagged_as_an_activity_drop():
+    """The drop compared the last week with the 3 weeks before it. A customer who stops is scored again only after
+    a month of silence, when those weeks are empty too: the flag never fired for the main churn case (found by
+    review). The baseline is now the 3 weeks up to the user's last event when they have been silent longer."""
+    stopped = _regular(21)  # days 0..20, then nothing
+    assert all(activity_dropped(stopped, d * DAY) for d in (28, 51, 81))  # at every inactivity re-score
+    assert not activity_dropped(stopped, 21 * DAY)  # still active in the last week
+    assert not activity_dropped(_regular(60), 60 * DAY)  # steady activity: no drop
+    assert not activity_dropped(_regular(2, per_day=1), 51 * DAY)  # too little history to speak of a drop
+
+
+def test_regression_with_sub_day_ticks_todays_events_count_in_the_last_week():
+    """The last week ended at the day boundary before ``as_of``: with ticks every 6 h, a user back today after a
+    silent week was flagged as a drop by the very tick that scored today's events."""
+    back = _regular(21)
+    for k in range(30):
+        ts = 28 * DAY + 3600.0 + k
+        apply(back, Click(event_id=f"b{k}", user_id="u", ts=ts, item_id="i"), "c/0", 1000 + k, ts)
+    assert not activity_dropped(back, 28 * DAY + 6 * 3600)
+    assert activity_dropped(_regular(21), 28 * DAY + 6 * 3600)  # the same user without today's visit
+
+
+def test_regression_a_short_budget_goes_to_the_most_value_at_risk_not_to_the_first_ids():
+    """The budget was spent in user-id order, so the same low-sorting ids won every day whatever their risk or
+    value (found by review)."""
+    def want(user, score, value):
+        return (new_profile(user), score, OfferDecision("discount", 10.0, (), 0.0, value))
+
+    wanted = [want("a_small", 0.61, 25.0), want("b_mid", 0.9, 100.0), want("z_whale", 0.99, 900.0),
+              want("c_tie", 0.9, 100.0)]
+    assert [w[0].user_id for w in within_budget(wanted, 1)] == ["z_whale"]
+    # ties on value at risk go to the higher risk, then the user id; the chosen keep the tick's order
+    assert [w[0].user_id for w in within_budget(wanted, 3)] == ["b_mid", "z_whale", "c_tie"]
+    assert within_budget(wanted, 10) == wanted and within_budget(wanted, 0) == []
+
+
+def test_tiers_are_matched_from_the_highest_whatever_their_configured_order():
+    tiers = (OfferTier(0.0, "free_shipping", 0.0), OfferTier(50.0, "discount", 10.0), OfferTier(150.0, "discount", 20.0))
+    policy = OfferPolicy(tiers=tiers)
+    assert decide(buyer([200.0]), 0.9, 100 * DAY, "activity", 0, policy).discount_pct == 20.0
+    assert decide(buyer([60.0]), 0.9, 100 * DAY, "activity", 0, policy).discount_pct == 10.0
