@@ -9,8 +9,13 @@ silently measure gaps in the wrong unit. A numeric column is therefore read by i
   would all fall within August 1970);
 * otherwise by the median absolute value: below 1e11 seconds (1e11 s is the year 5138), below 1e14
   milliseconds, below 1e17 microseconds, else nanoseconds.
+
+Text is read as dates: ISO, or with numbers first (``13/01/2010 08:26``) day first or month first, decided once
+for the whole column.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -35,7 +40,9 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
         for bound, unit, per_second in NUMERIC_UNITS:
             if median < bound:
                 return _divided(numeric, per_second), unit
-    parsed = pd.to_datetime(values.astype(str), utc=True, errors="coerce", format="mixed")
+    text = values.astype(str)
+    read_as, dayfirst = _date_order(text)
+    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed", dayfirst=dayfirst)
     bad = parsed.isna()
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
@@ -43,7 +50,28 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
         row = int(label) + 2 if isinstance(label, (int, np.integer)) else first + 2
         raise ValueError(f"cannot parse ts {values.iloc[first]!r} in row {row} (use ISO dates, YYYYMMDD, "
                          "or epoch seconds / milliseconds / microseconds / nanoseconds)")
-    return (parsed - _EPOCH).dt.total_seconds().astype("float64"), "iso"
+    return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
+
+
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")
+
+
+def _date_order(text: pd.Series) -> tuple[str, bool]:
+    """How to read dates written with numbers first (``13/01/2010``, ``01.02.2011``), one way for the whole column:
+    day first when some first field is above 12, month first otherwise (also when every field could be either: the
+    common export default). Read value by value, a day-first file was month first wherever the day was 12 or less,
+    scrambling the order of its events. Raises ``ValueError`` when rows disagree (13/01 and 01/13 both present).
+    ISO dates (year first) are ``iso``."""
+    fields = text.str.extract(_NUMERIC_DATE).dropna()
+    if fields.empty:
+        return "iso", False
+    first, second = fields[0].astype(int), fields[1].astype(int)
+    day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
+    if day_first and month_first:
+        row = int(np.flatnonzero((second > 12).to_numpy())[0])
+        raise ValueError(f"dates are written day first in some rows and month first in others "
+                         f"(e.g. {text.loc[fields.index[row]]!r}): write them one way, or as ISO dates")
+    return ("day-first dates", True) if day_first else ("month-first dates", False)
 
 
 def _yyyymmdd(numeric: pd.Series) -> pd.Series | None:

@@ -32,7 +32,7 @@ MAX_USERS_HELP = ("Train (and evaluate) on at most this many users of the log, a
 def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float, max_users: Optional[int] = None):
     import pandas as pd
 
-    from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, parse_time, sample_users
+    from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, log_end, parse_time, sample_users
 
     if horizon_days <= 0:
         raise UserError(f"--horizon-days must be positive, got {horizon_days}")
@@ -52,6 +52,9 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
             typer.secho(f"note: read column ts as {frame.attrs['ts_unit']}", err=True)
         if frame.attrs.get("rows_without_user"):
             typer.secho(f"note: skipped {frame.attrs['rows_without_user']:,} rows without a user_id", err=True)
+        if frame.attrs.get("returns_dropped"):
+            typer.secho(f"note: skipped {frame.attrs['returns_dropped']:,} returns (negative amount or quantity)",
+                        err=True)
         if cutoff:
             cut = parse_time(cutoff)
         else:
@@ -64,10 +67,24 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
     check_calibration(frame, cut, hint=LATER_CUTOFF_HINT if cutoff else (
         f"; the default cut-off is the end of the log minus the {horizon_days:g}-day horizon: pass --cutoff, or a "
         "shorter --horizon-days"))
-    if float(frame["ts"].max()) < cut + (horizon_days - 1) * 86400.0:
+    if log_end(frame) < cut + (horizon_days - 1) * 86400.0:
         typer.secho(f"warning: the log ends before the end of the {horizon_days:g}-day horizon: users who "
                     "would have bought later are labelled as churners", fg="yellow", err=True)
     return frame, cut, name
+
+
+def strict_json(value):
+    """``value`` with every float that is not finite (a NaN correlation of constant forecasts, say) as null:
+    ``json.dumps`` writes a bare ``NaN``, which strict JSON parsers refuse."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    import numpy as np
+
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _serving_meta(frame, cutoff: float, max_users: Optional[int]) -> dict:
@@ -184,17 +201,23 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                  f"churn rate {result['task']['churn_rate']:.3f}"]
         rows = [("model", m)] + list(result["ablations"].items()) + list(result["baselines"].items())
         for key, r in rows:
+            if r.get("auc") is None:
+                lines.append(f"  {key:22s} failed: {r.get('error', 'no AUC')}")
+                continue
             lines.append(f"  {key:22s} AUC {r['auc']:.4f}  PR-AUC {r['pr_auc']:.4f}  Brier {r.get('brier', float('nan')):.4f}"
                          + (f"  fc-corr {r['forecast_corr']:.3f}  cum-err {r['forecast_cum_error_pct']:+.1f}%"
                             if "forecast_corr" in r else ""))
         ci = result["ci_vs_best_baseline"]
-        lines.append(f"  AUC(model) - AUC({ci['best_baseline']}) = {ci['diff']:+.4f}  95% CI "
-                     f"[{ci['ci95'][0]:+.4f}, {ci['ci95'][1]:+.4f}]; goal +0.01 reached: "
-                     f"{result['goal_auc_plus_0_01_reached']}")
+        if "diff" in ci:
+            lines.append(f"  AUC(model) - AUC({ci['best_baseline']}) = {ci['diff']:+.4f}  95% CI "
+                         f"[{ci['ci95'][0]:+.4f}, {ci['ci95'][1]:+.4f}]; goal +0.01 reached: "
+                         f"{result['goal_auc_plus_0_01_reached']}")
+        else:
+            lines.append(f"  {ci['error']}")
         if "report" in result:
-            lines.append(f"  report: {result['report']['html']}")
+            lines.append(f"  report: {result['report'].get('html') or result['report'].get('error')}")
         out = sys.stderr if as_json else sys.stdout
         for line in lines:
             print(line, file=out)
         if as_json:
-            print(json.dumps(result, default=float, separators=(",", ":")), flush=True)
+            print(json.dumps(strict_json(result), default=float, separators=(",", ":"), allow_nan=False), flush=True)

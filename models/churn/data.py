@@ -50,8 +50,9 @@ def parse_time(value: str) -> float:
 def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     """Read a purchase log: columns ``user_id,ts`` (ISO dates, ``YYYYMMDD`` or epoch seconds, milliseconds,
     microseconds or nanoseconds: ``models.timestamps``) and optional ``amount,quantity`` (and ``type``, ``item``,
-    ``category``). Rows without a user_id (guest checkouts) are skipped. Returns the standard frame;
-    ``frame.attrs`` says how ``ts`` was read (``ts_unit``) and how many rows were skipped (``rows_without_user``)."""
+    ``category``). Rows without a user_id (guest checkouts) and returns (a negative amount or quantity) are
+    skipped. Returns the standard frame; ``frame.attrs`` says how ``ts`` was read (``ts_unit``) and how many rows
+    were skipped (``rows_without_user``, ``returns_dropped``)."""
     path = Path(path)
     raw, skipped = read_log_csv(path, required=("user_id", "ts"), known=CSV_COLUMNS, names=("item", "category"),
                                 aliases={"item_id": "item"})
@@ -74,9 +75,19 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
         bad = ~frame["type"].isin(["click", "purchase"])
         if bad.any():
             raise UserError(f"{path}: type must be 'click' or 'purchase', got {frame['type'][bad].iloc[0]!r}")
+    # returns and cancellations (a negative amount or quantity: how retail exports write them) are not purchases:
+    # counted as such, a refund in the horizon made its customer a non-churner and added a purchase to the features
+    returned = pd.Series(False, index=frame.index)
+    for col in ("amount", "quantity"):
+        if col in frame.columns:
+            returned |= frame[col] < 0
+    frame = frame[~returned]
+    if frame.empty:
+        raise UserError(f"{path}: every row is a return (negative amount or quantity)")
     frame = frame.sort_values(["ts", "user_id"], kind="stable").reset_index(drop=True)
     frame.attrs["ts_unit"] = ts_unit  # how the ts column was read (models/timestamps.py)
     frame.attrs["rows_without_user"] = skipped
+    frame.attrs["returns_dropped"] = int(returned.sum())
     return frame
 
 
@@ -182,7 +193,14 @@ def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFra
     ids = [str(u) for u in users]
     ranked = sorted(range(len(ids)), key=lambda i: (zlib.crc32(ids[i].encode()), ids[i]))
     kept = users[np.sort(np.asarray(ranked[:max_users]))]
-    return frame[frame["user_id"].isin(kept)], len(users)
+    sample = frame[frame["user_id"].isin(kept)]
+    sample.attrs["log_end"] = float(frame["ts"].max())  # whether the horizon is covered is the whole log's question
+    return sample, len(users)
+
+
+def log_end(frame: pd.DataFrame) -> float:
+    """The last event time of the log (of the whole log when ``frame`` is a ``sample_users`` sample)."""
+    return float(frame.attrs.get("log_end", frame["ts"].max()))
 
 
 def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed: int = 0,
@@ -207,7 +225,7 @@ def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed:
     sequences = [normalize_events(seqs[u], cutoff) for u in users]
     ring_sequences = [seq if len(seqs[u]) <= ring_events else normalize_events(seqs[u][-ring_events:], cutoff)
                       for u, seq in zip(users, sequences)]
-    data_end = float(frame["ts"].max())
+    data_end = log_end(frame)
     meta = {
         "n_users": int(len(users)),
         "n_calibration_events": int(len(calib)),

@@ -16,7 +16,7 @@ from .metrics import binary_metrics, bootstrap_auc_diff, bootstrap_forecast_corr
 from .model import ChurnConfig
 from .train import finetune_variant as train_variant, new_model, predict_calibrated, pretrain, tokenize_task
 
-FRAME_NOTES = ("ts_unit", "rows_without_user", "sampled_from_users")  # how the log was read (models.churn.cli)
+FRAME_NOTES = ("ts_unit", "rows_without_user", "returns_dropped", "sampled_from_users")  # how the log was read (models.churn.cli)
 FHL_2005 = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "forecast_corr": 0.626}
 
 
@@ -44,21 +44,34 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     probs: dict[str, np.ndarray] = {}
     forecasts: dict[str, np.ndarray] = {}
     notes: dict[str, str] = {}
+    failed: dict[str, str] = {}  # a baseline that cannot be fitted on this log (BG/NBD not converging, say)
+
+    def attempt(name: str, fit):
+        try:
+            return fit()
+        except Exception as exc:  # reported in its place; the model and the other baselines are still evaluated
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            return None
+
     rfm = B.rfm_summary(task.sequences, task.cutoff)
-    bg = B.fit_bgnbd(rfm, horizon_weeks)
-    scores["bgnbd"], probs["bgnbd"], forecasts["bgnbd"] = -bg.expected, bg.p_zero, bg.expected
+    bg = attempt("bgnbd", lambda: B.fit_bgnbd(rfm, horizon_weeks))
+    if bg is not None:
+        scores["bgnbd"], probs["bgnbd"], forecasts["bgnbd"] = -bg.expected, bg.p_zero, bg.expected
     notes["bgnbd"] = ("fitted on the calibration summaries of all users (no labels); score = -expected purchases "
                       "in the horizon; probability = P(no purchase in the horizon | history)")
     rec = B.recency_days(task.sequences, task.cutoff)
-    scores["recency"] = rec
-    probs["recency"] = B.platt(rec[va], y[va])(rec)
+    recency_platt = attempt("recency", lambda: B.platt(rec[va], y[va]))
+    if recency_platt is not None:
+        scores["recency"], probs["recency"] = rec, recency_platt(rec)
     notes["recency"] = "days since the last purchase; probability by logistic calibration on the validation users"
-    lr = B.fit_logreg(summ[tr], y[tr], seed)
-    probs["rfm_logreg"] = scores["rfm_logreg"] = lr.predict_proba(summ)[:, 1]
-    gbm = B.fit_lightgbm(summ[tr], y[tr], summ[va], y[va], seed)
-    probs["rfm_lightgbm"] = scores["rfm_lightgbm"] = gbm.predict_proba(summ)[:, 1]
-    notes["rfm_lightgbm"] = f"{summ.shape[1]} RFM + gap features, early stopping on validation " \
-                            f"({gbm.best_iteration_} trees)"
+    lr = attempt("rfm_logreg", lambda: B.fit_logreg(summ[tr], y[tr], seed))
+    if lr is not None:
+        probs["rfm_logreg"] = scores["rfm_logreg"] = lr.predict_proba(summ)[:, 1]
+    gbm = attempt("rfm_lightgbm", lambda: B.fit_lightgbm(summ[tr], y[tr], summ[va], y[va], seed))
+    if gbm is not None:
+        probs["rfm_lightgbm"] = scores["rfm_lightgbm"] = gbm.predict_proba(summ)[:, 1]
+        notes["rfm_lightgbm"] = f"{summ.shape[1]} RFM + gap features, early stopping on validation " \
+                                f"({gbm.best_iteration_} trees)"
     baselines = {}
     for name in scores:
         m = _strip_calibration(binary_metrics(y[te], scores[name][te], probs[name][te]))
@@ -67,9 +80,12 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
             m.update(forecast_metrics(cnt[te], forecasts[name][te]))
         m["note"] = notes.get(name, "")
         baselines[name] = m
-    baselines["bgnbd"]["params_weeks"] = bg.params
-    baselines["bgnbd"]["p_alive_auc"] = binary_metrics(y[te], 1 - bg.p_alive[te])["auc"]
-    baselines["bgnbd"]["p_zero_auc"] = binary_metrics(y[te], bg.p_zero[te])["auc"]
+    for name, error in failed.items():
+        baselines[name] = {"auc": None, "error": error, "note": notes.get(name, "")}
+    if bg is not None:
+        baselines["bgnbd"]["params_weeks"] = bg.params
+        baselines["bgnbd"]["p_alive_auc"] = binary_metrics(y[te], 1 - bg.p_alive[te])["auc"]
+        baselines["bgnbd"]["p_zero_auc"] = binary_metrics(y[te], bg.p_zero[te])["auc"]
 
     # ---- the model: one pre-training shared by the variants ------------------------------------
     t_model = time.perf_counter()
@@ -116,11 +132,17 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     result_model["uses_encoder"] = main.encoder_contributes()  # False: fine-tuning kept the GLM start
     abl = {name: model_metrics(name, te) for name in outs if name != "model"}
 
-    best = max(baselines, key=lambda k: baselines[k]["auc"])
-    ci = bootstrap_auc_diff(y[te], outs["model"][0][te], scores[best][te], seed=seed)
-    ci["best_baseline"] = best
+    # the strongest baseline on the test users, as the goal defines it (a baseline that failed, or whose AUC is not a
+    # number, is not a candidate: max() kept a NaN that came first)
+    fitted = [name for name in scores if np.isfinite(baselines[name]["auc"])]
+    best = max(fitted, key=lambda k: baselines[k]["auc"]) if fitted else None
+    if best is not None:
+        ci = bootstrap_auc_diff(y[te], outs["model"][0][te], scores[best][te], seed=seed)
+        ci["best_baseline"] = best
+    else:
+        ci = {"error": "no baseline could be evaluated on this log"}
     ci_each = {name: bootstrap_auc_diff(y[te], outs["model"][0][te], scores[name][te], n_boot=500, seed=seed)
-               for name in baselines if name != best}
+               for name in fitted if name != best}
     pre_ci = None
     if "model_no_pretrain" in outs:
         pre_ci = bootstrap_auc_diff(y[te], outs["model"][0][te], outs["model_no_pretrain"][0][te], n_boot=500,
@@ -128,12 +150,15 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
 
     # the forecast goal is a correlation on 7k users with a heavy tail of buyers: its sampling noise, and how it
     # differs between the three user splits for the model and for BG/NBD (which saw no labels)
-    forecast_ci = bootstrap_forecast_corr(cnt[te], outs["model"][2][te], forecasts["bgnbd"][te], seed=seed)
-    forecast_ci["reference"] = "bgnbd"
-    forecast_ci["by_split"] = {
-        part: {"model": forecast_metrics(cnt[idx], outs["model"][2][idx])["forecast_corr"],
-               "bgnbd": forecast_metrics(cnt[idx], forecasts["bgnbd"][idx])["forecast_corr"]}
-        for part, idx in (("train", tr), ("val", va), ("test", te))}
+    if bg is not None:
+        forecast_ci = bootstrap_forecast_corr(cnt[te], outs["model"][2][te], forecasts["bgnbd"][te], seed=seed)
+        forecast_ci["reference"] = "bgnbd"
+        forecast_ci["by_split"] = {
+            part: {"model": forecast_metrics(cnt[idx], outs["model"][2][idx])["forecast_corr"],
+                   "bgnbd": forecast_metrics(cnt[idx], forecasts["bgnbd"][idx])["forecast_corr"]}
+            for part, idx in (("train", tr), ("val", va), ("test", te))}
+    else:
+        forecast_ci = {"error": "BG/NBD, the forecast's reference, could not be fitted: " + failed["bgnbd"]}
 
     everyone = np.arange(len(y))
     whole = {
@@ -142,7 +167,8 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
         "model": {k: v for k, v in model_metrics("model", everyone).items() if k != "calibration_curve"},
         "baselines": {name: {"auc": binary_metrics(y, scores[name])["auc"]} for name in scores},
     }
-    whole["baselines"]["bgnbd"].update(forecast_metrics(cnt, forecasts["bgnbd"]))
+    if bg is not None:
+        whole["baselines"]["bgnbd"].update(forecast_metrics(cnt, forecasts["bgnbd"]))
 
     result = {
         "dataset": dataset,
@@ -157,7 +183,7 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
         "best_baseline": best,
         "ci_vs_best_baseline": ci,
         "ci_vs_other_baselines": ci_each,
-        "goal_auc_plus_0_01_reached": bool(result_model["auc"] >= baselines[best]["auc"] + 0.01),
+        "goal_auc_plus_0_01_reached": best is not None and bool(result_model["auc"] >= baselines[best]["auc"] + 0.01),
         "goal_forecast_reached": bool(result_model["forecast_corr"] >= 0.66
                                       and abs(result_model["forecast_cum_error_pct"]) <= 3.0),
         "forecast_ci": forecast_ci,
@@ -167,7 +193,10 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
     if pre_ci is not None:
         result["ci_pretrain_vs_no_pretrain"] = pre_ci
     if reference_sample is not None:
-        result["reference_fhl2005"] = fhl_check(reference_sample, cutoff, horizon_days)
+        try:
+            result["reference_fhl2005"] = fhl_check(reference_sample, cutoff, horizon_days)
+        except Exception as exc:  # a check of the baseline, not the evaluation: say so and go on
+            result["reference_fhl2005"] = {"error": f"{type(exc).__name__}: {exc}"}
     result["seconds_total"] = round(time.perf_counter() - t_start, 1)
     if report_dir is not None:
         names = ["model"] + [n for n in ("model_no_pretrain", "model_lora") if n in outs] + list(scores)
@@ -178,9 +207,14 @@ def evaluate(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, dataset
 
 
 def write_report_safe(report_dir, y, sc, pr, result) -> dict:
+    """The HTML/PNG report, or what kept it from being written (an unwritable directory): the metrics are printed
+    either way (the evaluation printed nothing, after all its training, when the report directory was bad)."""
     from .report import write_report
 
-    return write_report(Path(report_dir), y, sc, pr, result)
+    try:
+        return write_report(Path(report_dir), y, sc, pr, result)
+    except Exception as exc:
+        return {"error": f"report not written to {report_dir}: {type(exc).__name__}: {exc}"}
 
 
 def fhl_check(sample: pd.DataFrame, cutoff: float, horizon_days: float) -> dict:

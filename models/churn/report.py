@@ -70,7 +70,7 @@ def write_report(report_dir: Path, y: np.ndarray, scores: dict[str, np.ndarray],
 <body><h1>Churn report — {html.escape(str(result.get('dataset')))}</h1>
 <p>Test users: {result['model'].get('n')}; cut-off {html.escape(str(result.get('cutoff')))}; horizon
 {result.get('horizon_days')} days. AUC(model) − AUC(best baseline = {html.escape(str(result.get('best_baseline')))}):
-{result['ci_vs_best_baseline']['diff']:+.4f}, 95 % CI {result['ci_vs_best_baseline']['ci95']}.</p>
+{_ci_text(result['ci_vs_best_baseline'])}.</p>
 <table><tr><th>model</th><th>AUC</th><th>PR-AUC</th><th>Brier</th><th>forecast corr</th><th>cum. error %</th></tr>
 {''.join(rows)}</table>
 <img src="churn_report.png" width="1100">
@@ -79,3 +79,9 @@ def write_report(report_dir: Path, y: np.ndarray, scores: dict[str, np.ndarray],
     page_path.write_text(page)
     (report_dir / "churn_metrics.json").write_text(json.dumps(result, indent=2, default=float))
     return {"png": str(png), "html": str(page_path)}
+
+
+def _ci_text(ci: dict) -> str:
+    if "diff" not in ci:
+        return html.escape(str(ci.get("error", "not available")))
+    return f"{ci['diff']:+.4f}, 95 % CI {ci['ci95']}"

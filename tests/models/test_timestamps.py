@@ -48,3 +48,18 @@ def test_numbers_that_are_not_all_dates_stay_seconds():
 def test_a_bad_value_is_named_with_its_file_row():
     with pytest.raises(ValueError, match=r"'yesterday' in row 3"):
         to_epoch_seconds(pd.Series(["2020-01-01", "yesterday"]))
+
+
+def test_regression_day_first_dates_are_read_day_first_in_every_row():
+    """Parsed value by value, ``12/01/2010`` was read as 1 December and ``13/01/2010`` as 13 January: a day-first
+    export (the UK's Online Retail log) had its events scrambled wherever the day was 12 or less (found by review).
+    One order is decided for the whole column."""
+    got, read_as = to_epoch_seconds(pd.Series(["12/01/2010 08:26", "13/01/2010 08:26", "01/02/2011 10:00"]))
+    assert read_as == "day-first dates"
+    assert got.tolist() == [_epoch(dt.date(2010, 1, 12)) + 8 * 3600 + 26 * 60,
+                            _epoch(dt.date(2010, 1, 13)) + 8 * 3600 + 26 * 60, _epoch(dt.date(2011, 2, 1)) + 36000]
+    got, read_as = to_epoch_seconds(pd.Series(["01/12/2010", "01/13/2010"]))
+    assert read_as == "month-first dates" and got.tolist() == [_epoch(dt.date(2010, 1, 12)), _epoch(dt.date(2010, 1, 13))]
+    assert to_epoch_seconds(pd.Series(["2010-01-12", "2010-01-13T08:00:00Z"]))[1] == "iso"
+    with pytest.raises(ValueError, match="day first in some rows and month first in others"):
+        to_epoch_seconds(pd.Series(["13/01/2010", "01/13/2010"]))

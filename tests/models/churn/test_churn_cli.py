@@ -122,3 +122,43 @@ def test_cli_module_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
     assert callable(churn_cli.register)
+
+
+def test_regression_a_baseline_that_cannot_be_fitted_is_reported_not_a_traceback(tiny_csv, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """BG/NBD does not converge on some logs (thousands of repeat purchases per user), and a report directory can be
+    unwritable: either printed a traceback and no JSON, after all the training (found by review). The failure is
+    reported in its place and the rest is evaluated; the JSON is strict (no bare NaN)."""
+    import models.churn.baselines as baselines
+
+    def no_convergence(*args, **kwargs):
+        raise RuntimeError("BG/NBD did not converge")
+
+    monkeypatch.setattr(baselines, "fit_bgnbd", no_convergence)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run_ok(["evaluate", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--horizon-days", "273",
+            "--json", "--no-progress", "--no-ablations", "--report-dir", str(blocker / "rep")])
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1], parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    assert result["baselines"]["bgnbd"] == {"auc": None, "error": "RuntimeError: BG/NBD did not converge",
+                                            "note": result["baselines"]["bgnbd"]["note"]}
+    assert result["best_baseline"] in {"recency", "rfm_logreg", "rfm_lightgbm"}
+    assert isinstance(result["model"]["auc"], float) and "diff" in result["ci_vs_best_baseline"]
+    assert "error" in result["forecast_ci"] and "report not written" in result["report"]["error"]
+
+
+def test_regression_returns_are_not_purchases(tmp_path, capsys):
+    """A refund (negative amount or quantity) in the horizon made its customer a non-churner, and before the cut-off
+    it counted as a purchase (found by review). Returns are skipped, and the count is reported."""
+    from models.churn.data import build_task, load_purchases_csv, parse_time
+
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,ts,amount,quantity\n"
+                    "a,2020-01-05,10,1\nb,2020-01-06,12,1\nc,2020-01-07,9,1\n"
+                    "a,2020-02-10,-10,-1\n"  # a's return, in the horizon
+                    "b,2020-02-11,15,1\n")
+    frame = load_purchases_csv(path)
+    assert frame.attrs["returns_dropped"] == 1 and (frame["amount"] >= 0).all()
+    task = build_task(frame, parse_time("2020-02-01"), 60)
+    assert dict(zip(task.users, task.churn)) == {"a": 1, "b": 0, "c": 1}

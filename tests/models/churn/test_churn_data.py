@@ -312,3 +312,16 @@ def test_regression_a_purchases_only_model_sees_the_last_purchases_of_a_longer_r
     PurchasesOnly.reads_clicks = True  # a model that reads clicks keeps the last four events
     RingScorer(PurchasesOnly()).predict_many([ring], [10.0])
     assert [e["ts"] for e in seen[0]] == [4.0, 5.0, 6.0, 7.0]
+
+
+def test_regression_the_horizon_check_reads_the_whole_log_not_the_users_sample():
+    """With --max-users the sample's last event stood for the log's: a false "the log ends before the horizon"
+    warning, and horizon_covered_by_data false in the JSON (found by review)."""
+    from models.churn.data import log_end, sample_users
+
+    from .helpers import cdnow_sample
+
+    frame = cdnow_sample()
+    sample, users = sample_users(frame, 20)
+    assert users > 20 and float(sample["ts"].max()) < float(frame["ts"].max())
+    assert log_end(sample) == float(frame["ts"].max()) and log_end(frame) == float(frame["ts"].max())
