@@ -24,6 +24,7 @@ HOUR = 3600.0
 DAY = 86400.0
 MAX_CATEGORIES = 32
 RECENT_IDS = 16  # event ids remembered per user against producer duplicates (a retry follows its original closely)
+PURCHASED_ITEMS = 128  # distinct items a user bought, kept beyond the ring so that they are never recommended again
 ID_DIGEST = 8
 
 
@@ -84,6 +85,7 @@ class Profile(msgspec.Struct, kw_only=True):
     inactivity_level: int = 0  # inactivity re-scorings since the last event (silence keeps growing)
     last_offer_ts: float = 0.0
     segment: int | None = None
+    purchased: list[str] = []  # the last PURCHASED_ITEMS distinct items bought, oldest first (the ring forgets)
 
 
 def new_profile(user_id: str) -> Profile:
@@ -161,11 +163,21 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
     if len(profile.recent) > config.recent_events:
         del profile.recent[: len(profile.recent) - config.recent_events]
+    if is_purchase and event.item_id:
+        _remember_purchase(profile.purchased, event.item_id)
 
     # windowed activity on event time, with a grace period for late events
     _count_in_windows(profile, ts, watermark, config)
     profile.events_since_rec += 1
     return True
+
+
+def _remember_purchase(purchased: list[str], item_id: str) -> None:
+    if item_id in purchased:  # bought again: it moves to the most recent end
+        purchased.remove(item_id)
+    purchased.append(item_id)
+    if len(purchased) > PURCHASED_ITEMS:
+        del purchased[0]
 
 
 def _bump_category(categories: dict[str, int], category: str) -> None:

@@ -32,12 +32,13 @@ class Query:
     """One recommendation request, frozen at the event that triggered it."""
 
     vector: np.ndarray | None  # None: the user has no vector yet (popular items)
-    excluded: frozenset[str] | None  # None: the items of ``history`` (built only if asked: ``exclude``)
+    excluded: frozenset[str] | None  # None: the items of ``history`` and ``bought`` (built only if asked)
     history: tuple[str, ...] = ()  # the ring's item ids, oldest first, for the full-rank re-scoring
+    bought: frozenset[str] = frozenset()  # items bought before the ring, excluded too (not the model's input)
 
     @property
     def exclude(self) -> frozenset[str]:
-        return frozenset(self.history) if self.excluded is None else self.excluded
+        return frozenset(self.history).union(self.bought) if self.excluded is None else self.excluded
 
 
 class StreamRecommender(Protocol):
@@ -66,7 +67,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def seen_items(profile: Profile) -> frozenset[str]:
-    return frozenset([e.item_id for e in profile.recent]).difference(_NO_ITEM)
+    """The items a user is not recommended: those of the ring, and every item they bought that it has forgotten
+    (the ring alone let an item bought 64 events ago come back)."""
+    return frozenset([e.item_id for e in profile.recent]).union(profile.purchased).difference(_NO_ITEM)
 
 
 _NO_ITEM = (None, "")
@@ -196,7 +199,8 @@ class VectorRecommender:
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
         history = tuple([e.item_id for e in profile.recent if e.item_id])
-        return Query(self.vector(profile), None, history)  # exclude = seen_items: the re-ranking passes history
+        # exclude = seen_items: the re-ranking passes the history, and the purchases the ring has forgotten
+        return Query(self.vector(profile), None, history, frozenset(profile.purchased).difference(history))
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The
@@ -223,6 +227,7 @@ class VectorRecommender:
                        popular_counts: Sequence[int]) -> list[Ranked]:
         states = [q.vector for q in queries]
         if self.reranks:  # a query's exclusions are its history's items (``query``): passed once
-            return self.model.recommend_many(states, k, None, [q.history for q in queries], exclude_history=True,
-                                             decimals=6)
+            bought = [q.bought or None for q in queries]
+            return self.model.recommend_many(states, k, bought if any(bought) else None, [q.history for q in queries],
+                                             exclude_history=True, decimals=6)
         return self.model.recommend_many(states, k, [q.exclude for q in queries], decimals=6)

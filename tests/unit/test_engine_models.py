@@ -576,3 +576,26 @@ def test_regression_a_late_event_is_scored_for_inactivity_whether_or_not_the_wor
     assert [o.value for o in restarted] == [o.value for o in continuous]
     late_user = [json.loads(o.value) for o in continuous if o.key == b"z" and o.topic == "churn-scores"]
     assert [s["trigger"] for s in late_user].count("inactivity") == 2  # at the gap (day 17) and a re-score (47)
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_regression_an_item_bought_before_the_ring_is_not_recommended_again(tmp_path, with_model):
+    """Exclusions came from the ring of the last 64 events only: an item bought before them was recommended (and
+    attached to offers) again (found by review). The profile keeps the last PURCHASED_ITEMS items bought."""
+    from tidewater.recommending import PartitionPopularity
+
+    catalogue = [f"i{i}" for i in range(40)]
+    recommender = VectorRecommender(tiny_recs_version(tmp_path / "v0001-aaa", items=catalogue)) if with_model \
+        else PartitionPopularity()
+    evs = [Click(event_id=f"o{i}", user_id=f"other{i}", ts=float(i), item_id="i0") for i in range(50)]  # i0 tops
+    evs += [Click(event_id=f"p{j}-{n}", user_id=f"p{j}", ts=60.0 + j + n, item_id=f"i{j}")
+            for j in range(20, 30) for n in range(2)]
+    evs.append(Purchase(event_id="buy", user_id="u", ts=DAY, amount=50.0, item_id="i0"))
+    # the next day (a tick ranks the partition's popular items first), 80 clicks on other items
+    evs += [Click(event_id=f"c{i}", user_id="u", ts=2 * DAY + i, item_id=f"i{1 + i % 5}") for i in range(80)]
+    _, store, result = run(evs, recommender, config=EngineConfig(rec_every_events=5))
+    assert not any(e.item_id == "i0" for e in store["u"].recent)  # the ring has forgotten the purchase
+    recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]
+    mine = [r for r in recs if r["user_id"] == "u" and r["as_of"] > 2 * DAY + 70]
+    assert mine and all(r["items"] for r in mine)
+    assert not any(i["item_id"] == "i0" for r in mine for i in r["items"])

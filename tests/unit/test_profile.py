@@ -1,7 +1,7 @@
 import copy
 
 import msgspec
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from tidewater.events import Click, Purchase
 from tidewater.profile import (DAY, HOUR, ProfileConfig, apply, decode_profile, encode_profile, hopping_counts,
@@ -190,3 +190,18 @@ def test_the_activity_view_reads_the_stored_profiles_index_fields(evs, scored):
         view = decode_activity(encode_profile(p))
         assert (view.user_id, view.last_ts, view.n_events, view.events_at_score) == \
             (p.user_id, p.last_ts, p.n_events, p.events_at_score)
+
+
+@settings(max_examples=60)
+@given(st.lists(st.sampled_from([f"i{i}" for i in range(200)]), max_size=400))
+def test_purchased_items_are_the_last_distinct_ones_bought(bought):
+    """The items a user is never recommended again beyond the ring: the last PURCHASED_ITEMS distinct items bought,
+    in the order of their latest purchase; clicks do not enter."""
+    from tidewater.profile import PURCHASED_ITEMS
+
+    p = new_profile("u")
+    for i, item in enumerate(bought):
+        apply(p, Click(event_id=f"c{i}", user_id="u", ts=2.0 * i, item_id="clicked"), "c/0", i, 0.0)
+        apply(p, Purchase(event_id=f"p{i}", user_id="u", ts=2.0 * i + 1, amount=1.0, item_id=item), "p/0", i, 0.0)
+    latest = list(dict.fromkeys(reversed(bought)))[:PURCHASED_ITEMS]
+    assert p.purchased == latest[::-1]
