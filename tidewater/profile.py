@@ -85,7 +85,9 @@ class Profile(msgspec.Struct, kw_only=True):
     inactivity_level: int = 0  # inactivity re-scorings since the last event (silence keeps growing)
     last_offer_ts: float = 0.0
     segment: int | None = None
-    purchased: list[str] = []  # the last PURCHASED_ITEMS distinct items bought, oldest first (the ring forgets)
+    # the last PURCHASED_ITEMS distinct items bought -> times bought, in the order of their latest purchase (the ring
+    # forgets them; a dict keeps the order and moves an item in O(1))
+    purchased: dict[str, int] = {}
 
 
 def new_profile(user_id: str) -> Profile:
@@ -172,12 +174,11 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
     return True
 
 
-def _remember_purchase(purchased: list[str], item_id: str) -> None:
-    if item_id in purchased:  # bought again: it moves to the most recent end
-        purchased.remove(item_id)
-    purchased.append(item_id)
+def _remember_purchase(purchased: dict[str, int], item_id: str) -> None:
+    times = purchased.pop(item_id, 0)  # bought again: it moves to the most recent end
+    purchased[item_id] = times + 1
     if len(purchased) > PURCHASED_ITEMS:
-        del purchased[0]
+        del purchased[next(iter(purchased))]
 
 
 def _bump_category(categories: dict[str, int], category: str) -> None:

@@ -108,8 +108,9 @@ class PartitionPopularity:
         out = []
         for q in queries:
             row: Ranked = []
+            exclude = q.exclude  # built once per query, not per popular item
             for rank, item in enumerate(popular):
-                if item not in q.exclude:
+                if item not in exclude:
                     row.append((item, float(popular_counts[rank]) if rank < len(popular_counts) else 0.0))
                     if len(row) == k:
                         break

@@ -204,4 +204,6 @@ def test_purchased_items_are_the_last_distinct_ones_bought(bought):
         apply(p, Click(event_id=f"c{i}", user_id="u", ts=2.0 * i, item_id="clicked"), "c/0", i, 0.0)
         apply(p, Purchase(event_id=f"p{i}", user_id="u", ts=2.0 * i + 1, amount=1.0, item_id=item), "p/0", i, 0.0)
     latest = list(dict.fromkeys(reversed(bought)))[:PURCHASED_ITEMS]
-    assert p.purchased == latest[::-1]
+    assert list(p.purchased) == latest[::-1]
+    assert all(p.purchased[item] <= bought.count(item) for item in p.purchased)  # times bought (since it entered)
+    assert list(decode_profile(encode_profile(p)).purchased.items()) == list(p.purchased.items())  # order kept
