@@ -41,8 +41,11 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
             if median < bound:
                 return _divided(numeric, per_second), unit
     text = values.astype(str)
-    read_as, dayfirst = _date_order(text)
-    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed", dayfirst=dayfirst)
+    read_as, numbers_first = _date_order(text)
+    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+    if numbers_first is not None and numbers_first.any():  # only those rows: ISO rows stay year-month-day
+        parsed[numbers_first] = pd.to_datetime(text[numbers_first], utc=True, errors="coerce", format="mixed",
+                                               dayfirst=read_as == "day-first dates")
     bad = parsed.isna()
     if bad.any():
         first = int(np.flatnonzero(bad.to_numpy())[0])
@@ -56,22 +59,23 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")
 
 
-def _date_order(text: pd.Series) -> tuple[str, bool]:
+def _date_order(text: pd.Series) -> tuple[str, pd.Series | None]:
     """How to read dates written with numbers first (``13/01/2010``, ``01.02.2011``), one way for the whole column:
     day first when some first field is above 12, month first otherwise (also when every field could be either: the
     common export default). Read value by value, a day-first file was month first wherever the day was 12 or less,
     scrambling the order of its events. Raises ``ValueError`` when rows disagree (13/01 and 01/13 both present).
-    ISO dates (year first) are ``iso``."""
+    ISO dates (year first) are ``iso``. Returns how the column is read and which rows are written numbers first."""
     fields = text.str.extract(_NUMERIC_DATE).dropna()
     if fields.empty:
-        return "iso", False
+        return "iso", None
     first, second = fields[0].astype(int), fields[1].astype(int)
     day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
     if day_first and month_first:
         row = int(np.flatnonzero((second > 12).to_numpy())[0])
         raise ValueError(f"dates are written day first in some rows and month first in others "
                          f"(e.g. {text.loc[fields.index[row]]!r}): write them one way, or as ISO dates")
-    return ("day-first dates", True) if day_first else ("month-first dates", False)
+    rows = text.index.isin(fields.index)
+    return ("day-first dates" if day_first else "month-first dates"), pd.Series(rows, index=text.index)
 
 
 def _yyyymmdd(numeric: pd.Series) -> pd.Series | None:

@@ -143,7 +143,9 @@ class RegistrySlot:
             if not self.poll(executor):
                 break
             assert self._loading is not None
-            await asyncio.wait([asyncio.wrap_future(self._loading[1])])
+            loading = asyncio.wrap_future(self._loading[1])
+            while not (await asyncio.wait([loading], timeout=SLOW_LOAD_S))[0]:
+                self._warn_if_slow()  # a start-up load stuck in a read is said too, not only a hot reload's
             if not self.take_loaded():
                 break
             swapped = True

@@ -85,8 +85,9 @@ class Profile(msgspec.Struct, kw_only=True):
     inactivity_level: int = 0  # inactivity re-scorings since the last event (silence keeps growing)
     last_offer_ts: float = 0.0
     segment: int | None = None
-    # the last PURCHASED_ITEMS distinct items bought -> times bought, in the order of their latest purchase (the ring
-    # forgets them; a dict keeps the order and moves an item in O(1))
+    # items bought whose purchase the ring has forgotten -> how many such purchases: the last PURCHASED_ITEMS distinct
+    # ones, in the order they left the ring (a dict keeps that order and moves an item in O(1)). Filled as purchases
+    # leave the ring, so profiles stored before it existed fill it too
     purchased: dict[str, int] = {}
 
 
@@ -164,9 +165,11 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         ts=ts, type="purchase" if is_purchase else "click", item_id=event.item_id, category=event.category,
         amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
     if len(profile.recent) > config.recent_events:
-        del profile.recent[: len(profile.recent) - config.recent_events]
-    if is_purchase and event.item_id:
-        _remember_purchase(profile.purchased, event.item_id)
+        drop = len(profile.recent) - config.recent_events
+        for forgotten in profile.recent[:drop]:  # a purchase the ring forgets is remembered apart (exclusions)
+            if forgotten.item_id and forgotten.type == "purchase":
+                _remember_purchase(profile.purchased, forgotten.item_id)
+        del profile.recent[:drop]
 
     # windowed activity on event time, with a grace period for late events
     _count_in_windows(profile, ts, watermark, config)
@@ -175,7 +178,7 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
 
 
 def _remember_purchase(purchased: dict[str, int], item_id: str) -> None:
-    times = purchased.pop(item_id, 0)  # bought again: it moves to the most recent end
+    times = purchased.pop(item_id, 0)  # forgotten again: it moves to the most recent end
     purchased[item_id] = times + 1
     if len(purchased) > PURCHASED_ITEMS:
         del purchased[next(iter(purchased))]

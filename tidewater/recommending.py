@@ -88,6 +88,7 @@ class PartitionPopularity:
         # (the same version reloaded after a failed load would otherwise take it as current)
         if profile.vec_version:
             profile.vec_version = ""
+        profile.segment = None  # a recs model's cluster: none serves (recommendations made meanwhile carry none)
         return False
 
     def refresh(self, profile: Profile) -> None:

@@ -73,20 +73,6 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
     return frame, cut, name
 
 
-def strict_json(value):
-    """``value`` with every float that is not finite (a NaN correlation of constant forecasts, say) as null:
-    ``json.dumps`` writes a bare ``NaN``, which strict JSON parsers refuse."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    import numpy as np
-
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value
-
-
 def _serving_meta(frame, cutoff: float, max_users: Optional[int]) -> dict:
     """What a published version records about the data it saw, which serving and `evaluate offers` rely on: the
     --max-users sample (rebuilt for the held-out users), the event types and the ring length it was trained on."""
@@ -220,4 +206,6 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         for line in lines:
             print(line, file=out)
         if as_json:
+            from .report import strict_json
+
             print(json.dumps(strict_json(result), default=float, separators=(",", ":"), allow_nan=False), flush=True)

@@ -77,7 +77,8 @@ def write_report(report_dir: Path, y: np.ndarray, scores: dict[str, np.ndarray],
 <h2>Full result</h2><pre>{html.escape(json.dumps(result, indent=2, default=float))}</pre></body></html>"""
     page_path = report_dir / "churn_report.html"
     page_path.write_text(page)
-    (report_dir / "churn_metrics.json").write_text(json.dumps(result, indent=2, default=float))
+    (report_dir / "churn_metrics.json").write_text(json.dumps(strict_json(result), indent=2, default=float,
+                                                              allow_nan=False))
     return {"png": str(png), "html": str(page_path)}
 
 
@@ -85,3 +86,15 @@ def _ci_text(ci: dict) -> str:
     if "diff" not in ci:
         return html.escape(str(ci.get("error", "not available")))
     return f"{ci['diff']:+.4f}, 95 % CI {ci['ci95']}"
+
+
+def strict_json(value):
+    """``value`` with every float that is not finite (a NaN correlation of constant forecasts, say) as null:
+    ``json.dumps`` writes a bare ``NaN``, which strict JSON parsers refuse."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value

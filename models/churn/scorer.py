@@ -190,8 +190,10 @@ class ChurnScorer:
 
         if not (self.shape_buckets and self.uses_encoder):
             return 0
-        event = {"ts": 0.0, "type": "purchase", "item": "i", "category": "c", "amount": 1.0, "quantity": 1}
-        toks, summ = F.prepare([[event] * self.cfg.max_events], [1.0], max_events=self.cfg.max_events,
+        # distinct times: purchases at one time are one basket, one token (the first version warmed length 16 alone)
+        events = [{"ts": float(i), "type": "purchase", "item": "i", "category": "c", "amount": 1.0, "quantity": 1}
+                  for i in range(self.cfg.max_events)]
+        toks, summ = F.prepare([events], [float(self.cfg.max_events)], max_events=self.cfg.max_events,
                                item_buckets=self.cfg.item_buckets, category_buckets=self.cfg.category_buckets)
         full = toks[0]
         shapes = 0

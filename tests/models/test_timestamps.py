@@ -61,5 +61,8 @@ def test_regression_day_first_dates_are_read_day_first_in_every_row():
     got, read_as = to_epoch_seconds(pd.Series(["01/12/2010", "01/13/2010"]))
     assert read_as == "month-first dates" and got.tolist() == [_epoch(dt.date(2010, 1, 12)), _epoch(dt.date(2010, 1, 13))]
     assert to_epoch_seconds(pd.Series(["2010-01-12", "2010-01-13T08:00:00Z"]))[1] == "iso"
+    # ISO rows in a day-first column stay year-month-day (2010-01-05 was read as 1 May)
+    got, _ = to_epoch_seconds(pd.Series(["2010-01-05", "13/01/2010"]))
+    assert got.tolist() == [_epoch(dt.date(2010, 1, 5)), _epoch(dt.date(2010, 1, 13))]
     with pytest.raises(ValueError, match="day first in some rows and month first in others"):
         to_epoch_seconds(pd.Series(["13/01/2010", "01/13/2010"]))

@@ -111,12 +111,13 @@ def test_regression_events_under_the_popularity_stand_in_make_the_vector_stale(t
     evs = [Click(event_id=f"e{i}", user_id="u", ts=float(i), item_id=ITEMS[i % 7]) for i in range(12)]
     _, store, _ = run(evs[:4], VectorRecommender(model))
     assert store["u"].vec_version == "v0001-aaa" and store["u"].segment is not None
-    engine = PartitionEngine(0, EngineConfig(), store, recommender=PartitionPopularity())
-    store.update(run_to_completion(engine, records(evs)[4:8]).profiles)
-    assert store["u"].vec_version == ""
-    stand_in = PartitionPopularity()
-    stand_in.refresh(store["u"])
-    assert store["u"].segment is None
+    engine = PartitionEngine(0, EngineConfig(rec_every_events=1), store, recommender=PartitionPopularity())
+    others = [Click(event_id=f"o{i}", user_id=f"o{i}", ts=4.0, item_id="z1") for i in range(3)]  # popular, unseen
+    interlude = run_to_completion(engine, records(others) + records(evs)[4:8])
+    store.update(interlude.profiles)
+    assert store["u"].vec_version == "" and store["u"].segment is None
+    recs = [json.loads(o.value) for o in interlude.outputs if o.topic == "recommendations"]
+    assert recs and all(r["segment"] is None for r in recs)  # not the old model's cluster
     engine = PartitionEngine(0, EngineConfig(), store, recommender=VectorRecommender(model))
     store.update(run_to_completion(engine, records(evs)[8:]).profiles)
     profile = store["u"]

@@ -206,3 +206,19 @@ def test_regression_a_hung_load_is_logged_with_the_version_it_holds_back(monkeyp
     assert "v1" in message and "v2 was published since and waits for it" in message and "placeholder" in message
     slot.release.set()
     executor.shutdown(wait=True)
+
+
+def test_regression_a_start_up_load_that_hangs_is_logged_too(monkeypatch, caplog):
+    """The start-up load (maybe_reload, before the first batch) waited without a word: only hot reloads said that a
+    load was stuck."""
+    import streams.model_slot as model_slot
+
+    monkeypatch.setattr(model_slot, "SLOW_LOAD_S", 0.05)
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    slot.release.clear()
+    threading.Timer(0.3, slot.release.set).start()
+    with caplog.at_level("WARNING", logger="tidewater.models"):
+        assert asyncio.run(slot.maybe_reload(executor)) is True
+    assert slot.current.version == "v1"
+    assert any("loading model v1 has taken" in r.getMessage() for r in caplog.records)
+    executor.shutdown(wait=True)

@@ -193,17 +193,31 @@ def test_the_activity_view_reads_the_stored_profiles_index_fields(evs, scored):
 
 
 @settings(max_examples=60)
-@given(st.lists(st.sampled_from([f"i{i}" for i in range(200)]), max_size=400))
-def test_purchased_items_are_the_last_distinct_ones_bought(bought):
-    """The items a user is never recommended again beyond the ring: the last PURCHASED_ITEMS distinct items bought,
-    in the order of their latest purchase; clicks do not enter."""
+@given(st.lists(st.sampled_from([f"i{i}" for i in range(200)]), max_size=400), st.booleans())
+def test_purchases_the_ring_forgets_are_remembered_apart(bought, stored_before):
+    """The items never recommended again beyond the ring: the last PURCHASED_ITEMS distinct items of the purchases
+    that have left the ring, in the order they left it; clicks do not enter. A profile stored before the field
+    existed (``stored_before``: decoded without it halfway) fills it with the purchases still in its ring as they
+    leave it."""
     from tidewater.profile import PURCHASED_ITEMS
 
+    config = ProfileConfig()
     p = new_profile("u")
+    events = []
     for i, item in enumerate(bought):
-        apply(p, Click(event_id=f"c{i}", user_id="u", ts=2.0 * i, item_id="clicked"), "c/0", i, 0.0)
-        apply(p, Purchase(event_id=f"p{i}", user_id="u", ts=2.0 * i + 1, amount=1.0, item_id=item), "p/0", i, 0.0)
-    latest = list(dict.fromkeys(reversed(bought)))[:PURCHASED_ITEMS]
+        events += [("click", f"c{i}", "clicked"), ("purchase", f"p{i}", item)]
+    for n, (kind, event_id, item) in enumerate(events):
+        if stored_before and n == len(events) // 2:
+            old = msgspec.msgpack.decode(encode_profile(p))
+            old.pop("purchased", None)  # as the previous version stored it
+            p = decode_profile(msgspec.msgpack.encode(old))
+        cls = Purchase if kind == "purchase" else Click
+        extra = {"amount": 1.0} if kind == "purchase" else {}
+        apply(p, cls(event_id=event_id, user_id="u", ts=float(n), item_id=item, **extra), "e/0", n, 0.0, config)
+    # a profile stored before knows only the purchases its ring held then (those it had forgotten are gone)
+    start = max(0, len(events) // 2 - config.recent_events) if stored_before else 0
+    forgotten = [item for kind, _, item in events[start:max(0, len(events) - config.recent_events)]
+                 if kind == "purchase"]
+    latest = list(dict.fromkeys(reversed(forgotten)))[:PURCHASED_ITEMS]
     assert list(p.purchased) == latest[::-1]
-    assert all(p.purchased[item] <= bought.count(item) for item in p.purchased)  # times bought (since it entered)
     assert list(decode_profile(encode_profile(p)).purchased.items()) == list(p.purchased.items())  # order kept

@@ -432,8 +432,14 @@ def test_regression_shape_buckets_leave_the_scores_unchanged(kind):
     bucketed.shape_buckets = True
     for got, want in zip(bucketed.predict_many(seqs, as_of), expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    # rows 1, 2, 4, ..., 64 at the tiny model's one length bucket (16 events); nothing for a model without encoder
-    assert bucketed.warm_up() == (7 if kind == "encoder" else 0)
+    # rows 1, 2, 4, ..., 64 at the tiny model's two length buckets (16 tokens, and 17: 16 events and the summary
+    # token); nothing for a model without encoder. Regression: warm-up events at one time were one basket, one
+    # token, so only the shortest bucket was ever warmed
+    calls = []
+    run_pass = bucketed._encoder_pass
+    bucketed._encoder_pass = lambda batch, summ: calls.append(batch["attention_mask"].shape) or run_pass(batch, summ)
+    assert bucketed.warm_up() == (14 if kind == "encoder" else 0)
+    assert kind == "glm" or {length for _, length in calls} == {16, 17}
 
 
 def test_regression_an_artifact_with_other_bucket_edges_is_refused(tmp_path):

@@ -41,8 +41,8 @@ def test_cuda_scorer_runs_on_the_gpu_in_native_half_precision():
     assert scorer.amp_dtype == (torch.bfloat16 if major >= 8 else torch.float16)
     assert {p.device.type for p in scorer.model.parameters()} == {"cuda"}
     # batches are padded to bucketed shapes, each run once before the version serves: rows 1, 2, ..., 256 at the
-    # tiny model's one length bucket
-    assert scorer.shape_buckets and scorer.warm_up() == 9
+    # tiny model's two length buckets (16 and 17 tokens)
+    assert scorer.shape_buckets and scorer.warm_up() == 18
     # the default device is the GPU when there is one: the worker's ChurnScorer.load passes none
     assert ChurnScorer(copy.deepcopy(served("glm"))).device.type == "cuda"
 
