@@ -100,7 +100,10 @@ class EngineConfig:
             profile=ProfileConfig(session_gap_s=s.session_gap_s, recent_events=s.recent_events,
                                   window_grace_s=s.window_grace_s),
             offers=offer_policy.OfferPolicy(churn_threshold=s.churn_threshold, cooldown_s=s.offer_cooldown_s,
-                                            daily_budget=s.offer_daily_budget, min_value=s.offer_min_value),
+                                            daily_budget=s.offer_daily_budget, min_value=s.offer_min_value,
+                                            high_value=s.offer_high_value, validity_s=s.offer_validity_s,
+                                            tiers=offer_policy.parse_tiers(s.offer_tiers)),
+            offer_items=s.offer_items,
             partitions=s.partitions,
         )
 

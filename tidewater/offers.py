@@ -27,6 +27,30 @@ DEFAULT_TIERS = (
 )
 
 
+def format_tiers(tiers: tuple[OfferTier, ...]) -> str:
+    return ",".join(f"{t.min_value:g}:{t.offer_type}:{t.discount_pct:g}" for t in tiers)
+
+
+def parse_tiers(text: str) -> tuple[OfferTier, ...]:
+    """Tiers written ``min_value:offer_type:discount_pct``, comma-separated (``TIDEWATER_OFFER_TIERS``). Raises
+    ValueError saying what is wrong with a tier."""
+    tiers = []
+    for part in (p.strip() for p in text.split(",")):
+        fields = part.split(":")
+        if len(fields) != 3 or not fields[1].strip():
+            raise ValueError(f"tier {part!r}: expected min_value:offer_type:discount_pct, e.g. 50:discount:10")
+        try:
+            min_value, discount = float(fields[0]), float(fields[2])
+        except ValueError:
+            raise ValueError(f"tier {part!r}: min_value and discount_pct must be numbers") from None
+        if not (math.isfinite(min_value) and min_value >= 0 and 0 <= discount <= 100):
+            raise ValueError(f"tier {part!r}: min_value must be >= 0 and discount_pct within 0..100")
+        tiers.append(OfferTier(min_value, fields[1].strip(), discount))
+    if len({t.min_value for t in tiers}) != len(tiers):
+        raise ValueError("two tiers have the same min_value")
+    return tuple(sorted(tiers, key=lambda t: -t.min_value))
+
+
 @dataclass(frozen=True)
 class OfferPolicy:
     # A calibrated probability. The model's scores rise as silence grows (the stream re-scores at 30, 60, ...

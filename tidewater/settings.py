@@ -185,6 +185,15 @@ class Settings:
     offer_daily_budget: int = setting(500, "TIDEWATER_OFFER_DAILY_BUDGET",
                                       "Offers per event-time day, all partitions together: each partition "
                                       "enforces its share (budget // partitions, the remainder to the first ones).")
+    offer_tiers: str = setting(
+        "200:discount:20,50:discount:10,0:free_shipping:0", "TIDEWATER_OFFER_TIERS",
+        "Offer tiers by customer value, `min_value:offer_type:discount_pct` comma-separated: the highest tier the "
+        "value reaches applies; a value below every tier gets no offer.")
+    offer_high_value: float = setting(200.0, "TIDEWATER_OFFER_HIGH_VALUE",
+                                      "Customer value from which an offer carries the `high_value` reason code.")
+    offer_validity_s: float = setting(14 * 86400.0, "TIDEWATER_OFFER_VALIDITY_S",
+                                      "How long an offer is valid: its `expires_at` is its `as_of` plus this.")
+    offer_items: int = setting(3, "TIDEWATER_OFFER_ITEMS", "Recommended items attached to each offer.")
 
     # --- web ------------------------------------------------------------------------------------------------
     web_host: str = setting("127.0.0.1", "TIDEWATER_WEB_HOST", "Bind address of the worker's HTTP server.")
@@ -227,6 +236,13 @@ class Settings:
             if f.name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") and value and "SSL" in self.security_protocol \
                     and not os.path.isfile(value):
                 raise InvalidSetting(f"{env}={value!r}: no such file")
+            if f.name == "offer_tiers":
+                from tidewater.offers import parse_tiers
+
+                try:
+                    parse_tiers(value)
+                except ValueError as exc:
+                    raise InvalidSetting(f"{env}={value!r}: {exc}") from None
             if f.name in RANGES:
                 low, high = RANGES[f.name]
                 if not (math.isfinite(value) and (value > 0 if low == "positive" else value >= low)
@@ -264,7 +280,8 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "erasure_guard_s": _NON_NEGATIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
     "rec_rerank_candidates": _NON_NEGATIVE, "rec_change_threshold": (0, 2),  # 1 - cosine
     "churn_threshold": (0, 1), "offer_min_value": _NON_NEGATIVE, "offer_cooldown_s": _NON_NEGATIVE,
-    "offer_daily_budget": _NON_NEGATIVE, "web_port": (0, 65535), "max_request_bytes": _POSITIVE,
+    "offer_daily_budget": _NON_NEGATIVE, "offer_high_value": _NON_NEGATIVE, "offer_validity_s": _POSITIVE,
+    "offer_items": _NON_NEGATIVE, "web_port": (0, 65535), "max_request_bytes": _POSITIVE,
 }
 
 

@@ -84,7 +84,11 @@ def test_every_numeric_setting_has_a_range():
                                        ("TIDEWATER_INACTIVITY_RESCORE_S", "0"), ("TIDEWATER_PARTITIONS", "0"),
                                        ("TIDEWATER_SESSION_GAP_S", "inf"),
                                        ("TIDEWATER_BOOTSTRAP_SERVERS", "127.0.0.1:abc"),
-                                       ("TIDEWATER_BOOTSTRAP_SERVERS", "kafka:9092,")])
+                                       ("TIDEWATER_BOOTSTRAP_SERVERS", "kafka:9092,"),
+                                       ("TIDEWATER_OFFER_TIERS", "50:discount"), ("TIDEWATER_OFFER_TIERS", "x:discount:10"),
+                                       ("TIDEWATER_OFFER_TIERS", "50:discount:150"),
+                                       ("TIDEWATER_OFFER_TIERS", "50:discount:10,50:voucher:5"),
+                                       ("TIDEWATER_OFFER_VALIDITY_S", "0")])
 def test_regression_values_the_worker_cannot_run_with_are_refused_by_name(env, value):
     """A tick of 0 s divided by zero at the first event; a NaN threshold made every scored user an offer
     (found by review): refused at start-up, naming the variable."""
@@ -101,3 +105,17 @@ def test_tls_files_must_exist_when_tls_is_on(tmp_path):
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "SSL", "TIDEWATER_SSL_CAFILE": missing})
     assert Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": "a:9092, b:9093,[::1]:9094"})
+
+
+def test_offer_tiers_and_terms_are_settings():
+    """Tiers, the high-value mark, validity and items per offer were code constants (found by review): the issue's
+    "configured tiers" are now TIDEWATER_* settings, which reach the engine's policy."""
+    from tidewater.engine import EngineConfig
+    from tidewater.offers import DEFAULT_TIERS, OfferTier, parse_tiers
+
+    assert parse_tiers(Settings().offer_tiers) == DEFAULT_TIERS  # the documented default is the code's
+    config = EngineConfig.from_settings(Settings.from_env(environ={
+        "TIDEWATER_OFFER_TIERS": "0:free_shipping:0, 100:voucher:15", "TIDEWATER_OFFER_HIGH_VALUE": "500",
+        "TIDEWATER_OFFER_VALIDITY_S": "3600", "TIDEWATER_OFFER_ITEMS": "5"}))
+    assert config.offers.tiers == (OfferTier(100.0, "voucher", 15.0), OfferTier(0.0, "free_shipping", 0.0))
+    assert (config.offers.high_value, config.offers.validity_s, config.offer_items) == (500.0, 3600.0, 5)
