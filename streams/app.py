@@ -613,6 +613,8 @@ class Pipeline:
                 self.stores.pop(partition, None)
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
+            # set at each flush, and a worker left with no partition flushes no more: it kept the old count
+            metrics.PENDING.set(sum(engine.pending() for engine in self.engines.values()))
 
 
 async def _not_per_message(message: Any) -> None:

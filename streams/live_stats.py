@@ -165,15 +165,18 @@ class LiveStats:
 
     # --- read by GET /dashboard.json ------------------------------------------------------------------
     def rates(self, now: float | None = None) -> tuple[float, float]:
-        """Events in and outputs per second over the last ``window_s`` seconds (less right after start)."""
+        """Events in and outputs per second over the last ``window_s`` whole seconds (fewer right after start). The
+        current second is left out: it is incomplete, and counting its bin while dividing by the window read a
+        steady rate up to 10 % high."""
         now = time.time() if now is None else now
-        since = now - self.window_s
+        end = math.floor(now)
+        start = max(end - int(self.window_s), math.floor(self.started))
         n_in = n_out = 0.0
         for second, events, outs in self._bins:
-            if second + 1 > since:
+            if start <= second < end:
                 n_in += events
                 n_out += outs
-        span = max(1.0, min(self.window_s, now - self.started))
+        span = max(1.0, end - start)
         return n_in / span, n_out / span
 
     def batch_latency(self, now: float | None = None) -> dict[str, Any]:

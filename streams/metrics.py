@@ -8,6 +8,8 @@ from typing import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from tidewater.events import REJECT_REASONS
+
 
 class RecentHistogram(Histogram):
     """A Histogram that also keeps the last observations with their wall time (``recent``: (time, value)), so
@@ -31,6 +33,8 @@ DUPLICATES = Counter("tidewater_duplicates_skipped",
                      ["topic"], registry=REGISTRY)
 DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-letter topic", ["reason"],
                        registry=REGISTRY)
+for _reason in REJECT_REASONS:  # every reason's series from the start, at 0: increase() misses a series born at 1
+    DEAD_LETTERS.labels(_reason)
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
 USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: profiles deleted (changelog tombstones)",
                        ["topic"], registry=REGISTRY)
@@ -55,23 +59,26 @@ SCORING_ERRORS = Counter("tidewater_scoring_errors",
 MODEL_LOAD_FAILURES = Counter("tidewater_model_load_failures",
                               "Registry versions that could not be loaded, by kind; the worker keeps serving what it "
                               "had", ["kind"], registry=REGISTRY)
+# the top buckets hold what the docs describe: a daily tick scoring tens of thousands of users for seconds, a backlog
+# or replay whose records are minutes or hours old (before, all of it fell in +Inf and quantiles read the top bucket)
+AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600)
 BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 RECORD_AGE = Histogram("tidewater_record_age_seconds",
                        "Wall time from an input record's Kafka timestamp to its outputs being handed to the producer "
                        "(end-to-end freshness; includes broker, fetch and event-time merge waits)",
-                       registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+                       registry=REGISTRY, buckets=AGE_BUCKETS)
 FETCH_AGE = Histogram("tidewater_fetch_age_seconds",
                       "Wall time from an input record's Kafka timestamp to its arrival in the worker's inbox (the "
                       "broker and fetch part of tidewater_record_age_seconds)",
-                      registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+                      registry=REGISTRY, buckets=AGE_BUCKETS)
 BATCH_SECONDS = RecentHistogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
-                                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+                                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
 SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users (queries) per model call", ["model"],
-                          registry=REGISTRY, buckets=(1, 4, 16, 64, 256, 1024, 4096))
+                          registry=REGISTRY, buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536))
 SCORING_SECONDS = Histogram("tidewater_scoring_seconds", "Time per model call (churn scoring, index query)",
                             ["model"], registry=REGISTRY,
-                            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+                            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60))
 WATERMARK = Gauge("tidewater_watermark_seconds", "Event-time watermark per partition", ["partition"],
                   registry=REGISTRY)
 PENDING = Gauge("tidewater_merge_pending", "Events waiting in the event-time merge", registry=REGISTRY)

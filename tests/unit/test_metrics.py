@@ -36,3 +36,39 @@ def test_every_metric_is_in_the_readme_table():
     table = table[:table.index("\n\n")]
     names = {f"{m.name}_total" if m.type == "counter" else m.name for m in metrics.REGISTRY.collect()}
     assert names and all(f"`{name}`" in table for name in names), sorted(n for n in names if f"`{n}`" not in table)
+
+
+def test_regression_merge_pending_moves_when_partitions_are_revoked(tmp_path):
+    """tidewater_merge_pending was set only when a batch was flushed: a worker that lost its partitions kept
+    exporting their count (the figure the TidewaterStalled runbook reads)."""
+    import asyncio
+
+    from streams import metrics
+    from tests.unit.pipelines import offline_pipeline
+
+    class Engine:
+        def __init__(self, n):
+            self.n = n
+
+        def pending(self):
+            return self.n
+
+        def drop_pending(self):
+            self.n = 0
+
+    pipeline = offline_pipeline(tmp_path)
+    pipeline.engines = {0: Engine(7), 1: Engine(5)}
+    metrics.PENDING.set(12)
+    asyncio.run(pipeline.revoke({0}))
+    assert metrics.REGISTRY.get_sample_value("tidewater_merge_pending") == 5
+    asyncio.run(pipeline.revoke({1}))
+    assert metrics.REGISTRY.get_sample_value("tidewater_merge_pending") == 0
+
+
+def test_regression_every_dead_letter_reason_exists_at_zero_before_the_first_letter():
+    """A reason's first dead letter made its series appear already at 1, which increase() and the DLQ alert miss."""
+    from streams import metrics
+    from tidewater.events import REJECT_REASONS
+
+    for reason in REJECT_REASONS:
+        assert metrics.REGISTRY.get_sample_value("tidewater_dead_letters_total", {"reason": reason}) is not None
