@@ -165,18 +165,15 @@ class LiveStats:
 
     # --- read by GET /dashboard.json ------------------------------------------------------------------
     def rates(self, now: float | None = None) -> tuple[float, float]:
-        """Events in and outputs per second over the last ``window_s`` whole seconds (fewer right after start). The
-        current second is left out: it is incomplete, and counting its bin while dividing by the window read a
-        steady rate up to 10 % high."""
+        """Events in and outputs per second over the last ``window_s`` seconds (less right after start)."""
         now = time.time() if now is None else now
-        end = math.floor(now)
-        start = max(end - int(self.window_s), math.floor(self.started))
+        since = now - self.window_s
         n_in = n_out = 0.0
         for second, events, outs in self._bins:
-            if start <= second < end:
+            if second + 1 > since:
                 n_in += events
                 n_out += outs
-        span = max(1.0, end - start)
+        span = max(1.0, min(self.window_s, now - self.started))
         return n_in / span, n_out / span
 
     def batch_latency(self, now: float | None = None) -> dict[str, Any]:

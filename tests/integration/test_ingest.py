@@ -160,8 +160,6 @@ def test_clock_records_close_a_replay_and_move_a_quiet_partitions_time(deploymen
     deployment.env["TIDEWATER_INGEST_TOKEN"] = TOKEN
     lines, expected = synthetic_shop(n_users=12, per_user=10)
     last = max(json.loads(line)["ts"] for line in lines)
-    worker = deployment.start_worker()
-    worker.wait_ready()
     # a clock line in the middle of the file (as a plain `record` dump of one partition has them) goes out once,
     # after the events, merged with the closing one: sent where it stood, it would run the other partitions ahead
     middle = json.dumps({"type": "clock", "ts": json.loads(lines[len(lines) // 2])["ts"]}).encode()
@@ -172,6 +170,11 @@ def test_clock_records_close_a_replay_and_move_a_quiet_partitions_time(deploymen
     for partition in range(deployment.settings.partitions):
         mine = [json.loads(v) for p, _, _, v in clicks if p == partition]
         assert [m for m in mine if m["type"] == "clock"] == [mine[-1]] and mine[-1]["ts"] > last
+    # the worker starts on the whole replay (regression: started first, it read records while they were written, in
+    # any order across the two topics; a day's purchases could then reach it after that day's tick had fired on the
+    # clicks, and the users went to the closing tick: which tick scores a user depended on timing, once in CI)
+    worker = deployment.start_worker()
+    worker.wait_ready()
     assert wait_for_profiles(worker, expected) == expected
     closing = closing_time(last, deployment.settings.clock_tick_s)
 
