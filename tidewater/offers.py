@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tidewater.profile import DAY, Profile
+from tidewater.profile import DAY, Profile, events_between
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,6 @@ DEFAULT_TIERS = (
     OfferTier(50.0, "discount", 10.0),
     OfferTier(0.0, "free_shipping", 0.0),
 )
-
-
-def format_tiers(tiers: tuple[OfferTier, ...]) -> str:
-    return ",".join(f"{t.min_value:g}:{t.offer_type}:{t.discount_pct:g}" for t in tiers)
 
 
 def parse_tiers(text: str) -> tuple[OfferTier, ...]:
@@ -48,7 +44,7 @@ def parse_tiers(text: str) -> tuple[OfferTier, ...]:
         tiers.append(OfferTier(min_value, fields[1].strip(), discount))
     if len({t.min_value for t in tiers}) != len(tiers):
         raise ValueError("two tiers have the same min_value")
-    return tuple(sorted(tiers, key=lambda t: -t.min_value))
+    return tuple(tiers)  # OfferPolicy orders them
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,10 @@ class OfferPolicy:
     high_value: float = 200.0
     validity_s: float = 14 * DAY
     tiers: tuple[OfferTier, ...] = DEFAULT_TIERS
+
+    def __post_init__(self) -> None:
+        # highest min_value first, whatever order they were configured in: decide takes the first one reached
+        object.__setattr__(self, "tiers", tuple(sorted(self.tiers, key=lambda t: -t.min_value)))
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,10 @@ def activity_dropped(profile: Profile, as_of: float) -> bool:
     longer, the 3 weeks up to their last event (a customer who stopped coming is scored only once silence has
     lasted a month, when the 3 weeks before the last 7 days are empty too)."""
     end = math.ceil(as_of / DAY) * DAY
-    recent = _events_between(profile, end - 7 * DAY, end)
+    recent = events_between(profile, end - 7 * DAY, end)
     base_end = min(end - 7 * DAY, math.floor(profile.last_ts / DAY) * DAY + DAY)
-    baseline = _events_between(profile, base_end - 21 * DAY, base_end) / 3
+    baseline = events_between(profile, base_end - 21 * DAY, base_end) / 3
     return baseline >= 2.0 and recent < 0.25 * baseline
-
-
-def _events_between(profile: Profile, start: float, end: float) -> int:
-    return sum(c for day, c in profile.daily.items() if start <= day < end)
 
 
 def within_budget(wanted: list[tuple[Profile, float, OfferDecision]], room: int
@@ -149,7 +145,7 @@ def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_us
     value = customer_value(profile, expected_purchases)
     if value < policy.min_value:
         return None
-    tier = next((t for t in sorted(policy.tiers, key=lambda t: -t.min_value) if value >= t.min_value), None)
+    tier = next((t for t in policy.tiers if value >= t.min_value), None)
     if tier is None:
         return None
     codes = reason_codes(profile, score, as_of, trigger, policy, value)

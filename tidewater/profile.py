@@ -214,8 +214,13 @@ def hopping_counts(profile: Profile, as_of: float, size_days: int = 7, hop_days:
     for h in range(hops):
         window_end = end - h * hop_days * int(DAY)
         window_start = window_end - size_days * int(DAY)
-        out.append(sum(c for start, c in profile.daily.items() if window_start <= start < window_end))
+        out.append(events_between(profile, window_start, window_end))
     return out
+
+
+def events_between(profile: Profile, start: float, end: float) -> int:
+    """Events counted in the daily buckets that start in ``[start, end)``."""
+    return sum(c for day, c in profile.daily.items() if start <= day < end)
 
 
 def rfm(profile: Profile, as_of: float) -> dict[str, float]:

@@ -55,11 +55,9 @@ def bucket_length(length: int, longest: int) -> int:
     return min(-(-length // LENGTH_STEP) * LENGTH_STEP, longest)
 
 
-def _pow2_upto(n: int) -> list[int]:
-    out = [1]
-    while out[-1] < n:
-        out.append(min(out[-1] * 2, n))
-    return out
+def bucket_rows(rows: int, most_rows: int) -> int:
+    """Rows padded up to the next power of two, capped at ``most_rows`` (never fewer than ``rows``)."""
+    return max(min(1 << max(rows - 1, 0).bit_length(), most_rows), rows)
 
 
 def bucket_shape(batch: dict[str, np.ndarray], summary: np.ndarray, longest: int, most_rows: int
@@ -70,7 +68,7 @@ def bucket_shape(batch: dict[str, np.ndarray], summary: np.ndarray, longest: int
     each other."""
     rows, length = batch["attention_mask"].shape
     extra_len = bucket_length(length, max(longest, length)) - length
-    extra_rows = max(min(1 << max(rows - 1, 0).bit_length(), most_rows), rows) - rows
+    extra_rows = bucket_rows(rows, most_rows) - rows
     if not extra_len and not extra_rows:
         return batch, summary
     out = {}
@@ -196,9 +194,11 @@ class ChurnScorer:
         toks, summ = F.prepare([events], [float(self.cfg.max_events)], max_events=self.cfg.max_events,
                                item_buckets=self.cfg.item_buckets, category_buckets=self.cfg.category_buckets)
         full = toks[0]
+        longest = len(full["type"])
+        lengths = sorted({bucket_length(n, longest) for n in range(1, longest + 1)})
         shapes = 0
-        for rows in _pow2_upto(self.micro_batch):
-            for length in sorted({bucket_length(n, len(full["type"])) for n in range(1, len(full["type"]) + 1)}):
+        for rows in sorted({bucket_rows(n, self.micro_batch) for n in range(1, self.micro_batch + 1)}):
+            for length in lengths:
                 tok = {k: v[:length] for k, v in full.items()}
                 self._encoder_pass(F.collate([tok] * rows), np.repeat(summ, rows, axis=0))
                 shapes += 1
