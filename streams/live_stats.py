@@ -173,7 +173,9 @@ class LiveStats:
             if second + 1 > since:
                 n_in += events
                 n_out += outs
-        span = max(1.0, min(self.window_s, now - self.started))
+        # the oldest second counted is counted whole, so the span runs from its start: dividing by window_s read
+        # up to 1/window_s high (10 % at the default) just before each second ended
+        span = max(1.0, now - max(math.floor(since), self.started))
         return n_in / span, n_out / span
 
     def batch_latency(self, now: float | None = None) -> dict[str, Any]:

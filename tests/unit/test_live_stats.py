@@ -83,6 +83,19 @@ def test_rates_over_the_last_window_of_wall_time():
     assert len(live._bins) <= 12  # old seconds are dropped
 
 
+def test_rates_are_not_high_late_in_a_second():
+    """Regression: the oldest second in the window was counted whole but the span was window_s, so a steady
+    100 events/s read as up to 110 just before a second ended."""
+    live = LiveStats(S, batch_times=deque(), window_s=10.0)
+    live.started = T0 - 100
+    for i in range(300):  # 10 events every 0.1 s for 30 s, the rate read after each
+        now = T0 + i / 10 + 0.05
+        live.observe([], processed=10, now=now)
+        if i >= 110:  # a full window in
+            events, _ = live.rates(now=now)
+            assert 99.0 <= events <= 101.0, (now - T0, events)
+
+
 def test_rates_right_after_start_use_the_elapsed_time():
     live = LiveStats(S, batch_times=deque(), window_s=10.0)
     live.started = T0
