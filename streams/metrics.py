@@ -72,7 +72,10 @@ FETCH_AGE = Histogram("tidewater_fetch_age_seconds",
                       "Wall time from an input record's Kafka timestamp to its arrival in the worker's inbox (the "
                       "broker and fetch part of tidewater_record_age_seconds)",
                       registry=REGISTRY, buckets=AGE_BUCKETS)
-BATCH_SECONDS = RecentHistogram("tidewater_batch_seconds", "Processing time per batch", registry=REGISTRY,
+BATCH_SECONDS = RecentHistogram("tidewater_batch_seconds",
+                                "Time per batch from its hand-over to the worker to its place in the send queue: "
+                                "engine work, plus waiting for the previous batch's send when sending lags "
+                                "(backpressure)", registry=REGISTRY,
                                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
 SCORING_BATCH = Histogram("tidewater_scoring_batch_size", "Users (queries) per model call", ["model"],
                           registry=REGISTRY, buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536))
