@@ -383,7 +383,15 @@ class PartitionEngine:
                 self._count("duplicates_skipped", record.topic)  # re-read after a restart: already applied
                 self._result.done.append(record)
                 return
-            self._erase(event, record.topic)
+            erased_at = state.erased.get(event.user_id)
+            if erased_at is not None and event.ts <= erased_at:
+                # already erased up to this time (a producer's retry at a new offset, or an older request): the
+                # profile holds only events timed after that erasure, which this request does not cover. It is
+                # confirmed (the same id for a retry) and nothing is deleted
+                self._confirm_erasure(event)
+                self._count("duplicates_skipped", record.topic)
+            else:
+                self._erase(event, record.topic)
             state.erase_records[event.user_id] = (source, record.offset)
             if event.ts > state.watermark:
                 state.watermark = event.ts
@@ -422,10 +430,7 @@ class PartitionEngine:
         triggered by earlier events (queued recommendations) still go out: when they are answered must not
         depend on batch boundaries. The item counts keep the user's items (aggregates, not personal data)."""
         user_id = request.user_id
-        self._flush_recs()  # the queued answers go out before the confirmation, whatever the batching
-        self._emit(self.config.erasures_topic, user_id, UserErased(
-            event_id=deterministic_id("erase", user_id, request.event_id), user_id=user_id, as_of=request.ts,
-            request_event_id=request.event_id))
+        self._confirm_erasure(request)
         erased = self.state.erased
         erased[user_id] = max(request.ts, erased.get(user_id, request.ts))
         self._cache.pop(user_id, None)
@@ -434,6 +439,12 @@ class PartitionEngine:
         self._unindex(user_id)
         self._count("erased", topic)
         self._result.state_changed = True
+
+    def _confirm_erasure(self, request: ev.Erase) -> None:
+        self._flush_recs()  # the queued answers go out before the confirmation, whatever the batching
+        self._emit(self.config.erasures_topic, request.user_id, UserErased(
+            event_id=deterministic_id("erase", request.user_id, request.event_id), user_id=request.user_id,
+            as_of=request.ts, request_event_id=request.event_id))
 
     def _expire_erasures(self, tick: float) -> None:
         """Forget erasure requests older than the guard: the user id is kept no longer than the guard needs."""

@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
-from tidewater.events import Erase, Purchase, decode_event
+from tidewater.events import Click, Erase, Purchase, decode_event
 from tidewater.profile import DAY, encode_profile
 
 from .test_engine import DictStore, records, shop
@@ -96,7 +96,6 @@ def test_regression_an_erasure_read_again_after_a_restart_keeps_the_profile_buil
     """Erasure requests had no offset marker: re-read after a restart (their offset not yet committed), one
     deleted the profile built since, with its offer cooldown and scoring state, and the user got a second score
     and a second offer (found by review). A restart after any batch now equals the uninterrupted run."""
-    from tidewater.events import Click
     from tidewater.offers import OfferPolicy
 
     config = EngineConfig(offers=OfferPolicy(churn_threshold=0.0))
@@ -176,3 +175,20 @@ def test_regression_a_late_event_beyond_the_erasure_guard_starts_a_profile_again
     assert store["u1"].first_ts <= 30 * DAY  # the late copies were applied: the documented limit of the guard
     engine, _, _ = replay(late(evs, "u1", before=30 * DAY, after=30 * DAY + guard - 2 * DAY, copies=1))
     assert sum(n for (name, _), n in engine.counters.items() if name == "erased_events_dropped") > 0
+
+
+def test_regression_a_retried_erasure_request_does_not_delete_what_came_after_it():
+    """A producer's retry (or the web tier's "resend the batch") writes the erase request again, at a new offset,
+    after the user came back: the copy must not delete the new profile, only be confirmed again."""
+    request = Erase(event_id="e1", user_id="u", ts=100.0)
+    evs = [Click(event_id="c1", user_id="u", ts=50.0), request, Click(event_id="c2", user_id="u", ts=200.0),
+           request, Erase(event_id="e0", user_id="u", ts=90.0)]  # and an older request, arriving late
+    engine, store, result = replay(evs, batch=1)
+    assert store["u"].n_events == 1 and store["u"].first_ts == 200.0
+    confirmed = [json.loads(o.value) for o in result.outputs if o.topic == "user-erasures"]
+    assert [c["request_event_id"] for c in confirmed] == ["e1", "e1", "e0"]
+    assert confirmed[0]["event_id"] == confirmed[1]["event_id"]  # a retry's confirmation de-duplicates downstream
+    assert engine.counters[("erased", "clicks")] == 1
+    # a newer request still erases
+    _, store, _ = replay(evs + [Erase(event_id="e2", user_id="u", ts=300.0)], batch=1)
+    assert "u" not in store
