@@ -22,11 +22,18 @@ if TYPE_CHECKING:
 
 
 def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
-    """Several sources merged by event time (stable: ties keep the order of the --dataset flags)."""
+    """Several sources merged by event time (stable: ties keep the order of the --dataset flags). A file's line
+    goes by the time a worker will read from it (an envelope's by its value's); one without a time (a bad record,
+    a clock line) goes as soon as it is next in its file."""
     streams = [dataset_events(name) for name in datasets]
     if len(streams) == 1:
         return streams[0]
-    return heapq.merge(*streams, key=lambda e: e.ts if not isinstance(e, bytes) else float("-inf"))
+    return heapq.merge(*streams, key=lambda e: e.ts if not isinstance(e, bytes) else _line_time(e))
+
+
+def _line_time(line: bytes) -> float:
+    recorded = from_envelope(line)
+    return _event_time(recorded[3] if recorded is not None else line, 1 << 62)
 
 
 async def send_clock(producer: "AIOKafkaProducer", topic: str, ts: float) -> int:
@@ -67,12 +74,12 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         for n, item in enumerate(events):
             if limit is not None and n >= limit:
                 break
-            partition = None
+            partition = timestamp_ms = None
             recorded = from_envelope(item) if isinstance(item, bytes) else None
-            if recorded is not None:  # `record --with-meta`: back to its topic, partition and key, as read
-                topic, partition, key, value = recorded
+            if recorded is not None:  # `record --with-meta`: back to its topic, partition, key and timestamp
+                topic, partition, key, value, timestamp_ms = recorded
                 if partition is not None and partition >= len(await producer.partitions_for(topic)):
-                    partition = None  # fewer partitions here: by key
+                    partition = None if key is not None else 0  # fewer partitions here: by key
                 if close:
                     last_ts = max(last_ts, _event_time(value, s.max_event_bytes))
             elif isinstance(item, bytes):
@@ -85,6 +92,8 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                 if decoded is not None and not isinstance(decoded, Rejected):  # the worker will read its time
                     last_ts = max(last_ts, decoded.ts)
                 value, topic = item, topics[topic_kind(item)]
+                if key is None:  # a line without a readable user: partition 0, not the partitioner's random pick
+                    partition = 0
             else:
                 last_ts = max(last_ts, item.ts)
                 value, key, topic = encode_event(item), item.user_id.encode(), topics[topic_kind(item)]
@@ -93,7 +102,8 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                     wait = (item.ts - first_ts) / speed - (time.monotonic() - started)
                     if wait > 0:
                         await asyncio.sleep(wait)
-            pending.append(await producer.send(topic, value=value, key=key, partition=partition))
+            pending.append(await producer.send(topic, value=value, key=key, partition=partition,
+                                               timestamp_ms=timestamp_ms))
             counts[topic] = counts.get(topic, 0) + 1
             bar.update(1)
             if len(pending) >= 20000:
@@ -167,12 +177,16 @@ def _peek(raw: bytes) -> tuple[str | None, bytes | None]:
         user, kind = data.get("user_id"), data.get("type")
     except (ValueError, AttributeError, RecursionError):
         return None, None
-    return (kind if isinstance(kind, str) else None), (str(user).encode() if user is not None else None)
+    # surrogatepass: a lone surrogate escape ("\\ud800") is valid JSON but not UTF-8; the worker dead-letters the
+    # line, the replay must not stop at it
+    return (kind if isinstance(kind, str) else None), \
+        (str(user).encode("utf-8", "surrogatepass") if user is not None else None)
 
 
-async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 120.0
-                     ) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    """Every record of a topic as (partition, offset, key, value), sorted by partition then offset.
+async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 120.0,
+                     with_timestamps: bool = False) -> list[tuple]:
+    """Every record of a topic as (partition, offset, key, value), sorted by partition then offset; with
+    ``with_timestamps``, (partition, offset, key, value, Kafka timestamp in ms).
 
     Reads until the end offsets are reached *and* nothing new arrived for ``idle_s`` (Tansu 0.6 reports a wrong
     high watermark after multi-record batches, so the end offsets alone are not trusted). A topic of any size is
@@ -189,7 +203,7 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     except KafkaConnectionError as exc:
         await consumer.stop()
         raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
-    rows: list[tuple[int, int, bytes | None, bytes | None]] = []
+    rows: list[tuple] = []
     try:
         partitions = consumer.partitions_for_topic(topic)
         if partitions is None:
@@ -207,7 +221,10 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
             if batch:
                 last_data = time.monotonic()
                 for tp, messages in batch.items():
-                    rows.extend((tp.partition, m.offset, m.key, m.value) for m in messages)
+                    if with_timestamps:
+                        rows.extend((tp.partition, m.offset, m.key, m.value, m.timestamp) for m in messages)
+                    else:
+                        rows.extend((tp.partition, m.offset, m.key, m.value) for m in messages)
                 continue
             positions = [await consumer.position(tp) for tp in tps]
             reached = all(pos >= end[tp] for pos, tp in zip(positions, tps))
@@ -222,10 +239,14 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     return rows
 
 
-def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> dict:
+def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+             timestamp: int | None = None) -> dict:
     """One record as `record --with-meta` writes it: key and value as text when they are UTF-8, else base64
-    (``key_b64`` / ``value_b64``), so that `replay` sends back exactly the bytes that were read."""
+    (``key_b64`` / ``value_b64``), so that `replay` sends back exactly the bytes that were read; ``timestamp``:
+    the record's Kafka timestamp (ms), sent back too (the worker judges an event's lead against it)."""
     out: dict = {"topic": topic, "partition": partition, "offset": offset}
+    if timestamp is not None and timestamp >= 0:
+        out["timestamp"] = timestamp
     for name, raw in (("key", key), ("value", value)):
         if raw is None:
             out[name] = None
@@ -237,8 +258,9 @@ def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: 
     return out
 
 
-def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | None] | None:
-    """(topic, partition, key, value) of a `record --with-meta` line; None for any other line (an event)."""
+def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | None, int | None] | None:
+    """(topic, partition, key, value, timestamp ms) of a `record --with-meta` line (timestamp None in dumps made
+    before it was recorded: the producer stamps it); None for any other line (an event)."""
     if not line.startswith(b"{") or b'"offset"' not in line:
         return None
     try:
@@ -251,12 +273,17 @@ def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | N
 
     def raw(name: str) -> bytes | None:
         if data.get(f"{name}_b64") is not None:
-            return base64.b64decode(data[f"{name}_b64"])
+            try:
+                return base64.b64decode(data[f"{name}_b64"], validate=True)
+            except (ValueError, TypeError):  # binascii.Error is a ValueError
+                raise UserError(f"recorded record {data['topic']}/{data.get('partition')}@{data.get('offset')}: "
+                                f"{name}_b64 is not base64") from None
         text = data.get(name)
-        return None if text is None else str(text).encode()
+        return None if text is None else str(text).encode("utf-8", "surrogatepass")
 
-    partition = data.get("partition")
-    return data["topic"], partition if isinstance(partition, int) else None, raw("key"), raw("value")
+    partition, timestamp = data.get("partition"), data.get("timestamp")
+    return (data["topic"], partition if isinstance(partition, int) else None, raw("key"), raw("value"),
+            timestamp if isinstance(timestamp, int) and not isinstance(timestamp, bool) and timestamp >= 0 else None)
 
 
 async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, idle_s: float = 2.0) -> int:
@@ -265,10 +292,10 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     with fh:
-        rows = await read_topic(s, topic, idle_s=idle_s)
-        for partition, offset, key, value in rows:
+        rows = await read_topic(s, topic, idle_s=idle_s, with_timestamps=True)
+        for partition, offset, key, value, timestamp in rows:
             if with_meta:
-                line = json.dumps(envelope(topic, partition, offset, key, value)).encode()
+                line = json.dumps(envelope(topic, partition, offset, key, value, timestamp)).encode()
             else:
                 line = (value or b"").replace(b"\n", b" ")
             fh.write(line + b"\n")

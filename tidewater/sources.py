@@ -38,7 +38,9 @@ def jsonl_events(path: str | Path) -> Iterator[bytes]:
     """The lines of a JSON-lines file, byte for byte: a replay sends exactly what was recorded, and lines that
     do not validate reach the worker's dead-letter handling as a bad producer would send them."""
     with open(path, "rb") as fh:
-        for line in fh:
+        for n, line in enumerate(fh):
+            if n == 0 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (editors on Windows)
+                line = line[3:]
             line = line.strip()
             if line:
                 yield line

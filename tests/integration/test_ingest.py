@@ -145,9 +145,13 @@ def test_regression_record_with_meta_then_replay_gives_back_the_same_records(dep
     assert recorded.returncode == 0, recorded.stderr
     replayed = run("replay", "--dataset", str(dump))
     assert replayed.returncode == 0, replayed.stderr
-    rows = deployment.read(topic)
-    assert {p for p, _, _, _ in rows} == {1}
-    assert [(k, v) for _, _, k, v in rows] == originals + originals
+    from streams.replay import read_topic
+
+    rows = asyncio.run(read_topic(deployment.settings, topic, idle_s=1.0, with_timestamps=True))
+    assert {p for p, _, _, _, _ in rows} == {1}
+    assert [(k, v) for _, _, k, v, _ in rows] == originals + originals
+    # and with their Kafka timestamps: the worker judges an event's lead against them (ts_in_future)
+    assert [ts for *_, ts in rows[len(originals):]] == [ts for *_, ts in rows[:len(originals)]]
 
 
 def test_clock_records_close_a_replay_and_move_a_quiet_partitions_time(deployment, tmp_path):

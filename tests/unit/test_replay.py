@@ -1,0 +1,114 @@
+"""`tidewater replay` without a broker (streams/replay.py): what it sends, in which order, to which partition and
+with which timestamp, through a producer that records instead of sending. The round trip through a real broker
+is in tests/integration/test_ingest.py."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from streams import replay as replay_mod
+from tidewater.errors import UserError
+from tidewater.events import decode_event
+from tidewater.settings import Settings
+
+
+class RecordingProducer:
+    """The part of AIOKafkaProducer that replay uses; ``sent`` keeps (topic, key, value, partition, timestamp)."""
+
+    def __init__(self, partitions: int = 4) -> None:
+        self.sent: list[tuple] = []
+        self.partitions = partitions
+
+    async def send(self, topic, value=None, key=None, partition=None, timestamp_ms=None):
+        self.sent.append((topic, key, value, partition, timestamp_ms))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def partitions_for(self, topic):
+        return set(range(self.partitions))
+
+    async def flush(self):
+        pass
+
+    async def stop(self):
+        pass
+
+
+def run_replay(monkeypatch, files, **kwargs) -> RecordingProducer:
+    producer = RecordingProducer()
+
+    async def started(_settings):
+        return producer
+
+    monkeypatch.setattr(replay_mod, "_started_producer", started)
+    asyncio.run(replay_mod.replay(Settings(), [str(f) for f in files], progress=False, **kwargs))
+    return producer
+
+
+def click(event_id: str, user: str, ts: float) -> bytes:
+    return json.dumps({"type": "click", "event_id": event_id, "user_id": user, "ts": ts}).encode()
+
+
+def test_regression_a_line_with_a_lone_surrogate_does_not_stop_the_replay(tmp_path, monkeypatch):
+    """``"\\ud800"`` is valid JSON but cannot be encoded as UTF-8: reading the line's key raised, and the replay
+    stopped half-way with a traceback (found by review). The line goes out; the worker dead-letters it."""
+    bad = b'{"type":"click","event_id":"e","user_id":"\\ud800","ts":1}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(click("a", "u1", 1.0) + b"\n" + bad + b"\n" + click("b", "u2", 2.0) + b"\n")
+    sent = run_replay(monkeypatch, [path]).sent
+    assert [value for _, _, value, _, _ in sent] == [click("a", "u1", 1.0), bad, click("b", "u2", 2.0)]
+    assert decode_event(sent[1][2], max_bytes=1 << 16, key=sent[1][1], keyed=True).reason == "malformed_json"
+
+
+def test_regression_lines_without_a_user_go_to_partition_0_not_a_random_one(tmp_path, monkeypatch):
+    """A line without a readable user_id was sent with neither key nor partition, so the producer's partitioner
+    picked one at random: two replays of one file put its dead letters (and the offsets after them) in different
+    places (found by review)."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"not json\n[1, 2]\n" + json.dumps({"type": "click", "ts": 3}).encode() + b"\n"
+                     + click("a", "u1", 4.0) + b"\n")
+    sent = run_replay(monkeypatch, [path]).sent
+    assert [(key, partition) for _, key, _, partition, _ in sent] == [(None, 0), (None, 0), (None, 0), (b"u1", None)]
+
+
+def test_regression_recorded_envelopes_keep_their_kafka_timestamp(tmp_path, monkeypatch):
+    """The worker judges an event's lead (``ts_in_future``) against its record's Kafka timestamp, and a replay
+    re-stamped every record with the time of the replay: an event dead-lettered when first produced was applied
+    when replayed (found by review). `record --with-meta` keeps the timestamp; `replay` sends it back."""
+    lines = [replay_mod.envelope("clicks", 1, 7, b"u1", click("a", "u1", 5.0), 1_700_000_000_123),
+             replay_mod.envelope("clicks", 2, 8, b"u2", click("b", "u2", 6.0))]  # a dump made before: no timestamp
+    path = tmp_path / "dump.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sent = run_replay(monkeypatch, [path]).sent
+    assert [(topic, key, partition, ts) for topic, key, _, partition, ts in sent] == [
+        ("clicks", b"u1", 1, 1_700_000_000_123), ("clicks", b"u2", 2, None)]
+
+
+def test_a_recorded_value_that_is_not_base64_is_refused_by_name():
+    line = json.dumps({"topic": "clicks", "partition": 0, "offset": 3, "key": "u", "value_b64": "@@@"}).encode()
+    with pytest.raises(UserError, match="clicks/0@3: value_b64 is not base64"):
+        replay_mod.from_envelope(line)
+
+
+def test_regression_several_files_are_merged_by_event_time(tmp_path, monkeypatch):
+    """Lines of files were keyed -inf, so two files were sent one after the other, not interleaved by event time
+    as the docstring said (found by review). A line without a time goes as soon as it is next in its file."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(click("a1", "u1", 100.0) + b"\nnot json\n" + click("a2", "u1", 300.0) + b"\n")
+    envelope = replay_mod.envelope("clicks", 0, 0, b"u2", click("b2", "u2", 400.0))
+    b.write_bytes(click("b1", "u2", 200.0) + b"\n" + json.dumps(envelope).encode() + b"\n")
+    sent = run_replay(monkeypatch, [a, b]).sent
+    order = [json.loads(value)["event_id"] if value != b"not json" else "bad" for _, _, value, _, _ in sent]
+    assert order == ["a1", "bad", "b1", "a2", "b2"]
+
+
+def test_regression_a_byte_order_mark_does_not_dead_letter_the_first_line(tmp_path):
+    from tidewater.sources import jsonl_events
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + click("a", "u1", 1.0) + b"\n" + click("b", "u1", 2.0) + b"\n")
+    lines = list(jsonl_events(path))
+    assert lines == [click("a", "u1", 1.0), click("b", "u1", 2.0)]
