@@ -19,7 +19,8 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 EpochSeconds = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TS, description="event time, UNIX epoch seconds (UTC)")]
 # Event time as epoch seconds, or as an RFC 3339 date-time with its UTC offset ("2026-11-30T12:00:00Z"), which
 # decode_event turns into epoch seconds: every decoded event carries a float ``ts``.
-Ts = Union[EpochSeconds, Annotated[datetime, msgspec.Meta(tz=True, description="event time, RFC 3339 with offset")]]
+Ts = Union[EpochSeconds, Annotated[datetime, msgspec.Meta(
+    tz=True, description="event time, RFC 3339 with offset, from 1970-01-01 to 2100-01-01 (no leap second :60)")]]
 Money = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
 Text = Annotated[str, msgspec.Meta(max_length=256)]
 
@@ -44,7 +45,8 @@ class Purchase(msgspec.Struct, tag="purchase", tag_field="type", kw_only=True, f
     ts: Ts
     amount: Money
     schema_version: Literal[1] = 1
-    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000,
+                                          description="a JSON integer literal: 2, not 2.0 (a dead letter)")] = 1
     item_id: Id | None = None
     category: Text | None = None
 

@@ -23,9 +23,16 @@ USER_ERASED_SCHEMA = "tidewater.user_erased/v1"
 
 
 def deterministic_id(*parts: object) -> str:
-    """A 32-hex-char id from the inputs that caused an output (stable across runs and re-deliveries)."""
-    text = "\x1f".join(str(p) for p in parts)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    """A 32-hex-char id from the inputs that caused an output (stable across runs and re-deliveries). Parts are
+    joined by the unit separator; when a part holds one itself (ids are free text), the parts are length-prefixed
+    and hashed in their own domain instead, so ``("a", "x\x1fy")`` and ``("a\x1fx", "y")`` differ while every
+    other id stays what it was."""
+    texts = [str(p) for p in parts]
+    if not any("\x1f" in t for t in texts):
+        return hashlib.blake2b("\x1f".join(texts).encode(), digest_size=16).hexdigest()
+    framed = "".join(f"{len(t)}:{t}" for t in texts)
+    return hashlib.blake2b(framed.encode("utf-8", "surrogatepass"), digest_size=16,
+                           person=b"tidewater-framed").hexdigest()
 
 
 class ScoredItem(msgspec.Struct, frozen=True):

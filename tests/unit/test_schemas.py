@@ -2,6 +2,8 @@ import json
 from pathlib import Path
 
 import jsonschema
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from tidewater.outputs import ChurnScore, deterministic_id, encode_output
 from tidewater.schemas import all_schemas
@@ -30,3 +32,13 @@ def test_deterministic_ids_are_stable():
     # pinned: an id that changed between releases would make the offer engine see every output as new
     assert deterministic_id("churn", "u1", 86400.0, "activity") == PINNED_ID
     assert deterministic_id("a", "b") != deterministic_id("ab")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="ab\x1f:1", max_size=4), min_size=1, max_size=3),
+       st.lists(st.text(alphabet="ab\x1f:1", max_size=4), min_size=1, max_size=3))
+def test_regression_ids_of_different_inputs_differ_even_with_separators_in_them(a, b):
+    """Parts were joined by \\x1f, which ids may contain: user "a" with event "x\\x1fy" and user "a\\x1fx" with event
+    "y" got the same recommendation id, and a downstream de-duplicating by id would drop one (found by review)."""
+    assume(a != b)
+    assert deterministic_id(*a) != deterministic_id(*b)
