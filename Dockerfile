@@ -1,4 +1,6 @@
 FROM python:3.11-slim
+# OpenMP for LightGBM and implicit (the churn and recommender baselines); torch and faiss bring their own
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tidewater ./tidewater

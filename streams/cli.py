@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from tidewater.errors import UserError
+from tidewater.errors import UserError, writable_dir
 from tidewater.settings import Settings
 
 BOOTSTRAP_HELP = "Kafka bootstrap servers (env TIDEWATER_BOOTSTRAP_SERVERS)."
@@ -32,13 +32,24 @@ def limit_native_threads(threads: int) -> None:
         os.environ.setdefault(var, str(max(1, threads)))
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _loglevel(value: str) -> str:
+    """Checked when the command line is read: Faust found a bad level only after the broker and the models."""
+    if value.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
+
+
 def register(app: typer.Typer, topics_app: typer.Typer) -> None:
     @app.command()
     def worker(
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
         web_port: Optional[int] = typer.Option(None, help="HTTP port (env TIDEWATER_WEB_PORT)."),
         data_dir: Optional[str] = typer.Option(None, help="Local state dir (env TIDEWATER_DATA_DIR)."),
-        loglevel: str = typer.Option("warning", help="Log level: debug, info, warning, error."),
+        loglevel: str = typer.Option("warning", callback=_loglevel,
+                                     help=f"Log level: {', '.join(LOG_LEVELS)}."),
     ) -> None:
         """Run a stream worker (Faust). Start more with the same app id to scale out over partitions."""
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers, "web_port": web_port, "data_dir": data_dir})
@@ -50,8 +61,8 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
 
         from infra.topics import check_input_partitions
 
+        writable_dir(s.data_dir, "TIDEWATER_DATA_DIR")  # before Kafka is waited for and the models load
         check_input_partitions(s)  # the tables, the activity index and the offer-budget shares assume the count
-        Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         faust_app = create_app(s)
         faust_app.tidewater.preload_models()  # type: ignore[attr-defined]
         Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
@@ -60,8 +71,8 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
     def replay(
         dataset: list[str] = typer.Option(..., "--dataset", help="cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
-        speed: float = typer.Option(0.0, help="0 = as fast as possible; N = N× real time by event time."),
-        limit: Optional[int] = typer.Option(None, help="Stop after this many events."),
+        speed: float = typer.Option(0.0, min=0.0, help="0 = as fast as possible; N = N× real time by event time."),
+        limit: Optional[int] = typer.Option(None, min=1, help="Stop after this many events."),
         close: bool = typer.Option(False, "--close", help="Then a clock record to every partition at the first "
                                                           "tick after the last event: the workers score the "
                                                           "replay's last tick."),
@@ -79,10 +90,11 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
     def clock(
         ts: Optional[str] = typer.Option(None, "--ts", help="Event time to announce: epoch seconds or RFC 3339 "
                                                             "(default: now minus --lag-s)."),
-        lag_s: float = typer.Option(3600.0, "--lag-s", help="With the default time: how far behind now (the "
+        lag_s: float = typer.Option(3600.0, "--lag-s", min=0.0, help="With the default time: how far behind now (the "
                                                              "lateness the producers may still have)."),
-        every: Optional[float] = typer.Option(None, "--every", help="Repeat every this many seconds (until "
-                                                                    "interrupted), with the time then."),
+        every: Optional[float] = typer.Option(None, "--every", min=1.0, help="Repeat every this many seconds "
+                                                                             "(until interrupted), with the time "
+                                                                             "then."),
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
     ) -> None:
         """Write a clock record to every partition of the clicks topic: event time has reached TS there. A
@@ -185,6 +197,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         """Write the JSON Schemas of the input events and the output topics (the public contract)."""
         from tidewater.schemas import write_schemas
 
+        writable_dir(out_dir, "--out-dir")
         for path in write_schemas(out_dir):
             typer.echo(path)
 

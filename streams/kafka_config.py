@@ -12,12 +12,22 @@ def ssl_context(s: Settings) -> ssl.SSLContext | None:
         return None
     from aiokafka.helpers import create_ssl_context
 
-    return create_ssl_context(
-        cafile=s.ssl_cafile or None,
-        certfile=s.ssl_certfile or None,
-        keyfile=s.ssl_keyfile or None,
-        password=s.ssl_key_password.reveal() or None,
-    )
+    from tidewater.errors import InvalidSetting
+
+    try:
+        return create_ssl_context(
+            cafile=s.ssl_cafile or None,
+            certfile=s.ssl_certfile or None,
+            keyfile=s.ssl_keyfile or None,
+            password=s.ssl_key_password.reveal() or None,
+        )
+    except (ssl.SSLError, OSError) as exc:  # a file that is not PEM, a wrong key password: one line, not a trace
+        given = [name for name, value in (("TIDEWATER_SSL_CAFILE", s.ssl_cafile),
+                                          ("TIDEWATER_SSL_CERTFILE", s.ssl_certfile),
+                                          ("TIDEWATER_SSL_KEYFILE", s.ssl_keyfile)) if value]
+        if s.ssl_key_password.reveal():
+            given.append("TIDEWATER_SSL_KEY_PASSWORD")
+        raise InvalidSetting(f"cannot load the TLS files ({', '.join(given) or 'system defaults'}): {exc}") from None
 
 
 def faust_credentials(s: Settings) -> Any:

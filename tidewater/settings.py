@@ -85,7 +85,8 @@ class Settings:
         "How long the group waits for a live worker to rejoin a rebalance. A worker first finishes the batch in "
         "progress (a daily tick can score tens of thousands of users), so this must exceed the longest batch; a dead "
         "worker is still noticed after the session timeout.")
-    heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S", "Consumer heartbeat interval.")
+    heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S",
+                                          "Consumer heartbeat interval; below TIDEWATER_SESSION_TIMEOUT_S.")
     producer_max_batch_bytes: int = setting(
         262144, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
         "Producer batch size in bytes. A partition has one batch in flight at a time, so a batch's profile "
@@ -249,6 +250,9 @@ class Settings:
                         and (high is None or value <= high)):
                     expected = "a number > 0" if low == "positive" else f"a number >= {low}"
                     raise InvalidSetting(f"{env}={value!r}: expected {expected}" + (f" and <= {high}" if high else ""))
+        if self.heartbeat_interval_s >= self.session_timeout_s:  # the group would evict every member
+            raise InvalidSetting(f"TIDEWATER_HEARTBEAT_INTERVAL_S={self.heartbeat_interval_s:g} must be below "
+                                 f"TIDEWATER_SESSION_TIMEOUT_S={self.session_timeout_s:g}")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from tidewater.errors import UserError
+from tidewater.errors import UserError, writable_dir
 
 DEFAULT_REGISTRY = Path("var/registry")
 DEFAULT_HORIZON_DAYS = 273  # 39 weeks: the CDNOW holdout of Fader, Hardie & Lee (2005)
@@ -106,6 +106,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars on stderr."),
     ) -> None:
         """Pre-train (masked events) and fine-tune the churn transformer; publish a registry version."""
+        writable_dir(registry / "churn", "--registry")  # before minutes of training, not after
         _threads(threads)
         from models.datasets import fingerprint
         from models.registry import Registry

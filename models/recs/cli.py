@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tidewater.errors import UserError
+from tidewater.errors import UserError, writable_dir
 
 INTERACTIONS_HELP = ("CSV with columns user_id,item_id,ts[,item_text]; ts as ISO dates, YYYYMMDD or epoch s/ms/µs/ns "
                      "(default: MovieLens ml-100k from recbole).")
@@ -73,6 +73,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
         if arch not in ("seqlinear", "sasrec"):
             raise UserError(f"--arch must be seqlinear or sasrec, not {arch!r}")
+        writable_dir(report_dir, "--report-dir")  # before the evaluation, not after it
         result = _user_errors(evaluate_all, interactions, seed=seed, threads=threads,
                               log=lambda m: typer.echo(m, err=True), arch=arch)
         paths = write_report(result, report_dir)

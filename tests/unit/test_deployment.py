@@ -166,3 +166,15 @@ def test_the_clock_service_runs_the_clock_command_with_real_options():
     out = CliRunner().invoke(app, ["clock", "--help"], terminal_width=200).output
     for option in (arg for arg in command[2:] if arg.startswith("--")):
         assert option in out, option
+
+
+def test_regression_the_image_is_built_once_from_a_small_context_and_runs_the_baselines():
+    """No .dockerignore sent the virtualenvs (2 GB) as build context to each of five services' own image, and
+    python:3.11-slim lacks the OpenMP runtime that LightGBM and implicit link against (found by review)."""
+    built = {name: s for name, s in compose()["services"].items() if "build" in s}
+    assert len(built) >= 4 and {s["image"] for s in built.values()} == {"tidewater:local"}
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".venv", ".bench", "var", ".git"} <= ignored
+    copied = re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert copied and not any(path.rstrip("/") in ignored for path in copied)
+    assert "libgomp1" in (ROOT / "Dockerfile").read_text()

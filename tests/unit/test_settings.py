@@ -119,3 +119,48 @@ def test_offer_tiers_and_terms_are_settings():
         "TIDEWATER_OFFER_VALIDITY_S": "3600", "TIDEWATER_OFFER_ITEMS": "5"}))
     assert config.offers.tiers == (OfferTier(100.0, "voucher", 15.0), OfferTier(0.0, "free_shipping", 0.0))
     assert (config.offers.high_value, config.offers.validity_s, config.offer_items) == (500.0, 3600.0, 5)
+
+
+def test_regression_tls_files_that_do_not_load_are_refused_by_name(tmp_path):
+    """A CA file that exists but is not PEM ended in an ssl.SSLError traceback (found by review)."""
+    from streams.kafka_config import aiokafka_kwargs
+    from tidewater.errors import InvalidSetting
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    s = Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "SSL", "TIDEWATER_SSL_CAFILE": str(bad)})
+    with pytest.raises(InvalidSetting, match="TIDEWATER_SSL_CAFILE"):
+        aiokafka_kwargs(s)
+
+
+def test_regression_a_heartbeat_as_long_as_the_session_is_refused():
+    from tidewater.errors import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match="TIDEWATER_HEARTBEAT_INTERVAL_S=5 must be below"):
+        Settings.from_env(environ={"TIDEWATER_SESSION_TIMEOUT_S": "5", "TIDEWATER_HEARTBEAT_INTERVAL_S": "5"})
+
+
+@pytest.mark.parametrize("args", [["clock", "--every", "0"], ["clock", "--lag-s", "-1"],
+                                  ["replay", "--dataset", "cdnow", "--limit", "0"],
+                                  ["replay", "--dataset", "cdnow", "--speed", "-3"],
+                                  ["worker", "--loglevel", "bogus"]])
+def test_regression_bad_arguments_are_refused_before_anything_runs(args):
+    """`clock --every 0` wrote clock records in a busy loop, `replay --limit -5` wrote nothing and exited 0, and a
+    bad log level failed only once the worker had reached Kafka and loaded its models (found by review)."""
+    done = subprocess.run([sys.executable, "-m", "tidewater.cli", *args, "--bootstrap-servers", "127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Invalid value" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [["train", "churn", "--registry", "{bad}", "--max-users", "50"],
+                                  ["evaluate", "recs", "--report-dir", "{bad}"], ["schemas", "--out-dir", "{bad}"],
+                                  ["worker", "--data-dir", "{bad}", "--bootstrap-servers", "127.0.0.1:1"]])
+def test_regression_an_unwritable_output_folder_fails_first_in_one_line(tmp_path, args):
+    """`train churn` trained for minutes, then a FileNotFoundError traceback at publish time; `evaluate recs` ran
+    its evaluation first; `schemas` and `worker` gave tracebacks (found by review)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = str(blocker / "sub")  # below a file: no one can create it
+    done = subprocess.run([sys.executable, "-m", "tidewater.cli", *[a.format(bad=bad) for a in args]],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "cannot write there" in done.stderr and "Traceback" not in done.stderr
