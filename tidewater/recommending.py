@@ -206,14 +206,16 @@ class VectorRecommender:
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The
-        cosine of the sum equals that of the vector (a positive multiple): two dot products, no new arrays."""
+        cosine of the sum equals that of the vector (a positive multiple): two dot products, no new arrays. A
+        vector of zeros (only items the model has no vector for) has no direction: 0.0, only the cadence
+        triggers (it was 1.0, so such a user got a recommendation with every event)."""
         total = self._sum(profile)
         if total is None:
             return 0.0
-        if profile.vec_at_rec is None:
-            return 1.0
         norm2 = float(total @ total)
         if norm2 <= 0.0:
+            return 0.0
+        if profile.vec_at_rec is None:
             return 1.0
         return 1.0 - float(total @ np.frombuffer(profile.vec_at_rec, np.float32)) / math.sqrt(norm2)
 

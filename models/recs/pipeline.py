@@ -117,6 +117,8 @@ def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, th
     split = leave_one_out(log_df)
     everything = split.history("test")
     everything = [np.append(s, t) if t >= 0 else s for s, t in zip(everything, split.test)]
+    if not any(len(seq) >= 2 for seq in everything):  # it published a model of zero vectors (found by review)
+        raise ValueError("no user has 2 or more distinct items: a sequence model has nothing to learn from")
     cfg = make_config(arch, seed, threads)
     t0 = time.time()
     model, res = train_model(split, texts, cfg, progress=progress, log=log, refit_all=everything)

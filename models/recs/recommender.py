@@ -129,8 +129,10 @@ class Recommender:
             if isinstance(st, uv.UserState):
                 st = st.vector() if st.count > 0 else None
             if st is not None:
-                vecs.append(np.asarray(st, np.float32))
-                rows.append(r)
+                st = np.asarray(st, np.float32)
+                if st.any():  # all zeros (only items without a vector: the long tail past max_items) is no vector:
+                    vecs.append(st)  # its search would rank every item at 0, in catalogue order
+                    rows.append(r)
         out: list[list[tuple[str, float]]] = [[] for _ in user_states]
         rerank = histories is not None and self.rerank_candidates > k
         if vecs:

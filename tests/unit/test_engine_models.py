@@ -19,11 +19,14 @@ from tidewater.recommending import VectorRecommender
 ITEMS = [f"i{i}" for i in range(7)]
 
 
-def tiny_recs_version(directory, seed=0, dim=8, items=ITEMS, segments=True):
-    """A recs registry version written the way `tidewater train recs` writes one, with random embeddings."""
+def tiny_recs_version(directory, seed=0, dim=8, items=ITEMS, segments=True, zero_items=()):
+    """A recs registry version written the way `tidewater train recs` writes one, with random embeddings;
+    ``zero_items`` get a vector of zeros (as the long tail past ``max_items`` does)."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True)
     emb = rng.normal(size=(len(items), dim)).astype(np.float32)
+    for item in zero_items:
+        emb[items.index(item)] = 0.0
     (directory / "item_ids.json").write_text(json.dumps(items))
     np.save(directory / "item_emb.npy", emb)
     np.save(directory / "query_emb.npy", emb)
@@ -65,6 +68,19 @@ def test_recommendations_come_from_the_index_with_versions_segments_and_no_seen_
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         # the segment is re-assigned at each recommendation, from the vector it was made with
         assert profile.segment == model.segment_of(np.frombuffer(profile.vec_at_rec, np.float32))
+
+
+def test_regression_a_user_of_items_without_vectors_gets_popular_items_at_the_cadence_only(tmp_path):
+    """Items without a vector (zeros) gave their users a vector of zeros: "changed since the last
+    recommendation" read 1.0 for it, so they got a recommendation with every event, ranked by a search where
+    every item scored 0, in catalogue order (found by review). Now: the cadence only, and the popular items."""
+    model = tiny_recs_version(tmp_path / "v0001-abc", zero_items=("i5", "i6"))
+    evs = [Click(event_id=f"c{n}", user_id="u", ts=DAY + n * 60.0, item_id=("i5", "i6")[n % 2]) for n in range(12)]
+    _, _, result = run(evs, VectorRecommender(model), batch=1, config=EngineConfig(rec_every_events=4))
+    recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]
+    assert [r["trigger"] for r in recs] == ["cadence"] * 3
+    assert all([i["item_id"] for i in r["items"]] == model.popular_items(len(r["items"]), {"i5", "i6"})
+               and r["items"] for r in recs)
 
 
 def test_the_first_query_is_answered_by_the_index_and_matches_a_direct_search(tmp_path):

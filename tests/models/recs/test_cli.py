@@ -104,6 +104,12 @@ def test_train_publish_index_build_and_recommender(app, csv, tmp_path):
     assert out[1] == [(i, 0.0) for i in rec.popular_items(6)[1:]]  # fallback, filtered
     # the walk goes upward: after i3,i4,i5 the next items should be near i6
     assert "i6" in [i for i, _ in out[0]]
+    # regression: a vector of zeros (a user of long-tail items only, which have none) got every item at score 0 in
+    # catalogue order instead of the popular items; on both paths, the re-ranking one too (found by review)
+    zero = np.zeros(rec.dim, np.float32)
+    assert rec.recommend_many([zero], k=5) == [[(i, 0.0) for i in rec.popular_items(5)]]
+    assert rec.recommend_many([zero], k=5, histories=[["i3"]], exclude_history=True) == \
+        [[(i, 0.0) for i in rec.popular_items(5, {"i3"})]]
     # segments trained with the model: ids in range, the index inside the version named after the version
     assert info["segments"] == len(rec.segments) >= 2
     assert 0 <= rec.segment_of(state) < len(rec.segments)
@@ -128,3 +134,14 @@ def test_train_publish_index_build_and_recommender(app, csv, tmp_path):
         with pytest.raises(ValueError, match="does not match recs model"):
             rec.swap_index(tmp_path / name)
         assert rec.index.version == serving
+
+
+def test_regression_training_on_a_log_without_sequences_is_a_user_error(app, tmp_path):
+    """One event per user: `train recs` exited 0 and published a model whose vectors were all zero (found by
+    review)."""
+    from tidewater.errors import UserError
+
+    single = tmp_path / "single.csv"
+    single.write_text("user_id,item_id,ts\n" + "".join(f"u{u},i{u % 7},{1000 + u}\n" for u in range(40)))
+    res = CliRunner().invoke(app, ["train", "recs", "--interactions", str(single), "--registry", str(tmp_path / "r")])
+    assert isinstance(res.exception, UserError) and "2 or more distinct items" in str(res.exception)
