@@ -32,6 +32,8 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     ``NUMERIC_UNITS``). Raises ``ValueError`` naming the first value that is none of these, with its row
     number in the file (header = row 1; from the index, which ``read_csv`` numbers from 0)."""
     numeric = pd.to_numeric(values, errors="coerce")
+    if len(numeric) and numeric.notna().mean() > 0.5 and not numeric.notna().all():  # a number column, a few not
+        raise _unparsable(values, numeric.isna(), "the other values are numbers")
     if numeric.notna().all():
         dates = _yyyymmdd(numeric)
         if dates is not None:
@@ -48,12 +50,17 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
                                                dayfirst=read_as == "day-first dates")
     bad = parsed.isna()
     if bad.any():
-        first = int(np.flatnonzero(bad.to_numpy())[0])
-        label = values.index[first]  # a frame read from a file keeps its row numbers in the index
-        row = int(label) + 2 if isinstance(label, (int, np.integer)) else first + 2
-        raise ValueError(f"cannot parse ts {values.iloc[first]!r} in row {row} (use ISO dates, YYYYMMDD, "
-                         "or epoch seconds / milliseconds / microseconds / nanoseconds)")
+        raise _unparsable(values, bad, "use ISO dates, YYYYMMDD, or epoch seconds / milliseconds / microseconds / "
+                                       "nanoseconds")
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
+
+
+def _unparsable(values: pd.Series, bad: pd.Series, hint: str) -> ValueError:
+    """The error naming the first bad value and its row in the file (header = row 1)."""
+    first = int(np.flatnonzero(bad.to_numpy())[0])
+    label = values.index[first]  # a frame read from a file keeps its row numbers in the index
+    row = int(label) + 2 if isinstance(label, (int, np.integer)) else first + 2
+    return ValueError(f"cannot parse ts {values.iloc[first]!r} in row {row} ({hint})")
 
 
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")

@@ -200,7 +200,9 @@ class VectorRecommender:
         # a new array and a tuple: later events do not change the query
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
-        history = tuple([e.item_id for e in profile.recent if e.item_id])
+        # each item once, at its first occurrence: the model was trained and evaluated on histories with repeats
+        # collapsed so (models/recs/evaluation.py); a repeated item re-ranked with the weight of every repeat
+        history = tuple(dict.fromkeys([e.item_id for e in profile.recent if e.item_id]))
         # exclude = seen_items: the re-ranking passes the history, and the purchases the ring has forgotten
         return Query(self.vector(profile), None, history, frozenset(profile.purchased).difference(history))
 

@@ -134,7 +134,9 @@ class Recommender:
                     vecs.append(st)  # its search would rank every item at 0, in catalogue order
                     rows.append(r)
         out: list[list[tuple[str, float]]] = [[] for _ in user_states]
-        rerank = histories is not None and self.rerank_candidates > k
+        # k at or above the candidates: the top k are re-scored (it switched the re-ranking off, so a worker with
+        # TIDEWATER_REC_TOP_K >= the candidates served the vector's ranking, not the one `evaluate recs` measures)
+        rerank = histories is not None and self.rerank_candidates > 0
         if vecs:
             ex = [exclude[r] for r in rows] if exclude is not None else None
             if rerank:
@@ -170,7 +172,7 @@ class Recommender:
                     excluded[r] = set(excluded[r]).union(self.positions(e)) if exclude_history \
                         else self.positions(e)
         top, top_scores = search_and_rerank(self.index.current, self.full, vecs, k,  # one index version
-                                            self.rerank_candidates, excluded, history_pos)
+                                            max(self.rerank_candidates, k), excluded, history_pos)
         if decimals is not None:
             top_scores = np.round(top_scores, decimals)
         names = self.item_ids

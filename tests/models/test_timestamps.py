@@ -66,3 +66,10 @@ def test_regression_day_first_dates_are_read_day_first_in_every_row():
     assert got.tolist() == [_epoch(dt.date(2010, 1, 5)), _epoch(dt.date(2010, 1, 13))]
     with pytest.raises(ValueError, match="day first in some rows and month first in others"):
         to_epoch_seconds(pd.Series(["13/01/2010", "01/13/2010"]))
+
+
+def test_regression_a_word_among_numbers_is_the_value_named():
+    """A column of epoch seconds with one bad value was read as dates, so the error named its first number, in
+    the wrong row, as if numbers were not accepted (found by review)."""
+    with pytest.raises(ValueError, match=r"cannot parse ts 'oops' in row 5 \(the other values are numbers\)"):
+        to_epoch_seconds(pd.Series(["1", "2", "1", "oops"]))

@@ -232,11 +232,34 @@ def test_with_a_full_rank_model_the_engine_serves_the_rerank_of_the_users_ring(t
     _, _, result = run(evs, VectorRecommender(rec))
     recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]
     assert recs
+    with_repeats = 0
     for r in recs:  # the query's history is the ring's items up to the triggering event, oldest first
         items = [e.item_id for e in evs if e.user_id == r["user_id"] and e.ts <= r["as_of"] and e.item_id]
-        want = rec.recommend_many([rec.recompute_user(items)], 10, [set(items)], [items])[0]
+        history = list(dict.fromkeys(items))  # repeats collapsed to the first, as the model was trained
+        with_repeats += len(history) < len(items)
+        want = rec.recommend_many([rec.recompute_user(items)], 10, [set(items)], [history])[0]
         assert [i["item_id"] for i in r["items"]] == [i for i, _ in want]
         assert [i["score"] for i in r["items"]] == [round(s, 6) for _, s in want]
+    assert with_repeats  # the shop's users repeat items: the regression's case is covered (found by review)
+
+
+def test_regression_a_top_k_as_wide_as_the_candidates_is_still_re_ranked(tmp_path):
+    """The re-ranking was switched off when k >= TIDEWATER_REC_RERANK_CANDIDATES: the vector's own ranking was
+    served, not the full model's (found by review). Here every item left is a candidate either way."""
+    from models.recs.recommender import write_artifacts
+    from models.recs.seqlinear import LinearConfig, SeqLinearModel
+
+    rng = np.random.default_rng(0)
+    model = SeqLinearModel(LinearConfig(dim=4, threads=1), len(ITEMS))
+    model.fit([rng.integers(0, len(ITEMS), 12) for _ in range(40)])
+    write_artifacts(tmp_path / "v0001-full", model, ITEMS, np.ones(len(ITEMS)), index_kind="flat")
+    narrow = Recommender(tmp_path / "v0001-full", use_gpu=False, rerank_candidates=3)
+    wide = Recommender(tmp_path / "v0001-full", use_gpu=False, rerank_candidates=50)
+    history = ["i1", "i4"]
+    state = narrow.recompute_user(history)
+    got = narrow.recommend_many([state], 5, None, [history], exclude_history=True)
+    assert got == wide.recommend_many([state], 5, None, [history], exclude_history=True)
+    assert len(got[0]) == 5
 
 
 @settings(max_examples=8, deadline=None)

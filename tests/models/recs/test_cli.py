@@ -145,3 +145,16 @@ def test_regression_training_on_a_log_without_sequences_is_a_user_error(app, tmp
     single.write_text("user_id,item_id,ts\n" + "".join(f"u{u},i{u % 7},{1000 + u}\n" for u in range(40)))
     res = CliRunner().invoke(app, ["train", "recs", "--interactions", str(single), "--registry", str(tmp_path / "r")])
     assert isinstance(res.exception, UserError) and "2 or more distinct items" in str(res.exception)
+
+
+def test_regression_evaluate_on_a_catalogue_too_small_for_the_pq_index_reports_it(app, tmp_path):
+    """Under 16 items, building the diagnostic IVF-PQ index (4-bit codes need 16 training points) ended
+    `evaluate recs` in a faiss traceback (found by review): that diagnostic is reported as not available."""
+    small = tmp_path / "small.csv"
+    sequential_log(n_users=40, n_items=10, length=6).to_csv(small, index=False)
+    res = CliRunner().invoke(app, ["evaluate", "recs", "--interactions", str(small), "--json",
+                                   "--report-dir", str(tmp_path / "report"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    index = json.loads(res.stdout.strip().splitlines()[-1])["index"]
+    assert index["recall@10_vs_exact"] is None and "training points" in index["error"]
+    assert index["ivf"]["recall@10_vs_exact"] is not None

@@ -61,3 +61,25 @@ def test_seqlinear_learns_order_and_streaming_vector_matches_low_rank(split):
     full = model.score(None, hist)
     low = u @ model.item_emb.T
     assert np.mean(np.argmax(full, 1) == np.argmax(low, 1)) >= 0.6
+
+
+def test_regression_cold_items_with_a_text_get_vectors_when_another_has_none(monkeypatch):
+    """One cold item without a text left every cold item at a vector of zeros (found by review)."""
+    import hashlib
+
+    from models.recs import model as recs_model
+
+    def fake_text_embeddings(texts, **_):  # stands in for MiniLM: a fixed vector per text, no model load
+        return np.stack([np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).normal(size=16)
+                         for t in texts]).astype(np.float32)
+
+    monkeypatch.setattr(recs_model, "text_embeddings", fake_text_embeddings)
+    rng = np.random.default_rng(0)
+    n_items, warm = 30, 20  # items 20..29 never occur in training: cold
+    texts = [f"item {i}" for i in range(n_items)]
+    texts[25] = ""
+    model = SeqLinearModel(LinearConfig(dim=4, threads=1), n_items)
+    result = model.fit([rng.integers(0, warm, 10) for _ in range(60)], item_texts=texts)
+    assert result.cold_items == 10 and result.text_fused
+    nonzero = {i for i in range(warm, n_items) if np.any(model.query_emb[i])}
+    assert nonzero == set(range(warm, n_items)) - {25}
