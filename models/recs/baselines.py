@@ -47,6 +47,10 @@ class ItemKNN:
 
     name = "item_knn"
 
+    # a chunk of rows costs about 24 B per (row, item): the dense block, its normalisation and negation, and
+    # argpartition's int64 output; chunks are sized to this so a large catalogue does not take tens of GB
+    CHUNK_BYTES = 256 * 1024 * 1024
+
     def __init__(self, k: int = 50, chunk: int = 2048) -> None:
         self.k = k
         self.chunk = chunk
@@ -57,8 +61,9 @@ class ItemKNN:
         norms[norms == 0] = 1.0
         xt = x.T.tocsr()
         rows, cols, vals = [], [], []
-        for start in range(0, n_items, self.chunk):
-            stop = min(start + self.chunk, n_items)
+        chunk = max(1, min(self.chunk, self.CHUNK_BYTES // (24 * max(n_items, 1))))  # rows are independent
+        for start in range(0, n_items, chunk):
+            stop = min(start + chunk, n_items)
             block = (xt[start:stop] @ x).toarray()  # co-occurrence counts (chunk, n_items)
             block /= norms[start:stop, None] * norms[None, :]
             block[np.arange(stop - start), np.arange(start, stop)] = 0.0
