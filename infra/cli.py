@@ -56,10 +56,11 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
             typer.echo(f"{name:40s} {status}")
 
     @topics_app.command("list")
-    def list_(bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP)) -> None:
-        """Show the topic specs Tidewater expects (names, partitions, compaction)."""
+    def list_() -> None:
+        """Show the topic specs Tidewater expects (names, partitions, compaction), from the settings: Kafka is
+        not asked (`topics create` says which exist)."""
         from infra.topics import topic_specs
 
-        s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
+        s = Settings.from_env()
         for spec in topic_specs(s):
             typer.echo(f"{spec.name:40s} partitions={spec.partitions} compact={spec.compact}")

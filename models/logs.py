@@ -33,7 +33,7 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     missing. Raises :class:`UserError` for a missing file, unreadable CSV, missing columns or no rows left."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist")
+        raise UserError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

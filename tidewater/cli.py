@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from typing import Optional
 
@@ -21,7 +22,7 @@ topics_app = typer.Typer(help="Create and inspect Tidewater's Kafka topics.", no
 train_app = typer.Typer(help="Train models on real data and publish them to the registry.", no_args_is_help=True)
 evaluate_app = typer.Typer(help="Evaluate models against baselines; `--json` prints one JSON object last.",
                            no_args_is_help=True)
-index_app = typer.Typer(help="Build and inspect the FAISS item index.", no_args_is_help=True)
+index_app = typer.Typer(help="Build the FAISS item index of the current recs model.", no_args_is_help=True)
 models_app = typer.Typer(help="List the registry's model versions; make one current (rollback).",
                          no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
@@ -87,6 +88,24 @@ def evaluate_offers(
             if name in result and result[name].get("lift") is not None:
                 typer.echo(f"  {name:<26} churn rate {result[name]['churn_rate']:.1%}  lift {result[name]['lift']:.3f}")
     typer.echo(json.dumps(result))
+
+
+def _reflow(text: str) -> str:
+    """A docstring as help text: the lines of each paragraph joined (the help renderer keeps single line breaks,
+    so wrapped docstrings broke mid-sentence in `--help`), paragraphs kept."""
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines())
+                        for paragraph in inspect.cleandoc(text).split("\n\n"))
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = _reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
