@@ -139,14 +139,18 @@ def test_dashboard_page_renders_live_numbers_in_chromium(deployment, tmp_path):
         if data["processed"] > 0 and data["lag"]["total"] is not None:
             break
         time.sleep(0.1)
+    began = time.monotonic()
     during = load(url, tmp_path)  # while the worker is processing
     assert during.number("processed") > before.number("processed")
-    assert during.number("events-per-s") > 0
+    # the rate covers the last 10 s of wall time: a page that took longer to come up (a cold Chromium on a busy
+    # machine) after a short replay may rightly read 0; then the JSON it is drawn from must have shown the rate
+    assert during.number("events-per-s") > 0 or (time.monotonic() - began > 8 and data["events_per_s"] > 0)
     assert during.number("lag-total") is not None
     assert during.rows("partitions-body") >= 1
 
     replay.join(120)
     assert sum(replayed.values()) == len(lines)
+    deadline = time.monotonic() + 120  # its own: the first wait, the page and the replay may have used the other
     while time.monotonic() < deadline:  # the lag comes from committed offsets: a commit interval + a reading late
         data = worker.get("/dashboard.json")
         if data["processed"] == len(lines) and data["lag"]["total"] == 0:

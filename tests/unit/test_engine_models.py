@@ -429,9 +429,9 @@ def tiny_vector_model(tmp_path_factory):
 
 
 @settings(max_examples=30, deadline=None)
-@given(batch=st.integers(1, 40), crash_after=st.integers(0, 30), vectors=st.booleans())
+@given(batch=st.integers(1, 40), vectors=st.booleans(), data=st.data())
 def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the_uninterrupted_outputs(
-        tiny_vector_model, batch, crash_after, vectors):
+        tiny_vector_model, batch, vectors, data):
     """Recovery as the worker does it: profiles and the partition state as persisted after the last finished
     batch, the activity index rebuilt from the profiles, and redelivery from each topic's committed offset (the
     first record not done). Outputs before the crash plus outputs after the restart equal one uninterrupted run
@@ -443,6 +443,9 @@ def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the
 
     config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, tick_s=DAY / 2)
     recs = records(shop(n_users=5, days=60))
+    # the crash after one of the run's batches (drawn from 0..30 whatever the batch size, most examples had
+    # crashed after the last one: found by review)
+    crash_after = data.draw(st.integers(0, -(-len(recs) // batch) - 1), label="crash_after")
     store = EncodedStore()
     rec = (lambda: VectorRecommender(tiny_vector_model)) if vectors else (lambda: None)
     before = _drive(PartitionEngine(0, config, store, recommender=rec()), store, recs[:(crash_after + 1) * batch],

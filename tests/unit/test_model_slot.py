@@ -216,7 +216,14 @@ def test_regression_a_start_up_load_that_hangs_is_logged_too(monkeypatch, caplog
     monkeypatch.setattr(model_slot, "SLOW_LOAD_S", 0.05)
     slot, executor = CountingSlot(), ThreadPoolExecutor(1)
     slot.release.clear()
-    threading.Timer(0.3, slot.release.set).start()
+    warn = slot._warn_if_slow
+
+    def warn_then_release() -> None:  # the load ends only once the wait has been said: no race with a timer
+        slot._loading_since -= 1.0  # older than SLOW_LOAD_S however fast the loop came back
+        warn()
+        slot.release.set()
+
+    slot._warn_if_slow = warn_then_release
     with caplog.at_level("WARNING", logger="tidewater.models"):
         assert asyncio.run(slot.maybe_reload(executor)) is True
     assert slot.current.version == "v1"

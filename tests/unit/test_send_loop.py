@@ -69,6 +69,16 @@ def _batch():
                     done=["record-1"])
 
 
+async def settle(condition, steps: int = 10_000) -> None:
+    """Let the other tasks run until ``condition()`` holds: loop turns, not a sleep of some milliseconds that a
+    stalled loop on a busy machine may not honour."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the send tasks did not get there")
+
+
 def _send_one_batch(drive):
     """Run the send tasks on one batch; ``drive(sender, log)`` resolves its deliveries. (pipeline, sender, log)"""
     log: list = []
@@ -78,7 +88,7 @@ def _send_one_batch(drive):
     async def scenario() -> None:
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
         await pipeline._outbox.put(_batch())
-        await asyncio.sleep(0.01)
+        await settle(lambda: sender.sent)
         await drive(sender, log)
         await asyncio.wait_for(pipeline._drained(), 2)
         sending.cancel()
@@ -93,7 +103,7 @@ def test_a_batch_is_stored_and_acked_only_after_its_outputs_then_its_changelog_a
     async def deliver_in_turn(sender, log) -> None:
         assert [topic for topic, _ in sender.sent] == ["recs"]  # the changelog waits for the outputs
         sender.sent[0][1].set_result(Meta(offset=40))
-        await asyncio.sleep(0.01)
+        await settle(lambda: len(sender.sent) == 2)
         assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"] and log == []
         sender.sent[1][1].set_result(Meta(offset=7))
 

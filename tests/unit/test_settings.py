@@ -52,18 +52,16 @@ def test_readme_settings_table_is_generated_from_the_code():
 def test_a_worker_that_cannot_reach_kafka_retries_then_says_so(caplog):
     """TIDEWATER_BROKER_WAIT_S: retried with a warning each time, then a UserError (the CLI exits 2), no traceback."""
     import asyncio
-    import time
 
     from infra.broker import free_port
     from infra.topics import input_partition_mismatches
     from tidewater.errors import UserError
 
     s = Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})  # nobody listens
-    started = time.monotonic()
     with caplog.at_level("WARNING", logger="tidewater.topics"):
         with pytest.raises(UserError, match="cannot reach Kafka at 127.0.0.1:.*TIDEWATER_BROKER_WAIT_S=2"):
             asyncio.run(input_partition_mismatches(s, wait_s=2.0))
-    assert 1.0 <= time.monotonic() - started < 10
+    # retried (0.5 s, then 1 s apart) before giving up; counted, not timed (no timing thresholds in tests)
     assert sum("waiting for Kafka" in r.message for r in caplog.records) >= 2
 
 
