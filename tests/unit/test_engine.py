@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, Record, run_to_completion
 from tidewater.events import Click, Purchase, encode_event
-from tidewater.profile import DAY
+from tidewater.profile import DAY, encode_profile
 
 
 class DictStore(dict):
