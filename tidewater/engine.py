@@ -191,6 +191,7 @@ class _PendingRec:
 class _Valid:
     record: Record
     event: ev.InputEvent
+    trailing: list[Record] | None = None  # dead letters of the same source read after it: acked after it
 
 
 class PartitionEngine:
@@ -308,6 +309,8 @@ class PartitionEngine:
         answers those of several engines in one recommender call; they are appended to this result then."""
         for item in self.merger.pop_ready(now, caught_up, behind):
             self._process(item)
+            if item.handle.trailing:
+                self._result.done.extend(item.handle.trailing)
         if not defer_recs:
             self._flush_recs()
         result, self._result = self._result, BatchResult()
@@ -651,7 +654,16 @@ class PartitionEngine:
             value_size=len(record.value or b""))
         self._result.outputs.append(Emit(self.config.dead_letter_topic, record.key or b"", encode_output(letter)))
         self._count("dead_letters", rejected.reason)
-        self._result.done.append(record)
+        queue = self.merger.queues.get(record.topic)
+        if queue:  # an earlier record of this source is held in the merge: acked after it, never before it.
+            # Faust commits past a gap of one record at the head of its acked offsets (and past any gap while
+            # nothing was committed yet), so a dead letter acked first would make it skip the held record
+            held = queue[-1].handle
+            if held.trailing is None:
+                held.trailing = []
+            held.trailing.append(record)
+        else:
+            self._result.done.append(record)
 
     def _count(self, name: str, label: str, n: int = 1) -> None:
         self.counters[(name, label)] += n

@@ -135,6 +135,26 @@ def test_bad_records_go_to_dead_letter_and_valid_ones_around_them_apply():
     assert len(result.done) == len(mixed)
 
 
+def test_regression_a_dead_letter_is_acked_after_the_records_of_its_source_held_before_it():
+    """A dead letter was acked at once, while a valid record read before it from the same topic partition was
+    still held in the event-time merge. Faust commits past a gap of one record at the head of its acked offsets
+    (and past any gap while nothing was committed yet), so a crash or a revocation then skipped the held record
+    for good (found by review). Acks of one source now keep its offset order."""
+    engine = PartitionEngine(0, EngineConfig(), DictStore())
+    click = records([Click(event_id="c1", user_id="u1", ts=10.0)])[0]
+    bad = dataclasses.replace(click, offset=click.offset + 1, value=b"{not json")
+    engine.on_record(click, now=0.0)
+    engine.on_record(bad, now=0.0)  # the purchases source says nothing yet: the click is held
+    held = engine.on_notify(now=0.0)
+    assert [o.topic for o in held.outputs] == ["dead-letter"] and held.done == []  # reported, not acked yet
+    released = engine.on_notify(now=0.0, caught_up=frozenset({"purchases"}))
+    assert [(r.topic, r.offset) for r in released.done] == [("clicks", click.offset), ("clicks", bad.offset)]
+    # with nothing held before it, a dead letter is acked at once
+    later = dataclasses.replace(click, offset=click.offset + 2, value=b"{not json either")
+    engine.on_record(later, now=0.0)
+    assert [r.offset for r in engine.on_notify(now=0.0).done] == [later.offset]
+
+
 def _produced_at(recs, lag_s: float = 60.0):
     """The records as a producer writes them: Kafka timestamps (ms) shortly after each event's time."""
     return [dataclasses.replace(r, timestamp=int((json.loads(r.value)["ts"] + lag_s) * 1000)) for r in recs]
