@@ -269,7 +269,7 @@ class Pipeline:
             if self.inbox:
                 batch, self.inbox = self.inbox[: self.batch_max], self.inbox[self.batch_max:]
                 self._space.set()
-                await self.on_batch(batch)
+                await self.on_batch(batch, taken_at=self.revocations)
             now = time.monotonic()
             if now - last_idle >= self.idle_every_s:
                 last_idle = now
@@ -360,10 +360,17 @@ class Pipeline:
             log.info("partition %d: rebuilt the activity index of %d users in %.2f s", engine.partition, n,
                      time.perf_counter() - started)
 
-    async def on_batch(self, records: list[Any]) -> None:
+    async def on_batch(self, records: list[Any], taken_at: int | None = None) -> None:
+        """``taken_at``: the revocation count when the batch left the inbox. A revocation that came in between
+        (it waited for the lock while the previous batch ran) dropped the inbox but not this batch: applied now, it
+        would reopen the revoked partitions' engines from tables without the last batches and run ahead of the
+        re-read of what the revocation dropped (found by review). Such a batch is dropped too: re-read."""
         started = time.perf_counter()
         now = self.clock()
         async with self.lock:
+            if taken_at is not None and taken_at != self.revocations:
+                self.dropped_at_rebalance += len(records)
+                return
             new = sorted({record.partition for record in records} - self.engines.keys())
             if new:
                 # a partition (re)assigned: its engine starts from the tables, so they must hold every batch
@@ -517,7 +524,10 @@ class Pipeline:
 
     async def _stored(self, out: "Outgoing") -> None:
         self._write(out, await delivered(out.deliveries))  # the changelog records are in Kafka
-        self._ack(out.done)
+        owned = {partition for partition, stores, _, _ in out.writes if self.stores.get(partition) is stores}
+        # not the records of partitions revoked since: Faust forgot their acks at the revocation, and acked now
+        # they would come back into its next commit, for partitions another worker owns
+        self._ack(out.done if len(owned) == len(out.writes) else [r for r in out.done if r.partition in owned])
         self.processed += len(out.done)
         if out.done:
             self.throughput.acked(len(out.done), time.time())
@@ -594,7 +604,11 @@ class Pipeline:
         return self._sender
 
     async def revoke(self, partitions: set[int]) -> None:
-        """After Faust committed what was acked: forget everything not applied (the next owner re-reads it)."""
+        """Forget everything not applied (the next owner re-reads it), and send what was computed before the
+        group goes on: batches still in the send stages would otherwise write their changelog records after the
+        next owner restored the partition, over its newer profiles (found by review). Their inputs are not acked
+        (Faust already dropped the revoked partitions' acks): the next owner re-reads them, and its restored
+        profiles skip them as duplicates."""
         async with self.lock:
             self.revocations += 1
             self.dropped_at_rebalance += len(self.inbox)
@@ -615,6 +629,12 @@ class Pipeline:
                     self.handed_over.pop((topic, partition), None)
             # set at each flush, and a worker left with no partition flushes no more: it kept the old count
             metrics.PENDING.set(sum(engine.pending() for engine in self.engines.values()))
+            # the stores are gone: the stages send these partitions' batches but neither store nor ack them
+            try:
+                await asyncio.wait_for(self._drained(), timeout=self.settings.rebalance_timeout_s / 2)
+            except asyncio.TimeoutError:
+                log.warning("revocation: batches still being sent after %.0f s; the group goes on",
+                            self.settings.rebalance_timeout_s / 2)
 
 
 async def _not_per_message(message: Any) -> None:

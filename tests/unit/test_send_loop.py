@@ -123,3 +123,42 @@ def test_regression_a_delivery_that_fails_in_kafka_stops_the_worker_before_anyth
     assert isinstance(pipeline._send_failed, RuntimeError)
     assert [topic for topic, _ in sender.sent] == ["recs"]  # no changelog for a batch whose outputs failed
     assert log == [] and pipeline.processed == 0
+
+
+def test_regression_a_revocation_waits_until_computed_batches_are_sent_and_acks_none_of_the_revoked():
+    """Batches still in the send stages at a revocation were produced after the group had moved on: their
+    changelog records landed after the next owner had restored the partition, over its newer profiles (or
+    brought an erased one back). And acked then, their records came back into Faust's next commit for a
+    partition another worker owns (found by review). Now the revocation returns only once they are sent, and
+    their inputs are not acked (the next owner re-reads them)."""
+    from types import SimpleNamespace as Meta
+
+    acked: list = []
+    sender = ControlledSender()
+    pipeline = _namespace(sender=sender, _write=lambda out, last: None, _ack=acked.extend)
+    pipeline.__dict__.update(
+        lock=asyncio.Lock(), revocations=0, dropped_at_rebalance=0, inbox=[], cache=Meta(forget=lambda: None),
+        _space=asyncio.Event(), engines={}, stores={0: "stores-0", 1: "stores-1"}, handed_over={},
+        settings=Meta(input_topics=("clicks", "purchases"), rebalance_timeout_s=60.0))
+    mine, theirs = Meta(partition=1, offset=5), Meta(partition=0, offset=9)
+
+    async def scenario() -> None:
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        await pipeline._outbox.put(Outgoing(1, outputs=[("recs", None, b"u", b"r")],
+                                            changelog=[("profiles-changelog", 0, b"u", b"p")],
+                                            writes=[(0, "stores-0", [], None), (1, "stores-1", [], None)],
+                                            done=[theirs, mine]))
+        await settle(lambda: sender.sent)
+        revoking = asyncio.ensure_future(Pipeline.revoke(pipeline, {0}))  # type: ignore[arg-type]
+        await settle(lambda: 0 not in pipeline.stores)
+        assert not revoking.done()  # the outputs are not in Kafka yet
+        sender.sent[0][1].set_result(Meta(offset=1))
+        await settle(lambda: len(sender.sent) == 2)
+        assert not revoking.done()  # nor the changelog
+        sender.sent[1][1].set_result(Meta(offset=2))
+        await asyncio.wait_for(revoking, 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"]
+    assert acked == [mine]  # the record of the revoked partition 0 is not acked
