@@ -736,6 +736,10 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         web_host=s.web_host,
         web_port=s.web_port,
         web_bind=s.web_host,
+        # Faust's /table (any table's values: users' profiles) and /router (the cluster's URLs) views are not
+        # served: profiles are read through GET /users/{id}/profile, behind TIDEWATER_READ_TOKEN (found by review)
+        web_tables_enabled=False,
+        web_router_enabled=False,
         canonical_url=canonical_url(s),
         table_standby_replicas=0,
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import time
 from importlib import resources
 from typing import Any
@@ -18,10 +19,35 @@ from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
 from tidewater.sources import topic_kind
 
+log = logging.getLogger("tidewater.web")
+
+MAX_REJECTIONS_LISTED = 100  # a 422 names this many bad events, and counts the rest
+ROUTED_HEADER = "X-Tidewater-Routed"  # set on a request forwarded to the owner of a key: it is never forwarded again
+ROUTE_TIMEOUT_S = 10.0
+
+
+def bearer_ok(request: Request, token: str) -> bool:
+    """``Authorization: Bearer <token>`` (the scheme in any case, RFC 7235), compared in constant time."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # aiohttp keeps undecodable bytes as surrogates
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                                              token.encode())
+
 
 def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     topics = {"click": app.topic(s.topic_clicks, key_serializer="raw", value_serializer="raw"),
               "purchase": app.topic(s.topic_purchases, key_serializer="raw", value_serializer="raw")}
+
+    def unauthorized(view: View, what: str) -> Response:
+        return view.json({"error": f"missing or wrong bearer token ({what})"}, status=401,
+                         headers={"WWW-Authenticate": 'Bearer realm="tidewater"'})
+
+    def may_read(request: Request) -> bool:
+        """The views with users' data: open without TIDEWATER_READ_TOKEN, else its bearer token (or ?token=, for
+        the dashboard page, which passes its own on)."""
+        token = s.read_token.reveal()
+        return not token or bearer_ok(request, token) or hmac.compare_digest(
+            request.query.get("token", "").encode("utf-8", "surrogateescape"), token.encode())
 
     @app.page("/events")
     class Ingest(View):
@@ -31,9 +57,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             token = s.ingest_token.reveal()
             if not token:
                 return self.json({"error": "ingest disabled: set TIDEWATER_INGEST_TOKEN"}, status=503)
-            auth = request.headers.get("Authorization", "")  # aiohttp keeps undecodable bytes as surrogates
-            if not hmac.compare_digest(auth.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode()):
-                return self.json({"error": "missing or wrong bearer token"}, status=401)
+            if not bearer_ok(request, token):
+                return unauthorized(self, "TIDEWATER_INGEST_TOKEN")
             def too_big() -> Response:
                 return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
 
@@ -57,34 +82,57 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 return self.json({"error": "expected a JSON object or a non-empty array of events"}, status=400)
             decoded = []
             errors = []
+            # what the worker would dead-letter as ts_in_future (the record is stamped now): refused here instead
+            latest = time.time() + s.max_event_lead_s if s.max_event_lead_s else float("inf")
             for i, item in enumerate(items):
                 event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
+                if not isinstance(event, Rejected) and event.ts > latest:
+                    event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
+                                                     f"{s.max_event_lead_s:g} s ahead of now")
                 if isinstance(event, Rejected):
                     errors.append({"index": i, "reason": event.reason, "detail": event.detail})
                 else:
-                    decoded.append(event)
+                    decoded.append((i, event))
             if errors:  # all or nothing: the web tier fixes the batch and resends it
-                return self.json({"error": "invalid events", "rejected": errors}, status=422)
-            try:  # 202 means Kafka has every event, not that the producer queued them
-                sent = []
-                for event in decoded:
-                    if isinstance(event, Clock):  # the partition's time, for every partition
-                        sent.extend([await topics["click"].send(value=encode_event(event), partition=partition)
-                                     for partition in range(s.partitions)])  # = the topic's (checked at start)
-                    else:  # erasure requests go with the clicks
-                        sent.append(await topics[topic_kind(event)].send(key=event.user_id.encode(),
-                                                                         value=encode_event(event)))
-                await asyncio.gather(*sent)
-            except Exception as exc:  # noqa: BLE001 - any delivery failure: the client must resend
-                return self.json({"error": f"not every event reached Kafka ({exc!r}); resend the batch: an event "
-                                           "already stored is skipped by its event_id (among the user's last 16)"},
-                                 status=503)
+                return self.json({"error": "invalid events", "rejected_total": len(errors),
+                                  "rejected": errors[:MAX_REJECTIONS_LISTED]}, status=422)
+            # clocks: only the latest one matters, sent to every partition (one per clock event multiplied sends
+            # by the partitions, for the same effect)
+            clocks = [(i, e) for i, e in decoded if isinstance(e, Clock)]
+            sends: list[tuple[list[int], Any]] = []  # (indices of the events it carries, its delivery)
+            try:
+                for i, event in decoded:
+                    if not isinstance(event, Clock):  # erasure requests go with the clicks
+                        sends.append(([i], await topics[topic_kind(event)].send(key=event.user_id.encode(),
+                                                                                value=encode_event(event))))
+                if clocks:
+                    latest_clock = max(clocks, key=lambda c: c[1].ts)[1]
+                    for partition in range(s.partitions):  # = the topic's (checked at start)
+                        sends.append(([i for i, _ in clocks], await topics["click"].send(
+                            value=encode_event(latest_clock), partition=partition)))
+            except Exception as exc:  # noqa: BLE001 - the rest could not even be queued
+                queued = {i for indices, _ in sends for i in indices}
+                sends.append(([i for i, _ in decoded if i not in queued], _failed(exc)))
+            # 202 means Kafka has every event, not that the producer queued them
+            results = await asyncio.gather(*[delivery for _, delivery in sends], return_exceptions=True)
+            failed = sorted({i for (indices, _), result in zip(sends, results) if isinstance(result, BaseException)
+                             for i in indices})
+            if failed:
+                first = next(r for r in results if isinstance(r, BaseException))
+                return self.json({"error": f"not every event reached Kafka ({first!r}): resend the events listed in "
+                                           "failed_indices, only those (an event already stored is skipped by its "
+                                           "event_id only among its user's last 16)",
+                                  "failed_indices": failed, "accepted": len(decoded) - len(failed)}, status=503)
             return self.json({"accepted": len(decoded)}, status=202)
 
     @app.page("/users/{user_id}/profile")
     class UserProfile(View):
-        @app.table_route(table=profiles, match_info="user_id")
         async def get(self, request: Request, user_id: str) -> Response:
+            if not may_read(request):
+                return unauthorized(self, "TIDEWATER_READ_TOKEN")
+            owner = _owner(app, profiles, user_id)
+            if owner is not None:  # another worker's partition: forwarded once, with a deadline
+                return await _forward(self, app, request, owner)
             raw = profiles.get(user_id.encode())
             if raw is None:
                 return self.json({"error": f"no profile for user {user_id!r}"}, status=404)
@@ -115,6 +163,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     @app.page("/stats")
     class Stats(View):
         async def get(self, request: Request) -> Response:
+            if not may_read(request):
+                return unauthorized(self, "TIDEWATER_READ_TOKEN")
             counters: dict[str, int] = {}
             for engine in list(pipeline.engines.values()):  # copies: the engine thread may add keys meanwhile
                 for (name, label), n in list(getattr(engine, "counters", {}).items()):
@@ -136,8 +186,48 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     @app.page("/dashboard.json")
     class DashboardData(View):
         async def get(self, request: Request) -> Response:
+            if not may_read(request):
+                return unauthorized(self, "TIDEWATER_READ_TOKEN")
             return self.bytes(msgspec.json.encode(dashboard_data(s, pipeline, live)),
                               content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+async def _failed(exc: BaseException) -> None:
+    raise exc
+
+
+def _owner(app: faust.App, table: Any, user_id: str) -> Any:
+    """The URL of the worker that owns ``user_id``'s partition, None when it is this one (or not known: answered
+    here, a 404 at worst)."""
+    try:
+        url = app.router.key_store(table.name, user_id)
+    except Exception:  # noqa: BLE001 - no assignment known yet (starting, rebalancing)
+        return None
+    ident = app.router._urlident
+    return None if ident(url) == ident(app.conf.canonical_url) else url
+
+
+async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> Response:
+    """The request to the owner's worker, once: a request that was already forwarded is answered 503 (the workers
+    disagree on the owner during a rebalance: they bounced it between them until the connection pool was full),
+    and an unreachable owner (died, not yet replaced) is a 503 too, not a 500 with a traceback (found by review)."""
+    import aiohttp
+
+    if request.headers.get(ROUTED_HEADER):
+        return view.json({"error": "the partition is moving between workers: retry shortly"}, status=503,
+                         headers={"Retry-After": "2"})
+    host, port = app.router._urlident(owner)
+    url = request.url.with_host(host).with_port(int(port))
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
+    headers[ROUTED_HEADER] = "1"
+    try:
+        async with app.http_client.get(url, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=ROUTE_TIMEOUT_S)) as resp:
+            return view.bytes(await resp.read(), content_type=resp.content_type, status=resp.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("profile request for %s: owner %s unreachable: %r", request.path, owner, exc)
+        return view.json({"error": f"the worker owning this user ({owner}) did not answer: retry shortly"},
+                         status=503, headers={"Retry-After": "2"})
 
 
 def dashboard_data(s: Settings, pipeline: Any, live: Any, now: float | None = None) -> dict[str, Any]:

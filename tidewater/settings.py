@@ -206,6 +206,11 @@ class Settings:
     ingest_token: Secret = setting(Secret(""), "TIDEWATER_INGEST_TOKEN",
                                    "Bearer token required by POST /events (secret). Empty disables ingest.")
     max_request_bytes: int = setting(1 << 20, "TIDEWATER_MAX_REQUEST_BYTES", "Largest accepted POST /events body.")
+    read_token: Secret = setting(
+        Secret(""), "TIDEWATER_READ_TOKEN",
+        "Bearer token required by the views that show users' data: GET /users/{id}/profile, /dashboard.json, "
+        "/stats (secret; the dashboard page takes it as ?token=). Empty: those views are open, so bind "
+        "TIDEWATER_WEB_HOST to a private network.")
 
     @classmethod
     def from_env(cls, overrides: Mapping[str, Any] | None = None,
