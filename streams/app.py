@@ -203,6 +203,11 @@ class Pipeline:
         self.inline_min_events = settings.inline_min_events
         self.inline_max_scoring = settings.inline_max_scoring
         self.inbox_max = settings.batch_max_events * 4
+        # records held in the engines' event-time merges: past this, fetching waits too. A source that is behind
+        # but delivers nothing (its leader gone) held back every record of the other one, none acked, in memory
+        # without bound while that one had a backlog (found by review); waiting empties the inbox, the wait counts
+        # as starved time, and the merge's idle rule releases the held records
+        self.held_max = self.inbox_max * 10
         self.wait_s = settings.batch_max_wait_ms / 1000.0
         self.idle_every_s = max(0.002, settings.source_idle_ms / 4000.0)  # idle sources released within 1/4
         self._sender: Any = None
@@ -230,7 +235,7 @@ class Pipeline:
         then skip (lost events)."""
         revocations = self.revocations
         await self.app.flow_control.acquire()
-        while len(self.inbox) >= self.inbox_max:
+        while len(self.inbox) >= self.inbox_max or self.held() >= self.held_max:
             self._space.clear()
             await self._space.wait()
         if self.revocations != revocations:
@@ -274,6 +279,7 @@ class Pipeline:
             if now - last_idle >= self.idle_every_s:
                 last_idle = now
                 await self.on_idle()
+                self._space.set()  # the merges may hold fewer records now: a fetch waiting on them looks again
             if now - last_poll >= self.settings.model_poll_s:
                 last_poll = now
                 self.churn_slot.poll(self.loader)
@@ -290,6 +296,10 @@ class Pipeline:
             await asyncio.sleep(GATHER_STEP_S)
             if len(self.inbox) == size:
                 return
+
+    def held(self) -> int:
+        """Records held in the partitions' event-time merges."""
+        return sum(engine.pending() for engine in list(self.engines.values()))
 
     def clock(self) -> float:
         """The engines' notion of "how long has a source been silent": time spent starved of input, not wall

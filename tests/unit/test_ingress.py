@@ -233,7 +233,7 @@ def test_regression_records_fetched_before_a_revocation_are_not_applied_after_it
 
     pipeline = SimpleNamespace(app=SimpleNamespace(flow_control=SimpleNamespace(acquire=acquire)), inbox=["old"],
                                inbox_max=1, _space=asyncio.Event(), _ready=asyncio.Event(), revocations=0,
-                               dropped_at_rebalance=0)
+                               dropped_at_rebalance=0, held=lambda: 0, held_max=10)
 
     async def scenario() -> None:
         waiting = asyncio.ensure_future(Pipeline.deliver(pipeline, TP("clicks", 0), [record("clicks", 0, 9)]))
@@ -260,3 +260,37 @@ def test_regression_a_batch_taken_before_a_revocation_is_dropped_not_applied_aft
     asyncio.run(pipeline.revoke({0}))
     asyncio.run(pipeline.on_batch([record("clicks", 0, 9)], taken_at=taken_at))
     assert pipeline.engines == {} and pipeline.dropped_at_rebalance == 1
+
+
+def test_regression_fetching_waits_while_the_merges_hold_too_many_records(tmp_path):
+    """The inbox was bounded but emptied into the engines' merges every batch, and those were not: a source behind
+    but delivering nothing held back all of the other's backlog in memory, none of it acked (found by review).
+    Fetching now also waits while the merges hold ``held_max`` records, until a flush releases some."""
+    from tests.unit.pipelines import offline_pipeline
+
+    class Held:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def pending(self) -> int:
+            return self.n
+
+    pipeline = offline_pipeline(tmp_path)
+
+    async def acquire() -> None:
+        return None
+
+    pipeline.app.flow_control.acquire = acquire
+    pipeline.engines = {0: Held(pipeline.held_max)}
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(pipeline.deliver(TP("clicks", 1), [record("clicks", 1, 3)]))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert not waiting.done() and pipeline.inbox == []  # the merges are full: nothing more is taken
+        pipeline.engines[0].n = pipeline.held_max - 1  # the idle rule released some
+        pipeline._space.set()  # what the batch loop does after each idle check
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(scenario())
+    assert [r.offset for r in pipeline.inbox] == [3]
