@@ -280,6 +280,8 @@ class Pipeline:
                 last_idle = now
                 await self.on_idle()
                 self._space.set()  # the merges may hold fewer records now: a fetch waiting on them looks again
+                if self._send_failed is not None:  # with no input the next flush may never come: stop now
+                    raise self._send_failed
             if now - last_poll >= self.settings.model_poll_s:
                 last_poll = now
                 self.churn_slot.poll(self.loader)

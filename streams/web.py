@@ -148,12 +148,14 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             assigned = sorted({tp.partition for tp in assignment if tp.topic in s.input_topics})
             # "starting", with HTTP 503, until the registry's models are loaded (no input is processed before): a
             # readiness probe that reads only the status code works too
-            return self.json({"status": "ok" if pipeline.ready else "starting", "partitions": assigned,
+            failed = getattr(pipeline, "_send_failed", None) is not None  # the worker is stopping on it
+            status = "failed" if failed else "ok" if pipeline.ready else "starting"
+            return self.json({"status": status, "partitions": assigned,
                               "processed": pipeline.processed, "dropped_at_rebalance": pipeline.dropped_at_rebalance,
                               "models": {"churn": pipeline.churn_slot.scorer.version,
                                          "recs": pipeline.recs_slot.recommender.version,
                                          "index": pipeline.recs_slot.recommender.index_version}},
-                             status=200 if pipeline.ready else 503)
+                             status=200 if status == "ok" else 503)
 
     @app.page("/metrics")
     class Metrics(View):

@@ -162,3 +162,18 @@ def test_regression_a_revocation_waits_until_computed_batches_are_sent_and_acks_
     asyncio.run(scenario())
     assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"]
     assert acked == [mine]  # the record of the revoked partition 0 is not acked
+
+
+def test_regression_a_failed_send_stops_an_idle_worker_too(tmp_path):
+    """A failed delivery was raised by the next flush only: a worker with no more input stayed up and /health
+    said "ok" (found by review). The batch loop raises it at its next idle check."""
+    import time
+
+    import pytest
+
+    from tests.unit.pipelines import offline_pipeline
+
+    pipeline = offline_pipeline(tmp_path)
+    pipeline._send_failed = RuntimeError("TopicAuthorizationFailed")
+    with pytest.raises(RuntimeError, match="TopicAuthorizationFailed"):
+        asyncio.run(asyncio.wait_for(pipeline._batch_loop(0.0, time.monotonic()), 10))

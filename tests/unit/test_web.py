@@ -23,6 +23,7 @@ TOKEN = "ingest-secret"
 class FakePipeline:
     def __init__(self, settings: Settings) -> None:
         self.ready, self.processed, self.dropped_at_rebalance, self.engines = True, 0, 0, {}
+        self._send_failed = None
         self.churn_slot = SimpleNamespace(scorer=SimpleNamespace(version="c1"))
         self.recs_slot = SimpleNamespace(recommender=SimpleNamespace(version="r1", index_version="i1"))
         self.throughput = SimpleNamespace(as_dict=lambda: {})
@@ -173,3 +174,6 @@ def test_health_says_starting_with_a_503_until_the_models_are_loaded(worker):
     w.pipeline.ready = True
     status, body, _ = call(w, "GET", "/health")
     assert status == 200 and body["status"] == "ok"
+    w.pipeline._send_failed = RuntimeError("TopicAuthorizationFailed")  # a delivery failed: the worker stops
+    status, body, _ = call(w, "GET", "/health")
+    assert status == 503 and body["status"] == "failed"
