@@ -32,17 +32,10 @@ def run(stream, profiles=None):
     return profiles
 
 
-@given(event_lists(max_size=40))
-def test_applying_twice_equals_applying_once(evs):
-    stream = list(enumerate(evs))
-    once = run(stream)
-    twice = run(stream, copy.deepcopy(once))
-    assert twice == once
-
-
 @given(event_lists(max_size=40), st.data())
 def test_redelivery_of_any_suffix_changes_nothing(evs, data):
-    """At-least-once: after a crash, any suffix of already-applied events comes again."""
+    """At-least-once: after a crash, any suffix of already-applied events comes again (the whole stream, cut 0,
+    included: applying twice equals applying once)."""
     stream = list(enumerate(evs))
     once = run(stream)
     cut = data.draw(st.integers(0, len(stream)))

@@ -177,3 +177,43 @@ def test_regression_a_failed_send_stops_an_idle_worker_too(tmp_path):
     pipeline._send_failed = RuntimeError("TopicAuthorizationFailed")
     with pytest.raises(RuntimeError, match="TopicAuthorizationFailed"):
         asyncio.run(asyncio.wait_for(pipeline._batch_loop(0.0, time.monotonic()), 10))
+
+
+def test_the_merge_clock_counts_only_time_starved_of_input(tmp_path):
+    """README, Guarantees: progress, not wall time, decides that a source is idle. The engines' clock
+    (``Pipeline.clock``) must not move while the worker is busy with input (a slow batch on a loaded machine would
+    otherwise declare the other source idle and make a replay depend on timing), and must move while it waits
+    with nothing to do."""
+    import time
+
+    from tests.unit.pipelines import offline_pipeline
+
+    pipeline = offline_pipeline(tmp_path)
+    busy = {"batches": 0, "more": True}
+
+    async def slow_batch(batch, taken_at=None):
+        await asyncio.sleep(0.02)  # wall time passes while a batch is processed
+        busy["batches"] += 1
+        if busy["more"]:
+            pipeline.inbox.append("next record")  # and more input is already waiting
+            pipeline._ready.set()
+
+    pipeline.on_batch = slow_batch
+
+    async def scenario() -> tuple[float, float]:
+        pipeline.inbox.append("first record")
+        loop = asyncio.ensure_future(pipeline._batch_loop(0.0, time.monotonic()))
+        await until(lambda: busy["batches"] >= 10)
+        while_busy = pipeline.clock()
+        busy["more"] = False
+        await asyncio.sleep(0.2)  # nothing to do now
+        idle = pipeline.clock()
+        loop.cancel()
+        return while_busy, idle
+
+    async def until(condition):  # wall time must pass here: loop turns alone would not let the batches sleep
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    while_busy, idle = asyncio.run(scenario())
+    assert while_busy == 0.0 and idle > 0.0
