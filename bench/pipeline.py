@@ -5,10 +5,13 @@
 3. Quix Streams stateful (peer; own venv)         6. the full Tidewater pipeline (tidewater worker, with the
                                                      models of var/registry: `make models` trains them)
 
-The peers' task: per-user count + sum in persisted state, one output per event (../shared/peerbench). Each
-stateful run's output topic is counted. The last line is one JSON object with the events/s and the ratios.
+The peers' task: per-user count + sum in persisted state, one output per event (bench/peers/, copies of
+../shared/peerbench). Each stateful run's output topic is read back: all n records, and each user's last count and
+sum must equal the input's; a ratio is printed only between runs that pass. The last line is one JSON object with
+the events/s, the checks and the ratios.
 
 usage: python bench/pipeline.py [--events 100000] [--skip-peers] [--broker tansu|noida]
+                                [--only raw,faust,peers,same,pipeline] [--days 10,0] [--profile DIR]
 """
 from __future__ import annotations
 
@@ -99,6 +102,34 @@ async def raw_consume(bs: str, topic: str, n: int) -> float:
     return n / dt
 
 
+def expected_totals(n: int) -> dict[str, tuple[int, float]]:
+    """(count, sum) per user after the n events of the peers' task."""
+    totals: dict[str, tuple[int, float]] = {}
+    for i in range(n):
+        user, value = peer_event(i)
+        count, total = totals.get(user, (0, 0.0))
+        totals[user] = (count + 1, total + value["amount"])
+    return totals
+
+
+async def check_outputs(bs: str, topic: str, n: int) -> dict[str, Any]:
+    """The peers' task's output topic read back: how many records, and whether each user's last output (its
+    highest count) holds the right count and sum. Counting records alone let wrong state pass."""
+    from streams.replay import read_topic
+    from tidewater.settings import Settings
+
+    rows = await read_topic(Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": bs}), topic, idle_s=2.0)
+    last: dict[str, tuple[int, float]] = {}
+    for *_, value in rows:
+        out = json.loads(value)
+        if out["count"] > last.get(out["user_id"], (0, 0.0))[0]:
+            last[out["user_id"]] = (out["count"], out["sum"])
+    want = expected_totals(n)
+    wrong = [u for u, (count, total) in want.items()
+             if u not in last or last[u][0] != count or abs(last[u][1] - total) > 1e-6 * max(1.0, abs(total))]
+    return {"outputs": len(rows), "content_ok": not wrong and len(last) == len(want), "users_wrong": len(wrong)}
+
+
 async def count_topic(bs: str, topic: str) -> int:
     from streams.replay import read_topic
     from tidewater.settings import Settings
@@ -119,10 +150,10 @@ def ensure_peer(name: str) -> Path | None:
     return python
 
 
-def run_peer(name: str, bs: str, topic: str, n: int, tmp: Path) -> tuple[float | None, int]:
+def run_peer(name: str, bs: str, topic: str, n: int, tmp: Path) -> tuple[float | None, dict]:
     python = ensure_peer(name)
     if python is None:
-        return None, 0
+        return None, {"outputs": 0, "content_ok": False}
     out = f"out-{name}-{int(time.time())}"
     asyncio.run(create(bs, out))
     result = tmp / f"{name}.result.json"
@@ -143,8 +174,8 @@ def run_peer(name: str, bs: str, topic: str, n: int, tmp: Path) -> tuple[float |
         proc.kill()
     if not result.exists():
         log(f"{name} did not finish; log: {tmp / (name + '.log')}")
-        return None, 0
-    return json.loads(result.read_text())["eps"], asyncio.run(count_topic(bs, out))
+        return None, {"outputs": 0, "content_ok": False}
+    return json.loads(result.read_text())["eps"], asyncio.run(check_outputs(bs, out, n))
 
 
 def run_faust_trivial(bs: str, topic: str, n: int, tmp: Path) -> float | None:
@@ -163,7 +194,7 @@ def run_faust_trivial(bs: str, topic: str, n: int, tmp: Path) -> float | None:
 
 
 def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: str, quirks: str,
-                  profile_dir: Path | None = None) -> tuple[float, int | dict[str, int]]:
+                  profile_dir: Path | None = None) -> tuple[float, dict[str, Any]]:
     """Start a worker on a fresh app id, wait until it has processed all n records (GET /stats) and take its
     rate from its own ack times (``bench/worker_rate.py``)."""
     app_id = f"tw-{'same' if same_work else 'full'}-{time.time_ns() % 10**8}"
@@ -212,10 +243,10 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
         log(f"tidewater ({'same work' if same_work else 'pipeline'}) processed {processed}/{n}; log in {tmp}")
     eps = acked_rate([last]) or 0.0  # timed by the worker's own acks (bench/worker_rate.py)
     if same_work:
-        return eps, asyncio.run(count_topic(bs, out_recs))
+        return eps, {**asyncio.run(check_outputs(bs, out_recs, n)), "processed": processed}
     counts = {name: asyncio.run(count_topic(bs, f"{app_id}-{suffix}"))
               for name, suffix in (("recommendations", "recs"), ("churn_scores", "churn"), ("offers", "offers"))}
-    return eps, counts
+    return eps, {**counts, "processed": processed}
 
 
 def main() -> None:
@@ -260,37 +291,47 @@ def main() -> None:
             faust = run_faust_trivial(bs, "pb-in", n, tmp)
             results["faust_trivial_eps"] = round(faust) if faust else None
             log("faust trivial", results["faust_trivial_eps"])
+        checks: dict[str, bool] = {}  # each stateful run's outputs: all n, with every user's right count and sum
         for peer in ("quix", "bytewax"):
-            skip = args.skip_peers or "peers" not in only
-            eps, outputs = (None, 0) if skip else run_peer(peer, bs, "pb-in", n, tmp)
+            if args.skip_peers or "peers" not in only:
+                results[f"{peer}_stateful_eps"], results[f"{peer}_outputs"] = None, 0
+                continue
+            eps, check = run_peer(peer, bs, "pb-in", n, tmp)
             results[f"{peer}_stateful_eps"] = round(eps) if eps else None
-            results[f"{peer}_outputs"] = outputs
-            log(peer, eps, "outputs", outputs)
+            results[f"{peer}_outputs"], results[f"{peer}_content_ok"] = check["outputs"], check["content_ok"]
+            checks[peer] = check["outputs"] == n and check["content_ok"]
+            log(peer, eps, "outputs", check)
         if "same" in only:
-            eps, outputs = run_tidewater(bs, n, tmp, same_work=True, input_topic="pb-in", quirks=quirks,
-                                         profile_dir=args.profile)
-            results["same_work_eps"], results["same_work_outputs"] = round(eps), outputs
-            log("tidewater same work", eps, "outputs", outputs)
+            eps, check = run_tidewater(bs, n, tmp, same_work=True, input_topic="pb-in", quirks=quirks,
+                                       profile_dir=args.profile)
+            results["same_work_eps"], results["same_work_outputs"] = round(eps), check["outputs"]
+            results["same_work_content_ok"] = check["content_ok"]
+            checks["same_work"] = check["outputs"] == n and check["content_ok"] and check["processed"] >= n
+            log("tidewater same work", eps, "outputs", check)
         if "pipeline" in only:
             runs = []
             for topic, span in zip(inputs, days):
                 eps, counts = run_tidewater(bs, n, tmp, same_work=False, input_topic=topic, quirks=quirks,
                                             profile_dir=args.profile)
+                checks[f"pipeline_{span:g}d"] = counts.pop("processed") >= n and counts["recommendations"] > 0
                 runs.append({"days": span, "eps": round(eps), "outputs": counts})
                 log("tidewater pipeline", span, "days:", eps, counts)
             results["pipeline_eps"] = runs[0]["eps"]  # the headline: the first --days value
             results["pipeline_runs"] = runs
     finally:
         broker.stop()
-    peers = [results.get("quix_stateful_eps"), results.get("bytewax_stateful_eps")]
+    # a ratio only between runs whose outputs were checked: every peer that ran, and our side
+    peers = [results.get(f"{p}_stateful_eps") for p in ("quix", "bytewax") if checks.get(p)]
     best = max((p for p in peers if p), default=None)
+    ours_ok = {"same_work": checks.get("same_work", False),
+               "pipeline": all(v for k, v in checks.items() if k.startswith("pipeline_"))}
     for name, key in (("same_work", "same_work_eps"), ("pipeline", "pipeline_eps")):
         ours = results.get(key)
-        results[f"ratio_{name}_best_peer"] = round(ours / best, 3) if best and ours else None
+        results[f"ratio_{name}_best_peer"] = round(ours / best, 3) if best and ours and ours_ok[name] else None
     for run in results.get("pipeline_runs", []):  # type: ignore[union-attr]
-        run["ratio_best_peer"] = round(run["eps"] / best, 3) if best and run["eps"] else None
-    results["outputs_ok"] = all(results.get(k) in (n, None, 0) for k in ("quix_outputs", "bytewax_outputs")) \
-        and results.get("same_work_outputs") in (n, None)
+        run["ratio_best_peer"] = round(run["eps"] / best, 3) if best and run["eps"] and ours_ok["pipeline"] else None
+    results["outputs_ok"] = all(checks.values())
+    results["checks"] = checks
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(results))
 

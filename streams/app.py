@@ -538,11 +538,13 @@ class Pipeline:
         self._write(out, await delivered(out.deliveries))  # the changelog records are in Kafka
         owned = {partition for partition, stores, _, _ in out.writes if self.stores.get(partition) is stores}
         # not the records of partitions revoked since: Faust forgot their acks at the revocation, and acked now
-        # they would come back into its next commit, for partitions another worker owns
-        self._ack(out.done if len(owned) == len(out.writes) else [r for r in out.done if r.partition in owned])
-        self.processed += len(out.done)
-        if out.done:
-            self.throughput.acked(len(out.done), time.time())
+        # they would come back into its next commit, for partitions another worker owns (nor are they counted as
+        # processed: the next owner processes them, and two workers' counts added up counted them twice)
+        done = out.done if len(owned) == len(out.writes) else [r for r in out.done if r.partition in owned]
+        self._ack(done)
+        self.processed += len(done)
+        if done:
+            self.throughput.acked(len(done), time.time())
 
     async def _drained(self) -> None:
         """Every batch computed so far is stored and acked (or dropped after a failure)."""

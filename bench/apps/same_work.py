@@ -70,6 +70,25 @@ class SameWorkEngine:
         return self._State
 
 
+class ViewStore:
+    """Reads as the real engine's view does (``streams.app.PartitionProfiles.get``): the profile cache, then
+    the values computed but not yet written (a batch reaches RocksDB only once its outputs and changelog are
+    in Kafka, while the next batches are computed), then the table. Reading the table alone, a backlog's
+    batches started from counts several batches old (found by review: the outputs were counted, not read)."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+
+    def get_raw(self, user: str) -> CountSum | None:
+        cached = self.view.cache.profiles.get(user)
+        if cached is not None:
+            return cached
+        key = user.encode()
+        held = self.view.unwritten.get(key)
+        raw = held[1] if held is not None else self.view.table.get(key)
+        return None if raw is None else msgspec.msgpack.decode(raw, type=CountSum)
+
+
 def main() -> None:
     from faust.worker import Worker
 
@@ -79,16 +98,8 @@ def main() -> None:
     s = Settings.from_env()
     out_topic = s.topic_recommendations
 
-    class RawStore:
-        def __init__(self, pipeline_store: Any) -> None:
-            self.table = pipeline_store.table
-
-        def get_raw(self, user: str) -> CountSum | None:
-            raw = self.table.get(user.encode())
-            return None if raw is None else msgspec.msgpack.decode(raw, type=CountSum)
-
     def factory(partition: int, state: Any, store: Any, now: float = 0.0) -> SameWorkEngine:
-        engine = SameWorkEngine(partition, RawStore(store), out_topic)
+        engine = SameWorkEngine(partition, ViewStore(store), out_topic)
         engine.state = SameWorkEngine._State
         return engine
 

@@ -32,3 +32,23 @@ def test_same_work_engine_counts_and_sums_once_per_offset():
     result = engine.on_notify(0.0, frozenset())
     assert [json.loads(e.value)["count"] for e in result.outputs] == [1, 2, 3]
     assert json.loads(result.outputs[-1].value)["sum"] == 4.5 and len(result.done) == 4
+
+
+def test_regression_the_same_work_engine_reads_the_values_not_yet_written_like_the_real_view():
+    """It read the RocksDB table alone. A batch's values reach the table only once its outputs and changelog are
+    in Kafka, while the next batches are computed, so with a backlog each batch started from counts several
+    batches old; the bench counted output records and never saw it (found by review). It reads as
+    ``PartitionProfiles`` does: the cache, then the values held until written, then the table."""
+    import msgspec
+
+    from same_work import CountSum, ViewStore
+    from streams.app import PartitionProfiles, ProfileCache
+
+    table = {b"u1": msgspec.msgpack.encode(CountSum(1, 1.5, 0))}
+    view = PartitionProfiles(table, ProfileCache())  # type: ignore[arg-type]
+    store = ViewStore(view)
+    assert store.get_raw("u1").count == 1 and store.get_raw("nobody") is None
+    view.hold([(b"u1", msgspec.msgpack.encode(CountSum(3, 4.5, 2)))], batch=7)  # computed, not yet in the table
+    assert store.get_raw("u1").count == 3
+    view.cache.put("u1", CountSum(5, 7.5, 4))
+    assert store.get_raw("u1").count == 5

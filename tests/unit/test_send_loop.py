@@ -162,6 +162,7 @@ def test_regression_a_revocation_waits_until_computed_batches_are_sent_and_acks_
     asyncio.run(scenario())
     assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"]
     assert acked == [mine]  # the record of the revoked partition 0 is not acked
+    assert pipeline.processed == 1  # nor counted: its next owner processes it (two workers' sums counted it twice)
 
 
 def test_regression_a_failed_send_stops_an_idle_worker_too(tmp_path):
