@@ -25,6 +25,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .features import SUMMARY_NAMES
+
+_N_EVENTS = SUMMARY_NAMES.index("log_n_events")
+
 
 BUILT_IN_PURCHASE_LOGS = ("cdnow_master", "cdnow_sample")  # `tidewater train churn` without --purchases
 
@@ -83,9 +87,30 @@ def bucket_shape(batch: dict[str, np.ndarray], summary: np.ndarray, longest: int
     return out, summary
 
 
+def _no_history(summary: np.ndarray) -> np.ndarray:
+    """Rows of a summary matrix with no event before the scoring time (after the model's own filters): their
+    log1p(events) column is 0."""
+    return summary[:, _N_EVENTS] == 0
+
+
+def last_events(sequence: Iterable[dict], as_of: float, keep: int) -> list[dict]:
+    """The last ``keep`` events before ``as_of``, in time order: the ring's view a model was trained on
+    (``ChurnTask.ring_sequences``), for callers that pass a whole history (``tidewater.scoring.RingScorer`` cuts the
+    stream's ring itself). A history longer than it had been summarised whole: a weekly buyer of three years got
+    78 expected purchases where the trained view gives 41 (found by review)."""
+    seq = list(sequence)
+    if len(seq) <= keep:
+        return seq
+    try:
+        before = sorted((e for e in seq if e["ts"] < as_of), key=lambda e: e["ts"])  # stable: ties keep their order
+    except (KeyError, TypeError):  # odd events: prepare says what is wrong with them
+        return seq
+    return before[-keep:]
+
+
 class ChurnScorer:
     def __init__(self, model, *, version: str = "unversioned", device: str | None = None, micro_batch: int = 256,
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, no_history: tuple[float, float] | None = None) -> None:
         import torch
 
         self._torch = torch
@@ -116,6 +141,12 @@ class ChurnScorer:
         # by warm_up. The CPU has no such cost and would only pay for the padding
         self.shape_buckets = self.device.type == "cuda"
         self._lock = threading.Lock()
+        # (churn probability, expected purchases) for a sequence with none of the events the model reads: a user
+        # who only browsed, for a model trained on purchases alone. Training never saw such an input (every
+        # training user has an event before the cut-off), and the weights' reading of its all-zero summary was
+        # arbitrary: the CDNOW model gave browse-only users 0.29, below a real buyer's 0.62 (found by review). The
+        # training users' churn rate and mean count instead; None (versions before it): the weights decide
+        self.no_history = no_history
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None, micro_batch: int = 256) -> "ChurnScorer":
@@ -125,8 +156,11 @@ class ChurnScorer:
         path = Path(path)
         meta_file = path / "meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        info_file = path / "train_info.json"
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        no_history = (float(info["prior_churn"]), float(info["prior_count"])) if "prior_churn" in info else None
         return cls(load_model(path), version=meta.get("version", path.name), device=device,
-                   micro_batch=micro_batch, meta=meta)
+                   micro_batch=micro_batch, meta=meta, no_history=no_history)
 
     @property
     def horizon_days(self) -> float | None:
@@ -148,6 +182,8 @@ class ChurnScorer:
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
         if not self.reads_clicks:
             sequences = [[e for e in seq if e.get("type", "purchase") != "click"] for seq in sequences]
+        if self.ring_events:  # the view it was trained on: the last ring_events events before as_of
+            sequences = [last_events(seq, t, self.ring_events) for seq, t in zip(sequences, as_of)]
         summary_only = {} if self.uses_encoder else {"with_tokens": False}
         toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events, item_buckets=self.cfg.item_buckets,
                                category_buckets=self.cfg.category_buckets, **summary_only)
@@ -159,6 +195,14 @@ class ChurnScorer:
         for s in range(0, n, self.micro_batch):
             idx = order[s:s + self.micro_batch]
             prob[idx], rate[idx] = self._encoder_pass(F.collate([toks[i] for i in idx]), summ[idx])
+        return self._fill_no_history(prob, rate, summ)
+
+    def _fill_no_history(self, prob: np.ndarray, rate: np.ndarray, summary: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        if self.no_history is not None:
+            empty = _no_history(summary)
+            if empty.any():
+                prob[empty], rate[empty] = self.no_history
         return prob, rate
 
     def _encoder_pass(self, batch_np: dict[str, np.ndarray], summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +257,7 @@ class ChurnScorer:
         with torch.inference_mode():
             p, r = self.model.calibrated(*self.model.raw_outputs_from_summary(
                 torch.from_numpy(np.ascontiguousarray(summary, dtype=np.float32)).to(self.device)))
-        return p.cpu().numpy().astype(np.float64), r.cpu().numpy().astype(np.float64)
+        return self._fill_no_history(p.cpu().numpy().astype(np.float64), r.cpu().numpy().astype(np.float64), summary)
 
     def score_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float) -> np.ndarray:
         """Calibrated churn probabilities, one per sequence."""

@@ -464,9 +464,13 @@ def finetune_variant(task, cfg: ChurnConfig, tokens, *, seed: int, pretrained_st
     hist = finetune(model, toks, summ, task.churn, task.count, task.idx("train"), task.idx("val"), seed=seed,
                     lora=lora, progress=progress, desc=desc)
     cal = calibrate(model, toks, summ, task.churn, task.count, task.idx("val"))
+    train = task.idx("train")
     info = {"pretrained": pretrained_state is not None, "lora": lora, "finetune": hist, "calibration": cal,
             "finetune_seconds": time.perf_counter() - t0,
-            "n_parameters": int(sum(p.numel() for p in model.parameters()))}
+            "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            # the answer for a sequence with none of the events the model reads (ChurnScorer.no_history): the
+            # training users' churn rate and mean purchase count, not the weights' reading of an all-zero summary
+            "prior_churn": float(np.mean(task.churn[train])), "prior_count": float(np.mean(task.count[train]))}
     return model, info
 
 

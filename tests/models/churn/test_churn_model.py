@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import functools
 import threading
 
@@ -455,3 +456,50 @@ def test_regression_an_artifact_with_other_bucket_edges_is_refused(tmp_path):
     spec_file.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="time_edges_days"):
         load_model(tmp_path / "v")
+
+
+@BOTH_PATHS
+def test_regression_a_sequence_with_nothing_the_model_reads_gets_the_training_priors(tmp_path, kind):
+    """A purchases-only model (CDNOW) scored a browse-only user from an all-zero summary, which training never saw:
+    the served model gave them 0.29, below a real buyer's 0.62 (found by review). It now gives the training users'
+    churn rate and mean purchase count, saved with the version, on every path: one by one, and the stream's
+    batched summary path (32 rings or more)."""
+    from models.churn.train import save_model
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
+
+    task, res = trained()
+    train = task.idx("train")
+    priors = (float(np.mean(task.churn[train])), float(np.mean(task.count[train])))
+    assert (res.info["prior_churn"], res.info["prior_count"]) == priors
+    save_model(served(kind), tmp_path / "v", extra=res.info)
+    (tmp_path / "v" / "meta.json").write_text(json.dumps({"event_types": ["purchase"], "ring_events": 64}))
+    scorer = ChurnScorer.load(tmp_path / "v", device="cpu")
+    assert scorer.no_history == priors and not scorer.reads_clicks
+    clicks = [{"ts": CUTOFF - 86400.0 * d, "type": "click", "item": "i", "category": "c", "amount": None,
+               "quantity": None} for d in (3, 2, 1)]
+    bought = [{"ts": CUTOFF - 86400.0 * 30, "type": "purchase", "item": "i", "category": "c", "amount": 20.0,
+               "quantity": 1}]
+    later = [dict(bought[0], ts=CUTOFF + 10.0)]  # at or after the scoring time: not read either
+    prob, rate = scorer.predict_many([clicks, [], later, bought], CUTOFF)
+    assert [(p, r) for p, r in zip(prob[:3], rate[:3])] == [priors] * 3
+    assert (prob[3], rate[3]) != priors
+    ring = RingScorer(scorer)
+    rings = [[RecentEvent(e["ts"], e["type"], "i", "c", e["amount"] or 0.0, e["quantity"] or 0) for e in clicks]] * 40
+    prob, rate = ring.predict_many(rings, CUTOFF)  # 40 rings: the vectorised summary path when it skips the encoder
+    assert all((p, r) == priors for p, r in zip(prob, rate))
+
+
+def test_regression_a_whole_history_is_scored_on_the_view_the_model_was_trained_on():
+    """``ChurnScorer.score_many`` summarised every event passed to it; the model was trained on each user's last
+    ``ring_events`` events (the stream's ring). Only the stream's RingScorer cut the ring, so a caller passing a
+    whole history, as docs/churn.md shows, got the weekly buyer's 78 expected purchases instead of 41 (found by
+    review)."""
+    _, res = trained()
+    scorer = ChurnScorer(res.model, device="cpu", meta={"ring_events": 64})
+    weekly = [{"ts": CUTOFF - 7 * 86400.0 * w, "type": "purchase", "item": "i", "category": "c", "amount": 15.0,
+               "quantity": 1} for w in range(156, 0, -1)]
+    whole = scorer.predict_many([weekly], CUTOFF)
+    assert [v[0] for v in whole] == [v[0] for v in scorer.predict_many([weekly[-64:]], CUTOFF)]
+    unordered = weekly[::-1]  # any order: the last 64 in time
+    assert [v[0] for v in scorer.predict_many([unordered], CUTOFF)] == [v[0] for v in whole]
