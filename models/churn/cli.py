@@ -83,6 +83,16 @@ def _serving_meta(frame, cutoff: float, max_users: Optional[int]) -> dict:
             "event_types": event_types(frame, cutoff), "ring_events": RING_EVENTS}
 
 
+def _fingerprint(frame) -> str:
+    """The training data's fingerprint: every column the model reads, the same for `train churn` and
+    `evaluate churn --publish` (the first read amount and quantity, the second user_id and ts alone, so two logs
+    that differed only in amounts got one fingerprint; found by review)."""
+    from models.datasets import fingerprint
+
+    return fingerprint(frame[[c for c in ("user_id", "ts", "amount", "quantity", "type", "item", "category")
+                              if c in frame.columns]])
+
+
 def _threads(threads: int) -> None:
     import torch
 
@@ -108,7 +118,6 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         """Pre-train (masked events) and fine-tune the churn transformer; publish a registry version."""
         writable_dir(registry / "churn", "--registry")  # before minutes of training, not after
         _threads(threads)
-        from models.datasets import fingerprint
         from models.registry import Registry
 
         from .data import build_task
@@ -131,7 +140,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
                 "uses_encoder": res.model.encoder_contributes()} | _serving_meta(frame, cut, max_users)
-        fp = fingerprint(frame[["user_id", "ts"] + [c for c in ("amount", "quantity") if c in frame.columns]])
+        fp = _fingerprint(frame)
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
                               fingerprint=fp, meta=meta)
@@ -171,17 +180,17 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         result, model, info = evaluate(frame, cut, horizon_days, dataset=name, seed=seed, progress=progress,
                                        ablations=ablations, report_dir=report_dir, reference_sample=reference)
         if publish is not None:
-            from models.datasets import fingerprint
             from models.registry import Registry
 
             from .train import save_model
 
-            fp = fingerprint(frame[["user_id", "ts"]])
+            fp = _fingerprint(frame)
             slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
             version = Registry(publish / "churn").publish(
                 lambda d: save_model(model, d, metrics=slim, extra=info), fingerprint=fp,
-                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed}
-                | _serving_meta(frame, cut, max_users))
+                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed,
+                      "test_auc": result["model"]["auc"], "n_users": result["task"]["n_users"],
+                      "uses_encoder": model.encoder_contributes()} | _serving_meta(frame, cut, max_users))
             result["published_version"] = version
         m = result["model"]
         lines = [f"dataset {name}: {result['task']['n_users']} users, test {result['task']['n_test']}, "

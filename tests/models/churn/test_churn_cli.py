@@ -162,3 +162,25 @@ def test_regression_returns_are_not_purchases(tmp_path, capsys):
     assert frame.attrs["returns_dropped"] == 1 and (frame["amount"] >= 0).all()
     task = build_task(frame, parse_time("2020-02-01"), 60)
     assert dict(zip(task.users, task.churn)) == {"a": 1, "b": 0, "c": 1}
+
+
+def test_regression_train_and_evaluate_publish_name_the_same_data_alike(tiny_csv, tmp_path):
+    """`evaluate churn --publish` fingerprinted user_id and ts alone (two logs differing only in amounts got one
+    fingerprint), `train churn` amount and quantity too, and its meta lacked uses_encoder, test_auc and n_users
+    (found by review). One fingerprint of every column read, and the same meta keys, for both."""
+    import pandas as pd
+
+    reg = tmp_path / "reg"
+    common = ["--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress"]
+    run_ok(["train", "churn", *common, "--registry", str(reg)])
+    run_ok(["evaluate", "churn", *common, "--no-ablations", "--publish", str(reg), "--report-dir", str(tmp_path / "r")])
+    trained, evaluated = sorted(p for p in (reg / "churn").iterdir() if p.name.startswith("v0"))
+    assert trained.name.split("-")[1] == evaluated.name.split("-")[1]  # vNNNN-<fingerprint>
+    keys = [set(json.loads((p / "meta.json").read_text())) for p in (trained, evaluated)]
+    assert {"uses_encoder", "test_auc", "n_users", "event_types", "ring_events"} <= keys[0] & keys[1]
+    other = tmp_path / "other.csv"
+    frame = pd.read_csv(tiny_csv)
+    frame.assign(amount=frame["amount"] * 2).to_csv(other, index=False)
+    run_ok(["train", "churn", "--purchases", str(other), "--cutoff", "1997-10-01", "--no-progress",
+            "--registry", str(reg)])
+    assert Registry(reg / "churn").current_version().split("-")[1] != trained.name.split("-")[1]
