@@ -80,48 +80,15 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 items = [items]
             if not isinstance(items, list) or not items:
                 return self.json({"error": "expected a JSON object or a non-empty array of events"}, status=400)
-            decoded = []
-            errors = []
-            # what the worker would dead-letter as ts_in_future (the record is stamped now): refused here instead
-            latest = time.time() + s.max_event_lead_s if s.max_event_lead_s else float("inf")
-            for i, item in enumerate(items):
-                event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
-                if not isinstance(event, Rejected) and event.ts > latest:
-                    event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
-                                                     f"{s.max_event_lead_s:g} s ahead of now")
-                if isinstance(event, Rejected):
-                    errors.append({"index": i, "reason": event.reason, "detail": event.detail})
-                else:
-                    decoded.append((i, event))
+            decoded, errors = _validated(items, s)
             if errors:  # all or nothing: the web tier fixes the batch and resends it
                 return self.json({"error": "invalid events", "rejected_total": len(errors),
                                   "rejected": errors[:MAX_REJECTIONS_LISTED]}, status=422)
-            # clocks: only the latest one matters, sent to every partition (one per clock event multiplied sends
-            # by the partitions, for the same effect)
-            clocks = [(i, e) for i, e in decoded if isinstance(e, Clock)]
-            sends: list[tuple[list[int], Any]] = []  # (indices of the events it carries, its delivery)
-            try:
-                for i, event in decoded:
-                    if not isinstance(event, Clock):  # erasure requests go with the clicks
-                        sends.append(([i], await topics[topic_kind(event)].send(key=event.user_id.encode(),
-                                                                                value=encode_event(event))))
-                if clocks:
-                    latest_clock = max(clocks, key=lambda c: c[1].ts)[1]
-                    for partition in range(s.partitions):  # = the topic's (checked at start)
-                        sends.append(([i for i, _ in clocks], await topics["click"].send(
-                            value=encode_event(latest_clock), partition=partition)))
-            except Exception as exc:  # noqa: BLE001 - the rest could not even be queued
-                queued = {i for indices, _ in sends for i in indices}
-                sends.append(([i for i, _ in decoded if i not in queued], _failed(exc)))
-            # 202 means Kafka has every event, not that the producer queued them
-            results = await asyncio.gather(*[delivery for _, delivery in sends], return_exceptions=True)
-            failed = sorted({i for (indices, _), result in zip(sends, results) if isinstance(result, BaseException)
-                             for i in indices})
-            if failed:
-                first = next(r for r in results if isinstance(r, BaseException))
-                return self.json({"error": f"not every event reached Kafka ({first!r}): resend the events listed in "
-                                           "failed_indices, only those (an event already stored is skipped by its "
-                                           "event_id only among its user's last 16)",
+            failed, first_error = await _produce(topics, s.partitions, decoded)
+            if failed:  # 202 means Kafka has every event, not that the producer queued them
+                return self.json({"error": f"not every event reached Kafka ({first_error!r}): resend the events "
+                                           "listed in failed_indices, only those (an event already stored is skipped "
+                                           "by its event_id only among its user's last 16)",
                                   "failed_indices": failed, "accepted": len(decoded) - len(failed)}, status=503)
             return self.json({"accepted": len(decoded)}, status=202)
 
@@ -192,6 +159,50 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 return unauthorized(self, "TIDEWATER_READ_TOKEN")
             return self.bytes(msgspec.json.encode(dashboard_data(s, pipeline, live)),
                               content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any]], list[dict]]:
+    """(index, event) of the valid events, and the rejections (index, reason, detail) of the others. An event the
+    worker would dead-letter as ts_in_future (its record is stamped now) is refused here instead."""
+    decoded, errors = [], []
+    latest = time.time() + s.max_event_lead_s if s.max_event_lead_s else float("inf")
+    for i, item in enumerate(items):
+        event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
+        if not isinstance(event, Rejected) and event.ts > latest:
+            event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
+                                             f"{s.max_event_lead_s:g} s ahead of now")
+        if isinstance(event, Rejected):
+            errors.append({"index": i, "reason": event.reason, "detail": event.detail})
+        else:
+            decoded.append((i, event))
+    return decoded, errors
+
+
+async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[int, Any]]
+                   ) -> tuple[list[int], BaseException | None]:
+    """Send the events keyed by user (erasure requests with the clicks) and wait for Kafka; the clocks go out once,
+    the latest, to every partition (one per clock event multiplied the sends for the same effect). Returns the
+    indices of the events not known to be in Kafka, and the first error."""
+    sends: list[tuple[list[int], Any]] = []  # (indices of the events it carries, its delivery)
+    clocks = [(i, e) for i, e in decoded if isinstance(e, Clock)]
+    try:
+        for i, event in decoded:
+            if not isinstance(event, Clock):
+                sends.append(([i], await topics[topic_kind(event)].send(key=event.user_id.encode(),
+                                                                        value=encode_event(event))))
+        if clocks:
+            latest = max(clocks, key=lambda c: c[1].ts)[1]
+            for partition in range(partitions):  # = the topic's (checked at start)
+                sends.append(([i for i, _ in clocks], await topics["click"].send(value=encode_event(latest),
+                                                                                 partition=partition)))
+    except Exception as exc:  # noqa: BLE001 - the rest could not even be queued
+        queued = {i for indices, _ in sends for i in indices}
+        sends.append(([i for i, _ in decoded if i not in queued], _failed(exc)))
+    results = await asyncio.gather(*[delivery for _, delivery in sends], return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    failed = sorted({i for (indices, _), result in zip(sends, results) if isinstance(result, BaseException)
+                     for i in indices})
+    return failed, errors[0] if errors else None
 
 
 async def _failed(exc: BaseException) -> None:
