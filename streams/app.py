@@ -485,7 +485,7 @@ class Pipeline:
             engine.drain_metrics()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
         self.live.observe(outputs, processed=len(out.done), now=time.time())
-        metrics.PENDING.set(sum(engine.pending() for engine in self.engines.values()))  # every partition's
+        metrics.PENDING.set(self.held())  # every partition's
         if self._send_failed is not None:
             raise self._send_failed
         await self._outbox.put(out)  # the next batch is computed while this one is sent
@@ -642,7 +642,7 @@ class Pipeline:
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
             # set at each flush, and a worker left with no partition flushes no more: it kept the old count
-            metrics.PENDING.set(sum(engine.pending() for engine in self.engines.values()))
+            metrics.PENDING.set(self.held())
             # the stores are gone: the stages send these partitions' batches but neither store nor ack them
             try:
                 await asyncio.wait_for(self._drained(), timeout=self.settings.rebalance_timeout_s / 2)
