@@ -393,6 +393,7 @@ class PartitionEngine:
                 # confirmed (the same id for a retry) and nothing is deleted
                 self._confirm_erasure(event)
                 self._count("duplicates_skipped", record.topic)
+                self._result.state_changed = True  # its offset is recorded below: persisted with the state
             else:
                 self._erase(event, record.topic)
             state.erase_records[event.user_id] = (source, record.offset)
