@@ -79,7 +79,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
             if recorded is not None:  # `record --with-meta`: back to its topic, partition, key and timestamp
                 topic, partition, key, value, timestamp_ms = recorded
                 if partition is not None and partition >= len(await producer.partitions_for(topic)):
-                    partition = None if key is not None else 0  # fewer partitions here: by key
+                    partition = None  # fewer partitions here: by key
                 if close:
                     last_ts = max(last_ts, _event_time(value, s.max_event_bytes))
             elif isinstance(item, bytes):
@@ -92,8 +92,6 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                 if decoded is not None and not isinstance(decoded, Rejected):  # the worker will read its time
                     last_ts = max(last_ts, decoded.ts)
                 value, topic = item, topics[topic_kind(item)]
-                if key is None:  # a line without a readable user: partition 0, not the partitioner's random pick
-                    partition = 0
             else:
                 last_ts = max(last_ts, item.ts)
                 value, key, topic = encode_event(item), item.user_id.encode(), topics[topic_kind(item)]
@@ -102,6 +100,8 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                     wait = (item.ts - first_ts) / speed - (time.monotonic() - started)
                     if wait > 0:
                         await asyncio.sleep(wait)
+            if key is None and partition is None:  # no readable user: partition 0, not the partitioner's random pick
+                partition = 0
             pending.append(await producer.send(topic, value=value, key=key, partition=partition,
                                                timestamp_ms=timestamp_ms))
             counts[topic] = counts.get(topic, 0) + 1

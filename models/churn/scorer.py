@@ -87,24 +87,17 @@ def bucket_shape(batch: dict[str, np.ndarray], summary: np.ndarray, longest: int
     return out, summary
 
 
-def _no_history(summary: np.ndarray) -> np.ndarray:
-    """Rows of a summary matrix with no event before the scoring time (after the model's own filters): their
-    log1p(events) column is 0."""
-    return summary[:, _N_EVENTS] == 0
-
-
-def last_events(sequence: Iterable[dict], as_of: float, keep: int) -> list[dict]:
+def last_events(sequence: Sequence[dict], as_of: float, keep: int) -> Sequence[dict]:
     """The last ``keep`` events before ``as_of``, in time order: the ring's view a model was trained on
     (``ChurnTask.ring_sequences``), for callers that pass a whole history (``tidewater.scoring.RingScorer`` cuts the
     stream's ring itself). A history longer than it had been summarised whole: a weekly buyer of three years got
     78 expected purchases where the trained view gives 41 (found by review)."""
-    seq = list(sequence)
-    if len(seq) <= keep:
-        return seq
+    if len(sequence) <= keep:  # the stream's rings, already cut: as they are, not copied
+        return sequence
     try:
-        before = sorted((e for e in seq if e["ts"] < as_of), key=lambda e: e["ts"])  # stable: ties keep their order
+        before = sorted((e for e in sequence if e["ts"] < as_of), key=lambda e: e["ts"])  # stable: ties keep order
     except (KeyError, TypeError):  # odd events: prepare says what is wrong with them
-        return seq
+        return sequence
     return before[-keep:]
 
 
@@ -183,7 +176,8 @@ class ChurnScorer:
         if not self.reads_clicks:
             sequences = [[e for e in seq if e.get("type", "purchase") != "click"] for seq in sequences]
         if self.ring_events:  # the view it was trained on: the last ring_events events before as_of
-            sequences = [last_events(seq, t, self.ring_events) for seq, t in zip(sequences, as_of)]
+            sequences = [last_events(seq if isinstance(seq, Sequence) else list(seq), t, self.ring_events)
+                         for seq, t in zip(sequences, as_of)]
         summary_only = {} if self.uses_encoder else {"with_tokens": False}
         toks, summ = F.prepare(sequences, as_of, max_events=self.cfg.max_events, item_buckets=self.cfg.item_buckets,
                                category_buckets=self.cfg.category_buckets, **summary_only)
@@ -200,7 +194,7 @@ class ChurnScorer:
     def _fill_no_history(self, prob: np.ndarray, rate: np.ndarray, summary: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray]:
         if self.no_history is not None:
-            empty = _no_history(summary)
+            empty = summary[:, _N_EVENTS] == 0  # log1p(events read before the scoring time): none
             if empty.any():
                 prob[empty], rate[empty] = self.no_history
         return prob, rate
