@@ -115,10 +115,7 @@ def expected_totals(n: int) -> dict[str, tuple[int, float]]:
 async def check_outputs(bs: str, topic: str, n: int) -> dict[str, Any]:
     """The peers' task's output topic read back: how many records, and whether each user's last output (its
     highest count) holds the right count and sum. Counting records alone let wrong state pass."""
-    from streams.replay import read_topic
-    from tidewater.settings import Settings
-
-    rows = await read_topic(Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": bs}), topic, idle_s=2.0)
+    rows = await read_rows(bs, topic)
     last: dict[str, tuple[int, float]] = {}
     for *_, value in rows:
         out = json.loads(value)
@@ -130,11 +127,16 @@ async def check_outputs(bs: str, topic: str, n: int) -> dict[str, Any]:
     return {"outputs": len(rows), "content_ok": not wrong and len(last) == len(want), "users_wrong": len(wrong)}
 
 
-async def count_topic(bs: str, topic: str) -> int:
+async def read_rows(bs: str, topic: str) -> list[tuple]:
+    """Every record of ``topic`` (``streams.replay.read_topic``)."""
     from streams.replay import read_topic
     from tidewater.settings import Settings
 
-    return len(await read_topic(Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": bs}), topic, idle_s=2.0))
+    return await read_topic(Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": bs}), topic, idle_s=2.0)
+
+
+async def count_topic(bs: str, topic: str) -> int:
+    return len(await read_rows(bs, topic))
 
 
 def ensure_peer(name: str) -> Path | None:
