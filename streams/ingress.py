@@ -37,7 +37,7 @@ Deliver = Callable[[Any, list], Awaitable[None]]
 # Faust internals this module reads and writes (faust-streaming 0.15.3, pinned in pyproject.toml)
 FAUST_INTERNALS = ("_drain_messages", "_wait_next_records", "_read_offset", "_add_gap", "_buffered_partitions",
                    "_committed_offset", "_acked", "_acked_index", "_n_acked", "_commit_every", "_to_message",
-                   "perform_seek", "highwater", "commit")
+                   "perform_seek", "seek_to_committed", "_thread", "highwater", "commit")
 
 
 # What ``restore_batch`` reads and writes of Faust's ``Recovery`` (declared on the class or its annotations)
@@ -64,7 +64,81 @@ def install_batch_drain(consumer: Any, input_topics: Iterable[str], deliver: Del
     if missing:
         raise RuntimeError(f"this faust-streaming consumer lacks {missing}: streams/ingress.py is written against "
                            "faust-streaming 0.15.3 (see pyproject.toml)")
-    consumer._drain_messages = MethodType(_batch_drain_factory(frozenset(input_topics), deliver), consumer)
+    topics = frozenset(input_topics)
+    consumer._drain_messages = MethodType(_batch_drain_factory(topics, deliver), consumer)
+
+    async def seek_to_committed(self: Any) -> dict:
+        thread = self._thread
+        return await thread.call_thread(seek_to_committed_or_beginning, thread._ensure_consumer(), topics)
+
+    consumer.seek_to_committed = MethodType(seek_to_committed, consumer)
+
+
+async def seek_to_committed_or_beginning(consumer: Any, topics: frozenset[str]) -> dict:
+    """``AIOKafkaConsumer.seek_to_committed``, which Faust's ``perform_seek`` uses to re-read what it dropped at a
+    rebalance or while the flow was stopped; but aiokafka seeks only partitions whose committed offset is above 0,
+    and leaves the others where the dropped fetch left them. A group that had not committed yet (a first start,
+    or a worker killed before its first commit) then never read the records fetched while the flow was stopped:
+    the worker sat idle on a backlog, its profiles short of those events (seen as a flaky
+    test_regression_faust_596 in CI). Partitions of ``topics`` with no committed offset go back to their beginning,
+    where ``auto_offset_reset=earliest`` started them."""
+    committed = await consumer.seek_to_committed()
+    uncommitted = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
+    if uncommitted:
+        log.info("no committed offset for %s: reading them again from their beginning",
+                 ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in uncommitted)))
+        await consumer.seek_to_beginning(*uncommitted)
+    return committed
+
+
+class FetchLoopState:
+    """What the fetch loop is doing, for GET /stats: a worker that processes nothing shows where it waits."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.records = 0
+        self.current = "starting"
+        self.since = time.monotonic()
+        self.last_fetched: dict[str, Any] = {}
+        self.skipped = 0  # input records below the read offset (re-fetched): Faust drops these too
+
+    def step(self, what: str) -> None:
+        self.current, self.since = what, time.monotonic()
+
+    def fetched(self, records: Any) -> None:
+        self.turns += 1
+        self.records += sum(len(batch) for batch in records.values()) if records else 0
+        for tp, batch in (records or {}).items():
+            key = f"{tp.topic}[{tp.partition}]"
+            self.last_fetched[key] = [batch[0].offset, batch[-1].offset] if batch else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"turns": self.turns, "records": self.records, "skipped": self.skipped, "step": self.current,
+                "step_for_s": round(time.monotonic() - self.since, 3), "last_fetched": self.last_fetched}
+
+
+def consumer_state(consumer: Any) -> dict[str, Any]:
+    """The consumer's flow and partitions as the fetch loop sees them (GET /stats), for a worker that sits idle
+    with a backlog: a stopped flow, paused partitions, or a fetch loop waiting somewhere."""
+    def names(tps: Iterable[Any] | None) -> list[str] | None:
+        return None if tps is None else sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+
+    def by_name(offsets: Any) -> dict[str, Any]:
+        return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in list(offsets.items())}
+
+    try:
+        assignment = consumer.assignment()
+    except Exception:  # noqa: BLE001 - not started yet, or stopping
+        assignment = set()
+    loop = getattr(consumer, "_tidewater_fetch_loop", None)
+    return {"flow_active": bool(getattr(consumer, "flow_active", False)),
+            "assigned": names(assignment),
+            "active": names(getattr(consumer, "_active_partitions", None)),
+            "paused": names(getattr(consumer, "_paused_partitions", ())),
+            "buffered": names(getattr(consumer, "_buffered_partitions", ())),
+            "read_offset": by_name(getattr(consumer, "_read_offset", {})),
+            "committed": by_name(getattr(consumer, "_committed_offset", {})),
+            "fetch_loop": loop.as_dict() if loop is not None else None}
 
 
 def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Callable[[Any, Any], Awaitable[None]]:
@@ -76,14 +150,18 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
         flag = CONSUMER_FETCHING  # the diagnostic flag Faust's own loop sets
+        loop_state = self._tidewater_fetch_loop = FetchLoopState()
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(flag)
+                loop_state.step("fetching")
                 records, active = await self._wait_next_records(1.0)
+                loop_state.fetched(records)
                 await asyncio.sleep(0)  # as Faust's loop: never starve the event loop in a busy fetch loop
                 if records is None or self.should_stop:
                     continue
                 if not self.flow_active:  # Faust's getmany: flow stopped (rebalance) → seek back to committed
+                    loop_state.step("seeking to committed offsets")
                     try:
                         await self.perform_seek()
                     except Exception as exc:  # noqa: BLE001 - Faust logs and carries on here too
@@ -97,6 +175,7 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if tp.topic in input_topics:
+                        loop_state.step(f"delivering {tp.topic}[{tp.partition}]")
                         await _deliver_batch(self, tp, batch, read_offset, deliver)
                     elif not restore_batch(self, tp, batch, read_offset):
                         table = self.app.tables.recovery.tp_to_table.get(tp)
@@ -128,7 +207,11 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
 async def _deliver_batch(consumer: Any, tp: Any, batch: list, read_offset: Any, deliver: Deliver) -> None:
     r_offset = read_offset[tp]
     if r_offset is not None and batch[0].offset < r_offset:  # already delivered (a re-fetch): Faust drops these
+        n = len(batch)
         batch = [record for record in batch if record.offset >= r_offset]
+        loop_state = getattr(consumer, "_tidewater_fetch_loop", None)
+        if loop_state is not None:
+            loop_state.skipped += n - len(batch)
         if not batch:
             return
     previous = r_offset

@@ -14,6 +14,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import lag, metrics
+from streams.ingress import consumer_state
 from tidewater.events import Clock, Rejected, decode_event, encode_event
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
@@ -138,9 +139,11 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             for engine in list(pipeline.engines.values()):  # copies: the engine thread may add keys meanwhile
                 for (name, label), n in list(getattr(engine, "counters", {}).items()):
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
+            watermarks = {p: getattr(e.state, "watermark", None) for p, e in list(pipeline.engines.items())}
             return self.json({"processed": pipeline.processed, "acks": pipeline.throughput.as_dict(),
-                              "counters": counters,
-                              "watermarks": {p: getattr(e.state, "watermark", None) for p, e in pipeline.engines.items()}})
+                              "counters": counters, "watermarks": watermarks,
+                              "inbox": len(pipeline.inbox), "held": pipeline.held(),
+                              "consumer": consumer_state(app.consumer)})
 
     # --- the dashboard: one self-contained page polling dashboard.json ---------------------------------
     live = getattr(pipeline, "live", None)  # streams.live_stats.LiveStats, fed by Pipeline._flush

@@ -126,7 +126,8 @@ def test_regression_outputs_survive_kills_of_a_worker_that_restarts_on_its_own_d
         deadline = time.monotonic() + 120
         while worker.stats()["processed"] < len(lines) // share and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert worker.stats()["processed"] >= len(lines) // share, "the worker never got that far"
+        stats = worker.stats()
+        assert stats["processed"] >= len(lines) // share, f"the worker never got that far: {stats}"
         worker.stop(signal.SIGKILL)
     worker = deployment.start_worker("same-disk")
     worker.wait_ready()
@@ -150,7 +151,8 @@ def test_regression_faust_596_restart_with_backlog_after_kill(deployment, tmp_pa
         deadline = time.monotonic() + 120
         while worker.stats()["processed"] < len(chunk) // 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert worker.stats()["processed"] >= len(chunk) // 2, "the worker never got that far"
+        stats = worker.stats()
+        assert stats["processed"] >= len(chunk) // 2, f"the worker never got that far: {stats}"
         worker.stop(signal.SIGKILL)
     final = deployment.start_worker("final")
     final.wait_ready()

@@ -13,7 +13,7 @@ from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.ingress import ack_records, install_batch_drain
+from streams.ingress import ack_records, consumer_state, install_batch_drain
 
 FakeRecord = namedtuple("FakeRecord", "topic partition offset timestamp timestamp_type headers key value checksum "
                                       "serialized_key_size serialized_value_size")
@@ -92,8 +92,11 @@ def test_a_refetched_batch_is_not_delivered_twice() -> None:
     tp = TP("clicks", 1)
     first = [record("clicks", 1, o) for o in range(5)]
     again = [record("clicks", 1, o) for o in range(3, 8)]  # overlaps: 3 and 4 were delivered (Faust keeps 4)
-    _, delivered, _ = run_drain([{tp: first}, {tp: again}])
+    consumer, delivered, _ = run_drain([{tp: first}, {tp: again}])
     assert [r.offset for r in delivered[1][1]] == [4, 5, 6, 7]
+    loop = consumer_state(consumer)["fetch_loop"]  # GET /stats: fetched, and dropped as already delivered
+    assert (loop["turns"], loop["records"], loop["skipped"]) == (3, 10, 1)
+    assert loop["last_fetched"] == {"clicks[1]": [3, 7]}
 
 
 def test_other_topics_keep_fausts_per_message_path() -> None:

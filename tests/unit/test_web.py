@@ -23,7 +23,8 @@ TOKEN = "ingest-secret"
 class FakePipeline:
     def __init__(self, settings: Settings) -> None:
         self.ready, self.processed, self.dropped_at_rebalance, self.engines = True, 0, 0, {}
-        self._send_failed = None
+        self._send_failed, self.inbox = None, []
+        self.held = lambda: 0
         self.churn_slot = SimpleNamespace(scorer=SimpleNamespace(version="c1"))
         self.recs_slot = SimpleNamespace(recommender=SimpleNamespace(version="r1", index_version="i1"))
         self.throughput = SimpleNamespace(as_dict=lambda: {})
@@ -177,3 +178,14 @@ def test_health_says_starting_with_a_503_until_the_models_are_loaded(worker):
     w.pipeline._send_failed = RuntimeError("TopicAuthorizationFailed")  # a delivery failed: the worker stops
     status, body, _ = call(w, "GET", "/health")
     assert status == 503 and body["status"] == "failed"
+
+
+def test_stats_show_the_consumer_of_a_worker_that_has_not_joined_its_group(worker):
+    """GET /stats says where an idle worker waits: the consumer's flow, its partitions and the fetch loop (none
+    yet: this worker never started its consumer)."""
+    w = worker()
+    status, body, _ = call(w, "GET", "/stats")
+    assert status == 200 and body["inbox"] == 0 and body["held"] == 0
+    consumer = body["consumer"]
+    assert consumer["assigned"] == [] and consumer["paused"] == [] and consumer["fetch_loop"] is None
+    assert consumer["read_offset"] == {} and consumer["committed"] == {}

@@ -1,0 +1,55 @@
+"""streams/ingress.py against the real broker: where a partition's position goes when Faust seeks back."""
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from infra.topics import TopicSpec, create_topics
+from streams.ingress import seek_to_committed_or_beginning
+from tidewater.settings import Settings
+
+pytestmark = [pytest.mark.broker]
+
+
+def test_regression_idle_worker_on_a_backlog_seeks_uncommitted_partitions_back_to_their_beginning(broker):
+    """A worker killed before its first commit left its successor with no committed offsets. Records that the
+    successor fetched while its flow was stopped were dropped, and Faust's seek back to the committed offsets
+    (aiokafka's ``seek_to_committed``) left those partitions at the end of that fetch: the worker sat idle on a
+    backlog of 480 records for two minutes in CI, and they were never read."""
+    settings = Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": broker.bootstrap_servers})
+
+    async def scenario():
+        await create_topics(settings, [TopicSpec("seek-input", 2), TopicSpec("seek-other", 1)])
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        for topic, partition in (("seek-input", 0), ("seek-input", 1), ("seek-other", 0)):
+            await asyncio.gather(*[await producer.send(topic, b"v", partition=partition) for _ in range(5)])
+        await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id="seek-probe",
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        uncommitted, committed, other = (TopicPartition("seek-input", 0), TopicPartition("seek-input", 1),
+                                         TopicPartition("seek-other", 0))
+        consumer.assign([uncommitted, committed, other])
+        await consumer.commit({committed: OffsetAndMetadata(3, "")})
+        fetched = 0
+        while fetched < 15 - 3:  # the dropped fetch: every partition read to its end
+            batches = await consumer.getmany(timeout_ms=1000)
+            fetched += sum(len(records) for records in batches.values())
+        after_fetch = {tp: await consumer.position(tp) for tp in (uncommitted, committed, other)}
+        await consumer.seek_to_committed()  # aiokafka alone: the uncommitted partitions stay at their end
+        aiokafka_alone = {tp: await consumer.position(tp) for tp in (uncommitted, committed, other)}
+        for tp in (uncommitted, committed, other):
+            consumer.seek(tp, 5)  # the end again, as after the dropped fetch
+        returned = await seek_to_committed_or_beginning(consumer, frozenset({"seek-input"}))
+        after = {tp: await consumer.position(tp) for tp in (uncommitted, committed, other)}
+        await consumer.stop()
+        return after_fetch, aiokafka_alone, returned, after, (uncommitted, committed, other)
+
+    after_fetch, aiokafka_alone, returned, after, (uncommitted, committed, other) = asyncio.run(scenario())
+    assert after_fetch == {uncommitted: 5, committed: 5, other: 5}
+    assert aiokafka_alone == {uncommitted: 5, committed: 3, other: 5}  # the upstream behaviour this works around
+    assert returned == {uncommitted: None, committed: 3, other: None}  # what Faust's perform_seek reads
+    # the input partition without a commit goes back to its beginning; another topic is left to Faust
+    assert after == {uncommitted: 0, committed: 3, other: 5}
