@@ -176,7 +176,7 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if tp.topic in input_topics:
                         loop_state.step(f"delivering {tp.topic}[{tp.partition}]")
-                        await _deliver_batch(self, tp, batch, read_offset, deliver)
+                        await _deliver_batch(self, tp, batch, read_offset, deliver, generation)
                     elif not restore_batch(self, tp, batch, read_offset):
                         table = self.app.tables.recovery.tp_to_table.get(tp)
                         if table is not None:
@@ -204,7 +204,11 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
     return drain
 
 
-async def _deliver_batch(consumer: Any, tp: Any, batch: list, read_offset: Any, deliver: Deliver) -> None:
+async def _deliver_batch(consumer: Any, tp: Any, batch: list, read_offset: Any, deliver: Deliver,
+                         generation: int) -> None:
+    """``generation``: the consumer generation when ``batch`` was fetched. A rebalance that completes while the
+    gaps are recorded (they await a lock) must not let the batch through: the pipeline would take it as fetched
+    after the revocation and apply it ahead of the re-read of what the revocation dropped (found by review)."""
     r_offset = read_offset[tp]
     if r_offset is not None and batch[0].offset < r_offset:  # already delivered (a re-fetch): Faust drops these
         n = len(batch)
@@ -216,12 +220,13 @@ async def _deliver_batch(consumer: Any, tp: Any, batch: list, read_offset: Any, 
             return
     previous = r_offset
     for record in batch:  # offsets that never arrive (compaction, transaction markers) must not stall commits
-        if previous and record.offset - previous > 1:
+        if previous is not None and record.offset - previous > 1:
             # Faust's loop passes ``record.offset`` as the gap's end, so the gap also holds the record itself,
             # whose ack then duplicates it and holds the commit back a round; the gap here ends before it.
             await consumer._add_gap(tp, previous + 1, record.offset - 1)
         previous = record.offset
-    generation = consumer.app.consumer_generation_id
+    if not consumer.flow_active or consumer.app.consumer_generation_id != generation:
+        return  # a rebalance came meanwhile: Faust re-reads from the committed offsets
     await deliver(tp, batch)  # may wait (a full inbox) across a rebalance
     if consumer.flow_active and consumer.app.consumer_generation_id == generation:
         read_offset[tp] = batch[-1].offset  # else Faust has reset it, and this batch is re-read
