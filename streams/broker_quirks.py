@@ -28,7 +28,13 @@ QUIRKS_BY_BROKER = {"tansu": "tansu-highwater", "noida": "noida-fetch-wait"}
 FETCH_PACE_S = 0.005
 
 
-async def true_end_offsets(settings: Settings, reported: Mapping[Any, int], *, settle_s: float = 0.3) -> dict:
+async def true_end_offsets(settings: Settings, reported: Mapping[Any, int], *, settle_s: float = 0.3,
+                           first_data_s: float = 30.0) -> dict:
+    """The real end of each partition of ``reported`` (Tansu's ListOffsets answers), read from the reported end
+    - 1: a record is always there. The read ends ``settle_s`` after the last records, but only once every probed
+    partition has answered with its records (or ``first_data_s`` has passed): the settle window used to start
+    before the first fetch, so a slow first answer (a new connection on a loaded machine) returned the reported,
+    too-low ends, and the restore stopped short (found by review)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.kafka_config import aiokafka_kwargs
@@ -44,15 +50,22 @@ async def true_end_offsets(settings: Settings, reported: Mapping[Any, int], *, s
         consumer.assign(list(tps.values()))
         for tp, value in probe.items():
             consumer.seek(tps[tp], value - 1)
-        last_data = time.monotonic()
-        while time.monotonic() - last_data < settle_s:
+        by_key = {(tp.topic, tp.partition): tp for tp in probe}
+        unanswered = set(by_key)
+        last_data = started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if unanswered and now - started < first_data_s:
+                pass  # some partition has not answered yet
+            elif now - last_data >= settle_s:
+                break
             batch = await consumer.getmany(timeout_ms=50, max_records=10000)
             for ktp, messages in batch.items():
-                if messages:
+                tp = by_key.get((ktp.topic, ktp.partition))
+                if messages and tp is not None:
                     last_data = time.monotonic()
-                    for tp in probe:
-                        if tp.topic == ktp.topic and tp.partition == ktp.partition:
-                            result[tp] = max(result[tp], messages[-1].offset + 1)
+                    unanswered.discard((ktp.topic, ktp.partition))
+                    result[tp] = max(result[tp], messages[-1].offset + 1)
     finally:
         await consumer.stop()
     return result
