@@ -75,6 +75,23 @@ def seen_items(profile: Profile) -> frozenset[str]:
 _NO_ITEM = (None, "")
 
 
+def _distinct_items(profile: Profile) -> list[str]:
+    """The ring's items, oldest first, each once at its first occurrence: the recs model was trained and
+    evaluated on histories with repeats collapsed so (models/recs/evaluation.py)."""
+    return list(dict.fromkeys([e.item_id for e in profile.recent if e.item_id]))
+
+
+def _repeated(recent: Sequence[Any], item_id: str) -> bool:
+    """Is ``item_id`` in the ring more than once (the event just applied is one of them)?"""
+    seen = False
+    for event in recent:
+        if event.item_id == item_id:
+            if seen:
+                return True
+            seen = True
+    return False
+
+
 class PartitionPopularity:
     """Most popular items counted in this partition's stream that the user has not seen."""
 
@@ -148,6 +165,10 @@ class VectorRecommender:
         if profile.vec_version != self.version:
             self._rebuild(profile)  # a new model: its vector space differs, rebuild from the ring
             return profile.vec_sum is not None
+        if _repeated(profile.recent, item_id):
+            # counted at its first occurrence (see _distinct_items): a user who viewed one item ten times had a
+            # vector of that item alone, unlike any history the model learned from
+            return self.model.item_vector(item_id) is not None
         v = self.model.item_vector(item_id)
         if v is None:
             return False
@@ -162,7 +183,7 @@ class VectorRecommender:
         return True
 
     def _rebuild(self, profile: Profile) -> None:
-        state = self.model.recompute_user([e.item_id for e in profile.recent if e.item_id])
+        state = self.model.recompute_user(_distinct_items(profile))
         profile.vec_version = self.version
         profile.vec_at_rec = None
         if state is None:  # none of the ring's items is in this model's catalogue
@@ -200,9 +221,7 @@ class VectorRecommender:
         # a new array and a tuple: later events do not change the query
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
-        # each item once, at its first occurrence: the model was trained and evaluated on histories with repeats
-        # collapsed so (models/recs/evaluation.py); a repeated item re-ranked with the weight of every repeat
-        history = tuple(dict.fromkeys([e.item_id for e in profile.recent if e.item_id]))
+        history = tuple(_distinct_items(profile))  # a repeated item re-ranked with the weight of every repeat
         # exclude = seen_items: the re-ranking passes the history, and the purchases the ring has forgotten
         return Query(self.vector(profile), None, history, frozenset(profile.purchased).difference(history))
 

@@ -60,10 +60,12 @@ def test_recommendations_come_from_the_index_with_versions_segments_and_no_seen_
         assert rec["segment"] in (0, 1, 2)
         scores = [i["score"] for i in rec["items"]]
         assert scores == sorted(scores, reverse=True)
-    # the vector kept in the profile is the incremental one, equal to recomputing it from the user's items
+    # the vector kept in the profile is the incremental one, equal to recomputing it from the user's distinct
+    # items at their first occurrence (as the model was trained)
     for user, profile in store.items():
         items = [e.item_id for e in sorted(evs, key=lambda e: e.ts) if e.user_id == user and e.item_id]
-        expected = model.recompute_user(items).vector()
+        assert len(items) <= EngineConfig().profile.recent_events  # the ring remembers every first occurrence
+        expected = model.recompute_user(list(dict.fromkeys(items))).vector()
         got = np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         # the segment is re-assigned at each recommendation, from the vector it was made with
@@ -113,7 +115,7 @@ def test_a_new_model_version_rebuilds_the_vector_in_its_own_space(tmp_path):
     store.update(run_to_completion(engine, records(evs)[6:]).profiles)
     profile = store["u"]
     assert profile.vec_version == "v0002-bbb"
-    expected = new.recompute_user([e.item_id for e in evs]).vector()
+    expected = new.recompute_user(list(dict.fromkeys(e.item_id for e in evs))).vector()
     np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight, expected, rtol=1e-4)
 
 
@@ -137,7 +139,7 @@ def test_regression_events_under_the_popularity_stand_in_make_the_vector_stale(t
     engine = PartitionEngine(0, EngineConfig(), store, recommender=VectorRecommender(model))
     store.update(run_to_completion(engine, records(evs)[8:]).profiles)
     profile = store["u"]
-    expected = model.recompute_user([e.item_id for e in evs]).vector()
+    expected = model.recompute_user(list(dict.fromkeys(e.item_id for e in evs))).vector()
     np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32) / profile.vec_weight, expected, rtol=1e-4)
 
 
@@ -237,7 +239,7 @@ def test_with_a_full_rank_model_the_engine_serves_the_rerank_of_the_users_ring(t
         items = [e.item_id for e in evs if e.user_id == r["user_id"] and e.ts <= r["as_of"] and e.item_id]
         history = list(dict.fromkeys(items))  # repeats collapsed to the first, as the model was trained
         with_repeats += len(history) < len(items)
-        want = rec.recommend_many([rec.recompute_user(items)], 10, [set(items)], [history])[0]
+        want = rec.recommend_many([rec.recompute_user(history)], 10, [set(items)], [history])[0]
         assert [i["item_id"] for i in r["items"]] == [i for i, _ in want]
         assert [i["score"] for i in r["items"]] == [round(s, 6) for _, s in want]
     assert with_repeats  # the shop's users repeat items: the regression's case is covered (found by review)
@@ -531,7 +533,7 @@ def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_use
     assert [o["user_id"] for o in swapped] == ["quiet"] and swapped[0]["recs_model_version"] == "v0002-bbb"
     assert [i["item_id"] for i in swapped[0]["items"]] == [i["item_id"] for i in native[0]["items"]]
     # the segment stamped on the silent user's score and offer is the new model's, of the vector rebuilt from the ring
-    rebuilt = new.segment_of(np.asarray(new.recompute_user([b.item_id for b in buys]).sum, np.float32))
+    rebuilt = new.segment_of(np.asarray(new.recompute_user(list(dict.fromkeys(b.item_id for b in buys))).sum, np.float32))
     assert [s["segment"] for s in swapped_scores] == [rebuilt] and swapped[0]["segment"] == rebuilt
     assert any(i["score"] != 0.0 for i in swapped[0]["items"])  # the model's scores, not the popular fallback
 
@@ -642,3 +644,24 @@ def test_regression_an_item_bought_before_the_ring_is_not_recommended_again(tmp_
     mine = [r for r in recs if r["user_id"] == "u" and r["as_of"] > 2 * DAY + 70]
     assert mine and all(r["items"] for r in mine)
     assert not any(i["item_id"] == "i0" for r in mine for i in r["items"])
+
+
+@pytest.fixture(scope="module")
+def shared_model(tmp_path_factory):
+    return tiny_recs_version(tmp_path_factory.mktemp("recs") / "v0001-abc")
+
+
+@settings(max_examples=60, deadline=None)
+@given(picks=st.lists(st.integers(0, len(ITEMS) - 1), min_size=1, max_size=64), batch=st.integers(1, 9))
+def test_the_stream_vector_counts_each_item_once_at_its_first_occurrence(shared_model, picks, batch):
+    """The recs model was trained and evaluated on histories with repeats collapsed to the first occurrence; the
+    stream folded every repeat, so a user who viewed one item ten times had a vector of that item alone (found by
+    review). Within the ring, the folded vector equals the one recomputed from the distinct items."""
+    evs = [Click(event_id=f"e{n}", user_id="u", ts=DAY + n * 60.0, item_id=ITEMS[i]) for n, i in enumerate(picks)]
+    _, store, _ = run(evs, VectorRecommender(shared_model), batch=batch)
+    profile = store["u"]
+    distinct = list(dict.fromkeys(ITEMS[i] for i in picks))
+    expected = shared_model.recompute_user(distinct)
+    np.testing.assert_allclose(np.frombuffer(profile.vec_sum, np.float32), np.asarray(expected.sum, np.float32),
+                               rtol=1e-4, atol=1e-5)
+    assert profile.vec_weight == pytest.approx(expected.weight, rel=1e-5)
