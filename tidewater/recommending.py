@@ -165,13 +165,13 @@ class VectorRecommender:
         if profile.vec_version != self.version:
             self._rebuild(profile)  # a new model: its vector space differs, rebuild from the ring
             return profile.vec_sum is not None
-        if _repeated(profile.recent, item_id):
-            # counted at its first occurrence (see _distinct_items): a user who viewed one item ten times had a
-            # vector of that item alone, unlike any history the model learned from
-            return self.model.item_vector(item_id) is not None
         v = self.model.item_vector(item_id)
         if v is None:
             return False
+        if _repeated(profile.recent, item_id):
+            # counted at its first occurrence (see _distinct_items): a user who viewed one item ten times had a
+            # vector of that item alone, unlike any history the model learned from
+            return True
         if profile.vec_sum is None:
             profile.vec_sum = bytearray(v.astype(np.float32).tobytes())  # decay * 0 + v
         else:  # models.recs.user_vector.update_one (decay * prev + v, float32), in place in the profile's bytes
