@@ -53,12 +53,12 @@ async def true_end_offsets(settings: Settings, reported: Mapping[Any, int], *, s
         by_key = {(tp.topic, tp.partition): tp for tp in probe}
         unanswered = set(by_key)
         last_data = started = time.monotonic()
-        while True:
+
+        def reading() -> bool:  # some partition has not answered yet, or records came within settle_s
             now = time.monotonic()
-            if unanswered and now - started < first_data_s:
-                pass  # some partition has not answered yet
-            elif now - last_data >= settle_s:
-                break
+            return bool(unanswered) and now - started < first_data_s or now - last_data < settle_s
+
+        while reading():
             batch = await consumer.getmany(timeout_ms=50, max_records=10000)
             for ktp, messages in batch.items():
                 tp = by_key.get((ktp.topic, ktp.partition))
