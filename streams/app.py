@@ -116,13 +116,17 @@ class PartitionProfiles:
     def get(self, user_id: str) -> Profile | None:
         profile = self.cache.profiles.get(user_id)
         if profile is None:
-            key = user_id.encode()
-            held = self.unwritten.get(key)
-            raw = held[1] if held is not None else self.table.get(key)
+            raw = self.stored(user_id)
             if raw is None:
                 return None
             profile = decode_profile(raw)
         return profile
+
+    def stored(self, user_id: str) -> bytes | None:
+        """The latest bytes of a profile (one not in the cache): held until written, else the table's."""
+        key = user_id.encode()
+        held = self.unwritten.get(key)
+        return held[1] if held is not None else self.table.get(key)
 
     def hold(self, writes: list[tuple[bytes, bytes | None]], batch: int) -> None:
         unwritten = self.unwritten

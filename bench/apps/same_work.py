@@ -83,9 +83,7 @@ class ViewStore:
         cached = self.view.cache.profiles.get(user)
         if cached is not None:
             return cached
-        key = user.encode()
-        held = self.view.unwritten.get(key)
-        raw = held[1] if held is not None else self.view.table.get(key)
+        raw = self.view.stored(user)
         return None if raw is None else msgspec.msgpack.decode(raw, type=CountSum)
 
 
