@@ -86,45 +86,52 @@ async def seek_to_committed_or_beginning(consumer: Any, topics: frozenset[str]) 
     uncommitted = [tp for tp, offset in committed.items() if tp.topic in topics and not offset]
     if uncommitted:
         log.info("no committed offset for %s: reading them again from their beginning",
-                 ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in uncommitted)))
+                 ", ".join(sorted(map(tp_name, uncommitted))))
         await consumer.seek_to_beginning(*uncommitted)
     return committed
 
 
+def tp_name(tp: Any) -> str:
+    return f"{tp.topic}[{tp.partition}]"
+
+
 class FetchLoopState:
-    """What the fetch loop is doing, for GET /stats: a worker that processes nothing shows where it waits."""
+    """What the fetch loop is doing, for GET /stats: a worker that processes nothing shows where it waits. The
+    loop records plain values; names are formatted only when /stats asks."""
 
     def __init__(self) -> None:
         self.turns = 0
         self.records = 0
-        self.current = "starting"
+        self.current, self.current_tp = "starting", None
         self.since = time.monotonic()
-        self.last_fetched: dict[str, Any] = {}
+        self.last_fetched: dict[Any, tuple[int, int] | None] = {}  # tp -> (first, last) offset of its last fetch
         self.skipped = 0  # input records below the read offset (re-fetched): Faust drops these too
 
-    def step(self, what: str) -> None:
-        self.current, self.since = what, time.monotonic()
+    def step(self, what: str, tp: Any = None) -> None:
+        self.current, self.current_tp, self.since = what, tp, time.monotonic()
 
     def fetched(self, records: Any) -> None:
         self.turns += 1
-        self.records += sum(len(batch) for batch in records.values()) if records else 0
         for tp, batch in (records or {}).items():
-            key = f"{tp.topic}[{tp.partition}]"
-            self.last_fetched[key] = [batch[0].offset, batch[-1].offset] if batch else None
+            self.records += len(batch)
+            self.last_fetched[tp] = (batch[0].offset, batch[-1].offset) if batch else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"turns": self.turns, "records": self.records, "skipped": self.skipped, "step": self.current,
-                "step_for_s": round(time.monotonic() - self.since, 3), "last_fetched": self.last_fetched}
+        step = self.current if self.current_tp is None else f"{self.current} {tp_name(self.current_tp)}"
+        return {"turns": self.turns, "records": self.records, "skipped": self.skipped, "step": step,
+                "step_for_s": round(time.monotonic() - self.since, 3),
+                "last_fetched": {tp_name(tp): None if span is None else list(span)
+                                 for tp, span in list(self.last_fetched.items())}}
 
 
 def consumer_state(consumer: Any) -> dict[str, Any]:
     """The consumer's flow and partitions as the fetch loop sees them (GET /stats), for a worker that sits idle
     with a backlog: a stopped flow, paused partitions, or a fetch loop waiting somewhere."""
     def names(tps: Iterable[Any] | None) -> list[str] | None:
-        return None if tps is None else sorted(f"{tp.topic}[{tp.partition}]" for tp in tps)
+        return None if tps is None else sorted(map(tp_name, tps))
 
     def by_name(offsets: Any) -> dict[str, Any]:
-        return {f"{tp.topic}[{tp.partition}]": offset for tp, offset in list(offsets.items())}
+        return {tp_name(tp): offset for tp, offset in list(offsets.items())}
 
     try:
         assignment = consumer.assignment()
@@ -175,7 +182,7 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if tp.topic in input_topics:
-                        loop_state.step(f"delivering {tp.topic}[{tp.partition}]")
+                        loop_state.step("delivering", tp)
                         await _deliver_batch(self, tp, batch, read_offset, deliver, generation)
                     elif not restore_batch(self, tp, batch, read_offset):
                         table = self.app.tables.recovery.tp_to_table.get(tp)
