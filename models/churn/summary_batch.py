@@ -8,7 +8,8 @@ once, with the same float operations in the same order as ``features._summary_ro
 bit the one ``prepare(..., with_tokens=False)`` gives:
 
 * elementwise IEEE operations (``+ - * /``, ``sqrt``, comparisons) round the same in numpy as in Python;
-* ``log1p`` goes through ``math.log1p`` (numpy's own differs from it in the last bit for some inputs);
+* ``log1p`` is numpy's where it rounds to the same float32 as ``math.log1p`` (they differ in the last float64 bit
+  for some inputs; ``_log1p``), ``math.log1p`` elsewhere;
 * ``max(x, c)`` / ``min(x, c)`` keep Python's choice for ties and NaN (``np.maximum`` turns ``-0.0`` into ``0.0``);
 * sums follow numpy's pairwise order (``features._np_sum``): term by term below 8 terms, 8 interleaved partial
   sums up to 128, with the padding masked so that no extra ``+ 0.0`` touches a partial sum.
@@ -143,8 +144,29 @@ def _pymax(x: np.ndarray, c: float) -> np.ndarray:
     return np.where(c > x, c, x)
 
 
+_SLACK = 2.0**-48  # relative: at least 16 float64 ulps, against numpy's and libm's log1p at most 1 ulp apart
+
+
+def _float32_unsure(r: np.ndarray) -> np.ndarray:
+    """Where a value within ``_SLACK`` of ``r`` might round to another float32 than ``r`` does (a float32
+    rounding boundary near it), and where ``r`` is NaN or infinite. (A zero is sure: log1p(±0) is ±0 in both, as
+    IEEE says.)"""
+    slack = np.abs(r) * _SLACK
+    return ~((r - slack).astype(np.float32) == (r + slack).astype(np.float32))
+
+
 def _log1p(x: np.ndarray) -> np.ndarray:
-    return np.fromiter(map(math.log1p, x.tolist()), np.float64, x.size).reshape(x.shape)
+    """``math.log1p`` elementwise as far as the float32 summary can tell. numpy's log1p (SIMD) differs from
+    libm's, which ``features._summary_row`` calls, in the last bit on ~3 % of inputs (at most 1 ulp, measured), and
+    calling ``math.log1p`` per element cost a quarter of the batch. The summary is rounded to float32, and
+    rounding is monotonic: where everything within 16 ulps of numpy's value rounds to one float32, libm's value
+    rounds to it too. Elsewhere (a float32 boundary within reach, about 1 in 10^7 values; NaN, infinity) libm's
+    own value is taken. Every log1p result goes into the summary as it is, with no further arithmetic."""
+    r = np.log1p(x)
+    unsure = np.flatnonzero(_float32_unsure(r))
+    if len(unsure):
+        r[unsure] = [math.log1p(v) for v in x[unsure].tolist()]
+    return r
 
 
 _LOG1P_OF_COUNTS = np.array([math.log1p(k) for k in range(MAX_EVENTS + 1)])
@@ -188,6 +210,30 @@ def _segment_sums(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
+class _LogColumns:
+    """The summary's log1p columns, computed together by :meth:`write` in one ``_log1p`` call (its cost was
+    mostly per call: a dozen calls per batch). Writes land in the order they were put, as plain assignments would."""
+
+    def __init__(self, f: np.ndarray) -> None:
+        self.f = f
+        self.puts: list[tuple[Any, Any, np.ndarray]] = []
+
+    def put(self, rows: Any, cols: int | tuple[int, ...], x: np.ndarray) -> None:
+        """``f[rows, col] = log1p(x)`` for each of ``cols``, at :meth:`write`."""
+        self.puts.append((rows, cols, x))
+
+    def write(self) -> None:
+        if not self.puts:
+            return
+        logs = _log1p(np.concatenate([x for _, _, x in self.puts]))
+        at = 0
+        for rows, cols, x in self.puts:
+            for col in (cols,) if isinstance(cols, int) else cols:
+                self.f[rows, col] = logs[at:at + len(x)]
+            at += len(x)
+        self.puts.clear()
+
+
 def _summaries(ts, purchase, amount, seg, qty_total, when) -> np.ndarray:
     """``features._summary_row`` of every sequence (float64) from its normalised events, assuming each
     sequence is covered (``_not_covered``)."""
@@ -211,33 +257,33 @@ def _summaries(ts, purchase, amount, seg, qty_total, when) -> np.ndarray:
 
     age = (when - first_ts) / day
     recency_event = (when - last_ts) / day
-    log_age = _log1p(_pymax(age, 0.0))
     f = out
+    logs = _LogColumns(f)
     f[:, 0], f[:, 1], f[:, 2] = _log1p_count(n_p), _log1p_count(n), _log1p_count(n - n_p)
-    f[:, 3] = log_age
-    f[:, 4] = _log1p(_pymax(recency_event, 0.0))
-    f[:, 5] = log_age
+    logs.put(slice(None), (3, 5), _pymax(age, 0.0))
+    logs.put(slice(None), 4, _pymax(recency_event, 0.0))
     if has_p.any():
         r = np.flatnonzero(has_p)
         first_p, last_p = p_ts[p_bounds[r]], p_ts[p_bounds[r + 1] - 1]
         rec = (when[r] - last_p) / day
         span = (last_p - first_p) / day
-        f[r, 3] = _log1p(_pymax(rec, 0.0))
-        f[r, 6] = _log1p(_pymax(span, 0.0))
+        logs.put(r, 3, _pymax(rec, 0.0))
+        logs.put(r, 6, _pymax(span, 0.0))
         f[r, 7] = (n_p[r] - 1) / _pymax(age[r], 1.0)
         f[r, 8] = span / _pymax(age[r], 1e-9)
-        _gap_features(f, r, rec, p_ts, p_seg, n_p)
-        _amount_features(f, amount[p_at], p_seg, b)
-        with_qty = has_p & (qty_total > 0)
-        f[with_qty, 20] = _log1p(qty_total[with_qty])
+        _gap_features(f, logs, r, rec, p_ts, p_seg, n_p)
+        _amount_features(f, logs, amount[p_at], p_seg, b)
+        with_qty = np.flatnonzero(has_p & (qty_total > 0))
+        logs.put(with_qty, 20, qty_total[with_qty])
         recent_from = when - 0.25 * age * day
         recent = np.bincount(p_seg, weights=(p_ts >= recent_from[p_seg]).astype(np.float64), minlength=b)
         f[r, 21] = recent[r] / n_p[r]
+    logs.write()
     f[~has] = 0.0
     return out
 
 
-def _gap_features(f: np.ndarray, rows: np.ndarray, rec: np.ndarray, p_ts, p_seg, n_p) -> None:
+def _gap_features(f: np.ndarray, logs: _LogColumns, rows: np.ndarray, rec: np.ndarray, p_ts, p_seg, n_p) -> None:
     """Columns 9-15 for the sequences with two purchases or more (``rows``: those with one or more, ``rec``
     their purchase recency in days)."""
     two = n_p[rows] > 1
@@ -255,17 +301,14 @@ def _gap_features(f: np.ndarray, rows: np.ndarray, rec: np.ndarray, p_ts, p_seg,
     g_max = np.maximum.reduceat(gaps, starts[r])
     g_min = np.minimum.reduceat(gaps, starts[r])
     last_gap = gaps[starts[r + 1] - 1]
-    f[r, 9] = _log1p(_pymax(mean, 0.0))
-    f[r, 10] = _log1p(_pymax(std, 0.0))
-    f[r, 11] = _log1p(_pymax(last_gap, 0.0))
-    f[r, 12] = _log1p(_pymax(g_max, 0.0))
-    f[r, 13] = _log1p(_pymax(g_min, 0.0))
+    for col, x in ((9, mean), (10, std), (11, last_gap), (12, g_max), (13, g_min)):
+        logs.put(r, col, _pymax(x, 0.0))
     ratio = rec / _pymax(mean, 1e-3)
     f[r, 14] = np.where(100.0 < ratio, 100.0, ratio)  # Python's min(ratio, 100.0)
     f[r, 15] = 1.0
 
 
-def _amount_features(f: np.ndarray, p_amount: np.ndarray, p_seg: np.ndarray, b: int) -> None:
+def _amount_features(f: np.ndarray, logs: _LogColumns, p_amount: np.ndarray, p_seg: np.ndarray, b: int) -> None:
     """Columns 16-19 from the amounts present (not NaN) on each sequence's purchases."""
     present = ~np.isnan(p_amount)
     values, seg = p_amount[present], p_seg[present]
@@ -278,7 +321,6 @@ def _amount_features(f: np.ndarray, p_amount: np.ndarray, p_seg: np.ndarray, b: 
     total = _segment_sums(values, count[r])
     mean = total / count[r]
     last = values[starts[r + 1] - 1]
-    f[r, 16] = _log1p(_pymax(total, 0.0))
-    f[r, 17] = _log1p(_pymax(mean, 0.0))
-    f[r, 18] = _log1p(_pymax(last, 0.0))
+    for col, x in ((16, total), (17, mean), (18, last)):
+        logs.put(r, col, _pymax(x, 0.0))
     f[r, 19] = np.where(mean > 0, last / mean, 1.0)
