@@ -26,8 +26,8 @@ class RingScorer:
 
     def _predict_from_summary(self, sequences: Any, as_of: Any) -> Any:
         as_of = [as_of] * len(sequences) if isinstance(as_of, (int, float)) else list(as_of)
-        clicks = getattr(self.scorer, "reads_clicks", True)
-        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, clicks=clicks))
+        read = {what: getattr(self.scorer, f"reads_{what}", True) for what in ("clicks", "amounts", "quantities")}
+        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, **read))
 
     def _ring_view(self, sequences: Any) -> Any:
         """The last ``ring_events`` of each ring, the view the model was trained on, when the worker keeps more.

@@ -177,6 +177,13 @@ def event_types(frame: pd.DataFrame, cutoff: float) -> list[str]:
     return sorted(set(frame.loc[frame["ts"] < cutoff, "type"].astype(str)))
 
 
+def event_fields(frame: pd.DataFrame, cutoff: float) -> list[str]:
+    """The optional fields (amount, quantity) that the calibration period has values for: what a model trained on
+    the log learns from; saved with the model, which ignores the others when it serves."""
+    before = frame.loc[frame["ts"] < cutoff]
+    return [c for c in ("amount", "quantity") if c in before.columns and bool(before[c].notna().any())]
+
+
 def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFrame, int]:
     """At most ``max_users`` users of the log with all their rows, and how many users the log had.
 

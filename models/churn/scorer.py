@@ -42,6 +42,16 @@ def event_types(meta: dict) -> list[str]:
     return list(types)
 
 
+OPTIONAL_FIELDS = ("amount", "quantity")
+
+
+def event_fields(meta: dict) -> list[str]:
+    """The optional event fields (amount, quantity) a version's training log had values for. Versions published
+    before the metadata recorded them read both, as they always did."""
+    fields = meta.get("event_fields")
+    return list(OPTIONAL_FIELDS) if fields is None else [f for f in OPTIONAL_FIELDS if f in fields]
+
+
 def amp_dtype(torch, device) -> object | None:
     """The autocast dtype on ``device``: bf16 on GPUs that compute it natively (compute capability 8 and up:
     Ampere, Hopper), fp16 on older ones (``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only
@@ -125,6 +135,11 @@ class ChurnScorer:
         # gave 166 expected purchases). It scores the purchases alone, as in training. Older versions, whose
         # metadata does not say, read everything as before.
         self.reads_clicks = "click" in event_types(self.meta)
+        # the same for amounts and quantities: a model trained on a log without them (a CSV of user_id,ts) saw every
+        # amount absent, so a served amount would meet weights (amount buckets, summary columns) that never learnt
+        fields = event_fields(self.meta)
+        self.reads_amounts, self.reads_quantities = "amount" in fields, "quantity" in fields
+        self._unread_fields = frozenset(OPTIONAL_FIELDS) - set(fields)
         # the number of most recent events per user it was trained on (its training log's view through the stream's
         # ring); a ring kept longer (TIDEWATER_RECENT_EVENTS raised) is cut to it. 0: not recorded, no cut
         self.ring_events = int(self.meta.get("ring_events") or 0)
@@ -175,6 +190,9 @@ class ChurnScorer:
             return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64)
         if not self.reads_clicks:
             sequences = [[e for e in seq if e.get("type", "purchase") != "click"] for seq in sequences]
+        if self._unread_fields:
+            unread = self._unread_fields
+            sequences = [[{k: v for k, v in e.items() if k not in unread} for e in seq] for seq in sequences]
         if self.ring_events:  # the view it was trained on: the last ring_events events before as_of
             sequences = [last_events(seq if isinstance(seq, Sequence) else list(seq), t, self.ring_events)
                          for seq, t in zip(sequences, as_of)]

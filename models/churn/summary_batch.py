@@ -50,36 +50,48 @@ class _Columns(NamedTuple):
 
 
 def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], *,
-                       clicks: bool = True) -> np.ndarray:
+                       clicks: bool = True, amounts: bool = True, quantities: bool = True) -> np.ndarray:
     """``prepare([[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in seq] ...],
     as_of, with_tokens=False)[1]``, bit for bit, raising what it raises. ``clicks`` False: as if the sequences
-    held no clicks (a model trained on a log without clicks must not read them: ``ChurnScorer.event_types``)."""
+    held no clicks (a model trained on a log without clicks must not read them: ``ChurnScorer.event_types``).
+    ``amounts`` / ``quantities`` False: as if the events had no such field (``ChurnScorer.reads_amounts``)."""
+    view = _View(clicks, amounts, quantities)
     if len(sequences) != len(as_of):
         raise ValueError(f"{len(sequences)} sequences but {len(as_of)} as_of times")
     try:
-        cols = _columns(sequences, as_of, clicks)
+        cols = _columns(sequences, as_of, view)
     except (TypeError, ValueError, OverflowError):  # odd values (None, strings, huge ints): the general path
-        return _general(sequences, as_of, range(len(sequences)), np.zeros((len(sequences), F.N_SUMMARY)), clicks)
+        return _general(sequences, as_of, range(len(sequences)), np.zeros((len(sequences), F.N_SUMMARY)), view)
     general = _not_covered(cols)
     with np.errstate(all="ignore"):
         out = _summaries(*_merge_baskets(cols), cols.when)
-    return _general(sequences, as_of, np.flatnonzero(general).tolist(), out, clicks)
+    return _general(sequences, as_of, np.flatnonzero(general).tolist(), out, view)
 
 
 _TS, _TYPE, _AMOUNT, _QUANTITY = (attrgetter(name) for name in ("ts", "type", "amount", "quantity"))
 
 
-def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], clicks: bool = True) -> _Columns:
+class _View(NamedTuple):
+    """What of the records a model reads: clicks, amounts, quantities."""
+
+    clicks: bool = True
+    amounts: bool = True
+    quantities: bool = True
+
+
+def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], view: _View = _View()) -> _Columns:
     lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
     events = list(chain.from_iterable(sequences))  # one flat list, then C-level maps over it (no nested loops)
     n = len(events)
     ts = np.fromiter(map(_TS, events), np.float64, n)
     code = np.fromiter(map(_TYPE_CODE.get, map(_TYPE, events), repeat(0)), np.int64, n)
-    amount = np.fromiter(map(_AMOUNT, events), np.float64, n)
-    quantity = np.fromiter(map(_QUANTITY, events), np.float64, n)
+    # an absent amount is NaN (not counted, as prepare skips a missing key); an absent quantity counts as 0, which
+    # gives the summary prepare gives without one (no quantity total: column 20 is 0)
+    amount = np.fromiter(map(_AMOUNT, events), np.float64, n) if view.amounts else np.full(n, np.nan)
+    quantity = np.fromiter(map(_QUANTITY, events), np.float64, n) if view.quantities else np.zeros(n)
     when = np.fromiter(as_of, np.float64, len(sequences))
     seg = np.repeat(np.arange(len(sequences)), lengths)
-    if not clicks:
+    if not view.clicks:
         kept = code != F.CLICK
         ts, code, amount, quantity, seg = ts[kept], code[kept], amount[kept], quantity[kept], seg[kept]
         lengths = np.bincount(seg, minlength=len(sequences))
@@ -110,11 +122,19 @@ def _merge_baskets(c: _Columns):
     return ts[keep], purchase[keep], basket[keep], seg[keep], qty_total
 
 
-def _general(sequences, as_of, rows, out: np.ndarray, clicks: bool = True) -> np.ndarray:
+def _record_dict(e: Any, view: _View) -> dict:
+    d = {"ts": e.ts, "type": e.type}
+    if view.amounts:
+        d["amount"] = e.amount
+    if view.quantities:
+        d["quantity"] = e.quantity
+    return d
+
+
+def _general(sequences, as_of, rows, out: np.ndarray, view: _View = _View()) -> np.ndarray:
     """The rows the fast path does not cover, through ``prepare``; ``out`` (float64) with them filled in."""
     if len(rows):
-        dicts = [[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in sequences[i]
-                  if clicks or e.type != "click"] for i in rows]
+        dicts = [[_record_dict(e, view) for e in sequences[i] if view.clicks or e.type != "click"] for i in rows]
         _, summ = F.prepare(dicts, [as_of[i] for i in rows], max_events=0, item_buckets=2, category_buckets=2,
                             with_tokens=False)
         out = out.astype(np.float32)
@@ -152,7 +172,8 @@ def _float32_unsure(r: np.ndarray) -> np.ndarray:
     rounding boundary near it), and where ``r`` is NaN or infinite. (A zero is sure: log1p(±0) is ±0 in both, as
     IEEE says.)"""
     slack = np.abs(r) * _SLACK
-    return ~((r - slack).astype(np.float32) == (r + slack).astype(np.float32))
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, unsure
+        return ~((r - slack).astype(np.float32) == (r + slack).astype(np.float32))
 
 
 def _log1p(x: np.ndarray) -> np.ndarray:

@@ -325,3 +325,13 @@ def test_regression_the_horizon_check_reads_the_whole_log_not_the_users_sample()
     sample, users = sample_users(frame, 20)
     assert users > 20 and float(sample["ts"].max()) < float(frame["ts"].max())
     assert log_end(sample) == float(frame["ts"].max()) and log_end(frame) == float(frame["ts"].max())
+
+
+def test_event_fields_are_the_optional_columns_with_values_before_the_cutoff():
+    from models.churn.data import event_fields
+
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "ts": [1.0, 2.0, 5.0], "amount": [3.0, np.nan, 4.0],
+                          "quantity": [np.nan, np.nan, 2.0]})
+    assert event_fields(frame, 10.0) == ["amount", "quantity"]
+    assert event_fields(frame, 3.0) == ["amount"]  # quantities only after the cut-off: the model never sees one
+    assert event_fields(frame[["user_id", "ts"]], 10.0) == []

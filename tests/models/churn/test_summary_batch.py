@@ -267,3 +267,44 @@ def test_regression_a_value_next_to_a_float32_rounding_boundary_takes_libms_log1
     assert SB._float32_unsure(near).all()
     assert not SB._float32_unsure(np.array([1.0, 0.5, 3.25, 0.0, -0.0])).any()
     assert SB._float32_unsure(np.array([np.nan, np.inf])).all()  # libm decides these too
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=batch_st(), amounts=st.booleans(), quantities=st.booleans())
+def test_without_amounts_or_quantities_equals_the_reference_on_records_without_them(batch, amounts, quantities):
+    seqs, as_of = batch
+    fields = {"amount"} if not amounts else set()
+    fields |= {"quantity"} if not quantities else set()
+    dicts = [[{k: v for k, v in e.items() if k not in fields} for e in s] for s in as_dicts(seqs)]
+    want, want_err = outcome(lambda q, t: R.prepare(q, t, max_events=8, item_buckets=16, category_buckets=4)[1],
+                             dicts, as_of)
+    got, got_err = outcome(lambda q, t: SB.summary_of_records(q, t, amounts=amounts, quantities=quantities),
+                           seqs, as_of)
+    assert got_err == want_err
+    if want is not None:
+        assert _bits(got) == _bits(want), np.argwhere(got != want)[:5]
+
+
+def test_regression_a_model_trained_without_amounts_does_not_read_them():
+    """A model trained on a log without amounts or quantities (a CSV of user_id,ts) saw them absent on every event;
+    served the stream's amounts, its summary columns and amount buckets met values its weights never learnt from.
+    Its metadata lists the fields it read, and it scores as if the others were absent, on both of RingScorer's
+    paths (noticed in the thirteenth session, fixed in the eighteenth)."""
+    from models.churn.scorer import ChurnScorer
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
+
+    model = glm_only_model()
+    bare = RingScorer(ChurnScorer(model, device="cpu", meta={"event_types": ["purchase"], "event_fields": []}))
+    reads_all = RingScorer(ChurnScorer(model, device="cpu", meta={"event_types": ["purchase"]}))
+    assert not bare.scorer.reads_amounts and not bare.scorer.reads_quantities and reads_all.scorer.reads_amounts
+    rings = [[RecentEvent(ts=d * DAY, type="purchase", amount=float(10 * n + d), quantity=1 + n % 3)
+              for d in range(0, 60, 7)] for n in range(40)]  # 40 users: the summary path
+    plain = [[RecentEvent(ts=e.ts, type="purchase", amount=0.0, quantity=0) for e in ring] for ring in rings]
+    as_of = [61 * DAY] * len(rings)
+    for few in (False, True):  # the vectorised summary path, and the dict path below MIN_BATCH
+        part = slice(0, 5) if few else slice(None)
+        got, want = bare.predict_many(rings[part], as_of[part]), bare.predict_many(plain[part], as_of[part])
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert np.ptp(reads_all.predict_many(rings, as_of)[1]) > 0  # a model trained with amounts reads them
