@@ -256,8 +256,9 @@ class _LogColumns:
 
 
 def _summaries(ts, purchase, amount, seg, qty_total, when) -> np.ndarray:
-    """``features._summary_row`` of every sequence (float64) from its normalised events, assuming each
-    sequence is covered (``_not_covered``)."""
+    """``features._summary_row`` of every sequence from its normalised events, assuming each sequence is covered
+    (``_not_covered``). Float64, equal to it once rounded to float32 (the log1p columns can differ in the last
+    float64 bit: ``_log1p``)."""
     day = F.DAY
     b = len(when)
     out = np.zeros((b, F.N_SUMMARY))
