@@ -612,8 +612,23 @@ class Pipeline:
                 # a backlog never gives (found by review)
                 committed = consumer._committed_offset.get(tp)
                 last = committed - 1 if committed is not None else -1
-            (caught_up if last >= highwater - 1 else behind).append(topic)
+            (caught_up if last >= highwater - 1 or self._through_markers(tp, last, highwater) else behind
+             ).append(topic)
         return frozenset(caught_up), frozenset(behind)
+
+    def _through_markers(self, tp: Any, last: int, highwater: int) -> bool:
+        """Caught up although ``last`` is below the high watermark: the offsets between are transaction markers,
+        which no consumer receives. The fetch loop's last complete turn left aiokafka's position at or past the
+        high watermark, everything it delivered was handed over (``last`` is its read offset then and now, so no
+        seek came since), and none of it waits in the inbox. Without this, a topic written by a transactional
+        producer was "behind" whenever it went quiet, and held the partition's other topic for
+        TIDEWATER_SOURCE_IDLE_MS × 10 (10 s by default; found by review)."""
+        consumer = self.app.consumer
+        through = getattr(consumer, "_tidewater_fetched_through", {}).get(tp)
+        if through is None:
+            return False
+        read, position = through
+        return read is not None and read == last == consumer._read_offset.get(tp) and position >= highwater
 
     @property
     def sender(self) -> Any:

@@ -91,6 +91,27 @@ async def seek_to_committed_or_beginning(consumer: Any, topics: frozenset[str]) 
     return committed
 
 
+def fetch_positions(consumer: Any, topics: frozenset[str]) -> dict[Any, int]:
+    """aiokafka's fetch position of each assigned partition of ``topics`` that has one: the offset after the last
+    record its fetches returned, past any transaction marker that followed (aiokafka steps over control batches; a
+    record offset alone never reaches a high watermark that counts a trailing commit marker). Read between
+    fetches, where the consumer thread does not move it."""
+    try:
+        tps = [tp for tp in consumer.assignment() if tp.topic in topics]
+        assignment = consumer._thread._ensure_consumer()._subscription.subscription.assignment
+    except Exception:  # noqa: BLE001 - not started, stopping, or no assignment: nothing known
+        return {}
+    out = {}
+    for tp in tps:
+        try:
+            state = assignment.state_value(tp)
+            if state is not None and state.has_valid_position:
+                out[tp] = state.position
+        except Exception:  # noqa: BLE001 - revoked meanwhile
+            continue
+    return out
+
+
 def tp_name(tp: Any) -> str:
     return f"{tp.topic}[{tp.partition}]"
 
@@ -158,16 +179,22 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
         commit_every = self._commit_every
         flag = CONSUMER_FETCHING  # the diagnostic flag Faust's own loop sets
         loop_state = self._tidewater_fetch_loop = FetchLoopState()
+        # input tp -> (its read offset, aiokafka's fetch position), published once everything a fetch returned was
+        # delivered: every offset below the position was then delivered or is a marker (source_status)
+        fetched_through = self._tidewater_fetched_through = {}
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(flag)
                 loop_state.step("fetching")
                 records, active = await self._wait_next_records(1.0)
+                # before any await: the positions this fetch left, markers included
+                positions = fetch_positions(self, input_topics)
                 loop_state.fetched(records)
                 await asyncio.sleep(0)  # as Faust's loop: never starve the event loop in a busy fetch loop
                 if records is None or self.should_stop:
                     continue
                 if not self.flow_active:  # Faust's getmany: flow stopped (rebalance) → seek back to committed
+                    fetched_through.clear()
                     loop_state.step("seeking to committed offsets")
                     try:
                         await self.perform_seek()
@@ -175,10 +202,15 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                         log.warning("exception performing seek when flow not active %r", exc)
                     continue
                 generation = self.app.consumer_generation_id
+                complete = True
                 for tp, batch in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
+                        complete = False
                         break  # a rebalance started: what was fetched is re-read from the committed offsets
                     if not (active is None or tp in active or tp in self._buffered_partitions) or not batch:
+                        if batch:  # skipped, as Faust's loop skips them: the position is past records not delivered
+                            positions.pop(tp, None)
+                            fetched_through.pop(tp, None)
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if tp.topic in input_topics:
@@ -192,6 +224,11 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
+                if complete and self.flow_active and self.app.consumer_generation_id == generation:
+                    for tp, position in positions.items():
+                        fetched_through[tp] = (read_offset.get(tp), position)
+                else:
+                    fetched_through.clear()
                 self.diag.unset_flag(flag)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

@@ -1,13 +1,18 @@
-"""streams/ingress.py against the real broker: where a partition's position goes when Faust seeks back."""
+"""streams/ingress.py against the real broker: where a partition's position goes when Faust seeks back, and a
+topic written by a transactional producer."""
 import asyncio
+import json
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from infra.broker import EmbeddedBroker
 from infra.topics import TopicSpec, create_topics
 from streams.ingress import seek_to_committed_or_beginning
 from tidewater.settings import Settings
+
+from .conftest import REPO, Deployment, wait_for_profiles
 
 pytestmark = [pytest.mark.broker]
 
@@ -53,3 +58,50 @@ def test_regression_idle_worker_on_a_backlog_seeks_uncommitted_partitions_back_t
     assert returned == {uncommitted: None, committed: 3, other: None}  # what Faust's perform_seek reads
     # the input partition without a commit goes back to its beginning; another topic is left to Faust
     assert after == {uncommitted: 0, committed: 3, other: 5}
+
+
+@pytest.fixture(scope="module")
+def noida():
+    """Tansu cannot take a transactional producer (InitProducerId fails: ../shared/stackcheck); noida can."""
+    b = EmbeddedBroker(kind="noida", log_path=str(REPO / "var" / "test-broker-noida-txn.log"))
+    (REPO / "var").mkdir(exist_ok=True)
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_regression_a_quiet_transactional_topic_does_not_hold_the_other_topic(noida, tmp_path):
+    """A transactional producer's commit marker takes an offset that no consumer receives, so the last record of a
+    quiet topic stays below its high watermark. The merge took the topic for one with records still in Kafka and
+    held the partition's other topic for TIDEWATER_SOURCE_IDLE_MS × 10 (here 300 s; 10 s by default) before
+    applying it. aiokafka's fetch position steps over the marker: the worker now counts such a topic as caught
+    up once everything it fetched was handed over (found by review)."""
+    d = Deployment(noida, tmp_path, partitions=1)
+    d.env["TIDEWATER_SOURCE_IDLE_MS"] = "30000"  # quiet: 30 s; "behind": 300 s, beyond this test's wait
+    try:
+        worker = d.start_worker()
+        worker.wait_ready()
+        user, ts = "txn-user", 1_600_000_000
+
+        async def produce() -> None:
+            txn = AIOKafkaProducer(bootstrap_servers=noida.bootstrap_servers, transactional_id="clicks-txn")
+            await txn.start()
+            async with txn.transaction():
+                for i in range(3):
+                    click = {"type": "click", "event_id": f"c{i}", "user_id": user, "ts": ts + i,
+                             "item_id": f"item-{i}", "category": "cat"}
+                    await txn.send(d.settings.topic_clicks, json.dumps(click).encode(), key=user.encode())
+            await txn.stop()
+            plain = AIOKafkaProducer(bootstrap_servers=noida.bootstrap_servers)
+            await plain.start()
+            purchase = {"type": "purchase", "event_id": "p0", "user_id": user, "ts": ts + 10, "amount": 12.0,
+                        "quantity": 1, "item_id": "item-9"}
+            await plain.send_and_wait(d.settings.topic_purchases, json.dumps(purchase).encode(), key=user.encode())
+            await plain.stop()
+
+        asyncio.run(produce())
+        # the three clicks, then the purchase once the quiet clicks topic counts as caught up (without the fix:
+        # after 300 s)
+        assert wait_for_profiles(worker, {user: 4}, timeout=60) == {user: 4}
+    finally:
+        d.stop()

@@ -314,3 +314,32 @@ def test_regression_fetching_waits_while_the_merges_hold_too_many_records(tmp_pa
 
     asyncio.run(scenario())
     assert [r.offset for r in pipeline.inbox] == [3]
+
+
+def _scripted_positions(monkeypatch, turns: list[dict]) -> None:
+    """aiokafka's fetch positions after each fetch turn, as ``fetch_positions`` would read them."""
+    script = list(turns)
+    monkeypatch.setattr("streams.ingress.fetch_positions", lambda consumer, topics: script.pop(0) if script else {})
+
+
+def test_a_complete_turn_publishes_the_read_offset_with_the_position_past_a_marker(monkeypatch):
+    """What source_status reads to count a topic caught up through transaction markers (streams/app.py): the read
+    offset after the turn's deliveries, with aiokafka's position, which a trailing commit marker puts one past."""
+    tp = TP("clicks", 0)
+    _scripted_positions(monkeypatch, [{tp: 3}, {tp: 4}])
+    fetches = [{tp: [record("clicks", 0, 0), record("clicks", 0, 1), record("clicks", 0, 2)]},
+               {}]  # a fetch that returned the commit marker alone: no record, the position moved on
+    consumer, _, _ = run_drain(fetches)
+    assert consumer._tidewater_fetched_through == {tp: (2, 4)}
+
+
+def test_a_turn_cut_by_a_rebalance_publishes_no_position(monkeypatch):
+    tp = TP("clicks", 0)
+    _scripted_positions(monkeypatch, [{tp: 3}])
+
+    def rebalanced(app) -> None:
+        app.consumer_generation_id += 1
+
+    consumer, _, _ = run_drain([{tp: [record("clicks", 0, 0), record("clicks", 0, 1), record("clicks", 0, 2)]}],
+                               after_deliver=rebalanced)
+    assert consumer._tidewater_fetched_through == {}
