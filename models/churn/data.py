@@ -25,7 +25,7 @@ from models.timestamps import to_epoch_seconds
 from tidewater.errors import UserError
 from tidewater.profile import ProfileConfig
 
-from .features import DAY, normalize_events
+from .features import DAY, OPTIONAL_FIELDS, normalize_events
 
 CDNOW_CUTOFF = "1997-10-01"
 CDNOW_HORIZON_DAYS = 273
@@ -61,7 +61,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from exc
     frame = pd.DataFrame({"user_id": raw["user_id"], "ts": ts})
-    for col in ("amount", "quantity"):  # empty cells (e.g. on clicks) mean "absent"
+    for col in OPTIONAL_FIELDS:  # empty cells (e.g. on clicks) mean "absent"
         if col in raw.columns:
             num = pd.to_numeric(raw[col], errors="coerce")
             bad = num.isna() & raw[col].notna()
@@ -78,7 +78,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     # returns and cancellations (a negative amount or quantity: how retail exports write them) are not purchases:
     # counted as such, a refund in the horizon made its customer a non-churner and added a purchase to the features
     returned = pd.Series(False, index=frame.index)
-    for col in ("amount", "quantity"):
+    for col in OPTIONAL_FIELDS:
         if col in frame.columns:
             returned |= frame[col] < 0
     frame = frame[~returned]
@@ -181,7 +181,7 @@ def event_fields(frame: pd.DataFrame, cutoff: float) -> list[str]:
     """The optional fields (amount, quantity) that the calibration period has values for: what a model trained on
     the log learns from; saved with the model, which ignores the others when it serves."""
     before = frame.loc[frame["ts"] < cutoff]
-    return [c for c in ("amount", "quantity") if c in before.columns and bool(before[c].notna().any())]
+    return [c for c in OPTIONAL_FIELDS if c in before.columns and bool(before[c].notna().any())]
 
 
 def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFrame, int]:

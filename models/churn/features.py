@@ -38,6 +38,7 @@ DAY = 86400.0
 PAD, CLICK, PURCHASE, MASK, CLS = 0, 1, 2, 3, 4
 N_TYPES = 5
 TYPE_IDS = {"click": CLICK, "purchase": PURCHASE}
+OPTIONAL_FIELDS = ("amount", "quantity")  # an event's optional numbers: absent (missing or NaN) is allowed
 
 # log-scale time edges in days: 1 min .. 2 years. Bucket 0 = "absent" (no previous event).
 TIME_EDGES_DAYS = np.array(

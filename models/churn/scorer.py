@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .features import SUMMARY_NAMES
+from .features import OPTIONAL_FIELDS, SUMMARY_NAMES
 
 _N_EVENTS = SUMMARY_NAMES.index("log_n_events")
 
@@ -40,9 +40,6 @@ def event_types(meta: dict) -> list[str]:
     if types is None:
         return ["purchase"] if meta.get("dataset") in BUILT_IN_PURCHASE_LOGS else ["click", "purchase"]
     return list(types)
-
-
-OPTIONAL_FIELDS = ("amount", "quantity")
 
 
 def event_fields(meta: dict) -> list[str]:
