@@ -11,8 +11,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -23,14 +25,23 @@ from tidewater.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 
 
+@contextmanager
+def embedded_broker(kind: str, log_name: str) -> Iterator[EmbeddedBroker]:
+    """A started embedded broker logging to var/``log_name``, stopped on exit."""
+    b = EmbeddedBroker(kind=kind, log_path=str(REPO / "var" / log_name))
+    (REPO / "var").mkdir(exist_ok=True)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
 @pytest.fixture(scope="session")
 def broker():
     kind = os.environ.get("TIDEWATER_TEST_BROKER", "tansu")
-    b = EmbeddedBroker(kind=kind, log_path=str(REPO / "var" / f"test-broker-{kind}.log"))
-    (REPO / "var").mkdir(exist_ok=True)
-    b.start()
-    yield b
-    b.stop()
+    with embedded_broker(kind, f"test-broker-{kind}.log") as b:
+        yield b
 
 
 @dataclass

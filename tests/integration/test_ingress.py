@@ -7,12 +7,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from infra.broker import EmbeddedBroker
 from infra.topics import TopicSpec, create_topics
 from streams.ingress import seek_to_committed_or_beginning
 from tidewater.settings import Settings
 
-from .conftest import REPO, Deployment, wait_for_profiles
+from .conftest import Deployment, embedded_broker, wait_for_profiles
 
 pytestmark = [pytest.mark.broker]
 
@@ -63,11 +62,8 @@ def test_regression_idle_worker_on_a_backlog_seeks_uncommitted_partitions_back_t
 @pytest.fixture(scope="module")
 def noida():
     """Tansu cannot take a transactional producer (InitProducerId fails: ../shared/stackcheck); noida can."""
-    b = EmbeddedBroker(kind="noida", log_path=str(REPO / "var" / "test-broker-noida-txn.log"))
-    (REPO / "var").mkdir(exist_ok=True)
-    b.start()
-    yield b
-    b.stop()
+    with embedded_broker("noida", "test-broker-noida-txn.log") as b:
+        yield b
 
 
 def test_regression_a_quiet_transactional_topic_does_not_hold_the_other_topic(noida, tmp_path):

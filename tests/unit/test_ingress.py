@@ -225,16 +225,17 @@ def test_what_the_batch_restore_does_not_take_goes_through_fausts_path() -> None
         assert consumer.app.tables.recovery.active_offsets[tp] == -1
 
 
+def rebalanced(app: Any) -> None:
+    """An ``after_deliver`` for run_drain: a rebalance completed while the batch was being delivered."""
+    app.consumer_generation_id += 1
+
+
 def test_regression_a_batch_delivered_across_a_rebalance_does_not_move_the_read_offset():
     """A delivery can wait (a full inbox) while a rebalance resets Faust's read offsets; setting the offset of
     that stale batch afterwards made Faust drop the re-fetch of those records as already delivered."""
     tp = TP("clicks", 0)
-
-    def rebalanced(app) -> None:  # a rebalance happened while the batch waited
-        app.consumer_generation_id += 1
-
     fetch = [{tp: [record("clicks", 0, 5), record("clicks", 0, 6)]}]
-    consumer, delivered, _ = run_drain(fetch, after_deliver=rebalanced)
+    consumer, delivered, _ = run_drain(fetch, after_deliver=rebalanced)  # a rebalance while the batch waited
     assert [r.offset for _, batch in delivered for r in batch] == [5, 6]
     assert consumer._read_offset[tp] is None  # left for Faust's seek to the committed offset
     consumer, _, _ = run_drain(fetch)
@@ -336,10 +337,6 @@ def test_a_complete_turn_publishes_the_read_offset_with_the_position_past_a_mark
 def test_a_turn_cut_by_a_rebalance_publishes_no_position(monkeypatch):
     tp = TP("clicks", 0)
     _scripted_positions(monkeypatch, [{tp: 3}])
-
-    def rebalanced(app) -> None:
-        app.consumer_generation_id += 1
-
     consumer, _, _ = run_drain([{tp: [record("clicks", 0, 0), record("clicks", 0, 1), record("clicks", 0, 2)]}],
                                after_deliver=rebalanced)
     assert consumer._tidewater_fetched_through == {}

@@ -34,9 +34,10 @@ def reference_summary(seqs, as_of):
     return R.prepare(as_dicts(seqs), as_of, max_events=8, item_buckets=16, category_buckets=4)[1]
 
 
-def assert_same(seqs, as_of):
-    want, want_err = outcome(reference_summary, seqs, as_of)
-    got, got_err = outcome(SB.summary_of_records, seqs, as_of)
+def assert_same(seqs, as_of, want_fn=reference_summary, got_fn=SB.summary_of_records):
+    """``got_fn(seqs, as_of)`` equals ``want_fn(seqs, as_of)`` bit for bit, or both raise alike."""
+    want, want_err = outcome(want_fn, seqs, as_of)
+    got, got_err = outcome(got_fn, seqs, as_of)
     assert got_err == want_err
     if want is not None:
         assert got.dtype == want.dtype and got.shape == want.shape
@@ -184,12 +185,18 @@ def test_ring_scorer_uses_the_summary_path_with_the_same_scores():
 @settings(max_examples=150, deadline=None)
 @given(batch=batch_st())
 def test_without_clicks_equals_the_reference_on_the_sequences_without_their_clicks(batch):
-    seqs, as_of = batch
-    want, want_err = outcome(reference_summary, [[e for e in s if e.type != "click"] for s in seqs], as_of)
-    got, got_err = outcome(lambda q, t: SB.summary_of_records(q, t, clicks=False), seqs, as_of)
-    assert got_err == want_err
-    if want is not None:
-        assert _bits(got) == _bits(want), np.argwhere(got != want)[:5]
+    assert_same(*batch, want_fn=lambda q, t: reference_summary([[e for e in s if e.type != "click"] for s in q], t),
+                got_fn=lambda q, t: SB.summary_of_records(q, t, clicks=False))
+
+
+def assert_scored_alike(scorer, rings, other_rings, as_of) -> None:
+    """``scorer`` gives ``rings`` and ``other_rings`` the same predictions on both of RingScorer's paths: the
+    vectorised summary for the whole batch (``rings`` must hold at least MIN_BATCH users), the dict path for five."""
+    assert len(rings) >= SB.MIN_BATCH
+    for part in (slice(None), slice(0, 5)):
+        got, want = scorer.predict_many(rings[part], as_of[part]), scorer.predict_many(other_rings[part], as_of[part])
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_regression_a_model_trained_without_clicks_does_not_read_clicks():
@@ -208,12 +215,7 @@ def test_regression_a_model_trained_without_clicks_does_not_read_clicks():
     rings = [sorted(buys + clicks[: 2 * n], key=lambda e: e.ts) for n in range(40)]  # 40 users: summary path
     bare = [buys for _ in rings]
     as_of = [61 * DAY] * len(rings)
-    for few in (False, True):  # the vectorised summary path, and the dict path below MIN_BATCH
-        part = slice(0, 5) if few else slice(None)
-        got = purchases_only.predict_many(rings[part], as_of[part])
-        want = purchases_only.predict_many(bare[part], as_of[part])
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
+    assert_scored_alike(purchases_only, rings, bare, as_of)
     assert np.ptp(reads_all.predict_many(rings, as_of)[1]) > 0  # a model trained with clicks reads them
 
 
@@ -272,17 +274,15 @@ def test_regression_a_value_next_to_a_float32_rounding_boundary_takes_libms_log1
 @settings(max_examples=150, deadline=None)
 @given(batch=batch_st(), amounts=st.booleans(), quantities=st.booleans())
 def test_without_amounts_or_quantities_equals_the_reference_on_records_without_them(batch, amounts, quantities):
-    seqs, as_of = batch
     fields = {"amount"} if not amounts else set()
     fields |= {"quantity"} if not quantities else set()
-    dicts = [[{k: v for k, v in e.items() if k not in fields} for e in s] for s in as_dicts(seqs)]
-    want, want_err = outcome(lambda q, t: R.prepare(q, t, max_events=8, item_buckets=16, category_buckets=4)[1],
-                             dicts, as_of)
-    got, got_err = outcome(lambda q, t: SB.summary_of_records(q, t, amounts=amounts, quantities=quantities),
-                           seqs, as_of)
-    assert got_err == want_err
-    if want is not None:
-        assert _bits(got) == _bits(want), np.argwhere(got != want)[:5]
+
+    def reference_without_fields(q, t):
+        dicts = [[{k: v for k, v in e.items() if k not in fields} for e in s] for s in as_dicts(q)]
+        return R.prepare(dicts, t, max_events=8, item_buckets=16, category_buckets=4)[1]
+
+    assert_same(*batch, want_fn=reference_without_fields,
+                got_fn=lambda q, t: SB.summary_of_records(q, t, amounts=amounts, quantities=quantities))
 
 
 def test_regression_a_model_trained_without_amounts_does_not_read_them():
@@ -302,9 +302,5 @@ def test_regression_a_model_trained_without_amounts_does_not_read_them():
               for d in range(0, 60, 7)] for n in range(40)]  # 40 users: the summary path
     plain = [[RecentEvent(ts=e.ts, type="purchase", amount=0.0, quantity=0) for e in ring] for ring in rings]
     as_of = [61 * DAY] * len(rings)
-    for few in (False, True):  # the vectorised summary path, and the dict path below MIN_BATCH
-        part = slice(0, 5) if few else slice(None)
-        got, want = bare.predict_many(rings[part], as_of[part]), bare.predict_many(plain[part], as_of[part])
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
+    assert_scored_alike(bare, rings, plain, as_of)
     assert np.ptp(reads_all.predict_many(rings, as_of)[1]) > 0  # a model trained with amounts reads them
