@@ -14,6 +14,8 @@ class RingScorer:
     def __init__(self, scorer: Any) -> None:
         self.scorer = scorer
         self.version = scorer.version
+        # what of the rings the model reads (ChurnScorer's metadata; a scorer without it reads everything)
+        self._reads = {what: getattr(scorer, f"reads_{what}", True) for what in ("clicks", "amounts", "quantities")}
 
     @staticmethod
     def _dicts(sequences: Any) -> list[list[dict]]:
@@ -26,8 +28,7 @@ class RingScorer:
 
     def _predict_from_summary(self, sequences: Any, as_of: Any) -> Any:
         as_of = [as_of] * len(sequences) if isinstance(as_of, (int, float)) else list(as_of)
-        read = {what: getattr(self.scorer, f"reads_{what}", True) for what in ("clicks", "amounts", "quantities")}
-        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, **read))
+        return self.scorer.predict_from_summary(summary_of_records(sequences, as_of, **self._reads))
 
     def _ring_view(self, sequences: Any) -> Any:
         """The last ``ring_events`` of each ring, the view the model was trained on, when the worker keeps more.
@@ -36,7 +37,7 @@ class RingScorer:
         keep = getattr(self.scorer, "ring_events", 0)
         if not keep or max(map(len, sequences), default=0) <= keep:
             return sequences
-        if getattr(self.scorer, "reads_clicks", True):
+        if self._reads["clicks"]:
             return [ring[-keep:] if len(ring) > keep else ring for ring in sequences]
         return [[e for e in ring if e.type != "click"][-keep:] if len(ring) > keep else ring for ring in sequences]
 
