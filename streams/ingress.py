@@ -187,8 +187,8 @@ def _batch_drain_factory(input_topics: frozenset[str], deliver: Deliver) -> Call
                 self.diag.set_flag(flag)
                 loop_state.step("fetching")
                 records, active = await self._wait_next_records(1.0)
-                # before any await: the positions this fetch left, markers included
-                positions = fetch_positions(self, input_topics)
+                # before any await: the positions this fetch left, markers included (read only when published)
+                positions = fetch_positions(self, input_topics) if records is not None and self.flow_active else {}
                 loop_state.fetched(records)
                 await asyncio.sleep(0)  # as Faust's loop: never starve the event loop in a busy fetch loop
                 if records is None or self.should_stop:
