@@ -5,6 +5,7 @@ Layout under ``root`` (one registry per model kind, e.g. ``var/registry/churn``)
     v0001-<fingerprint>/     weights, config, feature spec, metrics.json, meta.json
     v0002-<fingerprint>/
     current                  a text file naming the current version directory
+    .last_number             the highest version number given out so far
 
 Publishing writes the new directory under a temporary name, renames it into place, then replaces
 ``current`` with os.replace (atomic on POSIX), so a reader never sees a half-written version.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 CURRENT = "current"
+LAST_NUMBER = ".last_number"  # the highest version number ever given out: a deleted version's name is not reused
 KINDS = ("churn", "recs", "recs_index")  # the registries under one root, as the worker reads them
 # the meta fields that say what a version is, shown by `tidewater models list`
 HEADLINE = ("dataset", "test_auc", "valid_ndcg@10", "model_version", "items", "n_users", "users")
@@ -73,20 +75,30 @@ class Registry:
         try:
             write(tmp)
             with self.lock():
-                number = 1 + max((int(v[1:5]) for v in self.versions() if v[1:5].isdigit()), default=0)
+                number = self._next_number()
                 version = f"v{number:04d}-{fingerprint[:8]}"
                 info = {"version": version, "fingerprint": fingerprint, "created_unix": time.time()}
                 info.update(meta or {})
                 (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
                 _sync_tree(tmp)  # on disk before it is named: after a power loss, `current` never names torn files
                 os.rename(tmp, self.root / version)
-                _sync_dir(self.root)
+                _write_atomically(self.root / LAST_NUMBER, f"{number}\n")  # also syncs the directory
                 if make_current:
                     self.set_current(version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return version
+
+    def _next_number(self) -> int:
+        """One above every number given out so far, deleted versions included. A name stands for one artifact:
+        outputs carry it as ``model_version``, and a worker reloads only when the name in ``current`` changes."""
+        numbers = [int(v[1:5]) for v in self.versions() if v[1:5].isdigit()]
+        try:
+            numbers.append(int((self.root / LAST_NUMBER).read_text()))
+        except (FileNotFoundError, ValueError):  # a registry from before the file, or a torn write: the versions
+            pass
+        return 1 + max(numbers, default=0)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -104,20 +116,25 @@ class Registry:
     def set_current(self, version: str) -> None:
         if not (self.root / version).is_dir():
             raise FileNotFoundError(f"version {version} not in {self.root}")
-        fd, tmp = tempfile.mkstemp(prefix=".current-", dir=self.root)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600: readable by workers running as another user
-        os.replace(tmp, self.root / CURRENT)
-        _sync_dir(self.root)
+        _write_atomically(self.root / CURRENT, version + "\n")
 
     def meta(self, version: str | None = None) -> dict[str, Any]:
         version = version or self.current_version()
         if version is None:
             raise RegistryEmpty(f"no current version in {self.root}")
         return json.loads((self.root / version / "meta.json").read_text())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new content, never part of it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.lstrip('.')}-", dir=path.parent)  # hidden until named
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp's 0600: readable by workers running as another user
+    os.replace(tmp, path)
+    _sync_dir(path.parent)
 
 
 def _sync_dir(directory: Path) -> None:

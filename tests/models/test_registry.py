@@ -111,6 +111,26 @@ def test_regression_publishers_running_at_once_get_their_own_versions(tmp_path):
     assert stat.S_IMODE((registry.root / "current").stat().st_mode) & 0o044 == 0o044
 
 
+def test_regression_a_deleted_versions_name_is_not_given_to_the_next_one(tmp_path):
+    """The next number was one above the versions on disk: delete the newest version (a bad model), retrain on the
+    same data, and the new artifact got the deleted one's name (carried in notes since the thirteenth session).
+    A worker that served the deleted version did not reload, and outputs of two models carried one
+    ``model_version``."""
+    import shutil
+
+    registry = Registry(tmp_path / "churn")
+    first = registry.publish(lambda d: (d / "weights.bin").write_bytes(b"1"), fingerprint="aaaaaaaa")
+    bad = registry.publish(lambda d: (d / "weights.bin").write_bytes(b"bad"), fingerprint="aaaaaaaa")
+    registry.set_current(first)
+    shutil.rmtree(registry.path(bad))
+    again = registry.publish(lambda d: (d / "weights.bin").write_bytes(b"new"), fingerprint="aaaaaaaa")
+    assert (first, bad, again) == ("v0001-aaaaaaaa", "v0002-aaaaaaaa", "v0003-aaaaaaaa")
+    assert registry.versions() == [first, again] and registry.current_version() == again
+    # a registry from before the high-water mark numbers from its versions, as it did
+    (registry.root / ".last_number").unlink()
+    assert registry.publish(lambda d: None, fingerprint="bbbbbbbb") == "v0004-bbbbbbbb"
+
+
 def test_regression_a_rollback_to_a_version_without_serving_metadata_says_what_will_be_served(registry, capsys):
     """Rolling back to churn v0001 (published before event_types and ring_events were recorded) silently brought
     back a model reading clicks it was never trained on (found by review). The built-in CDNOW logs are
