@@ -12,7 +12,6 @@ skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import heapq
 import time
@@ -27,7 +26,7 @@ from tidewater import events as ev
 from tidewater import heavy_hitters
 from tidewater import offers as offer_policy
 from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tick_after
-from tidewater.outputs import (ChurnScore, DeadLetter, Recommendation, RetentionOffer, ScoredItem, UserErased,
+from tidewater.outputs import (ChurnScore, Recommendation, RetentionOffer, ScoredItem, UserErased, dead_letter,
                                deterministic_id, encode_output)
 from tidewater.placeholders import RecencyHeuristic
 from tidewater.profile import DAY, Profile, ProfileConfig, apply, new_profile, rfm, source_key
@@ -649,10 +648,7 @@ class PartitionEngine:
         self._count("events_out", topic)
 
     def _dead_letter(self, record: Record, rejected: ev.Rejected) -> None:
-        letter = DeadLetter(
-            reason=rejected.reason, detail=rejected.detail[:500], topic=record.topic, partition=record.partition,
-            offset=record.offset, key_b64=_b64(record.key), value_b64=_b64(record.value),
-            value_size=len(record.value or b""))
+        letter = dead_letter(rejected, record.topic, record.partition, record.offset, record.key, record.value)
         self._result.outputs.append(Emit(self.config.dead_letter_topic, record.key or b"", encode_output(letter)))
         self._count("dead_letters", rejected.reason)
         queue = self.merger.queues.get(record.topic)
@@ -678,8 +674,6 @@ class PartitionEngine:
                 self._reported[key] = total
 
 
-def _b64(raw: bytes | None) -> str | None:
-    return None if raw is None else base64.b64encode(raw).decode()
 
 
 def can_answer_together(engines: Sequence[Any]) -> bool:

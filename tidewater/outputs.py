@@ -10,10 +10,14 @@ retyped; a breaking change gets a new ``schema`` name suffix (``/v2``) and a new
 """
 from __future__ import annotations
 
+import base64
 import hashlib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    from tidewater.events import Rejected
 
 CHURN_SCORE_SCHEMA = "tidewater.churn_score/v1"
 RECOMMENDATION_SCHEMA = "tidewater.recommendation/v1"
@@ -104,6 +108,13 @@ class UserErased(msgspec.Struct, kw_only=True, frozen=True):
     request_event_id: str
 
 
+# The largest key or value a dead letter carries (base64 makes it 4/3 as large). A bigger one is left out, with
+# its SHA-256 and first bytes: Kafka's default limit is about 1 MB per record, and a letter it refuses would stop
+# the worker, which would read the same record again after every restart.
+DEAD_LETTER_MAX_RAW_BYTES = 256 * 1024
+DEAD_LETTER_HEAD_BYTES = 1024
+
+
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
     """A record that could not be decoded or validated, with where it came from."""
 
@@ -114,8 +125,30 @@ class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
     partition: int
     offset: int
     key_b64: str | None
-    value_b64: str | None
+    value_b64: str | None  # None: no value, or one too large to carry (then value_sha256 is set)
     value_size: int
+    key_sha256: str | None = None  # set when the key was too large to carry
+    value_sha256: str | None = None  # set when the value was too large to carry: value_b64 is None
+    value_head_b64: str | None = None  # its first DEAD_LETTER_HEAD_BYTES, to see what it was
+
+
+def dead_letter(rejected: "Rejected", topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None) -> DeadLetter:
+    """The dead letter of a rejected input record: its bytes in base64 where they fit, else their digest."""
+    key_b64, key_sha256, _ = _carried(key)
+    value_b64, value_sha256, value_head_b64 = _carried(value)
+    return DeadLetter(reason=rejected.reason, detail=rejected.detail[:500], topic=topic, partition=partition,
+                      offset=offset, key_b64=key_b64, value_b64=value_b64, value_size=len(value or b""),
+                      key_sha256=key_sha256, value_sha256=value_sha256, value_head_b64=value_head_b64)
+
+
+def _carried(raw: bytes | None) -> tuple[str | None, str | None, str | None]:
+    """(base64 of the bytes, or else their SHA-256 and the base64 of their head)."""
+    if raw is None:
+        return None, None, None
+    if len(raw) <= DEAD_LETTER_MAX_RAW_BYTES:
+        return base64.b64encode(raw).decode(), None, None
+    return None, hashlib.sha256(raw).hexdigest(), base64.b64encode(raw[:DEAD_LETTER_HEAD_BYTES]).decode()
 
 
 _encoder = msgspec.json.Encoder()

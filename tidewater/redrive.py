@@ -60,6 +60,9 @@ def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max
             plan.counts["skipped:duplicate_letter"] += 1
             continue
         seen.add(origin)
+        if letter.value_sha256 is not None:  # the record was too large for its letter to carry it
+            plan.counts["skipped:value_not_kept"] += 1
+            continue
         try:
             value = None if letter.value_b64 is None else base64.b64decode(letter.value_b64, validate=True)
         except (binascii.Error, ValueError):

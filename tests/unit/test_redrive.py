@@ -42,6 +42,34 @@ def test_fixed_causes_go_back_with_the_users_key_and_the_rest_stay_out():
     assert plan_redrive(letters, input_topics=TOPICS, max_bytes=150).records == [("clicks", b"bob", wrong_key)]
 
 
+def test_regression_a_record_too_large_for_its_letter_is_named_by_digest_not_carried():
+    """A dead letter carried the whole record in base64, 4/3 its size: an 800 KB record (under Kafka's 1 MB
+    default) made a letter that Kafka refuses, which stops the worker, which reads the record again after every
+    restart (found by review). Now a value or key over 256 KiB is left out, named by its SHA-256 and its head."""
+    import base64
+    import hashlib
+
+    from tidewater.outputs import DEAD_LETTER_HEAD_BYTES, DEAD_LETTER_MAX_RAW_BYTES
+
+    huge = click("ann", 1, blob="x" * 800_000)
+    huge_key = b"k" * (DEAD_LETTER_MAX_RAW_BYTES + 1)
+    records = [Record("clicks", 0, 10, b"ann", huge), Record("clicks", 0, 11, huge_key, click("bob", 2)),
+               Record("clicks", 0, 12, b"cy", click("cy", 3, blob="y" * (DEAD_LETTER_MAX_RAW_BYTES - 200)))]
+    letters = dead_letters(records, max_bytes=16384)
+    assert max(len(x) for x in letters) < 400_000  # the largest carries a 256 KiB value: 4/3 of it
+    big, keyed, kept = (json.loads(x) for x in letters)
+    assert big["reason"] == "oversized" and big["value_b64"] is None and big["value_size"] == len(huge)
+    assert big["value_sha256"] == hashlib.sha256(huge).hexdigest()
+    assert base64.b64decode(big["value_head_b64"]) == huge[:DEAD_LETTER_HEAD_BYTES]
+    assert keyed["reason"] == "key_mismatch" and keyed["key_b64"] is None
+    assert keyed["key_sha256"] == hashlib.sha256(huge_key).hexdigest() and keyed["value_b64"]
+    assert base64.b64decode(kept["value_b64"]) == records[2].value and kept["value_sha256"] is None
+    # raising the limit cannot bring back what the letter does not hold: counted, not sent
+    plan = plan_redrive(letters, input_topics=TOPICS, max_bytes=1 << 20)
+    assert plan.records == [("clicks", b"bob", click("bob", 2)), ("clicks", b"cy", records[2].value)]
+    assert plan.counts["skipped:value_not_kept"] == 1
+
+
 def test_an_event_from_the_future_goes_back_only_once_its_time_is_near():
     early = click("ann", 0)  # ts 1_700_000_000, produced two days before it
     letters = dead_letters([Record("clicks", 0, 1, b"ann", early, timestamp=(1_700_000_000 - 2 * 86400) * 1000)],
