@@ -633,10 +633,11 @@ class PartitionEngine:
             else:
                 scores, expected = self.scorer.score_many(sequences, as_of), None
             version = self.scorer.version
-            ok = _probabilities(scores) and (expected is None or _finite(expected))
+            ok = (len(scores) == len(profiles) and _probabilities(scores)
+                  and (expected is None or (len(expected) == len(profiles) and _finite(expected))))
         except Exception:  # a broken model must not stop the stream: score this tick with the placeholder
             ok = False
-        if not ok:  # raised, or answered with NaN, infinity or a score that is not a probability
+        if not ok:  # raised, or answered with NaN, infinity, a score that is not a probability or too few/many
             self._count("scoring_errors", self.scorer.version)
             fallback = RecencyHeuristic()
             scores, expected, version = fallback.score_many(sequences, as_of), None, fallback.version

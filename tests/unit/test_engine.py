@@ -254,6 +254,26 @@ def test_regression_a_model_that_returns_logits_is_a_scoring_failure_not_an_offe
     assert engine.counters[("scoring_errors", "model:logits")] > 0
 
 
+@pytest.mark.parametrize("scores_off, expected_off", [(-1, 0), (1, 0), (0, -1)])
+def test_regression_a_model_that_answers_too_few_or_too_many_is_a_scoring_failure(scores_off, expected_off):
+    """Only the values were checked, not how many: a model answering one score short stopped the engine with an
+    IndexError, and one answering an extra score was taken as it was (found by review)."""
+
+    class Miscounts:
+        version = "model:miscounts"
+
+        def predict_many(self, sequences, as_of):
+            return [0.5] * (len(sequences) + scores_off), [1.0] * (len(sequences) + expected_off)
+
+    engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), DictStore(), scorer=Miscounts())
+    evs = shop()
+    result = run_to_completion(engine, records(evs))
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores"]
+    assert scores and {s["model_version"] for s in scores} == {"heuristic:recency-v1"}
+    assert engine.counters[("scoring_errors", "model:miscounts")] > 0
+    assert len(result.done) == len(evs)
+
+
 def test_regression_a_model_that_returns_nan_is_a_scoring_failure_not_an_offer():
     """NaN is not below the offer threshold, so a model returning NaN made every scored user an offer with a null
     score (found by review): such a tick is scored by the placeholder, and counted as a failure."""
