@@ -52,7 +52,10 @@ class OfferPolicy:
     # A calibrated probability. The model's scores rise as silence grows (the stream re-scores at 30, 60, ...
     # days), so a customer drifting away crosses it.
     churn_threshold: float = 0.6
-    cooldown_s: float = 90 * DAY  # one offer per lapse, not one per re-scoring step
+    # at least this long between two offers to a user, and one offer per lapse: none again until the customer has
+    # come back (an event after the offer). The cooldown alone is shorter than the re-scoring steps (30 to 180
+    # days of silence), so a silent customer got a second offer 90 days after the first.
+    cooldown_s: float = 90 * DAY
     daily_budget: int = 500  # offers per event-time day, all partitions together (see partition_budget)
     min_purchases: int = 1
     min_value: float = 20.0  # customers worth less than this are not worth a discount
@@ -138,8 +141,9 @@ def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_us
         return None
     if profile.n_purchases < policy.min_purchases:
         return None
-    if profile.last_offer_ts and as_of - profile.last_offer_ts < policy.cooldown_s:
-        return None
+    if profile.last_offer_ts and (as_of - profile.last_offer_ts < policy.cooldown_s
+                                  or profile.last_ts <= profile.last_offer_ts):
+        return None  # in cooldown, or the lapse already had its offer: nothing from the customer since
     if budget_used_today >= policy.daily_budget:
         return None
     value = customer_value(profile, expected_purchases)

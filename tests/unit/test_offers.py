@@ -42,10 +42,23 @@ def test_not_worth_it_below_min_value_unless_the_model_expects_more_spend():
 
 def test_cooldown_and_budget():
     p = buyer([60.0])
-    p.last_offer_ts = 90 * DAY
+    p.last_offer_ts, p.last_ts = 90 * DAY, 95 * DAY  # came back after the offer
     assert decide(p, 0.9, 100 * DAY, "activity", 0) is None  # 10 days < 90-day cooldown
     assert decide(p, 0.9, 181 * DAY, "activity", 0) is not None
     assert decide(buyer([60.0]), 0.9, 100 * DAY, "activity", OfferPolicy().daily_budget) is None
+
+
+def test_regression_one_offer_per_lapse_not_one_per_cooldown():
+    """The cooldown (90 days) is shorter than the re-scoring of a silence (30 to 180 days), so a customer who
+    stayed away got a second offer 90 days after the first, though the docs said one per lapse (found by review).
+    A lapse gets one offer; coming back (any event after it) opens the next lapse, once the cooldown is over."""
+    p = buyer([60.0])
+    p.last_ts = 20 * DAY
+    p.last_offer_ts = 50 * DAY  # offered at 30 days of silence
+    assert decide(p, 0.95, 200 * DAY, "inactivity", 0) is None  # still silent: the same lapse
+    p.last_ts = 60 * DAY  # came back after the offer
+    assert decide(p, 0.95, 100 * DAY, "inactivity", 0) is None  # but within the cooldown
+    assert decide(p, 0.95, 141 * DAY, "inactivity", 0) is not None
 
 
 @given(amounts=st.lists(st.floats(0.01, 1000), min_size=1, max_size=8), score=st.floats(0, 1),
@@ -81,7 +94,7 @@ def test_the_stream_never_exceeds_the_global_daily_budget_or_a_users_cooldown(pa
                                                                              cooldown_days):
     """All partitions' engines together, every user at high risk on every tick (a constant scorer): offers per
     event-time day never exceed TIDEWATER_OFFER_DAILY_BUDGET summed over partitions, and a user's offers are at
-    least the cooldown apart."""
+    least the cooldown apart, with an event of theirs between them."""
     class AlwaysAtRisk:
         version = "test:constant-0.95"
 
@@ -105,9 +118,12 @@ def test_the_stream_never_exceeds_the_global_daily_budget_or_a_users_cooldown(pa
     by_user: dict[str, list[float]] = {}
     for o in offers:
         by_user.setdefault(o["user_id"], []).append(o["as_of"])
+    event_days = [d * DAY + 60 for d in range(0, 30, 3)]
     for times in by_user.values():
         times.sort()
         assert all(b - a >= cooldown_days * DAY for a, b in zip(times, times[1:]))
+        # one per lapse: the user came back between two offers
+        assert all(any(a < t < b for t in event_days) for a, b in zip(times, times[1:]))
     if budget >= partitions and n_users >= partitions:
         assert offers  # the policy does offer when there is budget
 
