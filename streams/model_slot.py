@@ -67,15 +67,18 @@ class RegistrySlot:
         """Start loading the registry's current version in ``executor`` if it is new and nothing is loading;
         True when a load is in flight. ``take_loaded`` swaps it in once done. A version that failed to load is
         tried ``LOAD_ATTEMPTS`` times in all (a file still being copied, a busy network mount), then left alone
-        until another version is published."""
+        until ``current`` names another version (a version pointed at again is tried again)."""
         if self._loading is not None:
             self._warn_if_slow()
             return True
         try:
             wanted = self._wanted()
-        except OSError as exc:  # an unreadable registry (permissions, a lost mount): keep serving, say why
+        except (OSError, ValueError) as exc:  # an unreadable registry (permissions, a lost mount, a pointer that
+            # is not text): keep serving, say why
             log.error("could not read the %s registry: %r; keeping %s", self.kind, exc, self.current.version)
             return False
+        if self._failures is not None and self._failures[0] != wanted:
+            self._failures = None  # pointed elsewhere since: a version pointed at again gets its attempts again
         if wanted is None or wanted == self.loaded:
             return False
         if self._failures is not None and self._failures[0] == wanted and self._failures[1] >= LOAD_ATTEMPTS:
@@ -103,7 +106,7 @@ class RegistrySlot:
     def _safe_wanted(self) -> Any:
         try:
             return self._wanted()
-        except OSError:
+        except (OSError, ValueError):
             return None
 
     preload = poll  # at start-up: loading overlaps the group join and the table recovery
@@ -118,7 +121,7 @@ class RegistrySlot:
         except Exception as exc:  # a broken artifact must not stop the stream: keep what serves now
             attempts = (self._failures[1] if self._failures and self._failures[0] == wanted else 0) + 1
             self._failures = (wanted, attempts)
-            then = "giving up on it until another version is published" if attempts >= LOAD_ATTEMPTS \
+            then = "giving up on it until current names another version" if attempts >= LOAD_ATTEMPTS \
                 else "will retry"
             log.error("could not load %s %s (attempt %d of %d): %r; keeping %s, %s", self.kind, wanted, attempts,
                       LOAD_ATTEMPTS, exc, self.current.version, then)
@@ -146,6 +149,8 @@ class RegistrySlot:
             loading = asyncio.wrap_future(self._loading[1])
             while not (await asyncio.wait([loading], timeout=SLOW_LOAD_S))[0]:
                 self._warn_if_slow()  # a start-up load stuck in a read is said too, not only a hot reload's
+            if not loading.cancelled():
+                loading.exception()  # retrieved: take_loaded logs a failure once, asyncio must not log it again
             if not self.take_loaded():
                 break
             swapped = True
@@ -234,8 +239,15 @@ class RecommenderSlot(RegistrySlot):
         model = Recommender(self.models.path(model_version), rerank_candidates=self.rerank_candidates)
         if index_version is None:
             return VectorRecommender(model)
-        return VectorRecommender(model, index_dir=str(self.indexes.path(index_version)),
-                                 index_version=f"{model_version}/{index_version}")
+        recommender = VectorRecommender(model, index_dir=str(self.indexes.path(index_version)),
+                                        index_version=f"{model_version}/{index_version}")
+        if recommender.index_error is not None:  # served with the model's own index; not tried again
+            metrics.MODEL_LOAD_FAILURES.labels("index").inc()
+        return recommender
+
+    def _publish(self) -> None:
+        super()._publish()
+        metrics.MODEL_LOAD_FAILURES.labels("index")  # at 0 from the start, like the models' own
 
     def _gauge_labels(self) -> list[tuple[str, str]]:
         return [("recs", self.current.version), ("index", self.current.index_version)]

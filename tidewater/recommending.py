@@ -145,11 +145,15 @@ class VectorRecommender:
     def __init__(self, model: Any, *, index_dir: str | None = None, index_version: str | None = None) -> None:
         self.model = model
         self.version: str = model.version
+        self.index_error: Exception | None = None  # why the published index was refused (the model's own serves)
         if index_dir is not None:  # a newer index of the same model (`tidewater index build`)
             try:
                 model.swap_index(index_dir)
-            except ValueError as exc:  # built over other vectors: the model's own index serves, the model loads
-                log.error("%s; serving recs model %s with its own index", exc, model.version)
+            except Exception as exc:  # over other vectors, or unreadable (a torn file, another FAISS build):
+                # the model's own index serves, and the model loads rather than the previous one staying
+                self.index_error = exc
+                log.error("could not use index %s: %r; serving recs model %s with its own index", index_dir, exc,
+                          model.version)
             else:
                 if index_version:  # the registry's name (the file holds the name it was written under)
                     model.index.current.version = index_version

@@ -168,6 +168,37 @@ def test_an_index_of_another_catalogue_leaves_the_model_serving_with_its_own(tmp
     assert recommender.index_version == "v0002-bbb" and "does not match" in caplog.text
 
 
+def test_regression_an_unreadable_index_leaves_the_model_serving_with_its_own(tmp_path, caplog):
+    """Only an index over other vectors (ValueError) fell back to the model's own index: a torn index file or one
+    from another FAISS build failed the whole load, three times, and the previous model (or the placeholder)
+    kept serving (found by review). The slot counts it under kind ``index``."""
+    from streams import metrics
+    from streams.model_slot import RecommenderSlot
+
+    registry = tmp_path / "registry"
+    tiny_recs_version(registry / "recs" / "v0001-aaa", seed=1)
+    (registry / "recs" / "current").write_text("v0001-aaa\n")
+    index = registry / "recs_index" / "v0001-aaa"
+    ItemIndex.build(ITEMS, np.ones((len(ITEMS), 8), np.float32), kind="flat", version="x",
+                    use_gpu=False).save(index)
+    (index / "meta.json").write_text(json.dumps({"model_version": "v0001-aaa"}))
+    (registry / "recs_index" / "current").write_text("v0001-aaa\n")
+    for path in index.iterdir():
+        if path.name.endswith((".faiss", ".bin", ".index")):
+            path.write_bytes(path.read_bytes()[:40])  # torn
+    slot = RecommenderSlot(registry)
+
+    def failures() -> float:
+        return metrics.REGISTRY.get_sample_value("tidewater_model_load_failures_total", {"kind": "index"}) or 0.0
+
+    before = failures()
+    assert slot.load_current_blocking() and slot.loaded == ("v0001-aaa", "v0001-aaa")
+    assert slot.current.version == "v0001-aaa" and slot.current.index_version == "v0001-aaa"  # the model's own
+    assert slot.current.index_error is not None and "could not use index" in caplog.text
+    assert failures() - before == 1
+    assert slot.load_current_blocking() is False  # not tried again at every poll
+
+
 def test_silent_users_are_rescored_as_silence_grows_then_left_alone():
     config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=10 * DAY, inactivity_rescores=2)
     evs = [Click(event_id="a", user_id="quiet", ts=0.0)]

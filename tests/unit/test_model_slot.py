@@ -81,6 +81,38 @@ def test_a_version_that_keeps_failing_is_tried_three_times_then_left_alone():
     assert asyncio.run(slot.maybe_reload(executor)) is False and calls[-1] == "v2"
 
 
+def test_regression_a_version_given_up_on_is_tried_again_when_current_points_at_it_again(caplog):
+    """The count of failed loads was cleared only by a successful load: after three failures (a version made
+    unreadable, say), an operator who fixed it and pointed ``current`` away and back again left the worker on
+    the other version for good, with no log line (found by review). Moving the pointer gives it its attempts
+    again."""
+    import logging
+
+    from streams.model_slot import LOAD_ATTEMPTS
+
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    slot.published = "v0"
+    assert asyncio.run(slot.maybe_reload(executor)) is True and slot.current.version == "v0"
+    load, broken = slot._load, [True]
+
+    def fixable(wanted):
+        if wanted == "v1" and broken[0]:
+            raise OSError("Permission denied")
+        return load(wanted)
+
+    slot._load = fixable
+    slot.published = "v1"
+    with caplog.at_level(logging.ERROR):
+        for _ in range(LOAD_ATTEMPTS + 1):
+            assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "v0"
+        assert [r.name for r in caplog.records] == ["tidewater.models"] * LOAD_ATTEMPTS
+    broken[0] = False
+    slot.published = "v0"  # back to the version that serves: nothing to load
+    assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "v0"
+    slot.published = "v1"  # pointed at the fixed version again
+    assert asyncio.run(slot.maybe_reload(executor)) is True and slot.current.version == "v1"
+
+
 def test_regression_a_load_that_failed_once_is_retried():
     """A failed load marked its version as loaded, so a transient failure at start-up (a file still being copied,
     a busy network mount) left the worker on the placeholder until another version was published (found by
@@ -181,6 +213,12 @@ def test_an_unreadable_registry_keeps_the_model_serving():
         raise PermissionError(13, "Permission denied", "var/registry/churn/current")
 
     slot._wanted = unreadable
+    assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "placeholder"
+
+    def not_text():
+        return b"\xff".decode()  # a pointer file that is not UTF-8: raised into the batch loop before
+
+    slot._wanted = not_text
     assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "placeholder"
 
 
