@@ -175,7 +175,7 @@ def resolve_version(registry: Registry, name: str) -> str:
     if name in versions:
         return name
     digits = name[1:] if name[:1] == "v" else name
-    if digits.isdigit():
+    if digits.isascii() and digits.isdigit():  # not "²", which isdigit() takes and int() refuses
         matches = [v for v in versions if v[1:5].isdigit() and int(v[1:5]) == int(digits)]
         if len(matches) == 1:
             return matches[0]

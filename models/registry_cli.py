@@ -4,9 +4,11 @@ Workers follow each kind's ``current`` pointer (hot reload), so pointing it at a
 without retraining or a restart."""
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import typer
 
@@ -64,6 +66,15 @@ def _churn_view_note(reg: Registry, version: str) -> str | None:
             "the view it was trained on (`tidewater train churn` records it)")
 
 
+@contextlib.contextmanager
+def _registry_access(registry: Path) -> Iterator[None]:
+    """An unreadable or unwritable registry (permissions, a file where a directory should be) as a clear error."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot use the registry at {registry}: {exc}") from exc
+
+
 def register(models_app: typer.Typer) -> None:
     @models_app.command("list")
     def list_versions(
@@ -72,7 +83,8 @@ def register(models_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object (kind -> versions)."),
     ) -> None:
         """Every published version of each kind (churn, recs, recs_index), oldest first; * marks the current."""
-        found = describe(registry)
+        with _registry_access(registry):
+            found = describe(registry)
         if as_json:
             typer.echo(json.dumps(found))
             return
@@ -93,13 +105,14 @@ def register(models_app: typer.Typer) -> None:
         if kind not in KINDS:
             raise UserError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
         reg = Registry(registry / kind)
-        try:
-            chosen = resolve_version(reg, version)
-        except LookupError as exc:
-            raise UserError(str(exc)) from exc
-        with reg.lock():  # not between a concurrent publisher's numbering and its own pointer update
-            before = reg.current_version()
-            reg.set_current(chosen)
+        with _registry_access(registry):
+            try:
+                chosen = resolve_version(reg, version)
+            except LookupError as exc:
+                raise UserError(str(exc)) from exc
+            with reg.lock():  # not between a concurrent publisher's numbering and its own pointer update
+                before = reg.current_version()
+                reg.set_current(chosen)
         typer.echo(f"{kind}: current {before or 'none'} -> {chosen}")
         index = Registry(registry / "recs_index").current_version()
         note = _index_note(registry, index) if kind in ("recs", "recs_index") and index else None

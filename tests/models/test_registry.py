@@ -64,11 +64,27 @@ def test_models_use_rolls_back_and_list_shows_it(registry, capsys):
     (["models", "use", "weights", "1"], "unknown kind 'weights'"),
     (["models", "use", "churn", "9"], "no version '9'"),
     (["models", "use", "recs_index", "1"], "published: none"),
+    (["models", "use", "churn", "\u00b2"], "no version '\u00b2'"),  # isdigit() but not int(): a ValueError before
 ])
 def test_models_use_refuses_what_is_not_there_with_a_clear_error(registry, capsys, args, message):
     root, _, second, _ = registry
     code, _, err = run(args + ["--registry", str(root)], capsys)
     assert code == 2 and message in err and "Traceback" not in err
+    assert Registry(root / "churn").current_version() == second  # unchanged
+
+
+def test_regression_a_registry_that_cannot_be_used_is_a_clear_error(registry, tmp_path, capsys):
+    """A registry path that is a file ended `models list` in a NotADirectoryError traceback, and a registry whose
+    lock cannot be opened (no write permission) ended `models use` in a PermissionError one (found by review)."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a registry")
+    code, _, err = run(["models", "list", "--registry", str(afile)], capsys)
+    assert code == 2 and "cannot use the registry at" in err and "Traceback" not in err
+    root, first, second, _ = registry
+    (root / "churn" / ".publish.lock").unlink()
+    (root / "churn" / ".publish.lock").mkdir()  # cannot be opened for writing, as without permission
+    code, _, err = run(["models", "use", "churn", first, "--registry", str(root)], capsys)
+    assert code == 2 and "cannot use the registry at" in err and "Traceback" not in err
     assert Registry(root / "churn").current_version() == second  # unchanged
 
 
