@@ -171,6 +171,9 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any]], li
     latest = time.time() + s.max_event_lead_s if s.max_event_lead_s else float("inf")
     for i, item in enumerate(items):
         event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
+        size = 0 if isinstance(event, Rejected) else len(encode_event(event))  # what is sent, with its defaults
+        if size > s.max_event_bytes:
+            event = Rejected("oversized", f"{size} bytes as sent > limit {s.max_event_bytes}")
         if not isinstance(event, Rejected) and event.ts > latest:
             event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
                                              f"{s.max_event_lead_s:g} s ahead of now")
@@ -188,6 +191,7 @@ async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[
     indices of the events not known to be in Kafka, and the first error."""
     sends: list[tuple[list[int], Any]] = []  # (indices of the events it carries, its delivery)
     clocks = [(i, e) for i, e in decoded if isinstance(e, Clock)]
+    clock_indices = [i for i, _ in clocks]  # one list for all partitions' sends: queued only once all are
     try:
         for i, event in decoded:
             if not isinstance(event, Clock):
@@ -196,10 +200,11 @@ async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[
         if clocks:
             latest = max(clocks, key=lambda c: c[1].ts)[1]
             for partition in range(partitions):  # = the topic's (checked at start)
-                sends.append(([i for i, _ in clocks], await topics["click"].send(value=encode_event(latest),
-                                                                                 partition=partition)))
+                sends.append((clock_indices, await topics["click"].send(value=encode_event(latest),
+                                                                        partition=partition)))
     except Exception as exc:  # noqa: BLE001 - the rest could not even be queued
-        queued = {i for indices, _ in sends for i in indices}
+        # a clock sent to some partitions only is not in Kafka: its indices are among the failed
+        queued = {i for indices, _ in sends if indices is not clock_indices for i in indices}
         sends.append(([i for i, _ in decoded if i not in queued], _failed(exc)))
     results = await asyncio.gather(*[delivery for _, delivery in sends], return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]

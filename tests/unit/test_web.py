@@ -34,17 +34,19 @@ class FakePipeline:
 @pytest.fixture
 def worker(tmp_path, monkeypatch):
     """(settings, client factory, sent records, the fake pipeline, the app); ``fail`` in the env dict below makes
-    the send of those event ids fail in Kafka."""
+    the send of those event ids fail in Kafka; ``raise_at_send``: that send (0-based) raises at once."""
     made = {}
     loops: list = []
 
-    def make(fail: frozenset[str] = frozenset(), **env: str):
+    def make(fail: frozenset[str] = frozenset(), raise_at_send: int | None = None, **env: str):
         s = Settings.from_env(environ={"TIDEWATER_INGEST_TOKEN": TOKEN, "TIDEWATER_PARTITIONS": "4", **env})
         app = faust.App(f"web-test-{time.time_ns()}", broker="kafka://127.0.0.1:1", web_enabled=True,
                         datadir=str(tmp_path / "data"), store="memory://", canonical_url="http://127.0.0.1:16066")
         sent: list = []
 
         async def send(topic, key=None, value=None, partition=None, **_):
+            if raise_at_send is not None and len(sent) == raise_at_send:  # could not even be queued
+                raise RuntimeError("producer buffer full")
             sent.append((topic.get_topic_name(), key, value, partition))
             future = asyncio.get_running_loop().create_future()
             if value and json.loads(value).get("event_id") in fail:
@@ -126,6 +128,30 @@ def test_regression_clock_events_of_a_request_go_out_once_per_partition(worker):
     status, body, _ = call(w, "POST", "/events", [{"type": "clock", "ts": 1000.0 + i} for i in range(50)], AUTH)
     assert status == 202 and body["accepted"] == 50
     assert sorted(p for *_, p in w.sent) == [0, 1, 2, 3] and {json.loads(v)["ts"] for _, _, v, _ in w.sent} == {1049.0}
+
+
+def test_regression_a_clock_that_reached_only_some_partitions_is_not_accepted(worker):
+    """The clocks of a request counted as queued once the first partition's send was: a send that raised on a
+    later partition left them out of the failed events, and the reply was 202 (found by review)."""
+    w = worker(raise_at_send=3)  # the click, then partitions 0 and 1 of the clock; partition 2 raises
+    status, body, _ = call(w, "POST", "/events", clicks(1) + [{"type": "clock", "ts": 1000.0}], AUTH)
+    assert status == 503 and body["failed_indices"] == [1] and body["accepted"] == 1
+    assert [p for *_, p in w.sent] == [None, 0, 1]
+
+
+def test_regression_an_event_that_grows_past_the_size_limit_when_encoded_is_refused(worker):
+    """The size limit was checked on the posted JSON, but the record sent is the encoded event, which adds
+    schema_version and the optional fields: accepted here with 202, then dead-lettered by the worker as
+    oversized (found by review)."""
+    from tidewater.events import decode_event, encode_event
+
+    w = worker(TIDEWATER_MAX_EVENT_BYTES="100")
+    item = clicks(1)[0]
+    posted = json.dumps(item, separators=(",", ":")).encode()
+    encoded = encode_event(decode_event(posted, max_bytes=10_000))
+    assert len(posted) <= 100 < len(encoded)  # the case: small as posted, over the limit as sent
+    status, body, _ = call(w, "POST", "/events", [item], AUTH)
+    assert status == 422 and body["rejected"][0]["reason"] == "oversized" and w.sent == []
 
 
 def test_regression_the_bearer_scheme_is_case_insensitive_and_a_401_says_which(worker):
