@@ -75,31 +75,34 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
             if limit is not None and n >= limit:
                 break
             partition = timestamp_ms = None
+            event_ts = -math.inf  # the time a worker will read from it; -inf: none (a bad line), not paced
             recorded = from_envelope(item) if isinstance(item, bytes) else None
             if recorded is not None:  # `record --with-meta`: back to its topic, partition, key and timestamp
                 topic, partition, key, value, timestamp_ms = recorded
                 if partition is not None and partition >= len(await producer.partitions_for(topic)):
                     partition = None  # fewer partitions here: by key
-                if close:
-                    last_ts = max(last_ts, _event_time(value, s.max_event_bytes))
+                if close or speed > 0:
+                    event_ts = _event_time(value, s.max_event_bytes)
             elif isinstance(item, bytes):
                 kind, key = _peek(item)
-                decoded = decode_event(item, max_bytes=s.max_event_bytes) if close or kind == "clock" else None
+                wanted = close or speed > 0 or kind == "clock"
+                decoded = decode_event(item, max_bytes=s.max_event_bytes) if wanted else None
                 if isinstance(decoded, Clock):  # sent to every partition after the events (below)
                     held_clock = max(held_clock, decoded.ts)
                     bar.update(1)
                     continue
                 if decoded is not None and not isinstance(decoded, Rejected):  # the worker will read its time
-                    last_ts = max(last_ts, decoded.ts)
+                    event_ts = decoded.ts
                 value, topic = item, topics[topic_kind(item)]
             else:
-                last_ts = max(last_ts, item.ts)
+                event_ts = item.ts
                 value, key, topic = encode_event(item), item.user_id.encode(), topics[topic_kind(item)]
-                if speed > 0:
-                    first_ts = item.ts if first_ts is None else first_ts
-                    wait = (item.ts - first_ts) / speed - (time.monotonic() - started)
-                    if wait > 0:
-                        await asyncio.sleep(wait)
+            last_ts = max(last_ts, event_ts)
+            if speed > 0 and math.isfinite(event_ts):  # --speed: N× real time by event time, for every source
+                first_ts = event_ts if first_ts is None else first_ts
+                wait = (event_ts - first_ts) / speed - (time.monotonic() - started)
+                if wait > 0:
+                    await asyncio.sleep(wait)
             if key is None and partition is None:  # no readable user: partition 0, not the partitioner's random pick
                 partition = 0
             pending.append(await producer.send(topic, value=value, key=key, partition=partition,

@@ -112,3 +112,21 @@ def test_regression_a_byte_order_mark_does_not_dead_letter_the_first_line(tmp_pa
     path.write_bytes(b"\xef\xbb\xbf" + click("a", "u1", 1.0) + b"\n" + click("b", "u1", 2.0) + b"\n")
     lines = list(jsonl_events(path))
     assert lines == [click("a", "u1", 1.0), click("b", "u1", 2.0)]
+
+
+def test_regression_speed_paces_file_lines_and_recorded_envelopes_too(tmp_path, monkeypatch):
+    """`--speed N` paced only the built-in datasets: a .jsonl file or a `record --with-meta` dump went out as fast
+    as it could, whatever N (found by review). Lines without a time (bad records) are sent without waiting."""
+    waits: list[float] = []
+
+    async def no_sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(replay_mod.asyncio, "sleep", no_sleep)
+    envelope = replay_mod.envelope("clicks", 0, 0, b"u2", click("c", "u2", 1_000.0 + 40))
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(click("a", "u1", 1_000.0) + b"\nnot json\n" + click("b", "u1", 1_000.0 + 20) + b"\n"
+                     + json.dumps(envelope).encode() + b"\n")
+    sent = run_replay(monkeypatch, [path], speed=2.0).sent
+    assert len(sent) == 4
+    assert len(waits) == 2 and 9.0 < waits[0] <= 10.0 and 19.0 < waits[1] <= 20.0  # 20 s and 40 s at 2×
