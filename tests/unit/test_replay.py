@@ -130,3 +130,52 @@ def test_regression_speed_paces_file_lines_and_recorded_envelopes_too(tmp_path, 
     sent = run_replay(monkeypatch, [path], speed=2.0).sent
     assert len(sent) == 4
     assert len(waits) == 2 and 9.0 < waits[0] <= 10.0 and 19.0 < waits[1] <= 20.0  # 20 s and 40 s at 2×
+
+
+def test_regression_record_returns_on_a_topic_that_keeps_receiving_records(monkeypatch):
+    """`record` waited for the end offsets *and* 2 s without a record: a topic written more often than that (live
+    clicks, a busy dead-letter topic) was read without end and kept in memory (found by review). It now also
+    stops ``idle_s`` after reaching the end offsets it started with."""
+    import time
+    from types import SimpleNamespace
+
+    import aiokafka
+
+    class LiveTopic:
+        """One partition, end offset 3 when the read starts, a new record every 0.1 s from then on."""
+
+        def __init__(self, **_):
+            self.next, self.tps = 0, []
+
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+
+        def partitions_for_topic(self, topic):
+            return {0}
+
+        def assign(self, tps):
+            self.tps = tps
+
+        async def seek_to_beginning(self, *tps):
+            pass
+
+        async def end_offsets(self, tps):
+            return {tp: 3 for tp in tps}
+
+        async def getmany(self, timeout_ms=0, max_records=0):
+            await asyncio.sleep(0.1)
+            record = SimpleNamespace(offset=self.next, key=b"u", value=b"{}", timestamp=0)
+            self.next += 1
+            return {self.tps[0]: [record]}
+
+        async def position(self, tp):
+            return self.next
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", LiveTopic)
+    started = time.monotonic()
+    rows = asyncio.run(asyncio.wait_for(replay_mod.read_topic(Settings(), "clicks", idle_s=0.5), timeout=20))
+    assert time.monotonic() - started < 10
+    assert [r[1] for r in rows[:3]] == [0, 1, 2] and len(rows) < 50  # the start's end, and about idle_s more
