@@ -7,10 +7,12 @@ validate never reaches the profile logic; it becomes a :class:`Rejected` with a 
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Literal, Union
 
 import msgspec
+import numpy as np
 
 SCHEMA_VERSION = 1
 MAX_TS = 4102444800.0  # 2100-01-01: anything later is a unit mistake (ms instead of s)
@@ -82,6 +84,26 @@ InputEvent = Union[Click, Purchase, Erase, Clock]  # what the input topics carry
 EVENT_TYPES = ("click", "purchase", "erase", "clock")
 
 _decoder = msgspec.json.Decoder(InputEvent)
+
+# Events are flat. msgspec's depth limit is Python's recursion limit (1,000) less the caller's stack, so a record
+# nested some 900 levels deep was accepted by a shallow caller (`redrive`, the engine's executor thread) and refused
+# by a deep one (the engine on the event loop, inside asyncio and Faust). A fixed limit, checked first, gives every
+# caller the same answer: within it, msgspec's verdict does not depend on the stack (any caller under 500 frames).
+# Only a record longer than twice the limit can be nested that deep: the usual small event pays nothing more.
+MAX_NESTING = 500
+_NESTING_CHECKED_ABOVE = 2 * MAX_NESTING  # bytes: a shorter record cannot be nested deeper than the limit
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_DEPTH_STEP = np.zeros(256, np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]] = 1
+_DEPTH_STEP[[ord("]"), ord("}")]] = -1
+
+
+def _nested_too_deeply(raw: bytes) -> bool:
+    if raw.count(b"[") + raw.count(b"{") <= MAX_NESTING:
+        return False
+    outside_strings = _JSON_STRING.sub(b"", raw)  # a bracket inside a string does not nest
+    steps = _DEPTH_STEP[np.frombuffer(outside_strings, np.uint8)]
+    return bool(steps.size) and int(np.cumsum(steps, dtype=np.int64).max()) > MAX_NESTING
 _encoder = msgspec.json.Encoder()
 
 
@@ -102,8 +124,11 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
     partitioner would scatter the user over partitions: split profiles, a cooldown and budget per piece)."""
     if raw is None:
         return Rejected("malformed_json", "record has no value (tombstone)")
-    if len(raw) > max_bytes:
-        return Rejected("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    size = len(raw)
+    if size > max_bytes:
+        return Rejected("oversized", f"{size} bytes > limit {max_bytes}")
+    if size > _NESTING_CHECKED_ABOVE and _nested_too_deeply(raw):
+        return Rejected("malformed_json", f"JSON nested more than {MAX_NESTING} levels deep")
     try:
         event = _decoder.decode(raw)
     except msgspec.ValidationError as exc:

@@ -76,6 +76,26 @@ def test_regression_deeply_nested_json_is_rejected_not_raised(opening):
     assert topic_kind(nested.encode()) == "click"  # replay routes it, and the worker dead-letters it
 
 
+def test_regression_the_nesting_verdict_does_not_depend_on_the_callers_stack():
+    """msgspec's depth limit counts Python's stack too: a record 900 levels deep was a Click at the top of a script
+    and malformed_json inside asyncio and Faust, so `redrive` sent back records the worker dead-letters again
+    (found by review). The limit is now fixed (MAX_NESTING), and brackets inside strings do not count. Within it
+    msgspec decides, the same for any caller under 500 frames deep."""
+    from tidewater.events import MAX_NESTING
+
+    def nested(depth: int, inside: str = "1") -> bytes:
+        return ('{"type":"click","event_id":"e","user_id":"u1","ts":1,"x":' + "[" * (depth - 1) + inside
+                + "]" * (depth - 1) + "}").encode()
+
+    def at_depth(frames: int, raw: bytes):
+        return decode_event(raw, max_bytes=100_000) if frames == 0 else at_depth(frames - 1, raw)
+
+    for raw, ok in ((nested(MAX_NESTING), True), (nested(MAX_NESTING + 1), False), (nested(900), False),
+                    (nested(2, '"' + "[{" * 500 + '\\"]"'), True)):  # brackets in a string, an escaped quote
+        verdicts = {type(at_depth(frames, raw)).__name__ for frames in (0, 150, 300)}
+        assert verdicts == ({"Click"} if ok else {"Rejected"}), (len(raw), verdicts)
+
+
 @given(st.binary(max_size=300))
 def test_decoder_never_raises_on_arbitrary_bytes(data):
     result = decode_event(data, max_bytes=200)
