@@ -173,6 +173,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         _threads(threads)
         from .evaluate import evaluate
 
+        if publish is not None:
+            writable_dir(publish / "churn", "--publish")  # before the evaluation, not after it
         frame, cut, name = _load(purchases, cutoff, horizon_days, max_users)
         reference = None
         if purchases is None:

@@ -18,7 +18,7 @@ def _user_errors(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (FileNotFoundError, ValueError, DatasetMissing) as exc:
+    except (OSError, ValueError, DatasetMissing) as exc:  # a missing file, a registry that cannot be written
         raise UserError(str(exc)) from exc
     except LookupError as exc:  # RegistryEmpty
         raise UserError(f"{exc} (run `tidewater train recs` first)") from exc
@@ -40,6 +40,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
         if arch not in ("seqlinear", "sasrec"):
             raise UserError(f"--arch must be seqlinear or sasrec, not {arch!r}")
+        writable_dir(registry / "recs", "--registry")  # before minutes of training, not after
         version, metrics = _user_errors(train_and_publish, interactions, registry, seed=seed, threads=threads,
                                         log=lambda m: typer.echo(m, err=True), arch=arch)
         typer.echo(json.dumps({"version": version, "registry": str(registry / "recs"), **metrics}))

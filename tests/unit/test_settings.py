@@ -152,6 +152,8 @@ def test_regression_bad_arguments_are_refused_before_anything_runs(args):
 
 @pytest.mark.parametrize("args", [["train", "churn", "--registry", "{bad}", "--max-users", "50"],
                                   ["evaluate", "recs", "--report-dir", "{bad}"], ["schemas", "--out-dir", "{bad}"],
+                                  ["train", "recs", "--registry", "{bad}"],  # these two, nineteenth session
+                                  ["evaluate", "churn", "--publish", "{bad}", "--max-users", "50"],
                                   ["worker", "--data-dir", "{bad}", "--bootstrap-servers", "127.0.0.1:1"]])
 def test_regression_an_unwritable_output_folder_fails_first_in_one_line(tmp_path, args):
     """`train churn` trained for minutes, then a FileNotFoundError traceback at publish time; `evaluate recs` ran
