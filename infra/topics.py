@@ -22,15 +22,23 @@ class TopicSpec:
     name: str
     partitions: int
     compact: bool = False
+    replication: int = 1
 
     @property
     def configs(self) -> dict[str, str]:
-        return {"cleanup.policy": "compact"} if self.compact else {"cleanup.policy": "delete"}
+        configs = {"cleanup.policy": "compact" if self.compact else "delete"}
+        if self.replication >= 3:
+            # the producers write with acks=all, which waits for the in-sync replicas only: with the broker's
+            # default of 1 that can be the leader alone, and a write it acknowledged is lost with it
+            configs["min.insync.replicas"] = "2"
+        return configs
 
 
 def topic_specs(s: Settings) -> list[TopicSpec]:
-    plain = [TopicSpec(name, s.partitions) for name in s.all_topics()]
-    changelogs = [TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, compact=True) for table in CHANGELOG_TABLES]
+    rf = s.replication_factor
+    plain = [TopicSpec(name, s.partitions, replication=rf) for name in s.all_topics()]
+    changelogs = [TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, compact=True, replication=rf)
+                  for table in CHANGELOG_TABLES]
     return plain + changelogs
 
 

@@ -34,10 +34,37 @@ def test_compose_has_kraft_kafka_topics_two_workers_and_prometheus():
         assert services[worker]["hostname"] == worker
     # Kafka writes where its volume is mounted, and the host reaches it through a listener it advertises
     assert f"kafka-data:{env['KAFKA_LOG_DIRS']}" in kafka["volumes"]
-    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
-    host_port = advertised["EXTERNAL"].split(":")[-1]
-    assert advertised["EXTERNAL"].startswith("localhost:") and f"{host_port}:{host_port}" in kafka["ports"]
-    assert all(name in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] for name in advertised)
+    listeners = _listeners(env["KAFKA_LISTENERS"])
+    advertised = _listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    # Kafka refuses to start when a name is advertised but not listened on, or has no protocol
+    assert set(advertised) <= set(listeners) <= set(protocols), (advertised, listeners, protocols)
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised and "CONTROLLER" in listeners
+    assert "CONTROLLER" not in advertised  # a controller listener is not advertised to clients
+    voters_port = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].rsplit(":", 1)[1]
+    assert voters_port == listeners["CONTROLLER"][1]  # the broker reaches its controller there
+    # the external listener is published on the host's loopback only (PLAINTEXT, no authentication)
+    host, port = advertised["EXTERNAL"]
+    assert host == "localhost" and listeners["EXTERNAL"][1] == port
+    assert kafka["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert all(p.startswith("127.0.0.1:") for p in services["prometheus"]["ports"])
+    # the workers bootstrap through the listener advertised inside the network, not the host's one
+    inner_host, inner_port = advertised[env["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert services["worker-1"]["environment"]["TIDEWATER_BOOTSTRAP_SERVERS"] == f"{inner_host}:{inner_port}"
+    for worker in ("worker-1", "worker-2"):  # RocksDB state on the worker's volume: kept across restarts
+        state_dir = services[worker]["environment"]["TIDEWATER_DATA_DIR"]
+        assert any(v.startswith(f"{worker}-state:") and v.split(":")[1] == state_dir
+                   for v in services[worker]["volumes"])
+
+
+def _listeners(text: str) -> dict[str, tuple[str, str]]:
+    """``NAME://host:port,...`` as {name: (host, port)}; an empty host (all interfaces) stays empty."""
+    out = {}
+    for item in text.split(","):
+        name, address = item.split("://")
+        host, port = address.rsplit(":", 1)
+        out[name] = (host, port)
+    return out
 
 
 def test_compose_env_names_are_real_settings():

@@ -21,3 +21,13 @@ def test_changelogs_are_compacted_and_the_rest_deleted_by_age():
     specs = {spec.name: spec for spec in topic_specs(Settings(partitions=4))}
     assert specs["tidewater-profiles-changelog"].configs == {"cleanup.policy": "compact"}
     assert specs["clicks"].configs == {"cleanup.policy": "delete"} and specs["clicks"].partitions == 4
+
+
+def test_regression_replicated_topics_need_two_in_sync_replicas_for_acks_all():
+    """With three replicas and the broker's default min.insync.replicas of 1, acks=all could be acknowledged by
+    the leader alone, and the write was lost with it (found by review). One replica (the embedded brokers,
+    the compose stack) keeps the broker's default."""
+    specs = topic_specs(Settings(partitions=4, replication_factor=3))
+    assert {spec.configs.get("min.insync.replicas") for spec in specs} == {"2"}
+    assert all(spec.replication == 3 for spec in specs)
+    assert not any("min.insync.replicas" in spec.configs for spec in topic_specs(Settings(replication_factor=1)))
