@@ -297,16 +297,28 @@ def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | N
 
 
 async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, idle_s: float = 2.0) -> int:
-    try:
-        fh = open(out, "wb")  # before reading: a wrong path fails at once, not after the whole topic
+    """Dump ``topic`` to ``out``. Written to a temporary file beside it and renamed over it once complete: an
+    existing dump is not emptied by a read that fails (a mistyped broker or topic), and never half-written."""
+    import os
+    import tempfile
+
+    target = os.path.abspath(out)
+    try:  # before reading: a wrong path fails at once, not after the whole topic
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-    with fh:
-        rows = await read_topic(s, topic, idle_s=idle_s, with_timestamps=True)
-        for partition, offset, key, value, timestamp in rows:
-            if with_meta:
-                line = json.dumps(envelope(topic, partition, offset, key, value, timestamp)).encode()
-            else:
-                line = (value or b"").replace(b"\n", b" ")
-            fh.write(line + b"\n")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            rows = await read_topic(s, topic, idle_s=idle_s, with_timestamps=True)
+            for partition, offset, key, value, timestamp in rows:
+                if with_meta:
+                    line = json.dumps(envelope(topic, partition, offset, key, value, timestamp)).encode()
+                else:
+                    line = (value or b"").replace(b"\n", b" ")
+                fh.write(line + b"\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600: as a plain open() would have made it
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return len(rows)

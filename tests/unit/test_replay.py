@@ -179,3 +179,25 @@ def test_regression_record_returns_on_a_topic_that_keeps_receiving_records(monke
     rows = asyncio.run(asyncio.wait_for(replay_mod.read_topic(Settings(), "clicks", idle_s=0.5), timeout=20))
     assert time.monotonic() - started < 10
     assert [r[1] for r in rows[:3]] == [0, 1, 2] and len(rows) < 50  # the start's end, and about idle_s more
+
+
+def test_regression_a_failed_record_leaves_an_existing_dump_as_it_was(tmp_path, monkeypatch):
+    """`record --out` opened the file for writing before connecting: a mistyped broker address emptied the user's
+    earlier dump (found by review). The dump is written beside it and renamed over it once complete."""
+    out = tmp_path / "dump.jsonl"
+    out.write_bytes(b"earlier dump\n")
+
+    async def unreachable(*_, **__):
+        raise UserError("cannot reach Kafka at 127.0.0.1:1")
+
+    monkeypatch.setattr(replay_mod, "read_topic", unreachable)
+    with pytest.raises(UserError):
+        asyncio.run(replay_mod.record(Settings(), "clicks", str(out)))
+    assert out.read_bytes() == b"earlier dump\n" and [p.name for p in tmp_path.iterdir()] == ["dump.jsonl"]
+
+    async def two_records(*_, **__):
+        return [(0, 0, b"u", b'{"a":1}', 5), (1, 0, b"v", b"line\nbreak", 6)]
+
+    monkeypatch.setattr(replay_mod, "read_topic", two_records)
+    assert asyncio.run(replay_mod.record(Settings(), "clicks", str(out))) == 2
+    assert out.read_bytes() == b'{"a":1}\nline break\n' and [p.name for p in tmp_path.iterdir()] == ["dump.jsonl"]
