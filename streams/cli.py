@@ -171,7 +171,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
             help="Datasets to replay through the pipeline: cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
         bootstrap_servers: Optional[str] = typer.Option(None, help="Use this cluster instead of an embedded broker."),
         broker_kind: str = typer.Option("tansu", "--broker", help="Embedded broker: tansu or noida."),
-        port: int = typer.Option(0, help="Embedded broker port (0 = free)."),
+        port: int = typer.Option(0, min=0, max=65535, help="Embedded broker port (0 = free)."),
         keep_running: bool = typer.Option(False, help="Keep broker and worker up after the replay (Ctrl-C stops)."),
         limit: Optional[int] = typer.Option(None, help="Replay at most this many events."),
     ) -> None:

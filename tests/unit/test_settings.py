@@ -141,7 +141,7 @@ def test_regression_a_heartbeat_as_long_as_the_session_is_refused():
 @pytest.mark.parametrize("args", [["clock", "--every", "0"], ["clock", "--lag-s", "-1"],
                                   ["replay", "--dataset", "cdnow", "--limit", "0"],
                                   ["replay", "--dataset", "cdnow", "--speed", "-3"],
-                                  ["worker", "--loglevel", "bogus"]])
+                                  ["worker", "--loglevel", "bogus"], ["up", "--port", "-1"]])
 def test_regression_bad_arguments_are_refused_before_anything_runs(args):
     """`clock --every 0` wrote clock records in a busy loop, `replay --limit -5` wrote nothing and exited 0, and a
     bad log level failed only once the worker had reached Kafka and loaded its models (found by review)."""
@@ -150,7 +150,17 @@ def test_regression_bad_arguments_are_refused_before_anything_runs(args):
     assert done.returncode == 2 and "Invalid value" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("args", [["train", "churn", "--registry", "{bad}", "--max-users", "50"],
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_regression_an_impossible_broker_port_is_refused_before_a_broker_starts(port):
+    """`broker --port 70000` started a broker binary, which exited, and the error did not say why (found by
+    review)."""
+    done = subprocess.run([sys.executable, "-m", "tidewater.cli", "broker", "--port", port],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Invalid value" in done.stderr and "--port" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["broker", "--port", "0", "--log", "{bad}/broker.log"],
+                                  ["train", "churn", "--registry", "{bad}", "--max-users", "50"],
                                   ["evaluate", "recs", "--report-dir", "{bad}"], ["schemas", "--out-dir", "{bad}"],
                                   ["train", "recs", "--registry", "{bad}"],  # these two, nineteenth session
                                   ["evaluate", "churn", "--publish", "{bad}", "--max-users", "50"],
