@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -54,30 +55,42 @@ for _module in ("infra.cli", "streams.cli"):
 def evaluate_offers(
     registry: str = typer.Option("var/registry", "--registry", envvar="TIDEWATER_REGISTRY_DIR",
                                  help="Registry root holding the churn model."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Churn threshold (default: the policy's)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
+                                              help="Churn threshold (default: TIDEWATER_CHURN_THRESHOLD's)."),
     split: str = typer.Option("test", "--split", help="Customers to report on: test (held out) or val."),
+    purchases: Optional[Path] = typer.Option(
+        None, "--purchases", help="The purchase log (CSV user_id,ts[,amount,quantity]) the current churn model was "
+                                  "trained on, when it is not CDNOW."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
 ) -> None:
     """Offline check of the offer policy: replay the calibration period, score everyone at the cut-off with the
     current churn model, and compare the churn rate of offered customers with the base rate (lift), random
-    targeting and recency targeting, on the model's held-out test customers."""
+    targeting and recency targeting, on the model's held-out test customers. The policy, profile and inactivity
+    settings are the worker's (TIDEWATER_CHURN_THRESHOLD, TIDEWATER_OFFER_*, ...)."""
     import dataclasses
     import json
 
     from models.registry import RegistryEmpty
+    from tidewater.engine import EngineConfig
     from tidewater.offer_check import CheckConfig, run_check
-    from tidewater.offers import OfferPolicy
+    from tidewater.settings import Settings
 
-    config = CheckConfig()
+    worker = EngineConfig.from_settings(Settings.from_env())
+    config = CheckConfig(inactivity_gap_s=worker.inactivity_gap_s, policy=worker.offers, profile=worker.profile)
     if threshold is not None:
-        config = dataclasses.replace(config, policy=OfferPolicy(churn_threshold=threshold))
+        config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, churn_threshold=threshold))
     try:
         if split not in ("test", "val"):
             raise UserError("--split must be test or val")
-        result = run_check(registry, config, split=split)
+        frame = None
+        if purchases is not None:
+            from models.churn.data import load_purchases_csv
+
+            frame = load_purchases_csv(purchases)
+        result = run_check(registry, config, frame=frame, split=split)
     except RegistryEmpty as exc:
         raise UserError(f"{exc}: run `tidewater train churn` first") from exc
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # a log that is not the model's, a missing file
         raise UserError(str(exc)) from exc
     if not as_json:
         typer.echo(f"{result['dataset']} cut-off {result['cutoff'][:10]}, model {result['model_version']}: "

@@ -134,7 +134,8 @@ def run_check(registry_dir: str, config: CheckConfig = CheckConfig(), frame: pd.
     registry = Registry(f"{registry_dir}/churn")
     meta = registry.meta()
     if meta.get("dataset") not in ("cdnow_master", None) and frame is None:
-        raise ValueError(f"the current churn model was trained on {meta.get('dataset')}; pass its purchase log")
+        raise ValueError(f"the current churn model was trained on {meta.get('dataset')}: pass that purchase log "
+                         f"with --purchases")
     if frame is None:
         from models.datasets import load_cdnow
 

@@ -185,3 +185,22 @@ def test_regression_train_and_evaluate_publish_name_the_same_data_alike(tiny_csv
     run_ok(["train", "churn", "--purchases", str(other), "--cutoff", "1997-10-01", "--no-progress",
             "--registry", str(reg)])
     assert Registry(reg / "churn").current_version().split("-")[1] != trained.name.split("-")[1]
+
+
+def test_regression_evaluate_offers_checks_a_model_trained_on_your_own_log(tiny_csv, tmp_path, capsys, monkeypatch):
+    """`evaluate offers` told the user of a model trained on their own CSV to pass its purchase log, with no option
+    to do so; and it used the policy's built-in defaults, not the worker's settings (found by review)."""
+    reg_root = tmp_path / "reg"
+    run_ok(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
+            "--registry", str(reg_root)])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "offers", "--registry", str(reg_root)])
+    assert exc.value.code == 2 and "--purchases" in capsys.readouterr().err
+    results = {}
+    for threshold in ("0.0", "1.0"):  # the worker's setting, read from the environment
+        monkeypatch.setenv("TIDEWATER_CHURN_THRESHOLD", threshold)
+        run_ok(["evaluate", "offers", "--registry", str(reg_root), "--purchases", str(tiny_csv), "--json"])
+        results[threshold] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["0.0"]["dataset"] == "purchases.csv" and results["0.0"]["customers"] > 0
+    assert results["0.0"]["offers"] > results["1.0"]["offers"]
