@@ -20,9 +20,7 @@ import asyncio
 import time
 from typing import Any, Mapping
 
-from tidewater.settings import Settings
-
-QUIRKS = ("tansu-highwater", "noida-fetch-wait")
+from tidewater.settings import BROKER_QUIRKS as QUIRKS, Settings
 # the work-around each embedded broker needs (`tidewater up` and the integration tests set it)
 QUIRKS_BY_BROKER = {"tansu": "tansu-highwater", "noida": "noida-fetch-wait"}
 FETCH_PACE_S = 0.005

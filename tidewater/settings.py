@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, get_type_hints
 
@@ -255,9 +256,31 @@ class Settings:
                         and (high is None or value <= high)):
                     expected = "a number > 0" if low == "positive" else f"a number >= {low}"
                     raise InvalidSetting(f"{env}={value!r}: expected {expected}" + (f" and <= {high}" if high else ""))
+        self._validate_names()
         if self.heartbeat_interval_s >= self.session_timeout_s:  # the group would evict every member
             raise InvalidSetting(f"TIDEWATER_HEARTBEAT_INTERVAL_S={self.heartbeat_interval_s:g} must be below "
                                  f"TIDEWATER_SESSION_TIMEOUT_S={self.session_timeout_s:g}")
+
+    def _validate_names(self) -> None:
+        """Topic names and the app id (the consumer group, and the prefix of the changelogs) that Kafka accepts, no
+        topic used twice (an output written to an input topic would be read back as events), and broker
+        work-arounds that exist (a mistyped one was ignored)."""
+        env_of = {f.name: f.metadata["env"] for f in fields(self)}
+        for name in ("app_id", *(f.name for f in fields(self) if f.name.startswith("topic_"))):
+            value = getattr(self, name)
+            if not _KAFKA_NAME.fullmatch(value) or value in (".", ".."):
+                raise InvalidSetting(f"{env_of[name]}={value!r}: expected 1 to 249 characters of letters, digits, "
+                                     f"'.', '_' and '-' (Kafka's rule for topic names)")
+        topics = [f.name for f in fields(self) if f.name.startswith("topic_")]
+        for i, first in enumerate(topics):
+            for second in topics[i + 1:]:
+                if getattr(self, first) == getattr(self, second):
+                    raise InvalidSetting(f"{env_of[first]} and {env_of[second]} are both {getattr(self, first)!r}: "
+                                         f"each topic has one role")
+        unknown = [q for q in (q.strip() for q in self.broker_quirks.split(",")) if q and q not in BROKER_QUIRKS]
+        if unknown:
+            raise InvalidSetting(f"TIDEWATER_BROKER_QUIRKS={self.broker_quirks!r}: unknown {', '.join(unknown)} "
+                                 f"(known: {', '.join(BROKER_QUIRKS)})")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -273,6 +296,10 @@ class Settings:
     def all_topics(self) -> tuple[str, ...]:
         return (*self.input_topics, *self.output_topics, self.topic_dead_letter)
 
+
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+# the embedded brokers' work-arounds (streams/broker_quirks.py)
+BROKER_QUIRKS = ("tansu-highwater", "noida-fetch-wait")
 
 # the accepted values of every numeric setting: (lowest, highest or None); "positive" means > 0
 _POSITIVE = ("positive", None)

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -129,6 +130,24 @@ def test_regression_tls_files_that_do_not_load_are_refused_by_name(tmp_path):
     s = Settings.from_env(environ={"TIDEWATER_SECURITY_PROTOCOL": "SSL", "TIDEWATER_SSL_CAFILE": str(bad)})
     with pytest.raises(InvalidSetting, match="TIDEWATER_SSL_CAFILE"):
         aiokafka_kwargs(s)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TIDEWATER_TOPIC_CLICKS": ""}, "TIDEWATER_TOPIC_CLICKS='': expected 1 to 249 characters"),
+    ({"TIDEWATER_TOPIC_OFFERS": "retention offers"}, "TIDEWATER_TOPIC_OFFERS='retention offers'"),
+    ({"TIDEWATER_APP_ID": ""}, "TIDEWATER_APP_ID='': expected"),
+    ({"TIDEWATER_TOPIC_CHURN_SCORES": "clicks"}, "TIDEWATER_TOPIC_CLICKS and TIDEWATER_TOPIC_CHURN_SCORES are both"),
+    ({"TIDEWATER_BROKER_QUIRKS": "tansu-highwater,tansu-hiwater"}, "unknown tansu-hiwater"),
+])
+def test_regression_topic_names_the_app_id_and_broker_work_arounds_are_checked(env, message):
+    """An empty or illegal topic name, an output topic that is also an input topic (its outputs read back as
+    events), an empty app id ("-profiles-changelog") and a mistyped broker work-around were all accepted without
+    a word (found by review)."""
+    from tidewater.errors import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match=re.escape(message)):
+        Settings.from_env(environ=env)
+    Settings.from_env(environ={"TIDEWATER_TOPIC_CLICKS": "shop.clicks_v2", "TIDEWATER_BROKER_QUIRKS": "noida-fetch-wait"})
 
 
 def test_regression_a_heartbeat_as_long_as_the_session_is_refused():
