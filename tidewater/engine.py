@@ -650,7 +650,9 @@ class PartitionEngine:
 
     def _dead_letter(self, record: Record, rejected: ev.Rejected) -> None:
         letter = dead_letter(rejected, record.topic, record.partition, record.offset, record.key, record.value)
-        self._result.outputs.append(Emit(self.config.dead_letter_topic, record.key or b"", encode_output(letter)))
+        # keyed by the original key, or by its digest when the letter could not carry it either
+        key = (record.key or b"") if letter.key_sha256 is None else letter.key_sha256.encode()
+        self._result.outputs.append(Emit(self.config.dead_letter_topic, key, encode_output(letter)))
         self._count("dead_letters", rejected.reason)
         queue = self.merger.queues.get(record.topic)
         if queue:  # an earlier record of this source is held in the merge: acked after it, never before it.
@@ -673,8 +675,6 @@ class PartitionEngine:
             if delta:
                 self._metric(key[0], key[1], delta)
                 self._reported[key] = total
-
-
 
 
 def can_answer_together(engines: Sequence[Any]) -> bool:

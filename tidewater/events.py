@@ -104,6 +104,8 @@ def _nested_too_deeply(raw: bytes) -> bool:
     outside_strings = _JSON_STRING.sub(b"", raw)  # a bracket inside a string does not nest
     steps = _DEPTH_STEP[np.frombuffer(outside_strings, np.uint8)]
     return bool(steps.size) and int(np.cumsum(steps, dtype=np.int64).max()) > MAX_NESTING
+
+
 _encoder = msgspec.json.Encoder()
 
 

@@ -55,8 +55,14 @@ def test_regression_a_record_too_large_for_its_letter_is_named_by_digest_not_car
     huge_key = b"k" * (DEAD_LETTER_MAX_RAW_BYTES + 1)
     records = [Record("clicks", 0, 10, b"ann", huge), Record("clicks", 0, 11, huge_key, click("bob", 2)),
                Record("clicks", 0, 12, b"cy", click("cy", 3, blob="y" * (DEAD_LETTER_MAX_RAW_BYTES - 200)))]
-    letters = dead_letters(records, max_bytes=16384)
-    assert max(len(x) for x in letters) < 400_000  # the largest carries a 256 KiB value: 4/3 of it
+    engine = PartitionEngine(0, EngineConfig(max_event_bytes=16384), {})
+    for record in records:
+        engine.on_record(record, 0.0)
+    emitted = [emit for emit in engine.on_notify(1e18).outputs if emit.topic == "dead-letter"]
+    letters = [emit.value for emit in emitted]
+    # the largest carries a 256 KiB value (4/3 of it in base64); the huge key is not the letter's key either
+    assert max(len(emit.key) + len(emit.value) for emit in emitted) < 400_000
+    assert [emit.key for emit in emitted] == [b"ann", hashlib.sha256(huge_key).hexdigest().encode(), b"cy"]
     big, keyed, kept = (json.loads(x) for x in letters)
     assert big["reason"] == "oversized" and big["value_b64"] is None and big["value_size"] == len(huge)
     assert big["value_sha256"] == hashlib.sha256(huge).hexdigest()
