@@ -183,7 +183,9 @@ class Settings:
                                      "Churn probability at or above which offers are considered.")
     offer_min_value: float = setting(20.0, "TIDEWATER_OFFER_MIN_VALUE",
                                      "Customers worth less (spend so far + expected spend) get no offer.")
-    offer_cooldown_s: float = setting(90 * 86400.0, "TIDEWATER_OFFER_COOLDOWN_S", "Per-user offer cooldown (event time); on top of it, one offer per lapse: none until the user's next event.")
+    offer_cooldown_s: float = setting(90 * 86400.0, "TIDEWATER_OFFER_COOLDOWN_S",
+                                      "Per-user offer cooldown (event time); on top of it, one offer per lapse: "
+                                      "none until the user's next event.")
     offer_daily_budget: int = setting(500, "TIDEWATER_OFFER_DAILY_BUDGET",
                                       "Offers per event-time day, all partitions together: each partition "
                                       "enforces its share (budget // partitions, the remainder to the first ones).")
