@@ -194,6 +194,7 @@ class Pipeline:
             settings, lambda: self.churn_slot.scorer, lambda: self.recs_slot.recommender)
         self.engines: dict[int, Any] = {}
         self.handed_over: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset given to the engine
+        self.delivered: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset put in the inbox
         self.lock = asyncio.Lock()
         self.cache = ProfileCache(settings.profile_cache_users)
         self.stores: dict[int, PartitionStores] = {}  # of the partitions that have an engine
@@ -246,6 +247,8 @@ class Pipeline:
             self.dropped_at_rebalance += len(records)
             return
         self.inbox.extend(records)
+        if records:
+            self.delivered[(tp.topic, tp.partition)] = records[-1].offset
         wall = time.time()  # Kafka timestamps are in ms
         metrics.observe_many(metrics.FETCH_AGE,
                              [wall - r.timestamp / 1000.0 for r in records if r.timestamp is not None])
@@ -605,6 +608,7 @@ class Pipeline:
             if highwater is None or highwater < 0:
                 continue
             last = self.handed_over.get((topic, partition))
+            seeked = False
             if last is None:
                 # nothing handed over since the assignment (or the start): the group's committed offset says what
                 # was processed before. Without it, a source fully committed and quiet since a restart was never
@@ -612,23 +616,28 @@ class Pipeline:
                 # a backlog never gives (found by review)
                 committed = consumer._committed_offset.get(tp)
                 last = committed - 1 if committed is not None else -1
-            (caught_up if last >= highwater - 1 or self._through_markers(tp, last, highwater) else behind
+                seeked = committed is not None and (topic, partition) not in self.delivered
+            (caught_up if last >= highwater - 1 or self._through_markers(tp, last, highwater, seeked) else behind
              ).append(topic)
         return frozenset(caught_up), frozenset(behind)
 
-    def _through_markers(self, tp: Any, last: int, highwater: int) -> bool:
+    def _through_markers(self, tp: Any, last: int, highwater: int, seeked: bool = False) -> bool:
         """Caught up although ``last`` is below the high watermark: the offsets between are transaction markers,
         which no consumer receives. The fetch loop's last complete turn left aiokafka's position at or past the
         high watermark, everything it delivered was handed over (``last`` is its read offset then and now, so no
         seek came since), and none of it waits in the inbox. Without this, a topic written by a transactional
         producer was "behind" whenever it went quiet, and held the partition's other topic for
-        TIDEWATER_SOURCE_IDLE_MS × 10 (10 s by default; found by review)."""
+        TIDEWATER_SOURCE_IDLE_MS × 10 (10 s by default; found by review). ``seeked``: nothing delivered since the
+        consumer was sought to the committed offset (``last`` + 1), where Faust leaves its read offset (the next
+        to read, not the last read as after a record): a rebalance or a restart brought the hold back."""
         consumer = self.app.consumer
         through = getattr(consumer, "_tidewater_fetched_through", {}).get(tp)
         if through is None:
             return False
         read, position = through
-        return read is not None and read == last == consumer._read_offset.get(tp) and position >= highwater
+        if read is None or read != consumer._read_offset.get(tp) or position < highwater:
+            return False
+        return read == last or (seeked and read == last + 1)
 
     @property
     def sender(self) -> Any:
@@ -660,6 +669,7 @@ class Pipeline:
                 self.stores.pop(partition, None)
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
+                    self.delivered.pop((topic, partition), None)
             # set at each flush, and a worker left with no partition flushes no more: it kept the old count
             metrics.PENDING.set(self.held())
             # the stores are gone: the stages send these partitions' batches but neither store nor ack them
