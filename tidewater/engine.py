@@ -209,6 +209,7 @@ class PartitionEngine:
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
+        self._trailing = 0  # dead letters waiting to be acked after a held record (``_Valid.trailing``)
         self.expected_type = config.topic_types
         self.counters: Counter[tuple[str, str]] = Counter()
         self._reported: dict[tuple[str, str], int] = {}
@@ -310,6 +311,7 @@ class PartitionEngine:
             self._process(item)
             if item.handle.trailing:
                 self._result.done.extend(item.handle.trailing)
+                self._trailing -= len(item.handle.trailing)
         if not defer_recs:
             self._flush_recs()
         result, self._result = self._result, BatchResult()
@@ -345,11 +347,15 @@ class PartitionEngine:
         self._ranking_changed = True
 
     def pending(self) -> int:
-        return self.merger.pending()
+        """Records read and not acked yet: those held in the merge and the dead letters waiting behind them. Both
+        count towards the worker's bound on held records (dead letters behind a held record were left out: a
+        stream of bad records behind one held event grew without bound, raw values and all; found by review)."""
+        return self.merger.pending() + self._trailing
 
     def drop_pending(self) -> None:
         """On revocation: buffered records are not acked, so the new owner re-reads them."""
         self.merger.drop()
+        self._trailing = 0
 
     # --- processing ----------------------------------------------------------------------------------
     def _profile(self, user_id: str) -> Profile:
@@ -662,6 +668,7 @@ class PartitionEngine:
             if held.trailing is None:
                 held.trailing = []
             held.trailing.append(record)
+            self._trailing += 1
         else:
             self._result.done.append(record)
 

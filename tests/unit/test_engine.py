@@ -175,6 +175,27 @@ def test_regression_a_dead_letter_is_acked_after_the_records_of_its_source_held_
     assert [r.offset for r in engine.on_notify(now=0.0).done] == [later.offset]
 
 
+def test_regression_dead_letters_held_behind_a_record_count_towards_the_held_bound():
+    """Dead letters read after a held record wait to be acked after it, but pending() counted only the merge, so
+    the worker's bound on held records never saw them: one held click and a stream of bad records grew without
+    bound, raw values and all (found by review)."""
+    engine = PartitionEngine(0, EngineConfig(), DictStore())
+    click = records([Click(event_id="c1", user_id="u1", ts=10.0)])[0]
+    engine.on_record(click, now=0.0)
+    for i in range(1, 51):
+        engine.on_record(dataclasses.replace(click, offset=click.offset + i, value=b"{bad"), now=0.0)
+    engine.on_notify(now=0.0)  # purchases says nothing: the click stays held, the letters behind it
+    assert engine.pending() == 51
+    released = engine.on_notify(now=0.0, caught_up=frozenset({"purchases"}))
+    assert len(released.done) == 51 and engine.pending() == 0
+    engine.on_record(dataclasses.replace(click, offset=100), now=0.0)
+    engine.on_record(dataclasses.replace(click, offset=101, value=b"{bad"), now=0.0)
+    engine.on_notify(now=0.0)
+    assert engine.pending() == 2
+    engine.drop_pending()  # a revocation: neither is acked, the next owner re-reads both
+    assert engine.pending() == 0
+
+
 def _produced_at(recs, lag_s: float = 60.0):
     """The records as a producer writes them: Kafka timestamps (ms) shortly after each event's time."""
     return [dataclasses.replace(r, timestamp=int((json.loads(r.value)["ts"] + lag_s) * 1000)) for r in recs]
