@@ -161,7 +161,9 @@ class Outgoing:
 
     batch: int
     outputs: list[tuple[str, int | None, bytes, bytes]] = field(default_factory=list)
-    changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
+    changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # the profiles
+    state_changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
+    changelog_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # the profiles', once delivered
     writes: list[tuple[int, PartitionStores, list[tuple[bytes, bytes | None]], Any]] = field(default_factory=list)
     done: list[Any] = field(default_factory=list)
     deliveries: list[Any] = field(default_factory=list)  # of the step in progress (streams.producing.Delivery)
@@ -487,7 +489,7 @@ class Pipeline:
             out.writes.append((partition, stores, writes, state))
             changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)
             if state is not None:
-                changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
+                out.state_changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
             out.done.extend(result.done)
             engine.drain_metrics()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
@@ -501,7 +503,9 @@ class Pipeline:
         """Make each batch durable, in batch order, while the next ones are computed:
 
         1. its outputs are produced;
-        2. once Kafka has them, its changelog records (profiles, partition state) are produced;
+        2. once Kafka has them, its changelog records: the profiles, then, once Kafka has those, the partition
+           state (so a state record in Kafka implies its batch's profiles are: a restore that finds profiles
+           newer than the state re-applies the state's part of their events, ``PartitionEngine``);
         3. once Kafka has those, its profiles and state go to the local RocksDB tables and its input records are
            acked (Faust commits acked offsets).
 
@@ -539,10 +543,17 @@ class Pipeline:
 
     async def _produce_changelog(self, out: "Outgoing") -> None:
         await delivered(out.deliveries)  # the outputs are in Kafka
-        out.deliveries = await self.sender.send(out.changelog) if out.changelog else []
+        if out.changelog and out.state_changelog:
+            # the state after the profiles: sent together, a profile batch could be cut off by a crash while the
+            # state record landed (the two topics are written by separate requests, maybe to separate brokers)
+            out.changelog_offsets = await delivered(await self.sender.send(out.changelog))
+            out.deliveries = await self.sender.send(out.state_changelog)
+        else:
+            out.deliveries = await self.sender.send(out.changelog or out.state_changelog)
 
     async def _stored(self, out: "Outgoing") -> None:
-        self._write(out, await delivered(out.deliveries))  # the changelog records are in Kafka
+        last = await delivered(out.deliveries)  # the changelog records are in Kafka
+        self._write(out, {**out.changelog_offsets, **last})
         owned = {partition for partition, stores, _, _ in out.writes if self.stores.get(partition) is stores}
         # not the records of partitions revoked since: Faust forgot their acks at the revocation, and acked now
         # they would come back into its next commit, for partitions another worker owns (nor are they counted as

@@ -29,7 +29,7 @@ from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tic
 from tidewater.outputs import (ChurnScore, Recommendation, RetentionOffer, ScoredItem, UserErased, dead_letter,
                                deterministic_id, encode_output)
 from tidewater.placeholders import RecencyHeuristic
-from tidewater.profile import DAY, Profile, ProfileConfig, apply, new_profile, rfm, source_key
+from tidewater.profile import DAY, Profile, ProfileConfig, already_applied, apply, new_profile, rfm, source_key
 from tidewater.recommending import PartitionPopularity, Query, StreamRecommender
 
 MAX_POPULAR_ITEMS = 5000
@@ -126,6 +126,12 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # the same users -> their request's input record ("topic/partition", offset): a request read again after a
     # restart (its offset not yet committed) is a duplicate, and must not delete the profile built since
     erase_records: dict[str, tuple[str, int]] = {}
+    # per input source ("topic/partition"): the last offset whose partition-level effects (watermark, item
+    # counts) this state holds. The worker writes a batch's profiles to the changelog before its state, so after
+    # a crash between the two the restored profiles can be ahead of the restored state: their re-read events are
+    # duplicates for the profiles and not for the state (``PartitionEngine._process``). None: a state written
+    # before this field, taken to hold whatever the profiles hold
+    applied: dict[str, int] | None = None
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -202,7 +208,7 @@ class PartitionEngine:
         self.partition = partition
         self.config = config
         self.store = store
-        self.state = state or PartitionState(partition=partition)
+        self.state = state or PartitionState(partition=partition, applied={})
         # the global daily offer budget, this partition's share of it
         self.partition_policy = dataclasses.replace(config.offers, daily_budget=offer_policy.partition_budget(
             config.offers.daily_budget, partition, config.partitions))
@@ -219,6 +225,9 @@ class PartitionEngine:
         self._last_day: dict[str, int] = {}
         self._by_day: dict[int, set[str]] = {}
         self._active_since_tick: set[str] = set()
+        # users whose stored profile was offered at a tick the restored state has not fired yet (a crash between
+        # a batch's profiles and its state): that tick, fired again, counts their offer in the day's budget
+        self._offered_ahead: dict[str, float] = {}
         self._result = BatchResult()
         self._cache: dict[str, Profile] = {}
         self._erased: set[str] = set()  # erased in this batch: the store's copy is not read again
@@ -234,6 +243,8 @@ class PartitionEngine:
         # day test below: a user can be active again within one last-activity day. Exact on a restore too
         if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
+        if profile.last_offer_ts and profile.last_offer_ts >= self.state.next_tick > 0.0:  # only after a restore
+            self._offered_ahead[profile.user_id] = profile.last_offer_ts
         day = int(profile.last_ts // DAY)
         if self._last_day.get(profile.user_id) == day:
             return
@@ -413,8 +424,12 @@ class PartitionEngine:
             return
         profile = self._profile(event.user_id)
         late_before = profile.late_events
-        applied = apply(profile, event, source_key(record.topic, record.partition), record.offset,
-                        state.watermark, self.config.profile)
+        source = source_key(record.topic, record.partition)
+        marks = state.applied
+        state_behind = marks is not None and record.offset > marks.get(source, -1)
+        if marks is not None:
+            marks[source] = record.offset
+        applied = apply(profile, event, source, record.offset, state.watermark, self.config.profile)
         if applied:
             self._count("applied", record.topic)
             if profile.late_events != late_before:
@@ -431,6 +446,16 @@ class PartitionEngine:
                 self._recommend(profile, event, trigger)
         else:
             self._count("duplicates_skipped", record.topic)
+            if state_behind and already_applied(profile, source, record.offset):
+                # re-read after a crash that stored this batch's profiles and not its state: the profile and the
+                # outputs have the event, the partition's time and item counts do not (they stayed lower for good)
+                if event.ts > state.watermark:
+                    state.watermark = event.ts
+                if event.item_id:
+                    self._count_item(event.item_id)
+                self.index_profile(profile)  # active again for the next tick, as its events were
+            if state_behind:
+                self._result.state_changed = True  # the state's offset moved: persisted with it
         self._result.done.append(record)
 
     def _erase(self, request: ev.Erase, topic: str) -> None:
@@ -556,6 +581,10 @@ class PartitionEngine:
         profiles = [self._profile(u) for u in users]
         keep = [i for i, p in enumerate(profiles)
                 if candidates[users[i]][0] == "activity" or p.inactivity_level <= candidates[users[i]][1]]
+        if self._offered_ahead:
+            self._count_offers_ahead(tick)
+        if self.state.applied and keep:
+            keep = self._not_scored_before_restore(tick, keep, users, profiles, candidates)
         if not keep:
             return
         scores, expected, version = self._score([profiles[i] for i in keep], tick)
@@ -600,6 +629,38 @@ class PartitionEngine:
                     model_version=version, expires_at=decision.expires_at, segment=profile.segment,
                     customer_value=decision.customer_value, recs_model_version=items.version))
         self._result.state_changed = True
+
+    def _count_offers_ahead(self, tick: float) -> None:
+        """A tick fired again after a restore whose profiles were ahead of its state: the offers it made then are
+        in Kafka and in those profiles, and count in the day's budget as they did."""
+        offered = [user for user, ts in self._offered_ahead.items() if ts == tick]
+        for user in [user for user, ts in self._offered_ahead.items() if ts <= tick]:
+            del self._offered_ahead[user]
+        if offered:
+            day = int(tick // DAY)
+            if self.state.budget_day != day:
+                self.state.budget_day, self.state.budget_used = day, 0
+            self.state.budget_used += len(offered)
+            self._result.state_changed = True
+
+    def _not_scored_before_restore(self, tick: float, keep: list[int], users: list[str], profiles: list[Profile],
+                                   candidates: dict[str, tuple[str, int]]) -> list[int]:
+        """``keep`` less the profiles that a tick fired again after a restore must not score: those scored at this
+        tick before the crash (their score and offer are in Kafka), and those ahead of the restored state with no
+        such score (all their unscored events came after this tick: they stay active for the next one). Only a
+        crash between a batch's profiles and its state gives either."""
+        marks = self.state.applied or {}
+        out = []
+        for i in keep:
+            profile = profiles[i]
+            if profile.last_scored_ts >= tick:
+                continue
+            if candidates[users[i]][0] == "activity" and any(
+                    offset > marks.get(source, -1) for source, offset in profile.applied.items()):
+                self._active_since_tick.add(users[i])
+                continue
+            out.append(i)
+        return out
 
     def _scan_inactive(self, tick: float, candidates: dict[str, tuple[str, int]]) -> None:
         """Users whose last activity day has just fallen behind an inactivity level's horizon."""

@@ -112,6 +112,42 @@ def test_a_batch_is_stored_and_acked_only_after_its_outputs_then_its_changelog_a
     assert pipeline.processed == 1
 
 
+def test_regression_a_batchs_state_record_is_sent_only_once_its_profiles_are_in_kafka() -> None:
+    """The profile and partition-state records of a batch went out together, as separate produce batches (other
+    topics, maybe other brokers): a crash could leave either without the other (found by review). The state now
+    follows the profiles' delivery, so the restore only ever finds profiles ahead of the state, which the engine
+    reconciles (tests/unit/test_engine_models.py)."""
+    from types import SimpleNamespace as Meta
+
+    async def deliver_in_turn(sender, log) -> None:
+        sender.sent[0][1].set_result(Meta(offset=40))  # the outputs
+        await settle(lambda: len(sender.sent) == 2)
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert [topic for topic, _ in sender.sent] == ["recs", "profiles-changelog"]  # not the state yet
+        sender.sent[1][1].set_result(Meta(offset=7))
+        await settle(lambda: len(sender.sent) == 3)
+        assert sender.sent[2][0] == "state-changelog" and log == []
+        sender.sent[2][1].set_result(Meta(offset=3))
+
+    log: list = []
+    sender = ControlledSender()
+    pipeline = _pipeline(sender, log)
+
+    async def scenario() -> None:
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        batch = _batch()
+        batch.state_changelog = [("state-changelog", 0, b"p0", b"s")]
+        await pipeline._outbox.put(batch)
+        await settle(lambda: sender.sent)
+        await deliver_in_turn(sender, log)
+        await asyncio.wait_for(pipeline._drained(), 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert log == [("write", {("profiles-changelog", 0): 7, ("state-changelog", 0): 3}), ("ack", ["record-1"])]
+
+
 def test_regression_a_delivery_that_fails_in_kafka_stops_the_worker_before_anything_is_stored_or_acked() -> None:
     """Records were handed to the producer and their inputs acked at once; a delivery that failed later (an
     authorisation error, a record too large for the broker) went unnoticed and Faust committed the offsets."""

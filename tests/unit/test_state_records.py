@@ -116,7 +116,7 @@ def test_a_batch_writes_its_changed_counts_not_the_whole_table():
     engine.on_record(recs[-1], 0.0)
     assert engine.on_notify(1e9).state_changed
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
-    assert table.bytes_written < 200 < 20_000 < full
+    assert table.bytes_written < 300 < 20_000 < full  # the small record now carries its per-source offsets too
     assert _restore_state(table, 0)[0] == engine.snapshot()
 
 
