@@ -3,7 +3,9 @@
 * Every column is read as text first, so ids stay as written (``007`` stays ``007``; an item column with
   blanks does not turn ``7`` into ``7.0``). Numbers and times are converted afterwards by the caller
   (``models.timestamps`` for ``ts``).
-* Headers are stripped, and the known columns match in any case (``User_ID``, ``TS``).
+* Headers and values are stripped (``u0, i97`` is item ``i97``), and the known columns match in any case
+  (``User_ID``, ``TS``). A header naming fewer columns than the rows hold is an error (pandas shifted the
+  columns).
 * Strings that pandas reads as missing by default (``NA``, ``null``, ...) are values in id and name columns
   (a user called ``NA``) and missing elsewhere (R writes ``NA`` for a missing amount).
 * Rows with an empty id column (guest checkouts in many retail exports) are skipped and counted: there is no
@@ -12,6 +14,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -35,10 +38,20 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     if not path.is_file():
         raise UserError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings():
+            # rows with more fields than the header: without index_col=False pandas took the first column for
+            # the index and shifted every column by one (users read as items, items as times), silently
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
+    except pd.errors.ParserWarning:
+        raise UserError(f"cannot read {path} as CSV: its rows have more fields than its header names; name every "
+                        f"column in the header") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} as CSV: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
+    for column in raw.columns:  # "u0, i97" is item "i97": the space is the file's layout, not the id
+        stripped = raw[column].str.strip()
+        raw[column] = stripped.mask(stripped == "")  # a blank field is a missing one, as an empty one is
     by_lower = {c.lower(): c for c in raw.columns}
     wanted = [*required, *known, *(aliases or {})]
     raw = raw.rename(columns={by_lower[c]: c for c in wanted if c not in raw.columns and c in by_lower})

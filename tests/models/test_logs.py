@@ -36,9 +36,27 @@ def test_recs_log_reads_the_same_way_and_says_what_it_skipped(tmp_path):
     assert notes == ["note: skipped 1 rows without a user_id or item_id"]
 
 
+def test_regression_spaces_around_values_are_layout_not_part_of_the_id(tmp_path):
+    """"u0, i97" made item " i97", another item than "i97" in the same log, and a recs model published ids
+    with a leading space that the stream's events never match (found by review). A trailing delimiter on every
+    row (some exporters write one) reads as it did."""
+    path = tmp_path / "log.csv"
+    path.write_text("user_id, item_id, ts\nu0, i97, 1\nu0,i97,2\nu1 ,i5 ,  \n")
+    raw, skipped = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+    assert skipped == 0 and raw["user_id"].tolist() == ["u0", "u0", "u1"]
+    assert raw["item_id"].tolist() == ["i97", "i97", "i5"]
+    assert raw["ts"].isna().tolist() == [False, False, True]  # blank is missing, as empty is
+    path.write_text("user_id,item_id,ts\nu0,i97,1,\nu2,i6,3,\n")
+    raw, _ = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+    assert raw[["user_id", "item_id", "ts"]].values.tolist() == [["u0", "i97", "1"], ["u2", "i6", "3"]]
+
+
 @pytest.mark.parametrize("content,message", [
     ("user,item_id,ts\nu1,i1,1\n", "missing column(s) user_id"),
     ("user_id,item_id,ts\n,i1,1\n", "has no rows with user_id and item_id"),
+    # every row one field longer than the header: pandas took the first column for the index and shifted the
+    # others (users read as items, items as times), and training went ahead on that (found by review)
+    ("user_id,item_id,ts\nu0,i53,1600796894,5\nu0,i56,1600800212,2\n", "more fields than its header"),
 ])
 def test_unusable_logs_are_user_errors(tmp_path, content, message):
     path = tmp_path / "bad.csv"
