@@ -28,10 +28,10 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
     @train_app.command("recs")
     def train_recs(
         interactions: Optional[Path] = typer.Option(None, "--interactions", help=INTERACTIONS_HELP),
-        seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic given it)."),
+        seed: int = typer.Option(0, "--seed", min=0, help="Random seed (training is deterministic given it)."),
         registry: Path = typer.Option(Path("var/registry"), "--registry", envvar="TIDEWATER_REGISTRY_DIR",
                                       help="Registry root; publishes to <root>/recs."),
-        threads: int = typer.Option(2, "--threads", help="CPU threads for torch/BLAS."),
+        threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for torch/BLAS."),
         arch: str = typer.Option("seqlinear", "--arch", help="seqlinear (default) or sasrec."),
     ) -> None:
         """Train the recommender on ALL events (validation item used only to report/select) and publish
@@ -64,8 +64,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         interactions: Optional[Path] = typer.Option(None, "--interactions", help=INTERACTIONS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last stdout line."),
         report_dir: Path = typer.Option(Path("reports/recs"), "--report-dir", help="Where the report goes."),
-        seed: int = typer.Option(0, "--seed"),
-        threads: int = typer.Option(2, "--threads", help="CPU threads for torch/BLAS/implicit."),
+        seed: int = typer.Option(0, "--seed", min=0, help="Random seed of the split and the models."),
+        threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for torch/BLAS/implicit."),
         arch: str = typer.Option("seqlinear", "--arch", help="seqlinear (default) or sasrec."),
     ) -> None:
         """Time-ordered leave-one-out evaluation of the model and every baseline (pop, item-KNN, ALS,

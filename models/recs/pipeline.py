@@ -269,7 +269,8 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
     out["goal"] = {"best_baseline": best_name, "best_baseline_ndcg@10": best,
                    "target_ndcg@10": round(1.3 * best, 6),
                    "ratio": round(out["model"]["ndcg@10"] / best, 4) if best > 0 else None,
-                   "reached": bool(out["model"]["ndcg@10"] >= 1.3 * best)}
+                   # undecided (None) when no baseline scores: 0 >= 1.3 × 0 is no win
+                   "reached": bool(out["model"]["ndcg@10"] >= 1.3 * best) if best > 0 else None}
     out["peers"] = {"recbole_sasrec": "not run by this command: python bench/recbole_peer.py (own numpy<2 venv)"}
     out["_curves"] = curves
     return out

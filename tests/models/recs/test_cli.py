@@ -147,6 +147,29 @@ def test_regression_training_on_a_log_without_sequences_is_a_user_error(app, tmp
     assert isinstance(res.exception, UserError) and "2 or more distinct items" in str(res.exception)
 
 
+def test_regression_a_goal_nothing_can_score_is_undecided_not_reached(app, tmp_path):
+    """Every user's held-out item is seen by no one else: the model and every baseline score 0, and 0 >= 1.3 × 0
+    reported the goal as reached (found by review). It is undecided (null)."""
+    log = tmp_path / "cold.csv"
+    rows = [(f"u{u}", item, n) for u in range(40) for n, item in enumerate(["a", "b", "c", f"v{u}", f"t{u}"])]
+    log.write_text("user_id,item_id,ts\n" + "".join(f"{u},{i},{1000 + n}\n" for u, i, n in rows))
+    res = CliRunner().invoke(app, ["evaluate", "recs", "--interactions", str(log), "--json",
+                                   "--report-dir", str(tmp_path / "rep"), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    goal = json.loads(res.stdout.strip().splitlines()[-1])["goal"]
+    assert goal["best_baseline_ndcg@10"] == 0.0 and goal["ratio"] is None and goal["reached"] is None
+
+
+@pytest.mark.parametrize("args", [["evaluate", "recs", "--threads", "-1"], ["train", "recs", "--threads", "0"],
+                                  ["evaluate", "recs", "--seed", "-1"]])
+def test_regression_impossible_threads_or_seed_are_refused_by_name(app, csv, tmp_path, args):
+    """`evaluate recs --threads -1` went to the ALS library as it was and the process died in libgomp with no
+    message; `--seed -1` said "expected non-negative integer" without naming the option (found by review)."""
+    extra = ["--report-dir", str(tmp_path / "r")] if args[0] == "evaluate" else ["--registry", str(tmp_path / "g")]
+    res = CliRunner().invoke(app, args + ["--interactions", str(csv), *extra])
+    assert res.exit_code == 2 and args[2] in res.output and "Invalid value" in res.output, res.output
+
+
 def test_regression_evaluate_on_a_catalogue_too_small_for_the_pq_index_reports_it(app, tmp_path):
     """Under 16 items, building the diagnostic IVF-PQ index (4-bit codes need 16 training points) ended
     `evaluate recs` in a faiss traceback (found by review): that diagnostic is reported as not available."""
