@@ -48,9 +48,14 @@ def _texts_for(item_ids: list[str], texts: dict[str, str] | None) -> list[str] |
 
 
 def set_threads(n: int) -> None:
+    """torch's threads, and those of the BLAS and OpenMP libraries loaded so far (numpy's and scipy's OpenBLAS
+    used every core whatever --threads said; found by review)."""
+    import scipy.linalg  # noqa: F401 - loads scipy's own BLAS, so that the limit below reaches it
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, n))
+    threadpool_limits(limits=max(1, n))
 
 
 # ------------------------------------------------------------------------------------- training

@@ -181,3 +181,13 @@ def test_regression_evaluate_on_a_catalogue_too_small_for_the_pq_index_reports_i
     index = json.loads(res.stdout.strip().splitlines()[-1])["index"]
     assert index["recall@10_vs_exact"] is None and "training points" in index["error"]
     assert index["ivf"]["recall@10_vs_exact"] is not None
+
+
+def test_regression_threads_limit_the_blas_libraries_too():
+    """--threads set torch's threads only: numpy's and scipy's OpenBLAS ran on every core (found by review)."""
+    from threadpoolctl import threadpool_info
+
+    pipeline.set_threads(1)
+    pools = threadpool_info()
+    assert any(pool["internal_api"] == "openblas" for pool in pools)
+    assert all(pool["num_threads"] == 1 for pool in pools), pools
