@@ -185,8 +185,10 @@ def test_regression_evaluate_on_a_catalogue_too_small_for_the_pq_index_reports_i
 
 def test_regression_threads_limit_the_blas_libraries_too():
     """--threads set torch's threads only: numpy's and scipy's OpenBLAS ran on every core (found by review)."""
-    from threadpoolctl import threadpool_info
+    import scipy.linalg  # noqa: F401 - its BLAS loaded, as training loads it
+    from threadpoolctl import threadpool_info, threadpool_limits
 
+    threadpool_limits(limits=2)  # as outside the tests (their conftest sets OMP_NUM_THREADS=1)
     pipeline.set_threads(1)
     pools = threadpool_info()
     assert any(pool["internal_api"] == "openblas" for pool in pools)
