@@ -34,8 +34,15 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
 
     from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, log_end, parse_time, sample_users
 
-    if horizon_days <= 0:
-        raise UserError(f"--horizon-days must be positive, got {horizon_days}")
+    import math
+    import re
+
+    if not (math.isfinite(horizon_days) and 0 < horizon_days <= 36500):  # inf and nan passed "> 0" (review)
+        raise UserError(f"--horizon-days must be a number of days in (0, 36500], got {horizon_days}")
+    if cutoff is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
+                                               r"(Z|[+-]\d{2}:?\d{2})?)?", cutoff.strip()):
+        # 01/09/2023 was read month-first even after a day-first log, and "now" as the clock (found by review)
+        raise UserError(f"--cutoff {cutoff!r}: expected a date YYYY-MM-DD (or an ISO date-time)")
     if purchases is None:
         from models.datasets import DatasetMissing, load_cdnow
 

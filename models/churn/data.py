@@ -67,6 +67,16 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
             bad = num.isna() & raw[col].notna()
             if bad.any():
                 raise UserError(f"{path}: non-numeric {col} {raw[col][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2}")
+            # infinite or too large to add up (an `inf` amount made the features infinite: a traceback, or a
+            # published model that answered NaN; found by review); a quantity is a whole number
+            limit = 1e12 if col == "amount" else 1e9
+            bad = num.notna() & ~(num.abs() <= limit)
+            if col == "quantity":
+                bad |= num.notna() & (num != num.round())
+            if bad.any():
+                what = f"a whole number up to {limit:g}" if col == "quantity" else f"a finite number up to {limit:g}"
+                raise UserError(f"{path}: {col} {raw[col][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2} is not "
+                                f"{what}")
             frame[col] = num.astype(float) if num.isna().any() or col == "amount" else num.astype(int)
     for col in ("type", "item", "category"):
         if col in raw.columns:

@@ -115,6 +115,29 @@ def test_bad_cutoff_is_a_user_error(tiny_csv, capsys):
     assert "cannot parse date" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rows, args, message", [
+    ("u1,2023-01-05,inf,1", [], "amount 'inf' in row 3 is not a finite number"),
+    ("u1,2023-01-05,1e308,1", [], "amount '1e308' in row 3 is not a finite number"),
+    ("u1,2023-01-05,5,inf", [], "quantity 'inf' in row 3 is not a whole number"),
+    ("u1,2023-01-05,5,1.5", [], "quantity '1.5' in row 3 is not a whole number"),
+    ("u1,2023-01-05,5,1", ["--horizon-days", "inf"], "--horizon-days must be a number of days"),
+    ("u1,2023-01-05,5,1", ["--horizon-days", "nan"], "--horizon-days must be a number of days"),
+    ("u1,2023-01-05,5,1", ["--cutoff", "01/09/2023"], "expected a date YYYY-MM-DD"),
+    ("u1,2023-01-05,5,1", ["--cutoff", "now"], "expected a date YYYY-MM-DD"),
+])
+def test_regression_non_finite_numbers_and_ambiguous_cutoffs_are_refused_by_name(tmp_path, capsys, rows, args,
+                                                                                  message):
+    """An `inf` amount ended `evaluate churn` in a traceback and let `train churn` publish a model answering NaN;
+    an `inf` quantity raised from the loader; `--horizon-days inf` passed the "positive" check; `--cutoff
+    01/09/2023` was read month-first after a day-first log, and `now` as the clock (found by review)."""
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,ts,amount,quantity\nu0,2023-01-01,3,1\n" + rows + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "churn", "--purchases", str(path), "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err, err
+
+
 def test_cli_module_imports_no_torch():
     import subprocess
     import sys

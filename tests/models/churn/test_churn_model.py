@@ -111,6 +111,30 @@ def _sequences(n=50, seed=0):
     return seqs, as_of
 
 
+def test_regression_one_extreme_forecast_does_not_set_the_forecast_correction_for_everyone(monkeypatch):
+    """The forecast correction matched the validation users' total: one heavy buyer there, whose forecast the
+    Poisson regression extrapolated to thousands, scaled every other user's forecast to almost nothing (3.6
+    purchases forecast against 165 on a log with one daily buyer; found by review). Forecasts above the bound
+    (twice what any training user bought) stay out of the correction; NaN and infinity too."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    import models.churn.train as train_mod
+
+    forecasts = np.array([1.0, 2.0, 3.0, 4.0, 1e6, math.inf, math.nan])
+    counts = np.array([2.0, 4.0, 6.0, 8.0, 90.0, 5.0, 5.0])
+    monkeypatch.setattr(train_mod, "predict_raw", lambda model, toks, summary: (np.zeros(len(toks)),
+                                                                                 np.log(forecasts)))
+    model = SimpleNamespace(temperature=torch.zeros(()), bias=torch.zeros(()), forecast_shift=torch.zeros(()))
+    val = np.arange(len(forecasts))
+    info = train_mod.calibrate(model, [{}] * len(val), np.zeros((len(val), 1)), np.zeros(len(val)), counts, val,
+                               count_bound=100.0)
+    assert info["forecast_shift_left_out"] == 3
+    assert info["forecast_shift"] == pytest.approx(math.log(2.0))  # 20 bought against 10 forecast: the others'
+
+
 @BOTH_PATHS
 def test_save_load_round_trip_gives_identical_scores(tmp_path, kind):
     model = served(kind)
