@@ -6,6 +6,7 @@ Heavy imports (torch, transformers, lightgbm, lifetimes) stay inside the command
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,15 +35,9 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
 
     from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, log_end, parse_time, sample_users
 
-    import math
-    import re
-
     if not (math.isfinite(horizon_days) and 0 < horizon_days <= 36500):  # inf and nan passed "> 0" (review)
         raise UserError(f"--horizon-days must be a number of days in (0, 36500], got {horizon_days}")
-    if cutoff is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
-                                               r"(Z|[+-]\d{2}:?\d{2})?)?", cutoff.strip()):
-        # 01/09/2023 was read month-first even after a day-first log, and "now" as the clock (found by review)
-        raise UserError(f"--cutoff {cutoff!r}: expected a date YYYY-MM-DD (or an ISO date-time)")
+    cut = parse_time(cutoff) if cutoff else None  # a bad date fails before the log is read
     if purchases is None:
         from models.datasets import DatasetMissing, load_cdnow
 
@@ -51,7 +46,7 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
         except DatasetMissing as exc:
             raise UserError(str(exc)) from exc
         name = "cdnow_master"
-        cut = parse_time(cutoff or DEFAULT_CDNOW_CUTOFF)
+        cut = parse_time(DEFAULT_CDNOW_CUTOFF) if cut is None else cut
     else:
         frame = load_purchases_csv(purchases)
         name = Path(purchases).name
@@ -62,9 +57,7 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
         if frame.attrs.get("returns_dropped"):
             typer.secho(f"note: skipped {frame.attrs['returns_dropped']:,} returns (negative amount or quantity)",
                         err=True)
-        if cutoff:
-            cut = parse_time(cutoff)
-        else:
+        if cut is None:
             end = float(frame["ts"].max())
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
     frame, n_users = sample_users(frame, max_users)

@@ -14,6 +14,7 @@ holdout weeks 40-78 (horizon 273 days).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,15 @@ CSV_COLUMNS = ("amount", "quantity", "type", "item", "category")  # optional, be
 RING_EVENTS = ProfileConfig().recent_events  # what the stream keeps per user (TIDEWATER_RECENT_EVENTS' default)
 
 
+# what parse_time accepts: pandas alone also read "01/09/2023" month-first (after a day-first log too) and "now"
+# as the clock (found by review)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?")
+
+
 def parse_time(value: str) -> float:
     """'YYYY-MM-DD' (or any ISO date-time, UTC unless it says otherwise) -> epoch seconds."""
+    if not _ISO_DATE.fullmatch(value.strip()):
+        raise UserError(f"cannot parse date {value!r}: expected a date YYYY-MM-DD (or an ISO date-time)")
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
