@@ -74,7 +74,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
             num = pd.to_numeric(raw[col], errors="coerce")
             bad = num.isna() & raw[col].notna()
             if bad.any():
-                raise UserError(f"{path}: non-numeric {col} {raw[col][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2}")
+                raise UserError(f"{path}: non-numeric {col} {_first(raw[col], bad)}")
             # infinite or too large to add up (an `inf` amount made the features infinite: a traceback, or a
             # published model that answered NaN; found by review); a quantity is a whole number
             limit = 1e12 if col == "amount" else 1e9
@@ -83,8 +83,7 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
                 bad |= num.notna() & (num != num.round())
             if bad.any():
                 what = f"a whole number up to {limit:g}" if col == "quantity" else f"a finite number up to {limit:g}"
-                raise UserError(f"{path}: {col} {raw[col][bad].iloc[0]!r} in row {int(bad.idxmax()) + 2} is not "
-                                f"{what}")
+                raise UserError(f"{path}: {col} {_first(raw[col], bad)} is not {what}")
             frame[col] = num.astype(float) if num.isna().any() or col == "amount" else num.astype(int)
     for col in ("type", "item", "category"):
         if col in raw.columns:
@@ -107,6 +106,11 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     frame.attrs["rows_without_user"] = skipped
     frame.attrs["returns_dropped"] = int(returned.sum())
     return frame
+
+
+def _first(values: pd.Series, bad: pd.Series) -> str:
+    """The first bad value and its row in the file (the header is row 1; the index is the data row from 0)."""
+    return f"{values[bad].iloc[0]!r} in row {int(bad.idxmax()) + 2}"
 
 
 def frame_to_sequences(frame: pd.DataFrame) -> dict[str, list[dict]]:
