@@ -456,6 +456,24 @@ def _drive(engine, store, recs, batch, *, finish=True):
     return out
 
 
+def _restarted(config, store, state, recs, done, recommender=None):
+    """Recovery as the worker does it: an engine from the persisted state (msgpack; None: none was persisted), its
+    activity index rebuilt from the stored profiles; and the records redelivered from each topic's committed
+    offset (the first record not ``done``)."""
+    import msgspec
+
+    from tidewater.engine import PartitionState
+
+    committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in done), default=None)
+                 for t in ("clicks", "purchases")}
+    redelivered = [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
+    engine = PartitionEngine(0, config, store, recommender=recommender,
+                             state=None if state is None else msgspec.msgpack.decode(state, type=PartitionState))
+    for user_id in sorted(store):
+        engine.index_profile(store.get(user_id))
+    return engine, redelivered
+
+
 @pytest.fixture(scope="module")
 def tiny_vector_model(tmp_path_factory):
     return tiny_recs_version(tmp_path_factory.mktemp("reg") / "v0001-abc")
@@ -470,10 +488,6 @@ def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the
     first record not done). Outputs before the crash plus outputs after the restart equal one uninterrupted run
     (per output topic, in order), and no duplicate is applied. With the partition's popularity ranking or with
     user vectors in the profiles (a real recommender version)."""
-    import msgspec
-
-    from tidewater.engine import PartitionState
-
     config = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, tick_s=DAY / 2)
     recs = records(shop(n_users=5, days=60))
     # the crash after one of the run's batches (drawn from 0..30 whatever the batch size, most examples had
@@ -484,13 +498,7 @@ def test_a_crash_after_any_batch_then_restart_from_the_persisted_state_gives_the
     before = _drive(PartitionEngine(0, config, store, recommender=rec()), store, recs[:(crash_after + 1) * batch],
                     batch, finish=False)
     done = {(r.topic, r.offset) for _, d, _ in before for r in d}
-    committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in done), default=None)
-                 for t in ("clicks", "purchases")}
-    redelivered = [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
-    restarted = PartitionEngine(0, config, store, state=msgspec.msgpack.decode(before[-1][2], type=PartitionState),
-                                recommender=rec())
-    for user_id in sorted(store):
-        restarted.index_profile(store.get(user_id))
+    restarted, redelivered = _restarted(config, store, before[-1][2], recs, done, recommender=rec())
     after = _drive(restarted, store, redelivered, batch)
 
     def by_topic(parts):
@@ -520,7 +528,6 @@ def test_regression_a_crash_between_a_batchs_profiles_and_its_state_gives_the_un
     is there with the same bytes, none other, and the profiles and the item counts are the same."""
     import msgspec
 
-    from tidewater.engine import PartitionState
     from tidewater.offers import OfferPolicy
 
     # one offer per user in the 60 days (a user offered at two ticks of the crashed batch would count once in
@@ -544,13 +551,7 @@ def test_regression_a_crash_between_a_batchs_profiles_and_its_state_gives_the_un
         store.update(res.profiles)
         state = msgspec.msgpack.encode(engine.snapshot())
         done |= {(r.topic, r.offset) for r in res.done}
-    committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in done), default=None)
-                 for t in ("clicks", "purchases")}
-    redelivered = [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
-    restarted = PartitionEngine(0, config, store,
-                                state=None if state is None else msgspec.msgpack.decode(state, type=PartitionState))
-    for user_id in sorted(store):
-        restarted.index_profile(store.get(user_id))
+    restarted, redelivered = _restarted(config, store, state, recs, done)
     after = [o for outputs, _, _ in _drive(restarted, store, redelivered, batch) for o in outputs]
     fresh = EncodedStore()
     reference = PartitionEngine(0, config, fresh)
