@@ -12,13 +12,17 @@ from tidewater.redrive import plan_redrive
 TOPICS = {"clicks": "click", "purchases": "purchase"}
 
 
-def dead_letters(records: list[Record], max_bytes: int) -> list[bytes]:
-    """The dead-letter topic's values after the engine saw ``records`` (the letters a worker writes)."""
+def dead_letter_emits(records: list[Record], max_bytes: int) -> list:
+    """What the engine writes to the dead-letter topic (key and value) after it saw ``records``."""
     engine = PartitionEngine(0, EngineConfig(max_event_bytes=max_bytes), {})
     for record in records:
         engine.on_record(record, 0.0)
-    result = engine.on_notify(1e18)
-    return [emit.value for emit in result.outputs if emit.topic == "dead-letter"]
+    return [emit for emit in engine.on_notify(1e18).outputs if emit.topic == "dead-letter"]
+
+
+def dead_letters(records: list[Record], max_bytes: int) -> list[bytes]:
+    """The dead-letter topic's values after the engine saw ``records`` (the letters a worker writes)."""
+    return [emit.value for emit in dead_letter_emits(records, max_bytes)]
 
 
 def click(user: str, i: int, **extra) -> bytes:
@@ -55,10 +59,7 @@ def test_regression_a_record_too_large_for_its_letter_is_named_by_digest_not_car
     huge_key = b"k" * (DEAD_LETTER_MAX_RAW_BYTES + 1)
     records = [Record("clicks", 0, 10, b"ann", huge), Record("clicks", 0, 11, huge_key, click("bob", 2)),
                Record("clicks", 0, 12, b"cy", click("cy", 3, blob="y" * (DEAD_LETTER_MAX_RAW_BYTES - 200)))]
-    engine = PartitionEngine(0, EngineConfig(max_event_bytes=16384), {})
-    for record in records:
-        engine.on_record(record, 0.0)
-    emitted = [emit for emit in engine.on_notify(1e18).outputs if emit.topic == "dead-letter"]
+    emitted = dead_letter_emits(records, max_bytes=16384)
     letters = [emit.value for emit in emitted]
     # the largest carries a 256 KiB value (4/3 of it in base64); the huge key is not the letter's key either
     assert max(len(emit.key) + len(emit.value) for emit in emitted) < 400_000
