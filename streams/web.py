@@ -164,48 +164,47 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                               content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any]], list[dict]]:
-    """(index, event) of the valid events, and the rejections (index, reason, detail) of the others. An event the
-    worker would dead-letter as ts_in_future (its record is stamped now) is refused here instead."""
+def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, bytes]], list[dict]]:
+    """(index, event, the record value to send) of the valid events, and the rejections (index, reason, detail) of
+    the others. An event the worker would dead-letter as ts_in_future (its record is stamped now) is refused here
+    instead."""
     decoded, errors = [], []
     latest = time.time() + s.max_event_lead_s if s.max_event_lead_s else float("inf")
     for i, item in enumerate(items):
         event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
-        size = 0 if isinstance(event, Rejected) else len(encode_event(event))  # what is sent, with its defaults
-        if size > s.max_event_bytes:
-            event = Rejected("oversized", f"{size} bytes as sent > limit {s.max_event_bytes}")
+        value = b"" if isinstance(event, Rejected) else encode_event(event)  # what is sent, with its defaults
+        if len(value) > s.max_event_bytes:
+            event = Rejected("oversized", f"{len(value)} bytes as sent > limit {s.max_event_bytes}")
         if not isinstance(event, Rejected) and event.ts > latest:
             event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
                                              f"{s.max_event_lead_s:g} s ahead of now")
         if isinstance(event, Rejected):
             errors.append({"index": i, "reason": event.reason, "detail": event.detail})
         else:
-            decoded.append((i, event))
+            decoded.append((i, event, value))
     return decoded, errors
 
 
-async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[int, Any]]
+async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[int, Any, bytes]]
                    ) -> tuple[list[int], BaseException | None]:
     """Send the events keyed by user (erasure requests with the clicks) and wait for Kafka; the clocks go out once,
     the latest, to every partition (one per clock event multiplied the sends for the same effect). Returns the
     indices of the events not known to be in Kafka, and the first error."""
     sends: list[tuple[list[int], Any]] = []  # (indices of the events it carries, its delivery)
-    clocks = [(i, e) for i, e in decoded if isinstance(e, Clock)]
-    clock_indices = [i for i, _ in clocks]  # one list for all partitions' sends: queued only once all are
+    clocks = [(i, e, v) for i, e, v in decoded if isinstance(e, Clock)]
+    clock_indices = [i for i, _, _ in clocks]  # one list for all partitions' sends: queued only once all are
     try:
-        for i, event in decoded:
+        for i, event, value in decoded:
             if not isinstance(event, Clock):
-                sends.append(([i], await topics[topic_kind(event)].send(key=event.user_id.encode(),
-                                                                        value=encode_event(event))))
+                sends.append(([i], await topics[topic_kind(event)].send(key=event.user_id.encode(), value=value)))
         if clocks:
-            latest = max(clocks, key=lambda c: c[1].ts)[1]
+            latest = max(clocks, key=lambda c: c[1].ts)[2]
             for partition in range(partitions):  # = the topic's (checked at start)
-                sends.append((clock_indices, await topics["click"].send(value=encode_event(latest),
-                                                                        partition=partition)))
+                sends.append((clock_indices, await topics["click"].send(value=latest, partition=partition)))
     except Exception as exc:  # noqa: BLE001 - the rest could not even be queued
         # a clock sent to some partitions only is not in Kafka: its indices are among the failed
         queued = {i for indices, _ in sends if indices is not clock_indices for i in indices}
-        sends.append(([i for i, _ in decoded if i not in queued], _failed(exc)))
+        sends.append(([i for i, _, _ in decoded if i not in queued], _failed(exc)))
     results = await asyncio.gather(*[delivery for _, delivery in sends], return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     failed = sorted({i for (indices, _), result in zip(sends, results) if isinstance(result, BaseException)
