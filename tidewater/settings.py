@@ -240,6 +240,10 @@ class Settings:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise InvalidSetting(f"{env}={value!r}: expected one of {', '.join(choices)}")
+            if (f.name == "app_id" or f.name.startswith("topic_")) and (
+                    not _KAFKA_NAME.fullmatch(value) or value in (".", "..")):  # app_id prefixes the changelogs
+                raise InvalidSetting(f"{env}={value!r}: expected 1 to 249 characters of letters, digits, '.', '_' "
+                                     f"and '-' (Kafka's rule for topic names)")
             if f.name == "bootstrap_servers" and not all(_host_port(entry) for entry in value.split(",")):
                 raise InvalidSetting(f"{env}={value!r}: expected host:port, or several separated by commas")
             if f.name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") and value and "SSL" in self.security_protocol \
@@ -264,21 +268,14 @@ class Settings:
                                  f"TIDEWATER_SESSION_TIMEOUT_S={self.session_timeout_s:g}")
 
     def _validate_names(self) -> None:
-        """Topic names and the app id (the consumer group, and the prefix of the changelogs) that Kafka accepts, no
-        topic used twice (an output written to an input topic would be read back as events), and broker
-        work-arounds that exist (a mistyped one was ignored)."""
-        env_of = {f.name: f.metadata["env"] for f in fields(self)}
-        for name in ("app_id", *(f.name for f in fields(self) if f.name.startswith("topic_"))):
-            value = getattr(self, name)
-            if not _KAFKA_NAME.fullmatch(value) or value in (".", ".."):
-                raise InvalidSetting(f"{env_of[name]}={value!r}: expected 1 to 249 characters of letters, digits, "
-                                     f"'.', '_' and '-' (Kafka's rule for topic names)")
-        topics = [f.name for f in fields(self) if f.name.startswith("topic_")]
+        """No topic used twice (an output written to an input topic would be read back as events), and broker
+        work-arounds that exist (a mistyped one was ignored). Each name's own form is checked with the fields."""
+        topics = [f for f in fields(self) if f.name.startswith("topic_")]
         for i, first in enumerate(topics):
             for second in topics[i + 1:]:
-                if getattr(self, first) == getattr(self, second):
-                    raise InvalidSetting(f"{env_of[first]} and {env_of[second]} are both {getattr(self, first)!r}: "
-                                         f"each topic has one role")
+                if getattr(self, first.name) == getattr(self, second.name):
+                    raise InvalidSetting(f"{first.metadata['env']} and {second.metadata['env']} are both "
+                                         f"{getattr(self, first.name)!r}: each topic has one role")
         unknown = [q for q in (q.strip() for q in self.broker_quirks.split(",")) if q and q not in BROKER_QUIRKS]
         if unknown:
             raise InvalidSetting(f"TIDEWATER_BROKER_QUIRKS={self.broker_quirks!r}: unknown {', '.join(unknown)} "

@@ -147,7 +147,8 @@ def test_regression_topic_names_the_app_id_and_broker_work_arounds_are_checked(e
 
     with pytest.raises(InvalidSetting, match=re.escape(message)):
         Settings.from_env(environ=env)
-    Settings.from_env(environ={"TIDEWATER_TOPIC_CLICKS": "shop.clicks_v2", "TIDEWATER_BROKER_QUIRKS": "noida-fetch-wait"})
+    Settings.from_env(environ={"TIDEWATER_TOPIC_CLICKS": "shop.clicks_v2",
+                               "TIDEWATER_BROKER_QUIRKS": "noida-fetch-wait"})
 
 
 def test_regression_a_heartbeat_as_long_as_the_session_is_refused():
