@@ -426,7 +426,8 @@ class PartitionEngine:
         late_before = profile.late_events
         source = source_key(record.topic, record.partition)
         marks = state.applied
-        state_behind = marks is not None and record.offset > marks.get(source, -1)
+        # every new record; a re-read one too when the restored state is behind the restored profile
+        new_to_state = marks is not None and record.offset > marks.get(source, -1)
         if marks is not None:
             marks[source] = record.offset
         applied = apply(profile, event, source, record.offset, state.watermark, self.config.profile)
@@ -446,7 +447,7 @@ class PartitionEngine:
                 self._recommend(profile, event, trigger)
         else:
             self._count("duplicates_skipped", record.topic)
-            if state_behind and already_applied(profile, source, record.offset):
+            if new_to_state and already_applied(profile, source, record.offset):
                 # re-read after a crash that stored this batch's profiles and not its state: the profile and the
                 # outputs have the event, the partition's time and item counts do not (they stayed lower for good)
                 if event.ts > state.watermark:
@@ -454,7 +455,7 @@ class PartitionEngine:
                 if event.item_id:
                     self._count_item(event.item_id)
                 self.index_profile(profile)  # active again for the next tick, as its events were
-            if state_behind:
+            if new_to_state:
                 self._result.state_changed = True  # the state's offset moved: persisted with it
         self._result.done.append(record)
 
