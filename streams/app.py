@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import faust
+from faust.types import TP
 
 from streams import metrics
-from streams.ingress import ack_records, install_batch_drain
+from streams.ingress import ack_records, hold_back, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
 from streams.producing import BatchSender, delivered
@@ -210,10 +211,11 @@ class Pipeline:
         self.inline_min_events = settings.inline_min_events
         self.inline_max_scoring = settings.inline_max_scoring
         self.inbox_max = settings.batch_max_events * 4
-        # records held in the engines' event-time merges: past this, fetching waits too. A source that is behind
-        # but delivers nothing (its leader gone) held back every record of the other one, none acked, in memory
-        # without bound while that one had a backlog (found by review); waiting empties the inbox, the wait counts
-        # as starved time, and the merge's idle rule releases the held records
+        # records held in the engines' event-time merges: past this, the topic partitions they belong to (those
+        # ahead in event time) are not fetched until the merges release some (``_hold_back``). Unbounded, a
+        # source behind but delivering nothing (its leader gone) held back every record of the other one, none
+        # acked, in memory while that one had a backlog (found by review); the wait counts as starved time, and
+        # the merge's idle rule releases the held records
         self.held_max = self.inbox_max * 10
         self.wait_s = settings.batch_max_wait_ms / 1000.0
         self.idle_every_s = max(0.002, settings.source_idle_ms / 4000.0)  # idle sources released within 1/4
@@ -242,7 +244,7 @@ class Pipeline:
         then skip (lost events)."""
         revocations = self.revocations
         await self.app.flow_control.acquire()
-        while len(self.inbox) >= self.inbox_max or self.held() >= self.held_max:
+        while len(self.inbox) >= self.inbox_max:
             self._space.clear()
             await self._space.wait()
         if self.revocations != revocations:
@@ -284,11 +286,12 @@ class Pipeline:
                 batch, self.inbox = self.inbox[: self.batch_max], self.inbox[self.batch_max:]
                 self._space.set()
                 await self.on_batch(batch, taken_at=self.revocations)
+                self._hold_back()
             now = time.monotonic()
             if now - last_idle >= self.idle_every_s:
                 last_idle = now
                 await self.on_idle()
-                self._space.set()  # the merges may hold fewer records now: a fetch waiting on them looks again
+                self._hold_back()
                 if self._send_failed is not None:  # with no input the next flush may never come: stop now
                     raise self._send_failed
             if now - last_poll >= self.settings.model_poll_s:
@@ -311,6 +314,17 @@ class Pipeline:
     def held(self) -> int:
         """Records held in the partitions' event-time merges."""
         return sum(engine.pending() for engine in list(self.engines.values()))
+
+    def _hold_back(self) -> None:
+        """At the bound on held records, stop fetching the topic partitions whose records the merges hold (those
+        ahead in event time); the others, which the merges wait for, go on. Below it, fetch them all again."""
+        ahead: set[Any] = set()
+        if self.held() >= self.held_max:
+            for partition, engine in list(self.engines.items()):
+                topics = engine.sources_ahead() if hasattr(engine, "sources_ahead") else \
+                    (self.settings.input_topics if engine.pending() else ())  # other engines (bench): all
+                ahead.update(TP(topic, partition) for topic in topics)
+        hold_back(self.app.consumer, self.settings.input_topics, ahead)
 
     def clock(self) -> float:
         """The engines' notion of "how long has a source been silent": time spent starved of input, not wall
@@ -572,8 +586,6 @@ class Pipeline:
     def _write(self, out: "Outgoing", last: dict[tuple[str, int], int]) -> None:
         """A delivered batch's profiles and state into the partitions' RocksDB, and the changelog offset that
         the store now holds (Faust's recovery starts after it)."""
-        from faust.types import TP
-
         for partition, stores, writes, state in out.writes:
             if self.stores.get(partition) is not stores:
                 continue  # revoked since (and maybe assigned again, restored from the changelog meanwhile)
@@ -587,8 +599,6 @@ class Pipeline:
 
     def _ack(self, done: list[Any]) -> None:
         """Ack applied records per topic partition (in the order applied, which is offset order within one)."""
-        from faust.types import TP
-
         by_tp: dict[tuple[str, int], list[int]] = {}
         ages = []
         wall = time.time()
@@ -606,8 +616,6 @@ class Pipeline:
         fetch response (nothing earlier is waiting in Kafka, so the merge need not wait for them: live latency; in
         a replay the high watermark is the end of the input, so this holds only at its true end), and those with
         records in Kafka not handed over yet; a topic without a known high watermark is in neither."""
-        from faust.types import TP
-
         consumer = self.app.consumer
         caught_up, behind = [], []
         for topic in self.settings.input_topics:

@@ -37,7 +37,8 @@ Deliver = Callable[[Any, list], Awaitable[None]]
 # Faust internals this module reads and writes (faust-streaming 0.15.3, pinned in pyproject.toml)
 FAUST_INTERNALS = ("_drain_messages", "_wait_next_records", "_read_offset", "_add_gap", "_buffered_partitions",
                    "_committed_offset", "_acked", "_acked_index", "_n_acked", "_commit_every", "_to_message",
-                   "perform_seek", "seek_to_committed", "_thread", "highwater", "commit")
+                   "perform_seek", "seek_to_committed", "_thread", "highwater", "commit", "on_buffer_full",
+                   "on_buffer_drop", "_get_active_partitions", "_paused_partitions", "assignment")
 
 
 # What ``restore_batch`` reads and writes of Faust's ``Recovery`` (declared on the class or its annotations)
@@ -72,6 +73,32 @@ def install_batch_drain(consumer: Any, input_topics: Iterable[str], deliver: Del
         return await thread.call_thread(seek_to_committed_or_beginning, thread._ensure_consumer(), topics)
 
     consumer.seek_to_committed = MethodType(seek_to_committed, consumer)
+
+
+def hold_back(consumer: Any, input_topics: Iterable[str], ahead: set[Any]) -> None:
+    """Fetch no more of the input partitions in ``ahead`` (topic partitions whose records wait in the event-time
+    merge for another topic's), and fetch again those held back before that are no longer in it.
+
+    Faust's own switch for a partition whose stream buffer is full: ``on_buffer_full`` takes it out of the
+    partitions the fetch loop asks aiokafka for (which then fetches at most one more batch of it), and records
+    already fetched are still delivered (the drain takes ``_buffered_partitions`` too). Stopping every fetch
+    instead, as the worker did, also stopped the topic the merge was waiting for: it then let the held records
+    go after its idle time, ahead of records that were in Kafka, and a replay's outputs depended on fetch timing
+    (found by review). A partition is given back only if it is still assigned and not paused (Faust pauses
+    partitions while their tables recover, and a revoked partition must not be fetched)."""
+    topics = frozenset(input_topics)
+    active = consumer._get_active_partitions()
+    for tp in ahead:
+        if tp in active:
+            consumer.on_buffer_full(tp)  # no-op during a table recovery, when Faust manages the active set
+    held_back = [tp for tp in consumer._buffered_partitions if tp.topic in topics and tp not in ahead]
+    if held_back:
+        assigned = consumer.assignment()
+        for tp in held_back:
+            if tp in assigned and tp not in consumer._paused_partitions:
+                consumer.on_buffer_drop(tp)
+            else:
+                consumer._buffered_partitions.discard(tp)
 
 
 async def seek_to_committed_or_beginning(consumer: Any, topics: frozenset[str]) -> dict:

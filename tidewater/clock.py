@@ -52,6 +52,10 @@ class EventTimeMerger(Generic[H]):
     def pending(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
+    def waiting_sources(self) -> list[str]:
+        """The sources whose records wait for another source's (after ``pop_ready``: those ahead in event time)."""
+        return [source for source, queue in self.queues.items() if queue]
+
     def pop_ready(self, now: float, caught_up: frozenset[str] = frozenset(),
                   behind: frozenset[str] = frozenset()) -> Iterator[MergeItem[H]]:
         """Release heads in merge order while every source has a head, is caught up, or is idle. A source known to

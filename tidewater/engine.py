@@ -363,6 +363,11 @@ class PartitionEngine:
         stream of bad records behind one held event grew without bound, raw values and all; found by review)."""
         return self.merger.pending() + self._trailing
 
+    def sources_ahead(self) -> list[str]:
+        """The input topics whose records wait in the merge for another topic's: fetching more of them only adds
+        to what is held (the worker stops fetching them at its bound, ``streams.ingress.hold_back``)."""
+        return self.merger.waiting_sources()
+
     def drop_pending(self) -> None:
         """On revocation: buffered records are not acked, so the new owner re-reads them."""
         self.merger.drop()

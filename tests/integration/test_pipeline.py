@@ -235,3 +235,32 @@ def test_a_worker_on_an_empty_data_directory_restores_every_profile_exactly_in_b
     paths = _restored_records(restored)
     assert paths.get("batch", 0) >= len(expected)  # at least one changelog record per user came back in batches
     assert paths.get("faust", 0) == 0
+
+
+def test_regression_a_replay_past_the_merges_bound_gives_the_outputs_of_the_data_alone(deployment, tmp_path):
+    """Clicks are denser than purchases, so in a replay the purchases fetched run ahead in event time and wait in
+    the merge for the clicks. At the merges' bound (``held_max``) every fetch used to wait, the clicks' too; the
+    merge then waited for clicks it could not get, let the purchases go after its idle time, and the clicks came
+    late: the outputs depended on fetch timing (found by review). Only the sources that are ahead wait now."""
+    lines: list[tuple[float, bytes]] = []
+    expected: dict[str, int] = {}
+    for i in range(8_000):  # 40 users, 4 clicks for each purchase, over 60 days
+        user, ts = f"user-{(i * 7) % 40}", 1_600_000_000 + i * 648
+        kind = "purchase" if i % 5 == 4 else "click"
+        event = {"type": kind, "event_id": f"e{i}", "user_id": user, "ts": ts, "item_id": f"item-{i % 30}"}
+        if kind == "purchase":
+            event["amount"] = 10 + i % 50
+        lines.append((ts, json.dumps(event).encode()))
+        expected[user] = expected.get(user, 0) + 1
+    data = [line for _, line in lines]
+    deployment.replay_file(write_jsonl(tmp_path / "in.jsonl", data))
+    # a small bound (held_max = 40 x the batch) that this input crosses many times
+    deployment.env.update(TIDEWATER_BATCH_MAX_EVENTS="10", TIDEWATER_SOURCE_IDLE_MS="100")
+    worker = deployment.start_worker()
+    worker.wait_ready()
+    assert wait_for_profiles(worker, expected) == expected
+    recs = [json.loads(v)["event_id"] for *_, v in deployment.read(deployment.settings.topic_recommendations)]
+    scores = [json.loads(v)["event_id"] for *_, v in deployment.read(deployment.settings.topic_churn_scores)]
+    reference = offline_output_ids(deployment.settings, data)
+    assert sorted(scores) == sorted(reference[deployment.settings.topic_churn_scores])
+    assert sorted(recs) == sorted(reference[deployment.settings.topic_recommendations])
