@@ -23,10 +23,14 @@ class TopicSpec:
     partitions: int
     compact: bool = False
     replication: int = 1
+    tombstone_retention_s: float | None = None  # a compacted topic's delete.retention.ms (None: the broker's)
 
     @property
     def configs(self) -> dict[str, str]:
         configs = {"cleanup.policy": "compact" if self.compact else "delete"}
+        if self.compact and self.tombstone_retention_s is not None:
+            # the workers discard local stores older than half this (streams/local_state.py): the two must agree
+            configs["delete.retention.ms"] = str(int(self.tombstone_retention_s * 1000))
         if self.replication >= 3:
             # the producers write with acks=all, which waits for the in-sync replicas only: with the broker's
             # default of 1 that can be the leader alone, and a write it acknowledged is lost with it
@@ -37,8 +41,8 @@ class TopicSpec:
 def topic_specs(s: Settings) -> list[TopicSpec]:
     rf = s.replication_factor
     plain = [TopicSpec(name, s.partitions, replication=rf) for name in s.all_topics()]
-    changelogs = [TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, compact=True, replication=rf)
-                  for table in CHANGELOG_TABLES]
+    changelogs = [TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, compact=True, replication=rf,
+                            tombstone_retention_s=s.tombstone_retention_s) for table in CHANGELOG_TABLES]
     return plain + changelogs
 
 

@@ -32,6 +32,7 @@ from streams import metrics
 from streams.ingress import ack_records, hold_back, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
+from streams.local_state import guard_against_stale_partitions
 from streams.producing import BatchSender, delivered
 from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
@@ -811,8 +812,14 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     outputs = {name: app.topic(name, partitions=s.partitions, **raw)
                for name in (*s.output_topics, s.topic_dead_letter)}
     # key_type/value_type bytes select Faust's "raw" codec for the store and the changelog
-    profiles = app.Table(PROFILES_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes)
-    states = app.Table(STATE_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes)
+    # the changelogs' tombstone retention as `tidewater topics create` sets it, should Faust create them
+    retention = {"delete.retention.ms": int(s.tombstone_retention_s * 1000)}
+    profiles = app.Table(PROFILES_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes,
+                         extra_topic_configs=retention)
+    states = app.Table(STATE_TABLE, partitions=s.partitions, key_type=bytes, value_type=bytes,
+                       extra_topic_configs=retention)
+    for table in (profiles, states):  # a local store too old to have seen every deletion is restored in full
+        guard_against_stale_partitions(table.data, s.tombstone_retention_s)
     pipeline = Pipeline(app, s, profiles, states, outputs, engine_factory=engine_factory)
     for topic in s.input_topics:  # at 0 from the start: "nothing applied yet" is a series an alert can read
         metrics.EVENTS_IN.labels(topic)

@@ -70,6 +70,12 @@ class Settings:
     data_dir: str = setting("var/tidewater", "TIDEWATER_DATA_DIR", "Local state (RocksDB tables) of the worker.")
     store: str = setting("rocksdb://", "TIDEWATER_STORE", "Faust table store: rocksdb:// or memory://.",
                          choices=("rocksdb://", "memory://"))
+    tombstone_retention_s: float = setting(
+        7 * 86400.0, "TIDEWATER_TOMBSTONE_RETENTION_S",
+        "How long the compacted changelogs keep deletions (their topics' delete.retention.ms, set by `tidewater "
+        "topics create`). A worker's local store of a partition last written more than half this long ago is "
+        "discarded and restored from the changelog: a deletion (an erasure) compacted away meanwhile would never "
+        "reach it, and the deleted profile would come back.")
     registry_dir: str = setting("var/registry", "TIDEWATER_REGISTRY_DIR",
                                 "Model registry root (churn/, recs/ with versioned artifacts).")
     model_poll_s: float = setting(5.0, "TIDEWATER_MODEL_POLL_S",
@@ -312,7 +318,7 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "scoring_max_batch": _POSITIVE, "model_threads": _POSITIVE, "session_gap_s": _POSITIVE,
     "recent_events": _POSITIVE, "window_grace_s": _NON_NEGATIVE, "clock_tick_s": _POSITIVE,
     "inactivity_gap_s": _POSITIVE, "inactivity_rescore_s": _POSITIVE, "inactivity_rescores": _NON_NEGATIVE,
-    "erasure_guard_s": _NON_NEGATIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
+    "erasure_guard_s": _NON_NEGATIVE, "tombstone_retention_s": _POSITIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
     "rec_rerank_candidates": _NON_NEGATIVE, "rec_change_threshold": (0, 2),  # 1 - cosine
     "churn_threshold": (0, 1), "offer_min_value": _NON_NEGATIVE, "offer_cooldown_s": _NON_NEGATIVE,
     "offer_daily_budget": _NON_NEGATIVE, "offer_high_value": _NON_NEGATIVE, "offer_validity_s": _POSITIVE,

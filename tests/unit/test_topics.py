@@ -19,7 +19,10 @@ def test_regression_a_topic_the_broker_refused_is_an_error_not_created():
 
 def test_changelogs_are_compacted_and_the_rest_deleted_by_age():
     specs = {spec.name: spec for spec in topic_specs(Settings(partitions=4))}
-    assert specs["tidewater-profiles-changelog"].configs == {"cleanup.policy": "compact"}
+    # the workers discard local stores older than half the tombstone retention (streams/local_state.py)
+    assert specs["tidewater-profiles-changelog"].configs == {"cleanup.policy": "compact",
+                                                             "delete.retention.ms": str(7 * 86400 * 1000)}
+    assert specs["tidewater-partition-state-changelog"].configs["delete.retention.ms"] == "604800000"
     assert specs["clicks"].configs == {"cleanup.policy": "delete"} and specs["clicks"].partitions == 4
 
 
