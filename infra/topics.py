@@ -1,7 +1,8 @@
 """Topic provisioning: every Tidewater topic with the configured partitions; changelogs compacted.
 
-Idempotent: existing topics are left as they are (a partition-count mismatch is reported, since Faust needs
-co-partitioned inputs and changelogs)."""
+Idempotent: existing topics are left as they are (a partition count or a config other than the spec's is
+reported: Faust needs co-partitioned inputs and changelogs, and the workers rely on the changelogs' compaction
+and tombstone retention)."""
 from __future__ import annotations
 
 import asyncio
@@ -72,11 +73,15 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
                 result[spec.name] = creation_outcome(spec.name, response.topic_errors)
             except TopicAlreadyExistsError:
                 result[spec.name] = "exists"
-        counts = await _partition_counts(admin, [spec.name for spec in specs if result[spec.name] == "exists"])
+        existing_specs = [spec for spec in specs if result[spec.name] == "exists"]
+        counts = await _partition_counts(admin, [spec.name for spec in existing_specs])
+        differing = await _differing_configs(admin, existing_specs)
         for spec in specs:
-            n = counts.get(spec.name)
-            if n is not None and n != spec.partitions:
-                result[spec.name] = f"exists ({n} partitions, expected {spec.partitions}!)"
+            problems = [f"{n} partitions, expected {spec.partitions}"] \
+                if counts.get(spec.name, spec.partitions) != spec.partitions else []
+            problems += differing.get(spec.name, [])
+            if problems:
+                result[spec.name] = f"exists ({'; '.join(problems)}!)"
     finally:
         await admin.close()
     return result
@@ -102,6 +107,29 @@ def creation_outcome(name: str, topic_errors: list[tuple]) -> str:
 async def _partition_counts(admin, topics: list[str]) -> dict[str, int]:
     """{topic: partition count} of ``topics`` (all existing), from one describe request."""
     return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(topics)}
+
+
+async def _differing_configs(admin, specs: list[TopicSpec]) -> dict[str, list[str]]:
+    """{topic: ["delete.retention.ms is 86400000, expected 604800000", ...]} for existing topics whose configs
+    differ from their spec's: an existing topic is left as it is, and a changelog made before its tombstone
+    retention was set (or not compacted at all) must not pass unnoticed. A config the broker does not report
+    (Tansu lists only those set explicitly) is not judged."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    if not specs:
+        return {}
+    by_name = {spec.name: spec for spec in specs}
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in by_name])
+    differing: dict[str, list[str]] = {}
+    for response in responses:
+        for error_code, _message, _type, name, entries in (r[:5] for r in response.resources):
+            if error_code != 0 or name not in by_name:
+                continue
+            actual = {entry[0]: entry[1] for entry in entries}
+            for key, wanted in by_name[name].configs.items():
+                if key in actual and actual[key] != wanted:
+                    differing.setdefault(name, []).append(f"{key} is {actual[key]}, expected {wanted}")
+    return differing
 
 
 def create_topics_sync(s: Settings) -> dict[str, str]:

@@ -38,3 +38,21 @@ def test_a_worker_refuses_input_topics_partitioned_otherwise_than_configured(bro
                           timeout=120)
     assert proc.returncode == 2
     assert "has 3 partitions but TIDEWATER_PARTITIONS is 8" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_regression_an_existing_topic_with_other_configs_is_reported_not_passed_as_it_is(broker):
+    """`topics create` left existing topics as they were and said "exists": a changelog made before its tombstone
+    retention was set, or not compacted, went unnoticed (the workers rely on both: streams/local_state.py)."""
+    prefix = "c" + uuid.uuid4().hex[:8]
+    s = _settings(broker, prefix, 2)
+    made_elsewhere = [TopicSpec(f"{prefix}-changelog", 2, compact=True, tombstone_retention_s=86400.0),
+                      TopicSpec(f"{prefix}-log", 2)]
+    asyncio.run(create_topics(s, made_elsewhere))
+    wanted = [TopicSpec(f"{prefix}-changelog", 2, compact=True, tombstone_retention_s=7 * 86400.0),
+              TopicSpec(f"{prefix}-log", 2, compact=True), TopicSpec(f"{prefix}-other", 3)]
+    outcome = asyncio.run(create_topics(s, wanted))
+    assert outcome[f"{prefix}-changelog"] == "exists (delete.retention.ms is 86400000, expected 604800000!)"
+    assert outcome[f"{prefix}-log"] == "exists (cleanup.policy is delete, expected compact!)"
+    assert outcome[f"{prefix}-other"] == "created"
+    assert asyncio.run(create_topics(s, made_elsewhere)) == {f"{prefix}-changelog": "exists",
+                                                           f"{prefix}-log": "exists"}
