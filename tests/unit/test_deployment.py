@@ -190,6 +190,7 @@ def test_the_clock_service_runs_the_clock_command_with_real_options():
     command = service["command"]
     assert command[:2] == ["tidewater", "clock"] and "topics" in service["depends_on"]
     assert service["profiles"] == ["live"]  # not during a replay of older data, whose events it would make late
+    assert service["init"] is True  # as PID 1 without one, it ignored SIGTERM and every stop waited to kill it
     out = CliRunner().invoke(app, ["clock", "--help"], terminal_width=200).output
     for option in (arg for arg in command[2:] if arg.startswith("--")):
         assert option in out, option
