@@ -30,10 +30,14 @@ MAX_USERS_HELP = ("Train (and evaluate) on at most this many users of the log, a
                   "the id): bounds time and memory on very large logs. Default: every user.")
 
 
+FEW_USERS = 1000  # users with purchases before the cut-off, under which `train`/`evaluate churn` warn
+
+
 def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float, max_users: Optional[int] = None):
     import pandas as pd
 
-    from .data import LATER_CUTOFF_HINT, check_calibration, load_purchases_csv, log_end, parse_time, sample_users
+    from .data import (LATER_CUTOFF_HINT, SPLIT_FRACTIONS, check_calibration, load_purchases_csv, log_end, parse_time,
+                       sample_users)
 
     if not (math.isfinite(horizon_days) and 0 < horizon_days <= 36500):  # inf and nan passed "> 0" (review)
         raise UserError(f"--horizon-days must be a number of days in (0, 36500], got {horizon_days}")
@@ -67,6 +71,12 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
     check_calibration(frame, cut, hint=LATER_CUTOFF_HINT if cutoff else (
         f"; the default cut-off is the end of the log minus the {horizon_days:g}-day horizon: pass --cutoff, or a "
         "shorter --horizon-days"))
+    n_calibration = int(frame.loc[frame["ts"] < cut, "user_id"].nunique())
+    if n_calibration < FEW_USERS:  # a forecast extrapolated from a few dozen users ran away without a word (review)
+        n_val = round(SPLIT_FRACTIONS[1] * n_calibration)
+        typer.secho(f"warning: only {n_calibration:,} users bought before the cut-off: the validation split that "
+                    f"calibrates the scores and the forecast has {n_val:,} of them, and the metrics have wide "
+                    f"intervals; {FEW_USERS:,} or more give numbers to trust", fg="yellow", err=True)
     if log_end(frame) < cut + (horizon_days - 1) * 86400.0:
         typer.secho(f"warning: the log ends before the end of the {horizon_days:g}-day horizon: users who "
                     "would have bought later are labelled as churners", fg="yellow", err=True)

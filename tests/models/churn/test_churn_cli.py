@@ -227,3 +227,14 @@ def test_regression_evaluate_offers_checks_a_model_trained_on_your_own_log(tiny_
         results[threshold] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert results["0.0"]["dataset"] == "purchases.csv" and results["0.0"]["customers"] > 0
     assert results["0.0"]["offers"] > results["1.0"]["offers"]
+
+
+def test_regression_a_log_of_few_users_is_warned_about(tiny_csv, tmp_path, capsys):
+    """A forecast calibrated on a few dozen validation users ran far off without a word (found by review)."""
+    churn_cli._load(tiny_csv, "1997-10-01", 273)
+    err = capsys.readouterr().err
+    assert "warning: only 300 users bought before the cut-off" in err and "has 45 of them" in err
+    many = tmp_path / "many.csv"
+    many.write_text("user_id,ts\n" + "".join(f"u{i},1997-0{1 + i % 9}-01\n" for i in range(churn_cli.FEW_USERS)))
+    churn_cli._load(many, "1997-10-01", 90)
+    assert "warning: only" not in capsys.readouterr().err
