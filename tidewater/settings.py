@@ -231,18 +231,22 @@ class Settings:
             raw = environ.get(f.metadata["env"])
             if raw is not None:
                 values[f.name] = _coerce(f.metadata["env"], hints[f.name], raw)
+        # overrides are command-line options (``--partitions``): an error names the option the user typed, not a
+        # variable they never set (found by review)
+        given_as = {key: "--" + key.replace("_", "-") for key, value in (overrides or {}).items() if value is not None}
         for key, value in (overrides or {}).items():
             if value is not None:
-                values[key] = _coerce(key, hints[key], value) if isinstance(value, str) else value
+                values[key] = _coerce(given_as[key], hints[key], value) if isinstance(value, str) else value
         settings = cls(**values)
-        settings.validate()
+        settings.validate(given_as)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, given_as: Mapping[str, str] | None = None) -> None:
         """Raise InvalidSetting (a ValueError) naming the variable for a value the worker cannot run with (a tick of
-        0 s divided by zero at the first event; a NaN threshold made every scored user an offer)."""
+        0 s divided by zero at the first event; a NaN threshold made every scored user an offer); ``given_as``:
+        field -> the command-line option that set it, named instead."""
         for f in fields(self):
-            value, env = getattr(self, f.name), f.metadata["env"]
+            value, env = getattr(self, f.name), (given_as or {}).get(f.name, f.metadata["env"])
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise InvalidSetting(f"{env}={value!r}: expected one of {', '.join(choices)}")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tidewater.settings import Settings, settings_table_markdown
+from tidewater.settings import InvalidSetting, Settings, settings_table_markdown
 
 
 def test_env_overrides_and_types():
@@ -194,3 +194,18 @@ def test_regression_an_unwritable_output_folder_fails_first_in_one_line(tmp_path
     done = subprocess.run([sys.executable, "-m", "tidewater.cli", *[a.format(bad=bad) for a in args]],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "cannot write there" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_regression_a_bad_command_line_option_is_named_as_typed_not_as_its_variable(capsys):
+    """`topics create --partitions 0` said "TIDEWATER_PARTITIONS=0", a variable the user had not set (review)."""
+    from tidewater.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["topics", "create", "--partitions", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--partitions=0: expected a number > 0" in err and "TIDEWATER_PARTITIONS" not in err
+    with pytest.raises(InvalidSetting, match="^--bootstrap-servers='nohost': expected host:port"):
+        Settings.from_env({"bootstrap_servers": "nohost"}, environ={})
+    with pytest.raises(InvalidSetting, match="^TIDEWATER_PARTITIONS=0"):  # set in the environment: named so
+        Settings.from_env({"bootstrap_servers": None}, environ={"TIDEWATER_PARTITIONS": "0"})
