@@ -165,7 +165,7 @@ class Recommender:
         history_pos = self.positions_many(histories)
         excluded: list = [[] for _ in history_pos]
         if exclude_history:  # repeats are fine: the search is widened by the number of distinct excluded items
-            excluded = history_pos
+            excluded = list(history_pos)  # a copy: a user's exclusions below must not replace their history
         if exclude is not None:
             for r, e in enumerate(exclude):
                 if e:

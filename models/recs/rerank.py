@@ -102,7 +102,9 @@ class FullRankScorer:
             cand = np.take_along_axis(safe, sel, 1)
             rows, w = self._history_rows(histories[start:stop], table)
             cols = self.col_of[cand]
-            warm = kept & (cols >= 0)
+            # a history with no item in the dense system scores every candidate 0: the row would go in catalogue
+            # order; it keeps the index's ranking and scores instead (found by review)
+            warm = kept & (cols >= 0) & w.any(axis=1)[:, None]
             # (q, window, width) from B, as flat offsets (np.take is cheaper than 2-d fancy indexing)
             offsets = rows[:, :, None] * self.matrix.shape[1] + np.where(warm, cols, 0)[:, None, :]
             gathered = self.matrix.reshape(-1).take(offsets) if self.matrix.size else np.zeros(offsets.shape)

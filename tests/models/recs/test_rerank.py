@@ -82,9 +82,9 @@ def test_items_outside_the_dense_system_keep_their_index_score_and_history_is_no
     got = scores([0, 1, 2], [0, 1, 2], [9.0, 7.0, 9.0])
     w0, w2 = 0.25 / 1.75, 1.0 / 1.75
     np.testing.assert_allclose([got[0], got[1], got[2]], [w2 * 4.0, 7.0, w0 * 2.0])
-    # no usable history: the dense items score 0 (x = 0), the others keep the fallback
+    # no usable history: x = 0 would score every dense item 0, so the row keeps the index's scores (review)
     got = scores([1], [0, 1], [3.0, 5.0])
-    np.testing.assert_allclose([got[0], got[1]], [0.0, 5.0])
+    np.testing.assert_allclose([got[0], got[1]], [3.0, 5.0])
     top, _ = scorer.rerank_batch([[0, 1, 2]], np.array([[0, 1, 2]]), np.array([[9.0, 7.0, 9.0]]), [[]], k=2,
                                  candidates=3)
     assert top[0].tolist() == [1, 0]
@@ -112,7 +112,8 @@ def test_the_served_path_re_scores_exactly_the_first_unseen_index_candidates(fit
 
 
 def reference_rerank(scorer: FullRankScorer, history, ids, fallback, exclude, k, candidates):
-    """One row, the plain way: the first `candidates` unexcluded ids, scored x_user · B (cold: index score)."""
+    """One row, the plain way: the first `candidates` unexcluded ids, scored x_user · B (cold: index score; every
+    item its index score when no history item is in the dense system)."""
     h = list(history)[-scorer.window:]
     w = scorer.decay ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)
     w = w / w.sum() if len(h) else w
@@ -124,7 +125,7 @@ def reference_rerank(scorer: FullRankScorer, history, ids, fallback, exclude, k,
     scored = []
     for item, index_score in picked:
         col = scorer.col_of[item]
-        s = index_score if col < 0 else sum(wt * float(scorer.matrix[r, col]) for r, wt in x.items())
+        s = index_score if col < 0 or not x else sum(wt * float(scorer.matrix[r, col]) for r, wt in x.items())
         scored.append((item, s))
     scored.sort(key=lambda t: (-t[1], t[0]))
     return scored[:k]
@@ -182,12 +183,46 @@ def test_exclude_history_is_the_history_passed_as_exclusions(fitted, candidates)
     assert [[s for _, s in row] for row in rounded] == [[float(np.round(s, 3)) for _, s in row] for row in want]
 
 
+def test_regression_purchases_excluded_with_the_history_leave_the_history_as_it_was(fitted):
+    """The stream passes a user's ring as the history and the purchases the ring has forgotten as ``exclude``. The
+    union of the two was written into the history's own list: the re-ranking then read an unordered set of
+    positions (recency weights in set order, the purchases as the latest events), and past 50 items it failed
+    the whole call (found by review)."""
+    split, _, directory = fitted
+    rec = Recommender(directory, use_gpu=False, rerank_candidates=25)
+    hist = split.history("test")
+    histories = [[split.item_ids[i] for i in hist[u]] for u in split.eval_users[:30]]
+    states = [rec.recompute_user(h) for h in histories]
+    bought = [{split.item_ids[(3 * r + 7) % split.n_items]} - set(h) if r % 2 else None
+              for r, h in enumerate(histories)]
+    want = rec.recommend_many(states, k=5, exclude=[set(h) | (b or set()) for h, b in zip(histories, bought)],
+                              histories=histories)
+    got = rec.recommend_many(states, k=5, exclude=bought, histories=histories, exclude_history=True)
+    assert got == want
+    many = [split.item_ids[i] for i in range(split.n_items)] * 2  # a history over 50 items, and a purchase
+    assert len(rec.recommend_many([rec.recompute_user(many)], k=3, exclude=[{split.item_ids[0]}],
+                                  histories=[many], exclude_history=True)[0]) == 0  # every item seen: none left
+
+
 def test_regression_an_empty_dense_system_serves_the_index_scores():
     """Found by the property test: with every item outside the dense system, B is 0 x 0 and the gather failed."""
     scorer = FullRankScorer(np.zeros((0, 0), np.float32), np.array([-1, -1]), decay=0.8, window=1)
     top, top_scores = scorer.rerank_batch([[1, 1, 1]], np.array([[1, 0]]), np.array([[0.5, 0.25]]), [[]], k=2,
                                           candidates=2)
     assert top.tolist() == [[1, 0]] and top_scores.tolist() == [[0.5, 0.25]]
+
+
+def test_regression_a_history_outside_the_dense_system_keeps_the_index_ranking():
+    """Every item of the history outside the dense system (new items, the long tail): each candidate scored 0 and
+    the row came in catalogue order (found by review); it keeps the index's order and scores. A history with one
+    item inside is re-scored as before."""
+    matrix = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 1.0], [1.0, 1.0, 0.0]], np.float32)
+    scorer = FullRankScorer(matrix, np.array([0, 1, 2, -1, -1]), decay=0.8, window=4)
+    ids, index_scores = np.array([[2, 0, 1], [2, 0, 1]]), np.array([[0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])
+    top, top_scores = scorer.rerank_batch([[3, 4], [3, 1]], ids, index_scores, [[], []], k=3, candidates=3)
+    assert top[0].tolist() == [2, 0, 1] and top_scores[0].tolist() == [0.9, 0.5, 0.1]
+    assert top[1].tolist() == [0, 2, 1]  # row 1 of the matrix, weighted 1 / 1.8 (item 3 dropped after normalising)
+    np.testing.assert_allclose(top_scores[1], np.array([3.0, 1.0, 0.0]) / 1.8)
 
 
 @pytest.mark.parametrize("mask_cells", [None, 0])
