@@ -131,8 +131,10 @@ async def _started_producer(s: Settings) -> "AIOKafkaProducer":
 
     from streams.kafka_config import aiokafka_kwargs
 
+    # acks=all, as the worker's own producer: with the default (the leader alone) a leader that failed after
+    # acknowledging lost replayed, redriven or clock records that the command had reported written (review)
     producer = AIOKafkaProducer(**aiokafka_kwargs(s), linger_ms=5, max_batch_size=256 * 1024,
-                                max_request_size=8 * 1024 * 1024)
+                                max_request_size=8 * 1024 * 1024, acks="all")
     try:
         await producer.start()
     except KafkaConnectionError as exc:

@@ -201,3 +201,22 @@ def test_regression_a_failed_record_leaves_an_existing_dump_as_it_was(tmp_path, 
     monkeypatch.setattr(replay_mod, "read_topic", two_records)
     assert asyncio.run(replay_mod.record(Settings(), "clicks", str(out))) == 2
     assert out.read_bytes() == b'{"a":1}\nline break\n' and [p.name for p in tmp_path.iterdir()] == ["dump.jsonl"]
+
+
+def test_regression_replay_redrive_and_clock_wait_for_every_in_sync_replica(monkeypatch):
+    """Their producer used aiokafka's default acks=1: a leader that failed right after acknowledging lost records
+    the command had reported written, where the worker's own producer waits for all in-sync replicas (review)."""
+    import aiokafka
+
+    made: list[dict] = []
+
+    class Producer:
+        def __init__(self, **kwargs) -> None:
+            made.append(kwargs)
+
+        async def start(self) -> None:
+            return None
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", Producer)
+    asyncio.run(replay_mod._started_producer(Settings()))
+    assert made[0]["acks"] == "all"
