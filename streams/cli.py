@@ -241,7 +241,7 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
         typer.echo(f"worker started (pid {worker_proc.pid}); API and metrics at http://127.0.0.1:{web_port}/stats "
                    f"and /metrics")
         typer.echo(f"dashboard: http://127.0.0.1:{web_port}/dashboard")
-        wait_until_processed(web_port, total, worker_proc)
+        wait_until_processed(web_port, total, worker_proc, read_token=s.read_token.reveal())
         print_summary(s)
         if keep:
             typer.echo("running; Ctrl-C to stop")

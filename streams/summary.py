@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from typing import Any
@@ -12,15 +13,25 @@ from tidewater.errors import UserError
 from tidewater.settings import Settings
 
 
-def worker_stats(web_port: int) -> dict[str, Any] | None:
+def worker_stats(web_port: int, read_token: str = "") -> dict[str, Any] | None:
+    """The worker's GET /stats, with the read token if one is set (without it, a worker behind
+    TIDEWATER_READ_TOKEN answered 401, and `up` waited its whole timeout; found by review)."""
+    headers = {"Authorization": f"Bearer {read_token}"} if read_token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{web_port}/stats", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/stats", timeout=2) as resp:
+        with urllib.request.urlopen(request, timeout=2) as resp:
             return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise UserError("the worker refused GET /stats (401): TIDEWATER_READ_TOKEN differs between `up` and "
+                            "the worker") from None
+        return None
     except (OSError, ValueError):
         return None
 
 
-def wait_until_processed(web_port: int, total: int, proc: Any = None, timeout_s: float = 900.0) -> None:
+def wait_until_processed(web_port: int, total: int, proc: Any = None, timeout_s: float = 900.0,
+                         read_token: str = "") -> None:
     from tqdm import tqdm
 
     deadline = time.monotonic() + timeout_s
@@ -30,7 +41,7 @@ def wait_until_processed(web_port: int, total: int, proc: Any = None, timeout_s:
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise UserError(f"the worker exited with code {proc.returncode}")
-            stats = worker_stats(web_port)
+            stats = worker_stats(web_port, read_token)
             if stats is not None:
                 bar.update(stats["processed"] - done)
                 done = stats["processed"]
