@@ -32,6 +32,10 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         b = EmbeddedBroker(kind=kind, port=port, data_dir=data_dir, tansu_bin=tansu_bin,
                            storage_engine=storage_engine, log_path=log).start()
         typer.echo(f"{kind} broker ready on {b.bootstrap_servers}", err=False)
+        from streams.broker_quirks import QUIRKS_BY_BROKER
+
+        if kind in QUIRKS_BY_BROKER:  # `up` and the tests set it; a worker started by hand needs it too (review)
+            typer.echo(f"run workers against it with TIDEWATER_BROKER_QUIRKS={QUIRKS_BY_BROKER[kind]}")
         stop = {"now": False}
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
         try:
