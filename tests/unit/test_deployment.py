@@ -116,6 +116,9 @@ def test_alert_rules_are_loaded_mounted_valid_promql_and_name_only_exported_seri
     for rule in rules:  # every alert has its runbook section, linked from the rule
         assert f"\n### {rule['alert']}\n" in runbook, rule["alert"]
         assert rule["annotations"]["runbook_url"] == f"docs/operations.md#{rule['alert'].lower()}"
+    # a stall is per worker: summed over the cluster, one hung worker was hidden by the others' rate (review)
+    stalled = promql_parser.parse(next(r["expr"] for r in rules if r["alert"] == "TidewaterStalled"))
+    assert [list(side.modifier.labels) for side in (stalled.lhs.lhs, stalled.rhs.lhs)] == [["instance"]] * 2
     alerted = " ".join(rule["expr"] for rule in rules)
     for must in ("tidewater_consumer_lag", "tidewater_dead_letters_total", "tidewater_scoring_errors_total",
                  "tidewater_model_load_failures_total", "up{"):
