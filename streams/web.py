@@ -105,6 +105,9 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             if not may_read(request):
                 return unauthorized(self, "TIDEWATER_READ_TOKEN")
             owner = _owner(app, profiles, user_id)
+            if owner is OWNER_UNKNOWN:  # a local 404 would say that a user another worker holds does not exist
+                return self.json({"error": "the worker owning this user is not known yet (starting or "
+                                           "rebalancing): retry shortly"}, status=503, headers={"Retry-After": "2"})
             if owner is not None:  # another worker's partition: forwarded once, with a deadline
                 return await _forward(self, app, request, owner)
             raw = profiles.get(user_id.encode())
@@ -231,13 +234,17 @@ async def _failed(exc: BaseException) -> None:
     raise exc
 
 
+OWNER_UNKNOWN = object()
+
+
 def _owner(app: faust.App, table: Any, user_id: str) -> Any:
-    """The URL of the worker that owns ``user_id``'s partition, None when it is this one (or not known: answered
-    here, a 404 at worst)."""
+    """The URL of the worker that owns ``user_id``'s partition, None when it is this one, ``OWNER_UNKNOWN`` while
+    no assignment is known (starting, rebalancing: it was answered here, a 404 for a user another worker holds;
+    found by review)."""
     try:
         url = app.router.key_store(table.name, user_id)
     except Exception:  # noqa: BLE001 - no assignment known yet (starting, rebalancing)
-        return None
+        return OWNER_UNKNOWN
     ident = app.router._urlident
     return None if ident(url) == ident(app.conf.canonical_url) else url
 

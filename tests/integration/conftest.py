@@ -113,6 +113,9 @@ class Worker:
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     return None
+                if exc.code == 503 and exc.headers.get("Retry-After") and attempt < attempts - 1:
+                    time.sleep(0.5)  # a profile whose owner is not known yet (rebalancing): asked again
+                    continue
                 raise
             except OSError:  # URLError, a timeout, a reset
                 if attempt == attempts - 1 or self.proc.poll() is not None:

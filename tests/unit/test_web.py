@@ -209,11 +209,22 @@ def test_regression_the_bearer_scheme_is_case_insensitive_and_a_401_says_which(w
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_regression_users_data_views_take_the_read_token(worker):
+def test_regression_a_profile_whose_owner_is_not_known_yet_is_a_503_not_a_404(worker, monkeypatch):
+    """With no assignment known (starting, rebalancing) the request was answered here: a 404 for a user another
+    worker holds (found by review)."""
+    w = worker()
+    status, body, headers = call(w, "GET", "/users/u1/profile")  # the test app never joins a group
+    assert status == 503 and "not known yet" in body["error"] and headers["Retry-After"] == "2"
+    monkeypatch.setattr(type(w.app.router), "key_store", lambda self, table, key: URL(w.app.conf.canonical_url))
+    assert call(w, "GET", "/users/u1/profile")[0] == 404  # this worker's own partition: it has no such user
+
+
+def test_regression_users_data_views_take_the_read_token(worker, monkeypatch):
     """Profiles, the dashboard's data (user ids of recent offers) and the stats were open to anyone who reached
     the port (found by review). With TIDEWATER_READ_TOKEN they need it as a bearer token (the page sends its own
     ?token= so)."""
     w = worker(TIDEWATER_READ_TOKEN="reader")
+    monkeypatch.setattr(type(w.app.router), "key_store", lambda self, table, key: URL(w.app.conf.canonical_url))
     for path in ("/users/u1/profile", "/dashboard.json", "/stats"):
         assert call(w, "GET", path)[0] == 401, path
         assert call(w, "GET", path, headers={"Authorization": "Bearer reader"})[0] in (200, 404), path
