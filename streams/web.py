@@ -258,8 +258,7 @@ async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> 
     if request.headers.get(ROUTED_HEADER):
         return view.json({"error": "the partition is moving between workers: retry shortly"}, status=503,
                          headers={"Retry-After": "2"})
-    host, port = app.router._urlident(owner)
-    url = request.url.with_host(host).with_port(int(port))
+    url = forward_url(owner, request.rel_url)
     headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
     headers[ROUTED_HEADER] = "1"
     try:
@@ -272,6 +271,17 @@ async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> 
         log.warning("profile request for %s: owner %s unreachable: %r", request.path, owner, exc)
         return view.json({"error": f"the worker owning this user ({owner}) did not answer: retry shortly"},
                          status=503, headers={"Retry-After": "2"})
+
+
+def forward_url(owner: Any, rel_url: Any) -> Any:
+    """The owner's scheme, host and port with this request's path and query (the incoming request's scheme was
+    kept: an owner announced as https://w2 was asked at http://w2:443; found by review)."""
+    from yarl import URL
+
+    owner = URL(str(owner))
+    # the path as it came, still encoded: a user id with a "/" (%2F) must not become two path segments
+    return URL.build(scheme=owner.scheme, host=owner.raw_host or "", port=owner.explicit_port,
+                     path=rel_url.raw_path, query_string=rel_url.raw_query_string, encoded=True)
 
 
 def dashboard_data(s: Settings, pipeline: Any, live: Any, now: float | None = None) -> dict[str, Any]:

@@ -170,6 +170,14 @@ def test_regression_a_forwarded_answer_keeps_the_owners_retry_after(worker, monk
         w.loop.run_until_complete(owner.close())
 
 
+def test_regression_a_forwarded_request_goes_to_the_owners_scheme_host_and_port():
+    """The incoming request's scheme was kept: an owner announced as https://w2 was asked at http://w2:443."""
+    assert str(web.forward_url(URL("https://w2.internal"), URL("/users/u%201/profile?x=1"))) == \
+        "https://w2.internal/users/u%201/profile?x=1"
+    assert str(web.forward_url(URL("http://10.0.0.7:6066"), URL("/users/u%2F1/profile", encoded=True))) == \
+        "http://10.0.0.7:6066/users/u%2F1/profile"  # a "/" in a user id stays one segment
+
+
 def test_regression_clock_events_of_a_request_go_out_once_per_partition(worker):
     """Each clock event went to every partition: a body of clocks multiplied the sends by the partition count."""
     w = worker()
