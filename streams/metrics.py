@@ -116,9 +116,12 @@ def observe_engine(model: str, size: float, seconds: float) -> None:
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     """``observe`` for a whole batch: one bucket increment per bucket touched instead of a locked update per
-    value (a record age per input record was a measurable share of the worker's time)."""
+    value (a record age per input record was a measurable share of the worker's time). For ages: a negative one
+    (the producer's clock ahead of this machine's) counts as 0, so that ``_sum`` never goes down, which
+    ``rate()`` read as a counter reset (found by review)."""
     if not values:
         return
+    values = [value if value > 0.0 else 0.0 for value in values]
     bounds = histogram._upper_bounds
     counts = [0] * len(bounds)
     for value in values:

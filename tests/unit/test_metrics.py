@@ -25,6 +25,16 @@ def test_observe_many_equals_one_observe_per_value(values: list[float]) -> None:
     assert _exposition(one) == _exposition(many)
 
 
+def test_regression_an_age_from_a_clock_ahead_counts_as_zero_and_the_sum_never_falls() -> None:
+    """A producer clock ahead of the worker's gave negative ages: the histogram's _sum fell, and rate() took that
+    for a counter reset (found by review)."""
+    registry = CollectorRegistry()
+    ages = Histogram("age", "age", registry=registry, buckets=(0.005, 1))
+    observe_many(ages, [-3.0, 2.0])
+    assert registry.get_sample_value("age_sum") == 2.0 and registry.get_sample_value("age_count") == 2
+    assert registry.get_sample_value("age_bucket", {"le": "0.005"}) == 1
+
+
 def test_every_metric_is_in_the_readme_table():
     """The README's /metrics table names every metric the worker exports (counters with their _total suffix)."""
     from pathlib import Path
