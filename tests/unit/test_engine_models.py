@@ -718,15 +718,27 @@ def test_regression_a_late_event_is_scored_for_inactivity_whether_or_not_the_wor
     assert [s["trigger"] for s in late_user].count("inactivity") == 2  # at the gap (day 17) and a re-score (47)
 
 
-@pytest.mark.parametrize("with_model", [False, True])
-def test_regression_an_item_bought_before_the_ring_is_not_recommended_again(tmp_path, with_model):
+@pytest.mark.parametrize("served_by", ["popularity", "vector", "full_rank"])
+def test_regression_an_item_bought_before_the_ring_is_not_recommended_again(tmp_path, served_by):
     """Exclusions came from the ring of the last 64 events only: an item bought before them was recommended (and
-    attached to offers) again (found by review). The profile keeps the last PURCHASED_ITEMS items bought."""
+    attached to offers) again (found by review). The profile keeps the last PURCHASED_ITEMS items bought. A
+    full-rank (seqlinear) version takes them another way, as the query's ``bought`` next to its history."""
+    from models.recs.recommender import write_artifacts
+    from models.recs.seqlinear import LinearConfig, SeqLinearModel
     from tidewater.recommending import PartitionPopularity
 
     catalogue = [f"i{i}" for i in range(40)]
-    recommender = VectorRecommender(tiny_recs_version(tmp_path / "v0001-aaa", items=catalogue)) if with_model \
-        else PartitionPopularity()
+    if served_by == "full_rank":
+        model = SeqLinearModel(LinearConfig(dim=4, threads=1), len(catalogue))
+        model.fit([np.random.default_rng(s).integers(0, len(catalogue), 12) for s in range(60)])
+        write_artifacts(tmp_path / "v0001-full", model, catalogue, np.arange(len(catalogue), 0, -1.0),
+                        index_kind="flat")
+        recommender = VectorRecommender(Recommender(tmp_path / "v0001-full", use_gpu=False))
+        assert recommender.reranks
+    elif served_by == "vector":
+        recommender = VectorRecommender(tiny_recs_version(tmp_path / "v0001-aaa", items=catalogue))
+    else:
+        recommender = PartitionPopularity()
     evs = [Click(event_id=f"o{i}", user_id=f"other{i}", ts=float(i), item_id="i0") for i in range(50)]  # i0 tops
     evs += [Click(event_id=f"p{j}-{n}", user_id=f"p{j}", ts=60.0 + j + n, item_id=f"i{j}")
             for j in range(20, 30) for n in range(2)]
