@@ -51,8 +51,12 @@ def test_a_score_that_knows_nothing_gives_no_lift():
     frame, churned = synthetic_log()
     profiles = build_profiles(frame, cutoff=100 * DAY)
     users = sorted(churned)
-    scores = np.random.default_rng(1).uniform(0.6, 1.0, len(users))
+    # scores across the threshold (0.6), so that they decide who is offered: from [0.6, 1] every customer passed
+    # it and the value rule alone chose, whatever the scores (found by review)
+    scores = np.random.default_rng(1).uniform(0.0, 1.0, len(users))
     result = offer_lift(profiles, churned, scores, None, 100 * DAY, CheckConfig())
+    everyone = offer_lift(profiles, churned, np.ones(len(users)), None, 100 * DAY, CheckConfig())
+    assert 0 < result["offers"] < 0.6 * everyone["offers"]  # the scores cut the offers: about 40 % pass
     assert abs(result["policy"]["lift"] - 1.0) < 0.2
 
 

@@ -136,7 +136,6 @@ def test_regression_record_returns_on_a_topic_that_keeps_receiving_records(monke
     """`record` waited for the end offsets *and* 2 s without a record: a topic written more often than that (live
     clicks, a busy dead-letter topic) was read without end and kept in memory (found by review). It now also
     stops ``idle_s`` after reaching the end offsets it started with."""
-    import time
     from types import SimpleNamespace
 
     import aiokafka
@@ -175,9 +174,7 @@ def test_regression_record_returns_on_a_topic_that_keeps_receiving_records(monke
             return self.next
 
     monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", LiveTopic)
-    started = time.monotonic()
     rows = asyncio.run(asyncio.wait_for(replay_mod.read_topic(Settings(), "clicks", idle_s=0.5), timeout=20))
-    assert time.monotonic() - started < 10
     assert [r[1] for r in rows[:3]] == [0, 1, 2] and len(rows) < 50  # the start's end, and about idle_s more
 
 
