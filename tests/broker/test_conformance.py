@@ -179,7 +179,8 @@ def test_group_rejoin_after_sigkill(broker, request, static):
     first = _start_probe(bs, topic, group, "member-1" if static else "")
     second = None
     try:
-        assert _wait_assigned(first, 45) == [0, 1]
+        if _wait_assigned(first, 45) != [0, 1]:  # not the defect: a failure, never the expected xfail (review)
+            pytest.fail("the first member never got its partitions")
         first.kill()  # SIGKILL: no LeaveGroup
         first.wait()
         second = _start_probe(bs, topic, group, "member-2" if static else "")
@@ -224,11 +225,14 @@ def test_compaction_removes_overwritten_values(broker, request):
         deadline = time.monotonic() + 20  # the cleaner runs on its own schedule: poll, do not bet on a sleep
         while True:
             values = await consume_all(bs, topic, 5, timeout=3)
-            if len(values) < 5 or time.monotonic() > deadline:
+            # compacted: the read reached the last value, with fewer records before it (a slow fetch that
+            # returned fewer records short of the end passed for compaction; found by review)
+            if (values and values[-1].value == b"4" and len(values) < 5) or time.monotonic() > deadline:
                 return values
             await asyncio.sleep(1)
 
-    assert len(run(scenario())) < 5
+    values = run(scenario())
+    assert values and values[-1].value == b"4" and len(values) < 5
 
 
 def test_transactions_read_committed(broker, request):

@@ -228,3 +228,21 @@ def test_regression_every_registry_command_reads_the_workers_registry_setting(tm
     monkeypatch.setenv("TIDEWATER_REGISTRY_DIR", str(tmp_path / "workers-registry"))
     _, out, err = run(args, capsys)
     assert str(tmp_path / "workers-registry") in out + err
+
+
+def test_regression_a_publish_numbers_its_version_under_the_registry_lock(tmp_path):
+    """Only the order (number after the write) was pinned: a publish without the lock passed every test, and two
+    processes could both number v0001 (found by review). While another holder has the lock, nothing is numbered."""
+    import threading
+
+    registry = Registry(tmp_path / "churn")
+    registry.root.mkdir(parents=True)  # publish makes it; here the lock is taken first
+    published: list[str] = []
+    with registry.lock():
+        thread = threading.Thread(target=lambda: published.append(
+            registry.publish(lambda d: (d / "weights.bin").write_bytes(b"w"), fingerprint="cccccccc")))
+        thread.start()
+        thread.join(1.0)  # without the lock it finishes well within this
+        assert thread.is_alive() and published == [] and registry.versions() == []
+    thread.join(30)
+    assert published == ["v0001-cccccccc"] and registry.current_version() == "v0001-cccccccc"
