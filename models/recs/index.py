@@ -8,8 +8,8 @@
 * Runs on GPU (``faiss.StandardGpuResources``) when faiss sees a GPU, else CPU; ``save``/``load`` always
   store the CPU index.
 * ``search_many(queries, k, exclude)`` removes consumed items by oversampling (k + the row's exclusions,
-  capped at the catalogue) and filtering, so every row gets k results when the catalogue has k unconsumed
-  items.
+  capped at the catalogue) and filtering, so every row of a flat index gets k results when the catalogue has k
+  unconsumed items (an IVF index can return fewer: the lists it probes may hold fewer than the width).
 * Every row is searched with a width of its own (``search_rows``): an approximate index's answer depends on
   the width (``ivfpq`` refines ``8 * width`` candidates), so a row's answer must not depend on which other
   rows share the call; otherwise a replay, batched differently, could recommend differently.
