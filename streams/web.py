@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 import msgspec
+from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,6 +20,7 @@ from tidewater.events import Clock, Rejected, decode_event, encode_event
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
 from tidewater.sources import topic_kind
+from yarl import URL
 
 log = logging.getLogger("tidewater.web")
 
@@ -91,12 +93,14 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             if rejected_total:  # all or nothing: the web tier fixes the batch and resends it
                 return self.json({"error": "invalid events", "rejected_total": rejected_total,
                                   "rejected": errors}, status=422)
-            failed, first_error = await _produce(topics, s.partitions, decoded)
+            failed, unanswered, first_error = await _produce(topics, s.partitions, decoded)
             if failed:  # 202 means Kafka has every event, not that the producer queued them
                 return self.json({"error": f"not every event reached Kafka ({first_error!r}): resend the events "
                                            "listed in failed_indices, only those (an event already stored is skipped "
-                                           "by its event_id only among its user's last 16)",
-                                  "failed_indices": failed, "accepted": len(decoded) - len(failed)}, status=503)
+                                           "by its event_id only among its user's last 16; those in "
+                                           "unconfirmed_indices were still on their way and may yet arrive)",
+                                  "failed_indices": failed, "unconfirmed_indices": unanswered,
+                                  "accepted": len(decoded) - len(failed)}, status=503)
             return self.json({"accepted": len(decoded)}, status=202)
 
     @app.page("/users/{user_id}/profile")
@@ -104,7 +108,7 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
         async def get(self, request: Request, user_id: str) -> Response:
             if not may_read(request):
                 return unauthorized(self, "TIDEWATER_READ_TOKEN")
-            owner = _owner(app, profiles, user_id)
+            owner = _owner(app, profiles, user_id, s.partitions)
             if owner is OWNER_UNKNOWN:  # a local 404 would say that a user another worker holds does not exist
                 return self.json({"error": "the worker owning this user is not known yet (starting or "
                                            "rebalancing): retry shortly"}, status=503, headers={"Retry-After": "2"})
@@ -198,14 +202,22 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, byte
 
 
 async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[int, Any, bytes]]
-                   ) -> tuple[list[int], BaseException | None]:
+                   ) -> tuple[list[int], list[int], BaseException | None]:
     """Send the events keyed by user (erasure requests with the clicks) and wait for Kafka; the clocks go out once,
     the latest, to every partition (one per clock event multiplied the sends for the same effect). Returns the
-    indices of the events not known to be in Kafka, and the first error."""
+    indices of the events not known to be in Kafka, those of them still unanswered at the deadline (they may yet
+    arrive), and the first error.
+
+    Within ``INGEST_DEADLINE_S`` in all, queueing included: the producer retries an unreachable Kafka for up to its
+    request timeout (20 min), queueing waits while a partition's batch is full, and the client, gone long before,
+    never learnt which events to resend (found by review)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + INGEST_DEADLINE_S
     sends: list[tuple[list[int], Any]] = []  # (indices of the events it carries, its delivery)
     clocks = [(i, e, v) for i, e, v in decoded if isinstance(e, Clock)]
     clock_indices = [i for i, _, _ in clocks]  # one list for all partitions' sends: queued only once all are
-    try:
+
+    async def queue_all() -> None:
         for i, event, value in decoded:
             if not isinstance(event, Clock):
                 sends.append(([i], await topics[topic_kind(event)].send(key=event.user_id.encode(), value=value)))
@@ -213,21 +225,25 @@ async def _produce(topics: dict[str, Any], partitions: int, decoded: list[tuple[
             latest = max(clocks, key=lambda c: c[1].ts)[2]
             for partition in range(partitions):  # = the topic's (checked at start)
                 sends.append((clock_indices, await topics["click"].send(value=latest, partition=partition)))
-    except Exception as exc:  # noqa: BLE001 - the rest could not even be queued
+
+    try:
+        await asyncio.wait_for(queue_all(), timeout=INGEST_DEADLINE_S)
+    except Exception as exc:  # noqa: BLE001 - the rest could not even be queued (an error, or the deadline)
+        if isinstance(exc, asyncio.TimeoutError):
+            exc = TimeoutError(f"not queued for Kafka within {INGEST_DEADLINE_S:g} s")
         # a clock sent to some partitions only is not in Kafka: its indices are among the failed
         queued = {i for indices, _ in sends if indices is not clock_indices for i in indices}
         sends.append(([i for i, _, _ in decoded if i not in queued], _failed(exc)))
-    # with a deadline: the producer retries an unreachable Kafka for up to its request timeout (20 min), and the
-    # client, gone long before, never learnt which events to resend (found by review)
     deliveries = [asyncio.ensure_future(delivery) for _, delivery in sends]
     if deliveries:
-        await asyncio.wait(deliveries, timeout=INGEST_DEADLINE_S)
-    results = [d.exception() or d.result() if d.done() and not d.cancelled() else
-               TimeoutError(f"not acknowledged by Kafka within {INGEST_DEADLINE_S:g} s") for d in deliveries]
+        await asyncio.wait(deliveries, timeout=max(0.0, deadline - loop.time()))
+    late = TimeoutError(f"not acknowledged by Kafka within {INGEST_DEADLINE_S:g} s")
+    results = [(d.exception() or d.result()) if d.done() else late for d in deliveries]
     errors = [r for r in results if isinstance(r, BaseException)]
     failed = sorted({i for (indices, _), result in zip(sends, results) if isinstance(result, BaseException)
                      for i in indices})
-    return failed, errors[0] if errors else None
+    unanswered = sorted({i for (indices, _), result in zip(sends, results) if result is late for i in indices})
+    return failed, unanswered, errors[0] if errors else None
 
 
 async def _failed(exc: BaseException) -> None:
@@ -237,16 +253,24 @@ async def _failed(exc: BaseException) -> None:
 OWNER_UNKNOWN = object()
 
 
-def _owner(app: faust.App, table: Any, user_id: str) -> Any:
-    """The URL of the worker that owns ``user_id``'s partition, None when it is this one, ``OWNER_UNKNOWN`` while
-    no assignment is known (starting, rebalancing: it was answered here, a 404 for a user another worker holds;
-    found by review)."""
-    try:
-        url = app.router.key_store(table.name, user_id)
-    except Exception:  # noqa: BLE001 - no assignment known yet (starting, rebalancing)
+_PARTITIONER = DefaultPartitioner()
+
+
+def _owner(app: faust.App, table: Any, user_id: str, partitions: int) -> Any:
+    """The URL of the worker that owns ``user_id``'s partition (the producers' default partitioner over
+    ``partitions``, as every input is keyed), None when it is this one, ``OWNER_UNKNOWN`` while the group's
+    assignment does not name one (starting, rebalancing: it was answered here, a 404 for a user another worker
+    holds; found by review). Faust's ``key_store`` hashed through its producer's metadata, which knows only the
+    topics it has sent to: on a worker that had not written the changelog yet it raised every time."""
+    from faust.types import TP
+
+    parts = list(range(partitions))
+    partition = _PARTITIONER(user_id.encode(), parts, parts)
+    url = app.assignor._tps_url.get(TP(table.changelog_topic.get_topic_name(), partition))
+    if url is None:
         return OWNER_UNKNOWN
     ident = app.router._urlident
-    return None if ident(url) == ident(app.conf.canonical_url) else url
+    return None if ident(URL(url)) == ident(app.conf.canonical_url) else URL(url)
 
 
 async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> Response:
@@ -276,12 +300,11 @@ async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> 
 def forward_url(owner: Any, rel_url: Any) -> Any:
     """The owner's scheme, host and port with this request's path and query (the incoming request's scheme was
     kept: an owner announced as https://w2 was asked at http://w2:443; found by review)."""
-    from yarl import URL
-
     owner = URL(str(owner))
-    # the path as it came, still encoded: a user id with a "/" (%2F) must not become two path segments
-    return URL.build(scheme=owner.scheme, host=owner.raw_host or "", port=owner.explicit_port,
-                     path=rel_url.raw_path, query_string=rel_url.raw_query_string, encoded=True)
+    # the path as it came, still encoded: a user id with a "/" (%2F) must not become two path segments; the
+    # authority as the owner gave it (an IPv6 host keeps its brackets)
+    return URL.build(scheme=owner.scheme, authority=owner.raw_authority, path=rel_url.raw_path,
+                     query_string=rel_url.raw_query_string, encoded=True)
 
 
 def dashboard_data(s: Settings, pipeline: Any, live: Any, now: float | None = None) -> dict[str, Any]:

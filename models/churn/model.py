@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +146,11 @@ class ChurnTransformer(nn.Module):
         n_sum = F.N_SUMMARY if cfg.use_summary else 0
         self.register_buffer("summary_mean", torch.zeros(F.N_SUMMARY))
         self.register_buffer("summary_std", torch.ones(F.N_SUMMARY))
+        # the training users' range of each summary feature: the stream scores customers unlike any trained on
+        # (a day old, where every CDNOW training user was 190 to 273 days old: 47 standard deviations out, and the
+        # regressions extrapolated to a churn of 0.21 and 9 purchases; found by review), so serving stays inside it
+        self.register_buffer("summary_low", torch.full((F.N_SUMMARY,), -math.inf))
+        self.register_buffer("summary_high", torch.full((F.N_SUMMARY,), math.inf))
         self.head = nn.Sequential(
             nn.Linear(2 * h + n_sum, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, 2),
         )
@@ -155,6 +161,9 @@ class ChurnTransformer(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
         self.register_buffer("forecast_shift", torch.zeros(()))
+        # the most a forecast may say: twice what any training user bought in the horizon (a burst of purchases
+        # seconds apart extrapolated to 1e17; found by review)
+        self.register_buffer("forecast_max", torch.full((), math.inf))
 
     # ---------------------------------------------------------------------------------------
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -187,8 +196,10 @@ class ChurnTransformer(nn.Module):
         return out[:, 0], out[:, 1]
 
     def standardised_summary(self, summary: torch.Tensor) -> torch.Tensor:
-        """The RFM summary as the head and the linear path see it (training users' mean and std)."""
-        return (summary - self.summary_mean) / self.summary_std
+        """The RFM summary as the head and the linear path see it: inside the training users' range, standardised
+        by their mean and std."""
+        return (torch.minimum(torch.maximum(summary, self.summary_low), self.summary_high) - self.summary_mean) \
+            / self.summary_std
 
     def encoder_contributes(self) -> bool:
         """False when the deep head's output layer is all zeros (fine-tuning kept the GLM start): the outputs
@@ -204,7 +215,7 @@ class ChurnTransformer(nn.Module):
     def calibrated(self, logit: torch.Tensor, log_rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs -> (churn probability, expected purchases), in float32 whatever the compute dtype."""
         prob = torch.sigmoid(logit.float() / self.temperature + self.bias)
-        rate = torch.exp(log_rate.float() + self.forecast_shift)
+        rate = torch.exp(log_rate.float() + self.forecast_shift).clamp(max=float(self.forecast_max))
         return prob, rate
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

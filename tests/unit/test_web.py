@@ -77,8 +77,9 @@ def worker(tmp_path, monkeypatch):
     asyncio.set_event_loop(None)
 
 
-def call(w, method: str, path: str, body=None, headers=None):
-    """(status, JSON or text, headers) of one request to the test worker ``w``."""
+def call(w, method: str, path: str, body=None, headers=None, timeout: float = 60.0):
+    """(status, JSON or text, headers) of one request to the test worker ``w``; a reply that takes longer than
+    ``timeout`` fails the test instead of hanging it."""
     async def run():
         resp = await w.client.request(method, path, data=None if body is None else json.dumps(body),
                                       headers=headers or {})
@@ -88,7 +89,15 @@ def call(w, method: str, path: str, body=None, headers=None):
         except ValueError:
             return resp.status, text, resp.headers
 
-    return w.loop.run_until_complete(run())
+    return w.loop.run_until_complete(asyncio.wait_for(run(), timeout))
+
+
+def owned_by(w, url: str) -> None:
+    """Every partition of the profiles table assigned to the worker at ``url``, as the group's assignment says."""
+    from faust.types import TP
+
+    topic = w.app.tables["profiles"].changelog_topic.get_topic_name()
+    w.app.assignor._tps_url = {TP(topic, p): url for p in range(w.settings.partitions)}
 
 
 def clicks(n: int, user: str = "u1", ts: float = 1_700_000_000.0) -> list[dict]:
@@ -143,12 +152,19 @@ def test_regression_an_event_kafka_does_not_acknowledge_is_answered_by_a_deadlin
         return future
 
     monkeypatch.setattr(Topic, "send", send)
-    status, body, _ = call(w, "POST", "/events", clicks(3), AUTH)
+    status, body, _ = call(w, "POST", "/events", clicks(3), AUTH, timeout=10)
     assert status == 503 and body["failed_indices"] == [1] and body["accepted"] == 2
-    assert "within 0.2 s" in body["error"]
+    assert body["unconfirmed_indices"] == [1] and "within 0.2 s" in body["error"]
+
+    async def stuck(topic, key=None, value=None, partition=None, **_):  # the partition's batch full: queueing waits
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(Topic, "send", stuck)
+    status, body, _ = call(w, "POST", "/events", clicks(2), AUTH, timeout=10)
+    assert status == 503 and body["failed_indices"] == [0, 1] and "not queued" in body["error"]
 
 
-def test_regression_a_forwarded_answer_keeps_the_owners_retry_after(worker, monkeypatch):
+def test_regression_a_forwarded_answer_keeps_the_owners_retry_after(worker):
     """The owner's 503 + Retry-After (its partition moving) reached the client without the header (review)."""
     from aiohttp import web as aioweb
 
@@ -162,8 +178,7 @@ def test_regression_a_forwarded_answer_keeps_the_owners_retry_after(worker, monk
     owner = TestServer(owner_app, loop=w.loop)
     w.loop.run_until_complete(owner.start_server())
     try:
-        monkeypatch.setattr(type(w.app.router), "key_store",
-                            lambda self, table, key: URL(f"http://127.0.0.1:{owner.port}"))
+        owned_by(w, f"http://127.0.0.1:{owner.port}")
         status, body, headers = call(w, "GET", "/users/u1/profile")
         assert status == 503 and body == {"error": "moving"} and headers["Retry-After"] == "7"
     finally:
@@ -176,6 +191,8 @@ def test_regression_a_forwarded_request_goes_to_the_owners_scheme_host_and_port(
         "https://w2.internal/users/u%201/profile?x=1"
     assert str(web.forward_url(URL("http://10.0.0.7:6066"), URL("/users/u%2F1/profile", encoded=True))) == \
         "http://10.0.0.7:6066/users/u%2F1/profile"  # a "/" in a user id stays one segment
+    assert str(web.forward_url(URL("http://[::1]:6066"), URL("/users/u1/profile"))) == \
+        "http://[::1]:6066/users/u1/profile"
 
 
 def test_regression_clock_events_of_a_request_go_out_once_per_partition(worker):
@@ -217,22 +234,22 @@ def test_regression_the_bearer_scheme_is_case_insensitive_and_a_401_says_which(w
     assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_regression_a_profile_whose_owner_is_not_known_yet_is_a_503_not_a_404(worker, monkeypatch):
+def test_regression_a_profile_whose_owner_is_not_known_yet_is_a_503_not_a_404(worker):
     """With no assignment known (starting, rebalancing) the request was answered here: a 404 for a user another
     worker holds (found by review)."""
     w = worker()
     status, body, headers = call(w, "GET", "/users/u1/profile")  # the test app never joins a group
     assert status == 503 and "not known yet" in body["error"] and headers["Retry-After"] == "2"
-    monkeypatch.setattr(type(w.app.router), "key_store", lambda self, table, key: URL(w.app.conf.canonical_url))
+    owned_by(w, str(w.app.conf.canonical_url))
     assert call(w, "GET", "/users/u1/profile")[0] == 404  # this worker's own partition: it has no such user
 
 
-def test_regression_users_data_views_take_the_read_token(worker, monkeypatch):
+def test_regression_users_data_views_take_the_read_token(worker):
     """Profiles, the dashboard's data (user ids of recent offers) and the stats were open to anyone who reached
     the port (found by review). With TIDEWATER_READ_TOKEN they need it as a bearer token (the page sends its own
     ?token= so)."""
     w = worker(TIDEWATER_READ_TOKEN="reader")
-    monkeypatch.setattr(type(w.app.router), "key_store", lambda self, table, key: URL(w.app.conf.canonical_url))
+    owned_by(w, str(w.app.conf.canonical_url))
     for path in ("/users/u1/profile", "/dashboard.json", "/stats"):
         assert call(w, "GET", path)[0] == 401, path
         assert call(w, "GET", path, headers={"Authorization": "Bearer reader"})[0] in (200, 404), path
@@ -251,11 +268,11 @@ def test_regression_faust_table_and_router_views_are_not_served(tmp_path):
     assert conf.web_tables_enabled is False and conf.web_router_enabled is False
 
 
-def test_regression_a_profile_request_is_forwarded_once_and_an_unreachable_owner_is_a_503(worker, monkeypatch):
+def test_regression_a_profile_request_is_forwarded_once_and_an_unreachable_owner_is_a_503(worker):
     """Routed by Faust's table_route, a request bounced between two workers that disagreed on the owner until the
     connection pool was full, and an unreachable owner gave a 500 with a traceback (found by review)."""
     w = worker()
-    monkeypatch.setattr(type(w.app.router), "key_store", lambda self, table, key: URL("http://127.0.0.1:1"))
+    owned_by(w, "http://127.0.0.1:1")
     status, body, headers = call(w, "GET", "/users/u1/profile")
     assert status == 503 and "did not answer" in body["error"] and headers["Retry-After"]
     status, body, _ = call(w, "GET", "/users/u1/profile", headers={web.ROUTED_HEADER: "1"})
