@@ -218,7 +218,7 @@ class Settings:
     read_token: Secret = setting(
         Secret(""), "TIDEWATER_READ_TOKEN",
         "Bearer token required by the views that show users' data: GET /users/{id}/profile, /dashboard.json, "
-        "/stats (secret; the dashboard page takes it as ?token=). Empty: those views are open, so bind "
+        "/stats (secret; the dashboard page takes it as #token=). Empty: those views are open, so bind "
         "TIDEWATER_WEB_HOST to a private network.")
 
     @classmethod

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
@@ -178,3 +179,18 @@ def test_dashboard_page_renders_live_numbers_in_chromium(deployment, tmp_path):
     assert re.search(r'tidewater_consumer_lag\{partition="\d+",topic="[^"]+-clicks"\} 0\.0', metrics), metrics[-2000:]
     print(json.dumps({"test_seconds": round(time.monotonic() - started, 1), "processed": data["processed"],
                       "churn": churn, "offers": data["outputs"]["offers"], "p50_ms": data["batch_latency"]["p50_ms"]}))
+
+
+def test_regression_the_page_sends_the_read_token_from_its_fragment(deployment, tmp_path):
+    """With TIDEWATER_READ_TOKEN the page took the token from its query string (``?token=``), where proxies and
+    browser history keep it, and the worker took it there too (found by review). The page now reads it from its
+    fragment, which the browser never sends, and passes it on as a bearer token."""
+    chromium()
+    deployment.env["TIDEWATER_READ_TOKEN"] = "reader"
+    worker = deployment.start_worker()
+    worker.wait_ready()
+    page = load(f"http://127.0.0.1:{worker.port}/dashboard#token=reader", tmp_path)  # live: its polls got data
+    assert page.number("processed") == 0
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the query string is not read
+        urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/dashboard.json?token=reader", timeout=5)
+    assert refused.value.code == 401
