@@ -105,7 +105,11 @@ def creation_outcome(name: str, topic_errors: list[tuple]) -> str:
 
 
 async def _partition_counts(admin, topics: list[str]) -> dict[str, int]:
-    """{topic: partition count} of ``topics`` (all existing), from one describe request."""
+    """{topic: partition count} of ``topics`` (all existing), from one describe request. None asked, none
+    described: an empty list asks the broker for every topic, and a worker on a cluster without its input topics
+    yet refused to start over other applications' topics (found by a test)."""
+    if not topics:
+        return {}
     return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(topics)}
 
 
@@ -114,22 +118,36 @@ async def _differing_configs(admin, specs: list[TopicSpec]) -> dict[str, list[st
     differ from their spec's: an existing topic is left as it is, and a changelog made before its tombstone
     retention was set (or not compacted at all) must not pass unnoticed. A config the broker does not report
     (Tansu lists only those set explicitly) is not judged."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    if not specs:
-        return {}
     by_name = {spec.name: spec for spec in specs}
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in by_name])
+    keys = {key for spec in specs for key in spec.configs}
+    actual = await _topic_configs(admin, list(by_name), *keys)
     differing: dict[str, list[str]] = {}
+    for (name, key), value in sorted(actual.items()):
+        wanted = by_name[name].configs.get(key)
+        if wanted is not None and value != wanted:
+            differing.setdefault(name, []).append(f"{key} is {value}, expected {wanted}")
+    return differing
+
+
+async def _topic_configs(admin, topics: list[str], *keys: str) -> dict[tuple[str, str], str]:
+    """{(topic, key): value} of the configs the broker reports for ``topics`` (DescribeConfigs); empty where it
+    answers with an error or not at all (a broker without the API: the configs are then not checked)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
+
+    if not topics:
+        return {}
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in topics])
+    except (KafkaError, OSError, ValueError) as exc:
+        log.warning("could not read the topics' configs (%r): not checked", exc)
+        return {}
+    found: dict[tuple[str, str], str] = {}
     for response in responses:
         for error_code, _message, _type, name, entries in (r[:5] for r in response.resources):
-            if error_code != 0 or name not in by_name:
-                continue
-            actual = {entry[0]: entry[1] for entry in entries}
-            for key, wanted in by_name[name].configs.items():
-                if key in actual and actual[key] != wanted:
-                    differing.setdefault(name, []).append(f"{key} is {actual[key]}, expected {wanted}")
-    return differing
+            if error_code == 0:
+                found.update({(name, entry[0]): entry[1] for entry in entries if entry[0] in keys})
+    return found
 
 
 def create_topics_sync(s: Settings) -> dict[str, str]:
@@ -140,6 +158,12 @@ async def input_partition_mismatches(s: Settings, wait_s: float = 0.0) -> list[s
     """Input topics that exist with another partition count than ``TIDEWATER_PARTITIONS``: the profile tables, the
     activity index rebuilt at an assignment and the offer-budget shares all assume the configured count. Retries
     reaching the cluster for ``wait_s`` seconds, then raises ``UserError``."""
+    return (await _startup_facts(s, wait_s))[0]
+
+
+async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float | None]:
+    """(the input partition problems, the shortest ``delete.retention.ms`` of the changelogs in seconds, None where
+    the broker does not say), from one admin connection."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
@@ -164,14 +188,28 @@ async def input_partition_mismatches(s: Settings, wait_s: float = 0.0) -> list[s
     try:
         existing = set(await admin.list_topics())
         counts = await _partition_counts(admin, [t for t in (s.topic_clicks, s.topic_purchases) if t in existing])
+        changelogs = [name for name in (spec.name for spec in topic_specs(s) if spec.compact) if name in existing]
+        retention = [float(value) / 1000 for value in
+                     (await _topic_configs(admin, changelogs, "delete.retention.ms")).values()]
     finally:
         await admin.close()
-    return [f"input topic {topic} has {n} partitions but TIDEWATER_PARTITIONS is {s.partitions}"
-            for topic, n in sorted(counts.items()) if n != s.partitions]
+    problems = [f"input topic {topic} has {n} partitions but TIDEWATER_PARTITIONS is {s.partitions}"
+                for topic, n in sorted(counts.items()) if n != s.partitions]
+    return problems, min(retention, default=None)
 
 
-def check_input_partitions(s: Settings) -> None:
-    """Refuse to start a worker on input topics partitioned otherwise than configured (a clear error)."""
-    problems = asyncio.run(input_partition_mismatches(s, wait_s=s.broker_wait_s))
+def check_topics(s: Settings) -> Settings:
+    """Refuse to start a worker on input topics partitioned otherwise than configured (a clear error). Returns the
+    settings with the changelogs' actual tombstone retention where it is shorter than TIDEWATER_TOMBSTONE_RETENTION_S
+    (changelogs created before it was set keep Kafka's 1 day): the worker's stale-store rule must follow the
+    topics' (found by review)."""
+    problems, retention = asyncio.run(_startup_facts(s, wait_s=s.broker_wait_s))
     if problems:
         raise UserError("; ".join(problems) + ": set TIDEWATER_PARTITIONS to the topics' partition count")
+    if retention is not None and retention < s.tombstone_retention_s:
+        log.warning("the changelogs keep deletions %.1f h (delete.retention.ms), less than "
+                    "TIDEWATER_TOMBSTONE_RETENTION_S (%.1f h): local stores older than %.1f h are restored in full; "
+                    "`tidewater topics create` shows how to change the topics", retention / 3600,
+                    s.tombstone_retention_s / 3600, retention / 7200)
+        return s.replace(tombstone_retention_s=retention)
+    return s

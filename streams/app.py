@@ -32,7 +32,7 @@ from streams import metrics
 from streams.ingress import ack_records, hold_back, install_batch_drain
 from streams.kafka_config import faust_credentials, set_fetch_max_wait
 from streams.live_stats import LiveStats
-from streams.local_state import guard_against_stale_partitions
+from streams.local_state import guard_against_stale_partitions, mark_caught_up, mark_open_partitions_caught_up
 from streams.producing import BatchSender, delivered
 from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
@@ -597,6 +597,7 @@ class Pipeline:
                 offset = last.get((topic, partition))
                 if offset is not None:
                     table.data.set_persisted_offset(TP(topic, partition), offset)
+                mark_caught_up(table.data, partition)  # this worker writes the partition: its store is current
 
     def _ack(self, done: list[Any]) -> None:
         """Ack applied records per topic partition (in the order applied, which is offset order within one)."""
@@ -820,6 +821,11 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
                        extra_topic_configs=retention)
     for table in (profiles, states):  # a local store too old to have seen every deletion is restored in full
         guard_against_stale_partitions(table.data, s.tombstone_retention_s)
+
+        async def recovered(store: Any = table.data) -> None:  # caught up with the changelog: say so
+            mark_open_partitions_caught_up(store)
+
+        table.on_recover(recovered)
     pipeline = Pipeline(app, s, profiles, states, outputs, engine_factory=engine_factory)
     for topic in s.input_topics:  # at 0 from the start: "nothing applied yet" is a series an alert can read
         metrics.EVENTS_IN.labels(topic)

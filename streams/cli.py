@@ -59,10 +59,12 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
 
         from streams.app import create_app
 
-        from infra.topics import check_input_partitions
+        from infra.topics import check_topics
 
         writable_dir(s.data_dir, "TIDEWATER_DATA_DIR")  # before Kafka is waited for and the models load
-        check_input_partitions(s)  # the tables, the activity index and the offer-budget shares assume the count
+        # the tables, the activity index and the offer-budget shares assume the partition count; the stale-store
+        # rule follows the changelogs' actual tombstone retention
+        s = check_topics(s)
         faust_app = create_app(s)
         faust_app.tidewater.preload_models()  # type: ignore[attr-defined]
         Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()

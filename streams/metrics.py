@@ -51,8 +51,8 @@ RESTORED = Counter("tidewater_changelog_records_restored",
                    "(streams/ingress.py restore_batch) or faust (its per-record path, for what the batch path "
                    "does not take)", ["table", "path"], registry=REGISTRY)
 STALE_STORES_DISCARDED = Counter(
-    "tidewater_stale_stores_discarded", "Local table partitions discarded at opening, last written longer ago than "
-    "half the changelogs' tombstone retention, and restored from the changelog (streams/local_state.py)",
+    "tidewater_stale_stores_discarded", "Local table partitions discarded at opening, last caught up longer ago "
+    "than half the changelogs' tombstone retention, and restored from the changelog (streams/local_state.py)",
     registry=REGISTRY)
 SCORING_ERRORS = Counter("tidewater_scoring_errors",
                          "Model calls that failed (raised, or a churn score that is not a finite number), by the "

@@ -73,9 +73,10 @@ class Settings:
     tombstone_retention_s: float = setting(
         7 * 86400.0, "TIDEWATER_TOMBSTONE_RETENTION_S",
         "How long the compacted changelogs keep deletions (their topics' delete.retention.ms, set by `tidewater "
-        "topics create`). A worker's local store of a partition last written more than half this long ago is "
-        "discarded and restored from the changelog: a deletion (an erasure) compacted away meanwhile would never "
-        "reach it, and the deleted profile would come back.")
+        "topics create`). A worker's local store of a partition last caught up with its changelog more than half "
+        "this long ago is discarded and restored from the changelog: a deletion (an erasure) compacted away "
+        "meanwhile would never reach it, and the deleted profile would come back. A worker follows the "
+        "changelogs' own delete.retention.ms where it is shorter.")
     registry_dir: str = setting("var/registry", "TIDEWATER_REGISTRY_DIR",
                                 "Model registry root (churn/, recs/ with versioned artifacts).")
     model_poll_s: float = setting(5.0, "TIDEWATER_MODEL_POLL_S",

@@ -56,3 +56,24 @@ def test_regression_an_existing_topic_with_other_configs_is_reported_not_passed_
     assert outcome[f"{prefix}-other"] == "created"
     assert asyncio.run(create_topics(s, made_elsewhere)) == {f"{prefix}-changelog": "exists",
                                                            f"{prefix}-log": "exists"}
+
+
+def test_regression_a_worker_follows_the_changelogs_actual_tombstone_retention(broker):
+    """The stale-store rule assumed TIDEWATER_TOMBSTONE_RETENTION_S (7 days), but changelogs created before it was
+    set keep Kafka's 1 day: stores 1 to 3.5 days old could still miss a deletion (found by review). The worker
+    reads the changelogs' delete.retention.ms at start and follows the shorter."""
+    from dataclasses import replace
+
+    from infra.topics import check_topics, topic_specs
+
+    prefix = "r" + uuid.uuid4().hex[:8]
+    s = Settings.from_env(environ=dict(TIDEWATER_BOOTSTRAP_SERVERS=broker.bootstrap_servers, TIDEWATER_APP_ID=prefix,
+                                       TIDEWATER_TOPIC_CLICKS=f"{prefix}-clicks",
+                                       TIDEWATER_TOPIC_PURCHASES=f"{prefix}-purchases", TIDEWATER_PARTITIONS="2"))
+    # another application's topic, partitioned otherwise: with no input topic yet, the check described every topic
+    # of the cluster and refused to start over it (found by this test)
+    asyncio.run(create_topics(s, [TopicSpec(f"{prefix}-unrelated", 3)]))
+    assert check_topics(s).tombstone_retention_s == s.tombstone_retention_s  # no changelog yet: the setting
+    old = [replace(spec, tombstone_retention_s=86400.0 if spec.compact else None) for spec in topic_specs(s)]
+    asyncio.run(create_topics(s, old))
+    assert check_topics(s).tombstone_retention_s == 86400.0

@@ -5,10 +5,11 @@ import gc
 import os
 import time
 
+import pytest
 from faust.types import TP
 
 from streams import metrics
-from streams.local_state import discard_if_stale, last_written
+from streams.local_state import caught_up_marker, mark_caught_up, mark_open_partitions_caught_up
 from streams.table_io import PartitionTable
 from tests.unit.pipelines import offline_pipeline
 
@@ -17,14 +18,22 @@ DAY = 86400.0
 
 def _age(path, seconds: float) -> None:
     then = time.time() - seconds
-    for f in path.iterdir():
-        os.utime(f, (then, then))
+    os.utime(path, (then, then))
 
 
 def _closed(table, partition: int) -> None:
     """What a revocation (or a stop) leaves: the partition's database closed, its files on disk."""
     table.data._dbs.pop(partition).close()
     gc.collect()
+
+
+def _stored(table, partition: int, mark: bool = True) -> None:
+    """A batch written to ``partition`` (as Pipeline._write does), then the partition closed."""
+    PartitionTable(table, partition).put_many([(f"user-{partition}".encode(), b"profile")])
+    table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), partition), 41)
+    if mark:
+        mark_caught_up(table.data, partition)
+    _closed(table, partition)
 
 
 def test_regression_a_partition_store_older_than_half_the_tombstone_retention_is_restored_in_full(tmp_path):
@@ -35,28 +44,60 @@ def test_regression_a_partition_store_older_than_half_the_tombstone_retention_is
     table = pipeline.profiles
     changelog = table.changelog_topic.get_topic_name()
     for partition in (1, 2):
-        PartitionTable(table, partition).put_many([(f"user-{partition}".encode(), b"profile")])
-        table.data.set_persisted_offset(TP(changelog, partition), 41)
-        _closed(table, partition)
-    path_1, path_2 = table.data.partition_path(1), table.data.partition_path(2)
-    _age(path_1, 4 * DAY)  # older than half the retention: compaction may have dropped a tombstone since
-    _age(path_2, 3 * DAY)
+        _stored(table, partition)
+    _stored(table, 3, mark=False)  # written before the marker existed, or never caught up: its age is unknown
+    _age(caught_up_marker(table.data.partition_path(1)), 4 * DAY)  # past half the retention
+    _age(caught_up_marker(table.data.partition_path(2)), 3 * DAY)
     before = metrics.STALE_STORES_DISCARDED._value.get()
     assert PartitionTable(table, 1).get(b"user-1") is None
     assert table.data.persisted_offset(TP(changelog, 1)) is None  # restored from the changelog's start
     assert PartitionTable(table, 2).get(b"user-2") == b"profile"
     assert table.data.persisted_offset(TP(changelog, 2)) == 41
-    assert metrics.STALE_STORES_DISCARDED._value.get() == before + 1
+    assert PartitionTable(table, 3).get(b"user-3") is None
+    assert metrics.STALE_STORES_DISCARDED._value.get() == before + 2
+    assert not caught_up_marker(table.data.partition_path(1)).exists()  # its age starts again when caught up
 
 
-def test_rocksdbs_own_log_does_not_count_as_a_write(tmp_path):
-    """An open database appends statistics to its LOG every few minutes without any write."""
-    db = tmp_path / "table-0.db"
-    db.mkdir()
-    (db / "000007.sst").write_bytes(b"x")
-    (db / "LOG").write_text("stats")
-    _age(db, 10 * DAY)
-    os.utime(db / "LOG")  # just now
-    assert abs(last_written(db) - (time.time() - 10 * DAY)) < 60
-    assert discard_if_stale(db, 5 * DAY, time.time()) and not db.exists()
-    assert not discard_if_stale(tmp_path / "never-written.db", 1.0, time.time())
+def test_regression_opening_a_store_does_not_make_it_fresh(tmp_path):
+    """The age was read from RocksDB's own files, and opening a database writes a new log, manifest and options
+    file: a store opened again and again without catching up (a crash loop, rebalances during its restore)
+    looked fresh each time (found by review). Only being caught up counts."""
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.profiles
+    _stored(table, 1)
+    marker = caught_up_marker(table.data.partition_path(1))
+    _age(marker, 2 * DAY)
+    assert PartitionTable(table, 1).get(b"user-1") == b"profile"  # opened, not caught up: the age stays
+    _closed(table, 1)
+    _age(marker, 4 * DAY)
+    assert PartitionTable(table, 1).get(b"user-1") is None
+
+
+def test_regression_a_store_still_open_elsewhere_keeps_its_files(tmp_path):
+    """The stale store was deleted before RocksDB's lock was taken: with a handle still open (Faust does not close
+    a revoked partition's database; another worker on the same directory) the files went and the open failed
+    (found by review). The open comes first, so it fails with the files in place."""
+    from rocksdict import Rdict
+
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.profiles
+    _stored(table, 1)
+    path = table.data.partition_path(1)
+    elsewhere = Rdict(str(path))  # holds the database's lock
+    for f in [caught_up_marker(path), *path.iterdir()]:  # stale by any reckoning
+        _age(f, 9 * DAY)
+    try:
+        with pytest.raises(Exception, match="(?i)lock"):
+            table.data._open_for_partition(1)
+        assert elsewhere[b"user-1"] == b"profile" and (path / "CURRENT").exists()  # the files are still there
+    finally:
+        elsewhere.close()
+
+
+def test_a_recovery_marks_every_open_partition_caught_up(tmp_path):
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.states
+    for partition in (0, 2):
+        PartitionTable(table, partition).put_many([(b"p", b"s")])
+    mark_open_partitions_caught_up(table.data)
+    assert [caught_up_marker(table.data.partition_path(p)).exists() for p in range(4)] == [True, False, True, False]
