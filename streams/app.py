@@ -215,9 +215,11 @@ class Pipeline:
         # records held in the engines' event-time merges: past this, the topic partitions they belong to (those
         # ahead in event time) are not fetched until the merges release some (``_hold_back``). Unbounded, a
         # source behind but delivering nothing (its leader gone) held back every record of the other one, none
-        # acked, in memory while that one had a backlog (found by review); the wait counts as starved time, and
-        # the merge's idle rule releases the held records
+        # acked, in memory while that one had a backlog (found by review). Such a source is declared idle only
+        # after starved time, which accrues while the whole worker has no input: with a backlog on other
+        # partitions its records stay held (and its partner topic unfetched) until that backlog is done
         self.held_max = self.inbox_max * 10
+        self._holding_back = False  # past held_max, until the merges hold less than half of it
         self.wait_s = settings.batch_max_wait_ms / 1000.0
         self.idle_every_s = max(0.002, settings.source_idle_ms / 4000.0)  # idle sources released within 1/4
         self._sender: Any = None
@@ -318,9 +320,12 @@ class Pipeline:
 
     def _hold_back(self) -> None:
         """At the bound on held records, stop fetching the topic partitions whose records the merges hold (those
-        ahead in event time); the others, which the merges wait for, go on. Below it, fetch them all again."""
+        ahead in event time); the others, which the merges wait for, go on. Below half the bound, fetch them all
+        again (not at once below it: each batch would switch them back and forth)."""
+        held = self.held()
+        self._holding_back = held >= (self.held_max // 2 if self._holding_back else self.held_max)
         ahead: set[Any] = set()
-        if self.held() >= self.held_max:
+        if self._holding_back:
             for partition, engine in list(self.engines.items()):
                 topics = engine.sources_ahead() if hasattr(engine, "sources_ahead") else \
                     (self.settings.input_topics if engine.pending() else ())  # other engines (bench): all
@@ -688,9 +693,12 @@ class Pipeline:
                     self.dropped_at_rebalance += engine.pending()
                     engine.drop_pending()
                 self.stores.pop(partition, None)
+                buffered = getattr(self.app.consumer, "_buffered_partitions", set())
                 for topic in self.settings.input_topics:
                     self.handed_over.pop((topic, partition), None)
                     self.delivered.pop((topic, partition), None)
+                    # held back (``_hold_back``): no longer, or the drain would still take a fetch of it
+                    buffered.discard(TP(topic, partition))
             # set at each flush, and a worker left with no partition flushes no more: it kept the old count
             metrics.PENDING.set(self.held())
             # the stores are gone: the stages send these partitions' batches but neither store nor ack them
