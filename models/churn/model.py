@@ -207,11 +207,6 @@ class ChurnTransformer(nn.Module):
         last = self.head[-1]
         return self.wide is None or bool(last.weight.any()) or bool(last.bias.any())
 
-    def raw_outputs_from_summary(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`raw_outputs` without the encoder, exact when :meth:`encoder_contributes` is False."""
-        out = self.wide(self.standardised_summary(summary))
-        return out[:, 0], out[:, 1]
-
     def calibrated(self, logit: torch.Tensor, log_rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs -> (churn probability, expected purchases), in float32 whatever the compute dtype."""
         prob = torch.sigmoid(logit.float() / self.temperature + self.bias)
