@@ -7,7 +7,7 @@ TORCH_INDEX ?=
 
 .PHONY: install models chromium run test test-fast bench bench-live schemas clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile  # the torch and recbole pins are in the recipe below
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build). Here pip's find-links hold

@@ -142,13 +142,15 @@ async def count_topic(bs: str, topic: str) -> int:
 def ensure_peer(name: str) -> Path | None:
     venv_dir, packages = PEERS[name]
     python = PEER_VENVS / venv_dir / "bin" / "python"
-    if not python.exists():
+    installed = PEER_VENVS / venv_dir / ".installed"  # written after a successful install: a venv whose install
+    if not installed.exists():                       # failed was taken as ready, and the peer ran without it
         log(f"installing {name} into {python.parent.parent} (once)")
         subprocess.run([sys.executable, "-m", "venv", str(python.parent.parent)], check=True)
         r = subprocess.run([str(python), "-m", "pip", "install", "-q", *packages], capture_output=True, text=True)
         if r.returncode != 0:
             log(f"could not install {name}: {r.stderr[-500:]}")
             return None
+        installed.write_text(" ".join(packages) + "\n")
     return python
 
 
