@@ -50,7 +50,7 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
     def may_read(request: Request) -> bool:
         """The views with users' data: open without TIDEWATER_READ_TOKEN, else its bearer token. Not in the query
         string: there it ended up in proxy logs, browser history and the forwarded URL (found by review); the
-        dashboard page reads its own ?token= and sends it as a bearer token."""
+        dashboard page reads its own #token= and sends it as a bearer token."""
         token = s.read_token.reveal()
         return not token or bearer_ok(request, token)
 
