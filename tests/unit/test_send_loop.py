@@ -175,7 +175,7 @@ def test_regression_a_revocation_waits_until_computed_batches_are_sent_and_acks_
     pipeline.__dict__.update(
         lock=asyncio.Lock(), revocations=0, dropped_at_rebalance=0, inbox=[], cache=Meta(forget=lambda: None),
         _space=asyncio.Event(), engines={}, stores={0: "stores-0", 1: "stores-1"}, handed_over={}, delivered={},
-        held=lambda: 0,
+        held=lambda: 0, app=Meta(consumer=Meta(_buffered_partitions=set())),
         settings=Meta(input_topics=("clicks", "purchases"), rebalance_timeout_s=60.0))
     mine, theirs = Meta(partition=1, offset=5), Meta(partition=0, offset=9)
 
