@@ -116,6 +116,9 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 return await _forward(self, app, request, owner)
             raw = profiles.get(user_id.encode())
             if raw is None:
+                if app.in_recovery or app.rebalancing:  # the profile may be in the changelog, not restored yet
+                    return self.json({"error": "this worker is restoring its partitions: retry shortly"},
+                                     status=503, headers={"Retry-After": "2"})
                 return self.json({"error": f"no profile for user {user_id!r}"}, status=404)
             return self.json(profile_to_json(decode_profile(raw)))
 

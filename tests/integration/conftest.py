@@ -105,20 +105,25 @@ class Worker:
     def get(self, path: str, attempts: int = 3):
         """GET a JSON path; None for a 404. A reply that times out or a refused connection is tried again while
         the worker runs: one slow reply (a backlog batch on the event loop, a starved CPU) is not a test failure
-        (found by review)."""
-        for attempt in range(attempts):
+        (found by review). A 503 with Retry-After (the owner not known yet, the partitions being restored) is
+        asked again for up to a minute."""
+        deadline = time.monotonic() + 60
+        attempt = 0
+        while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as resp:
                     return json.loads(resp.read())
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     return None
-                if exc.code == 503 and exc.headers.get("Retry-After") and attempt < attempts - 1:
-                    time.sleep(0.5)  # a profile whose owner is not known yet (rebalancing): asked again
+                if exc.code == 503 and exc.headers.get("Retry-After") and time.monotonic() < deadline \
+                        and self.proc.poll() is None:
+                    time.sleep(0.5)
                     continue
                 raise
             except OSError:  # URLError, a timeout, a reset
-                if attempt == attempts - 1 or self.proc.poll() is not None:
+                attempt += 1
+                if attempt >= attempts or self.proc.poll() is not None:
                     raise
                 time.sleep(0.5)
 

@@ -242,6 +242,11 @@ def test_regression_a_profile_whose_owner_is_not_known_yet_is_a_503_not_a_404(wo
     assert status == 503 and "not known yet" in body["error"] and headers["Retry-After"] == "2"
     owned_by(w, str(w.app.conf.canonical_url))
     assert call(w, "GET", "/users/u1/profile")[0] == 404  # this worker's own partition: it has no such user
+    # while it restores its partitions the user may be in the changelog still: a 404 said no such user (review)
+    w.app.in_recovery = True
+    status, body, headers = call(w, "GET", "/users/u1/profile")
+    assert status == 503 and "restoring" in body["error"] and headers["Retry-After"] == "2"
+    w.app.in_recovery = False
 
 
 def test_regression_users_data_views_take_the_read_token(worker):
