@@ -23,6 +23,7 @@ from tidewater.scoring import RingScorer
 log = logging.getLogger("tidewater.models")
 
 LOAD_ATTEMPTS = 3  # loads of one version before it is left alone (each poll interval apart)
+KEEP_ERROR_SERIES = 2  # tidewater_scoring_errors series kept per slot: the version in use and the one before
 SLOW_LOAD_S = 300.0  # a load running this long (a hung network mount, say) is logged, again at each multiple
 
 
@@ -34,6 +35,8 @@ class RegistrySlot:
     metric_kind = "model"  # the ``kind`` label of its metrics, as in ``tidewater_model_info``
     loaded: Any = None  # the registry version(s) in use; None: the placeholder
     current: Any
+    _error_series: list[str] = []  # the versions with a tidewater_scoring_errors series, oldest first (a new list
+    # per slot at its first _publish)
 
     def _wanted(self) -> Any:
         raise NotImplementedError
@@ -52,6 +55,15 @@ class RegistrySlot:
         # increase from a series that first appears already at 1 (a first failure would never alert)
         metrics.MODEL_LOAD_FAILURES.labels(self.metric_kind)
         metrics.SCORING_ERRORS.labels(self.current.version)
+        # one series per version ever served grew without end with retraining (found by review): the version in
+        # use and the one before it are kept (errors of its last batches still reach an alert's window)
+        served = self._error_series = [v for v in self._error_series if v != self.current.version]
+        served.append(self.current.version)
+        while len(served) > KEEP_ERROR_SERIES:
+            try:
+                metrics.SCORING_ERRORS.remove(served.pop(0))
+            except KeyError:
+                pass
 
     def _unpublish(self) -> None:
         for labels in self._gauge_labels():

@@ -267,3 +267,20 @@ def test_regression_a_start_up_load_that_hangs_is_logged_too(monkeypatch, caplog
     assert slot.current.version == "v1"
     assert any("loading model v1 has taken" in r.getMessage() for r in caplog.records)
     executor.shutdown(wait=True)
+
+
+def test_regression_scoring_error_series_do_not_grow_with_every_version_served():
+    """Each version served left a tidewater_scoring_errors series behind for good: with daily retraining, one
+    more series per day (found by review). The version in use and the one before it keep theirs."""
+    from streams import metrics
+
+    def series():
+        return sorted(s.labels["model_version"] for m in metrics.REGISTRY.collect()
+                      if m.name == "tidewater_scoring_errors" for s in m.samples
+                      if s.name.endswith("_total") and s.labels["model_version"].startswith("e-"))
+
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    for version in ("e-v1", "e-v2", "e-v3", "e-v4"):
+        slot.published = version
+        assert asyncio.run(slot.maybe_reload(executor)) is True
+    assert series() == ["e-v3", "e-v4"]
