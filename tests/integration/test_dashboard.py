@@ -191,6 +191,8 @@ def test_regression_the_page_sends_the_read_token_from_its_fragment(deployment, 
     worker.wait_ready()
     page = load(f"http://127.0.0.1:{worker.port}/dashboard#token=reader", tmp_path)  # live: its polls got data
     assert page.number("processed") == 0
+    # the footer's links to the views behind the token are hidden: a link cannot send it (they answered 401)
+    assert "hidden" in page.elements["token-links"]["attrs"] and "hidden" in page.elements["stats-link"]["attrs"]
     with pytest.raises(urllib.error.HTTPError) as refused:  # the query string is not read
         urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/dashboard.json?token=reader", timeout=5)
     assert refused.value.code == 401
