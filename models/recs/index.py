@@ -83,6 +83,7 @@ class ItemIndex:
         self.dim = dim
         self.nprobe = nprobe
         self._pos = {it: i for i, it in enumerate(self.item_ids)}
+        self.vectors_sha256: str | None = None  # of the item vectors it was built from (None: an older index)
         self._cpu_index = index
         self.on_gpu = False
         self._index = index
@@ -116,6 +117,17 @@ class ItemIndex:
               version: str | None = None, target_recall: float = 0.985, nlist: int | None = None,
               seed: int = 0, use_gpu: bool | None = None,
               calibration_queries: np.ndarray | None = None) -> "ItemIndex":
+        """An index of ``vectors``, which records their fingerprint (``vectors_fingerprint``): a recommender
+        refuses an index of other vectors over the same catalogue (another model's, say)."""
+        index = cls._build(item_ids, vectors, kind, version, target_recall, nlist, seed, use_gpu,
+                           calibration_queries)
+        index.vectors_sha256 = vectors_fingerprint(vectors)
+        return index
+
+    @classmethod
+    def _build(cls, item_ids: Sequence[str], vectors: np.ndarray, kind: str, version: str | None,
+               target_recall: float, nlist: int | None, seed: int, use_gpu: bool | None,
+               calibration_queries: np.ndarray | None) -> "ItemIndex":
         faiss = _faiss()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or len(x) != len(item_ids):
@@ -280,7 +292,8 @@ class ItemIndex:
         faiss.write_index(self._cpu_index, str(d / INDEX_FILE))
         (d / IDS_FILE).write_text(json.dumps(self.item_ids))
         (d / META_FILE).write_text(json.dumps({"version": self.version, "kind": self.kind, "dim": self.dim,
-                                               "nprobe": self.nprobe, "n_items": len(self.item_ids)}))
+                                               "nprobe": self.nprobe, "n_items": len(self.item_ids),
+                                               "vectors_sha256": self.vectors_sha256}))
         return d
 
     @classmethod
@@ -292,8 +305,18 @@ class ItemIndex:
         ids = json.loads((d / IDS_FILE).read_text())
         if index.ntotal != len(ids):
             raise ValueError(f"{d}: index has {index.ntotal} vectors for {len(ids)} item ids")
-        return cls(ids, index, meta["kind"], meta["version"], meta["dim"], nprobe=meta.get("nprobe"),
-                   use_gpu=use_gpu)
+        loaded = cls(ids, index, meta["kind"], meta["version"], meta["dim"], nprobe=meta.get("nprobe"),
+                     use_gpu=use_gpu)
+        loaded.vectors_sha256 = meta.get("vectors_sha256")
+        return loaded
+
+
+def vectors_fingerprint(vectors: np.ndarray) -> str:
+    """SHA-256 of the vectors as an index is built from them (float32, C order)."""
+    import hashlib
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    return hashlib.sha256(repr(x.shape).encode() + x.tobytes()).hexdigest()
 
 
 class HotSwapIndex:

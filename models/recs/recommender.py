@@ -25,7 +25,7 @@ from typing import AbstractSet, Sequence
 import numpy as np
 
 from models.recs import user_vector as uv
-from models.recs.index import HotSwapIndex, ItemIndex
+from models.recs.index import HotSwapIndex, ItemIndex, vectors_fingerprint
 from models.recs.rerank import RERANK_CANDIDATES, FullRankScorer, search_and_rerank
 
 
@@ -227,6 +227,11 @@ class Recommender:
                 raise ValueError(f"index {directory} does not match recs model {self.version}: dimension {new.dim} "
                                  f"(model {self.dim}), {len(new.item_ids)} items (model {len(self.item_ids)}"
                                  f"{', same count but other ids' if len(new.item_ids) == len(self.item_ids) else ''})")
+            # the same catalogue is not the same vectors: every retrain has it (an index of another model's
+            # vectors was served; found by review). Indexes saved before the fingerprint are taken on trust.
+            if new.vectors_sha256 is not None and new.vectors_sha256 != vectors_fingerprint(self.item_emb):
+                raise ValueError(f"index {directory} was built from other item vectors than recs model "
+                                 f"{self.version}'s (another model over the same catalogue)")
 
         return self.index.load_and_swap(directory, accept=matches).version
 

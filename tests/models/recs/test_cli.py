@@ -134,6 +134,12 @@ def test_train_publish_index_build_and_recommender(app, csv, tmp_path):
         with pytest.raises(ValueError, match="does not match recs model"):
             rec.swap_index(tmp_path / name)
         assert rec.index.version == serving
+    # the same catalogue and dimension but other vectors (another model's): refused too (found by review)
+    ItemIndex.build(rec.item_ids, rng.normal(size=(len(rec.item_ids), rec.dim)).astype(np.float32), kind="flat",
+                    version="other-vectors", use_gpu=False).save(tmp_path / "other-vectors")
+    with pytest.raises(ValueError, match="other item vectors"):
+        rec.swap_index(tmp_path / "other-vectors")
+    assert rec.index.version == serving
 
 
 def test_regression_training_on_a_log_without_sequences_is_a_user_error(app, tmp_path):
