@@ -35,8 +35,8 @@ class RegistrySlot:
     metric_kind = "model"  # the ``kind`` label of its metrics, as in ``tidewater_model_info``
     loaded: Any = None  # the registry version(s) in use; None: the placeholder
     current: Any
-    _error_series: list[str] = []  # the versions with a tidewater_scoring_errors series, oldest first (a new list
-    # per slot at its first _publish)
+    # versions with a tidewater_scoring_errors series, oldest first (each slot's own list from its first _publish)
+    _error_series: list[str] = []
 
     def _wanted(self) -> Any:
         raise NotImplementedError
