@@ -76,14 +76,14 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
 
 class ItemIndex:
     def __init__(self, item_ids: Sequence[str], index, kind: str, version: str, dim: int,
-                 nprobe: int | None = None, use_gpu: bool | None = None) -> None:
+                 nprobe: int | None = None, use_gpu: bool | None = None, vectors_sha256: str | None = None) -> None:
         self.item_ids = list(item_ids)
         self.kind = kind
         self.version = version
         self.dim = dim
         self.nprobe = nprobe
         self._pos = {it: i for i, it in enumerate(self.item_ids)}
-        self.vectors_sha256: str | None = None  # of the item vectors it was built from (None: an older index)
+        self.vectors_sha256 = vectors_sha256  # of the item vectors it was built from (None: an older index)
         self._cpu_index = index
         self.on_gpu = False
         self._index = index
@@ -119,19 +119,11 @@ class ItemIndex:
               calibration_queries: np.ndarray | None = None) -> "ItemIndex":
         """An index of ``vectors``, which records their fingerprint (``vectors_fingerprint``): a recommender
         refuses an index of other vectors over the same catalogue (another model's, say)."""
-        index = cls._build(item_ids, vectors, kind, version, target_recall, nlist, seed, use_gpu,
-                           calibration_queries)
-        index.vectors_sha256 = vectors_fingerprint(vectors)
-        return index
-
-    @classmethod
-    def _build(cls, item_ids: Sequence[str], vectors: np.ndarray, kind: str, version: str | None,
-               target_recall: float, nlist: int | None, seed: int, use_gpu: bool | None,
-               calibration_queries: np.ndarray | None) -> "ItemIndex":
         faiss = _faiss()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or len(x) != len(item_ids):
             raise ValueError(f"vectors must be (n_items, dim); got {x.shape} for {len(item_ids)} ids")
+        fingerprint = vectors_fingerprint(x)
         if len(set(item_ids)) != len(item_ids):
             raise ValueError("item ids must be unique")
         n, d = x.shape
@@ -143,7 +135,7 @@ class ItemIndex:
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
             index.add(x)
-            return cls(item_ids, index, "flat", version, d, use_gpu=use_gpu)
+            return cls(item_ids, index, "flat", version, d, use_gpu=use_gpu, vectors_sha256=fingerprint)
         if kind not in APPROX_KINDS:
             raise ValueError(f"unknown index kind {kind!r} (flat, ivf, ivfpq, auto)")
         if kind == "ivfpq" and d % 2:
@@ -162,7 +154,7 @@ class ItemIndex:
         ivf.cp.spherical = True  # unit-norm centroids: inner-product assignment is then well posed
         index.train(train)
         index.add(x)
-        out = cls(item_ids, index, kind, version, d, nprobe=1, use_gpu=use_gpu)
+        out = cls(item_ids, index, kind, version, d, nprobe=1, use_gpu=use_gpu, vectors_sha256=fingerprint)
         out.calibrate(x, target_recall=target_recall, seed=seed, queries=calibration_queries)
         return out
 
@@ -305,10 +297,8 @@ class ItemIndex:
         ids = json.loads((d / IDS_FILE).read_text())
         if index.ntotal != len(ids):
             raise ValueError(f"{d}: index has {index.ntotal} vectors for {len(ids)} item ids")
-        loaded = cls(ids, index, meta["kind"], meta["version"], meta["dim"], nprobe=meta.get("nprobe"),
-                     use_gpu=use_gpu)
-        loaded.vectors_sha256 = meta.get("vectors_sha256")
-        return loaded
+        return cls(ids, index, meta["kind"], meta["version"], meta["dim"], nprobe=meta.get("nprobe"),
+                   use_gpu=use_gpu, vectors_sha256=meta.get("vectors_sha256"))
 
 
 def vectors_fingerprint(vectors: np.ndarray) -> str:
