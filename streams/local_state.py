@@ -9,7 +9,7 @@ database is discarded when Faust opens it, and the partition is restored from th
 disk.
 
 Caught up: the worker touches a marker file beside the database (``<db>.caught-up``) when it has restored the
-partition and with every batch it writes there. The database's own files cannot tell: opening one writes a new
+partition and with the batches it writes there (at most once a minute). The database's own files cannot tell: opening one writes a new
 log, manifest and options file, so a database opened again and again without catching up looked fresh (found by
 review). A database without a marker (written before the marker existed, or never caught up) is discarded.
 """
@@ -30,10 +30,18 @@ def caught_up_marker(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".caught-up")
 
 
+MARK_EVERY_S = 60.0  # a marker is touched at most this often: its age is compared with days, and a touch per
+_marked: dict[Path, float] = {}  # batch was file I/O on the event loop's hot path (marker -> last touch, monotonic)
+
+
 def mark_caught_up(store: Any, partition: int) -> None:
     """The store's database of ``partition`` holds everything its changelog had up to now."""
     if hasattr(store, "partition_path"):
-        caught_up_marker(Path(store.partition_path(partition))).touch()
+        marker = caught_up_marker(Path(store.partition_path(partition)))
+        now = time.monotonic()
+        if now - _marked.get(marker, -MARK_EVERY_S) >= MARK_EVERY_S:
+            marker.touch()
+            _marked[marker] = now
 
 
 def mark_open_partitions_caught_up(store: Any) -> None:
@@ -75,6 +83,7 @@ def guard_against_stale_partitions(store: Any, tombstone_retention_s: float) -> 
                     "at an unknown time" if age == float("inf") else f"{age / 3600:.1f} h ago", max_age_s / 3600)
         shutil.rmtree(path)
         caught_up_marker(path).unlink(missing_ok=True)
+        _marked.pop(caught_up_marker(path), None)  # the next catch-up touches it again at once
         metrics.STALE_STORES_DISCARDED.inc()
         return open_partition(partition)
 

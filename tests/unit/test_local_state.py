@@ -101,3 +101,15 @@ def test_a_recovery_marks_every_open_partition_caught_up(tmp_path):
         PartitionTable(table, partition).put_many([(b"p", b"s")])
     mark_open_partitions_caught_up(table.data)
     assert [caught_up_marker(table.data.partition_path(p)).exists() for p in range(4)] == [True, False, True, False]
+
+
+def test_a_marker_is_touched_at_most_once_a_minute(tmp_path):
+    """A touch per batch was file I/O on the event loop's hot path; the age is compared with days."""
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.profiles
+    PartitionTable(table, 0).put_many([(b"u", b"p")])
+    mark_caught_up(table.data, 0)
+    marker = caught_up_marker(table.data.partition_path(0))
+    _age(marker, 30.0)
+    mark_caught_up(table.data, 0)  # the next batch, within the minute
+    assert time.time() - marker.stat().st_mtime >= 29.0
