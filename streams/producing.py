@@ -11,18 +11,27 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from aiokafka.partitioner import DefaultPartitioner
+
+
+_PARTITIONER = DefaultPartitioner()
+
+
+def key_partition(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition the producers' default partitioner (murmur2, as Kafka's Java client) gives ``key`` among
+    ``partitions`` (``list(range(n))``): where a user's events, profile and outputs live."""
+    return _PARTITIONER(key, partitions, partitions)
 
 
 def one_key_per_partition(prefix: str, partitions: int) -> dict[int, bytes]:
     """A key that the producer's partitioner sends to each partition (``prefix-0``, ``prefix-1``, ...: the first
     one found for each): probes that must reach every partition of a topic."""
-    choose, parts, keys, i = DefaultPartitioner(), list(range(partitions)), {}, 0
+    parts, keys, i = list(range(partitions)), {}, 0
     while len(keys) < partitions:
         key = f"{prefix}-{i}".encode()
-        keys.setdefault(choose(key, parts, parts), key)
+        keys.setdefault(key_partition(key, parts), key)
         i += 1
     return keys
 
@@ -54,10 +63,9 @@ class BatchSender:
     def __init__(self, faust_producer: Any, partitions: int) -> None:
         self.faust_producer = faust_producer
         self.all_partitions = list(range(partitions))
-        self.partitioner = DefaultPartitioner()
 
     def partition_for(self, key: bytes) -> int:
-        return self.partitioner(key, self.all_partitions, self.all_partitions)
+        return key_partition(key, self.all_partitions)
 
     async def send(self, records: Iterable[tuple[str, int | None, bytes, bytes | None]]) -> list[Delivery]:
         """Queue records (topic, partition or None for the key's partition, key, value) in one batch per topic

@@ -90,12 +90,11 @@ class PartitionTable:
                 if key != offset_key:
                     yield value
             return
-        from aiokafka.partitioner import DefaultPartitioner
+        from streams.producing import key_partition
 
-        choose = DefaultPartitioner()
         partitions = list(range(self.table.partitions or self.table.app.conf.topic_partitions))
         for key, value in list(self.table.data.items()):
-            if isinstance(key, bytes) and choose(key, partitions, partitions) == self.partition:
+            if isinstance(key, bytes) and key_partition(key, partitions) == self.partition:
                 yield value
 
     def items_with_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:

@@ -10,12 +10,12 @@ from typing import Any
 
 import faust
 import msgspec
-from aiokafka.partitioner import DefaultPartitioner
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import lag, metrics
 from streams.ingress import consumer_state
+from streams.producing import key_partition
 from tidewater.events import Clock, Rejected, decode_event, encode_event
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
@@ -256,9 +256,6 @@ async def _failed(exc: BaseException) -> None:
 OWNER_UNKNOWN = object()
 
 
-_PARTITIONER = DefaultPartitioner()
-
-
 def _owner(app: faust.App, table: Any, user_id: str, partitions: int) -> Any:
     """The URL of the worker that owns ``user_id``'s partition (the producers' default partitioner over
     ``partitions``, as every input is keyed), None when it is this one, ``OWNER_UNKNOWN`` while the group's
@@ -267,13 +264,12 @@ def _owner(app: faust.App, table: Any, user_id: str, partitions: int) -> Any:
     topics it has sent to: on a worker that had not written the changelog yet it raised every time."""
     from faust.types import TP
 
-    parts = list(range(partitions))
-    partition = _PARTITIONER(user_id.encode(), parts, parts)
+    partition = key_partition(user_id.encode(), list(range(partitions)))
     url = app.assignor._tps_url.get(TP(table.changelog_topic.get_topic_name(), partition))
     if url is None:
         return OWNER_UNKNOWN
-    ident = app.router._urlident
-    return None if ident(URL(url)) == ident(app.conf.canonical_url) else URL(url)
+    owner, ident = URL(url), app.router._urlident
+    return None if ident(owner) == ident(app.conf.canonical_url) else owner
 
 
 async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> Response:
