@@ -188,7 +188,7 @@ async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float |
     try:
         existing = set(await admin.list_topics())
         counts = await _partition_counts(admin, [t for t in (s.topic_clicks, s.topic_purchases) if t in existing])
-        changelogs = [name for name in (spec.name for spec in topic_specs(s) if spec.compact) if name in existing]
+        changelogs = [spec.name for spec in topic_specs(s) if spec.compact and spec.name in existing]
         retention = [float(value) / 1000 for value in
                      (await _topic_configs(admin, changelogs, "delete.retention.ms")).values()]
     finally:

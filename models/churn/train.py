@@ -508,6 +508,10 @@ def save_model(model: ChurnTransformer, directory: Path, *, metrics: dict | None
         (directory / "train_info.json").write_text(json.dumps(extra, indent=2, sort_keys=True, default=float))
 
 
+# buffers added after versions were published: those load with the defaults (no bound), as they were trained
+SERVING_GUARDS = ("summary_low", "summary_high", "forecast_max")
+
+
 def load_model(directory: Path) -> ChurnTransformer:
     from safetensors.torch import load_file
 
@@ -530,5 +534,3 @@ def load_model(directory: Path) -> ChurnTransformer:
     model.load_state_dict(state)
     return model.eval()
 
-
-SERVING_GUARDS = ("summary_low", "summary_high", "forecast_max")
