@@ -537,6 +537,8 @@ class PartitionEngine:
         None on failure instead (the caller falls back per partition)."""
         started = time.perf_counter()
         recommender = self.recommender
+        if k <= 0:  # TIDEWATER_OFFER_ITEMS=0: offers without items (the popularity path had read 0 as "no limit")
+            return Answers([[] for _ in queries], recommender.version, recommender.index_version)
         try:
             answers = Answers(recommender.recommend_many(queries, k, self.state.popular, self.state.popular_counts),
                               recommender.version, recommender.index_version)

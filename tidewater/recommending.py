@@ -123,6 +123,8 @@ class PartitionPopularity:
     def recommend_many(self, queries: Sequence[Query], k: int, popular: Sequence[str],
                        popular_counts: Sequence[int]) -> list[Ranked]:
         """Scores are the items' counts at the partition's last ranking."""
+        if k <= 0:
+            return [[] for _ in queries]
         out = []
         for q in queries:
             row: Ranked = []

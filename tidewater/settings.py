@@ -204,7 +204,7 @@ class Settings:
                                       "Customer value from which an offer carries the `high_value` reason code.")
     offer_validity_s: float = setting(14 * 86400.0, "TIDEWATER_OFFER_VALIDITY_S",
                                       "How long an offer is valid: its `expires_at` is its `as_of` plus this.")
-    offer_items: int = setting(3, "TIDEWATER_OFFER_ITEMS", "Recommended items attached to each offer.")
+    offer_items: int = setting(3, "TIDEWATER_OFFER_ITEMS", "Recommended items attached to each offer (0: none).")
 
     # --- web ------------------------------------------------------------------------------------------------
     web_host: str = setting("127.0.0.1", "TIDEWATER_WEB_HOST", "Bind address of the worker's HTTP server.")

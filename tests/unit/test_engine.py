@@ -109,6 +109,20 @@ def test_inactive_users_are_scored_and_get_offers():
     assert len(ids) == len(set(ids))
 
 
+@pytest.mark.parametrize("offer_items", [0, 2])
+def test_regression_offer_items_zero_attached_every_popular_item(offer_items):
+    """``TIDEWATER_OFFER_ITEMS=0`` is allowed, and the popularity ranking added an item before it compared the
+    row's length with k, so 0 meant no limit: up to 500 items per offer (found by review)."""
+    from tidewater.offers import OfferPolicy
+
+    config = EngineConfig(inactivity_gap_s=14 * DAY, offers=OfferPolicy(churn_threshold=0.2), offer_items=offer_items)
+    _, _, result = run(records(shop()), config=config)
+    offers = [json.loads(o.value) for o in result.outputs if o.topic == "retention-offers"]
+    assert offers
+    # at most k: fewer where the partition's popular items are all seen by the user (the README says so)
+    assert max(len(o["items"]) for o in offers) == offer_items
+
+
 def test_recommendations_exclude_seen_items_and_follow_cadence():
     evs = shop()
     _, store, result = run(records(evs))
