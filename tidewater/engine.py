@@ -12,7 +12,6 @@ skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
 """
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import time
 from collections import Counter
@@ -209,9 +208,6 @@ class PartitionEngine:
         self.config = config
         self.store = store
         self.state = state or PartitionState(partition=partition, applied={})
-        # the global daily offer budget, this partition's share of it
-        self.partition_policy = dataclasses.replace(config.offers, daily_budget=offer_policy.partition_budget(
-            config.offers.daily_budget, partition, config.partitions))
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
@@ -618,11 +614,13 @@ class PartitionEngine:
                 model_version=version, recency_days=features["recency_days"],
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
                 expected_purchases=exp, activity_drop=drop))
-            decision = offer_policy.decide(profile, score, tick, trigger, 0, self.partition_policy,
+            decision = offer_policy.decide(profile, score, tick, trigger, 0, self.config.offers,
                                            expected_purchases=exp)  # the budget is applied to the tick's whole list
             if decision is not None:
                 wanted.append((profile, score, decision))
-        offered = offer_policy.within_budget(wanted, self.partition_policy.daily_budget - self.state.budget_used)
+        share = offer_policy.partition_budget(self.config.offers.daily_budget, self.partition, self.config.partitions,
+                                              day)  # this partition's share of the global daily budget today
+        offered = offer_policy.within_budget(wanted, share - self.state.budget_used)
         self.state.budget_used += len(offered)
         for profile, _, _ in offered:
             profile.last_offer_ts = tick

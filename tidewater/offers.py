@@ -77,14 +77,17 @@ class OfferDecision:
     customer_value: float
 
 
-def partition_budget(daily_budget: int, partition: int, partitions: int) -> int:
-    """This partition's share of the global daily offer budget: ``daily_budget // partitions``, plus one for the
-    first ``daily_budget % partitions`` partitions. The shares add up to the budget exactly, with no coordination
-    between workers (users are spread over partitions by key hash, so the shares fit the demand on average)."""
+def partition_budget(daily_budget: int, partition: int, partitions: int, day: int = 0) -> int:
+    """This partition's share of the global daily offer budget on event-time day ``day``: ``daily_budget //
+    partitions``, plus one for ``daily_budget % partitions`` partitions, which turn with the day. The shares add
+    up to the budget exactly every day, with no coordination between workers (users are spread over partitions by
+    key hash, so the shares fit the demand on average), and over any ``partitions`` days in a row each partition
+    gets the budget once. (The extra ones always went to the lowest partitions: below one offer per partition,
+    the users of the others could never get one; found by review.)"""
     partitions = max(1, int(partitions))
     if not 0 <= partition < partitions:
         raise ValueError(f"partition {partition} outside 0..{partitions - 1}")
-    return daily_budget // partitions + (1 if partition < daily_budget % partitions else 0)
+    return daily_budget // partitions + (1 if (partition - day) % partitions < daily_budget % partitions else 0)
 
 
 def customer_value(profile: Profile, expected_purchases: float | None = None) -> float:

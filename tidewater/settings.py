@@ -195,7 +195,8 @@ class Settings:
                                       "none until the user's next event.")
     offer_daily_budget: int = setting(500, "TIDEWATER_OFFER_DAILY_BUDGET",
                                       "Offers per event-time day, all partitions together: each partition "
-                                      "enforces its share (budget // partitions, the remainder to the first ones).")
+                                      "enforces its share (budget // partitions, plus one for budget % "
+                                      "partitions of them, turning with the day).")
     offer_tiers: str = setting(
         "200:discount:20,50:discount:10,0:free_shipping:0", "TIDEWATER_OFFER_TIERS",
         "Offer tiers by customer value, `min_value:offer_type:discount_pct` comma-separated: the highest tier the "

@@ -80,11 +80,21 @@ def test_policy_invariants(amounts, score, expected, budget):
         assert richer is not None and richer.discount_pct >= decision.discount_pct
 
 
-@given(st.integers(0, 10_000), st.integers(1, 64))
-def test_partition_shares_add_up_to_the_global_budget(budget, partitions):
-    shares = [partition_budget(budget, p, partitions) for p in range(partitions)]
+@given(st.integers(0, 10_000), st.integers(1, 64), st.integers(0, 30_000))
+def test_partition_shares_add_up_to_the_global_budget(budget, partitions, day):
+    shares = [partition_budget(budget, p, partitions, day) for p in range(partitions)]
     assert sum(shares) == budget
     assert max(shares) - min(shares) <= 1
+
+
+@given(st.integers(0, 100), st.integers(1, 64), st.integers(0, 30_000))
+def test_regression_a_budget_below_the_partition_count_reaches_every_partition(budget, partitions, first_day):
+    """The remainder of budget // partitions always went to the lowest partitions: with a budget of 5 over 8
+    partitions, partitions 5-7 got 0 every day and their users never an offer (found by review). Over any
+    ``partitions`` days in a row, each partition now gets the budget once."""
+    for p in range(partitions):
+        assert sum(partition_budget(budget, p, partitions, d) for d in range(first_day, first_day + partitions)) \
+            == budget
 
 
 @settings(max_examples=20, deadline=None)
