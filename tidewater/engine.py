@@ -614,8 +614,11 @@ class PartitionEngine:
                 model_version=version, recency_days=features["recency_days"],
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
                 expected_purchases=exp, activity_drop=drop))
-            decision = offer_policy.decide(profile, score, tick, trigger, 0, self.config.offers,
-                                           expected_purchases=exp)  # the budget is applied to the tick's whole list
+            # long_inactivity is the silence, whatever triggered the score: a late event (timed weeks ago) makes a
+            # silent customer "active" at the next tick (the offline check, tidewater/offer_check.py, decides alike)
+            silent = trigger == "inactivity" or tick - profile.last_ts >= self.config.inactivity_gap_s
+            decision = offer_policy.decide(profile, score, tick, "inactivity" if silent else "activity", 0,
+                                           self.config.offers, expected_purchases=exp)  # budget: the whole tick's
             if decision is not None:
                 wanted.append((profile, score, decision))
         share = offer_policy.partition_budget(self.config.offers.daily_budget, self.partition, self.config.partitions,

@@ -139,7 +139,8 @@ def within_budget(wanted: list[tuple[Profile, float, OfferDecision]], room: int
 def decide(profile: Profile, score: float, as_of: float, trigger: str, budget_used_today: int,
            policy: OfferPolicy = OfferPolicy(), *, expected_purchases: float | None = None) -> OfferDecision | None:
     """An offer, or None: not at risk (or no valid score), not worth it, in cooldown, or the day's budget is
-    spent."""
+    spent. ``trigger`` "inactivity": the customer has been silent for at least the inactivity gap (the reason
+    ``long_inactivity``), whatever triggered the score."""
     if not score >= policy.churn_threshold:  # also False for NaN: no offer on a score that is not a number
         return None
     if profile.n_purchases < policy.min_purchases:

@@ -123,6 +123,33 @@ def test_regression_offer_items_zero_attached_every_popular_item(offer_items):
     assert max(len(o["items"]) for o in offers) == offer_items
 
 
+def test_regression_a_customer_silent_for_the_gap_gets_long_inactivity_when_a_late_event_triggers_the_score():
+    """A late event (timed weeks ago) makes its user active at the next tick, and the score's trigger is then
+    ``activity``: the offer said only ``high_churn_risk`` for a customer silent for 45 days (found by review).
+    ``long_inactivity`` now means silent for at least the inactivity gap, whatever triggered the score, as the
+    offline offer check already decided it."""
+    from tidewater.offers import OfferPolicy
+
+    class RisingWithTheLateClick:  # low on the purchase alone (the silence timer's score), high with the click
+        version = "test:two-events"
+
+        def score_many(self, sequences, as_of):
+            return [0.95 if len(s) > 1 else 0.1 for s in sequences]
+
+    config = EngineConfig(inactivity_gap_s=30 * DAY, offers=OfferPolicy(churn_threshold=0.5))
+    evs = [Purchase(event_id="p", user_id="u1", ts=0.5 * DAY, amount=80.0)]
+    evs += [Click(event_id=f"c{d}", user_id="u2", ts=d * DAY + 60, item_id="i") for d in range(46)]
+    evs += [Click(event_id="late", user_id="u1", ts=1 * DAY, item_id="i")]  # arrives on day 45
+    evs += [Click(event_id=f"c{d}", user_id="u2", ts=d * DAY + 60, item_id="i") for d in range(46, 48)]
+    engine = PartitionEngine(0, config, DictStore(), scorer=RisingWithTheLateClick())
+    result = run_to_completion(engine, records(evs))
+    scores = [json.loads(o.value) for o in result.outputs if o.topic == "churn-scores" and o.key == b"u1"]
+    offers = [json.loads(o.value) for o in result.outputs if o.topic == "retention-offers"]
+    assert [s["trigger"] for s in scores if s["score"] > 0.5] == ["activity"]  # the output keeps what triggered it
+    assert len(offers) == 1 and offers[0]["user_id"] == "u1"
+    assert offers[0]["reason_codes"] == ["high_churn_risk", "long_inactivity"]
+
+
 def test_recommendations_exclude_seen_items_and_follow_cadence():
     evs = shop()
     _, store, result = run(records(evs))
