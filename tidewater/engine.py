@@ -636,7 +636,8 @@ class PartitionEngine:
                     discount_pct=decision.discount_pct, churn_score=score,
                     reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in ranked],
                     model_version=version, expires_at=decision.expires_at, segment=profile.segment,
-                    customer_value=decision.customer_value, recs_model_version=items.version))
+                    customer_value=decision.customer_value, recs_model_version=items.version,
+                    recs_index_version=items.index_version))
         self._result.state_changed = True
 
     def _count_offers_ahead(self, tick: float) -> None:

@@ -94,6 +94,7 @@ class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
     segment: int | None = None
     customer_value: float | None = None  # what the policy weighed: spend so far + expected spend in the horizon
     recs_model_version: str | None = None  # the recommender that chose ``items``
+    recs_index_version: str | None = None  # and its index: `tidewater index build` swaps one under the same model
 
 
 class UserErased(msgspec.Struct, kw_only=True, frozen=True):

@@ -66,7 +66,7 @@ def test_real_data_with_registry_models_and_a_swap_of_both_mid_replay(deployment
     assert before["churn"] and before["recs"] and before["offers"]
     assert {o["model_version"] for o in before["churn"] + before["offers"]} == {churn_v1}
     assert {(r["model_version"], r["index_version"]) for r in before["recs"]} == {(recs_v1, recs_v1)}
-    assert {o["recs_model_version"] for o in before["offers"]} == {recs_v1}
+    assert {(o["recs_model_version"], o["recs_index_version"]) for o in before["offers"]} == {(recs_v1, recs_v1)}
     assert all(r["segment"] is not None for r in before["recs"] if r["user_id"].startswith("m"))
 
     # new versions of both models, and a newer index for the new recommender
@@ -85,6 +85,8 @@ def test_real_data_with_registry_models_and_a_swap_of_both_mid_replay(deployment
     assert new["churn"] and new["recs"]
     assert {o["model_version"] for o in new["churn"] + new["offers"]} == {churn_v2}
     assert {(r["model_version"], r["index_version"]) for r in new["recs"]} == {(recs_v2, f"{recs_v2}/{index_v1}")}
+    assert {(o["recs_model_version"], o["recs_index_version"]) for o in new["offers"]} <= {
+        (recs_v2, f"{recs_v2}/{index_v1}")}
     assert Registry(registry / "recs").current_version() == recs_v2
     assert all(len(r["items"]) == 10 and r["items"][0]["score"] >= r["items"][-1]["score"] for r in after["recs"])
 

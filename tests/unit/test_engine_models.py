@@ -626,6 +626,7 @@ def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_use
 
     (swapped, swapped_scores), (native, _) = offers(old, new), offers(new, new)
     assert [o["user_id"] for o in swapped] == ["quiet"] and swapped[0]["recs_model_version"] == "v0002-bbb"
+    assert swapped[0]["recs_index_version"] == VectorRecommender(new).index_version  # the index that chose the items
     assert [i["item_id"] for i in swapped[0]["items"]] == [i["item_id"] for i in native[0]["items"]]
     # the segment stamped on the silent user's score and offer is the new model's, of the vector rebuilt from the ring
     rebuilt = new.segment_of(np.asarray(new.recompute_user(list(dict.fromkeys(b.item_id for b in buys))).sum, np.float32))
