@@ -6,13 +6,15 @@ and the versions of the models that produced it. Field order is fixed, so the sa
 records. JSON Schema files in docs/schemas/ are generated from these classes (``tidewater schemas``).
 
 Compatibility rule: within a major version fields are only added (optional, with defaults), never removed or
-retyped; a breaking change gets a new ``schema`` name suffix (``/v2``) and a new topic or a dual-write period.
+retyped; a breaking change gets a new ``schema`` name suffix (``/v2``) and a new topic or a dual-write period. New
+values of free string fields (``reason_codes``, ``offer_type``) may appear within a version. Each field's
+description (``_doc``) is part of the contract: the schema files carry it.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
@@ -39,62 +41,97 @@ def deterministic_id(*parts: object) -> str:
                            person=b"tidewater-framed").hexdigest()
 
 
+def _doc(text: str) -> msgspec.Meta:
+    """A field's description in the generated JSON Schema (docs/schemas/): units, ranges, when it is null."""
+    return msgspec.Meta(description=text)
+
+
+EventId = Annotated[str, _doc("Deterministic id from the inputs that caused this output (32 hex chars): an "
+                              "idempotency key, the same when a crash makes the output again.")]
+UserId = Annotated[str, _doc("The customer (the input events' user_id); also the record's key.")]
+AsOf = Annotated[float, _doc("Event time the output refers to, in epoch seconds (UTC): the tick or the input event, "
+                             "never the wall clock.")]
+Segment = Annotated[int | None, _doc("The customer's cluster (k-means over user vectors) in the recommender model "
+                                     "in use; null while no recommender model serves. Renumbered when the model "
+                                     "is retrained: compare segments only under one recommender version.")]
+
+
 class ScoredItem(msgspec.Struct, frozen=True):
-    item_id: str
-    score: float
+    item_id: Annotated[str, _doc("The item, as in the input events' item_id.")]
+    score: Annotated[float, _doc("The recommender's score (higher first; a popularity count for the popularity "
+                                 "placeholder); comparable only within one output.")]
 
 
 class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
     """A churn probability for one user at one event time."""
 
     schema: Literal["tidewater.churn_score/v1"] = CHURN_SCORE_SCHEMA
-    event_id: str
-    user_id: str
-    as_of: float  # event time (epoch s) the score refers to
-    score: float  # probability of churn in [0, 1]
-    trigger: Literal["activity", "inactivity"]
-    model_version: str
-    recency_days: float
-    frequency: float
-    monetary: float
-    segment: int | None = None
-    expected_purchases: float | None = None  # in the model's horizon, when the model forecasts it
-    activity_drop: bool = False  # anomaly: the last week far below the user's own recent weeks
+    event_id: EventId
+    user_id: UserId
+    as_of: AsOf
+    score: Annotated[float, _doc("Calibrated probability, in [0, 1], that the customer makes no purchase in the "
+                                 "model's horizon.")]
+    trigger: Annotated[Literal["activity", "inactivity"], _doc(
+        "activity: the customer had events since the last tick; inactivity: the silence timer (no event for "
+        "TIDEWATER_INACTIVITY_GAP_S, then every TIDEWATER_INACTIVITY_RESCORE_S).")]
+    model_version: Annotated[str, _doc("The churn model version that scored (heuristic:recency-v1: the "
+                                       "placeholder, before a model loads or when scoring failed).")]
+    recency_days: Annotated[float, _doc("Days from the customer's last event (click or purchase) to as_of.")]
+    frequency: Annotated[float, _doc("Purchases so far.")]
+    monetary: Annotated[float, _doc("Spend so far, in the input events' currency.")]
+    segment: Segment = None
+    expected_purchases: Annotated[float | None, _doc(
+        "Expected purchases in the model's horizon; null when the model does not forecast.")] = None
+    activity_drop: Annotated[bool, _doc("Anomaly: the last 7 days hold under a quarter of the customer's own "
+                                        "average week over their last 3 active weeks.")] = False
 
 
 class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
     """Top-K items a user should see next."""
 
     schema: Literal["tidewater.recommendation/v1"] = RECOMMENDATION_SCHEMA
-    event_id: str
-    user_id: str
-    as_of: float
-    source_event_id: str  # the input event that triggered it
-    items: list[ScoredItem]
-    model_version: str
-    index_version: str
-    trigger: Literal["cadence", "vector_change"] = "cadence"
-    segment: int | None = None
+    event_id: EventId
+    user_id: UserId
+    as_of: AsOf
+    source_event_id: Annotated[str, _doc("The input event that triggered it.")]
+    items: Annotated[list[ScoredItem], _doc("Up to TIDEWATER_REC_TOP_K items, best first, none the customer has "
+                                            "seen (in the ring of recent events) or bought.")]
+    model_version: Annotated[str, _doc("The recommender version (baseline:popularity-v1: the placeholder).")]
+    index_version: Annotated[str, _doc("The FAISS index that answered: the model's own (its version) or one "
+                                       "built later (<model>/<index>); none for the placeholder.")]
+    trigger: Annotated[Literal["cadence", "vector_change"], _doc(
+        "cadence: every TIDEWATER_REC_EVERY_EVENTS events; vector_change: the customer's vector moved by "
+        "TIDEWATER_REC_CHANGE_THRESHOLD (1 - cosine) or more since their last recommendation.")] = "cadence"
+    segment: Segment = None
 
 
 class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
     """An offer the downstream offer engine should make to keep a customer."""
 
     schema: Literal["tidewater.retention_offer/v1"] = RETENTION_OFFER_SCHEMA
-    event_id: str
-    user_id: str
-    as_of: float
-    offer_type: str
-    discount_pct: float
-    churn_score: float
-    reason_codes: list[str]
-    items: list[ScoredItem]
-    model_version: str
-    expires_at: float
-    segment: int | None = None
-    customer_value: float | None = None  # what the policy weighed: spend so far + expected spend in the horizon
-    recs_model_version: str | None = None  # the recommender that chose ``items``
-    recs_index_version: str | None = None  # and its index: `tidewater index build` swaps one under the same model
+    event_id: EventId
+    user_id: UserId
+    as_of: AsOf
+    offer_type: Annotated[str, _doc("From the configured tiers (TIDEWATER_OFFER_TIERS; by default discount or "
+                                    "free_shipping).")]
+    discount_pct: Annotated[float, _doc("Discount in percent, 0 to 100 (0 for an offer that is not a discount).")]
+    churn_score: Annotated[float, _doc("The churn probability, in [0, 1], that made the offer.")]
+    reason_codes: Annotated[list[str], _doc(
+        "Why: high_churn_risk (always), long_inactivity (silent for TIDEWATER_INACTIVITY_GAP_S or more), "
+        "high_value (customer_value of TIDEWATER_OFFER_HIGH_VALUE or more), activity_drop (see the churn "
+        "score's). New codes may be added within v1: ignore the ones you do not know.")]
+    items: Annotated[list[ScoredItem], _doc(
+        "The customer's top recommended items, up to TIDEWATER_OFFER_ITEMS; fewer or none when the recommender "
+        "has nothing the customer has not seen.")]
+    model_version: Annotated[str, _doc("The churn model version that scored.")]
+    expires_at: Annotated[float, _doc("Event time (epoch seconds) after which the offer lapses: as_of + "
+                                      "TIDEWATER_OFFER_VALIDITY_S.")]
+    segment: Segment = None
+    customer_value: Annotated[float | None, _doc(
+        "What the policy weighed: spend so far + expected spend in the model's horizon.")] = None
+    recs_model_version: Annotated[str | None, _doc("The recommender that chose items.")] = None
+    recs_index_version: Annotated[str | None, _doc(
+        "The index that chose items (tidewater index build swaps one in under the same recommender version).")] = None
 
 
 class UserErased(msgspec.Struct, kw_only=True, frozen=True):
@@ -103,10 +140,10 @@ class UserErased(msgspec.Struct, kw_only=True, frozen=True):
     Like every output it is at least once: a request re-read after a crash gives the same record again."""
 
     schema: Literal["tidewater.user_erased/v1"] = USER_ERASED_SCHEMA
-    event_id: str
-    user_id: str
-    as_of: float  # the request's event time
-    request_event_id: str
+    event_id: EventId
+    user_id: UserId
+    as_of: Annotated[float, _doc("The request's event time, in epoch seconds (UTC).")]
+    request_event_id: Annotated[str, _doc("The erasure request's event_id.")]
 
 
 # The largest key or value a dead letter carries (base64 makes it 4/3 as large). A bigger one is left out, with
