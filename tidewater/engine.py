@@ -429,8 +429,8 @@ class PartitionEngine:
         marks = state.applied
         # every new record; a re-read one too when the restored state is behind the restored profile
         new_to_state = marks is not None and record.offset > marks.get(source, -1)
-        if marks is not None:
-            marks[source] = record.offset
+        if new_to_state:  # forward only: a re-read record set it back, and the next re-read ones looked new
+            marks[source] = record.offset  # type: ignore[index]
         applied = apply(profile, event, source, record.offset, state.watermark, self.config.profile)
         if applied:
             self._count("applied", record.topic)
