@@ -399,10 +399,16 @@ class PartitionEngine:
         if isinstance(event, ev.Erase):
             source = source_key(record.topic, record.partition)
             applied = state.erase_records.get(event.user_id)
-            if applied is not None and applied[0] == source and record.offset <= applied[1]:
-                self._count("duplicates_skipped", record.topic)  # re-read after a restart: already applied
+            marks = state.applied
+            # re-read after a restart: already applied. erase_records expires with the guard (event time), and a
+            # re-read reaches back to the last commit (wall-clock time): the offset marks never expire
+            if (applied is not None and applied[0] == source and record.offset <= applied[1]) or \
+                    (marks is not None and record.offset <= marks.get(source, -1)):
+                self._count("duplicates_skipped", record.topic)
                 self._result.done.append(record)
                 return
+            if marks is not None:
+                marks[source] = record.offset  # a source's records come in offset order: this is forward
             erased_at = state.erased.get(event.user_id)
             if erased_at is not None and event.ts <= erased_at:
                 # already erased up to this time (a producer's retry at a new offset, or an older request): the

@@ -198,6 +198,32 @@ def test_regression_a_reread_moved_the_states_offset_mark_back_and_counted_items
     assert [o.value for o in first.outputs + again.outputs] == [o.value for o in whole.outputs]
 
 
+def test_regression_an_erasure_reread_after_its_guard_expired_deleted_the_profile_built_since():
+    """The duplicate check of an erasure request expired with its guard (TIDEWATER_ERASURE_GUARD_S of event time),
+    but how far a restart re-reads depends on the last commit (wall-clock time): in a backlog, days of event time
+    pass in a second. Re-read after its guard, the request deleted the profile the user had built since and
+    confirmed the erasure a second time (found by review). A re-read request is now known by the state's offset
+    marks, which never expire."""
+    from tidewater.events import Erase
+
+    evs = shop(days=60)
+    at = next(i for i, e in enumerate(evs) if e.ts > 20 * DAY)
+    evs.insert(at, Erase(event_id="forget-u0", user_id="u0", ts=evs[at - 1].ts))
+    recs = records(evs)
+    erase_at = next(i for i, r in enumerate(recs) if b"forget-u0" in r.value)
+    cut = next(i for i, e in enumerate(evs) if e.ts > 35 * DAY)  # the guard (7 days) has expired by then
+    _, whole_store, whole = run(recs)
+    engine, store, first = run(recs[:cut])
+    assert not engine.state.erased  # expired: the old check had nothing left to know the request by
+    restarted = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), store, state=engine.snapshot())
+    for profile in list(store.values()):
+        restarted.index_profile(profile)
+    again = run_to_completion(restarted, recs[erase_at:])  # the last commit was before the request
+    store.update(again.profiles)
+    assert [o.value for o in first.outputs + again.outputs] == [o.value for o in whole.outputs]
+    assert encode_profile(store["u0"]) == encode_profile(whole_store["u0"])
+
+
 def test_bad_records_go_to_dead_letter_and_valid_ones_around_them_apply():
     good = [Click(event_id=f"e{i}", user_id="u1", ts=float(i)) for i in range(4)]
     bad = [b"{oops", json.dumps({"type": "refund", "event_id": "x", "user_id": "u1", "ts": 1}).encode(),
