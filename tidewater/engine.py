@@ -212,6 +212,7 @@ class PartitionEngine:
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
         self._trailing = 0  # dead letters waiting to be acked after a held record (``_Valid.trailing``)
+        self._weakest_item = heavy_hitters.WeakestIndex()  # of state.item_counts, in memory only
         self.expected_type = config.topic_types
         self.counters: Counter[tuple[str, str]] = Counter()
         self._reported: dict[tuple[str, str], int] = {}
@@ -498,7 +499,7 @@ class PartitionEngine:
                 self.state.erase_records.pop(user_id, None)
 
     def _count_item(self, item_id: str) -> None:
-        displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS)
+        displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS, self._weakest_item)
         self._changed_items.add(item_id)
         if displaced is not None:
             self._changed_items.add(displaced)

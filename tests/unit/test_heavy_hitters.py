@@ -24,6 +24,21 @@ def test_space_saving_guarantees(stream, capacity):
     assert {key for key, n in true.items() if n * capacity > len(stream)} <= set(counts)  # the frequent are in
 
 
+@given(stream=st.lists(st.integers(0, 40).map(lambda i: f"k{i}"), max_size=400), capacity=st.integers(1, 12),
+       swap_at=st.integers(0, 400))
+def test_the_weakest_index_displaces_the_keys_a_scan_displaces(stream, capacity, swap_at):
+    """The heap behind a large table (the partition's item counts) gives the same table and the same displaced
+    keys, step by step, as the scan it replaces; also when the table object is replaced (a restored state)."""
+    scanned: dict[str, int] = {}
+    indexed: dict[str, int] = {}
+    index = heavy_hitters.WeakestIndex()
+    for i, key in enumerate(stream):
+        if i == swap_at:
+            indexed = dict(indexed)  # another object with the same counts
+        assert heavy_hitters.count(indexed, key, capacity, index) == heavy_hitters.count(scanned, key, capacity)
+        assert indexed == scanned
+
+
 def test_regression_a_new_key_gets_in_once_every_count_is_above_one():
     """Evicting the weakest after adding the newcomer evicted the newcomer itself once every kept key had a count
     of 2 or more: the partition's popular items and a user's categories froze (found by review)."""
