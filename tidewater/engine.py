@@ -586,14 +586,14 @@ class PartitionEngine:
         candidates: dict[str, tuple[str, int]] = {u: ("activity", -1) for u in sorted(self._active_since_tick)}
         self._active_since_tick.clear()
         self._scan_inactive(tick, candidates)
+        if self._offered_ahead:  # before the return below: a tick fired again may have no candidate left (its
+            self._count_offers_ahead(tick)  # users' profiles say they were scored), and its offers still count
         if not candidates:
             return
         users = list(candidates)
         profiles = [self._profile(u) for u in users]
         keep = [i for i, p in enumerate(profiles)
                 if candidates[users[i]][0] == "activity" or p.inactivity_level <= candidates[users[i]][1]]
-        if self._offered_ahead:
-            self._count_offers_ahead(tick)
         if self.state.applied and keep:
             keep = self._not_scored_before_restore(tick, keep, users, profiles, candidates)
         if not keep:

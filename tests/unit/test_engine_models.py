@@ -674,6 +674,57 @@ def test_the_inactivity_index_forgets_scanned_days_and_scores_the_same(gap, resc
     assert engine._last_day == {u: d for u, d in keeping_engine._last_day.items() if d >= done}
 
 
+def test_regression_a_tick_fired_again_without_candidates_still_counts_its_offers_in_the_budget():
+    """Sub-day ticks, a budget of one offer a day. Tick 11.0 offers U (active since the last tick); the worker
+    crashes after U's profile reached the changelog and before the partition state. Fired again after the restart,
+    the tick has no candidate (U's profile says it was scored; W, whose click crossed the tick, has no stored
+    profile), and it returned before counting U's offer in the budget: V then got a second offer that day (found
+    by review)."""
+    import dataclasses
+
+    import msgspec
+
+    from tidewater.engine import PartitionState
+    from tidewater.events import Click, Purchase
+    from tidewater.offers import OfferPolicy
+
+    config = EngineConfig(tick_s=DAY / 2, offers=OfferPolicy(daily_budget=1, churn_threshold=0.0))
+    caught_up = frozenset({"clicks", "purchases"})
+    first, crashed, rest = records([Purchase(event_id="pu", user_id="U", ts=10.8 * DAY, amount=100.0)]), \
+        records([Click(event_id="cw", user_id="W", ts=11.2 * DAY, item_id="i")]), \
+        [Purchase(event_id="pv", user_id="V", ts=11.3 * DAY, amount=50.0),
+         Click(event_id="cx", user_id="X", ts=11.7 * DAY, item_id="i")]
+    crashed = [dataclasses.replace(r, offset=1) for r in crashed]  # the clicks topic's second record
+    later = [dataclasses.replace(r, offset=r.offset + (2 if r.topic == "clicks" else 1)) for r in records(rest)]
+
+    def offers(outputs):
+        return [(json.loads(o.value)["user_id"], json.loads(o.value)["as_of"] / DAY)
+                for o in outputs if o.topic == "retention-offers"]
+
+    def batch(engine, store, recs, stored=lambda user_id: True):
+        for r in recs:
+            engine.on_record(r, 0.0)
+        res = engine.on_notify(0.0, caught_up)
+        store.update({u: p for u, p in res.profiles.items() if stored(u)})
+        return res.outputs
+
+    fresh = EncodedStore()
+    reference = PartitionEngine(0, config, fresh)
+    uninterrupted = [o for recs in (first, crashed, later) for o in batch(reference, fresh, recs)]
+    assert offers(uninterrupted) == [("U", 11.0)]  # V's purchase at 11.3 finds the day's budget spent
+
+    store = EncodedStore()
+    engine = PartitionEngine(0, config, store)
+    batch(engine, store, first)
+    state = msgspec.msgpack.encode(engine.snapshot())
+    before = batch(engine, store, crashed, lambda user_id: user_id == "U")  # the changelog cut short: no W, no state
+    restarted = PartitionEngine(0, config, store, state=msgspec.msgpack.decode(state, type=PartitionState))
+    for user_id in sorted(store):
+        restarted.index_profile(store.get(user_id))
+    after = [o for recs in (crashed, later) for o in batch(restarted, store, recs)]
+    assert sorted(set(offers(before + after))) == [("U", 11.0)]
+
+
 def _drive_restarting(config, recs, batch):
     """``_drive`` with a restart after every batch: a new engine from the encoded state, the activity index
     rebuilt from the stored profiles, and the records the merge still held handed to it again."""
