@@ -188,6 +188,7 @@ class _PendingRec:
     event_id: str
     trigger: str
     segment: int | None
+    segment_model_version: str | None  # the recommender whose clusters number ``segment``
     query: Query
 
 
@@ -529,7 +530,7 @@ class PartitionEngine:
         query = self.recommender.query(profile)
         self.recommender.mark_recommended(profile)  # also re-assigns the segment
         self._pending_recs.append(_PendingRec(profile.user_id, event.ts, event.event_id, trigger, profile.segment,
-                                              query))
+                                              self._segment_model(profile), query))
         profile.events_since_rec = 0
         profile.last_rec_ts = event.ts
 
@@ -559,6 +560,11 @@ class PartitionEngine:
         return Answers(placeholder.recommend_many(queries, k, self.state.popular, self.state.popular_counts),
                        placeholder.version, placeholder.index_version)
 
+    def _segment_model(self, profile: Profile) -> str | None:
+        """The version of the recommender whose k-means numbers the profile's segment (None without a segment):
+        segments are renumbered with each retrain, and an answer's own version can be a fallback's."""
+        return None if profile.segment is None else self.recommender.version
+
     def _flush_recs(self) -> None:
         pending, self._pending_recs = self._pending_recs, []
         if pending:
@@ -573,7 +579,7 @@ class PartitionEngine:
                 user_id=p.user_id, as_of=p.ts, source_event_id=p.event_id,
                 items=[ScoredItem(i, s) for i, s in ranked], model_version=answers.version,
                 index_version=answers.index_version, trigger=p.trigger,  # type: ignore[arg-type]
-                segment=p.segment), into)
+                segment=p.segment, segment_model_version=p.segment_model_version), into)
 
     def _on_tick(self, tick: float) -> None:
         """Score users active since the last tick, and users whose silence just crossed an inactivity level
@@ -620,7 +626,7 @@ class PartitionEngine:
                 user_id=profile.user_id, as_of=tick, score=score, trigger=trigger,  # type: ignore[arg-type]
                 model_version=version, recency_days=features["recency_days"],
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
-                expected_purchases=exp, activity_drop=drop))
+                expected_purchases=exp, activity_drop=drop, segment_model_version=self._segment_model(profile)))
             # long_inactivity is the silence, whatever triggered the score: a late event (timed weeks ago) makes a
             # silent customer "active" at the next tick (the offline check, tidewater/offer_check.py, decides alike)
             silent = trigger == "inactivity" or tick - profile.last_ts >= self.config.inactivity_gap_s
@@ -644,7 +650,7 @@ class PartitionEngine:
                     reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in ranked],
                     model_version=version, expires_at=decision.expires_at, segment=profile.segment,
                     customer_value=decision.customer_value, recs_model_version=items.version,
-                    recs_index_version=items.index_version))
+                    recs_index_version=items.index_version, segment_model_version=self._segment_model(profile)))
         self._result.state_changed = True
 
     def _count_offers_ahead(self, tick: float) -> None:

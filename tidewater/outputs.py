@@ -52,8 +52,11 @@ UserId = Annotated[str, _doc("The customer (the input events' user_id); also the
 AsOf = Annotated[float, _doc("Event time the output refers to, in epoch seconds (UTC): the tick or the input event, "
                              "never the wall clock.")]
 Segment = Annotated[int | None, _doc("The customer's cluster (k-means over user vectors) in the recommender model "
-                                     "in use; null while no recommender model serves. Renumbered when the model "
-                                     "is retrained: compare segments only under one recommender version.")]
+                                     "named by segment_model_version; null while no recommender model serves. "
+                                     "Renumbered when the model is retrained: compare segments only under one "
+                                     "segment_model_version.")]
+SegmentModel = Annotated[str | None, _doc("The recommender model whose clusters number segment (null with "
+                                          "segment; older records lack it).")]
 
 
 class ScoredItem(msgspec.Struct, frozen=True):
@@ -84,6 +87,7 @@ class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
         "Expected purchases in the model's horizon; null when the model does not forecast.")] = None
     activity_drop: Annotated[bool, _doc("Anomaly: the last 7 days hold under a quarter of the customer's own "
                                         "average week over their last 3 active weeks.")] = False
+    segment_model_version: SegmentModel = None
 
 
 class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
@@ -103,6 +107,7 @@ class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
         "cadence: every TIDEWATER_REC_EVERY_EVENTS events; vector_change: the customer's vector moved by "
         "TIDEWATER_REC_CHANGE_THRESHOLD (1 - cosine) or more since their last recommendation.")] = "cadence"
     segment: Segment = None
+    segment_model_version: SegmentModel = None
 
 
 class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
@@ -132,6 +137,7 @@ class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
     recs_model_version: Annotated[str | None, _doc("The recommender that chose items.")] = None
     recs_index_version: Annotated[str | None, _doc(
         "The index that chose items (tidewater index build swaps one in under the same recommender version).")] = None
+    segment_model_version: SegmentModel = None
 
 
 class UserErased(msgspec.Struct, kw_only=True, frozen=True):

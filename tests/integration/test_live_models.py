@@ -68,6 +68,8 @@ def test_real_data_with_registry_models_and_a_swap_of_both_mid_replay(deployment
     assert {(r["model_version"], r["index_version"]) for r in before["recs"]} == {(recs_v1, recs_v1)}
     assert {(o["recs_model_version"], o["recs_index_version"]) for o in before["offers"]} == {(recs_v1, recs_v1)}
     assert all(r["segment"] is not None for r in before["recs"] if r["user_id"].startswith("m"))
+    assert {r["segment_model_version"] for r in before["recs"] + before["churn"] + before["offers"]
+            if r["segment"] is not None} == {recs_v1}
 
     # new versions of both models, and a newer index for the new recommender
     churn_v2, recs_v2 = publish_tiny_churn(registry, seed=2), publish_tiny_recs(registry, items, seed=2)

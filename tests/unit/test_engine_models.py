@@ -631,6 +631,8 @@ def test_regression_an_offer_after_a_model_swap_is_personalised_for_a_silent_use
     # the segment stamped on the silent user's score and offer is the new model's, of the vector rebuilt from the ring
     rebuilt = new.segment_of(np.asarray(new.recompute_user(list(dict.fromkeys(b.item_id for b in buys))).sum, np.float32))
     assert [s["segment"] for s in swapped_scores] == [rebuilt] and swapped[0]["segment"] == rebuilt
+    # and they name the model whose clusters they are (a retrain renumbers them)
+    assert {s["segment_model_version"] for s in swapped_scores + swapped} == {"v0002-bbb"}
     assert any(i["score"] != 0.0 for i in swapped[0]["items"])  # the model's scores, not the popular fallback
 
 
