@@ -6,7 +6,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # the CPU build of torch first (an unpinned torch pulls a multi-GB CUDA build), in its own layer
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-# then the dependencies alone, from pyproject.toml: a change to the code or the README reuses this layer
+# then the dependencies alone, from pyproject.toml: a change to the code or the README reuses this layer. In a
+# directory of its own: from / (the base image sets no WORKDIR) setuptools' package discovery walks /proc's links
+# back into / without end, and `pip install .` never finished (found by review)
+WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import subprocess, sys, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', *deps])" \
  && pip install --no-cache-dir --no-deps recbole==1.2.1
@@ -23,6 +26,12 @@ FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 libstdc++6 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# not root: the state and registry directories belong to the service user, and a new named volume mounted there
+# takes their owner (a volume written by an image before this one is root's: `chown -R 10001` it once)
+RUN useradd --system --uid 10001 --home-dir /app --create-home tidewater \
+ && mkdir -p /var/lib/tidewater /var/lib/tidewater-registry \
+ && chown tidewater /var/lib/tidewater /var/lib/tidewater-registry
+USER tidewater
 WORKDIR /app
 EXPOSE 6066
 CMD ["tidewater", "worker"]

@@ -209,3 +209,21 @@ def test_regression_the_image_is_built_once_from_a_small_context_and_runs_the_ba
     copied = re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
     assert copied and not any(path.rstrip("/") in ignored for path in copied)
     assert "libgomp1" in (ROOT / "Dockerfile").read_text()
+
+
+def test_regression_the_build_stage_installs_from_a_directory_of_its_own_and_the_image_runs_as_a_user():
+    """Without a WORKDIR the build stage's `pip install .` ran from /, where setuptools' package discovery follows
+    /proc's links back into / without end: the image never built (found by review). The workers ran as root."""
+    build, run = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]
+    first_copy = build.index("\nCOPY ")
+    assert re.search(r"^WORKDIR /\w+", build[:first_copy], re.M)
+    assert re.search(r"^USER (?!root)\w+", run, re.M)
+    assert "/var/lib/tidewater" in run  # the state directory exists, owned by that user, for its volume
+
+
+def test_the_broker_and_prometheus_come_back_and_workers_get_time_to_stop():
+    services = compose()["services"]
+    assert services["kafka"]["restart"] == services["prometheus"]["restart"] == "unless-stopped"
+    workers = [s for name, s in services.items() if name.startswith("worker")]
+    assert workers and all(s["stop_grace_period"] == "60s" for s in workers)
+    assert any(v.endswith(":/prometheus") for v in services["prometheus"]["volumes"])
