@@ -384,7 +384,7 @@ class Pipeline:
         state, one_record = _restore_state(states, partition)
         engine = self.engine_factory(partition, state, view, now)
         if one_record and hasattr(engine, "mark_all_changed"):
-            engine.mark_all_changed()  # the next write moves the counts and the ranking to their own records
+            engine.mark_all_changed()  # the next write moves the counts, ranking and erasures to their own records
         if hasattr(engine, "index_profile"):
             self._rebuild_index(engine, profiles)
         return engine, PartitionStores(states, view)
@@ -477,10 +477,11 @@ class Pipeline:
             writes.extend((user_id.encode(), None) for user_id in sorted(result.erased))  # changelog tombstones
             state = None
             if result.state_changed:
-                items, ranking = [], False
+                items, ranking, erasures = [], False, []
                 if hasattr(engine, "take_changed_items"):
                     items, ranking = engine.take_changed_items(), engine.take_ranking_changed()
-                state = _state_records(partition, engine.snapshot(), items, ranking)
+                    erasures = engine.take_changed_erasures()
+                state = _state_records(partition, engine.snapshot(), items, ranking, erasures)
             steps.append((partition, result, writes, state))
         return steps
 
@@ -726,11 +727,12 @@ def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambd
 
 
 # The partition-state table holds, per partition: the clock, budget and inactivity scan (``p{partition}``: a
-# PartitionState without its counts and ranking), the popularity ranking (``p{partition}/ranking``, written when
-# it is recomputed) and one record per counted item (``p{partition}/item/{item_id}``: the count in ASCII). A
-# batch writes the changed items (a tombstone for an item dropped from the counts), the ranking if it changed,
-# then the state record, in that order on the changelog partition: a state record that made it means that its
-# batch's other records made it too.
+# PartitionState without its counts, ranking and erasures), the popularity ranking (``p{partition}/ranking``,
+# written when it is recomputed), one record per counted item (``p{partition}/item/{item_id}``: the count in
+# ASCII) and one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr). A batch
+# writes the changed items and erasures (a tombstone for one dropped), the ranking if it changed, then the state
+# record, in that order on the changelog partition: a state record that made it means that its batch's other
+# records made it too.
 def _state_key(partition: int) -> bytes:
     return f"p{partition}".encode()
 
@@ -743,23 +745,33 @@ def _item_prefix(partition: int) -> bytes:
     return f"p{partition}/item/".encode()
 
 
+def _erased_prefix(partition: int) -> bytes:
+    return f"p{partition}/erased/".encode()
+
+
 def _state_records(partition: int, state: Any, changed_items: list[tuple[str, int | None]],
-                   ranking_changed: bool) -> list[tuple[bytes, bytes | None]]:
+                   ranking_changed: bool, changed_erasures: list[tuple[str, float | None]] = ()
+                   ) -> list[tuple[bytes, bytes | None]]:
     import msgspec
 
     prefix = _item_prefix(partition)
     records: list[tuple[bytes, bytes | None]] = [
         (prefix + item.encode(), None if count is None else str(count).encode()) for item, count in changed_items]
+    erased = _erased_prefix(partition)
+    records += [(erased + user_id.encode(), None if ts is None else repr(ts).encode())
+                for user_id, ts in changed_erasures]
     if isinstance(state, PartitionState):
         if ranking_changed:
             records.append((_ranking_key(partition), msgspec.msgpack.encode([state.popular, state.popular_counts])))
-        state = msgspec.structs.replace(state, item_counts={}, popular=[], popular_counts=[])  # in their records
+        # in their own records
+        state = msgspec.structs.replace(state, item_counts={}, popular=[], popular_counts=[], erased={})
     records.append((_state_key(partition), msgspec.msgpack.encode(state)))
     return records
 
 
 def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionState | None, bool]:
-    """(the partition's state, whether it came in the one-record format of before: counts and ranking inside)."""
+    """(the partition's state, whether it came in a format of before, to be written again in parts: counts and
+    ranking inside the state record, or the recent erasures inside it)."""
     import msgspec
 
     raw = states.get(_state_key(partition))
@@ -774,7 +786,10 @@ def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionSta
     prefix = _item_prefix(partition)
     state.item_counts = {key[len(prefix):].decode(): int(value)
                          for key, value in states.items_with_prefix(prefix)}
-    return state, False
+    inside = bool(state.erased)  # written before the erasures had their own records
+    prefix = _erased_prefix(partition)
+    state.erased.update((key[len(prefix):].decode(), float(value)) for key, value in states.items_with_prefix(prefix))
+    return state, inside
 
 
 def canonical_url(s: Settings) -> str:

@@ -233,6 +233,7 @@ class PartitionEngine:
         self._max_pushed_ts = float("-inf")  # latest event time handed to the merge (see ``scoring_bound``)
         self._changed_items: set[str] = set()  # item counts changed since ``take_changed_items``
         self._ranking_changed = False  # the popularity ranking was recomputed since ``take_ranking_changed``
+        self._changed_erasures: set[str] = set()  # entries of state.erased changed since ``take_changed_erasures``
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile) -> None:
@@ -343,6 +344,16 @@ class PartitionEngine:
         self._changed_items.clear()
         return [(item, counts.get(item)) for item in changed]
 
+    def take_changed_erasures(self) -> list[tuple[str, float | None]]:
+        """The recent erasures (``state.erased``) changed since the last call, by user (None: expired). Persisted
+        one record per user like the item counts: inside the state record, rewritten with every batch, a bulk
+        purge grew it past Kafka's record size limit, and the worker failed on it at every restart (found by
+        review)."""
+        erased = self.state.erased
+        changed = sorted(self._changed_erasures)
+        self._changed_erasures.clear()
+        return [(user_id, erased.get(user_id)) for user_id in changed]
+
     def take_ranking_changed(self) -> bool:
         """Whether the popularity ranking (``popular``, ``popular_counts``) changed since the last call: it is
         recomputed at ticks and every ``RERANK_EVERY`` items, and persisted in its own record only then."""
@@ -354,6 +365,7 @@ class PartitionEngine:
         of before)."""
         self._changed_items.update(self.state.item_counts)
         self._ranking_changed = True
+        self._changed_erasures.update(self.state.erased)
 
     def pending(self) -> int:
         """Records read and not acked yet: those held in the merge and the dead letters waiting behind them. Both
@@ -418,10 +430,11 @@ class PartitionEngine:
                 # confirmed (the same id for a retry) and nothing is deleted
                 self._confirm_erasure(event)
                 self._count("duplicates_skipped", record.topic)
-                self._result.state_changed = True  # its offset is recorded below: persisted with the state
+                self._result.state_changed = True  # its offset is in the marks: persisted with the state
             else:
                 self._erase(event, record.topic)
-            state.erase_records[event.user_id] = (source, record.offset)
+            if marks is None:  # a state from before the offset marks: the request's record is how it is known
+                state.erase_records[event.user_id] = (source, record.offset)
             if event.ts > state.watermark:
                 state.watermark = event.ts
             self._result.done.append(record)
@@ -477,6 +490,7 @@ class PartitionEngine:
         self._confirm_erasure(request)
         erased = self.state.erased
         erased[user_id] = max(request.ts, erased.get(user_id, request.ts))
+        self._changed_erasures.add(user_id)
         self._cache.pop(user_id, None)
         self._erased.add(user_id)
         self._active_since_tick.discard(user_id)
@@ -498,6 +512,7 @@ class PartitionEngine:
             for user_id in [u for u, ts in erased.items() if ts < horizon]:
                 del erased[user_id]
                 self.state.erase_records.pop(user_id, None)
+                self._changed_erasures.add(user_id)
 
     def _count_item(self, item_id: str) -> None:
         displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS, self._weakest_item)

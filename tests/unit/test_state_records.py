@@ -2,6 +2,8 @@
 and one record per item count, written only as they change, restored to the same PartitionState."""
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 import pytest
 from hypothesis import example, given, settings
@@ -75,7 +77,7 @@ def _check_every_batch(batches, kept) -> None:
         result = engine.on_notify(1e9)
         if result.state_changed:
             table.put_many(_state_records(2, engine.snapshot(), engine.take_changed_items(),
-                                          engine.take_ranking_changed()))
+                                          engine.take_ranking_changed(), engine.take_changed_erasures()))
         restored, one_record = _restore_state(table, 2)
         assert not one_record
         assert restored == (engine.snapshot() if table.data else None)  # nothing written before a change
@@ -91,7 +93,8 @@ def test_the_one_record_format_of_before_is_read_and_then_rewritten_in_parts():
     assert one_record and restored == state
     engine = PartitionEngine(0, EngineConfig(), DictStore(), state=restored)
     engine.mark_all_changed()
-    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
+                                  engine.take_changed_erasures()))
     again, one_record = _restore_state(table, 0)
     assert not one_record and again == state
     assert sorted(table.data) == [b"p0", b"p0/item/a", b"p0/item/b", b"p0/ranking"]
@@ -110,12 +113,14 @@ def test_a_batch_writes_its_changed_counts_not_the_whole_table():
         engine.on_record(record, 0.0)
     engine.on_notify(1e9)
     table = FakeTable()
-    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
+                                  engine.take_changed_erasures()))
     full = table.bytes_written
     table.bytes_written = 0
     engine.on_record(recs[-1], 0.0)
     assert engine.on_notify(1e9).state_changed
-    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed()))
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
+                                  engine.take_changed_erasures()))
     assert table.bytes_written < 300 < 20_000 < full  # the small record now carries its per-source offsets too
     assert _restore_state(table, 0)[0] == engine.snapshot()
 
@@ -137,3 +142,50 @@ def test_regression_a_tick_crossed_by_a_duplicate_event_is_persisted():
         changed.append(result.state_changed)
     assert engine.state.next_tick == day + 3 * DAY
     assert changed == [True, True, True]
+
+
+def test_regression_a_bulk_erasure_grew_the_state_record_past_kafkas_record_limit():
+    """The recent erasures (kept for the 7-day guard) were inside the state record, rewritten with every batch: about
+    12,000 erasures in a partition within a week made it larger than Kafka's 1 MiB limit, and the worker failed on
+    it at every restart (found by review). Each erasure is now a record of its own, written once, and deleted by
+    a tombstone when the guard expires."""
+    engine = PartitionEngine(0, EngineConfig(erasure_guard_s=7 * DAY), DictStore())
+    purge = [Erase(event_id=f"x{i}", user_id=f"{i:08d}-aaaa-bbbb-cccc-dddddddddddd", ts=1.8e9 + i)
+             for i in range(3000)]
+    table = FakeTable()
+
+    def write():
+        table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(),
+                                      engine.take_ranking_changed(), engine.take_changed_erasures()))
+
+    for record in records(purge):
+        engine.on_record(record, 0.0)
+    engine.on_notify(1e9)
+    write()
+    assert len(table.data[b"p0"]) < 300 and len(table.items_with_prefix(b"p0/erased/")) == 3000
+    table.bytes_written = 0
+    engine.on_record(records([Click(event_id="c", user_id="u", ts=1.8e9 + 4000)])[0], 0.0)
+    engine.on_notify(1e9)
+    write()
+    assert table.bytes_written < 300  # the next batch does not write the erasures again
+    assert _restore_state(table, 0) == (engine.snapshot(), False)
+    later = records([Click(event_id="d", user_id="u", ts=1.8e9 + 9 * DAY)])[0]
+    engine.on_record(dataclasses.replace(later, offset=1), 0.0)
+    engine.on_notify(1e9)  # a tick 8 days on: the guard has expired
+    write()
+    assert not engine.state.erased and not table.items_with_prefix(b"p0/erased/")
+
+
+def test_erasures_inside_a_state_record_of_before_are_read_and_then_moved_to_their_own_records():
+    state = PartitionState(partition=0, watermark=5.0, erased={"gone": 4.0}, applied={"clicks/0": 3})
+    table = FakeTable()
+    table.put_many([(b"p0", msgspec.msgpack.encode(state))])
+    restored, inside = _restore_state(table, 0)
+    assert inside and restored == state
+    engine = PartitionEngine(0, EngineConfig(), DictStore(), state=restored)
+    engine.mark_all_changed()
+    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
+                                  engine.take_changed_erasures()))
+    again, inside = _restore_state(table, 0)
+    assert not inside and again == state
+    assert sorted(table.data) == [b"p0", b"p0/erased/gone", b"p0/ranking"]
