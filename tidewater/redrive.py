@@ -26,7 +26,10 @@ _letter = msgspec.json.Decoder(DeadLetter)
 
 @dataclass
 class RedrivePlan:
-    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (topic, key, value), in letter order
+    # (topic, key, value), in event-time order: a user's letters lie on several dead-letter partitions (keyed by
+    # the original key: a wrong one for key_mismatch), and a dump reads them partition by partition. Sent in that
+    # order, earlier events arrived after later ones, late past the windows' grace (found by review)
+    records: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     # "redriven:<reason it had>", "still_rejected:<reason it would get now>", "skipped:<why>"
     counts: Counter[str] = field(default_factory=Counter)
 
@@ -40,6 +43,7 @@ def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max
     would be rejected again (ts_in_future), so it stays out."""
     wanted = set(reasons) if reasons else None
     plan = RedrivePlan()
+    timed: list[tuple[float, str, int, int, tuple[str, bytes, bytes]]] = []
     seen: set[tuple[str, int, int]] = set()
     for line in lines:
         if not line.strip():
@@ -79,6 +83,8 @@ def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max
             plan.counts["still_rejected:ts_in_future"] += 1
             continue
         assert value is not None  # decode_event rejects a missing value
-        plan.records.append((letter.topic, event.user_id.encode(), value))
+        timed.append((event.ts, *origin, (letter.topic, event.user_id.encode(), value)))
         plan.counts[f"redriven:{letter.reason}"] += 1
+    timed.sort(key=lambda t: t[:4])  # by event time, then where it was read first: one order for any dump
+    plan.records = [t[4] for t in timed]
     return plan
