@@ -818,6 +818,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         broker_heartbeat_interval=s.heartbeat_interval_s,
         broker_commit_interval=s.commit_interval_s,
         producer_max_batch_size=s.producer_max_batch_bytes,
+        producer_request_timeout=s.producer_timeout_s,
         producer_linger=0.005,  # batch outputs and changelog records into few produce requests
         web_enabled=True,
         web_host=s.web_host,

@@ -100,6 +100,10 @@ class Settings:
         "Producer batch size in bytes. A partition has one batch in flight at a time, so a batch's profile "
         "changelog (about 2.6 kB per user) goes out in this many bytes per round trip; keep it below the "
         "broker's message.max.bytes (1 MB by default).")
+    producer_timeout_s: float = setting(
+        120.0, "TIDEWATER_PRODUCER_TIMEOUT_S",
+        "How long an output or changelog batch may wait for the broker, retries included, before the worker stops "
+        "on it (Kafka's delivery.timeout.ms default; Faust's own, 20 minutes, kept a worker stuck with /health ok).")
     broker_quirks: str = setting(
         "", "TIDEWATER_BROKER_QUIRKS",
         "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu), "
@@ -318,6 +322,7 @@ _NON_NEGATIVE = (0, None)
 RANGES: dict[str, tuple[Any, Any]] = {
     "partitions": _POSITIVE, "replication_factor": _POSITIVE, "model_poll_s": _POSITIVE, "broker_wait_s": _POSITIVE,
     "session_timeout_s": _POSITIVE, "rebalance_timeout_s": _POSITIVE, "heartbeat_interval_s": _POSITIVE, "producer_max_batch_bytes": _POSITIVE,
+    "producer_timeout_s": _POSITIVE,
     "fetch_max_wait_ms": _NON_NEGATIVE, "commit_interval_s": _POSITIVE, "batch_max_events": _POSITIVE,
     "batch_max_wait_ms": _NON_NEGATIVE, "inline_min_events": _NON_NEGATIVE, "inline_max_scoring": _NON_NEGATIVE,
     "profile_cache_users": _NON_NEGATIVE, "max_event_bytes": _POSITIVE, "max_event_lead_s": _NON_NEGATIVE, "source_idle_ms": _NON_NEGATIVE,
