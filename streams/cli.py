@@ -75,6 +75,8 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
         speed: float = typer.Option(0.0, min=0.0, help="0 = as fast as possible; N = N× real time by event time."),
         limit: Optional[int] = typer.Option(None, min=1, help="Stop after this many events."),
+        skip: int = typer.Option(0, min=0, help="Leave out the first N events (resume a replay that stopped on a "
+                                                "record Kafka refused: its message gives N)."),
         close: bool = typer.Option(False, "--close", help="Then a clock record to every partition at the first "
                                                           "tick after the last event: the workers score the "
                                                           "replay's last tick."),
@@ -84,7 +86,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
 
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
         counts = asyncio.run(do_replay(s, dataset, speed=speed, limit=limit, progress=sys.stderr.isatty(),
-                                       close=close))
+                                       close=close, skip=skip))
         for topic, n in counts.items():
             typer.echo(f"{topic}: {n} events written")
 

@@ -51,11 +51,46 @@ def closing_time(last_ts: float, tick_s: float) -> float:
     return first_tick_after(last_ts, tick_s)
 
 
+class _Refused(Exception):
+    """Kafka refused the record of event ``number`` (counting from 1 in the order read)."""
+
+    def __init__(self, number: int, cause: BaseException) -> None:
+        super().__init__(number, cause)
+        self.number, self.cause = number, cause
+
+
+async def _send(producer: "AIOKafkaProducer", number: int, topic: str, **record: object) -> "asyncio.Future":
+    from aiokafka.errors import KafkaError
+
+    try:
+        return await producer.send(topic, **record)  # type: ignore[arg-type]
+    except KafkaError as exc:  # refused before it was sent (larger than the client's request limit, no metadata)
+        raise _Refused(number, exc) from None
+
+
+async def _settle(pending: list[tuple[int, "asyncio.Future"]]) -> tuple[int, _Refused | None]:
+    """Wait for every send of ``pending`` (numbered records, emptied): how many Kafka acknowledged, and the first
+    it refused (in the order read), if any."""
+    results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+    refused = [_Refused(number, r) for (number, _), r in zip(pending, results) if isinstance(r, BaseException)]
+    pending.clear()
+    return len(results) - len(refused), (refused[0] if refused else None)
+
+
+def _refused_error(refused: _Refused, written: int, what: str, resume: str) -> UserError:
+    cause = refused.cause
+    return UserError(f"Kafka refused {what} {refused.number} ({type(cause).__name__}: {cause}); {written} records "
+                     f"were written before it stopped. Sending them again writes them at new offsets (the workers "
+                     f"skip a user's repeated event among their last 16 event ids, not older ones): {resume}")
+
+
 async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progress: bool = True,
-                 limit: int | None = None, close: bool = False) -> dict[str, int]:
+                 limit: int | None = None, close: bool = False, skip: int = 0) -> dict[str, int]:
     """Produce the events (keyed by user id) and return how many went to each topic. Clock lines go to every
     partition of the clicks topic. ``close``: then a clock at the first tick after the last event, so the workers
-    score the replay's last tick (a partition's clock only moves with its own records)."""
+    score the replay's last tick (a partition's clock only moves with its own records). ``skip``: leave out the
+    first ``skip`` events (a replay that stopped on a refused record resumes there). A record Kafka refuses stops
+    the replay with a ``UserError`` naming it and what was written."""
     from tqdm import tqdm
 
     try:
@@ -69,11 +104,15 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     first_ts = None
     last_ts = held_clock = -math.inf
     started = time.monotonic()
-    pending = []
+    pending: list[tuple[int, asyncio.Future]] = []
+    written = 0
     try:
         for n, item in enumerate(events):
             if limit is not None and n >= limit:
                 break
+            if n < skip:
+                bar.update(1)
+                continue
             partition = timestamp_ms = None
             event_ts = -math.inf  # the time a worker will read from it; -inf: none (a bad line), not paced
             recorded = from_envelope(item) if isinstance(item, bytes) else None
@@ -105,20 +144,31 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                     await asyncio.sleep(wait)
             if key is None and partition is None:  # no readable user: partition 0, not the partitioner's random pick
                 partition = 0
-            pending.append(await producer.send(topic, value=value, key=key, partition=partition,
-                                               timestamp_ms=timestamp_ms))
+            pending.append((n + 1, await _send(producer, n + 1, topic, value=value, key=key, partition=partition,
+                                               timestamp_ms=timestamp_ms)))
             counts[topic] = counts.get(topic, 0) + 1
             bar.update(1)
             if len(pending) >= 20000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
+                acked, refused = await _settle(pending)
+                written += acked
+                if refused is not None:
+                    raise refused
+        acked, refused = await _settle(pending)
+        written += acked
+        if refused is not None:
+            raise refused
         # clock lines of a file go out once, the latest, after its events: sent where they stood, a clock line
         # of one partition's dump (plain `record`) would run every other partition's time ahead of its events
         closing = closing_time(last_ts, s.clock_tick_s) if close and math.isfinite(last_ts) else -math.inf
         if max(held_clock, closing) > -math.inf:
             counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks, max(held_clock, closing))
         await producer.flush()
+    except _Refused as refused:
+        acked, other = await _settle(pending)  # the others in flight, settled: the count is what Kafka has
+        if other is not None and other.number < refused.number:
+            refused = other
+        raise _refused_error(refused, written + acked, "the record of event", "fix the cause, then add --skip "
+                             f"{refused.number - 1} to resume at that event") from None
     finally:
         bar.close()
         await producer.stop()
@@ -160,9 +210,20 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
     if dry_run or not plan.records:
         return plan
     producer = await _started_producer(s)
+    pending: list[tuple[int, asyncio.Future]] = []
     try:
-        sent = [await producer.send(topic, value=value, key=key) for topic, key, value in plan.records]
-        await asyncio.gather(*sent)
+        refused: _Refused | None = None
+        try:
+            for number, (topic, key, value) in enumerate(plan.records, 1):
+                pending.append((number, await _send(producer, number, topic, value=value, key=key)))
+        except _Refused as before_sending:
+            refused = before_sending
+        acked, other = await _settle(pending)
+        if other is not None and (refused is None or other.number < refused.number):
+            refused = other
+        if refused is not None:
+            raise _refused_error(refused, acked, "redriven record", "a redrive sends every selected letter "
+                                 "again: fix the cause, or select fewer with --reason")
     finally:
         await producer.stop()
     return plan

@@ -217,3 +217,53 @@ def test_regression_replay_redrive_and_clock_wait_for_every_in_sync_replica(monk
     monkeypatch.setattr(aiokafka, "AIOKafkaProducer", Producer)
     asyncio.run(replay_mod._started_producer(Settings()))
     assert made[0]["acks"] == "all"
+
+
+class RefusingProducer(RecordingProducer):
+    """Kafka refuses the records whose value holds ``refused`` (as a broker answers MESSAGE_TOO_LARGE)."""
+
+    def __init__(self, refused: bytes) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def send(self, topic, value=None, key=None, partition=None, timestamp_ms=None):
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        done = asyncio.get_running_loop().create_future()
+        if self.refused in (value or b""):
+            done.set_exception(MessageSizeTooLargeError("the broker's message.max.bytes"))
+        else:
+            self.sent.append((topic, key, value, partition, timestamp_ms))
+            done.set_result(None)
+        return done
+
+
+def test_regression_a_record_kafka_refuses_stops_the_replay_with_where_to_resume(tmp_path, monkeypatch):
+    """A record the broker refused (over its 1 MB limit) ended the replay in a traceback, with no word of what
+    was written or where to go on from (found by review). It now names the event, how many were written, and the
+    --skip that resumes there; resuming sends the rest once."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(click(f"e{i}", f"u{i % 3}", 1.7e9 + i) for i in range(10)) + b"\n")
+    producer = RefusingProducer(b'"e6"')
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, producer))
+    with pytest.raises(UserError, match=r"refused the record of event 7 \(MessageSizeTooLargeError.*9 records were"
+                                        r" written.*--skip 6"):
+        asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False))
+    fixed = RecordingProducer()
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, fixed))
+    asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False, skip=6))
+    assert [json.loads(v)["event_id"] for _, _, v, _, _ in fixed.sent] == ["e6", "e7", "e8", "e9"]
+
+
+def test_a_redriven_record_kafka_refuses_is_named(tmp_path, monkeypatch):
+    from tests.unit.test_redrive import dead_letters
+    from tidewater.engine import Record
+
+    letters = dead_letters([Record("clicks", 0, i, b"wrong", click(f"e{i}", "ann", 1.7e9 + i)) for i in range(4)],
+                           max_bytes=1024)
+    path = tmp_path / "letters.jsonl"
+    path.write_bytes(b"\n".join(letters) + b"\n")
+    producer = RefusingProducer(b'"e1"')
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, producer))
+    with pytest.raises(UserError, match=r"refused redriven record 2 .*3 records were written"):
+        asyncio.run(replay_mod.redrive(Settings(), str(path)))
