@@ -30,7 +30,7 @@ from faust.types import TP
 
 from streams import metrics
 from streams.ingress import ack_records, hold_back, install_batch_drain
-from streams.kafka_config import faust_credentials, set_fetch_max_wait
+from streams.kafka_config import configure_worker_consumer, faust_credentials
 from streams.live_stats import LiveStats
 from streams.local_state import guard_against_stale_partitions, mark_caught_up, mark_open_partitions_caught_up
 from streams.producing import BatchSender, delivered
@@ -831,7 +831,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         canonical_url=canonical_url(s),
         table_standby_replicas=0,
     )
-    set_fetch_max_wait(s.fetch_max_wait_ms)
+    configure_worker_consumer(s.fetch_max_wait_ms)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     inputs = app.topic(*s.input_topics, partitions=s.partitions, **raw)
     outputs = {name: app.topic(name, partitions=s.partitions, **raw)

@@ -263,8 +263,9 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
 
     from streams.kafka_config import aiokafka_kwargs
 
+    # read_committed, as the workers read: a dump for a replay must not bring back an aborted transaction's records
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(s), enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                max_partition_fetch_bytes=4 * 1024 * 1024, isolation_level="read_committed")
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
