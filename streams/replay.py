@@ -8,7 +8,7 @@ import heapq
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from tidewater.errors import UserError
 from tidewater.events import Clock, Event, Rejected, decode_event, encode_event
@@ -252,12 +252,28 @@ def _peek(raw: bytes) -> tuple[str | None, bytes | None]:
 async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s: float = 120.0,
                      with_timestamps: bool = False) -> list[tuple]:
     """Every record of a topic as (partition, offset, key, value), sorted by partition then offset; with
-    ``with_timestamps``, (partition, offset, key, value, Kafka timestamp in ms).
+    ``with_timestamps``, (partition, offset, key, value, Kafka timestamp in ms). In memory: for tests and small
+    topics (``record`` writes a topic of any size through ``each_record``)."""
+    rows: list[tuple] = []
+    if with_timestamps:
+        await each_record(s, topic, lambda p, m: rows.append((p, m.offset, m.key, m.value, m.timestamp)),
+                          idle_s=idle_s, timeout_s=timeout_s)
+    else:
+        await each_record(s, topic, lambda p, m: rows.append((p, m.offset, m.key, m.value)),
+                          idle_s=idle_s, timeout_s=timeout_s)
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return rows
+
+
+async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None], *, idle_s: float = 2.0,
+                      timeout_s: float = 120.0) -> int:
+    """Read a whole topic from its beginning, calling ``take(partition, message)`` for each record (each
+    partition's in offset order, the partitions interleaved); how many.
 
     Reads until the end offsets are reached *and* nothing new arrived for ``idle_s`` (Tansu 0.6 reports a wrong
     high watermark after multi-record batches, so the end offsets alone are not trusted), or for ``idle_s`` past
-    them on a topic that keeps receiving records. A topic of any size is read whole; ``timeout_s`` without a
-    record while the end is not reached is an error, never a short result."""
+    them on a topic that keeps receiving records. ``timeout_s`` without a record while the end is not reached is
+    an error, never a short result."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaConnectionError
 
@@ -271,7 +287,7 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     except KafkaConnectionError as exc:
         await consumer.stop()
         raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
-    rows: list[tuple] = []
+    n = 0
     try:
         partitions = consumer.partitions_for_topic(topic)
         if partitions is None:
@@ -290,27 +306,25 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
             if batch:
                 last_data = time.monotonic()
                 for tp, messages in batch.items():
-                    if with_timestamps:
-                        rows.extend((tp.partition, m.offset, m.key, m.value, m.timestamp) for m in messages)
-                    else:
-                        rows.extend((tp.partition, m.offset, m.key, m.value) for m in messages)
+                    for message in messages:
+                        take(tp.partition, message)
+                    n += len(messages)
             now = time.monotonic()
             if reached_at is None:
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= end[tp] for pos, tp in zip(positions, tps)):
                     reached_at = now
             # past the end offsets: done once quiet for idle_s, or idle_s after reaching them on a topic that
-            # keeps receiving records (a live topic is never quiet: it was read without end, all kept in memory).
+            # keeps receiving records (a live topic is never quiet: it was read without end).
             # Tansu's too-low high watermark hides at most each partition's last batch: read well within idle_s
             if reached_at is not None and (now - last_data >= idle_s or now - reached_at >= idle_s):
                 break
             if reached_at is None and now - last_data >= timeout_s:
                 raise UserError(f"reading {topic!r}: no record for {timeout_s:g} s before its end offsets (read "
-                                f"{len(rows):,} records): is the broker up?")
+                                f"{n:,} records): is the broker up?")
     finally:
         await consumer.stop()
-    rows.sort(key=lambda r: (r[0], r[1]))
-    return rows
+    return n
 
 
 def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -364,6 +378,7 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
     """Dump ``topic`` to ``out``. Written to a temporary file beside it and renamed over it once complete: an
     existing dump is not emptied by a read that fails (a mistyped broker or topic), and never half-written."""
     import os
+    import shutil
     import tempfile
 
     target = os.path.abspath(out)
@@ -371,18 +386,34 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    # each partition's lines spooled to a temporary file as they come, then the files one after the other in
+    # partition order: the dump is sorted by partition and offset, and the topic is never held in memory (it was,
+    # whole, until the twenty-first session: a production topic ran the command out of memory; found by review)
+    spools: dict[int, Any] = {}
+
+    def take(partition: int, m: Any) -> None:
+        if with_meta:
+            line = json.dumps(envelope(topic, partition, m.offset, m.key, m.value, m.timestamp)).encode()
+        else:
+            line = (m.value or b"").replace(b"\n", b" ")
+        spool = spools.get(partition)
+        if spool is None:
+            spool = spools[partition] = tempfile.TemporaryFile(dir=os.path.dirname(target))
+        spool.write(line + b"\n")
+
     try:
         with os.fdopen(fd, "wb") as fh:
-            rows = await read_topic(s, topic, idle_s=idle_s, with_timestamps=True)
-            for partition, offset, key, value, timestamp in rows:
-                if with_meta:
-                    line = json.dumps(envelope(topic, partition, offset, key, value, timestamp)).encode()
-                else:
-                    line = (value or b"").replace(b"\n", b" ")
-                fh.write(line + b"\n")
+            n = await each_record(s, topic, take, idle_s=idle_s)
+            for partition in sorted(spools):
+                spool = spools[partition]
+                spool.seek(0)
+                shutil.copyfileobj(spool, fh, 1 << 20)
         os.chmod(tmp, 0o644)  # mkstemp's 0600: as a plain open() would have made it
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
         raise
-    return len(rows)
+    finally:
+        for spool in spools.values():
+            spool.close()
+    return n

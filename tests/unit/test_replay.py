@@ -187,17 +187,41 @@ def test_regression_a_failed_record_leaves_an_existing_dump_as_it_was(tmp_path, 
     async def unreachable(*_, **__):
         raise UserError("cannot reach Kafka at 127.0.0.1:1")
 
-    monkeypatch.setattr(replay_mod, "read_topic", unreachable)
+    monkeypatch.setattr(replay_mod, "each_record", unreachable)
     with pytest.raises(UserError):
         asyncio.run(replay_mod.record(Settings(), "clicks", str(out)))
     assert out.read_bytes() == b"earlier dump\n" and [p.name for p in tmp_path.iterdir()] == ["dump.jsonl"]
 
-    async def two_records(*_, **__):
-        return [(0, 0, b"u", b'{"a":1}', 5), (1, 0, b"v", b"line\nbreak", 6)]
-
-    monkeypatch.setattr(replay_mod, "read_topic", two_records)
+    monkeypatch.setattr(replay_mod, "each_record", records_read([(0, 0, b"u", b'{"a":1}', 5),
+                                                                 (1, 0, b"v", b"line\nbreak", 6)]))
     assert asyncio.run(replay_mod.record(Settings(), "clicks", str(out))) == 2
     assert out.read_bytes() == b'{"a":1}\nline break\n' and [p.name for p in tmp_path.iterdir()] == ["dump.jsonl"]
+
+
+def records_read(rows):
+    """A stand-in for ``each_record`` that hands over ``rows`` (partition, offset, key, value, timestamp)."""
+    from types import SimpleNamespace
+
+    async def each_record(_settings, _topic, take, **_):
+        for partition, offset, key, value, timestamp in rows:
+            take(partition, SimpleNamespace(offset=offset, key=key, value=value, timestamp=timestamp))
+        return len(rows)
+
+    return each_record
+
+
+def test_regression_record_writes_a_topic_sorted_by_partition_and_offset_without_holding_it(tmp_path, monkeypatch):
+    """`record` kept every record of the topic in a list and sorted it before writing anything: a production
+    topic ran it out of memory (found by review). Each partition's lines now go to a spool file as they come, and
+    the dump is the spools in partition order: the same file, whatever the interleaving of the fetches."""
+    interleaved = [(2, 0, b"c", b"c0", 1), (0, 0, b"a", b"a0", 1), (2, 1, b"c", b"c1", 2), (1, 0, b"b", b"b0", 1),
+                   (0, 1, b"a", b"a1", 2)]
+    out = tmp_path / "dump.jsonl"
+    monkeypatch.setattr(replay_mod, "each_record", records_read(interleaved))
+    assert asyncio.run(replay_mod.record(Settings(), "clicks", str(out), with_meta=True)) == 5
+    assert [(e["partition"], e["offset"]) for e in map(json.loads, out.read_text().splitlines())] == \
+        [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
+    assert [p.name for p in tmp_path.iterdir()] == ["dump.jsonl"]  # the spools are gone
 
 
 def test_regression_replay_redrive_and_clock_wait_for_every_in_sync_replica(monkeypatch):
