@@ -77,7 +77,7 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
         counts = await _partition_counts(admin, [spec.name for spec in existing_specs])
         differing = await _differing_configs(admin, existing_specs)
         for spec in specs:
-            problems = [f"{n} partitions, expected {spec.partitions}"] \
+            problems = [f"{counts[spec.name]} partitions, expected {spec.partitions}"] \
                 if counts.get(spec.name, spec.partitions) != spec.partitions else []
             problems += differing.get(spec.name, [])
             if problems:
@@ -161,9 +161,12 @@ async def input_partition_mismatches(s: Settings, wait_s: float = 0.0) -> list[s
     return (await _startup_facts(s, wait_s))[0]
 
 
-async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float | None]:
+INPUT_HINT = "set TIDEWATER_PARTITIONS to the input topics' partition count"
+
+
+async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float | None, list[str]]:
     """(the input partition problems, the shortest ``delete.retention.ms`` of the changelogs in seconds, None where
-    the broker does not say), from one admin connection."""
+    the broker does not say; the other topics' problems, each with its remedy), from one admin connection."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
@@ -187,25 +190,39 @@ async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float |
             delay = min(delay * 2, 5.0)
     try:
         existing = set(await admin.list_topics())
-        counts = await _partition_counts(admin, [t for t in (s.topic_clicks, s.topic_purchases) if t in existing])
-        changelogs = [spec.name for spec in topic_specs(s) if spec.compact and spec.name in existing]
-        retention = [float(value) / 1000 for value in
-                     (await _topic_configs(admin, changelogs, "delete.retention.ms")).values()]
+        specs = [spec for spec in topic_specs(s) if spec.name in existing]
+        counts = await _partition_counts(admin, [spec.name for spec in specs])
+        changelogs = [spec.name for spec in specs if spec.compact]
+        configs = await _topic_configs(admin, changelogs, "delete.retention.ms", "cleanup.policy")
     finally:
         await admin.close()
+    inputs = (s.topic_clicks, s.topic_purchases)
     problems = [f"input topic {topic} has {n} partitions but TIDEWATER_PARTITIONS is {s.partitions}"
-                for topic, n in sorted(counts.items()) if n != s.partitions]
-    return problems, min(retention, default=None)
+                for topic, n in sorted(counts.items()) if n != s.partitions and topic in inputs]
+    # the worker writes each user's outputs and changelog records to partition hash(user) % TIDEWATER_PARTITIONS:
+    # fewer partitions stopped it at every start on aiokafka's bare AssertionError, more left some unused and
+    # disagreed with Kafka's own partitioner for the topic (found by review)
+    others = [f"topic {topic} has {n} partitions, expected {s.partitions}: the worker writes to partition "
+              f"hash(user_id) % TIDEWATER_PARTITIONS; recreate it with {s.partitions}"
+              for topic, n in sorted(counts.items()) if n != s.partitions and topic not in inputs]
+    # a changelog that is not compacted ages its profiles out, and a restore after a failover loses them; `topics
+    # create` only reported it, and the worker accepted it (found by review)
+    others += [f"changelog {topic} has cleanup.policy={value}: its profiles would age out of it and a restore "
+               f"lose them; set cleanup.policy=compact (`tidewater topics create` reports what differs)"
+               for (topic, key), value in sorted(configs.items()) if key == "cleanup.policy" and "compact" not in value]
+    retention = [float(value) / 1000 for (_, key), value in configs.items() if key == "delete.retention.ms"]
+    return problems, min(retention, default=None), others
 
 
 def check_topics(s: Settings) -> Settings:
-    """Refuse to start a worker on input topics partitioned otherwise than configured (a clear error). Returns the
+    """Refuse to start a worker on topics partitioned otherwise than configured, or on a changelog that is not
+    compacted (a clear error). Returns the
     settings with the changelogs' actual tombstone retention where it is shorter than TIDEWATER_TOMBSTONE_RETENTION_S
     (changelogs created before it was set keep Kafka's 1 day): the worker's stale-store rule must follow the
     topics' (found by review)."""
-    problems, retention = asyncio.run(_startup_facts(s, wait_s=s.broker_wait_s))
-    if problems:
-        raise UserError("; ".join(problems) + ": set TIDEWATER_PARTITIONS to the topics' partition count")
+    problems, retention, others = asyncio.run(_startup_facts(s, wait_s=s.broker_wait_s))
+    if problems or others:
+        raise UserError("; ".join(([f"{'; '.join(problems)}: {INPUT_HINT}"] if problems else []) + others))
     if retention is not None and retention < s.tombstone_retention_s:
         log.warning("the changelogs keep deletions %.1f h (delete.retention.ms), less than "
                     "TIDEWATER_TOMBSTONE_RETENTION_S (%.1f h): local stores older than %.1f h are restored in full; "

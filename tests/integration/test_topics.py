@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from infra.topics import TopicSpec, create_topics, input_partition_mismatches
+from tidewater.errors import UserError
 from tidewater.settings import Settings
 
 pytestmark = [pytest.mark.broker]
@@ -77,3 +78,31 @@ def test_regression_a_worker_follows_the_changelogs_actual_tombstone_retention(b
     old = [replace(spec, tombstone_retention_s=86400.0 if spec.compact else None) for spec in topic_specs(s)]
     asyncio.run(create_topics(s, old))
     assert check_topics(s).tombstone_retention_s == 86400.0
+
+
+def test_regression_a_worker_refuses_an_output_topic_with_fewer_partitions_and_a_changelog_not_compacted(broker):
+    """The worker checked the input topics alone. An output topic with fewer partitions stopped it at every start
+    on aiokafka's bare AssertionError ("Unrecognized partition"), and a changelog that was not compacted was
+    accepted: its profiles age out, and a restore after a failover loses them (found by review)."""
+    from infra.topics import check_topics, topic_specs
+
+    prefix = "o" + uuid.uuid4().hex[:8]
+    s = Settings.from_env(environ=dict(TIDEWATER_BOOTSTRAP_SERVERS=broker.bootstrap_servers, TIDEWATER_APP_ID=prefix,
+                                       TIDEWATER_TOPIC_CLICKS=f"{prefix}-clicks",
+                                       TIDEWATER_TOPIC_PURCHASES=f"{prefix}-purchases",
+                                       TIDEWATER_TOPIC_OFFERS=f"{prefix}-offers", TIDEWATER_PARTITIONS="4"))
+    specs = {spec.name: spec for spec in topic_specs(s)}
+    changelog = f"{prefix}-profiles-changelog"
+    made_elsewhere = [TopicSpec(f"{prefix}-offers", 1), TopicSpec(changelog, 4)]  # not compacted
+    asyncio.run(create_topics(s, made_elsewhere + [spec for name, spec in specs.items()
+                                                   if name not in (f"{prefix}-offers", changelog)]))
+    with pytest.raises(UserError) as refused:
+        check_topics(s)
+    message = str(refused.value)
+    assert f"topic {prefix}-offers has 1 partitions, expected 4" in message
+    assert f"changelog {changelog} has cleanup.policy=delete" in message
+    assert "TIDEWATER_PARTITIONS to the input" not in message  # the inputs are right
+    # and `topics create` reports both (it raised a NameError on the partition count, found by this test)
+    outcome = asyncio.run(create_topics(s))
+    assert outcome[f"{prefix}-offers"] == "exists (1 partitions, expected 4!)"
+    assert outcome[changelog].startswith("exists (cleanup.policy is delete, expected compact")
