@@ -84,20 +84,26 @@ def _check_every_batch(batches, kept) -> None:
         assert len(engine.state.item_counts) <= kept
 
 
-def test_the_one_record_format_of_before_is_read_and_then_rewritten_in_parts():
-    state = PartitionState(partition=0, watermark=5.0, item_counts={"a": 2, "b": 1}, popular=["a", "b"],
-                           popular_counts=[2, 1])
+@pytest.mark.parametrize("state, parts", [
+    # the one-record format: counts and ranking inside the state record
+    (PartitionState(partition=0, watermark=5.0, item_counts={"a": 2, "b": 1}, popular=["a", "b"],
+                    popular_counts=[2, 1]), [b"p0", b"p0/item/a", b"p0/item/b", b"p0/ranking"]),
+    # until the twenty-first session: the recent erasures inside it
+    (PartitionState(partition=0, watermark=5.0, erased={"gone": 4.0}, applied={"clicks/0": 3}),
+     [b"p0", b"p0/erased/gone", b"p0/ranking"]),
+])
+def test_a_state_record_of_before_is_read_and_then_rewritten_in_parts(state, parts):
     table = FakeTable()
     table.put_many([(b"p0", msgspec.msgpack.encode(state))])
-    restored, one_record = _restore_state(table, 0)
-    assert one_record and restored == state
+    restored, of_before = _restore_state(table, 0)
+    assert of_before and restored == state
     engine = PartitionEngine(0, EngineConfig(), DictStore(), state=restored)
     engine.mark_all_changed()
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
                                   engine.take_changed_erasures()))
-    again, one_record = _restore_state(table, 0)
-    assert not one_record and again == state
-    assert sorted(table.data) == [b"p0", b"p0/item/a", b"p0/item/b", b"p0/ranking"]
+    again, of_before = _restore_state(table, 0)
+    assert not of_before and again == state
+    assert sorted(table.data) == parts
 
 
 def test_a_batch_writes_its_changed_counts_not_the_whole_table():
@@ -174,18 +180,3 @@ def test_regression_a_bulk_erasure_grew_the_state_record_past_kafkas_record_limi
     engine.on_notify(1e9)  # a tick 8 days on: the guard has expired
     write()
     assert not engine.state.erased and not table.items_with_prefix(b"p0/erased/")
-
-
-def test_erasures_inside_a_state_record_of_before_are_read_and_then_moved_to_their_own_records():
-    state = PartitionState(partition=0, watermark=5.0, erased={"gone": 4.0}, applied={"clicks/0": 3})
-    table = FakeTable()
-    table.put_many([(b"p0", msgspec.msgpack.encode(state))])
-    restored, inside = _restore_state(table, 0)
-    assert inside and restored == state
-    engine = PartitionEngine(0, EngineConfig(), DictStore(), state=restored)
-    engine.mark_all_changed()
-    table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
-                                  engine.take_changed_erasures()))
-    again, inside = _restore_state(table, 0)
-    assert not inside and again == state
-    assert sorted(table.data) == [b"p0", b"p0/erased/gone", b"p0/ranking"]
