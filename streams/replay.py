@@ -52,11 +52,13 @@ def closing_time(last_ts: float, tick_s: float) -> float:
 
 
 class _Refused(Exception):
-    """Kafka refused the record of event ``number`` (counting from 1 in the order read)."""
+    """Kafka refused the record of event ``number`` (counting from 1 in the order read). ``written_after``: the
+    numbers of later records that Kafka took all the same (sends are pipelined: other partitions, later batches)."""
 
     def __init__(self, number: int, cause: BaseException) -> None:
         super().__init__(number, cause)
         self.number, self.cause = number, cause
+        self.written_after: list[int] = []
 
 
 async def _send(producer: "AIOKafkaProducer", number: int, topic: str, **record: object) -> "asyncio.Future":
@@ -73,6 +75,9 @@ async def _settle(pending: list[tuple[int, "asyncio.Future"]]) -> tuple[int, _Re
     it refused (in the order read), if any."""
     results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
     refused = [_Refused(number, r) for (number, _), r in zip(pending, results) if isinstance(r, BaseException)]
+    if refused:
+        refused[0].written_after = [number for (number, _), r in zip(pending, results)
+                                    if number > refused[0].number and not isinstance(r, BaseException)]
     pending.clear()
     return len(results) - len(refused), (refused[0] if refused else None)
 
@@ -108,9 +113,13 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     written = 0
     try:
         for n, item in enumerate(events):
-            if limit is not None and n >= limit:
+            if limit is not None and n >= skip + limit:
                 break
-            if n < skip:
+            if n < skip:  # written by the run this resumes; its clock lines went out at its end, if it got there
+                if isinstance(item, bytes) and _peek(item)[0] == "clock":
+                    decoded = decode_event(item, max_bytes=s.max_event_bytes)
+                    if isinstance(decoded, Clock):
+                        held_clock = max(held_clock, decoded.ts)
                 bar.update(1)
                 continue
             partition = timestamp_ms = None
@@ -167,8 +176,14 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         acked, other = await _settle(pending)  # the others in flight, settled: the count is what Kafka has
         if other is not None and other.number < refused.number:
             refused = other
-        raise _refused_error(refused, written + acked, "the record of event", "fix the cause, then add --skip "
-                             f"{refused.number - 1} to resume at that event") from None
+        # records after the refused one can have been written as well: the resume writes them again, and the
+        # message says so
+        after = refused.written_after
+        resume = f"fix the cause, then add --skip {refused.number - 1} to resume at that event"
+        if after:
+            resume += (f"; {len(after)} records after it (up to event {max(after)}) were written as well, and the "
+                       f"resume writes them again")
+        raise _refused_error(refused, written + acked, "the record of event", resume) from None
     finally:
         bar.close()
         await producer.stop()

@@ -265,18 +265,26 @@ class RefusingProducer(RecordingProducer):
 def test_regression_a_record_kafka_refuses_stops_the_replay_with_where_to_resume(tmp_path, monkeypatch):
     """A record the broker refused (over its 1 MB limit) ended the replay in a traceback, with no word of what
     was written or where to go on from (found by review). It now names the event, how many were written, and the
-    --skip that resumes there; resuming sends the rest once."""
+    --skip that resumes there; sends are pipelined, so it also says which records after it were written anyway
+    (and would be written again by the resume)."""
     path = tmp_path / "events.jsonl"
-    path.write_bytes(b"\n".join(click(f"e{i}", f"u{i % 3}", 1.7e9 + i) for i in range(10)) + b"\n")
+    lines = [click(f"e{i}", f"u{i % 3}", 1.7e9 + i) for i in range(10)]
+    lines.insert(3, json.dumps({"type": "clock", "ts": 1.7e9 + 2.5}).encode())  # goes out at the end, once
+    path.write_bytes(b"\n".join(lines) + b"\n")
     producer = RefusingProducer(b'"e6"')
     monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, producer))
-    with pytest.raises(UserError, match=r"refused the record of event 7 \(MessageSizeTooLargeError.*9 records were"
-                                        r" written.*--skip 6"):
+    with pytest.raises(UserError, match=r"refused the record of event 8 \(MessageSizeTooLargeError.*9 records were"
+                                        r" written.*--skip 7 to resume at that event; 3 records after it \(up to "
+                                        r"event 11\) were written as well"):
         asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False))
+    assert not any(b"clock" in v for _, _, v, _, _ in producer.sent)  # the run did not reach its end
     fixed = RecordingProducer()
     monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, fixed))
-    asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False, skip=6))
-    assert [json.loads(v)["event_id"] for _, _, v, _, _ in fixed.sent] == ["e6", "e7", "e8", "e9"]
+    asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False, skip=7, limit=3))
+    sent = [json.loads(v) for _, _, v, _, _ in fixed.sent]
+    # --limit counts from the resume point; the skipped clock line still goes out, to every partition
+    assert [e.get("event_id") for e in sent if e["type"] != "clock"] == ["e6", "e7", "e8"]
+    assert [e["ts"] for e in sent if e["type"] == "clock"] == [1.7e9 + 2.5] * fixed.partitions
 
 
 def test_a_redriven_record_kafka_refuses_is_named(tmp_path, monkeypatch):
