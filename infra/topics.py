@@ -209,7 +209,8 @@ async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float |
     # create` only reported it, and the worker accepted it (found by review)
     others += [f"changelog {topic} has cleanup.policy={value}: its profiles would age out of it and a restore "
                f"lose them; set cleanup.policy=compact (`tidewater topics create` reports what differs)"
-               for (topic, key), value in sorted(configs.items()) if key == "cleanup.policy" and "compact" not in value]
+               for (topic, key), value in sorted(configs.items())
+               if key == "cleanup.policy" and value.replace(" ", "") != "compact"]  # compact,delete deletes too
     retention = [float(value) / 1000 for (_, key), value in configs.items() if key == "delete.retention.ms"]
     return problems, min(retention, default=None), others
 

@@ -657,6 +657,7 @@ class PartitionEngine:
             profile.last_offer_ts = tick
         if offered:
             items = self._ask([self.recommender.query(p) for p, _, _ in offered], self.config.offer_items)
+            chosen = self.config.offer_items > 0  # else no recommender chose items: no versions named
             for (profile, score, decision), ranked in zip(offered, items.ranked):
                 self._emit(self.config.offers_topic, profile.user_id, RetentionOffer(
                     event_id=deterministic_id("offer", profile.user_id, tick),
@@ -664,8 +665,9 @@ class PartitionEngine:
                     discount_pct=decision.discount_pct, churn_score=score,
                     reason_codes=list(decision.reason_codes), items=[ScoredItem(i, s) for i, s in ranked],
                     model_version=version, expires_at=decision.expires_at, segment=profile.segment,
-                    customer_value=decision.customer_value, recs_model_version=items.version,
-                    recs_index_version=items.index_version, segment_model_version=self._segment_model(profile)))
+                    customer_value=decision.customer_value, recs_model_version=items.version if chosen else None,
+                    recs_index_version=items.index_version if chosen else None,
+                    segment_model_version=self._segment_model(profile)))
         self._result.state_changed = True
 
     def _count_offers_ahead(self, tick: float) -> None:

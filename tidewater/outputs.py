@@ -52,7 +52,8 @@ UserId = Annotated[str, _doc("The customer (the input events' user_id); also the
 AsOf = Annotated[float, _doc("Event time the output refers to, in epoch seconds (UTC): the tick or the input event, "
                              "never the wall clock.")]
 Segment = Annotated[int | None, _doc("The customer's cluster (k-means over user vectors) in the recommender model "
-                                     "named by segment_model_version; null while no recommender model serves. "
+                                     "named by segment_model_version; null while no recommender model serves, "
+                                     "for a customer without a user vector, or from a model without clusters. "
                                      "Renumbered when the model is retrained: compare segments only under one "
                                      "segment_model_version.")]
 SegmentModel = Annotated[str | None, _doc("The recommender model whose clusters number segment (null with "
@@ -86,7 +87,8 @@ class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
     expected_purchases: Annotated[float | None, _doc(
         "Expected purchases in the model's horizon; null when the model does not forecast.")] = None
     activity_drop: Annotated[bool, _doc("Anomaly: the last 7 days hold under a quarter of the customer's own "
-                                        "average week over their last 3 active weeks.")] = False
+                                        "average week over their last 3 active weeks, for a customer averaging "
+                                        "2 events a week or more there.")] = False
     segment_model_version: SegmentModel = None
 
 

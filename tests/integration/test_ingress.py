@@ -133,5 +133,10 @@ def test_regression_the_events_of_an_aborted_transaction_are_not_applied(noida, 
         assert wait_for_profiles(worker, {user: 2}, timeout=60) == {user: 2}
         profile = worker.get(f"/users/{user}/profile")
         assert "item-1" not in json.dumps(profile) and "item-2" in json.dumps(profile)
+        from streams.replay import record
+
+        dump = tmp_path / "clicks.jsonl"
+        assert asyncio.run(record(d.settings, d.settings.topic_clicks, str(dump), idle_s=1.0)) == 2
+        assert [json.loads(line)["event_id"] for line in dump.read_text().splitlines()] == ["a0", "a2"]
     finally:
         d.stop()

@@ -121,6 +121,8 @@ def test_regression_offer_items_zero_attached_every_popular_item(offer_items):
     assert offers
     # at most k: fewer where the partition's popular items are all seen by the user (the README says so)
     assert max(len(o["items"]) for o in offers) == offer_items
+    # with none asked for, no recommender chose them: none is named
+    assert {o["recs_model_version"] is None for o in offers} == {offer_items == 0}
 
 
 def test_regression_a_customer_silent_for_the_gap_gets_long_inactivity_when_a_late_event_triggers_the_score():
