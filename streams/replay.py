@@ -8,7 +8,7 @@ import heapq
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from tidewater.errors import UserError
 from tidewater.events import Clock, Event, Rejected, decode_event, encode_event
@@ -33,7 +33,7 @@ def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
 
 def _line_time(line: bytes) -> float:
     recorded = from_envelope(line)
-    return _event_time(recorded[3] if recorded is not None else line, 1 << 62)
+    return _event_time(recorded.value if recorded is not None else line, 1 << 62)
 
 
 async def send_clock(producer: "AIOKafkaProducer", topic: str, ts: float) -> int:
@@ -126,9 +126,12 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
             event_ts = -math.inf  # the time a worker will read from it; -inf: none (a bad line), not paced
             recorded = from_envelope(item) if isinstance(item, bytes) else None
             if recorded is not None:  # `record --with-meta`: back to its topic, partition, key and timestamp
-                topic, partition, key, value, timestamp_ms = recorded
-                if partition is not None and partition >= len(await producer.partitions_for(topic)):
-                    partition = None  # fewer partitions here: by key
+                topic, partition, key, value, timestamp_ms, recorded_partitions = recorded
+                here = len(await producer.partitions_for(topic))
+                if partition is not None and (partition >= here or recorded_partitions not in (None, here)):
+                    # another partition count here: by key, as the workers' routing and the live events of the
+                    # same users go (the recorded partition alone went wherever it still existed; found by review)
+                    partition = None
                 if close or speed > 0:
                     event_ts = _event_time(value, s.max_event_bytes)
             elif isinstance(item, bytes):
@@ -281,9 +284,10 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
 
 
 async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None], *, idle_s: float = 2.0,
-                      timeout_s: float = 120.0) -> int:
+                      timeout_s: float = 120.0, on_partitions: Callable[[int], None] | None = None) -> int:
     """Read a whole topic from its beginning, calling ``take(partition, message)`` for each record (each
-    partition's in offset order, the partitions interleaved); how many.
+    partition's in offset order, the partitions interleaved); how many. ``on_partitions``: called first with the
+    topic's partition count.
 
     Reads until the end offsets are reached *and* nothing new arrived for ``idle_s`` (Tansu 0.6 reports a wrong
     high watermark after multi-record batches, so the end offsets alone are not trusted), or for ``idle_s`` past
@@ -311,6 +315,8 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
         if not partitions:
             raise UserError(f"topic {topic!r} does not exist on {s.bootstrap_servers}")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if on_partitions is not None:
+            on_partitions(len(tps))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -343,11 +349,14 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
 
 
 def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-             timestamp: int | None = None) -> dict:
+             timestamp: int | None = None, partitions: int | None = None) -> dict:
     """One record as `record --with-meta` writes it: key and value as text when they are UTF-8, else base64
     (``key_b64`` / ``value_b64``), so that `replay` sends back exactly the bytes that were read; ``timestamp``:
-    the record's Kafka timestamp (ms), sent back too (the worker judges an event's lead against it)."""
+    the record's Kafka timestamp (ms), sent back too (the worker judges an event's lead against it);
+    ``partitions``: the topic's partition count then (a replay into another count goes by key)."""
     out: dict = {"topic": topic, "partition": partition, "offset": offset}
+    if partitions is not None:
+        out["partitions"] = partitions
     if timestamp is not None and timestamp >= 0:
         out["timestamp"] = timestamp
     for name, raw in (("key", key), ("value", value)):
@@ -361,9 +370,19 @@ def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: 
     return out
 
 
-def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | None, int | None] | None:
-    """(topic, partition, key, value, timestamp ms) of a `record --with-meta` line (timestamp None in dumps made
-    before it was recorded: the producer stamps it); None for any other line (an event)."""
+class Recorded(NamedTuple):
+    """A `record --with-meta` line: where the record was, and its bytes."""
+
+    topic: str
+    partition: int | None
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None  # ms; None in dumps made before it was recorded (the producer stamps it)
+    partitions: int | None  # the topic's partition count when recorded; None in dumps made before
+
+
+def from_envelope(line: bytes) -> Recorded | None:
+    """The record of a `record --with-meta` line; None for any other line (an event)."""
     if not line.startswith(b"{") or b'"offset"' not in line:
         return None
     try:
@@ -384,9 +403,13 @@ def from_envelope(line: bytes) -> tuple[str, int | None, bytes | None, bytes | N
         text = data.get(name)
         return None if text is None else str(text).encode("utf-8", "surrogatepass")
 
-    partition, timestamp = data.get("partition"), data.get("timestamp")
-    return (data["topic"], partition if isinstance(partition, int) else None, raw("key"), raw("value"),
-            timestamp if isinstance(timestamp, int) and not isinstance(timestamp, bool) and timestamp >= 0 else None)
+    def count(name: str, least: int) -> int | None:
+        value = data.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= least else None
+
+    partition = data.get("partition")
+    return Recorded(data["topic"], partition if isinstance(partition, int) else None, raw("key"), raw("value"),
+                    count("timestamp", 0), count("partitions", 1))
 
 
 async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, idle_s: float = 2.0) -> int:
@@ -405,10 +428,12 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
     # partition order: the dump is sorted by partition and offset, and the topic is never held in memory (it was,
     # whole, until the twenty-first session: a production topic ran the command out of memory; found by review)
     spools: dict[int, Any] = {}
+    count: list[int] = []  # the topic's partitions, stamped on each envelope
 
     def take(partition: int, m: Any) -> None:
         if with_meta:
-            line = json.dumps(envelope(topic, partition, m.offset, m.key, m.value, m.timestamp)).encode()
+            line = json.dumps(envelope(topic, partition, m.offset, m.key, m.value, m.timestamp,
+                                       count[0] if count else None)).encode()
         else:
             line = (m.value or b"").replace(b"\n", b" ")
         spool = spools.get(partition)
@@ -418,7 +443,7 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
 
     try:
         with os.fdopen(fd, "wb") as fh:
-            n = await each_record(s, topic, take, idle_s=idle_s)
+            n = await each_record(s, topic, take, idle_s=idle_s, on_partitions=count.append)
             for partition in sorted(spools):
                 spool = spools[partition]
                 spool.seek(0)

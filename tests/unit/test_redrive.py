@@ -134,7 +134,7 @@ def test_a_dead_letter_dump_is_not_taken_for_record_envelopes():
     letters = dead_letters([Record("clicks", 0, 1, b"cy", b"{not json")], max_bytes=1024)
     assert letters and from_envelope(letters[0]) is None
     line = json.dumps(envelope("clicks", 0, 1, b"cy", b"\xff")).encode()
-    assert from_envelope(line) == ("clicks", 0, b"cy", b"\xff", None)
+    assert from_envelope(line) == ("clicks", 0, b"cy", b"\xff", None, None)
 
 
 def test_regression_a_users_letters_go_back_in_event_time_order_whatever_the_dump_order():

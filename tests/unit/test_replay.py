@@ -87,6 +87,20 @@ def test_regression_recorded_envelopes_keep_their_kafka_timestamp(tmp_path, monk
         ("clicks", b"u1", 1, 1_700_000_000_123), ("clicks", b"u2", 2, None)]
 
 
+def test_regression_a_dump_replayed_into_another_partition_count_goes_by_key(tmp_path, monkeypatch):
+    """A `--with-meta` dump kept each record's partition wherever it still existed: replayed into a topic with more
+    partitions, users landed where the workers' key routing does not look for them, and their later live events
+    started second profiles (found by review). Envelopes now carry the topic's partition count; another count
+    here sends by key. A dump made before keeps its partitions, as before."""
+    lines = [replay_mod.envelope("clicks", 1, 7, b"u1", click("a", "u1", 5.0), None, 2),  # recorded over 2
+             replay_mod.envelope("clicks", 1, 8, b"u2", click("b", "u2", 6.0), None, 4),  # over 4, as here
+             replay_mod.envelope("clicks", 1, 9, b"u3", click("c", "u3", 7.0))]  # a dump made before: no count
+    path = tmp_path / "dump.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sent = run_replay(monkeypatch, [path]).sent  # RecordingProducer: 4 partitions
+    assert [(key, partition) for _, key, _, partition, _ in sent] == [(b"u1", None), (b"u2", 1), (b"u3", 1)]
+
+
 def test_a_recorded_value_that_is_not_base64_is_refused_by_name():
     line = json.dumps({"topic": "clicks", "partition": 0, "offset": 3, "key": "u", "value_b64": "@@@"}).encode()
     with pytest.raises(UserError, match="clicks/0@3: value_b64 is not base64"):
