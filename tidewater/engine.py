@@ -462,7 +462,10 @@ class PartitionEngine:
             self._result.state_changed = True
             if event.item_id:
                 self._count_item(event.item_id)
-                self.recommender.fold(profile, event.item_id)
+                try:
+                    self.recommender.fold(profile, event.item_id)
+                except Exception:  # a broken model must not stop the stream: the vector is rebuilt later
+                    self._recs_hook_failed("fold", profile, event.item_id)
             self.index_profile(profile)
             trigger = self._rec_trigger(profile)
             if trigger is not None:
@@ -536,14 +539,14 @@ class PartitionEngine:
         if profile.events_since_rec >= self.config.rec_every_events:
             return "cadence"
         recommender = self.recommender
-        if recommender.has_vectors and recommender.change_since_rec(profile) >= self.config.rec_change_threshold:
+        if recommender.has_vectors and self._recs_hook("change_since_rec", profile) >= self.config.rec_change_threshold:
             return "vector_change"
         return None
 
     def _recommend(self, profile: Profile, event: ev.Event, trigger: str) -> None:
         """Queue a recommendation; its query (vector, exclusions) is frozen now, answered in ``_flush_recs``."""
-        query = self.recommender.query(profile)
-        self.recommender.mark_recommended(profile)  # also re-assigns the segment
+        query = self._recs_hook("query", profile)
+        self._recs_hook("mark_recommended", profile)  # also re-assigns the segment
         self._pending_recs.append(_PendingRec(profile.user_id, event.ts, event.event_id, trigger, profile.segment,
                                               self._segment_model(profile), query))
         profile.events_since_rec = 0
@@ -574,6 +577,20 @@ class PartitionEngine:
         placeholder = PartitionPopularity()
         return Answers(placeholder.recommend_many(queries, k, self.state.popular, self.state.popular_counts),
                        placeholder.version, placeholder.index_version)
+
+    def _recs_hook(self, name: str, *args: Any) -> Any:
+        """The recommender's per-profile hook ``name`` (query, refresh, mark_recommended, change_since_rec). One
+        that raises must not stop the stream, where the worker would stop on the same record at every restart:
+        the popularity placeholder's hook answers instead (no vector: the profile's vector and segment are
+        rebuilt when the model works again), and ``scoring_errors`` counts it, as for a failed query."""
+        try:
+            return getattr(self.recommender, name)(*args)
+        except Exception:
+            return self._recs_hook_failed(name, *args)
+
+    def _recs_hook_failed(self, name: str, *args: Any) -> Any:
+        self._count("scoring_errors", self.recommender.version)
+        return getattr(PartitionPopularity(), name)(*args)
 
     def _segment_model(self, profile: Profile) -> str | None:
         """The version of the recommender whose k-means numbers the profile's segment (None without a segment):
@@ -630,7 +647,7 @@ class PartitionEngine:
             exp = None if expected is None else round(float(expected[j]), 4)
             profile.last_scored_ts = tick
             profile.events_at_score = profile.n_events
-            self.recommender.refresh(profile)  # the segment stamped below is the current model's
+            self._recs_hook("refresh", profile)  # the segment stamped below is the current model's
             if trigger == "inactivity":
                 profile.inactive_flagged_ts = tick
                 profile.inactivity_level = level + 1
@@ -656,7 +673,7 @@ class PartitionEngine:
         for profile, _, _ in offered:
             profile.last_offer_ts = tick
         if offered:
-            items = self._ask([self.recommender.query(p) for p, _, _ in offered], self.config.offer_items)
+            items = self._ask([self._recs_hook("query", p) for p, _, _ in offered], self.config.offer_items)
             chosen = self.config.offer_items > 0  # else no recommender chose items: no versions named
             for (profile, score, decision), ranked in zip(offered, items.ranked):
                 self._emit(self.config.offers_topic, profile.user_id, RetentionOffer(

@@ -226,6 +226,32 @@ def test_regression_an_erasure_reread_after_its_guard_expired_deleted_the_profil
     assert encode_profile(store["u0"]) == encode_profile(whole_store["u0"])
 
 
+@pytest.mark.parametrize("broken", ["fold", "query", "refresh", "mark_recommended", "change_since_rec"])
+def test_regression_a_recommender_hook_that_raises_does_not_stop_the_stream(broken):
+    """Scoring and the batched recommendation query fell back on failure, but the per-profile hooks did not: one
+    that raised stopped the worker, on the same record again at every restart (found by review). The popularity
+    placeholder's hook answers instead, and scoring_errors counts it."""
+    from tidewater.offers import OfferPolicy
+    from tidewater.recommending import PartitionPopularity
+
+    class Broken(PartitionPopularity):
+        version = "test:broken"
+        has_vectors = True  # so that change_since_rec is asked too
+
+    def fail(*_):
+        raise RuntimeError("a model bug")
+
+    setattr(Broken, broken, fail)
+    config = EngineConfig(inactivity_gap_s=14 * DAY, offers=OfferPolicy(churn_threshold=0.2))
+    recs = records(shop())
+    engine = PartitionEngine(0, config, DictStore(), recommender=Broken())
+    result = run_to_completion(engine, recs)
+    assert len(result.done) == len(recs)
+    assert engine.counters[("scoring_errors", "test:broken")] > 0
+    _, _, reference = run(recs, config=config)  # the placeholder throughout: the same outputs but the versions
+    assert len(result.outputs) == len(reference.outputs)
+
+
 def test_bad_records_go_to_dead_letter_and_valid_ones_around_them_apply():
     good = [Click(event_id=f"e{i}", user_id="u1", ts=float(i)) for i in range(4)]
     bad = [b"{oops", json.dumps({"type": "refund", "event_id": "x", "user_id": "u1", "ts": 1}).encode(),
