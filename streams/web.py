@@ -27,6 +27,7 @@ log = logging.getLogger("tidewater.web")
 MAX_REJECTIONS_LISTED = 100  # a 422 names this many bad events, and counts the rest
 ROUTED_HEADER = "X-Tidewater-Routed"  # set on a request forwarded to the owner of a key: it is never forwarded again
 ROUTE_TIMEOUT_S = 10.0
+BODY_READ_TIMEOUT_S = 30.0  # POST /events: the whole body within this, else 408
 INGEST_DEADLINE_S = 30.0  # POST /events answers by then, with the events Kafka has not acknowledged as failed
 VALIDATE_INLINE_MAX = 1000  # larger batches are validated in a thread, not on the event loop
 
@@ -69,14 +70,24 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
 
             if request.content_length is not None and request.content_length > s.max_request_bytes:
                 return too_big()
-            chunks, size = [], 0  # read here, not with request.read(): aiohttp's own cap is 1 MiB whatever is set
-            async for chunk in request.content.iter_chunked(1 << 16):
-                size += len(chunk)
-                if size > s.max_request_bytes:
-                    return too_big()
-                chunks.append(chunk)
+            async def read_body() -> bytes | None:  # None: over the limit
+                chunks, size = [], 0  # read here, not with request.read(): aiohttp's cap is 1 MiB whatever is set
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > s.max_request_bytes:
+                        return None
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+            try:  # a client that sends its body a byte at a time held a request (and its buffer) for as long as it
+                body = await asyncio.wait_for(read_body(), BODY_READ_TIMEOUT_S)  # liked (found by review)
+            except asyncio.TimeoutError:
+                return self.json({"error": f"request body not received within {BODY_READ_TIMEOUT_S:g} s"},
+                                 status=408)
+            if body is None:
+                return too_big()
             try:
-                items = msgspec.json.decode(b"".join(chunks))
+                items = msgspec.json.decode(body)
             except msgspec.DecodeError as exc:
                 return self.json({"error": f"malformed JSON: {exc}"}, status=400)
             except RecursionError:

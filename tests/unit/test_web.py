@@ -164,6 +164,28 @@ def test_regression_an_event_kafka_does_not_acknowledge_is_answered_by_a_deadlin
     assert status == 503 and body["failed_indices"] == [0, 1] and "not queued" in body["error"]
 
 
+def test_regression_a_body_sent_slowly_is_cut_off_by_a_deadline(worker, monkeypatch):
+    """POST /events read its body for as long as the client took: one sending a byte now and then held a request
+    and its buffer open without end (noted in earlier sessions, left until now). The whole body must arrive
+    within BODY_READ_TIMEOUT_S (30 s), else 408."""
+    w = worker()
+    monkeypatch.setattr(web, "BODY_READ_TIMEOUT_S", 0.3)
+
+    async def slowly():
+        yield b"[" + json.dumps(clicks(1)[0]).encode()
+        await asyncio.sleep(2)
+        yield b"]"
+
+    async def run():
+        resp = await w.client.post("/events", data=slowly(), headers=AUTH)
+        return resp.status, await resp.json()
+
+    status, body = w.loop.run_until_complete(asyncio.wait_for(run(), 10))
+    assert status == 408 and "within 0.3 s" in body["error"] and w.sent == []
+    status, body, _ = call(w, "POST", "/events", clicks(2), AUTH)  # a body sent at once goes through
+    assert status == 202 and body["accepted"] == 2
+
+
 def test_regression_a_forwarded_answer_keeps_the_owners_retry_after(worker):
     """The owner's 503 + Retry-After (its partition moving) reached the client without the header (review)."""
     from aiohttp import web as aioweb
