@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,6 +207,10 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
             typer.echo(path)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, keep: bool,
            limit: Optional[int]) -> None:
     from infra.broker import EmbeddedBroker, free_port
@@ -216,7 +221,11 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
 
     broker = None
     worker_proc = None
+    interrupted = served = False
     env = dict(os.environ)
+    # SIGTERM / SIGHUP (a CI job's timeout, a closed terminal) as Ctrl-C: the cleanup below runs. Python's default
+    # skipped it, and the broker, in a session of its own, outlived `up` (found by review)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         if bootstrap is None:
             broker = EmbeddedBroker(kind=kind, port=port, log_path="var/broker.log")
@@ -228,11 +237,11 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
                 env.setdefault("TIDEWATER_BROKER_QUIRKS", QUIRKS_BY_BROKER[kind])
         env["TIDEWATER_BOOTSTRAP_SERVERS"] = bootstrap
         s = Settings.from_env(environ=env)
-        if broker is not None:  # a fresh broker has no topics: fresh local state too
+        if broker is not None:  # a fresh broker has no topics: fresh local state too. A run before on the same
+            # --port left its stores, whose profiles then skipped every replayed event as applied (found by review)
             s = s.replace(data_dir=f"var/up-{broker.port}")
+            shutil.rmtree(s.data_dir, ignore_errors=True)
             env["TIDEWATER_DATA_DIR"] = s.data_dir
-        web_port = int(env.get("TIDEWATER_WEB_PORT") or free_port())
-        env["TIDEWATER_WEB_PORT"] = str(web_port)
         for name, status in create_topics_sync(s).items():
             typer.echo(f"topic {name}: {status}")
         # Replay first, then start the worker: with the whole input in the topics the output depends only on
@@ -241,26 +250,40 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
         counts = asyncio.run(do_replay(s, datasets, limit=limit, progress=True))
         total = sum(counts.values())
         typer.echo(f"replayed {total} events: {counts}")
+        web_port = int(env.get("TIDEWATER_WEB_PORT") or free_port())  # just before the worker binds it
+        env["TIDEWATER_WEB_PORT"] = str(web_port)
         worker_proc = subprocess.Popen([sys.executable, "-m", "tidewater.cli", "worker"], env=env)
         typer.echo(f"worker started (pid {worker_proc.pid}); API and metrics at http://127.0.0.1:{web_port}/stats "
                    f"and /metrics")
         typer.echo(f"dashboard: http://127.0.0.1:{web_port}/dashboard")
         wait_until_processed(web_port, total, worker_proc, read_token=s.read_token.reveal())
         print_summary(s)
+        served = True
         if keep:
             typer.echo("running; Ctrl-C to stop")
-            worker_proc.wait()
+            code = worker_proc.wait()
+            if code != 0:  # it used to end `up` with 0 and no word (found by review)
+                raise UserError(f"the worker exited with code {code}")
     except KeyboardInterrupt:
-        pass
+        interrupted = not (keep and served)  # Ctrl-C is how --keep-running ends, once the summary is out
     finally:
-        if worker_proc is not None and worker_proc.poll() is None:
-            worker_proc.send_signal(signal.SIGTERM)
-            try:
-                worker_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                worker_proc.kill()
-        if broker is not None:
-            broker.stop()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short (review)
+        try:
+            if worker_proc is not None and worker_proc.poll() is None:
+                worker_proc.send_signal(signal.SIGTERM)
+                try:
+                    worker_proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker_proc.kill()
+        finally:
+            if broker is not None:
+                broker.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if interrupted:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)  # not 0: a wrapper or CI must not take an interrupted run for a finished one
 
 
 def _is_number(text: str) -> bool:
