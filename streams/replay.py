@@ -82,6 +82,15 @@ async def _settle(pending: list[tuple[int, "asyncio.Future"]]) -> tuple[int, _Re
     return len(results) - len(refused), (refused[0] if refused else None)
 
 
+async def _settle_after(pending: list[tuple[int, "asyncio.Future"]], refused: _Refused | None
+                        ) -> tuple[int, _Refused | None]:
+    """``_settle``, where ``refused`` (if any) was refused already: the first refused of them all."""
+    acked, other = await _settle(pending)
+    if other is not None and (refused is None or other.number < refused.number):
+        refused = other
+    return acked, refused
+
+
 def _refused_error(refused: _Refused, written: int, what: str, resume: str) -> UserError:
     cause = refused.cause
     return UserError(f"Kafka refused {what} {refused.number} ({type(cause).__name__}: {cause}); {written} records "
@@ -175,10 +184,9 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         if max(held_clock, closing) > -math.inf:
             counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks, max(held_clock, closing))
         await producer.flush()
-    except _Refused as refused:
-        acked, other = await _settle(pending)  # the others in flight, settled: the count is what Kafka has
-        if other is not None and other.number < refused.number:
-            refused = other
+    except _Refused as first:
+        acked, refused = await _settle_after(pending, first)  # the others in flight: the count is what Kafka has
+        assert refused is not None
         # records after the refused one can have been written as well: the resume writes them again, and the
         # message says so
         after = refused.written_after
@@ -236,9 +244,7 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
                 pending.append((number, await _send(producer, number, topic, value=value, key=key)))
         except _Refused as before_sending:
             refused = before_sending
-        acked, other = await _settle(pending)
-        if other is not None and (refused is None or other.number < refused.number):
-            refused = other
+        acked, refused = await _settle_after(pending, refused)
         if refused is not None:
             raise _refused_error(refused, acked, "redriven record", "a redrive sends every selected letter "
                                  "again: fix the cause, or select fewer with --reason")
@@ -273,12 +279,9 @@ async def read_topic(s: Settings, topic: str, *, idle_s: float = 2.0, timeout_s:
     ``with_timestamps``, (partition, offset, key, value, Kafka timestamp in ms). In memory: for tests and small
     topics (``record`` writes a topic of any size through ``each_record``)."""
     rows: list[tuple] = []
-    if with_timestamps:
-        await each_record(s, topic, lambda p, m: rows.append((p, m.offset, m.key, m.value, m.timestamp)),
-                          idle_s=idle_s, timeout_s=timeout_s)
-    else:
-        await each_record(s, topic, lambda p, m: rows.append((p, m.offset, m.key, m.value)),
-                          idle_s=idle_s, timeout_s=timeout_s)
+    width = 5 if with_timestamps else 4
+    await each_record(s, topic, lambda p, m: rows.append((p, m.offset, m.key, m.value, m.timestamp)[:width]),
+                      idle_s=idle_s, timeout_s=timeout_s)
     rows.sort(key=lambda r: (r[0], r[1]))
     return rows
 
