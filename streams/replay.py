@@ -301,9 +301,8 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
 
     from streams.kafka_config import aiokafka_kwargs
 
-    # read_committed, as the workers read: a dump for a replay must not bring back an aborted transaction's records
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(s), enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 * 1024 * 1024, isolation_level="read_committed")
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
     try:
         await consumer.start()
     except KafkaConnectionError as exc:
