@@ -882,6 +882,6 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
 
     from streams import broker_quirks, web
 
-    broker_quirks.install(app, s, {q.strip() for q in s.broker_quirks.split(",") if q.strip()})
+    broker_quirks.install(app, s, s.quirks)
     web.register(app, s, pipeline, profiles)
     return app

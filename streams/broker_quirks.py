@@ -13,16 +13,26 @@ An idle aiokafka consumer then sends about 1,200 fetches/s and burns three quart
 node are spaced at least ``FETCH_PACE_S`` apart (aiokafka's ``Fetcher``, process-wide). Records still reach the
 consumer as soon as a response carries them; only the next request waits, so an event waits at most that much
 longer.
+
+``noida-aborted-txns``: a fetch's ``aborted_transactions`` must list the aborted transactions that reach into the
+fetched range; noida 0.2.3 also lists those whose abort marker lies before the fetch offset. A read_committed
+aiokafka consumer then takes the producer for aborted at its next transactional batch and, with no abort marker
+of it in this fetch to end that, drops the producer's next *committed* transaction: a live consumer that had
+read past the abort never saw the next committed events (tests/broker pins it). The fix: before aiokafka
+filters a fetch, an entry that began before the fetch offset is dropped when the producer's first marker in the
+fetch is a commit (on a correct broker it is always that transaction's abort marker, so nothing changes there).
+When the fetch holds none of its markers, the fetch is cut before the producer's first batch so that the next
+one starts there and holds more; a fetch that starts at such a batch keeps the entry (Kafka's meaning).
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from tidewater.settings import BROKER_QUIRKS as QUIRKS, Settings
 # the work-around each embedded broker needs (`tidewater up` and the integration tests set it)
-QUIRKS_BY_BROKER = {"tansu": "tansu-highwater", "noida": "noida-fetch-wait"}
+QUIRKS_BY_BROKER = {"tansu": "tansu-highwater", "noida": "noida-fetch-wait,noida-aborted-txns"}
 FETCH_PACE_S = 0.005
 
 
@@ -93,9 +103,125 @@ def pace_fetches(min_interval_s: float = FETCH_PACE_S) -> None:
     Fetcher._proc_fetch_request = paced
 
 
-def install(app: Any, settings: Settings, quirks: set[str]) -> None:
+class Batch(NamedTuple):
+    """What the abort filter reads of a fetched record batch."""
+
+    base: int
+    next: int
+    producer: int | None
+    transactional: bool
+    marker: str | None  # "commit" / "abort" for a control batch
+
+
+def live_aborts(batches: Sequence[Batch], aborted: Sequence[tuple[int, int]], fetch_offset: int
+                ) -> tuple[list[tuple[int, int]], int | None]:
+    """(the fetch's aborted-transaction entries without those that ended before ``fetch_offset``, the offset to
+    cut the fetch at or None); see ``noida-aborted-txns`` above. A producer has one transaction open at a time,
+    so for an entry that began before the fetch offset its producer's first marker in the fetch says which it is:
+    a commit, and the entry is one noida should not have sent; an abort, and it is the transaction that marker
+    ends."""
+    earlier = {producer for producer, first in aborted if first < fetch_offset}
+    if not earlier:
+        return list(aborted), None
+    first_marker: dict[int, str] = {}
+    first_data: dict[int, int] = {}
+    for batch in batches:
+        if batch.next <= fetch_offset or batch.producer not in earlier or batch.producer in first_marker:
+            continue
+        if batch.marker is not None:
+            first_marker[batch.producer] = batch.marker
+        elif batch.transactional:
+            first_data.setdefault(batch.producer, batch.base)
+    ended = {producer for producer, marker in first_marker.items() if marker == "commit"}
+    unknown = [base for producer, base in first_data.items() if producer not in first_marker]
+    first_base = next((b.base for b in batches if b.next > fetch_offset), None)
+    cut = min(unknown) if unknown else None
+    if cut is not None and first_base is not None and cut <= max(first_base, fetch_offset):
+        cut = None  # nothing before it to hand over: cutting would fetch the same again
+    kept = [(producer, first) for producer, first in aborted if not (first < fetch_offset and producer in ended)]
+    return kept, cut
+
+
+def _batches(data: bytes, records_type: Any) -> Iterable[tuple[Batch, Any]]:
+    from aiokafka.record.control_record import ABORT_MARKER, COMMIT_MARKER, ControlRecord
+
+    records = records_type(data)
+    while records.has_next():
+        batch = records.next_batch()
+        marker = None
+        if getattr(batch, "is_control_batch", False):
+            control = ControlRecord.parse(next(batch).key)  # consumes this copy's record, not aiokafka's
+            marker = "abort" if control == ABORT_MARKER else "commit" if control == COMMIT_MARKER else "other"
+        yield Batch(batch.base_offset, batch.next_offset, getattr(batch, "producer_id", None),
+                    bool(getattr(batch, "is_transactional", False)), marker), batch
+
+
+def settle_noida_aborts() -> None:
+    """Install ``noida-aborted-txns`` in every aiokafka consumer of this process (the fetcher module's names,
+    looked up per fetch). Idempotent."""
+    from aiokafka.consumer import fetcher
+
+    if getattr(fetcher.PartitionRecords, "_tidewater_settles_aborts", False):
+        return
+    records_type, partition_records = fetcher.MemoryRecords, fetcher.PartitionRecords
+
+    class KeptRecords:
+        """The fetcher's MemoryRecords, keeping its bytes for a second look."""
+
+        __slots__ = ("data", "_records")
+
+        def __init__(self, data: bytes) -> None:
+            self.data, self._records = data, records_type(data)
+
+        def has_next(self) -> bool:
+            return self._records.has_next()
+
+        def next_batch(self) -> Any:
+            return self._records.next_batch()
+
+        def size_in_bytes(self) -> int:
+            return self._records.size_in_bytes()
+
+    class CutRecords:
+        """The batches of a fetch before ``cut``."""
+
+        def __init__(self, data: bytes, cut: int) -> None:
+            self._left = [batch for info, batch in _batches(data, records_type) if info.base < cut]
+            self._left.reverse()
+
+        def has_next(self) -> bool:
+            return bool(self._left)
+
+        def next_batch(self) -> Any:
+            return self._left.pop()
+
+    class SettledPartitionRecords(partition_records):  # type: ignore[misc, valid-type]
+        _tidewater_settles_aborts = True
+
+        def __init__(self, tp: Any, records: Any, aborted: Any, fetch_offset: int, *rest: Any) -> None:
+            data = getattr(records, "data", None)
+            if (aborted and data is not None and rest and rest[-1] == fetcher.READ_COMMITTED
+                    and any(first < fetch_offset for _, first in aborted)):
+                aborted, cut = live_aborts([info for info, _ in _batches(data, records_type)], aborted,
+                                           fetch_offset)
+                if cut is not None:
+                    records = CutRecords(data, cut)
+            super().__init__(tp, records, aborted, fetch_offset, *rest)
+
+    fetcher.MemoryRecords = KeptRecords
+    fetcher.PartitionRecords = SettledPartitionRecords
+
+
+def install_process_wide(quirks: frozenset[str]) -> None:
+    """The quirks that patch aiokafka for every consumer of this process (the worker's, ``record``'s)."""
     if "noida-fetch-wait" in quirks:
         pace_fetches()
+    if "noida-aborted-txns" in quirks:
+        settle_noida_aborts()
+
+
+def install(app: Any, settings: Settings, quirks: frozenset[str]) -> None:
+    install_process_wide(quirks)
     if "tansu-highwater" in quirks:
         consumer = app.consumer
         reported_highwaters = consumer.highwaters

@@ -299,10 +299,13 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaConnectionError
 
+    from streams.broker_quirks import install_process_wide
     from streams.kafka_config import aiokafka_kwargs
 
+    install_process_wide(s.quirks)
+    # read_committed, as the workers read: a dump for a replay must not bring back an aborted transaction's records
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(s), enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+                                max_partition_fetch_bytes=4 * 1024 * 1024, isolation_level="read_committed")
     try:
         await consumer.start()
     except KafkaConnectionError as exc:

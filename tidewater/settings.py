@@ -107,7 +107,7 @@ class Settings:
     broker_quirks: str = setting(
         "", "TIDEWATER_BROKER_QUIRKS",
         "Comma-separated broker work-arounds: tansu-highwater (set by `tidewater up` and the tests on Tansu), "
-        "noida-fetch-wait (set by `tidewater up` on noida).")
+        "noida-fetch-wait and noida-aborted-txns (set by `tidewater up` and the tests on noida).")
     fetch_max_wait_ms: int = setting(
         100, "TIDEWATER_FETCH_MAX_WAIT_MS",
         "Longest time the broker may hold a fetch with no new records (Faust's own 1500 adds that much latency "
@@ -292,13 +292,18 @@ class Settings:
                 if getattr(self, first.name) == getattr(self, second.name):
                     raise InvalidSetting(f"{first.metadata['env']} and {second.metadata['env']} are both "
                                          f"{getattr(self, first.name)!r}: each topic has one role")
-        unknown = [q for q in (q.strip() for q in self.broker_quirks.split(",")) if q and q not in BROKER_QUIRKS]
+        unknown = sorted(q for q in self.quirks if q not in BROKER_QUIRKS)
         if unknown:
             raise InvalidSetting(f"TIDEWATER_BROKER_QUIRKS={self.broker_quirks!r}: unknown {', '.join(unknown)} "
                                  f"(known: {', '.join(BROKER_QUIRKS)})")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def quirks(self) -> frozenset[str]:
+        """The broker work-arounds of ``TIDEWATER_BROKER_QUIRKS``."""
+        return frozenset(q for q in (q.strip() for q in self.broker_quirks.split(",")) if q)
 
     @property
     def input_topics(self) -> tuple[str, str]:
@@ -314,7 +319,7 @@ class Settings:
 
 _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # the embedded brokers' work-arounds (streams/broker_quirks.py)
-BROKER_QUIRKS = ("tansu-highwater", "noida-fetch-wait")
+BROKER_QUIRKS = ("tansu-highwater", "noida-fetch-wait", "noida-aborted-txns")
 
 # the accepted values of every numeric setting: (lowest, highest or None); "positive" means > 0
 _POSITIVE = ("positive", None)
