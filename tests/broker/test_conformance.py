@@ -274,9 +274,13 @@ def test_read_committed_from_past_an_abort_marker(broker, request, settled, monk
     from streams.broker_quirks import settle_noida_aborts
 
     known_defect(request, broker, "transactions", raises=(AssertionError, KafkaError))
-    if settled:  # process-wide names of aiokafka's fetcher: put back after the test
-        monkeypatch.setattr(fetcher, "MemoryRecords", fetcher.MemoryRecords)
-        monkeypatch.setattr(fetcher, "PartitionRecords", fetcher.PartitionRecords)
+    # aiokafka's fetcher as it comes (`record` in an earlier test of this process may have settled it), put back
+    # after the test
+    plain = getattr(fetcher.PartitionRecords, "_tidewater_unsettled",
+                    (fetcher.MemoryRecords, fetcher.PartitionRecords))
+    monkeypatch.setattr(fetcher, "MemoryRecords", plain[0])
+    monkeypatch.setattr(fetcher, "PartitionRecords", plain[1])
+    if settled:
         settle_noida_aborts()
     else:
         known_defect(request, broker, "aborted_before_fetch")
