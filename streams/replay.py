@@ -6,6 +6,7 @@ import asyncio
 import base64
 import heapq
 import json
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
@@ -14,6 +15,8 @@ from tidewater.errors import UserError
 from tidewater.events import Clock, Event, Rejected, decode_event, encode_event
 from tidewater.settings import Settings
 from tidewater.sources import dataset_events, topic_kind
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -348,9 +351,25 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
             if reached_at is None and now - last_data >= timeout_s:
                 raise UserError(f"reading {topic!r}: no record for {timeout_s:g} s before its end offsets (read "
                                 f"{n:,} records): is the broker up?")
+        warn_open_transactions(topic, {tp.partition: (consumer.last_stable_offset(tp), consumer.highwater(tp))
+                                       for tp in tps})
     finally:
         await consumer.stop()
     return n
+
+
+def warn_open_transactions(topic: str, ends: dict[int, tuple[int | None, int | None]]) -> list[int]:
+    """Committed records only are read, up to each partition's last stable offset: records after a transaction
+    that is still open (or whose producer died before ending it, until the broker aborts it) are not in the
+    read. Say so rather than return a short dump in silence (found by review); the partitions held back."""
+    held = sorted(p for p, (stable, high) in ends.items() if stable is not None and high is not None
+                  and stable < high)
+    if held:
+        detail = ", ".join(f"{p} (from offset {ends[p][0]:,} of {ends[p][1]:,})" for p in held)
+        log.warning("warning: %s: records after an open transaction are not in this read, partitions %s; read "
+                    "again once it has ended (a producer that died mid-transaction is aborted by the broker after "
+                    "its transaction.timeout.ms)", topic, detail)
+    return held
 
 
 def envelope(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,

@@ -147,3 +147,36 @@ def test_regression_the_events_of_an_aborted_transaction_are_not_applied(noida, 
         assert [json.loads(line)["event_id"] for line in dump.read_text().splitlines()] == ["a0", "a2"]
     finally:
         d.stop()
+
+
+def test_regression_record_says_when_an_open_transaction_holds_records_back(noida, tmp_path, caplog):
+    """`record` reads committed records only, up to the last stable offset: records after a transaction still open
+    were left out of the dump in silence (found by review). It now warns, naming the partition and offsets."""
+    from streams.replay import record
+
+    settings = Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": noida.bootstrap_servers,
+                                          "TIDEWATER_BROKER_QUIRKS": "noida-fetch-wait,noida-aborted-txns"})
+    topic = "open-txn"
+    asyncio.run(create_topics(settings, [TopicSpec(topic, 1)]))
+
+    async def scenario() -> int:
+        plain = AIOKafkaProducer(bootstrap_servers=noida.bootstrap_servers)
+        txn = AIOKafkaProducer(bootstrap_servers=noida.bootstrap_servers, transactional_id="open-txn")
+        await plain.start()
+        await txn.start()
+        try:
+            await plain.send_and_wait(topic, b'{"before": 1}')
+            await txn.begin_transaction()
+            await txn.send_and_wait(topic, b'{"in": 1}')
+            await plain.send_and_wait(topic, b'{"after": 1}')
+            n = await record(settings, topic, str(tmp_path / "dump.jsonl"), idle_s=1.0)
+            await txn.abort_transaction()
+            return n
+        finally:
+            await plain.stop()
+            await txn.stop()
+
+    with caplog.at_level("WARNING", logger="streams.replay"):
+        assert asyncio.run(scenario()) == 1
+    assert (tmp_path / "dump.jsonl").read_text() == '{"before": 1}\n'
+    assert "open transaction" in caplog.text and "partitions 0 (from offset 1 of 3)" in caplog.text
