@@ -187,6 +187,12 @@ def test_regression_record_returns_on_a_topic_that_keeps_receiving_records(monke
         async def position(self, tp):
             return self.next
 
+        def last_stable_offset(self, tp):  # no transactions: the high watermark
+            return self.next
+
+        def highwater(self, tp):
+            return self.next
+
     monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", LiveTopic)
     rows = asyncio.run(asyncio.wait_for(replay_mod.read_topic(Settings(), "clicks", idle_s=0.5), timeout=20))
     assert [r[1] for r in rows[:3]] == [0, 1, 2] and len(rows) < 50  # the start's end, and about idle_s more
