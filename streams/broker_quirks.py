@@ -22,7 +22,7 @@ read past the abort never saw the next committed events (tests/broker pins it). 
 filters a fetch, an entry that began before the fetch offset is dropped when the producer's first marker in the
 fetch is a commit (on a correct broker it is always that transaction's abort marker, so the entries stay as they
 are there). When the fetch holds none of its markers, the fetch is cut before the producer's first batch so that
-the next one starts there and holds more (on any broker this costs one more fetch, nothing else); a fetch that
+the next one starts there and holds more (on any broker this costs one more fetch per such producer, nothing else); a fetch that
 starts at such a batch keeps the entry (Kafka's meaning). noida ignores the fetch size limits (it answered one
 fetch with 63 MB under a 300 kB limit: found by review), so on noida the cut and that last case do not arise.
 """
@@ -164,23 +164,26 @@ def _batches(data: bytes, records_type: Any, *, markers: bool = True) -> Iterato
                     marker), batch
 
 
-class KeptRecords:
-    """The fetcher's MemoryRecords, keeping its bytes for a second look."""
+def kept_records(records_type: Any) -> Any:
+    """aiokafka's MemoryRecords (``records_type``), keeping its bytes for a second look."""
 
-    __slots__ = ("data", "_records")
-    records_type: Any = None  # aiokafka's MemoryRecords (set by ``settle_noida_aborts``)
+    class KeptRecords:
+        __slots__ = ("data", "_records")
+        _tidewater_wraps = records_type
 
-    def __init__(self, data: bytes) -> None:
-        self.data, self._records = data, self.records_type(data)
+        def __init__(self, data: bytes) -> None:
+            self.data, self._records = data, records_type(data)
 
-    def has_next(self) -> bool:
-        return self._records.has_next()
+        def has_next(self) -> bool:
+            return self._records.has_next()
 
-    def next_batch(self) -> Any:
-        return self._records.next_batch()
+        def next_batch(self) -> Any:
+            return self._records.next_batch()
 
-    def size_in_bytes(self) -> int:
-        return self._records.size_in_bytes()
+        def size_in_bytes(self) -> int:
+            return self._records.size_in_bytes()
+
+    return KeptRecords
 
 
 class CutRecords:
@@ -222,14 +225,16 @@ def settled_partition_records(partition_records: Any, records_type: Any) -> Any:
 
 def settle_noida_aborts() -> None:
     """Install ``noida-aborted-txns`` in every aiokafka consumer of this process (the fetcher module's names,
-    looked up per fetch; the originals stay in ``fetcher.PartitionRecords._tidewater_unsettled``). Idempotent."""
+    looked up per fetch; the originals stay in ``fetcher.PartitionRecords._tidewater_unsettled``). Idempotent, and
+    never wraps its own classes again (a second install over half-restored names recursed without end: found by
+    review)."""
     from aiokafka.consumer import fetcher
 
     if hasattr(fetcher.PartitionRecords, "_tidewater_unsettled"):
         return
-    KeptRecords.records_type = fetcher.MemoryRecords
-    fetcher.PartitionRecords = settled_partition_records(fetcher.PartitionRecords, fetcher.MemoryRecords)
-    fetcher.MemoryRecords = KeptRecords
+    records_type = getattr(fetcher.MemoryRecords, "_tidewater_wraps", fetcher.MemoryRecords)
+    fetcher.PartitionRecords = settled_partition_records(fetcher.PartitionRecords, records_type)
+    fetcher.MemoryRecords = kept_records(records_type)
 
 
 def install_process_wide(quirks: frozenset[str]) -> None:

@@ -13,7 +13,7 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.structs import TopicPartition
 from hypothesis import given, settings, strategies as st
 
-from streams.broker_quirks import Batch, KeptRecords, live_aborts, settled_partition_records
+from streams.broker_quirks import Batch, kept_records, live_aborts, settle_noida_aborts, settled_partition_records
 
 NO_PRODUCER = -1  # what a v2 batch of a plain (not idempotent) producer carries
 
@@ -65,6 +65,36 @@ def test_entries_that_begin_in_the_fetch_and_other_producers_are_left_alone():
     fetch = [marker(4, 7, "commit"), data(5, 1000), marker(6, 1000, "abort")]
     assert live_aborts(fetch, [(1000, 5)], 4) == ([(1000, 5)], None)
     assert live_aborts(fetch, [(1000, 2), (1000, 5)], 4) == ([(1000, 2), (1000, 5)], None)
+
+
+def test_the_cut_passes_a_producer_without_markers_at_the_head_and_never_lands_on_the_first_batch():
+    # producer 2's batch at the head keeps its entry (Kafka's meaning); producer 1 is cut off after it
+    assert live_aborts([data(10, 1), data(11, 2), data(12, 1)], [(1, 2), (2, 4)], 10)[1] == 11
+    # a fetch whose first batch lies past the fetch offset (a compacted gap): cutting at that batch would keep
+    # no batch and fetch the same offset forever
+    assert live_aborts([data(6, 1), data(7, 2)], [(1, 2)], 4)[1] is None
+
+
+def test_the_install_wraps_aiokafka_once_and_passes_other_records_through(monkeypatch):
+    records_type, partition_records = aiokafka_originals()
+    monkeypatch.setattr(fetcher, "MemoryRecords", records_type)
+    monkeypatch.setattr(fetcher, "PartitionRecords", partition_records)
+    settle_noida_aborts()
+    settle_noida_aborts()  # idempotent
+    assert fetcher.PartitionRecords._tidewater_unsettled == (records_type, partition_records)
+    # names restored halfway (PartitionRecords only), then installed again: it wrapped its own MemoryRecords and
+    # recursed without end at the next fetch (found by review)
+    monkeypatch.setattr(fetcher, "PartitionRecords", partition_records)
+    settle_noida_aborts()
+    data_ = b"".join(map(batch_bytes, [data(4, 1000), marker(5, 1000, "commit")]))
+    assert fetcher.MemoryRecords._tidewater_wraps is records_type and fetcher.MemoryRecords(data_).data == data_
+    part = fetcher.PartitionRecords(TopicPartition("t", 0), fetcher.MemoryRecords(data_), [(1000, 2)], 4, None,
+                                    None, True, fetcher.READ_COMMITTED)
+    assert [r.offset for r in part] == [4]
+    # records without their bytes (a fetcher that made them before the install) go through as aiokafka has it
+    plain = fetcher.PartitionRecords(TopicPartition("t", 0), records_type(data_), [(1000, 2)], 4, None, None,
+                                     True, fetcher.READ_COMMITTED)
+    assert [r.offset for r in plain] == []
 
 
 def test_a_fetch_without_the_producers_marker_is_cut_before_its_batches():
@@ -165,14 +195,24 @@ def batch_bytes(b: Batch) -> bytes:
     return bytes(buf)
 
 
+def aiokafka_originals() -> tuple:
+    """(MemoryRecords, PartitionRecords) as aiokafka has them, whether or not an earlier test of this process
+    installed the quirk (`record` does, in the integration tests)."""
+    return getattr(fetcher.PartitionRecords, "_tidewater_unsettled", (fetcher.MemoryRecords, fetcher.PartitionRecords))
+
+
+def settled_parts(data: bytes, aborted: list[tuple[int, int]], fetch_offset: int) -> object:
+    records_type, partition_records = aiokafka_originals()
+    settled = settled_partition_records(partition_records, records_type)
+    return settled(TopicPartition("t", 0), kept_records(records_type)(data), aborted, fetch_offset, None, None,
+                   True, fetcher.READ_COMMITTED)
+
+
 def settled_offsets(batches: list[Batch], aborted: list[tuple[int, int]], fetch_offset: int
                     ) -> tuple[list[int], int]:
     """(offsets handed over, the next fetch offset) of aiokafka's read_committed PartitionRecords with the
     quirk, on the bytes of ``batches``."""
-    KeptRecords.records_type = fetcher.MemoryRecords
-    settled = settled_partition_records(fetcher.PartitionRecords, fetcher.MemoryRecords)
-    records = KeptRecords(b"".join(map(batch_bytes, batches)))
-    part = settled(TopicPartition("t", 0), records, aborted, fetch_offset, None, None, True, fetcher.READ_COMMITTED)
+    part = settled_parts(b"".join(map(batch_bytes, batches)), aborted, fetch_offset)
     return [r.offset for r in part], part.next_fetch_offset
 
 
@@ -192,9 +232,6 @@ def test_a_batch_the_look_ahead_cannot_read_fails_in_aiokafka_as_before():
     good = batch_bytes(data(4, 1000)) + batch_bytes(marker(5, 1000, "commit"))
     broken = bytearray(good)
     broken[-8:] = b"\xff" * 8  # the marker's record, garbled
-    KeptRecords.records_type = fetcher.MemoryRecords
-    settled = settled_partition_records(fetcher.PartitionRecords, fetcher.MemoryRecords)
-    part = settled(TopicPartition("t", 0), KeptRecords(bytes(broken)), [(1000, 2)], 4, None, None, True,
-                   fetcher.READ_COMMITTED)  # constructing it does not raise in the fetch task
+    part = settled_parts(bytes(broken), [(1000, 2)], 4)  # constructing it does not raise in the fetch task
     with pytest.raises(Exception):
         list(part)
