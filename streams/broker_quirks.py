@@ -22,9 +22,10 @@ read past the abort never saw the next committed events (tests/broker pins it). 
 filters a fetch, an entry that began before the fetch offset is dropped when the producer's first marker in the
 fetch is a commit (on a correct broker it is always that transaction's abort marker, so the entries stay as they
 are there). When the fetch holds none of its markers, the fetch is cut before the producer's first batch so that
-the next one starts there and holds more (on any broker this costs one more fetch per such producer, nothing else); a fetch that
-starts at such a batch keeps the entry (Kafka's meaning). noida ignores the fetch size limits (it answered one
-fetch with 63 MB under a 300 kB limit: found by review), so on noida the cut and that last case do not arise.
+the next one starts there and holds more (on any broker this costs one more fetch per such producer, nothing
+else); a fetch that starts at such a batch keeps the entry (Kafka's meaning). noida ignores the fetch size limits
+(it answered one fetch with 63 MB under a 300 kB limit: found by review), so on noida the cut and that last case
+do not arise.
 """
 from __future__ import annotations
 
