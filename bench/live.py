@@ -193,7 +193,8 @@ def worker_env(bs: str, app_id: str, tmp: Path, partitions: int, **extra: str) -
                TIDEWATER_TOPIC_CLICKS=f"{app_id}-clicks", TIDEWATER_TOPIC_PURCHASES=f"{app_id}-purchases",
                TIDEWATER_TOPIC_RECOMMENDATIONS=f"{app_id}-recs", TIDEWATER_TOPIC_CHURN_SCORES=f"{app_id}-churn",
                TIDEWATER_TOPIC_OFFERS=f"{app_id}-offers", TIDEWATER_TOPIC_DEAD_LETTER=f"{app_id}-dlq",
-               TIDEWATER_BROKER_QUIRKS="tansu-highwater,noida-fetch-wait,noida-aborted-txns",  # each harmless on the other broker
+               # each harmless on the other broker
+               TIDEWATER_BROKER_QUIRKS="tansu-highwater,noida-fetch-wait,noida-aborted-txns",
                TIDEWATER_SESSION_TIMEOUT_S="6",
                TIDEWATER_REGISTRY_DIR=str(ROOT / "var/registry"))
     env.update(extra)

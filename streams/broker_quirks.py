@@ -37,6 +37,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 from tidewater.settings import BROKER_QUIRKS as QUIRKS, Settings
 
 log = logging.getLogger(__name__)
+
 # the work-around each embedded broker needs (`tidewater up` and the integration tests set it)
 QUIRKS_BY_BROKER = {"tansu": "tansu-highwater", "noida": "noida-fetch-wait,noida-aborted-txns"}
 FETCH_PACE_S = 0.005
