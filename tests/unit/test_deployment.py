@@ -24,6 +24,10 @@ def test_compose_has_kraft_kafka_topics_two_workers_and_prometheus():
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@kafka:")
     assert "CONTROLLER" in env["KAFKA_LISTENERS"] and env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     assert str(env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]) == "false"  # topics are created explicitly
+    # the cluster id is pinned (an image upgrade must not change the id the data volume was formatted with), and
+    # overridable; a KRaft id is 22 base64url characters
+    default_id = re.fullmatch(r"\$\{KAFKA_CLUSTER_ID:-([A-Za-z0-9_-]{22})\}", env["CLUSTER_ID"])
+    assert default_id, env["CLUSTER_ID"]
     assert services["topics"]["command"][:3] == ["tidewater", "topics", "create"]
     for worker in ("worker-1", "worker-2"):
         assert services[worker]["command"][:2] == ["tidewater", "worker"]
