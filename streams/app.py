@@ -882,6 +882,6 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
 
     from streams import broker_quirks, web
 
-    broker_quirks.install(app, s, s.quirks)
+    broker_quirks.install(app, s)
     web.register(app, s, pipeline, profiles)
     return app

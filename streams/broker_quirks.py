@@ -225,17 +225,27 @@ def settled_partition_records(partition_records: Any, records_type: Any) -> Any:
     return SettledPartitionRecords
 
 
+def unpatched_fetcher() -> tuple[Any, Any]:
+    """aiokafka's own (MemoryRecords, PartitionRecords), whether or not ``settle_noida_aborts`` has wrapped them
+    (wholly, or only MemoryRecords where PartitionRecords was put back)."""
+    from aiokafka.consumer import fetcher
+
+    settled = getattr(fetcher.PartitionRecords, "_tidewater_unsettled", None)
+    if settled is not None:
+        return settled
+    return getattr(fetcher.MemoryRecords, "_tidewater_wraps", fetcher.MemoryRecords), fetcher.PartitionRecords
+
+
 def settle_noida_aborts() -> None:
     """Install ``noida-aborted-txns`` in every aiokafka consumer of this process (the fetcher module's names,
-    looked up per fetch; the originals stay in ``fetcher.PartitionRecords._tidewater_unsettled``). Idempotent, and
-    never wraps its own classes again (a second install over half-restored names recursed without end: found by
-    review)."""
+    looked up per fetch; ``unpatched_fetcher`` gives the originals back). Idempotent, and never wraps its own
+    classes again (a second install over half-restored names recursed without end: found by review)."""
     from aiokafka.consumer import fetcher
 
     if hasattr(fetcher.PartitionRecords, "_tidewater_unsettled"):
         return
-    records_type = getattr(fetcher.MemoryRecords, "_tidewater_wraps", fetcher.MemoryRecords)
-    fetcher.PartitionRecords = settled_partition_records(fetcher.PartitionRecords, records_type)
+    records_type, partition_records = unpatched_fetcher()
+    fetcher.PartitionRecords = settled_partition_records(partition_records, records_type)
     fetcher.MemoryRecords = kept_records(records_type)
 
 
@@ -247,7 +257,9 @@ def install_process_wide(quirks: frozenset[str]) -> None:
         settle_noida_aborts()
 
 
-def install(app: Any, settings: Settings, quirks: frozenset[str]) -> None:
+def install(app: Any, settings: Settings) -> None:
+    """The quirks of ``TIDEWATER_BROKER_QUIRKS`` in the worker."""
+    quirks = settings.quirks
     install_process_wide(quirks)
     if "tansu-highwater" in quirks:
         consumer = app.consumer

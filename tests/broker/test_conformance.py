@@ -271,13 +271,12 @@ def test_read_committed_from_past_an_abort_marker(broker, request, settled, monk
     from aiokafka.consumer import fetcher
     from aiokafka.errors import KafkaError
 
-    from streams.broker_quirks import settle_noida_aborts
+    from streams.broker_quirks import settle_noida_aborts, unpatched_fetcher
 
     known_defect(request, broker, "transactions", raises=(AssertionError, KafkaError))
     # aiokafka's fetcher as it comes (`record` in an earlier test of this process may have settled it), put back
     # after the test
-    plain = getattr(fetcher.PartitionRecords, "_tidewater_unsettled",
-                    (fetcher.MemoryRecords, fetcher.PartitionRecords))
+    plain = unpatched_fetcher()
     monkeypatch.setattr(fetcher, "MemoryRecords", plain[0])
     monkeypatch.setattr(fetcher, "PartitionRecords", plain[1])
     if settled:

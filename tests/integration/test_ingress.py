@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from infra.topics import TopicSpec, create_topics
+from streams.broker_quirks import QUIRKS_BY_BROKER
 from streams.ingress import seek_to_committed_or_beginning
 from tidewater.settings import Settings
 
@@ -161,7 +162,7 @@ def test_regression_record_says_when_an_open_transaction_holds_records_back(noid
     from streams.replay import record
 
     settings = Settings.from_env(environ={"TIDEWATER_BOOTSTRAP_SERVERS": noida.bootstrap_servers,
-                                          "TIDEWATER_BROKER_QUIRKS": "noida-fetch-wait,noida-aborted-txns"})
+                                          "TIDEWATER_BROKER_QUIRKS": QUIRKS_BY_BROKER["noida"]})
     topic = "open-txn"
     asyncio.run(create_topics(settings, [TopicSpec(topic, 1)]))
 

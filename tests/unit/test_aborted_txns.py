@@ -13,7 +13,8 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 from aiokafka.structs import TopicPartition
 from hypothesis import given, settings, strategies as st
 
-from streams.broker_quirks import Batch, kept_records, live_aborts, settle_noida_aborts, settled_partition_records
+from streams.broker_quirks import (Batch, kept_records, live_aborts, settle_noida_aborts, settled_partition_records,
+                                   unpatched_fetcher)
 
 NO_PRODUCER = -1  # what a v2 batch of a plain (not idempotent) producer carries
 
@@ -76,7 +77,7 @@ def test_the_cut_passes_a_producer_without_markers_at_the_head_and_never_lands_o
 
 
 def test_the_install_wraps_aiokafka_once_and_passes_other_records_through(monkeypatch):
-    records_type, partition_records = aiokafka_originals()
+    records_type, partition_records = unpatched_fetcher()
     monkeypatch.setattr(fetcher, "MemoryRecords", records_type)
     monkeypatch.setattr(fetcher, "PartitionRecords", partition_records)
     settle_noida_aborts()
@@ -195,14 +196,8 @@ def batch_bytes(b: Batch) -> bytes:
     return bytes(buf)
 
 
-def aiokafka_originals() -> tuple:
-    """(MemoryRecords, PartitionRecords) as aiokafka has them, whether or not an earlier test of this process
-    installed the quirk (`record` does, in the integration tests)."""
-    return getattr(fetcher.PartitionRecords, "_tidewater_unsettled", (fetcher.MemoryRecords, fetcher.PartitionRecords))
-
-
 def settled_parts(data: bytes, aborted: list[tuple[int, int]], fetch_offset: int) -> object:
-    records_type, partition_records = aiokafka_originals()
+    records_type, partition_records = unpatched_fetcher()
     settled = settled_partition_records(partition_records, records_type)
     return settled(TopicPartition("t", 0), kept_records(records_type)(data), aborted, fetch_offset, None, None,
                    True, fetcher.READ_COMMITTED)
