@@ -256,9 +256,7 @@ class Pipeline:
         self.inbox.extend(records)
         if records:
             self.delivered[(tp.topic, tp.partition)] = records[-1].offset
-        wall = time.time()  # Kafka timestamps are in ms
-        metrics.observe_many(metrics.FETCH_AGE,
-                             [wall - r.timestamp / 1000.0 for r in records if r.timestamp is not None])
+        metrics.observe_many(metrics.FETCH_AGE, metrics.record_ages(records, time.time()))
         self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
 
     # --- the batch loop --------------------------------------------------------------------------------
@@ -608,16 +606,13 @@ class Pipeline:
     def _ack(self, done: list[Any]) -> None:
         """Ack applied records per topic partition (in the order applied, which is offset order within one)."""
         by_tp: dict[tuple[str, int], list[int]] = {}
-        ages = []
-        wall = time.time()
         for record in done:
             by_tp.setdefault((record.topic, record.partition), []).append(record.offset)
-            if record.timestamp is not None:  # Kafka timestamps are in ms
-                ages.append(wall - record.timestamp / 1000.0)
         consumer = self.app.consumer
         for (topic, partition), offsets in by_tp.items():
             ack_records(consumer, TP(topic, partition), offsets)
-        metrics.observe_many(metrics.RECORD_AGE, ages)
+        metrics.observe_many(metrics.RECORD_AGE, metrics.record_ages(done, time.time()))
+        metrics.RECORDS_DONE.inc(len(done))
 
     def source_status(self, partition: int) -> tuple[frozenset[str], frozenset[str]]:
         """(caught up, behind): the input topics of ``partition`` handed over up to the high watermark of the last
@@ -647,6 +642,13 @@ class Pipeline:
             (caught_up if last >= highwater - 1 or self._through_markers(tp, last, highwater, seeked) else behind
              ).append(topic)
         return frozenset(caught_up), frozenset(behind)
+
+    def committed_through_markers(self, tp: Any, committed: int, highwater: int) -> bool:
+        """The group's ``committed`` offset is below the high watermark only by transaction markers: every record
+        delivered was committed, and the fetch loop stepped over the rest (the consumer lag's test,
+        streams/lag.py). Faust commits the offset after the last record it acked, never past a trailing marker."""
+        seeked = (tp.topic, tp.partition) not in self.delivered
+        return self._through_markers(tp, committed - 1, highwater, seeked)
 
     def _through_markers(self, tp: Any, last: int, highwater: int, seeked: bool = False) -> bool:
         """Caught up although ``last`` is below the high watermark: the offsets between are transaction markers,

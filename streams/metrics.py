@@ -4,7 +4,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import deque
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -35,6 +35,9 @@ DEAD_LETTERS = Counter("tidewater_dead_letters", "Records sent to the dead-lette
                        registry=REGISTRY)
 for _reason in REJECT_REASONS:  # every reason's series from the start, at 0: increase() misses a series born at 1
     DEAD_LETTERS.labels(_reason)
+RECORDS_DONE = Counter("tidewater_records_done", "Input records acked: applied, dead-lettered, skipped (duplicates, "
+                       "erased users' events) or clock records; the worker's progress (TidewaterStalled)",
+                       registry=REGISTRY)
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
 USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: profiles deleted (changelog tombstones)",
                        ["topic"], registry=REGISTRY)
@@ -112,6 +115,12 @@ def observe_engine(model: str, size: float, seconds: float) -> None:
     """One model call of an engine: churn scoring or an index query, with its batch size and duration."""
     SCORING_BATCH.labels(model).observe(size)
     SCORING_SECONDS.labels(model).observe(seconds)
+
+
+def record_ages(records: Iterable[Any], wall: float) -> list[float]:
+    """Seconds from each record's Kafka timestamp (ms) to ``wall``; records without one (None, or Kafka's -1) are
+    left out: -1 put 1.8e9 s into the age histograms' sum (found by review)."""
+    return [wall - r.timestamp / 1000.0 for r in records if r.timestamp is not None and r.timestamp >= 0]
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:

@@ -174,7 +174,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
 
     # --- the dashboard: one self-contained page polling dashboard.json ---------------------------------
     live = getattr(pipeline, "live", None)  # streams.live_stats.LiveStats, fed by Pipeline._flush
-    lag.install(app, s.input_topics, sink=live)  # tidewater_consumer_lag, also shown on the page
+    lag.install(app, s.input_topics, sink=live,  # tidewater_consumer_lag, also shown on the page
+                markers_only=getattr(pipeline, "committed_through_markers", None))
     page = resources.files("streams").joinpath("dashboard.html").read_text(encoding="utf-8")
 
     @app.page("/dashboard")

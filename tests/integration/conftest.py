@@ -252,6 +252,20 @@ def model_in_use(worker, kind: str) -> str | None:
     return found.group(1) if found else None
 
 
+def metric(worker, series: str) -> float | None:
+    """One series of the worker's ``/metrics``, written as it is exposed (name and labels); None: not there."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == series:
+                return float(value)
+    return None
+
+
+def consumer_lag(worker, topic: str, partition: int) -> float | None:
+    return metric(worker, f'tidewater_consumer_lag{{partition="{partition}",topic="{topic}"}}')
+
+
 def wait_for_models(worker, wanted: dict[str, str], timeout: float = 60.0) -> None:
     """Until the worker serves ``wanted`` (kind -> version): a hot reload, observed instead of slept for."""
     deadline = time.monotonic() + timeout

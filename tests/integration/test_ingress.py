@@ -2,6 +2,7 @@
 topic written by a transactional producer."""
 import asyncio
 import json
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -12,7 +13,7 @@ from streams.broker_quirks import QUIRKS_BY_BROKER
 from streams.ingress import seek_to_committed_or_beginning
 from tidewater.settings import Settings
 
-from .conftest import Deployment, embedded_broker, wait_for_profiles
+from .conftest import Deployment, consumer_lag, embedded_broker, wait_for_profiles
 
 pytestmark = [pytest.mark.broker]
 
@@ -100,6 +101,13 @@ def test_regression_a_quiet_transactional_topic_does_not_hold_the_other_topic(no
         # the three clicks, then the purchase once the quiet clicks topic counts as caught up (without the fix:
         # after 300 s)
         assert wait_for_profiles(worker, {user: 4}, timeout=60) == {user: 4}
+        # and its consumer lag falls to 0: the commit marker is the partition's last offset, which Faust never
+        # commits past (before the fix: 1 for good, and TidewaterStalled paged on an idle system)
+        deadline = time.monotonic() + 30
+        while consumer_lag(worker, d.settings.topic_clicks, 0) != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert consumer_lag(worker, d.settings.topic_clicks, 0) == 0
+        assert consumer_lag(worker, d.settings.topic_purchases, 0) == 0
     finally:
         d.stop()
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from streams.replay import record, redrive
-from tests.integration.conftest import offline_output_ids, synthetic_shop, wait_for_profiles, write_jsonl
+from tests.integration.conftest import metric, offline_output_ids, synthetic_shop, wait_for_profiles, write_jsonl
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -56,6 +56,12 @@ def test_bad_input_goes_to_dead_letter_and_valid_events_around_it_apply(deployme
     metrics = worker.get("/stats")["counters"]
     assert sum(v for k, v in metrics.items() if k.startswith("dead_letters:")) == 5
     assert worker.proc.poll() is None  # the worker kept going
+    # every record counts as progress once acked, dead letters too (TidewaterStalled reads this counter: with
+    # applied events alone, a worker keeping up with bad input paged as stalled; found by review)
+    deadline = time.monotonic() + 30
+    while metric(worker, "tidewater_records_done_total") != len(mixed) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert metric(worker, "tidewater_records_done_total") == len(mixed)
 
     # a producer that keyed one event wrongly: dead-lettered; `tidewater redrive` sends it back with its user's
     # key and leaves the other five out (they would be rejected again: no new dead letters)

@@ -123,6 +123,8 @@ def test_alert_rules_are_loaded_mounted_valid_promql_and_name_only_exported_seri
     # a stall is per worker: summed over the cluster, one hung worker was hidden by the others' rate (review)
     stalled = promql_parser.parse(next(r["expr"] for r in rules if r["alert"] == "TidewaterStalled"))
     assert [list(side.modifier.labels) for side in (stalled.lhs.lhs, stalled.rhs.lhs)] == [["instance"]] * 2
+    # progress is any record acked: applied events alone paged on a worker keeping up with bad input (review)
+    assert "rate(tidewater_records_done_total[5m])" in next(r["expr"] for r in rules if r["alert"] == "TidewaterStalled")
     alerted = " ".join(rule["expr"] for rule in rules)
     for must in ("tidewater_consumer_lag", "tidewater_dead_letters_total", "tidewater_scoring_errors_total",
                  "tidewater_model_load_failures_total", "up{"):
