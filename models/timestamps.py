@@ -5,8 +5,9 @@ Kafka), microseconds or nanoseconds (pandas, Spark), or as ``YYYYMMDD`` integers
 as seconds, the last four would put every event in 1970 or thousands of years ahead, and the churn task would
 silently measure gaps in the wrong unit. A numeric column is therefore read by its magnitude:
 
-* 8-digit integers that are all valid dates from 1900-01-01 to 2100-12-31 -> ``YYYYMMDD`` (as seconds they
-  would all fall within August 1970);
+* 8-digit integers that are valid dates from 1900-01-01 to 2100-12-31 -> ``YYYYMMDD`` (as seconds they
+  would all fall within August 1970); a column of such dates but for a few other values is an error naming the
+  first of those;
 * otherwise by the median absolute value: below 1e11 seconds (1e11 s is the year 5138), below 1e14
   milliseconds, below 1e17 microseconds, else nanoseconds.
 
@@ -60,7 +61,9 @@ def _unparsable(values: pd.Series, bad: pd.Series, hint: str) -> ValueError:
     first = int(np.flatnonzero(bad.to_numpy())[0])
     label = values.index[first]  # a frame read from a file keeps its row numbers in the index
     row = int(label) + 2 if isinstance(label, (int, np.integer)) else first + 2
-    return ValueError(f"cannot parse ts {values.iloc[first]!r} in row {row} ({hint})")
+    value = values.iloc[first]
+    value = value.item() if isinstance(value, np.generic) else value  # 19970229, not np.int64(19970229)
+    return ValueError(f"cannot parse ts {value!r} in row {row} ({hint})")
 
 
 _NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}\b")
@@ -85,17 +88,29 @@ def _date_order(text: pd.Series) -> tuple[str, pd.Series | None]:
     return ("day-first dates" if day_first else "month-first dates"), pd.Series(rows, index=text.index)
 
 
+MOSTLY_DATES = 0.9  # a numeric column this much made of YYYYMMDD dates is one: the other values are errors
+
+
 def _yyyymmdd(numeric: pd.Series) -> pd.Series | None:
-    """Epoch seconds of ``YYYYMMDD`` integers, or None when the column is not all such dates."""
+    """Epoch seconds of ``YYYYMMDD`` integers, or None when the column is not such dates (few of its values are:
+    another unit, where 8-digit numbers are valid dates by chance, 4 % of them). A column of dates but for a few
+    values (``19970229``, a ``0`` placeholder) raises ``ValueError`` naming the first: read by magnitude, every
+    event had moved to 1970 without a word (found by review)."""
     if not len(numeric):
         return None
     lo, hi = YYYYMMDD_RANGE
     as_float = numeric.to_numpy(np.float64)
-    if not ((as_float == np.floor(as_float)) & (as_float >= lo) & (as_float <= hi)).all():
+    candidate = (as_float == np.floor(as_float)) & (as_float >= lo) & (as_float <= hi)
+    if candidate.mean() < MOSTLY_DATES:
         return None
-    parsed = pd.to_datetime(numeric.astype(np.int64).astype(str), format="%Y%m%d", utc=True, errors="coerce")
-    if parsed.isna().any():  # e.g. 19971340: not a date, so the column is a number of some unit after all
+    parsed = pd.Series(pd.NaT, index=numeric.index, dtype="datetime64[ns, UTC]")
+    parsed[candidate] = pd.to_datetime(numeric[candidate].astype(np.int64).astype(str), format="%Y%m%d", utc=True,
+                                       errors="coerce")
+    bad = parsed.isna()
+    if bad.mean() > 1 - MOSTLY_DATES:  # e.g. 19971340: not dates, so a number of some unit after all
         return None
+    if bad.any():
+        raise _unparsable(numeric, bad, "the other values are YYYYMMDD dates")
     return pd.Series((parsed - _EPOCH).dt.total_seconds().to_numpy(np.float64), index=numeric.index)
 
 

@@ -34,10 +34,12 @@ FEW_USERS = 1000  # users with purchases before the cut-off, under which `train`
 
 
 def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float, max_users: Optional[int] = None):
+    """(the log, the cut-off, the dataset's name, the horizon in days: the one asked for, or the part of it that
+    the log covers)."""
     import pandas as pd
 
-    from .data import (LATER_CUTOFF_HINT, SPLIT_FRACTIONS, check_calibration, load_purchases_csv, log_end, parse_time,
-                       sample_users)
+    from .data import (LATER_CUTOFF_HINT, SPLIT_FRACTIONS, check_calibration, covered_horizon_days, load_purchases_csv,
+                       log_end, parse_time, sample_users)
 
     if not (math.isfinite(horizon_days) and 0 < horizon_days <= 36500):  # inf and nan passed "> 0" (review)
         raise UserError(f"--horizon-days must be a number of days in (0, 36500], got {horizon_days}")
@@ -77,10 +79,21 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
         typer.secho(f"warning: only {n_calibration:,} users bought before the cut-off: the validation split that "
                     f"calibrates the scores and the forecast has {n_val:,} of them, and the metrics have wide "
                     f"intervals; {FEW_USERS:,} or more give numbers to trust", fg="yellow", err=True)
-    if log_end(frame) < cut + (horizon_days - 1) * 86400.0:
-        typer.secho(f"warning: the log ends before the end of the {horizon_days:g}-day horizon: users who "
-                    "would have bought later are labelled as churners", fg="yellow", err=True)
-    return frame, cut, name
+    covered = covered_horizon_days(frame, cut, horizon_days)
+    if covered < 1:
+        raise UserError(f"the log ends on {pd.Timestamp(log_end(frame), unit='s'):%Y-%m-%d}, before the cut-off: "
+                        "no horizon to label; pass an earlier --cutoff")
+    if covered < horizon_days:  # it only warned: everyone past the log's end was a churner, and the goal "reached"
+        typer.secho(f"warning: the log ends on {pd.Timestamp(log_end(frame), unit='s'):%Y-%m-%d}: the horizon is "
+                    f"shortened from {horizon_days:g} to the {covered:g} days it covers (past its end every user "
+                    "would look like a churner); pass an earlier --cutoff to keep it", fg="yellow", err=True)
+    return frame, cut, name, covered
+
+
+def _warn_thin_splits(meta: dict) -> None:
+    for part, n in meta.get("thin_splits", {}).items():
+        typer.secho(f"warning: the {part} split has only {n} users of one class (churners or buyers): its "
+                    "calibration and AUCs rest on them and have wide intervals", fg="yellow", err=True)
 
 
 def _serving_meta(frame, cutoff: float, max_users: Optional[int]) -> dict:
@@ -138,9 +151,10 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         from .model import ChurnConfig
         from .train import predict_calibrated, save_model, tokenize_task, train_model
 
-        frame, cut, name = _load(purchases, cutoff, horizon_days, max_users)
+        frame, cut, name, horizon_days = _load(purchases, cutoff, horizon_days, max_users)
         task = build_task(frame, cut, horizon_days, seed=seed)
         task.check_splits()
+        _warn_thin_splits(task.meta)
         cfg = ChurnConfig()
         tokens = tokenize_task(task.ring_sequences, task.as_of, cfg)
         res = train_model(task, cfg, seed=seed, do_pretrain=not no_pretrain, lora=lora, progress=progress,
@@ -186,7 +200,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
         if publish is not None:
             writable_dir(publish / "churn", "--publish")  # before the evaluation, not after it
-        frame, cut, name = _load(purchases, cutoff, horizon_days, max_users)
+        asked = horizon_days
+        frame, cut, name, horizon_days = _load(purchases, cutoff, horizon_days, max_users)
         reference = None
         if purchases is None:
             from models.datasets import load_cdnow
@@ -194,6 +209,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             reference = load_cdnow(sample=True)
         result, model, info = evaluate(frame, cut, horizon_days, dataset=name, seed=seed, progress=progress,
                                        ablations=ablations, report_dir=report_dir, reference_sample=reference)
+        _warn_thin_splits(result["task"])
+        if horizon_days != asked:  # in the JSON too: the labels are those of the shorter horizon
+            result["task"]["horizon_days_asked"] = asked
         if publish is not None:
             from models.registry import Registry
 
@@ -219,12 +237,12 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                          + (f"  fc-corr {r['forecast_corr']:.3f}  cum-err {r['forecast_cum_error_pct']:+.1f}%"
                             if "forecast_corr" in r else ""))
         ci = result["ci_vs_best_baseline"]
-        if "diff" in ci:
+        if ci.get("ci95"):
             lines.append(f"  AUC(model) - AUC({ci['best_baseline']}) = {ci['diff']:+.4f}  95% CI "
                          f"[{ci['ci95'][0]:+.4f}, {ci['ci95'][1]:+.4f}]; goal +0.01 reached: "
                          f"{result['goal_auc_plus_0_01_reached']}")
         else:
-            lines.append(f"  {ci['error']}")
+            lines.append(f"  {ci.get('error') or ci.get('note')}")
         if "report" in result:
             lines.append(f"  report: {result['report'].get('html') or result['report'].get('error')}")
         out = sys.stderr if as_json else sys.stdout

@@ -60,9 +60,15 @@ def forecast_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict:
 
 
 def _corr(actual: np.ndarray, predicted: np.ndarray) -> float:
-    if actual.std() == 0 or predicted.std() == 0:
+    """Pearson's correlation; NaN where either side does not vary: also forecasts equal up to float noise (BG/NBD's
+    spread 8e-22 on a log where every user looked alike), whose correlation is that of the rounding errors."""
+    if _constant(actual) or _constant(predicted):
         return float("nan")
     return float(np.corrcoef(actual, predicted)[0, 1])
+
+
+def _constant(x: np.ndarray) -> bool:
+    return len(x) == 0 or bool(np.ptp(x) <= 1e-12 * max(float(np.abs(x).max()), 1e-300))
 
 
 def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, pred_a: np.ndarray,
@@ -79,9 +85,11 @@ def paired_bootstrap(metric: Callable[[np.ndarray, np.ndarray], float], y: np.nd
 
     values = np.array([value(rng.integers(0, n, n)) for _ in range(n_boot)])
     values = values[~np.isnan(values)]
-    out = {"value" if pred_b is None else "diff": value(slice(None)),
-           "ci95": [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))],
-           "n_boot": int(len(values))}
+    out = {"value" if pred_b is None else "diff": value(slice(None)), "n_boot": int(len(values))}
+    if not len(values):  # undefined on every resample (forecasts that do not vary, one class): a traceback before
+        out |= {"ci95": None, "note": "the metric is undefined on every resample"}
+        return out
+    out["ci95"] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
     if pred_b is not None:
         out["p_le_0"] = float(np.mean(values <= 0))
     return out

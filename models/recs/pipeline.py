@@ -30,8 +30,9 @@ def load_log(interactions: str | Path | None, log: Log = _quiet) -> tuple[str, p
         texts = dict(zip(ml.items["item_id"].astype(str), ml.items["item_text"].astype(str)))
         return "ml-100k", ml.interactions[["user_id", "item_id", "ts"]], texts
     path = Path(interactions)
+    # an item's text is a name: "NA" or "None" is one (read as missing, such items got no text embedding; review)
     df, skipped = read_log_csv(path, required=("user_id", "item_id", "ts"), known=("item_text",),
-                               ids=("user_id", "item_id"))
+                               ids=("user_id", "item_id"), names=("item_text",))
     if skipped:
         log(f"note: skipped {skipped:,} rows without a user_id or item_id")
     texts = None

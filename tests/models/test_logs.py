@@ -36,6 +36,14 @@ def test_recs_log_reads_the_same_way_and_says_what_it_skipped(tmp_path):
     assert notes == ["note: skipped 1 rows without a user_id or item_id"]
 
 
+def test_regression_an_item_text_of_na_or_none_is_a_name(tmp_path):
+    """Item texts "NA", "None", "null" were read as missing, and those items got no text embedding (review)."""
+    path = tmp_path / "interactions.csv"
+    path.write_text("user_id,item_id,ts,item_text\nu1,i1,1,NA\nu1,i2,2,None\nu2,i3,3,\nu2,i4,4,Gone Girl\n")
+    _, _, texts = load_log(path)
+    assert texts == {"i1": "NA", "i2": "None", "i4": "Gone Girl"}  # an empty field is still no text
+
+
 def test_regression_spaces_around_values_are_layout_not_part_of_the_id(tmp_path):
     """"u0, i97" made item " i97", another item than "i97" in the same log, and a recs model published ids
     with a leading space that the stream's events never match (found by review). A trailing delimiter on every

@@ -71,3 +71,15 @@ def test_regression_a_word_among_numbers_is_the_value_named():
     the wrong row, as if numbers were not accepted (found by review)."""
     with pytest.raises(ValueError, match=r"cannot parse ts 'oops' in row 5 \(the other values are numbers\)"):
         to_epoch_seconds(pd.Series(["1", "2", "1", "oops"]))
+
+
+def test_regression_a_column_of_dates_but_one_names_that_value():
+    """One invalid YYYYMMDD value (19970229, a 0 placeholder) made the column epoch seconds: every event moved to
+    1970 without a word, and the error that followed blamed the cut-off (found by review)."""
+    dates = [int(d.strftime("%Y%m%d")) for d in pd.date_range("1997-01-01", periods=40, freq="7D")]
+    for bad in (19970229, 0):
+        with pytest.raises(ValueError, match=rf"cannot parse ts '?{bad}'? in row 7 \(the other values are YYYYMMDD"):
+            to_epoch_seconds(pd.Series(dates[:5] + [bad] + dates[5:]))
+    # 8-digit seconds that are dates by chance only now and then stay seconds
+    seconds = list(range(19_000_000, 19_000_000 + 40 * 86_400, 86_400))
+    assert to_epoch_seconds(pd.Series(seconds))[1] == "seconds"

@@ -235,6 +235,70 @@ def test_regression_a_log_of_few_users_is_warned_about(tiny_csv, tmp_path, capsy
     err = capsys.readouterr().err
     assert "warning: only 300 users bought before the cut-off" in err and "has 45 of them" in err
     many = tmp_path / "many.csv"
-    many.write_text("user_id,ts\n" + "".join(f"u{i},1997-0{1 + i % 9}-01\n" for i in range(churn_cli.FEW_USERS)))
+    many.write_text("user_id,ts\n" + "".join(f"u{i},1997-0{1 + i % 9}-01\n" for i in range(churn_cli.FEW_USERS))
+                    + "u0,1997-12-31\n")  # the log covers the horizon
     churn_cli._load(many, "1997-10-01", 90)
     assert "warning: only" not in capsys.readouterr().err
+
+
+def test_regression_a_horizon_past_the_logs_end_is_shortened_to_what_the_log_covers(tiny_csv, capsys):
+    """Past the log's end nobody buys: every user was labelled a churner there, and `evaluate churn` printed a
+    273-day churn rate of 0.996, BG/NBD off by +9,811 % and "goal reached: True" with a warning only (found by
+    review). The horizon is now the part the log covers, said on stderr and in the JSON."""
+    from models.churn.data import covered_horizon_days, load_purchases_csv
+
+    frame, cut, _, horizon = churn_cli._load(tiny_csv, "1998-06-20", 273)
+    end = float(load_purchases_csv(tiny_csv)["ts"].max())
+    assert end == cut + 8 * 86400.0  # the slice's last purchase is on 1998-06-28
+    assert horizon == 9.0  # 1998-06-20 .. 1998-06-28, the last day included
+    assert "the log ends on 1998-06-28: the horizon is shortened from 273 to the 9 days" in capsys.readouterr().err
+    assert covered_horizon_days(frame, cut, 9) == 9 and covered_horizon_days(frame, cut, 5) == 5
+    assert churn_cli._load(tiny_csv, "1997-10-01", 200)[3] == 200  # covered: as asked, no warning
+    assert "shortened" not in capsys.readouterr().err
+    with pytest.raises(Exception, match="before the cut-off: no horizon to label"):
+        churn_cli._load(tiny_csv, "1998-07-02", 30)
+
+
+def test_regression_users_that_all_look_alike_give_null_intervals_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Everyone bought once on one day and the cut-off is the next: every forecast is the same, its correlation
+    NaN on every bootstrap resample, and `evaluate churn` ended in an IndexError from the percentiles of nothing
+    (found by review). BG/NBD's forecasts there differ by float noise only (8e-22): no correlation either."""
+    monkeypatch.setattr("models.churn.model.ChurnConfig.__init__", _tiny_init)
+    rng = np.random.default_rng(0)
+    rows = [f"u{i:04d},2020-01-01" for i in range(400)]
+    rows += [f"u{i:04d},2020-{1 + d // 28:02d}-{2 + d % 27:02d}" for i in range(0, 400, 2)
+             for d in rng.integers(0, 80, size=1 + i % 3)]
+    log = tmp_path / "same_day.csv"
+    log.write_text("user_id,ts\n" + "\n".join(rows) + "\n")
+    run_ok(["evaluate", "churn", "--purchases", str(log), "--cutoff", "2020-01-02", "--horizon-days", "90", "--json",
+            "--no-progress", "--no-ablations", "--report-dir", str(tmp_path / "rep")])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"]["forecast_corr"] is None
+    assert result["forecast_ci"]["corr"]["ci95"] is None
+
+
+def test_corr_is_undefined_for_forecasts_equal_up_to_float_noise():
+    from models.churn.metrics import _corr, paired_bootstrap
+
+    actual = np.array([0.0, 1.0, 3.0, 0.0, 2.0])
+    assert np.isnan(_corr(actual, np.full(5, 0.5) + np.array([0, 8e-22, 0, 0, 1e-22])))
+    assert _corr(actual, actual * 2 + 1) == pytest.approx(1.0)
+    out = paired_bootstrap(_corr, actual, np.full(5, 0.5), n_boot=20)
+    assert out["ci95"] is None and out["n_boot"] == 0 and "undefined" in out["note"]
+
+
+def test_regression_a_split_with_few_of_one_class_is_warned_about(tiny_csv, capsys):
+    """A one-day horizon at the log's end left 1 buyer among 450 validation users, and the run said nothing of it
+    (found by review)."""
+    from models.churn.data import build_task, parse_time
+
+    frame, cut, _, horizon = churn_cli._load(tiny_csv, "1997-10-01", 30)
+    task = build_task(frame, cut, horizon)
+    task.check_splits()
+    assert task.meta["thin_splits"] == {"val": 2, "test": 4}  # buyers in the horizon: 2 of 45, 4 of 90
+    capsys.readouterr()
+    churn_cli._warn_thin_splits(task.meta)
+    assert "warning: the val split has only 2 users of one class" in capsys.readouterr().err
+    task = build_task(sample_slice(2000, seed=1), parse_time("1997-10-01"), 273)
+    task.check_splits()
+    assert "thin_splits" not in task.meta
