@@ -123,14 +123,20 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # retry or a late event must not rebuild what was erased), until a tick erasure_guard_s after it
     erased: dict[str, float] = {}
     # the same users -> their request's input record ("topic/partition", offset): a request read again after a
-    # restart (its offset not yet committed) is a duplicate, and must not delete the profile built since
+    # restart (its offset not yet committed) is a duplicate, and must not delete the profile built since. Only
+    # states from before the offset marks have entries (the marks know requests since); they go as marks cover them
     erase_records: dict[str, tuple[str, int]] = {}
     # per input source ("topic/partition"): the last offset whose partition-level effects (watermark, item
     # counts) this state holds. The worker writes a batch's profiles to the changelog before its state, so after
     # a crash between the two the restored profiles can be ahead of the restored state: their re-read events are
     # duplicates for the profiles and not for the state (``PartitionEngine._process``). None: a state written
-    # before this field, taken to hold whatever the profiles hold
+    # before this field, taken to hold whatever the profiles hold (the engine upgrades such a state: ``legacy_marks``)
     applied: dict[str, int] | None = None
+    # a state written before the offset marks, upgraded: a source without a mark yet is judged the old way (new to
+    # the state when its profile applies the event), and its mark starts at the first record applied so. Left None,
+    # such a state never got marks: the crash fix behind them never ran, and every erasure was kept in
+    # erase_records inside this one record (past Kafka's 1 MiB after ~20,000 erasures within the guard; review)
+    legacy_marks: bool = False
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -209,6 +215,8 @@ class PartitionEngine:
         self.config = config
         self.store = store
         self.state = state or PartitionState(partition=partition, applied={})
+        if self.state.applied is None:  # from before the offset marks: they start from here (``legacy_marks``)
+            self.state.applied, self.state.legacy_marks = {}, True
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
@@ -433,8 +441,6 @@ class PartitionEngine:
                 self._result.state_changed = True  # its offset is in the marks: persisted with the state
             else:
                 self._erase(event, record.topic)
-            if marks is None:  # a state from before the offset marks: the request's record is how it is known
-                state.erase_records[event.user_id] = (source, record.offset)
             if event.ts > state.watermark:
                 state.watermark = event.ts
             self._result.done.append(record)
@@ -449,10 +455,13 @@ class PartitionEngine:
         source = source_key(record.topic, record.partition)
         marks = state.applied
         # every new record; a re-read one too when the restored state is behind the restored profile
-        new_to_state = marks is not None and record.offset > marks.get(source, -1)
+        marked = marks is not None and (source in marks or not state.legacy_marks)
+        new_to_state = marked and record.offset > marks.get(source, -1)  # type: ignore[union-attr]
         if new_to_state:  # forward only: a re-read record set it back, and the next re-read ones looked new
             marks[source] = record.offset  # type: ignore[index]
         applied = apply(profile, event, source, record.offset, state.watermark, self.config.profile)
+        if applied and not marked and marks is not None:  # an upgraded state's first new record of the source
+            marks[source] = record.offset
         if applied:
             self._count("applied", record.topic)
             if profile.late_events != late_before:
@@ -516,6 +525,10 @@ class PartitionEngine:
                 del erased[user_id]
                 self.state.erase_records.pop(user_id, None)
                 self._changed_erasures.add(user_id)
+        records, marks = self.state.erase_records, self.state.applied or {}
+        if records:  # an upgraded state's requests that the offset marks now cover: known by them from here
+            for user_id in [u for u, (source, offset) in records.items() if offset <= marks.get(source, -1)]:
+                del records[user_id]
 
     def _count_item(self, item_id: str) -> None:
         displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS, self._weakest_item)
@@ -708,12 +721,14 @@ class PartitionEngine:
         crash between a batch's profiles and its state gives either."""
         marks = self.state.applied or {}
         out = []
+        legacy = self.state.legacy_marks  # an upgraded state's unmarked sources: held whatever the profiles held
         for i in keep:
             profile = profiles[i]
             if profile.last_scored_ts >= tick:
                 continue
             if candidates[users[i]][0] == "activity" and any(
-                    offset > marks.get(source, -1) for source, offset in profile.applied.items()):
+                    offset > marks.get(source, -1) for source, offset in profile.applied.items()
+                    if not legacy or source in marks):
                 self._active_since_tick.add(users[i])
                 continue
             out.append(i)

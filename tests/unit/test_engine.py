@@ -226,6 +226,44 @@ def test_regression_an_erasure_reread_after_its_guard_expired_deleted_the_profil
     assert encode_profile(store["u0"]) == encode_profile(whole_store["u0"])
 
 
+def test_regression_a_state_from_before_the_offset_marks_gets_them_and_stops_growing_erase_records():
+    """A partition state written before the offset marks (``applied`` None) kept None for good after an upgrade:
+    the crash fix behind the marks never ran there, and every later erasure went into erase_records inside the one
+    state record, past Kafka's 1 MiB after ~20,000 erasures within the guard (found by review). Upgraded, its
+    sources are judged the old way until their first new record, and marked from there; a re-read request known
+    by erase_records is still a duplicate, and erase_records empties as the marks cover it."""
+    from tidewater.events import Erase
+
+    evs = shop(days=60)
+    for user, day in (("u0", 30), ("u1", 45)):  # u0 forgotten before the restart, u1 after it
+        at = next(i for i, e in enumerate(evs) if e.ts > day * DAY)
+        evs.insert(at, Erase(event_id=f"forget-{user}", user_id=user, ts=evs[at - 1].ts))
+    recs = records(evs)
+    erase_u0 = next(i for i, r in enumerate(recs) if b"forget-u0" in r.value)
+    cut = erase_u0 + 12
+    uninterrupted, _, whole = run(recs)
+    engine, store, first = run(recs[:cut])
+    class Written(dict):  # which users ever went into erase_records
+        added: set = set()
+
+        def __setitem__(self, user, value):
+            self.added.add(user)
+            super().__setitem__(user, value)
+
+    erase_records = Written({"u0": ("clicks/0", recs[erase_u0].offset)})
+    legacy = msgspec.structs.replace(engine.snapshot(), applied=None,  # as a state of before the marks
+                                     erase_records=erase_records)
+    restarted = PartitionEngine(0, EngineConfig(inactivity_gap_s=14 * DAY), store, state=legacy)
+    for profile in list(store.values()):
+        restarted.index_profile(profile)
+    again = run_to_completion(restarted, recs[erase_u0 - 3:])  # the last commit was before u0's request
+    assert [o.value for o in first.outputs + again.outputs] == [o.value for o in whole.outputs]
+    assert restarted.state.item_counts == uninterrupted.state.item_counts
+    assert restarted.state.applied == uninterrupted.state.applied and restarted.state.legacy_marks
+    assert "u1" not in Written.added  # u1's request is known by the marks
+    assert restarted.state.erase_records == {}  # and u0's entry went once they covered it
+
+
 @pytest.mark.parametrize("broken", ["fold", "query", "refresh", "mark_recommended", "change_since_rec"])
 def test_regression_a_recommender_hook_that_raises_does_not_stop_the_stream(broken):
     """Scoring and the batched recommendation query fell back on failure, but the per-profile hooks did not: one
