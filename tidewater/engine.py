@@ -132,10 +132,12 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # duplicates for the profiles and not for the state (``PartitionEngine._process``). None: a state written
     # before this field, taken to hold whatever the profiles hold (the engine upgrades such a state: ``legacy_marks``)
     applied: dict[str, int] | None = None
-    # a state written before the offset marks, upgraded: a source without a mark yet is judged the old way (new to
-    # the state when its profile applies the event), and its mark starts at the first record applied so. Left None,
-    # such a state never got marks: the crash fix behind them never ran, and every erasure was kept in
-    # erase_records inside this one record (past Kafka's 1 MiB after ~20,000 erasures within the guard; review)
+    # a state written before the offset marks, upgraded. Such a state holds what the profiles hold, so its marks
+    # start at the highest offset of each source among the stored profiles (``index_profile``, which the worker
+    # runs over all of them before any record); a source no profile has is judged the old way (new to the state
+    # when its profile applies the event) until its first such record. Left None, such a state never got marks:
+    # the crash fix behind them never ran, and every erasure was kept in erase_records inside this one record
+    # (past Kafka's 1 MiB after ~20,000 erasures within the guard; found by review)
     legacy_marks: bool = False
 
 
@@ -248,6 +250,11 @@ class PartitionEngine:
         # activity the last score did not see: events applied since it, counted (not compared by time: an event
         # exactly at the tick instant, or a late one, is not in a score at that tick either). Checked before the
         # day test below: a user can be active again within one last-activity day. Exact on a restore too
+        if self.state.legacy_marks:  # an upgraded state holds what the profiles hold: marks from their offsets
+            marks = self.state.applied
+            for source, offset in profile.applied.items():
+                if offset > marks.get(source, -1):  # type: ignore[union-attr]
+                    marks[source] = offset  # type: ignore[index]
         if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
         if profile.last_offer_ts and profile.last_offer_ts >= self.state.next_tick > 0.0:  # only after a restore
@@ -429,8 +436,10 @@ class PartitionEngine:
                 self._count("duplicates_skipped", record.topic)
                 self._result.done.append(record)
                 return
-            if marks is not None:
+            if marks is not None and (source in marks or not state.legacy_marks):
                 marks[source] = record.offset  # a source's records come in offset order: this is forward
+            elif marks is not None:  # an upgraded state's source no profile had: known by its record, as before
+                state.erase_records[event.user_id] = (source, record.offset)
             erased_at = state.erased.get(event.user_id)
             if erased_at is not None and event.ts <= erased_at:
                 # already erased up to this time (a producer's retry at a new offset, or an older request): the

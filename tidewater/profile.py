@@ -251,6 +251,7 @@ class ActivityView(msgspec.Struct, kw_only=True):
     n_events: int = 0
     events_at_score: int = 0
     last_offer_ts: float = 0.0  # an offer at a tick the restored state has not fired yet counts in its budget
+    applied: dict[str, int] = {}  # the offset marks of a state from before its own marks start from these
 
 
 _activity_decoder = msgspec.msgpack.Decoder(ActivityView)

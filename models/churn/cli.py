@@ -80,7 +80,7 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
                     f"calibrates the scores and the forecast has {n_val:,} of them, and the metrics have wide "
                     f"intervals; {FEW_USERS:,} or more give numbers to trust", fg="yellow", err=True)
     covered = covered_horizon_days(frame, cut, horizon_days)
-    if covered < 1:
+    if covered <= 0:
         raise UserError(f"the log ends on {pd.Timestamp(log_end(frame), unit='s'):%Y-%m-%d}, before the cut-off: "
                         "no horizon to label; pass an earlier --cutoff")
     if covered < horizon_days:  # it only warned: everyone past the log's end was a churner, and the goal "reached"
@@ -88,6 +88,19 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
                     f"shortened from {horizon_days:g} to the {covered:g} days it covers (past its end every user "
                     "would look like a churner); pass an earlier --cutoff to keep it", fg="yellow", err=True)
     return frame, cut, name, covered
+
+
+PUBLISH_SHORT_HORIZON = 0.9  # a horizon the log shortens to less than this share of the one asked is not published
+
+
+def _publishable(covered: float, asked: float) -> None:
+    """A model for a horizon much shorter than asked is published only when asked for by that horizon: served, its
+    churn probabilities would be read as the longer horizon's (found by review). A log a few days short of it (271
+    of 273 days) publishes its model for the days it covers, which the registry records."""
+    if covered < PUBLISH_SHORT_HORIZON * asked:
+        raise UserError(f"not publishing a model for {covered:g} days when {asked:g} were asked: the log does not "
+                        f"cover the horizon; pass --horizon-days {covered:g} to publish one for that horizon, or an "
+                        "earlier --cutoff")
 
 
 def _warn_thin_splits(meta: dict) -> None:
@@ -151,7 +164,9 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         from .model import ChurnConfig
         from .train import predict_calibrated, save_model, tokenize_task, train_model
 
+        asked = horizon_days
         frame, cut, name, horizon_days = _load(purchases, cutoff, horizon_days, max_users)
+        _publishable(horizon_days, asked)
         task = build_task(frame, cut, horizon_days, seed=seed)
         task.check_splits()
         _warn_thin_splits(task.meta)
@@ -163,7 +178,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         logit, _, rate = predict_calibrated(res.model, [tokens[0][i] for i in te], tokens[1][te])
         metrics = {k: v for k, v in binary_metrics(task.churn[te], logit).items()} | \
             forecast_metrics(task.count[te], rate)
-        meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days, "seed": seed,
+        meta = {"dataset": name, "cutoff": task.meta["cutoff_iso"], "horizon_days": horizon_days,
+                "horizon_days_asked": asked, "seed": seed,
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
                 "uses_encoder": res.model.encoder_contributes()} | _serving_meta(frame, cut, max_users)
@@ -202,6 +218,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             writable_dir(publish / "churn", "--publish")  # before the evaluation, not after it
         asked = horizon_days
         frame, cut, name, horizon_days = _load(purchases, cutoff, horizon_days, max_users)
+        if publish is not None:
+            _publishable(horizon_days, asked)
         reference = None
         if purchases is None:
             from models.datasets import load_cdnow
@@ -221,7 +239,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
             version = Registry(publish / "churn").publish(
                 lambda d: save_model(model, d, metrics=slim, extra=info), fingerprint=fp,
-                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days, "seed": seed,
+                meta={"dataset": name, "cutoff": result["cutoff"], "horizon_days": horizon_days,
+                      "horizon_days_asked": asked, "seed": seed,
                       "test_auc": result["model"]["auc"], "n_users": result["task"]["n_users"],
                       "uses_encoder": model.encoder_contributes()} | _serving_meta(frame, cut, max_users))
             result["published_version"] = version

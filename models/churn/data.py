@@ -248,9 +248,11 @@ def covered_horizon_days(frame: pd.DataFrame, cutoff: float, horizon_days: float
     the day of the log's last event. Past the log's end nobody buys, so every user would look like a churner there
     and BG/NBD's forecast for the whole horizon would be compared with counts of a part of it."""
     end = log_end(frame)
+    if end < cutoff:
+        return 0.0
     if end >= cutoff + (horizon_days - 1) * DAY:
         return horizon_days
-    return float(max(0, math.floor((end - cutoff) / DAY) + 1))
+    return float(math.floor((end - cutoff) / DAY) + 1)
 
 
 def build_task(frame: pd.DataFrame, cutoff: float, horizon_days: float, *, seed: int = 0,

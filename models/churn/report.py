@@ -83,8 +83,8 @@ def write_report(report_dir: Path, y: np.ndarray, scores: dict[str, np.ndarray],
 
 
 def _ci_text(ci: dict) -> str:
-    if "diff" not in ci:
-        return html.escape(str(ci.get("error", "not available")))
+    if not ci.get("ci95"):
+        return html.escape(str(ci.get("error") or ci.get("note") or "not available"))
     return f"{ci['diff']:+.4f}, 95 % CI {ci['ci95']}"
 
 

@@ -264,6 +264,42 @@ def test_regression_a_state_from_before_the_offset_marks_gets_them_and_stops_gro
     assert restarted.state.erase_records == {}  # and u0's entry went once they covered it
 
 
+@pytest.mark.parametrize("case", ["retried_on_the_other_topic", "guard_expired"])
+def test_regression_an_upgraded_state_counts_re_read_items_once_around_an_erasure(case):
+    """Review of the upgrade: an erasure re-read after the restart marked its source at once, and every re-read
+    record after it then looked new to the state and counted its item again. A second request of the user on the
+    other topic (erase_records keeps one per user), or a request whose guard had expired, did it. The marks now
+    start from the stored profiles' offsets, which a state from before them holds."""
+    from tidewater.events import Erase
+
+    config = EngineConfig(inactivity_gap_s=14 * DAY, erasure_guard_s=DAY if case == "guard_expired" else 7 * DAY)
+    evs = shop(days=60)
+    at = next(i for i, e in enumerate(evs) if e.ts > 30 * DAY)
+    request = Erase(event_id="forget-u0", user_id="u0", ts=evs[at - 1].ts)
+    evs[at:at] = [request, request] if case == "retried_on_the_other_topic" else [request]
+    recs, offsets, seen = [], {"clicks": 0, "purchases": 0}, 0
+    for r in records(evs):  # a retried request goes to purchases: requests come on either input topic
+        seen += b"forget-u0" in r.value
+        topic = "purchases" if b"forget-u0" in r.value and seen == 2 else r.topic
+        recs.append(Record(topic, 0, offsets[topic], r.key, r.value))
+        offsets[topic] += 1
+    first_request = next(i for i, r in enumerate(recs) if b"forget-u0" in r.value)
+    last_request = max(i for i, r in enumerate(recs) if b"forget-u0" in r.value)
+    cut = last_request + 40  # a day of events later: the short guard has expired
+    uninterrupted, _, whole = run(recs, config=config)
+    engine, store, first = run(recs[:cut], config=config)
+    kept = {} if case == "guard_expired" else {"u0": (f"{recs[last_request].topic}/0", recs[last_request].offset)}
+    if case == "guard_expired":
+        assert not engine.state.erased  # nothing left in the state to know the request by
+    legacy = msgspec.structs.replace(engine.snapshot(), applied=None, erase_records=kept)
+    restarted = PartitionEngine(0, config, store, state=legacy)
+    for profile in list(store.values()):
+        restarted.index_profile(profile)
+    again = run_to_completion(restarted, recs[first_request - 3:])
+    assert restarted.state.item_counts == uninterrupted.state.item_counts
+    assert [o.value for o in first.outputs + again.outputs] == [o.value for o in whole.outputs]
+
+
 @pytest.mark.parametrize("broken", ["fold", "query", "refresh", "mark_recommended", "change_since_rec"])
 def test_regression_a_recommender_hook_that_raises_does_not_stop_the_stream(broken):
     """Scoring and the batched recommendation query fell back on failure, but the per-profile hooks did not: one

@@ -302,3 +302,20 @@ def test_regression_a_split_with_few_of_one_class_is_warned_about(tiny_csv, caps
     task = build_task(sample_slice(2000, seed=1), parse_time("1997-10-01"), 273)
     task.check_splits()
     assert "thin_splits" not in task.meta
+
+
+def test_regression_a_horizon_under_a_day_is_not_taken_for_a_log_before_the_cutoff(tiny_csv):
+    """Review of the change: a covered horizon of half a day was refused as "the log ends before the cut-off"."""
+    assert churn_cli._load(tiny_csv, "1998-01-01", 0.5)[3] == 0.5
+
+
+def test_regression_a_shortened_horizon_is_not_published_unless_asked_for(tiny_csv, tmp_path, capsys):
+    """Review of the change: `train churn` published a 9-day model for a 273-day request after a warning only, and
+    served, its probabilities would be read as the longer horizon's. It now says how to ask for that horizon."""
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1998-06-20", "--horizon-days", "273",
+              "--registry", str(tmp_path / "reg"), "--no-progress"])
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "not publishing a model for 9 days when 273 were asked" in err and "--horizon-days 9" in err
+    assert not (tmp_path / "reg" / "churn").exists() or not any((tmp_path / "reg" / "churn").iterdir())
