@@ -90,6 +90,17 @@ class Profile(msgspec.Struct, kw_only=True):
     # leave the ring, so profiles stored before it existed fill it too
     purchased: dict[str, int] = {}
 
+    def __post_init__(self) -> None:  # on decode too
+        _scored_before_events_at_score(self)
+
+
+def _scored_before_events_at_score(profile: "Profile | ActivityView") -> None:
+    """A profile stored before ``events_at_score`` (the first day's sessions) and scored after its last event saw
+    every event in that score: without this, each such user counted as active and the first tick after an upgrade
+    re-scored the whole partition as "activity" (found by review). Only at decode: a later event counts as new."""
+    if not profile.events_at_score and profile.last_scored_ts >= profile.last_ts > 0.0:
+        profile.events_at_score = profile.n_events
+
 
 def new_profile(user_id: str) -> Profile:
     return Profile(user_id=user_id)
@@ -252,6 +263,10 @@ class ActivityView(msgspec.Struct, kw_only=True):
     events_at_score: int = 0
     last_offer_ts: float = 0.0  # an offer at a tick the restored state has not fired yet counts in its budget
     applied: dict[str, int] = {}  # the offset marks of a state from before its own marks start from these
+    last_scored_ts: float = 0.0
+
+    def __post_init__(self) -> None:
+        _scored_before_events_at_score(self)
 
 
 _activity_decoder = msgspec.msgpack.Decoder(ActivityView)

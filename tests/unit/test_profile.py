@@ -214,3 +214,32 @@ def test_purchases_the_ring_forgets_are_remembered_apart(bought, stored_before):
     latest = list(dict.fromkeys(reversed(forgotten)))[:PURCHASED_ITEMS]
     assert list(p.purchased) == latest[::-1]
     assert list(decode_profile(encode_profile(p)).purchased.items()) == list(p.purchased.items())  # order kept
+
+
+def test_regression_a_profile_stored_before_events_at_score_and_scored_since_is_not_active():
+    """Profiles stored before ``events_at_score`` decode it as 0, so every user counted as active and the first tick
+    after an upgrade re-scored the whole partition as "activity" (found by review). Scored after its last event,
+    such a profile saw every event in that score; one with an event since, or a late event later, is active."""
+    from tidewater.engine import EngineConfig, PartitionEngine
+    from tidewater.profile import decode_activity
+
+    def stored_before(last_ts: float, last_scored_ts: float) -> bytes:
+        p = new_profile("u")
+        for i, ts in enumerate((last_ts - DAY, last_ts)):
+            apply(p, Click(event_id=f"c{i}", user_id="u", ts=ts), "clicks/0", i, 0.0)
+        p.last_scored_ts = last_scored_ts
+        old = msgspec.msgpack.decode(encode_profile(p))
+        old.pop("events_at_score")  # as the first day's versions stored it
+        return msgspec.msgpack.encode(old)
+
+    scored, unscored = stored_before(10 * DAY, 11 * DAY), stored_before(10 * DAY, 9 * DAY)
+    assert decode_profile(scored).events_at_score == 2 and decode_activity(scored).events_at_score == 2
+    assert decode_profile(unscored).events_at_score == 0 and decode_activity(unscored).events_at_score == 0
+    engine = PartitionEngine(0, EngineConfig(), {})
+    engine.index_profile(decode_activity(scored))
+    assert "u" not in engine._active_since_tick
+    engine.index_profile(decode_activity(unscored))
+    assert "u" in engine._active_since_tick
+    late = decode_profile(scored)  # a late event after the upgrade: new activity, whatever its time
+    apply(late, Click(event_id="late", user_id="u", ts=5 * DAY), "clicks/0", 7, 10 * DAY)
+    assert late.n_events > late.events_at_score
