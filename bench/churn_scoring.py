@@ -133,7 +133,8 @@ def main() -> None:
 
     path, model = load_or_train(args.registry)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    batches = [int(b) for b in args.batches.split(",")]
+    # batch 1 first: every ratio is to it, whatever --batches lists (it was to the first listed; review)
+    batches = sorted({1, *(int(b) for b in args.batches.split(","))})
     seqs, as_of = synthetic_sequences(max(4096, 2 * max(batches)), args.max_len)
     rings = [[RecentEvent(ts=e["ts"], type=e["type"], item_id=e.get("item"), category=e.get("category"),
                           amount=e.get("amount", 0.0), quantity=e.get("quantity", 0)) for e in seq] for seq in seqs]

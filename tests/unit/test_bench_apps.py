@@ -52,3 +52,16 @@ def test_regression_the_same_work_engine_reads_the_values_not_yet_written_like_t
     assert store.get_raw("u1").count == 3
     view.cache.put("u1", CountSum(5, 7.5, 4))
     assert store.get_raw("u1").count == 5
+
+
+def test_regression_a_peer_that_failed_its_check_leaves_no_ratio():
+    """The ratio was taken against the peer that passed when the other failed its output check: against the
+    slower one, flattering ours (found by review)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from pipeline import best_checked_peer
+
+    results = {"quix_stateful_eps": 26_000, "bytewax_stateful_eps": 46_000}
+    assert best_checked_peer(results, {"quix": True, "bytewax": True}) == ("bytewax", 46_000)
+    assert best_checked_peer(results, {"quix": True, "bytewax": False}) == (None, None)
+    assert best_checked_peer(results, {"quix": True}) == ("quix", 26_000)  # --only: bytewax did not run
+    assert best_checked_peer(results, {}) == (None, None)
