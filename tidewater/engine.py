@@ -877,6 +877,9 @@ def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, bat
             engine.on_record(r, now)
         pending.clear()
         res = engine.on_notify(now)
+        if hasattr(engine, "take_changed_items"):  # what the worker writes of the state: taken, as it takes them
+            # (never taken, the sets held every item and erasure of a long replay: found by a soak)
+            engine.take_changed_items(), engine.take_ranking_changed(), engine.take_changed_erasures()
         if hasattr(engine.store, "__setitem__"):  # write back, as the worker does after every batch
             for user_id, profile in res.profiles.items():
                 engine.store[user_id] = profile  # type: ignore[index]
