@@ -24,7 +24,7 @@ unknown event types, more than 128 events left. An event record is any object wi
 from __future__ import annotations
 
 import math
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple, Sequence
 
@@ -85,20 +85,24 @@ def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], view: _
     lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
     events = list(chain.from_iterable(sequences))  # one flat list, then C-level maps over it (no nested loops)
     n = len(events)
-    ts = np.fromiter(map(_TS, events), np.float64, n)
     code = np.fromiter(map(_TYPE_CODE.get, map(_TYPE, events), repeat(0)), np.int64, n)
+    seg = np.repeat(np.arange(len(sequences)), lengths)
+    if not view.clicks:  # the clicks go before their fields are read (most of a ring's events, often)
+        read = code != F.CLICK
+        if not read.all():
+            events = list(compress(events, read.tolist()))
+            code, seg, n = code[read], seg[read], len(events)
+            lengths = np.bincount(seg, minlength=len(sequences))
+    ts = np.fromiter(map(_TS, events), np.float64, n)
     # an absent amount is NaN (not counted, as prepare skips a missing key); an absent quantity counts as 0, which
     # gives the summary prepare gives without one (no quantity total: column 20 is 0)
     amount = np.fromiter(map(_AMOUNT, events), np.float64, n) if view.amounts else np.full(n, np.nan)
     quantity = np.fromiter(map(_QUANTITY, events), np.float64, n) if view.quantities else np.zeros(n)
     when = np.fromiter(as_of, np.float64, len(sequences))
-    seg = np.repeat(np.arange(len(sequences)), lengths)
     # prepare drops the events at or after the scoring time before anything else reads them: the stream's ticks
     # fall on the times of the events that cross them (CDNOW's midnights), so a sixth of the rings hold one. A
     # non-finite time stays, for the general path (prepare's choice for NaN and infinities is its own).
     kept = ~(ts >= when[seg])
-    if not view.clicks:
-        kept &= code != F.CLICK
     if not kept.all():
         ts, code, amount, quantity, seg = ts[kept], code[kept], amount[kept], quantity[kept], seg[kept]
         lengths = np.bincount(seg, minlength=len(sequences))
