@@ -258,6 +258,15 @@ def run_tidewater(bs: str, n: int, tmp: Path, *, same_work: bool, input_topic: s
     return eps, {**counts, "processed": processed}
 
 
+def crosses_a_tick(n: int, days: float) -> bool:
+    """Whether the Tidewater input of ``n`` events over ``days`` crosses a daily tick (the first one is 16 h after
+    T0): one that does not scores nobody, and must not fail the churn check (found by review: 0.5 days)."""
+    from tidewater.clock import first_tick_after
+
+    last = T0 + (n - 1) * days * 86400.0 / n if days else T0 + (n - 1) * 0.001
+    return last >= first_tick_after(T0, 86400.0)
+
+
 def best_checked_peer(results: dict[str, Any], checks: dict[str, bool]) -> tuple[str | None, float | None]:
     """(name, events/s) of the fastest peer, the baseline of every ratio; (None, None) unless every peer that ran
     passed its output check: against the other one alone a ratio would flatter ours (found by review)."""
@@ -335,7 +344,7 @@ def main() -> None:
                                             profile_dir=args.profile)
                 checks[f"pipeline_{span:g}d"] = (counts.pop("processed") >= n and counts["recommendations"] > 0
                                                  and counts["scoring_errors"] == 0 and counts["dead_letters"] == 0
-                                                 and (counts["churn_scores"] > 0 or not span))
+                                                 and (counts["churn_scores"] > 0 or not crosses_a_tick(n, span)))
                 runs.append({"days": span, "eps": round(eps), "outputs": counts})
                 log("tidewater pipeline", span, "days:", eps, counts)
             results["pipeline_eps"] = runs[0]["eps"]  # the headline: the first --days value

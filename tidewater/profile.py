@@ -97,8 +97,10 @@ class Profile(msgspec.Struct, kw_only=True):
 def _scored_before_events_at_score(profile: "Profile | ActivityView") -> None:
     """A profile stored before ``events_at_score`` (the first day's sessions) and scored after its last event saw
     every event in that score: without this, each such user counted as active and the first tick after an upgrade
-    re-scored the whole partition as "activity" (found by review). Only at decode: a later event counts as new."""
-    if not profile.events_at_score and profile.last_scored_ts >= profile.last_ts > 0.0:
+    re-scored the whole partition as "activity" (found by review). An event at the tick's own time is not in that
+    tick's score (the tick fires before it is applied): strictly after, as the old rule said. Set on construction and
+    decode alike (msgspec runs this for both), before any event is applied: a later event counts as new."""
+    if not profile.events_at_score and profile.last_scored_ts > profile.last_ts > 0.0:
         profile.events_at_score = profile.n_events
 
 

@@ -65,3 +65,12 @@ def test_regression_a_peer_that_failed_its_check_leaves_no_ratio():
     assert best_checked_peer(results, {"quix": True, "bytewax": False}) == (None, None)
     assert best_checked_peer(results, {"quix": True}) == ("quix", 26_000)  # --only: bytewax did not run
     assert best_checked_peer(results, {}) == (None, None)
+
+
+def test_regression_an_input_that_crosses_no_tick_needs_no_churn_scores():
+    """The full-pipeline check wanted churn scores from every input but the 0-day one; a 0.5-day input starting at
+    08:00 crosses no daily tick, so a correct run failed it (found by review)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from pipeline import crosses_a_tick
+
+    assert [crosses_a_tick(100_000, d) for d in (0, 0.5, 0.66, 0.7, 1, 10)] == [False, False, False, True, True, True]

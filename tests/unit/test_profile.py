@@ -235,6 +235,9 @@ def test_regression_a_profile_stored_before_events_at_score_and_scored_since_is_
     scored, unscored = stored_before(10 * DAY, 11 * DAY), stored_before(10 * DAY, 9 * DAY)
     assert decode_profile(scored).events_at_score == 2 and decode_activity(scored).events_at_score == 2
     assert decode_profile(unscored).events_at_score == 0 and decode_activity(unscored).events_at_score == 0
+    # its last event at the tick's own time: that tick fired before it was applied, so it is not in the score
+    at_tick = stored_before(10 * DAY, 10 * DAY)
+    assert decode_profile(at_tick).events_at_score == 0 and decode_activity(at_tick).events_at_score == 0
     engine = PartitionEngine(0, EngineConfig(), {})
     engine.index_profile(decode_activity(scored))
     assert "u" not in engine._active_since_tick
