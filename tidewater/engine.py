@@ -134,8 +134,9 @@ class PartitionState(msgspec.Struct, kw_only=True):
     applied: dict[str, int] | None = None
     # a state written before the offset marks, upgraded. Such a state holds what the profiles hold, so its marks
     # start at the highest offset of each source among the stored profiles (``index_profile``, which the worker
-    # runs over all of them before any record); a source no profile has is judged the old way (new to the state
-    # when its profile applies the event) until its first such record. Left None, such a state never got marks:
+    # runs over all of them before any record, once: a later restore reads the marks written since); a source no
+    # profile has is judged the old way (new to the state when its profile applies the event) until its first
+    # such record. Left None, such a state never got marks:
     # the crash fix behind them never ran, and every erasure was kept in erase_records inside this one record
     # (past Kafka's 1 MiB after ~20,000 erasures within the guard; found by review)
     legacy_marks: bool = False
@@ -217,7 +218,11 @@ class PartitionEngine:
         self.config = config
         self.store = store
         self.state = state or PartitionState(partition=partition, applied={})
-        if self.state.applied is None:  # from before the offset marks: they start from here (``legacy_marks``)
+        # a state from before the offset marks: they start from the stored profiles' offsets (``index_profile``),
+        # in this engine's life only: once written with marks, a restore must not raise them to profiles that a
+        # crash left ahead of the state (the case the marks are for)
+        self._seed_marks = self.state.applied is None
+        if self._seed_marks:
             self.state.applied, self.state.legacy_marks = {}, True
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
@@ -250,7 +255,7 @@ class PartitionEngine:
         # activity the last score did not see: events applied since it, counted (not compared by time: an event
         # exactly at the tick instant, or a late one, is not in a score at that tick either). Checked before the
         # day test below: a user can be active again within one last-activity day. Exact on a restore too
-        if self.state.legacy_marks:  # an upgraded state holds what the profiles hold: marks from their offsets
+        if self._seed_marks:  # a state from before the marks holds what the profiles hold: marks from their offsets
             marks = self.state.applied
             for source, offset in profile.applied.items():
                 if offset > marks.get(source, -1):  # type: ignore[union-attr]
