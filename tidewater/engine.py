@@ -130,16 +130,12 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # counts) this state holds. The worker writes a batch's profiles to the changelog before its state, so after
     # a crash between the two the restored profiles can be ahead of the restored state: their re-read events are
     # duplicates for the profiles and not for the state (``PartitionEngine._process``). None: a state written
-    # before this field, taken to hold whatever the profiles hold (the engine upgrades such a state: ``legacy_marks``)
+    # before this field, taken to hold whatever the profiles hold. The engine upgrades such a state: its marks start
+    # at the highest offset of each source among the stored profiles (``index_profile``, which the worker runs over
+    # all of them before any record, once: a later restore reads the marks written since). Left None, such a state
+    # never got marks: the crash fix behind them never ran, and every erasure was kept in erase_records inside this
+    # one record (past Kafka's 1 MiB after ~20,000 erasures within the guard; found by review)
     applied: dict[str, int] | None = None
-    # a state written before the offset marks, upgraded. Such a state holds what the profiles hold, so its marks
-    # start at the highest offset of each source among the stored profiles (``index_profile``, which the worker
-    # runs over all of them before any record, once: a later restore reads the marks written since); a source no
-    # profile has is judged the old way (new to the state when its profile applies the event) until its first
-    # such record. Left None, such a state never got marks:
-    # the crash fix behind them never ran, and every erasure was kept in erase_records inside this one record
-    # (past Kafka's 1 MiB after ~20,000 erasures within the guard; found by review)
-    legacy_marks: bool = False
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -223,7 +219,7 @@ class PartitionEngine:
         # crash left ahead of the state (the case the marks are for)
         self._seed_marks = self.state.applied is None
         if self._seed_marks:
-            self.state.applied, self.state.legacy_marks = {}, True
+            self.state.applied = {}
         self.scorer: ChurnScorer = scorer or RecencyHeuristic()
         self.recommender: StreamRecommender = recommender or PartitionPopularity()
         self.merger: EventTimeMerger[_Valid] = EventTimeMerger(config.input_topics, config.source_idle_s, now)
@@ -441,10 +437,8 @@ class PartitionEngine:
                 self._count("duplicates_skipped", record.topic)
                 self._result.done.append(record)
                 return
-            if marks is not None and (source in marks or not state.legacy_marks):
+            if marks is not None:
                 marks[source] = record.offset  # a source's records come in offset order: this is forward
-            elif marks is not None:  # an upgraded state's source no profile had: known by its record, as before
-                state.erase_records[event.user_id] = (source, record.offset)
             erased_at = state.erased.get(event.user_id)
             if erased_at is not None and event.ts <= erased_at:
                 # already erased up to this time (a producer's retry at a new offset, or an older request): the
@@ -469,13 +463,10 @@ class PartitionEngine:
         source = source_key(record.topic, record.partition)
         marks = state.applied
         # every new record; a re-read one too when the restored state is behind the restored profile
-        marked = marks is not None and (source in marks or not state.legacy_marks)
-        new_to_state = marked and record.offset > marks.get(source, -1)  # type: ignore[union-attr]
+        new_to_state = marks is not None and record.offset > marks.get(source, -1)
         if new_to_state:  # forward only: a re-read record set it back, and the next re-read ones looked new
             marks[source] = record.offset  # type: ignore[index]
         applied = apply(profile, event, source, record.offset, state.watermark, self.config.profile)
-        if applied and not marked and marks is not None:  # an upgraded state's first new record of the source
-            marks[source] = record.offset
         if applied:
             self._count("applied", record.topic)
             if profile.late_events != late_before:
@@ -735,14 +726,12 @@ class PartitionEngine:
         crash between a batch's profiles and its state gives either."""
         marks = self.state.applied or {}
         out = []
-        legacy = self.state.legacy_marks  # an upgraded state's unmarked sources: held whatever the profiles held
         for i in keep:
             profile = profiles[i]
             if profile.last_scored_ts >= tick:
                 continue
             if candidates[users[i]][0] == "activity" and any(
-                    offset > marks.get(source, -1) for source, offset in profile.applied.items()
-                    if not legacy or source in marks):
+                    offset > marks.get(source, -1) for source, offset in profile.applied.items()):
                 self._active_since_tick.add(users[i])
                 continue
             out.append(i)

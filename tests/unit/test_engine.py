@@ -230,8 +230,8 @@ def test_regression_a_state_from_before_the_offset_marks_gets_them_and_stops_gro
     """A partition state written before the offset marks (``applied`` None) kept None for good after an upgrade:
     the crash fix behind the marks never ran there, and every later erasure went into erase_records inside the one
     state record, past Kafka's 1 MiB after ~20,000 erasures within the guard (found by review). Upgraded, its
-    sources are judged the old way until their first new record, and marked from there; a re-read request known
-    by erase_records is still a duplicate, and erase_records empties as the marks cover it."""
+    marks start at the stored profiles' offsets; a re-read request known by erase_records is still a duplicate,
+    and erase_records empties as the marks cover it."""
     from tidewater.events import Erase
 
     evs = shop(days=60)
@@ -259,7 +259,7 @@ def test_regression_a_state_from_before_the_offset_marks_gets_them_and_stops_gro
     again = run_to_completion(restarted, recs[erase_u0 - 3:])  # the last commit was before u0's request
     assert [o.value for o in first.outputs + again.outputs] == [o.value for o in whole.outputs]
     assert restarted.state.item_counts == uninterrupted.state.item_counts
-    assert restarted.state.applied == uninterrupted.state.applied and restarted.state.legacy_marks
+    assert restarted.state.applied == uninterrupted.state.applied  # it got the marks
     assert "u1" not in Written.added  # u1's request is known by the marks
     assert restarted.state.erase_records == {}  # and u0's entry went once they covered it
 
@@ -301,8 +301,8 @@ def test_regression_an_upgraded_state_counts_re_read_items_once_around_an_erasur
 
 
 def test_regression_an_upgraded_state_keeps_the_crash_fix_at_later_restores():
-    """The marks of a state from before them were seeded from the stored profiles at every restore (legacy_marks
-    stays set): after a crash that stored a batch's profiles and not its state, the seeding raised the marks to the
+    """The marks of a state from before them were seeded from the stored profiles at every restore (a flag kept the
+    state "upgraded"): after a crash that stored a batch's profiles and not its state, the seeding raised the marks to the
     profiles ahead, and the re-read events' items were not counted (the case the marks are for; found reading the
     change). The seeding is for the first life of such a state only."""
     recs = records(shop())
@@ -320,7 +320,7 @@ def test_regression_an_upgraded_state_keeps_the_crash_fix_at_later_restores():
     def written():
         return msgspec.msgpack.decode(raw, type=type(legacy))
 
-    assert written().legacy_marks and written().applied
+    assert written().applied  # written with the marks
     ahead = PartitionEngine(0, config, store, state=written())
     run_to_completion(ahead, recs[crash:crash + 40])  # its profiles reach the store, its state does not (a crash)
     restarted = PartitionEngine(0, config, store, state=written())

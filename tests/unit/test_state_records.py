@@ -102,8 +102,8 @@ def test_a_state_record_of_before_is_read_and_then_rewritten_in_parts(state, par
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
                                   engine.take_changed_erasures()))
     again, of_before = _restore_state(table, 0)
-    # a state from before the offset marks is upgraded to get them (legacy_marks)
-    upgraded = msgspec.structs.replace(state, applied={}, legacy_marks=True) if state.applied is None else state
+    # a state from before the offset marks is upgraded to get them
+    upgraded = msgspec.structs.replace(state, applied={}) if state.applied is None else state
     assert not of_before and again == upgraded
     assert sorted(table.data) == parts
 
