@@ -72,13 +72,14 @@ class LagCollector:
                     unfetched.add((tp.topic, str(tp.partition)))
                     continue
                 committed = committed_of.get(tp)
+                known = committed is not None  # the group's own (not the earliest offset standing in)
                 if committed is None:
                     committed = self.earliest.get(tp)
                     if committed is None:
                         missing.append(tp)
                         continue
                 behind = max(0, int(highwater) - int(committed))
-                if behind and committed_of.get(tp) is not None and self.markers_only is not None \
+                if behind and known and self.markers_only is not None \
                         and self.markers_only(tp, int(committed), int(highwater)):
                     behind = 0
                 lag.setdefault(tp.topic, {})[str(tp.partition)] = behind

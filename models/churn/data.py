@@ -166,9 +166,9 @@ class ChurnTask:
                     "--cutoff/--horizon-days")
         # enough to run, few to trust: calibration and AUCs resting on a handful of one class ran without a word
         # (found by review: 1 buyer among 450 validation users); the CLI warns, the JSON says it
-        thin = {part: int(min(labels.sum(), len(labels) - labels.sum()))
-                for part in ("val", "test") for labels in [self.churn[self.split == part]]
-                if min(labels.sum(), len(labels) - labels.sum()) < FEW_OF_A_CLASS}
+        fewest = {part: int(min(labels.sum(), len(labels) - labels.sum()))
+                  for part in ("val", "test") for labels in [self.churn[self.split == part]]}
+        thin = {part: n for part, n in fewest.items() if n < FEW_OF_A_CLASS}
         if thin:
             self.meta["thin_splits"] = thin
 
