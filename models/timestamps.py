@@ -6,8 +6,9 @@ as seconds, the last four would put every event in 1970 or thousands of years ah
 silently measure gaps in the wrong unit. A numeric column is therefore read by its magnitude:
 
 * 8-digit integers that are valid dates from 1900-01-01 to 2100-12-31 -> ``YYYYMMDD`` (as seconds they
-  would all fall within August 1970); a column of such dates but for a few other values is an error naming the
-  first of those;
+  would all fall within August 1970), and so 12- and 14-digit ones -> ``YYYYMMDDHHMM``, ``YYYYMMDDHHMMSS``
+  (warehouse exports; by magnitude they were read as milliseconds, in 1976 or the year 2600); a column of such
+  dates but for a few other values is an error naming the first of those;
 * otherwise by the median absolute value: below 1e11 seconds (1e11 s is the year 5138), below 1e14
   milliseconds, below 1e17 microseconds, else nanoseconds.
 
@@ -25,20 +26,24 @@ import pandas as pd
 NUMERIC_UNITS = ((1e11, "seconds", 1), (1e14, "milliseconds", 10**3), (1e17, "microseconds", 10**6),
                  (float("inf"), "nanoseconds", 10**9))
 YYYYMMDD_RANGE = (19000101, 21001231)
+# integer dates and date-times: (how the column is then read, strptime format, digits after the date)
+DIGIT_DATES = (("yyyymmdd", "%Y%m%d", 0), ("yyyymmddhhmm", "%Y%m%d%H%M", 4),
+               ("yyyymmddhhmmss", "%Y%m%d%H%M%S", 6))
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
-    """(float64 UTC epoch seconds, how the column was read: ``iso``, ``yyyymmdd`` or a unit of
+    """(float64 UTC epoch seconds, how the column was read: ``iso``, one of ``DIGIT_DATES`` or a unit of
     ``NUMERIC_UNITS``). Raises ``ValueError`` naming the first value that is none of these, with its row
     number in the file (header = row 1; from the index, which ``read_csv`` numbers from 0)."""
     numeric = pd.to_numeric(values, errors="coerce")
     if len(numeric) and numeric.notna().mean() > 0.5 and not numeric.notna().all():  # a number column, a few not
         raise _unparsable(values, numeric.isna(), "the other values are numbers")
     if numeric.notna().all():
-        dates = _yyyymmdd(numeric)
-        if dates is not None:
-            return dates, "yyyymmdd"
+        for read_as, form, extra_digits in DIGIT_DATES:
+            dates = _digit_dates(numeric, form, extra_digits)
+            if dates is not None:
+                return dates, read_as
         median = float(np.median(np.abs(numeric.to_numpy(np.float64)))) if len(numeric) else 0.0
         for bound, unit, per_second in NUMERIC_UNITS:
             if median < bound:
@@ -91,26 +96,28 @@ def _date_order(text: pd.Series) -> tuple[str, pd.Series | None]:
 MOSTLY_DATES = 0.9  # a numeric column this much made of YYYYMMDD dates is one: the other values are errors
 
 
-def _yyyymmdd(numeric: pd.Series) -> pd.Series | None:
-    """Epoch seconds of ``YYYYMMDD`` integers, or None when the column is not such dates (few of its values are:
-    another unit, where 8-digit numbers are valid dates by chance, 4 % of them). A column of dates but for a few
-    values (``19970229``, a ``0`` placeholder) raises ``ValueError`` naming the first: read by magnitude, every
-    event had moved to 1970 without a word (found by review)."""
+def _digit_dates(numeric: pd.Series, form: str = "%Y%m%d", extra_digits: int = 0) -> pd.Series | None:
+    """Epoch seconds of ``YYYYMMDD`` integers (``form``; with ``extra_digits`` of time of day after the date:
+    ``YYYYMMDDHHMM[SS]``), or None when the column is not such dates (few of its values are: another unit, where
+    8-digit numbers are valid dates by chance, 4 % of them). A column of dates but for a few values
+    (``19970229``, a ``0`` placeholder) raises ``ValueError`` naming the first: read by magnitude, every event had
+    moved to 1970 without a word (found by review)."""
     if not len(numeric):
         return None
     lo, hi = YYYYMMDD_RANGE
+    scale = 10**extra_digits
     as_float = numeric.to_numpy(np.float64)
-    candidate = (as_float == np.floor(as_float)) & (as_float >= lo) & (as_float <= hi)
+    candidate = (as_float == np.floor(as_float)) & (as_float >= lo * scale) & (as_float < (hi + 1) * scale)
     if candidate.mean() < MOSTLY_DATES:
         return None
     parsed = pd.Series(pd.NaT, index=numeric.index, dtype="datetime64[ns, UTC]")
-    parsed[candidate] = pd.to_datetime(numeric[candidate].astype(np.int64).astype(str), format="%Y%m%d", utc=True,
+    parsed[candidate] = pd.to_datetime(numeric[candidate].astype(np.int64).astype(str), format=form, utc=True,
                                        errors="coerce")
     bad = parsed.isna()
     if bad.mean() > 1 - MOSTLY_DATES:  # e.g. 19971340: not dates, so a number of some unit after all
         return None
     if bad.any():
-        raise _unparsable(numeric, bad, "the other values are YYYYMMDD dates")
+        raise _unparsable(numeric, bad, f"the other values are YYYYMMDD{'HHMMSS'[:extra_digits]} dates")
     return pd.Series((parsed - _EPOCH).dt.total_seconds().to_numpy(np.float64), index=numeric.index)
 
 

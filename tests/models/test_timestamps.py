@@ -24,6 +24,7 @@ def test_every_form_of_the_same_dates_reads_the_same(dates):
     forms = {
         "iso": [d.isoformat() for d in dates],
         "yyyymmdd": [int(d.strftime("%Y%m%d")) for d in dates],
+        "yyyymmddhhmmss": [int(d.strftime("%Y%m%d") + "000000") for d in dates],
         "seconds": [int(s) for s in want],
         "milliseconds": [int(s) * 1000 for s in want],
         "microseconds": [int(s) * 10**6 for s in want],
@@ -83,3 +84,20 @@ def test_regression_a_column_of_dates_but_one_names_that_value():
     # 8-digit seconds that are dates by chance only now and then stay seconds
     seconds = list(range(19_000_000, 19_000_000 + 40 * 86_400, 86_400))
     assert to_epoch_seconds(pd.Series(seconds))[1] == "seconds"
+
+
+def test_regression_integer_date_times_are_read_as_dates():
+    """``YYYYMMDDHHMMSS`` and ``YYYYMMDDHHMM`` integers (warehouse exports) were read by magnitude as milliseconds:
+    every event in the year 2600 or in 1976, and the error that followed blamed the cut-off (found by review)."""
+    base = dt.datetime(1997, 3, 4, 13, 5, 9, tzinfo=dt.timezone.utc)
+    times = [base + dt.timedelta(hours=37 * k, seconds=k) for k in range(30)]
+    got, read_as = to_epoch_seconds(pd.Series([int(t.strftime("%Y%m%d%H%M%S")) for t in times]))
+    assert read_as == "yyyymmddhhmmss" and got.tolist() == [t.timestamp() for t in times]
+    got, read_as = to_epoch_seconds(pd.Series([int(t.strftime("%Y%m%d%H%M")) for t in times]))
+    assert read_as == "yyyymmddhhmm" and got.tolist() == [t.replace(second=0).timestamp() for t in times]
+    # a 14-digit column of such date-times but one (hour 25) names that value
+    values = [int(t.strftime("%Y%m%d%H%M%S")) for t in times] + [19970304250000]
+    with pytest.raises(ValueError, match=r"19970304250000 in row 32 \(the other values are YYYYMMDDHHMMSS dates"):
+        to_epoch_seconds(pd.Series(values))
+    # epoch milliseconds of today (13 digits) are still milliseconds
+    assert to_epoch_seconds(pd.Series([1_700_000_000_000, 1_700_000_100_000]))[1] == "milliseconds"
