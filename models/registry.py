@@ -40,13 +40,19 @@ class Registry:
     def versions(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("v"))
+        return sorted(p.name for p in self.root.iterdir() if _is_version_dir(p))
 
     def current_version(self) -> str | None:
+        """The version ``current`` names; ``ValueError`` when it names anything but one of this registry's version
+        directories (a path such as ``/etc`` or ``../elsewhere``, a symlink): the pointer was joined to the root
+        as written, so whoever could write it chose any directory for every worker to load (found by review)."""
         try:
             name = (self.root / CURRENT).read_text().strip()
         except FileNotFoundError:
             return None
+        if name and not _is_version_dir(self.root / name, name):
+            raise ValueError(f"{self.root / CURRENT} names {name[:200]!r}, which is not a version directory of "
+                             f"this registry (one of: {', '.join(self.versions()[-5:]) or 'none'})")
         return name or None
 
     def current_path(self) -> Path:
@@ -114,7 +120,7 @@ class Registry:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def set_current(self, version: str) -> None:
-        if not (self.root / version).is_dir():
+        if not _is_version_dir(self.root / version, version):
             raise FileNotFoundError(f"version {version} not in {self.root}")
         _write_atomically(self.root / CURRENT, version + "\n")
 
@@ -123,6 +129,14 @@ class Registry:
         if version is None:
             raise RegistryEmpty(f"no current version in {self.root}")
         return json.loads((self.root / version / "meta.json").read_text())
+
+
+def _is_version_dir(path: Path, name: str | None = None) -> bool:
+    """A version directory of the registry: a real directory (no symlink) named ``v...`` right under the root;
+    ``name``, when given, is the name asked for, which must be exactly that (no path)."""
+    if name is not None and (name != path.name or "/" in name or "\\" in name):
+        return False
+    return path.name.startswith("v") and path.is_dir() and not path.is_symlink()
 
 
 def _write_atomically(path: Path, text: str) -> None:

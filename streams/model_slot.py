@@ -73,6 +73,7 @@ class RegistrySlot:
                 pass
 
     _loading: tuple[Any, Any] | None = None  # (version, concurrent.futures.Future) being loaded
+    _read_error: str | None = None  # the registry's last read error, logged once
     _failures: tuple[Any, int] | None = None  # (version, failed loads of it so far)
 
     def poll(self, executor: Any) -> bool:
@@ -86,9 +87,12 @@ class RegistrySlot:
         try:
             wanted = self._wanted()
         except (OSError, ValueError) as exc:  # an unreadable registry (permissions, a lost mount, a pointer that
-            # is not text): keep serving, say why
-            log.error("could not read the %s registry: %r; keeping %s", self.kind, exc, self.current.version)
+            # is not text or names no version of it): keep serving, say why (once per cause, not every poll)
+            if repr(exc) != self._read_error:
+                self._read_error = repr(exc)
+                log.error("could not read the %s registry: %r; keeping %s", self.kind, exc, self.current.version)
             return False
+        self._read_error = None
         if self._failures is not None and self._failures[0] != wanted:
             self._failures = None  # pointed elsewhere since: a version pointed at again gets its attempts again
         if wanted is None or wanted == self.loaded:

@@ -246,3 +246,28 @@ def test_regression_a_publish_numbers_its_version_under_the_registry_lock(tmp_pa
         assert thread.is_alive() and published == [] and registry.versions() == []
     thread.join(30)
     assert published == ["v0001-cccccccc"] and registry.current_version() == "v0001-cccccccc"
+
+
+@pytest.mark.parametrize("pointer", ["/etc", "../elsewhere", "v0001-aaaaaaaa/../../elsewhere", "vlink", "v9999-gone"])
+def test_regression_the_current_pointer_names_only_a_version_directory_of_the_registry(registry, pointer, capsys):
+    """``current`` was joined to the registry's root as written: a pointer to ``/etc``, ``../elsewhere`` or a symlink
+    out of the registry had every worker load whatever it named (found by a security review). It must name one
+    of the registry's own version directories; the worker keeps serving what it has and logs why."""
+    root, first, _, _ = registry
+    reg = Registry(root / "churn")
+    elsewhere = root / "elsewhere"
+    elsewhere.mkdir()
+    (root / "churn" / "vlink").symlink_to(elsewhere, target_is_directory=True)
+    assert "vlink" not in reg.versions()
+    (root / "churn" / "current").write_text(pointer + "\n")
+    with pytest.raises(ValueError, match="not a version directory of this registry"):
+        reg.current_version()
+    with pytest.raises(ValueError):
+        reg.current_path()
+    with pytest.raises(FileNotFoundError):
+        reg.set_current(pointer)
+    reg.set_current(first)  # a real version is still accepted
+    assert reg.current_path() == root / "churn" / first
+    # `tidewater models use` refuses the symlink by name as well
+    code, _, err = run(["models", "use", "churn", "vlink", "--registry", str(root)], capsys)
+    assert code != 0 and reg.current_version() == first

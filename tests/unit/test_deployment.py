@@ -141,8 +141,9 @@ def test_workers_wait_for_the_models_and_share_their_registry():
     services = compose()["services"]
     registry = services["worker-1"]["environment"]["TIDEWATER_REGISTRY_DIR"]
     assert f"R={registry};" in _models_script()
-    for name in ("models", "worker-1", "worker-2"):
-        assert f"registry:{registry}" in services[name]["volumes"], name
+    assert f"registry:{registry}" in services["models"]["volumes"]
+    for name in ("worker-1", "worker-2"):  # read-only: workers load, the models service publishes (security review)
+        assert f"registry:{registry}:ro" in services[name]["volumes"], name
     # `docker compose run --rm models tidewater models use ...` (docs/operations.md) acts on the workers' brokers
     # and registry: the service had no environment, so it read ./var/registry and 127.0.0.1:9092
     for key in ("TIDEWATER_REGISTRY_DIR", "TIDEWATER_BOOTSTRAP_SERVERS"):

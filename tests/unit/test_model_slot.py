@@ -222,6 +222,27 @@ def test_an_unreadable_registry_keeps_the_model_serving():
     assert asyncio.run(slot.maybe_reload(executor)) is False and slot.current.version == "placeholder"
 
 
+def test_a_registry_error_that_persists_is_logged_once_not_every_poll(caplog):
+    """A ``current`` naming no version of the registry (``Registry.current_version`` raises since the security
+    review) is an error until an operator fixes it: logged when it starts and when it changes, not every 5 s."""
+    slot, executor = CountingSlot(), ThreadPoolExecutor(1)
+    cause = {"pointer": "/etc"}
+
+    def bad_pointer():
+        raise ValueError(f"current names {cause['pointer']!r}, which is not a version directory of this registry")
+
+    slot._wanted = bad_pointer
+    caplog.set_level("ERROR", logger="tidewater.models")
+    for _ in range(3):
+        assert asyncio.run(slot.maybe_reload(executor)) is False
+    cause["pointer"] = "../elsewhere"
+    assert asyncio.run(slot.maybe_reload(executor)) is False
+    logged = [r.getMessage() for r in caplog.records if "could not read" in r.getMessage()]
+    assert len(logged) == 2 and "'/etc'" in logged[0] and "'../elsewhere'" in logged[1]
+    slot._wanted = lambda: "v1"  # fixed: loads, and a later error is logged again
+    assert asyncio.run(slot.maybe_reload(executor)) is True
+
+
 def test_regression_a_hung_load_is_logged_with_the_version_it_holds_back(monkeypatch, caplog):
     """A load stuck in a read (a hung mount) held back every later version without a word."""
     import streams.model_slot as model_slot
