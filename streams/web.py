@@ -30,6 +30,8 @@ ROUTE_TIMEOUT_S = 10.0
 BODY_READ_TIMEOUT_S = 30.0  # POST /events: the whole body within this, else 408
 INGEST_DEADLINE_S = 30.0  # POST /events answers by then, with the events Kafka has not acknowledged as failed
 VALIDATE_INLINE_MAX = 1000  # larger batches are validated in a thread, not on the event loop
+MAX_EVENTS_PER_REQUEST = 10_000  # POST /events: more is a 413 (1 MiB of "[0,0,...]" held the GIL for 1.2 s)
+MAX_CONCURRENT_INGESTS = 4  # POST /events validated or produced at once; more is a 429 with Retry-After
 
 
 def bearer_ok(request: Request, token: str) -> bool:
@@ -55,6 +57,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
         token = s.read_token.reveal()
         return not token or bearer_ok(request, token)
 
+    ingesting = asyncio.Semaphore(MAX_CONCURRENT_INGESTS)  # (bound to the worker's loop at its first use)
+
     @app.page("/events")
     class Ingest(View):
         """POST a JSON array of events (or one object). Bearer token required; each event validated."""
@@ -65,6 +69,15 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 return self.json({"error": "ingest disabled: set TIDEWATER_INGEST_TOKEN"}, status=503)
             if not bearer_ok(request, token):
                 return unauthorized(self, "TIDEWATER_INGEST_TOKEN")
+            # parallel requests each validated in a thread starved the engine thread and the consumer's
+            # heartbeats of the GIL (found by a security review): a bounded number at once, the rest told to retry
+            if ingesting.locked():
+                return self.json({"error": f"{MAX_CONCURRENT_INGESTS} requests are being ingested: retry shortly"},
+                                 status=429, headers={"Retry-After": "1"})
+            async with ingesting:
+                return await self._ingest(request)
+
+        async def _ingest(self, request: Request) -> Response:
             def too_big() -> Response:
                 return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
 
@@ -96,6 +109,9 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 items = [items]
             if not isinstance(items, list) or not items:
                 return self.json({"error": "expected a JSON object or a non-empty array of events"}, status=400)
+            if len(items) > MAX_EVENTS_PER_REQUEST:
+                return self.json({"error": f"{len(items):,} events in one request; at most "
+                                           f"{MAX_EVENTS_PER_REQUEST:,}"}, status=413)
             if len(items) > VALIDATE_INLINE_MAX:  # a big batch off the event loop (heartbeats, the batch loop)
                 decoded, errors, rejected_total = await asyncio.get_running_loop().run_in_executor(
                     None, _validated, items, s)
@@ -125,11 +141,13 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                                            "rebalancing): retry shortly"}, status=503, headers={"Retry-After": "2"})
             if owner is not None:  # another worker's partition: forwarded once, with a deadline
                 return await _forward(self, app, request, owner)
+            # restoring: the local store may be behind its changelog, with a profile changed or erased since by
+            # another worker (a local hit was answered, an erased profile included; found by review)
+            if app.in_recovery or app.rebalancing:
+                return self.json({"error": "this worker is restoring its partitions: retry shortly"},
+                                 status=503, headers={"Retry-After": "2"})
             raw = profiles.get(user_id.encode())
             if raw is None:
-                if app.in_recovery or app.rebalancing:  # the profile may be in the changelog, not restored yet
-                    return self.json({"error": "this worker is restoring its partitions: retry shortly"},
-                                     status=503, headers={"Retry-After": "2"})
                 return self.json({"error": f"no profile for user {user_id!r}"}, status=404)
             return self.json(profile_to_json(decode_profile(raw)))
 
@@ -301,9 +319,12 @@ async def _forward(view: View, app: faust.App, request: Request, owner: Any) -> 
                                        timeout=aiohttp.ClientTimeout(total=ROUTE_TIMEOUT_S)) as resp:
             # the owner's Retry-After (a moving partition) and WWW-Authenticate (a 401) reach the client too
             passed = {k: resp.headers[k] for k in ("Retry-After", "WWW-Authenticate") if k in resp.headers}
-            return view.bytes(await resp.read(), content_type=resp.content_type, status=resp.status, headers=passed)
+            # always JSON, as every answer of these views is: the owner's URL comes from the group's metadata, which
+            # any client of an open Kafka could set, and its HTML would be served from this worker's origin
+            return view.bytes(await resp.read(), content_type="application/json", status=resp.status,
+                              headers=passed)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        log.warning("profile request for %s: owner %s unreachable: %r", request.path, owner, exc)
+        log.warning("profile request for %r: owner %s unreachable: %r", request.path, owner, exc)
         return view.json({"error": f"the worker owning this user ({owner}) did not answer: retry shortly"},
                          status=503, headers={"Retry-After": "2"})
 

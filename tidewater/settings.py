@@ -222,12 +222,14 @@ class Settings:
         "The URL other workers reach this one at (GET /users/{id}/profile is routed to the owner's). Empty: "
         "http://TIDEWATER_WEB_HOST:PORT, or the host name when the server binds every interface (0.0.0.0).")
     ingest_token: Secret = setting(Secret(""), "TIDEWATER_INGEST_TOKEN",
-                                   "Bearer token required by POST /events (secret). Empty disables ingest.")
+                                   "Bearer token required by POST /events (secret; at least 16 characters). Empty "
+                                   "disables ingest.")
     max_request_bytes: int = setting(1 << 20, "TIDEWATER_MAX_REQUEST_BYTES", "Largest accepted POST /events body.")
     read_token: Secret = setting(
         Secret(""), "TIDEWATER_READ_TOKEN",
         "Bearer token required by the views that show users' data: GET /users/{id}/profile, /dashboard.json, "
-        "/stats (secret; the dashboard page takes it as #token=). Empty: those views are open, so bind "
+        "/stats (secret, at least 16 characters; the dashboard page takes it as #token=). Empty: those views are "
+        "open, so bind "
         "TIDEWATER_WEB_HOST to a private network.")
 
     @classmethod
@@ -268,6 +270,14 @@ class Settings:
             if f.name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") and value and "SSL" in self.security_protocol \
                     and not os.path.isfile(value):
                 raise InvalidSetting(f"{env}={value!r}: no such file")
+            if f.name in BEARER_TOKENS and value.reveal():
+                token = value.reveal()
+                if token != token.strip():  # the client's is stripped: it could never match (security review)
+                    raise InvalidSetting(f"{env}: the token has spaces around it; a client's never does")
+                if len(token) < MIN_TOKEN_CHARS:
+                    raise InvalidSetting(f"{env}: a token of {len(token)} characters is too easy to guess; use at "
+                                         f"least {MIN_TOKEN_CHARS} (e.g. python -c 'import secrets; "
+                                         "print(secrets.token_urlsafe(24))')")
             if f.name == "offer_tiers":
                 from tidewater.offers import parse_tiers
 
@@ -320,6 +330,8 @@ class Settings:
         return (*self.input_topics, *self.output_topics, self.topic_dead_letter)
 
 
+BEARER_TOKENS = ("ingest_token", "read_token")  # compared with what HTTP clients send
+MIN_TOKEN_CHARS = 16
 _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # the embedded brokers' work-arounds (streams/broker_quirks.py)
 BROKER_QUIRKS = ("tansu-highwater", "noida-fetch-wait", "noida-aborted-txns")

@@ -186,13 +186,13 @@ def test_regression_the_page_sends_the_read_token_from_its_fragment(deployment, 
     browser history keep it, and the worker took it there too (found by review). The page now reads it from its
     fragment, which the browser never sends, and passes it on as a bearer token."""
     chromium()
-    deployment.env["TIDEWATER_READ_TOKEN"] = "reader"
+    deployment.env["TIDEWATER_READ_TOKEN"] = "reader-token-of-the-tests"
     worker = deployment.start_worker()
     worker.wait_ready()
-    page = load(f"http://127.0.0.1:{worker.port}/dashboard#token=reader", tmp_path)  # live: its polls got data
+    page = load(f"http://127.0.0.1:{worker.port}/dashboard#token=reader-token-of-the-tests", tmp_path)  # live: its polls got data
     assert page.number("processed") == 0
     # the footer's links to the views behind the token are hidden: a link cannot send it (they answered 401)
     assert "hidden" in page.elements["token-links"]["attrs"] and "hidden" in page.elements["stats-link"]["attrs"]
     with pytest.raises(urllib.error.HTTPError) as refused:  # the query string is not read
-        urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/dashboard.json?token=reader", timeout=5)
+        urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/dashboard.json?token=reader-token-of-the-tests", timeout=5)
     assert refused.value.code == 401

@@ -17,10 +17,22 @@ def test_env_overrides_and_types():
 
 
 def test_secrets_never_show():
-    s = Settings.from_env(environ={"TIDEWATER_SASL_PASSWORD": "hunter2", "TIDEWATER_INGEST_TOKEN": "tok3n"})
+    s = Settings.from_env(environ={"TIDEWATER_SASL_PASSWORD": "hunter2", "TIDEWATER_INGEST_TOKEN": "tok3n-of-sixteen-chars"})
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.sasl_password) and "hunter2" not in f"{s}"
     assert s.sasl_password.reveal() == "hunter2"
     assert "tok3n" not in settings_table_markdown()
+
+
+@pytest.mark.parametrize("env", ["TIDEWATER_INGEST_TOKEN", "TIDEWATER_READ_TOKEN"])
+def test_regression_a_bearer_token_that_cannot_match_or_is_short_is_refused(env):
+    """A token set with spaces around it could never match (a client's is stripped), so every client was locked
+    out without a word; a one-character token was accepted (found by a security review)."""
+    with pytest.raises(InvalidSetting, match=f"{env}: the token has spaces around it"):
+        Settings.from_env(environ={env: " a-long-enough-token-value "})
+    with pytest.raises(InvalidSetting, match=f"{env}: a token of 5 characters is too easy to guess"):
+        Settings.from_env(environ={env: "short"})
+    assert Settings.from_env(environ={env: "x" * 16}) and Settings.from_env(environ={env: ""})
+    assert "x" * 16 not in str(pytest.raises(InvalidSetting, Settings.from_env, environ={env: " " + "x" * 16}).value)
 
 
 def test_sasl_and_tls_reach_aiokafka_kwargs(tmp_path):

@@ -17,7 +17,7 @@ from streams import web
 from streams.live_stats import LiveStats
 from tidewater.settings import Settings
 
-TOKEN = "ingest-secret"
+TOKEN = "ingest-secret-of-the-tests"
 
 
 class FakePipeline:
@@ -275,13 +275,13 @@ def test_regression_users_data_views_take_the_read_token(worker):
     """Profiles, the dashboard's data (user ids of recent offers) and the stats were open to anyone who reached
     the port (found by review). With TIDEWATER_READ_TOKEN they need it as a bearer token (the page sends its own
     ?token= so)."""
-    w = worker(TIDEWATER_READ_TOKEN="reader")
+    w = worker(TIDEWATER_READ_TOKEN="reader-token-of-the-tests")
     owned_by(w, str(w.app.conf.canonical_url))
     for path in ("/users/u1/profile", "/dashboard.json", "/stats"):
         assert call(w, "GET", path)[0] == 401, path
-        assert call(w, "GET", path, headers={"Authorization": "Bearer reader"})[0] in (200, 404), path
+        assert call(w, "GET", path, headers={"Authorization": "Bearer reader-token-of-the-tests"})[0] in (200, 404), path
     # not in the query string: it ended up in proxy logs, browser history and the forwarded URL (review)
-    assert call(w, "GET", "/dashboard.json?token=reader")[0] == 401
+    assert call(w, "GET", "/dashboard.json?token=reader-token-of-the-tests")[0] == 401
     assert call(w, "GET", "/health")[0] == 200 and call(w, "GET", "/metrics")[0] == 200  # probes stay open
     open_worker = worker()
     assert call(open_worker, "GET", "/dashboard.json")[0] == 200  # no read token: open, as before
@@ -328,3 +328,72 @@ def test_stats_show_the_consumer_of_a_worker_that_has_not_joined_its_group(worke
     consumer = body["consumer"]
     assert consumer["assigned"] == [] and consumer["paused"] == [] and consumer["fetch_loop"] is None
     assert consumer["read_offset"] == {} and consumer["committed"] == {}
+
+
+def test_regression_a_profile_in_the_local_store_is_not_served_while_the_partition_restores(worker):
+    """A worker getting a partition back still has its old RocksDB, with a profile that another worker changed or
+    erased since: while it restored the changelog it answered 200 with that profile (the 503 was only for a
+    miss; found by the scale-out review)."""
+    from tidewater.profile import Profile, encode_profile
+
+    w = worker()
+    owned_by(w, str(w.app.conf.canonical_url))
+    w.app.tables["profiles"].data[b"u1"] = encode_profile(Profile(user_id="u1", n_events=3))  # local only
+    assert call(w, "GET", "/users/u1/profile")[0] == 200
+    w.app.in_recovery = True
+    status, body, headers = call(w, "GET", "/users/u1/profile")
+    assert status == 503 and "restoring" in body["error"] and headers["Retry-After"] == "2"
+    w.app.in_recovery = False
+
+
+def test_regression_a_forwarded_answer_is_always_json(worker):
+    """The owner's URL comes from the group's metadata, which any client of an open Kafka can set: its
+    ``text/html`` was served from this worker's origin (found by a security review)."""
+    from aiohttp import web as aioweb
+
+    w = worker()
+
+    async def page(request):
+        return aioweb.Response(text="<script>alert(1)</script>", content_type="text/html")
+
+    owner_app = aioweb.Application()
+    owner_app.router.add_get("/users/{user_id}/profile", page)
+    owner = TestServer(owner_app, loop=w.loop)
+    w.loop.run_until_complete(owner.start_server())
+    try:
+        owned_by(w, f"http://127.0.0.1:{owner.port}")
+        status, _, headers = call(w, "GET", "/users/u1/profile")
+        assert status == 200 and headers["Content-Type"].startswith("application/json")
+    finally:
+        w.loop.run_until_complete(owner.close())
+
+
+def test_regression_post_events_bounds_events_per_request_and_requests_at_once(worker, monkeypatch):
+    """Only the body's bytes were bounded: 1 MiB of ``[0,0,...]`` is 524k items (1.2 s of validation holding the
+    GIL), and any number of such requests ran at once in threads, starving the engine and the consumer's
+    heartbeats (found by a security review)."""
+    w = worker()
+    status, body, _ = call(w, "POST", "/events", clicks(web.MAX_EVENTS_PER_REQUEST + 1), AUTH)
+    assert status == 413 and "at most 10,000" in body["error"] and w.sent == []
+    assert call(w, "POST", "/events", clicks(3), AUTH)[0] == 202
+
+    release = asyncio.Event()
+
+    async def held(*args, **kwargs):  # the first requests wait for Kafka until the test lets them go
+        await release.wait()
+        return [], None, None
+
+    monkeypatch.setattr(web, "_produce", held)
+
+    async def run():
+        first = [asyncio.ensure_future(w.client.post("/events", data=json.dumps(clicks(2)), headers=AUTH))
+                 for _ in range(web.MAX_CONCURRENT_INGESTS)]
+        await asyncio.sleep(0.5)
+        extra = await w.client.post("/events", data=json.dumps(clicks(2)), headers=AUTH)
+        release.set()
+        answers = [await f for f in first]
+        return extra.status, extra.headers.get("Retry-After"), [a.status for a in answers]
+
+    extra, retry_after, first = w.loop.run_until_complete(asyncio.wait_for(run(), 30))
+    assert extra == 429 and retry_after == "1" and first == [202] * web.MAX_CONCURRENT_INGESTS
+    assert call(w, "POST", "/events", clicks(2), AUTH)[0] == 202  # the slots are free again
