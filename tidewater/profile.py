@@ -178,16 +178,36 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         ts=ts, type="purchase" if is_purchase else "click", item_id=event.item_id, category=event.category,
         amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
     if len(profile.recent) > config.recent_events:
-        drop = len(profile.recent) - config.recent_events
-        for forgotten in profile.recent[:drop]:  # a purchase the ring forgets is remembered apart (exclusions)
-            if forgotten.item_id and forgotten.type == "purchase":
-                _remember_purchase(profile.purchased, forgotten.item_id)
-        del profile.recent[:drop]
+        _forget_beyond(profile, config.recent_events)
 
     # windowed activity on event time, with a grace period for late events
     _count_in_windows(profile, ts, watermark, config)
     profile.events_since_rec += 1
     return True
+
+
+def _forget_beyond(profile: Profile, keep: int) -> None:
+    """The ring keeps the last ``keep`` events of each type, clicks and purchases, in arrival order. One ring of
+    the last ``keep`` events let a customer's browsing push their purchases out: a purchases-only churn model (as
+    CDNOW's) was served fewer purchases than it was trained on, and none after 64 clicks, which scored a loyal
+    customer at the no-history prior (found by a train/serve skew review). The last ``keep`` events of either kind
+    are all here, so a model that reads clicks gets the same view as before (``RingScorer._ring_view``). A
+    purchase the ring forgets is remembered apart (recommendation exclusions)."""
+    ring = profile.recent
+    types = [e.type for e in ring]
+    purchases = types.count("purchase")
+    excess = {"purchase": purchases - keep, "click": len(ring) - purchases - keep}
+    if excess["purchase"] <= 0 and excess["click"] <= 0:
+        return
+    kept = []
+    for event in ring:
+        if excess[event.type] > 0:  # among the oldest of its type beyond ``keep``
+            excess[event.type] -= 1
+            if event.item_id and event.type == "purchase":
+                _remember_purchase(profile.purchased, event.item_id)
+            continue
+        kept.append(event)
+    ring[:] = kept
 
 
 def _remember_purchase(purchased: dict[str, int], item_id: str) -> None:

@@ -165,7 +165,8 @@ class Settings:
 
     # --- profile and windows (event time) -------------------------------------------------------------
     session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")
-    recent_events: int = setting(64, "TIDEWATER_RECENT_EVENTS", "Events kept per user in the ring (model input).")
+    recent_events: int = setting(64, "TIDEWATER_RECENT_EVENTS",
+                                 "Events of each type (clicks, purchases) kept per user in the ring (model input).")
     window_grace_s: float = setting(3600.0, "TIDEWATER_WINDOW_GRACE_S",
                                     "Late events within this much of the watermark still count in windows.")
     clock_tick_s: float = setting(86400.0, "TIDEWATER_CLOCK_TICK_S",

@@ -797,8 +797,10 @@ def test_regression_an_item_bought_before_the_ring_is_not_recommended_again(tmp_
     evs += [Click(event_id=f"p{j}-{n}", user_id=f"p{j}", ts=60.0 + j + n, item_id=f"i{j}")
             for j in range(20, 30) for n in range(2)]
     evs.append(Purchase(event_id="buy", user_id="u", ts=DAY, amount=50.0, item_id="i0"))
-    # the next day (a tick ranks the partition's popular items first), 80 clicks on other items
-    evs += [Click(event_id=f"c{i}", user_id="u", ts=2 * DAY + i, item_id=f"i{1 + i % 5}") for i in range(80)]
+    # the next day (a tick ranks the partition's popular items first), 80 purchases of other items (the ring keeps
+    # the last 64 of each type: clicks no longer push purchases out)
+    evs += [Purchase(event_id=f"c{i}", user_id="u", ts=2 * DAY + i, amount=1.0, item_id=f"i{1 + i % 5}")
+            for i in range(80)]
     _, store, result = run(evs, recommender, config=EngineConfig(rec_every_events=5))
     assert not any(e.item_id == "i0" for e in store["u"].recent)  # the ring has forgotten the purchase
     recs = [json.loads(o.value) for o in result.outputs if o.topic == "recommendations"]

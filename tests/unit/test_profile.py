@@ -1,7 +1,7 @@
 import copy
 
 import msgspec
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from tidewater.events import Click, Purchase
 from tidewater.profile import (DAY, HOUR, ProfileConfig, apply, decode_profile, encode_profile, hopping_counts,
@@ -69,7 +69,8 @@ def test_invariants(evs):
         assert p.n_events == len(mine) == p.n_clicks + p.n_purchases
         assert abs(p.monetary - sum(e.amount for e in mine if isinstance(e, Purchase))) < 1e-6
         assert p.last_ts == max(e.ts for e in mine)
-        assert len(p.recent) <= ProfileConfig().recent_events
+        assert sum(e.type == "purchase" for e in p.recent) <= ProfileConfig().recent_events
+        assert sum(e.type == "click" for e in p.recent) <= ProfileConfig().recent_events
         assert decode_profile(encode_profile(p)) == p
 
 
@@ -187,6 +188,8 @@ def test_the_activity_view_reads_the_stored_profiles_index_fields(evs, scored):
 
 @settings(max_examples=60)
 @given(st.lists(st.sampled_from([f"i{i}" for i in range(200)]), max_size=400), st.booleans())
+@example([f"i{i % 150}" for i in range(300)], True).via("more purchases than the ring and PURCHASED_ITEMS hold")
+@example([f"i{i % 150}" for i in range(300)], False).via("more purchases than the ring and PURCHASED_ITEMS hold")
 def test_purchases_the_ring_forgets_are_remembered_apart(bought, stored_before):
     """The items never recommended again beyond the ring: the last PURCHASED_ITEMS distinct items of the purchases
     that have left the ring, in the order they left it; clicks do not enter. A profile stored before the field
@@ -207,10 +210,12 @@ def test_purchases_the_ring_forgets_are_remembered_apart(bought, stored_before):
         cls = Purchase if kind == "purchase" else Click
         extra = {"amount": 1.0} if kind == "purchase" else {}
         apply(p, cls(event_id=event_id, user_id="u", ts=float(n), item_id=item, **extra), "e/0", n, 0.0, config)
-    # a profile stored before knows only the purchases its ring held then (those it had forgotten are gone)
-    start = max(0, len(events) // 2 - config.recent_events) if stored_before else 0
-    forgotten = [item for kind, _, item in events[start:max(0, len(events) - config.recent_events)]
-                 if kind == "purchase"]
+    # the ring keeps the last recent_events purchases; a profile stored before knows only the purchases its ring
+    # held then (those it had forgotten are gone)
+    purchases = [item for kind, _, item in events if kind == "purchase"]
+    before = sum(kind == "purchase" for kind, _, _ in events[:len(events) // 2])
+    start = max(0, before - config.recent_events) if stored_before else 0
+    forgotten = purchases[start:max(0, len(purchases) - config.recent_events)]
     latest = list(dict.fromkeys(reversed(forgotten)))[:PURCHASED_ITEMS]
     assert list(p.purchased) == latest[::-1]
     assert list(decode_profile(encode_profile(p)).purchased.items()) == list(p.purchased.items())  # order kept
@@ -246,3 +251,25 @@ def test_regression_a_profile_stored_before_events_at_score_and_scored_since_is_
     late = decode_profile(scored)  # a late event after the upgrade: new activity, whatever its time
     apply(late, Click(event_id="late", user_id="u", ts=5 * DAY), "clicks/0", 7, 10 * DAY)
     assert late.n_events > late.events_at_score
+
+
+@given(st.lists(st.booleans(), max_size=300))
+@example([True] * 12 + [False] * 100).via("a loyal customer who browses a lot")
+def test_regression_clicks_do_not_push_purchases_out_of_the_ring(kinds):
+    """One ring of the last 64 events let browsing push purchases out: CDNOW's purchases-only churn model was served
+    9 of a customer's 12 purchases after 55 clicks, none after 64 (scored at the no-history prior, 0.703, above
+    the offer threshold; found by a train/serve skew review). The ring keeps the last 64 of each type, so the
+    last 64 purchases are there, and so are the last 64 events of both kinds (what a model reading clicks sees)."""
+    config = ProfileConfig()
+    p = new_profile("u")
+    applied = []
+    for n, purchase in enumerate(kinds):
+        event = (Purchase(event_id=f"e{n}", user_id="u", ts=float(n), amount=1.0, item_id=f"i{n}") if purchase
+                 else Click(event_id=f"e{n}", user_id="u", ts=float(n), item_id=f"i{n}"))
+        apply(p, event, "e/0", n, 0.0, config)
+        applied.append((event.item_id, "purchase" if purchase else "click"))
+    ring = [(e.item_id, e.type) for e in p.recent]
+    keep = config.recent_events
+    assert [x for x in ring if x[1] == "purchase"] == [x for x in applied if x[1] == "purchase"][-keep:]
+    assert [x for x in ring if x[1] == "click"] == [x for x in applied if x[1] == "click"][-keep:]
+    assert ring[-keep:] == applied[-keep:]
