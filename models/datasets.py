@@ -86,7 +86,13 @@ def load_ml100k() -> MovieLens:
     inter["rating"] = inter["rating"].astype(float)
     inter["ts"] = inter["ts"].astype(float)
     inter["user_id"] = "m" + inter["user_id"]
-    inter = inter.sort_values(["ts", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+    # a user's ratings in one second (76 % of them share one with another) in the order `evaluate recs` and
+    # training put them (``evaluation._tie_key``): sorted by item id, the stream folded them in another order than
+    # the one the served path was measured on (941 of 943 users' histories differed; found by a skew review)
+    from models.recs.evaluation import _tie_key
+
+    inter["_tie"] = _tie_key(inter["user_id"], inter["item_id"])
+    inter = inter.sort_values(["ts", "user_id", "_tie"], kind="stable").drop(columns="_tie").reset_index(drop=True)
     items = pd.read_csv(_ml100k_file("item"), sep="\t", dtype=str, quoting=3).fillna("")
     items.columns = ["item_id", "title", "year", "genres"]
     items["item_text"] = items["title"] + " (" + items["year"] + ") — " + items["genres"].str.replace(" ", ", ")
