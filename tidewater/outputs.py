@@ -81,7 +81,7 @@ class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
     model_version: Annotated[str, _doc("The churn model version that scored (heuristic:recency-v1: the "
                                        "placeholder, before a model loads or when scoring failed).")]
     recency_days: Annotated[float, _doc("Days from the customer's last event (click or purchase) to as_of.")]
-    frequency: Annotated[float, _doc("Purchases so far.")]
+    frequency: Annotated[float, _doc("Purchases so far (purchase lines: an order of three items counts 3).")]
     monetary: Annotated[float, _doc("Spend so far, in the input events' currency.")]
     segment: Segment = None
     expected_purchases: Annotated[float | None, _doc(

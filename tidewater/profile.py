@@ -89,9 +89,14 @@ class Profile(msgspec.Struct, kw_only=True):
     # ones, in the order they left the ring (a dict keeps that order and moves an item in O(1)). Filled as purchases
     # leave the ring, so profiles stored before it existed fill it too
     purchased: dict[str, int] = {}
+    # orders (baskets: purchase lines at one time are one order, as the churn model counts purchases); -1 in a
+    # profile stored before the field, which then takes its purchase lines as orders, as the value used to
+    n_orders: int = -1
 
     def __post_init__(self) -> None:  # on decode too
         _scored_before_events_at_score(self)
+        if self.n_orders < 0:
+            self.n_orders = self.n_purchases
 
 
 def _scored_before_events_at_score(profile: "Profile | ActivityView") -> None:
@@ -152,6 +157,8 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         profile.first_ts = ts
     profile.n_events += 1
     if is_purchase:
+        if not (profile.n_purchases and ts == profile.last_purchase_ts):  # a line of the last order, or a new one
+            profile.n_orders += 1
         profile.n_purchases += 1
         profile.monetary = round(profile.monetary + event.amount, 6)
         profile.quantity += event.quantity

@@ -191,3 +191,27 @@ def test_tiers_are_matched_from_the_highest_whatever_their_configured_order():
     policy = OfferPolicy(tiers=tiers)
     assert decide(buyer([200.0]), 0.9, 100 * DAY, "activity", 0, policy).discount_pct == 20.0
     assert decide(buyer([60.0]), 0.9, 100 * DAY, "activity", 0, policy).discount_pct == 10.0
+
+
+def test_regression_the_customer_value_averages_per_order_not_per_line():
+    """The model forecasts orders (purchase lines at one time are one), but the value multiplied them by the
+    average line: 6 orders of 4 lines at $15 and 2.3 expected orders were worth 394.56 instead of 498.00 (found by
+    a train/serve skew review; about 20x off on invoice-style logs). A profile stored before orders were counted
+    takes its lines as orders, as the value did."""
+    import msgspec
+
+    from tidewater.profile import decode_profile, encode_profile
+
+    p = new_profile("u")
+    for order in range(6):
+        for line in range(4):
+            apply(p, Purchase(event_id=f"{order}-{line}", user_id="u", ts=order * DAY, amount=15.0,
+                              item_id=f"i{line}"), "p/0", order * 4 + line, 0.0)
+    assert (p.n_purchases, p.n_orders) == (24, 6)
+    assert customer_value(p, expected_purchases=2.3) == round(360.0 + 2.3 * 60.0, 2)
+    stored = msgspec.msgpack.decode(encode_profile(p))
+    stored.pop("n_orders")  # as the previous version stored it
+    old = decode_profile(msgspec.msgpack.encode(stored))
+    assert old.n_orders == 24 and customer_value(old, expected_purchases=2.3) == round(360.0 + 2.3 * 15.0, 2)
+    apply(old, Purchase(event_id="next", user_id="u", ts=10 * DAY, amount=15.0), "p/0", 99, 0.0)
+    assert old.n_orders == 25  # counted from here on
