@@ -25,6 +25,7 @@ DAY = 86400.0
 MAX_CATEGORIES = 32
 RECENT_IDS = 16  # event ids remembered per user against producer duplicates (a retry follows its original closely)
 PURCHASED_ITEMS = 128  # distinct items a user bought, kept beyond the ring so that they are never recommended again
+CLICKED_ITEMS = 128  # and distinct items clicked (viewed), likewise
 ID_DIGEST = 8
 
 
@@ -89,6 +90,10 @@ class Profile(msgspec.Struct, kw_only=True):
     # ones, in the order they left the ring (a dict keeps that order and moves an item in O(1)). Filled as purchases
     # leave the ring, so profiles stored before it existed fill it too
     purchased: dict[str, int] = {}
+    # the same for clicked items (views), the last CLICKED_ITEMS distinct ones: a user is not recommended what they
+    # looked at long ago either, as the recommender was trained and evaluated (only the ring's 64 events were
+    # excluded, and 30 % of ml-100k's replayed recommendations held an item its user had rated; skew review)
+    clicked: dict[str, int] = {}
     # orders (baskets: purchase lines at one time are one order, as the churn model counts purchases); -1 in a
     # profile stored before the field, which then takes its purchase lines as orders, as the value used to
     n_orders: int = -1
@@ -198,8 +203,8 @@ def _forget_beyond(profile: Profile, keep: int) -> None:
     the last ``keep`` events let a customer's browsing push their purchases out: a purchases-only churn model (as
     CDNOW's) was served fewer purchases than it was trained on, and none after 64 clicks, which scored a loyal
     customer at the no-history prior (found by a train/serve skew review). The last ``keep`` events of either kind
-    are all here, so a model that reads clicks gets the same view as before (``RingScorer._ring_view``). A
-    purchase the ring forgets is remembered apart (recommendation exclusions)."""
+    are all here, so a model that reads clicks gets the same view as before (``RingScorer._ring_view``). An item
+    the ring forgets is remembered apart, bought or clicked (recommendation exclusions)."""
     ring = profile.recent
     types = [e.type for e in ring]
     purchases = types.count("purchase")
@@ -210,18 +215,21 @@ def _forget_beyond(profile: Profile, keep: int) -> None:
     for event in ring:
         if excess[event.type] > 0:  # among the oldest of its type beyond ``keep``
             excess[event.type] -= 1
-            if event.item_id and event.type == "purchase":
-                _remember_purchase(profile.purchased, event.item_id)
+            if event.item_id:
+                if event.type == "purchase":
+                    _remember(profile.purchased, event.item_id, PURCHASED_ITEMS)
+                else:
+                    _remember(profile.clicked, event.item_id, CLICKED_ITEMS)
             continue
         kept.append(event)
     ring[:] = kept
 
 
-def _remember_purchase(purchased: dict[str, int], item_id: str) -> None:
-    times = purchased.pop(item_id, 0)  # forgotten again: it moves to the most recent end
-    purchased[item_id] = times + 1
-    if len(purchased) > PURCHASED_ITEMS:
-        del purchased[next(iter(purchased))]
+def _remember(items: dict[str, int], item_id: str, most: int) -> None:
+    times = items.pop(item_id, 0)  # forgotten again: it moves to the most recent end
+    items[item_id] = times + 1
+    if len(items) > most:
+        del items[next(iter(items))]
 
 
 def _bump_category(categories: dict[str, int], category: str) -> None:

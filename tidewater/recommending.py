@@ -67,9 +67,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def seen_items(profile: Profile) -> frozenset[str]:
-    """The items a user is not recommended: those of the ring, and every item they bought that it has forgotten
-    (the ring alone let an item bought 64 events ago come back)."""
-    return frozenset([e.item_id for e in profile.recent]).union(profile.purchased).difference(_NO_ITEM)
+    """The items a user is not recommended: those of the ring, and the items bought or clicked that it has
+    forgotten (the ring alone let an item bought 64 events ago come back)."""
+    return frozenset([e.item_id for e in profile.recent]).union(profile.purchased, profile.clicked).difference(
+        _NO_ITEM)
+
+
+def _forgotten(profile: Profile) -> frozenset[str]:
+    """Items bought or clicked that the ring has forgotten."""
+    return frozenset(profile.purchased).union(profile.clicked)
 
 
 _NO_ITEM = (None, "")
@@ -174,9 +180,9 @@ class VectorRecommender:
         v = self.model.item_vector(item_id)
         if v is None:
             return False
-        if _repeated(profile.recent, item_id):
+        if _repeated(profile.recent, item_id) or item_id in profile.purchased or item_id in profile.clicked:
             # counted at its first occurrence (see _distinct_items): a user who viewed one item ten times had a
-            # vector of that item alone, unlike any history the model learned from
+            # vector of that item alone, unlike any history the model learned from; also after the ring forgot it
             return True
         if profile.vec_sum is None:
             profile.vec_sum = bytearray(v.astype(np.float32).tobytes())  # decay * 0 + v
@@ -228,8 +234,8 @@ class VectorRecommender:
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
         history = tuple(_distinct_items(profile))  # a repeated item re-ranked with the weight of every repeat
-        # exclude = seen_items: the re-ranking passes the history, and the purchases the ring has forgotten
-        return Query(self.vector(profile), None, history, frozenset(profile.purchased).difference(history))
+        # exclude = seen_items: the re-ranking passes the history, and the items the ring has forgotten
+        return Query(self.vector(profile), None, history, _forgotten(profile).difference(history))
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The
