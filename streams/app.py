@@ -87,19 +87,25 @@ class ProfileCache:
     takes about 13 kB of memory."""
 
     def __init__(self, max_cached: int = 100_000) -> None:
-        self.profiles: OrderedDict[str, Profile] = OrderedDict()
+        # keyed by (partition, user): a user whose records reach two partitions (a producer that does not hash keys
+        # with murmur2) has a profile in each, as on two workers; keyed by user alone, one worker's two engines
+        # took and changed one profile object and wrote it to both partitions (found by a scale-out review)
+        self.profiles: OrderedDict[tuple[int, str], Profile] = OrderedDict()
         self.max_cached = max(0, max_cached)
 
-    def put(self, user_id: str, profile: Profile) -> None:
-        profiles = self.profiles
-        if user_id in profiles:
-            profiles.move_to_end(user_id)
-        profiles[user_id] = profile
+    def get(self, partition: int, user_id: str) -> Profile | None:
+        return self.profiles.get((partition, user_id))
+
+    def put(self, partition: int, user_id: str, profile: Profile) -> None:
+        profiles, key = self.profiles, (partition, user_id)
+        if key in profiles:
+            profiles.move_to_end(key)
+        profiles[key] = profile
         while len(profiles) > self.max_cached:
             profiles.popitem(last=False)
 
-    def drop(self, user_id: str) -> None:
-        self.profiles.pop(user_id, None)
+    def drop(self, partition: int, user_id: str) -> None:
+        self.profiles.pop((partition, user_id), None)
 
     def forget(self) -> None:
         self.profiles.clear()
@@ -110,13 +116,17 @@ class PartitionProfiles:
     computed but not yet written (``unwritten``: a batch's profiles reach RocksDB only once its outputs and
     changelog records are in Kafka), then the table."""
 
-    def __init__(self, table: PartitionTable, cache: ProfileCache) -> None:
+    def __init__(self, table: PartitionTable, cache: ProfileCache, partition: int | None = None) -> None:
         self.table = table
         self.cache = cache
+        self.partition = getattr(table, "partition", 0) if partition is None else partition
         self.unwritten: dict[bytes, tuple[int, bytes | None]] = {}  # key -> (batch number, value; None: deleted)
 
+    def cached(self, user_id: str) -> Profile | None:
+        return self.cache.get(self.partition, user_id)
+
     def get(self, user_id: str) -> Profile | None:
-        profile = self.cache.profiles.get(user_id)
+        profile = self.cache.get(self.partition, user_id)
         if profile is None:
             raw = self.stored(user_id)
             if raw is None:
@@ -501,9 +511,9 @@ class Pipeline:
             outputs.extend((emit.topic, None, emit.key, emit.value) for emit in result.outputs)
             stores = self.stores[partition]
             for user_id, profile in result.profiles.items():
-                self.cache.put(user_id, profile)
+                self.cache.put(partition, user_id, profile)
             for user_id in result.erased:
-                self.cache.drop(user_id)
+                self.cache.drop(partition, user_id)
             stores.view.hold(writes, out.batch)
             out.writes.append((partition, stores, writes, state))
             changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)

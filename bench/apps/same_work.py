@@ -80,7 +80,7 @@ class ViewStore:
         self.view = view
 
     def get_raw(self, user: str) -> CountSum | None:
-        cached = self.view.cache.profiles.get(user)
+        cached = self.view.cached(user)
         if cached is not None:
             return cached
         raw = self.view.stored(user)

@@ -50,7 +50,7 @@ def test_regression_the_same_work_engine_reads_the_values_not_yet_written_like_t
     assert store.get_raw("u1").count == 1 and store.get_raw("nobody") is None
     view.hold([(b"u1", msgspec.msgpack.encode(CountSum(3, 4.5, 2)))], batch=7)  # computed, not yet in the table
     assert store.get_raw("u1").count == 3
-    view.cache.put("u1", CountSum(5, 7.5, 4))
+    view.cache.put(0, "u1", CountSum(5, 7.5, 4))
     assert store.get_raw("u1").count == 5
 
 

@@ -12,13 +12,13 @@ from tidewater.settings import Settings
 def test_the_cache_keeps_the_most_recently_written_profiles_up_to_its_size(size, writes):
     cache = ProfileCache(size)
     for user in writes:
-        cache.put(user, new_profile(user))
+        cache.put(0, user, new_profile(user))
     recent: list[str] = []  # users by last write, most recent last
     for user in writes:
         if user in recent:
             recent.remove(user)
         recent.append(user)
-    assert list(cache.profiles) == (recent[max(0, len(recent) - size):] if size else [])
+    assert [user for _, user in cache.profiles] == (recent[max(0, len(recent) - size):] if size else [])
 
 
 def test_the_cache_size_is_a_setting(tmp_path):
@@ -101,3 +101,41 @@ def test_regression_the_producer_timeout_is_two_minutes_not_fausts_twenty(tmp_pa
     assert create_app(Settings.from_env(environ=env)).conf.producer_request_timeout == 120.0
     conf = create_app(Settings.from_env(environ=env | {"TIDEWATER_PRODUCER_TIMEOUT_S": "30"})).conf
     assert conf.producer_request_timeout == 30.0
+
+
+def test_regression_a_user_on_two_partitions_has_a_profile_in_each_on_one_worker_as_on_two():
+    """A producer that does not hash keys with murmur2 (librdkafka's default) puts one user on two partitions. The
+    worker's cache was keyed by user alone: on one worker the second partition's engine took the first one's
+    profile object, changed it and wrote it to its own changelog partition, so outputs and stored profiles
+    depended on how partitions were spread over workers (found by a scale-out review)."""
+    import json
+
+    from streams.app import PartitionProfiles
+    from tidewater.engine import EngineConfig, PartitionEngine, Record
+
+    class EmptyTable:
+        def get(self, key):
+            return None
+
+    def record(topic, partition, event):
+        return Record(topic, partition, 0, event["user_id"].encode(), json.dumps(event).encode(), None)
+
+    config = EngineConfig(partitions=8)
+    inputs = ((0, record("clicks", 0, {"type": "click", "event_id": "a", "user_id": "u", "ts": 1000.0})),
+              (1, record("purchases", 1, {"type": "purchase", "event_id": "b", "user_id": "u", "ts": 2000.0,
+                                          "amount": 30.0})))
+
+    def run(one_worker: bool):
+        caches = [ProfileCache()] * 2 if one_worker else [ProfileCache(), ProfileCache()]
+        stored = {}
+        for partition, rec in inputs:
+            engine = PartitionEngine(partition, config, PartitionProfiles(EmptyTable(), caches[partition],
+                                                                          partition))
+            engine.on_record(rec, 0.0)
+            result = engine.on_notify(1e9, caught_up=frozenset(config.input_topics))
+            for user_id, profile in result.profiles.items():
+                caches[partition].put(partition, user_id, profile)  # as Pipeline._flush does
+                stored[partition] = (profile.n_events, dict(profile.applied))
+        return stored
+
+    assert run(one_worker=True) == run(one_worker=False) == {0: (1, {"clicks/0": 0}), 1: (1, {"purchases/1": 0})}
