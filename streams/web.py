@@ -6,6 +6,7 @@ import hmac
 import logging
 import time
 from importlib import resources
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -181,7 +182,8 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             if not may_read(request):
                 return unauthorized(self, "TIDEWATER_READ_TOKEN")
             counters: dict[str, int] = {}
-            for engine in list(pipeline.engines.values()):  # copies: the engine thread may add keys meanwhile
+            sources = [*pipeline.engines.values(), SimpleNamespace(counters=getattr(pipeline, "retired_counters", {}))]
+            for engine in sources:  # copies: the engine thread may add keys meanwhile
                 for (name, label), n in list(getattr(engine, "counters", {}).items()):
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
             watermarks = {p: getattr(e.state, "watermark", None) for p, e in list(pipeline.engines.items())}

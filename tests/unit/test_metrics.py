@@ -91,3 +91,29 @@ def test_regression_a_record_without_a_timestamp_has_no_age():
 
     records = [R(timestamp=1_700_000_000_000), R(timestamp=-1), R(timestamp=None), R(timestamp=1_700_000_001_500)]
     assert record_ages(records, 1_700_000_002.0) == [2.0, 0.5]
+
+
+def test_regression_stats_counters_survive_a_rebalance(tmp_path):
+    """aiokafka revokes every partition at each rebalance, the kept ones too, and /stats summed the counters of
+    the engines alive: every group change set them back to 0 while ``processed`` counted since the start (found by
+    a scale-out review; the pipeline bench reads ``scoring_errors`` there)."""
+    import asyncio
+    from collections import Counter
+
+    from tests.unit.pipelines import offline_pipeline
+
+    class Engine:
+        def __init__(self, errors):
+            self.counters = Counter({("scoring_errors", "v1"): errors, ("events_in", "clicks"): 10})
+
+        def pending(self):
+            return 0
+
+        def drop_pending(self):
+            pass
+
+    pipeline = offline_pipeline(tmp_path)
+    pipeline.engines = {0: Engine(2), 1: Engine(3)}
+    asyncio.run(pipeline.revoke({0, 1}))
+    pipeline.engines = {1: Engine(1)}  # assigned again, a new engine
+    assert pipeline.retired_counters == Counter({("scoring_errors", "v1"): 5, ("events_in", "clicks"): 20})

@@ -397,3 +397,15 @@ def test_regression_post_events_bounds_events_per_request_and_requests_at_once(w
     extra, retry_after, first = w.loop.run_until_complete(asyncio.wait_for(run(), 30))
     assert extra == 429 and retry_after == "1" and first == [202] * web.MAX_CONCURRENT_INGESTS
     assert call(w, "POST", "/events", clicks(2), AUTH)[0] == 202  # the slots are free again
+
+
+def test_stats_counters_include_the_engines_dropped_at_rebalances(worker):
+    """/stats counts since the start: the counters of engines dropped at a revocation are kept by the pipeline."""
+    from collections import Counter
+
+    w = worker()
+    w.pipeline.retired_counters = Counter({("scoring_errors", "v1"): 5})
+    w.pipeline.engines = {1: SimpleNamespace(counters=Counter({("scoring_errors", "v1"): 1}),
+                                             state=SimpleNamespace(watermark=0.0))}
+    status, body, _ = call(w, "GET", "/stats")
+    assert status == 200 and body["counters"]["scoring_errors:v1"] == 6
