@@ -217,6 +217,17 @@ def event_fields(frame: pd.DataFrame, cutoff: float) -> list[str]:
     return [c for c in OPTIONAL_FIELDS if c in before.columns and bool(before[c].notna().any())]
 
 
+ID_FIELDS = ("item", "category")  # an event's optional ids, hashed into the encoder's embedding buckets
+
+
+def id_fields(frame: pd.DataFrame, cutoff: float) -> list[str]:
+    """The optional ids (item, category) that the calibration period has values for; saved with the model, which
+    ignores the others when it serves: an id it never saw in training lands in an embedding bucket that training
+    never moved from its random start (CDNOW's replay sends category "music"; found by a train/serve skew review)."""
+    before = frame.loc[frame["ts"] < cutoff]
+    return [c for c in ID_FIELDS if c in before.columns and bool(before[c].notna().any())]
+
+
 def sample_users(frame: pd.DataFrame, max_users: int | None) -> tuple[pd.DataFrame, int]:
     """At most ``max_users`` users of the log with all their rows, and how many users the log had.
 

@@ -136,7 +136,10 @@ class ChurnScorer:
         # amount absent, so a served amount would meet weights (amount buckets, summary columns) that never learnt
         fields = event_fields(self.meta)
         self.reads_amounts, self.reads_quantities = "amount" in fields, "quantity" in fields
-        self._unread_fields = frozenset(OPTIONAL_FIELDS) - set(fields)
+        # and item or category ids, for a version that records which it saw (``id_fields``; older ones read both)
+        ids = self.meta.get("id_fields")
+        unread_ids = set() if ids is None else {f for f in ("item", "category") if f not in ids}
+        self._unread_fields = frozenset(OPTIONAL_FIELDS) - set(fields) | unread_ids
         # the number of most recent events per user it was trained on (its training log's view through the stream's
         # ring); a ring kept longer (TIDEWATER_RECENT_EVENTS raised) is cut to it. 0: not recorded, no cut
         self.ring_events = int(self.meta.get("ring_events") or 0)

@@ -335,3 +335,13 @@ def test_event_fields_are_the_optional_columns_with_values_before_the_cutoff():
     assert event_fields(frame, 10.0) == ["amount", "quantity"]
     assert event_fields(frame, 3.0) == ["amount"]  # quantities only after the cut-off: the model never sees one
     assert event_fields(frame[["user_id", "ts"]], 10.0) == []
+
+
+def test_id_fields_are_the_item_and_category_columns_with_values_before_the_cutoff():
+    from models.churn.data import id_fields
+
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "ts": [1.0, 2.0, 5.0], "item": ["x", None, "y"],
+                          "category": [None, None, "music"]})
+    assert id_fields(frame, 10.0) == ["item", "category"]
+    assert id_fields(frame, 3.0) == ["item"]  # categories only after the cut-off: the model never sees one
+    assert id_fields(frame[["user_id", "ts"]], 10.0) == []

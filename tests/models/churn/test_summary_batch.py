@@ -349,3 +349,30 @@ def test_regression_a_purchase_at_time_minus_zero_takes_the_per_sequence_path():
 
     assert_same([ring, ring[:1]], [DAY, DAY], want_fn=served)
     assert covered([ring, ring[:1]], [DAY, DAY]) == 1
+
+
+def test_regression_a_model_trained_without_item_or_category_ids_does_not_read_them():
+    """A version that runs its encoder hashes each event's item and category into embedding buckets; a training
+    log without them (every CDNOW log) left those embeddings at their random start, and the stream's ids (CDNOW's
+    replay sends category "music", ml-100k's clicks carry items) were read through them: noise in the scores
+    (found by a train/serve skew review). A version records the ids it saw (``id_fields``) and ignores the others;
+    one published before reads them, as it did."""
+    from models.churn.scorer import ChurnScorer
+    from models.churn.train import new_model
+    from tidewater.profile import RecentEvent
+    from tidewater.scoring import RingScorer
+
+    from .helpers import tiny_config
+
+    model = new_model(tiny_config(), 0)
+    meta = {"event_types": ["click", "purchase"]}
+    without_ids = RingScorer(ChurnScorer(model, device="cpu", meta=meta | {"id_fields": []}))
+    older = RingScorer(ChurnScorer(model, device="cpu", meta=meta))
+    assert without_ids.scorer.uses_encoder
+    rings = [[RecentEvent(ts=d * DAY, type="click" if d % 2 else "purchase", item_id=f"i{n + d}",
+                          category=f"c{d % 5}", amount=10.0, quantity=1) for d in range(0, 30, 3)] for n in range(40)]
+    bare = [[RecentEvent(ts=e.ts, type=e.type, amount=e.amount, quantity=e.quantity) for e in ring] for ring in rings]
+    as_of = [31 * DAY] * len(rings)
+    assert_scored_alike(without_ids, rings, bare, as_of)
+    with_ids, no_ids = older.predict_many(rings, as_of)[0], older.predict_many(bare, as_of)[0]
+    assert not np.array_equal(with_ids, no_ids)  # the ids move an encoder's scores: the test can tell
