@@ -174,10 +174,10 @@ def _sync_tree(root: Path) -> None:
 def serving_index(indexes: Registry, model_version: str | None) -> str | None:
     """The current version of ``indexes`` (``<root>/recs_index``) if it was built for ``model_version``, else None:
     an index built for another recs model (or with unreadable metadata) does not serve, the model's own does."""
-    index = indexes.current_version()
-    if index is None or model_version is None:
-        return None
-    try:
+    try:  # a pointer naming no version of the registry (ValueError) too: the model serves its own index
+        index = indexes.current_version()
+        if index is None or model_version is None:
+            return None
         return index if indexes.meta(index).get("model_version") == model_version else None
     except (OSError, ValueError):
         return None
@@ -203,7 +203,10 @@ def describe(root: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in KINDS:
         registry = Registry(Path(root) / kind)
-        current = registry.current_version()
+        try:
+            current = registry.current_version()
+        except ValueError:  # a pointer naming no version: none is current (`models list` says why)
+            current = None
         rows = []
         for version in registry.versions():
             row: dict[str, Any] = {"version": version, "current": version == current}

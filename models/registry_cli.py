@@ -35,7 +35,11 @@ def _headline(row: dict) -> str:
 def _index_note(root: Path, index_version: str) -> str | None:
     """Why the current index does not serve (``serving_index``, as the workers decide): it was built for another
     recs model than the current one, or its metadata cannot be read."""
-    indexes, model = Registry(root / "recs_index"), Registry(root / "recs").current_version()
+    indexes = Registry(root / "recs_index")
+    try:
+        model = Registry(root / "recs").current_version()
+    except ValueError:  # named by `models list`
+        model = None
     if serving_index(indexes, model) == index_version:
         return None
     try:
@@ -71,7 +75,7 @@ def _registry_access(registry: Path) -> Iterator[None]:
     """An unreadable or unwritable registry (permissions, a file where a directory should be) as a clear error."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a `current` naming no version of the registry
         raise UserError(f"cannot use the registry at {registry}: {exc}") from exc
 
 
@@ -85,6 +89,12 @@ def register(models_app: typer.Typer) -> None:
         """Every published version of each kind (churn, recs, recs_index), oldest first; * marks the current."""
         with _registry_access(registry):
             found = describe(registry)
+        for kind in KINDS:  # a pointer naming no version: say so (`models use` repairs it)
+            try:
+                Registry(registry / kind).current_version()
+            except (OSError, ValueError) as exc:
+                typer.secho(f"warning: {kind}: {exc}; repair it with `tidewater models use {kind} VERSION`",
+                            fg="yellow", err=True)
         if as_json:
             typer.echo(json.dumps(found))
             return
@@ -111,10 +121,16 @@ def register(models_app: typer.Typer) -> None:
             except LookupError as exc:
                 raise UserError(str(exc)) from exc
             with reg.lock():  # not between a concurrent publisher's numbering and its own pointer update
-                before = reg.current_version()
+                try:
+                    before = reg.current_version()
+                except ValueError:  # the pointer this command repairs (it names no version of the registry)
+                    before = "an invalid pointer"
                 reg.set_current(chosen)
         typer.echo(f"{kind}: current {before or 'none'} -> {chosen}")
-        index = Registry(registry / "recs_index").current_version()
+        try:
+            index = Registry(registry / "recs_index").current_version()
+        except ValueError:
+            index = None
         note = _index_note(registry, index) if kind in ("recs", "recs_index") and index else None
         if note:
             typer.secho(f"note: {note}", fg="yellow", err=True)

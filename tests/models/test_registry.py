@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from models.registry import Registry, describe, resolve_version
+from models.registry import Registry, describe, resolve_version, serving_index
 from tidewater.cli import main
 
 
@@ -266,8 +266,17 @@ def test_regression_the_current_pointer_names_only_a_version_directory_of_the_re
         reg.current_path()
     with pytest.raises(FileNotFoundError):
         reg.set_current(pointer)
-    reg.set_current(first)  # a real version is still accepted
+    # `tidewater models list` still lists, and says what is wrong; `models use` repairs the pointer (the first
+    # version of this check made both end in a traceback: found by the review of the change)
+    code, out, err = run(["models", "list", "--registry", str(root)], capsys)
+    assert code == 0 and first in out and "not a version directory" in err and "models use churn" in err
+    code, out, _ = run(["models", "use", "churn", "1", "--registry", str(root)], capsys)
+    assert code == 0 and f"current an invalid pointer -> {first}" in out
     assert reg.current_path() == root / "churn" / first
     # `tidewater models use` refuses the symlink by name as well
     code, _, err = run(["models", "use", "churn", "vlink", "--registry", str(root)], capsys)
     assert code != 0 and reg.current_version() == first
+    # an index pointer naming no version: the recs model serves its own index, as for any unusable index
+    (root / "recs_index").mkdir()
+    (root / "recs_index" / "current").write_text(pointer + "\n")
+    assert serving_index(Registry(root / "recs_index"), "v0001-cccccccc") is None
