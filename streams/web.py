@@ -32,7 +32,7 @@ BODY_READ_TIMEOUT_S = 30.0  # POST /events: the whole body within this, else 408
 INGEST_DEADLINE_S = 30.0  # POST /events answers by then, with the events Kafka has not acknowledged as failed
 VALIDATE_INLINE_MAX = 1000  # larger batches are validated in a thread, not on the event loop
 MAX_EVENTS_PER_REQUEST = 10_000  # POST /events: more is a 413 (1 MiB of "[0,0,...]" held the GIL for 1.2 s)
-MAX_CONCURRENT_INGESTS = 4  # POST /events validated or produced at once; more is a 429 with Retry-After
+MAX_CONCURRENT_INGESTS = 4  # POST /events batches over VALIDATE_INLINE_MAX validated at once; more: 429
 
 
 def bearer_ok(request: Request, token: str) -> bool:
@@ -58,7 +58,7 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
         token = s.read_token.reveal()
         return not token or bearer_ok(request, token)
 
-    ingesting = asyncio.Semaphore(MAX_CONCURRENT_INGESTS)  # (bound to the worker's loop at its first use)
+    ingesting = asyncio.Semaphore(MAX_CONCURRENT_INGESTS)  # large batches in validation threads at once
 
     @app.page("/events")
     class Ingest(View):
@@ -70,15 +70,6 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 return self.json({"error": "ingest disabled: set TIDEWATER_INGEST_TOKEN"}, status=503)
             if not bearer_ok(request, token):
                 return unauthorized(self, "TIDEWATER_INGEST_TOKEN")
-            # parallel requests each validated in a thread starved the engine thread and the consumer's
-            # heartbeats of the GIL (found by a security review): a bounded number at once, the rest told to retry
-            if ingesting.locked():
-                return self.json({"error": f"{MAX_CONCURRENT_INGESTS} requests are being ingested: retry shortly"},
-                                 status=429, headers={"Retry-After": "1"})
-            async with ingesting:
-                return await self._ingest(request)
-
-        async def _ingest(self, request: Request) -> Response:
             def too_big() -> Response:
                 return self.json({"error": f"body over {s.max_request_bytes} bytes"}, status=413)
 
@@ -114,8 +105,14 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
                 return self.json({"error": f"{len(items):,} events in one request; at most "
                                            f"{MAX_EVENTS_PER_REQUEST:,}"}, status=413)
             if len(items) > VALIDATE_INLINE_MAX:  # a big batch off the event loop (heartbeats, the batch loop)
-                decoded, errors, rejected_total = await asyncio.get_running_loop().run_in_executor(
-                    None, _validated, items, s)
+                # but a bounded number at once: parallel big requests, each validated in a thread, starved the
+                # engine thread and the consumer's heartbeats of the GIL (found by a security review)
+                if ingesting.locked():
+                    return self.json({"error": f"{MAX_CONCURRENT_INGESTS} large requests are being validated: "
+                                               "retry shortly"}, status=429, headers={"Retry-After": "1"})
+                async with ingesting:
+                    decoded, errors, rejected_total = await asyncio.get_running_loop().run_in_executor(
+                        None, _validated, items, s)
             else:
                 decoded, errors, rejected_total = _validated(items, s)
             if rejected_total:  # all or nothing: the web tier fixes the batch and resends it

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from operator import attrgetter, countOf
 
 import msgspec
 
@@ -97,6 +98,7 @@ class Profile(msgspec.Struct, kw_only=True):
     # orders (baskets: purchase lines at one time are one order, as the churn model counts purchases); -1 in a
     # profile stored before the field, which then takes its purchase lines as orders, as the value used to
     n_orders: int = -1
+    ring_purchases: int = -1  # purchases in ``recent`` (kept with it: its per-type bound); -1: not counted yet
 
     def __post_init__(self) -> None:  # on decode too
         _scored_before_events_at_score(self)
@@ -162,7 +164,7 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         profile.first_ts = ts
     profile.n_events += 1
     if is_purchase:
-        if not (profile.n_purchases and ts == profile.last_purchase_ts):  # a line of the last order, or a new one
+        if _new_order(profile, ts):
             profile.n_orders += 1
         profile.n_purchases += 1
         profile.monetary = round(profile.monetary + event.amount, 6)
@@ -190,7 +192,9 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
         ts=ts, type="purchase" if is_purchase else "click", item_id=event.item_id, category=event.category,
         amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
     if len(profile.recent) > config.recent_events:
-        _forget_beyond(profile, config.recent_events)
+        _forget_beyond(profile, config.recent_events, profile.recent[-1].type)
+    elif is_purchase and profile.ring_purchases >= 0:
+        profile.ring_purchases += 1
 
     # windowed activity on event time, with a grace period for late events
     _count_in_windows(profile, ts, watermark, config)
@@ -198,31 +202,72 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
     return True
 
 
-def _forget_beyond(profile: Profile, keep: int) -> None:
+def _new_order(profile: Profile, ts: float) -> bool:
+    """Is a purchase at ``ts`` a new order, not a line of one already counted? An order is the purchases at one
+    time, as the churn model's forecast counts them (distinct purchase times). A late line is matched against the
+    purchases of the ring (the review of the change: only the last purchase's time was compared)."""
+    if not profile.n_purchases or ts > profile.last_purchase_ts:
+        return True
+    if ts == profile.last_purchase_ts:
+        return False
+    return not any(e.ts == ts and e.type == "purchase" for e in profile.recent)
+
+
+def _forget_beyond(profile: Profile, keep: int, kind: str) -> None:
     """The ring keeps the last ``keep`` events of each type, clicks and purchases, in arrival order. One ring of
     the last ``keep`` events let a customer's browsing push their purchases out: a purchases-only churn model (as
     CDNOW's) was served fewer purchases than it was trained on, and none after 64 clicks, which scored a loyal
     customer at the no-history prior (found by a train/serve skew review). The last ``keep`` events of either kind
     are all here, so a model that reads clicks gets the same view as before (``RingScorer._ring_view``). An item
-    the ring forgets is remembered apart, bought or clicked (recommendation exclusions)."""
+    the ring forgets is remembered apart, bought or clicked (recommendation exclusions).
+
+    ``kind``: the type of the event just appended, the only one that can be over; the ring's purchases are counted
+    in ``ring_purchases`` (this runs at each event of a heavy user: a count of the ring each time doubled the cost
+    of ``apply`` for them; found by the review of the change). A ring over in the other type too (``keep``
+    lowered since it was stored) is trimmed whole."""
     ring = profile.recent
-    types = [e.type for e in ring]
-    purchases = types.count("purchase")
+    if profile.ring_purchases < 0:  # a profile stored before the count (the event just appended included)
+        profile.ring_purchases = countOf(map(_TYPE_OF, ring), "purchase")
+    elif kind == "purchase":
+        profile.ring_purchases += 1
+    purchases = profile.ring_purchases
+    excess = (purchases if kind == "purchase" else len(ring) - purchases) - keep
+    at = 0
+    while excess > 0:  # the oldest of that type go (one, unless ``keep`` was lowered)
+        while ring[at].type != kind:
+            at += 1
+        _forget(profile, ring.pop(at))
+        excess -= 1
+    if len(ring) - profile.ring_purchases > keep or profile.ring_purchases > keep:
+        _trim_each_type(profile, keep)
+
+
+_TYPE_OF = attrgetter("type")
+
+
+def _forget(profile: Profile, event: RecentEvent) -> None:
+    if event.type == "purchase":
+        profile.ring_purchases -= 1
+    if event.item_id:
+        if event.type == "purchase":
+            _remember(profile.purchased, event.item_id, PURCHASED_ITEMS)
+        else:
+            _remember(profile.clicked, event.item_id, CLICKED_ITEMS)
+
+
+def _trim_each_type(profile: Profile, keep: int) -> None:
+    ring = profile.recent
+    purchases = countOf(map(_TYPE_OF, ring), "purchase")
     excess = {"purchase": purchases - keep, "click": len(ring) - purchases - keep}
-    if excess["purchase"] <= 0 and excess["click"] <= 0:
-        return
     kept = []
     for event in ring:
-        if excess[event.type] > 0:  # among the oldest of its type beyond ``keep``
+        if excess.get(event.type, 0) > 0:  # among the oldest of its type beyond ``keep``
             excess[event.type] -= 1
-            if event.item_id:
-                if event.type == "purchase":
-                    _remember(profile.purchased, event.item_id, PURCHASED_ITEMS)
-                else:
-                    _remember(profile.clicked, event.item_id, CLICKED_ITEMS)
+            _forget(profile, event)
             continue
         kept.append(event)
     ring[:] = kept
+    profile.ring_purchases = countOf(map(_TYPE_OF, ring), "purchase")
 
 
 def _remember(items: dict[str, int], item_id: str, most: int) -> None:

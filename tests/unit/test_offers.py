@@ -215,3 +215,9 @@ def test_regression_the_customer_value_averages_per_order_not_per_line():
     assert old.n_orders == 24 and customer_value(old, expected_purchases=2.3) == round(360.0 + 2.3 * 15.0, 2)
     apply(old, Purchase(event_id="next", user_id="u", ts=10 * DAY, amount=15.0), "p/0", 99, 0.0)
     assert old.n_orders == 25  # counted from here on
+    # a late line of an earlier order joins it; a late purchase at a time of its own is an order (the first
+    # version compared the last purchase's time only: found by the review of the change)
+    apply(p, Purchase(event_id="late-line", user_id="u", ts=2 * DAY, amount=15.0), "p/0", 100, 0.0)
+    assert p.n_orders == 6
+    apply(p, Purchase(event_id="late-order", user_id="u", ts=2.5 * DAY, amount=15.0), "p/0", 101, 0.0)
+    assert p.n_orders == 7

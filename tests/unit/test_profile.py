@@ -273,3 +273,30 @@ def test_regression_clicks_do_not_push_purchases_out_of_the_ring(kinds):
     assert [x for x in ring if x[1] == "purchase"] == [x for x in applied if x[1] == "purchase"][-keep:]
     assert [x for x in ring if x[1] == "click"] == [x for x in applied if x[1] == "click"][-keep:]
     assert ring[-keep:] == applied[-keep:]
+    assert p.ring_purchases in (-1, sum(kind == "purchase" for _, kind in ring))  # the count kept with the ring
+
+
+@given(st.lists(st.booleans(), max_size=200), st.lists(st.booleans(), max_size=40), st.integers(1, 20),
+       st.booleans())
+@example([False] * 8, [True], 5, False).via("the other type over the lowered bound")
+def test_a_ring_stored_longer_is_cut_to_each_types_bound_and_keeps_its_count(first, then, lowered, stored_before):
+    """TIDEWATER_RECENT_EVENTS lowered after profiles were stored, or a profile stored before the purchase count
+    (``ring_purchases`` -1): the next event cuts every type to the bound and the count is exact again."""
+    p = new_profile("u")
+    applied = []
+    for n, purchase in enumerate(first + then):
+        if n == len(first):
+            if stored_before:
+                old = msgspec.msgpack.decode(encode_profile(p))
+                old.pop("ring_purchases", None)
+                p = decode_profile(msgspec.msgpack.encode(old))
+            keep = lowered
+        config = ProfileConfig(recent_events=64 if n < len(first) else lowered)
+        event = (Purchase(event_id=f"e{n}", user_id="u", ts=float(n), amount=1.0, item_id=f"i{n}") if purchase
+                 else Click(event_id=f"e{n}", user_id="u", ts=float(n), item_id=f"i{n}"))
+        apply(p, event, "e/0", n, 0.0, config)
+        applied.append("purchase" if purchase else "click")
+    if then:  # an event under the lowered bound: every type within it
+        for kind in ("purchase", "click"):
+            assert sum(e.type == kind for e in p.recent) <= keep
+    assert p.ring_purchases in (-1, sum(e.type == "purchase" for e in p.recent))

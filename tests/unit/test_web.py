@@ -370,33 +370,40 @@ def test_regression_a_forwarded_answer_is_always_json(worker):
 
 def test_regression_post_events_bounds_events_per_request_and_requests_at_once(worker, monkeypatch):
     """Only the body's bytes were bounded: 1 MiB of ``[0,0,...]`` is 524k items (1.2 s of validation holding the
-    GIL), and any number of such requests ran at once in threads, starving the engine and the consumer's
-    heartbeats (found by a security review)."""
+    GIL), and any number of such requests were validated at once in threads, starving the engine and the
+    consumer's heartbeats (found by a security review). A bounded number of large batches are validated at once;
+    small ones (validated on the event loop) and the wait for Kafka are not limited (review of the change: a slow
+    Kafka held every slot)."""
+    import threading
+
     w = worker()
     status, body, _ = call(w, "POST", "/events", clicks(web.MAX_EVENTS_PER_REQUEST + 1), AUTH)
     assert status == 413 and "at most 10,000" in body["error"] and w.sent == []
     assert call(w, "POST", "/events", clicks(3), AUTH)[0] == 202
 
-    release = asyncio.Event()
+    monkeypatch.setattr(web, "VALIDATE_INLINE_MAX", 2)  # 3 events and more: a large batch, validated in a thread
+    release, real = threading.Event(), web._validated
 
-    async def held(*args, **kwargs):  # the first requests wait for Kafka until the test lets them go
-        await release.wait()
-        return [], None, None
+    def held(items, settings):  # the large batches wait in their validation thread until the test lets them go
+        if len(items) > web.VALIDATE_INLINE_MAX:
+            assert release.wait(20)
+        return real(items, settings)
 
-    monkeypatch.setattr(web, "_produce", held)
+    monkeypatch.setattr(web, "_validated", held)
 
     async def run():
-        first = [asyncio.ensure_future(w.client.post("/events", data=json.dumps(clicks(2)), headers=AUTH))
+        first = [asyncio.ensure_future(w.client.post("/events", data=json.dumps(clicks(3)), headers=AUTH))
                  for _ in range(web.MAX_CONCURRENT_INGESTS)]
         await asyncio.sleep(0.5)
-        extra = await w.client.post("/events", data=json.dumps(clicks(2)), headers=AUTH)
+        extra = await w.client.post("/events", data=json.dumps(clicks(3)), headers=AUTH)
+        small = await w.client.post("/events", data=json.dumps(clicks(2)), headers=AUTH)  # inline: not limited
         release.set()
         answers = [await f for f in first]
-        return extra.status, extra.headers.get("Retry-After"), [a.status for a in answers]
+        return extra.status, extra.headers.get("Retry-After"), small.status, [a.status for a in answers]
 
-    extra, retry_after, first = w.loop.run_until_complete(asyncio.wait_for(run(), 30))
-    assert extra == 429 and retry_after == "1" and first == [202] * web.MAX_CONCURRENT_INGESTS
-    assert call(w, "POST", "/events", clicks(2), AUTH)[0] == 202  # the slots are free again
+    extra, retry_after, small, first = w.loop.run_until_complete(asyncio.wait_for(run(), 30))
+    assert extra == 429 and retry_after == "1" and small == 202 and first == [202] * web.MAX_CONCURRENT_INGESTS
+    assert call(w, "POST", "/events", clicks(3), AUTH)[0] == 202  # the slots are free again
 
 
 def test_stats_counters_include_the_engines_dropped_at_rebalances(worker):
