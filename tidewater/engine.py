@@ -655,6 +655,7 @@ class PartitionEngine:
         if not keep:
             return
         scores, expected, version = self._score([profiles[i] for i in keep], tick)
+        horizon = getattr(self.scorer, "horizon_days", None) if version == self.scorer.version else None
         day = int(tick // DAY)
         if self.state.budget_day != day:
             self.state.budget_day, self.state.budget_used = day, 0
@@ -676,7 +677,8 @@ class PartitionEngine:
                 user_id=profile.user_id, as_of=tick, score=score, trigger=trigger,  # type: ignore[arg-type]
                 model_version=version, recency_days=features["recency_days"],
                 frequency=features["frequency"], monetary=features["monetary"], segment=profile.segment,
-                expected_purchases=exp, activity_drop=drop, segment_model_version=self._segment_model(profile)))
+                expected_purchases=exp, activity_drop=drop, segment_model_version=self._segment_model(profile),
+                horizon_days=horizon))
             # long_inactivity is the silence, whatever triggered the score: a late event (timed weeks ago) makes a
             # silent customer "active" at the next tick (the offline check, tidewater/offer_check.py, decides alike)
             silent = trigger == "inactivity" or tick - profile.last_ts >= self.config.inactivity_gap_s

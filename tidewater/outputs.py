@@ -90,6 +90,9 @@ class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
                                         "average week over their last 3 active weeks, for a customer averaging "
                                         "2 events a week or more there.")] = False
     segment_model_version: SegmentModel = None
+    horizon_days: Annotated[float | None, _doc(
+        "Days after as_of that score and expected_purchases are about (the churn model's training horizon); null "
+        "for the placeholder, which has none.")] = None
 
 
 class Recommendation(msgspec.Struct, kw_only=True, frozen=True):

@@ -14,6 +14,9 @@ class RingScorer:
     def __init__(self, scorer: Any) -> None:
         self.scorer = scorer
         self.version = scorer.version
+        # stamped on each score: what its probability and forecast are about (a consumer had to read the registry)
+        horizon = (getattr(scorer, "meta", None) or {}).get("horizon_days")
+        self.horizon_days = float(horizon) if horizon is not None else None
         # what of the rings the model reads (ChurnScorer's metadata; a scorer without it reads everything)
         self._reads = {what: getattr(scorer, f"reads_{what}", True) for what in ("clicks", "amounts", "quantities")}
 

@@ -851,3 +851,30 @@ def test_regression_an_item_seen_again_after_the_ring_forgot_it_is_not_folded_tw
     before = (bytes(p.vec_sum), p.vec_count)
     apply(p, Click(event_id="again", user_id="u", ts=9.0, item_id="i1"), "c/0", 9, 0.0, config)
     assert recommender.fold(p, "i1") and (bytes(p.vec_sum), p.vec_count) == before
+
+
+def test_churn_scores_name_the_horizon_they_are_about():
+    """A score is the probability of no purchase in the model's horizon and ``expected_purchases`` a count over
+    it; a consumer had to read the registry to know how many days that was. Each score carries the scoring
+    model's horizon; the placeholder (no model, or a model that failed) has none."""
+    from tidewater.scoring import RingScorer
+
+    class Served:
+        version, uses_encoder, meta = "test:served", False, {"horizon_days": 90}
+
+        def predict_many(self, sequences, as_of):
+            return [0.8] * len(sequences), [1.5] * len(sequences)
+
+    class Broken(Served):
+        version = "test:broken"
+
+        def predict_many(self, sequences, as_of):
+            raise RuntimeError("model failed")
+
+    buys = [Purchase(event_id=f"p{i}", user_id=f"u{i}", ts=i * 3600.0, amount=30.0) for i in range(3)]
+    buys.append(Click(event_id="later", user_id="u0", ts=3 * DAY, item_id="i1"))  # crosses ticks
+    for scorer, horizon in ((RingScorer(Served()), 90.0), (RingScorer(Broken()), None), (None, None)):
+        engine = PartitionEngine(0, EngineConfig(inactivity_gap_s=20 * DAY), DictStore(), scorer=scorer)
+        scores = [json.loads(o.value) for o in run_to_completion(engine, records(buys)).outputs
+                  if o.topic == "churn-scores"]
+        assert scores and {s["horizon_days"] for s in scores} == {horizon}, scorer
