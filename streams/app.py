@@ -248,6 +248,11 @@ class Pipeline:
         self._store_queue: asyncio.Queue[Outgoing] = asyncio.Queue(maxsize=1)  # outputs in Kafka, changelog sent
         self._send_failed: BaseException | None = None
         self._batches = 0  # numbers the batches, for PartitionProfiles.unwritten
+        # the last batch handed to the send stages (or being handed over: its put may wait for them), and the last
+        # one they are done with: ``_drained`` waits for the second to reach the first
+        self._handed_batch = 0
+        self._finished_batch = 0
+        self._batch_finished = asyncio.Condition()
 
     # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
     async def deliver(self, tp: Any, records: list[Any]) -> None:
@@ -436,16 +441,23 @@ class Pipeline:
                     part = by_partition[partition] = []
                 part.append(record)
                 handed_over[(record.topic, partition)] = record.offset
-            await self._flush(set(by_partition), now, by_partition)
+            out = await self._flush(set(by_partition), now, by_partition)
+        # outside the lock: the put waits while the send stages are busy (a slow Kafka: up to the producer's
+        # timeout), and a revocation must not wait for it to take the lock (it then outlasted the rebalance timeout
+        # and the group went on without this worker; found by review). The revocation's drain waits for it instead.
+        await self._hand_over(out)
         metrics.BATCH_SIZE.observe(len(records))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def on_idle(self) -> None:
         """Release merges held back by a source that went quiet."""
+        out = None
         async with self.lock:
             waiting = {p for p, e in self.engines.items() if e.pending()}
             if waiting:
-                await self._flush(waiting, self.clock())
+                out = await self._flush(waiting, self.clock())
+        if out is not None:
+            await self._hand_over(out)  # outside the lock, as in on_batch
 
     def _apply(self, records: dict[int, list[Any]], now: float) -> None:
         for partition, part in records.items():
@@ -494,7 +506,10 @@ class Pipeline:
             steps.append((partition, result, writes, state))
         return steps
 
-    async def _flush(self, partitions: set[int], now: float, records: dict[int, list[Any]] | None = None) -> None:
+    async def _flush(self, partitions: set[int], now: float,
+                     records: dict[int, list[Any]] | None = None) -> "Outgoing":
+        """Compute a batch (under the lock); the caller hands it to the send stages (``_hand_over``) once it has
+        released the lock."""
         ordered = sorted(partitions)
         status = {partition: self.source_status(partition) for partition in ordered}
         if records:
@@ -527,6 +542,11 @@ class Pipeline:
         metrics.PENDING.set(self.held())  # every partition's
         if self._send_failed is not None:
             raise self._send_failed
+        self._handed_batch = out.batch  # from here on a drain waits for it, though it is not in the outbox yet
+        return out
+
+    async def _hand_over(self, out: "Outgoing") -> None:
+        self._handed_batch = max(self._handed_batch, out.batch)
         await self._outbox.put(out)  # the next batch is computed while this one is sent
 
     async def _send_loop(self) -> None:
@@ -566,7 +586,14 @@ class Pipeline:
             finally:
                 if next_queue is not None:
                     await next_queue.put(out)
+                else:
+                    await self._finished(out.batch)
                 inbox.task_done()
+
+    async def _finished(self, batch: int) -> None:
+        async with self._batch_finished:
+            self._finished_batch = max(self._finished_batch, batch)
+            self._batch_finished.notify_all()
 
     async def _produce_outputs(self, out: "Outgoing") -> None:
         out.deliveries = await self.sender.send(out.outputs) if out.outputs else []
@@ -595,9 +622,10 @@ class Pipeline:
             self.throughput.acked(len(done), time.time())
 
     async def _drained(self) -> None:
-        """Every batch computed so far is stored and acked (or dropped after a failure)."""
-        for queue in (self._outbox, self._changelog_queue, self._store_queue):
-            await queue.join()
+        """Every batch handed over so far is stored and acked (or dropped after a failure), one whose hand-over
+        still waits for room in the outbox included (queue joins alone could return before such a batch was put)."""
+        async with self._batch_finished:
+            await self._batch_finished.wait_for(lambda: self._finished_batch >= self._handed_batch)
 
     def _write(self, out: "Outgoing", last: dict[tuple[str, int], int]) -> None:
         """A delivered batch's profiles and state into the partitions' RocksDB, and the changelog offset that
@@ -690,7 +718,8 @@ class Pipeline:
         group goes on: batches still in the send stages would otherwise write their changelog records after the
         next owner restored the partition, over its newer profiles (found by review). Their inputs are not acked
         (Faust already dropped the revoked partitions' acks): the next owner re-reads them, and its restored
-        profiles skip them as duplicates."""
+        profiles skip them as duplicates. The lock is held only while a batch is computed, not while it waits to
+        be handed to the send stages (``_hand_over``); the drain waits for such a batch too."""
         async with self.lock:
             self.revocations += 1
             self.dropped_at_rebalance += len(self.inbox)

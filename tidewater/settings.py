@@ -90,12 +90,11 @@ class Settings:
                                        "Consumer group session timeout: how fast a dead worker is noticed.")
     rebalance_timeout_s: float = setting(
         60.0, "TIDEWATER_REBALANCE_TIMEOUT_S",
-        "How long the group waits for a live worker to rejoin a rebalance. A worker first finishes the batch in "
-        "progress (a daily tick can score tens of thousands of users) and hands it to the send stages, which wait "
-        "for Kafka to take the batches before it (up to TIDEWATER_PRODUCER_TIMEOUT_S when Kafka is slow), then gives "
-        "the sends half of this to drain; past this the group goes on without the worker, which rejoins and "
-        "re-reads (duplicates, no loss). So this must exceed the longest batch; a dead worker is still noticed "
-        "after the session timeout.")
+        "How long the group waits for a live worker to rejoin a rebalance. A worker first finishes computing the "
+        "batch in progress (a daily tick can score tens of thousands of users), then gives the batches being sent "
+        "half of this to reach Kafka; past this the group goes on without the worker, which rejoins and re-reads "
+        "(duplicates, no loss). So this must exceed the longest batch; a dead worker is still noticed after the "
+        "session timeout.")
     heartbeat_interval_s: float = setting(1.0, "TIDEWATER_HEARTBEAT_INTERVAL_S",
                                           "Consumer heartbeat interval; below TIDEWATER_SESSION_TIMEOUT_S.")
     producer_max_batch_bytes: int = setting(

@@ -9,8 +9,10 @@ def _namespace(**parts):
     """What Pipeline's send tasks use of ``self``: its queues, the sender, and the steps, bound to the namespace."""
     pipeline = SimpleNamespace(_outbox=asyncio.Queue(maxsize=1), _changelog_queue=asyncio.Queue(maxsize=1),
                                _store_queue=asyncio.Queue(maxsize=1), _send_failed=None, processed=0,
+                               _handed_batch=0, _finished_batch=0, _batch_finished=asyncio.Condition(),
                                throughput=SimpleNamespace(acked=lambda n, now: None), **parts)
-    for name in ("_stage", "_produce_outputs", "_produce_changelog", "_stored", "_drained"):
+    for name in ("_stage", "_produce_outputs", "_produce_changelog", "_stored", "_drained", "_finished",
+                 "_hand_over"):
         setattr(pipeline, name, getattr(Pipeline, name).__get__(pipeline))
     return pipeline
 
@@ -33,9 +35,9 @@ def test_regression_a_failed_send_does_not_hang_the_batch_loop() -> None:
 
     async def scenario() -> None:
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
-        for batch in ("a", "b", "c", "d", "e"):
-            out = Outgoing(1, outputs=[("out", None, b"k", batch.encode())], done=[batch])
-            await asyncio.wait_for(pipeline._outbox.put(out), 2)
+        for number, batch in enumerate(("a", "b", "c", "d", "e"), start=1):
+            out = Outgoing(number, outputs=[("out", None, b"k", batch.encode())], done=[batch])
+            await asyncio.wait_for(pipeline._hand_over(out), 2)
         await asyncio.wait_for(Pipeline._drained(pipeline), 2)  # type: ignore[arg-type]
         sending.cancel()
 
@@ -87,7 +89,7 @@ def _send_one_batch(drive):
 
     async def scenario() -> None:
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
-        await pipeline._outbox.put(_batch())
+        await pipeline._hand_over(_batch())
         await settle(lambda: sender.sent)
         await drive(sender, log)
         await asyncio.wait_for(pipeline._drained(), 2)
@@ -138,7 +140,7 @@ def test_regression_a_batchs_state_record_is_sent_only_once_its_profiles_are_in_
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
         batch = _batch()
         batch.state_changelog = [("state-changelog", 0, b"p0", b"s")]
-        await pipeline._outbox.put(batch)
+        await pipeline._hand_over(batch)
         await settle(lambda: sender.sent)
         await deliver_in_turn(sender, log)
         await asyncio.wait_for(pipeline._drained(), 2)
@@ -181,7 +183,7 @@ def test_regression_a_revocation_waits_until_computed_batches_are_sent_and_acks_
 
     async def scenario() -> None:
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
-        await pipeline._outbox.put(Outgoing(1, outputs=[("recs", None, b"u", b"r")],
+        await pipeline._hand_over(Outgoing(1, outputs=[("recs", None, b"u", b"r")],
                                             changelog=[("profiles-changelog", 0, b"u", b"p")],
                                             writes=[(0, "stores-0", [], None), (1, "stores-1", [], None)],
                                             done=[theirs, mine]))
@@ -255,3 +257,54 @@ def test_the_merge_clock_counts_only_time_starved_of_input(tmp_path):
 
     while_busy, idle = asyncio.run(scenario())
     assert while_busy == 0.0 and idle > 0.0
+
+
+def test_regression_a_revocation_does_not_wait_for_the_lock_while_a_batch_waits_for_the_send_stages():
+    """A batch's hand-over waits while the send stages are busy (a slow Kafka: up to the producer's timeout), and
+    it waited holding the pipeline's lock: a revocation waited for that lock, then drained for up to half the
+    rebalance timeout, and outlasted the rebalance so that the group went on without the worker (found by a
+    concurrency review). The batch is handed over outside the lock now: the revocation takes the lock at once,
+    and its drain waits for that batch too, so its changelog is in Kafka before the group goes on."""
+    from collections import Counter
+    from types import SimpleNamespace as Meta
+
+    acked: list = []
+    sender = ControlledSender()
+    pipeline = _namespace(sender=sender, _write=lambda out, last: None, _ack=acked.extend)
+    pipeline.__dict__.update(
+        lock=asyncio.Lock(), revocations=0, dropped_at_rebalance=0, inbox=[], cache=Meta(forget=lambda: None),
+        _space=asyncio.Event(), stores={0: "stores-0"}, handed_over={}, delivered={}, held=lambda: 0,
+        engines={0: Meta(pending=lambda: 1, drop_pending=lambda: None, counters={})}, retired_counters=Counter(),
+        app=Meta(consumer=Meta(_buffered_partitions=set())), clock=lambda: 0.0,
+        settings=Meta(input_topics=("clicks", "purchases"), rebalance_timeout_s=60.0))
+    first = Outgoing(1, outputs=[("recs", None, b"u", b"1")], changelog=[("profiles-changelog", 0, b"u", b"p1")],
+                     writes=[(0, "stores-0", [], None)])
+    second = Outgoing(2, outputs=[("recs", None, b"u", b"2")], changelog=[("profiles-changelog", 0, b"u", b"p")],
+                      writes=[(0, "stores-0", [], None)])
+
+    async def flush(partitions, now, records=None):
+        pipeline._handed_batch = second.batch
+        return second
+
+    pipeline._flush = flush
+
+    async def scenario() -> None:
+        await pipeline._hand_over(first)  # the outbox is full: no send stage runs yet (Kafka is slow)
+        idle = asyncio.ensure_future(Pipeline.on_idle(pipeline))  # type: ignore[arg-type]
+        await settle(lambda: pipeline._handed_batch == 2 and not pipeline.lock.locked())
+        assert not idle.done()  # the second batch waits for room in the outbox, without the lock
+        revoking = asyncio.ensure_future(Pipeline.revoke(pipeline, {0}))  # type: ignore[arg-type]
+        await settle(lambda: 0 not in pipeline.stores)  # the revocation took the lock at once
+        assert not revoking.done()
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        for n in range(4):  # each batch's outputs, then its changelog, in turn as they are sent
+            await settle(lambda: len(sender.sent) > n)
+            assert not revoking.done()  # the revocation waits for both batches, the one handed over late too
+            sender.sent[n][1].set_result(Meta(offset=n))
+        await asyncio.wait_for(revoking, 2)
+        await asyncio.wait_for(idle, 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert sorted(topic for topic, _ in sender.sent) == ["profiles-changelog"] * 2 + ["recs"] * 2
+    assert acked == []  # the revoked partition's records are not acked
