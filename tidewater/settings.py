@@ -100,7 +100,8 @@ class Settings:
     producer_max_batch_bytes: int = setting(
         262144, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
         "Producer batch size in bytes. A partition has one batch in flight at a time, so a batch's profile "
-        "changelog (about 2.6 kB per user) goes out in this many bytes per round trip; keep it below the "
+        "changelog (about 2.8 kB per user, up to twice that for one with full rings of clicks and purchases) goes "
+        "out in this many bytes per round trip; keep it below the "
         "broker's message.max.bytes (1 MB by default).")
     producer_timeout_s: float = setting(
         120.0, "TIDEWATER_PRODUCER_TIMEOUT_S",

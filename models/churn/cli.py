@@ -19,8 +19,9 @@ DEFAULT_REGISTRY = Path("var/registry")
 DEFAULT_HORIZON_DAYS = 273  # 39 weeks: the CDNOW holdout of Fader, Hardie & Lee (2005)
 DEFAULT_CDNOW_CUTOFF = "1997-10-01"
 
-PURCHASES_HELP = ("CSV purchase log with columns user_id,ts (ISO dates, YYYYMMDD, or epoch seconds / ms / µs / ns, "
-                  "told apart by magnitude) and optional amount,quantity. Default: the full CDNOW file from the "
+PURCHASES_HELP = ("CSV purchase log with columns user_id,ts (ISO dates, YYYYMMDD or YYYYMMDDHHMM[SS] integers, "
+                  "dates written numbers first (day or month first), or epoch seconds / ms / µs / ns told apart by "
+                  "magnitude) and optional amount,quantity. Default: the full CDNOW file from the "
                   "installed lifetimes package.")
 CUTOFF_HELP = ("Cut-off date YYYY-MM-DD: features use events before it, labels the horizon after it. "
                f"Default: {DEFAULT_CDNOW_CUTOFF} for CDNOW, else the end of the log minus the horizon.")
