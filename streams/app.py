@@ -193,14 +193,14 @@ class Pipeline:
         self.outputs = outputs
         from concurrent.futures import ThreadPoolExecutor
 
-        from streams.model_slot import ChurnScorerSlot, RecommenderSlot
+        from streams.model_slot import ChurnScorerSlot, LoaderThreads, RecommenderSlot
 
         # One thread runs the engines' steps (decoded events → outputs, scoring micro-batches), so the event
         # loop keeps fetching, heartbeating and serving HTTP while a batch is scored.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-engine")
         # New model versions load in a thread of their own: in the engine's, a load of seconds (weights, a big
-        # FAISS index) stopped batch processing for that long.
-        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tidewater-loader")
+        # FAISS index) stopped batch processing for that long. A daemon thread: a stuck load must not hold the exit
+        self.loader = LoaderThreads()
         self.churn_slot = ChurnScorerSlot(settings.registry_dir, micro_batch=settings.scoring_max_batch,
                                           threads=settings.model_threads)
         self.recs_slot = RecommenderSlot(settings.registry_dir, settings.rec_rerank_candidates)
@@ -253,6 +253,8 @@ class Pipeline:
         self._handed_batch = 0
         self._finished_batch = 0
         self._batch_finished = asyncio.Condition()
+        self._stopping = False  # set by ``stop``: the batch loop ends after the batch in progress
+        self._loop_done = asyncio.Event()
 
     # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
     async def deliver(self, tp: Any, records: list[Any]) -> None:
@@ -284,11 +286,34 @@ class Pipeline:
         self.ready = True
         try:
             await self._batch_loop(last_idle, last_poll)
+            # stopping (``stop``): what was computed reaches Kafka and is acked before Faust commits and stops
+            try:
+                await asyncio.wait_for(self._drained(), timeout=self.settings.rebalance_timeout_s / 2)
+            except asyncio.TimeoutError:
+                log.warning("stopping: batches still being sent after %.0f s; their records will be read again",
+                            self.settings.rebalance_timeout_s / 2)
         finally:
             sending.cancel()
+            self._loop_done.set()
+
+    async def stop(self) -> None:
+        """Stop the batch loop before Faust stops the consumer and closes the tables (``create_app`` runs this
+        first in the app's ``on_stop``): it finishes the batch in progress and sends what was computed. Faust
+        closed RocksDB while a batch could still read or write it, and cancelled the loop only afterwards (found
+        by a concurrency review)."""
+        if self._loop_done.is_set() or not self.ready:
+            return
+        self._stopping = True
+        self._ready.set()
+        self._space.set()
+        try:
+            await asyncio.wait_for(self._loop_done.wait(), timeout=self.settings.rebalance_timeout_s)
+            log.info("stopped the batch loop (%d records processed)", self.processed)
+        except asyncio.TimeoutError:
+            log.warning("stopping: the batch loop did not stop within %.0f s", self.settings.rebalance_timeout_s)
 
     async def _batch_loop(self, last_idle: float, last_poll: float) -> None:
-        while True:
+        while not self._stopping:
             if not self.inbox:
                 started = time.monotonic()
                 try:
@@ -920,6 +945,14 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(floor)
         await pipeline.run()
+
+    faust_on_stop = app.on_stop
+
+    async def on_stop() -> None:  # the batch loop first: Faust then stops the consumer and closes the tables
+        await pipeline.stop()
+        await faust_on_stop()
+
+    app.on_stop = on_stop  # type: ignore[method-assign]
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set, **kwargs: Any) -> None:

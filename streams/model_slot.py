@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from models.registry import Registry, serving_index
 from streams import metrics
@@ -25,6 +27,32 @@ log = logging.getLogger("tidewater.models")
 LOAD_ATTEMPTS = 3  # loads of one version before it is left alone (each poll interval apart)
 KEEP_ERROR_SERIES = 2  # tidewater_scoring_errors series kept per slot: the version in use and the one before
 SLOW_LOAD_S = 300.0  # a load running this long (a hung network mount, say) is logged, again at each multiple
+
+
+class LoaderThreads:
+    """``submit`` for model loads: each call in a daemon thread of its own, one call at a time. A
+    ThreadPoolExecutor's threads are joined at interpreter exit, so a load stuck in a read (a hung network mount:
+    nothing can stop such a thread) kept a stopped worker from exiting until it was killed (found by a
+    concurrency review)."""
+
+    def __init__(self, name: str = "tidewater-loader") -> None:
+        self.name = name
+        self._one_at_a_time = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+
+        def run() -> None:
+            with self._one_at_a_time:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+                    future.set_exception(exc)
+
+        threading.Thread(target=run, name=self.name, daemon=True).start()
+        return future
 
 
 class RegistrySlot:

@@ -305,3 +305,28 @@ def test_regression_scoring_error_series_do_not_grow_with_every_version_served()
         slot.published = version
         assert asyncio.run(slot.maybe_reload(executor)) is True
     assert series() == ["e-v3", "e-v4"]
+
+
+def test_regression_a_stuck_load_does_not_hold_the_process_at_exit(tmp_path):
+    """The loader was a ThreadPoolExecutor, whose threads are joined at interpreter exit: a model load stuck in a
+    read (a hung network mount) kept a stopped worker from exiting until it was killed (concurrency review). Loads
+    run one at a time in daemon threads now."""
+    import subprocess
+    import sys
+
+    script = (
+        "import threading, time\n"
+        "from streams.model_slot import LoaderThreads\n"
+        "loader = LoaderThreads()\n"
+        "order = []\n"
+        "first = loader.submit(lambda: order.append('a') or 'a')\n"
+        "second = loader.submit(lambda: order.append('b') or 'b')\n"
+        "assert (first.result(5), second.result(5)) == ('a', 'b') and sorted(order) == ['a', 'b']\n"
+        "failing = loader.submit(lambda: 1 / 0)\n"
+        "assert isinstance(failing.exception(5), ZeroDivisionError)\n"
+        "loader.submit(time.sleep, 3600)  # stuck for an hour\n"
+        "time.sleep(0.2)\n"
+        "print('exiting')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0 and "exiting" in done.stdout, done.stderr
