@@ -32,6 +32,7 @@ BODY_READ_TIMEOUT_S = 30.0  # POST /events: the whole body within this, else 408
 INGEST_DEADLINE_S = 30.0  # POST /events answers by then, with the events Kafka has not acknowledged as failed
 VALIDATE_INLINE_MAX = 1000  # larger batches are validated in a thread, not on the event loop
 MAX_EVENTS_PER_REQUEST = 10_000  # POST /events: more is a 413 (1 MiB of "[0,0,...]" held the GIL for 1.2 s)
+HTTP_CLOCK_LEAD_S = 300.0  # a clock posted ahead of now by more is refused (ts_in_future)
 MAX_CONCURRENT_INGESTS = 4  # POST /events batches over VALIDATE_INLINE_MAX validated at once; more: 429
 
 
@@ -215,7 +216,12 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, byte
     ts_in_future (its record is stamped now) is refused here instead. Only the listed rejections are built: a
     1 MiB body of 350,000 empty objects built a dict for each, 136 MiB (found by review)."""
     decoded, errors, rejected = [], [], 0
-    latest = time.time() + s.max_event_lead_s if s.max_event_lead_s else float("inf")
+    now = time.time()
+    latest = now + s.max_event_lead_s if s.max_event_lead_s else float("inf")
+    # a clock moves every partition's event time: posted a day ahead (TIDEWATER_MAX_EVENT_LEAD_S) it made the next
+    # day's real events late for their windows and fired inactivity timers early (found by a security review). A
+    # web tier posts the time now; replays that need other times write clock records to Kafka (`replay --close`)
+    latest_clock = min(latest, now + HTTP_CLOCK_LEAD_S)
     for i, item in enumerate(items):
         event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
         value = b"" if isinstance(event, Rejected) else encode_event(event)  # what is sent, with its defaults
@@ -224,6 +230,9 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, byte
         if not isinstance(event, Rejected) and event.ts > latest:
             event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
                                              f"{s.max_event_lead_s:g} s ahead of now")
+        elif isinstance(event, Clock) and event.ts > latest_clock:
+            event = Rejected("ts_in_future", f"a clock at {event.ts:.3f} is more than {HTTP_CLOCK_LEAD_S:g} s "
+                                             "ahead of now: post the time now")
         if isinstance(event, Rejected):
             rejected += 1
             if len(errors) < MAX_REJECTIONS_LISTED:

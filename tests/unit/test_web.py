@@ -416,3 +416,15 @@ def test_stats_counters_include_the_engines_dropped_at_rebalances(worker):
                                              state=SimpleNamespace(watermark=0.0))}
     status, body, _ = call(w, "GET", "/stats")
     assert status == 200 and body["counters"]["scoring_errors:v1"] == 6
+
+
+def test_regression_a_clock_posted_ahead_of_now_is_refused(worker):
+    """A clock moves every partition's event time: one posted up to TIDEWATER_MAX_EVENT_LEAD_S (a day) ahead made
+    the next day's real events late for their windows and fired inactivity timers early (found by a security
+    review). Over HTTP a clock may lead now by HTTP_CLOCK_LEAD_S at most; events keep the day's lead."""
+    w = worker()
+    now = time.time()
+    status, body, _ = call(w, "POST", "/events", [{"type": "clock", "ts": now + 6 * 3600}], AUTH)
+    assert status == 422 and body["rejected"][0]["reason"] == "ts_in_future" and w.sent == []
+    assert call(w, "POST", "/events", [{"type": "clock", "ts": now + 60}], AUTH)[0] == 202
+    assert call(w, "POST", "/events", clicks(1, ts=now + 6 * 3600), AUTH)[0] == 202  # an event may lead by a day
