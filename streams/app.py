@@ -33,7 +33,7 @@ from streams.ingress import ack_records, hold_back, install_batch_drain
 from streams.kafka_config import configure_worker_consumer, faust_credentials
 from streams.live_stats import LiveStats
 from streams.local_state import guard_against_stale_partitions, mark_caught_up, mark_open_partitions_caught_up
-from streams.producing import BatchSender, delivered
+from streams.producing import BatchSender, delivered, key_partition
 from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
                               can_answer_together)
@@ -254,6 +254,8 @@ class Pipeline:
         self._finished_batch = 0
         self._batch_finished = asyncio.Condition()
         self._stopping = False  # set by ``stop``: the batch loop ends after the batch in progress
+        self._all_partitions = list(range(settings.partitions))
+        self._misrouted_logged: set[str] = set()
         self._loop_done = asyncio.Event()
 
     # --- input: whole fetched batches from the consumer's fetch loop (streams/ingress.py) ---------------
@@ -274,8 +276,25 @@ class Pipeline:
         self.inbox.extend(records)
         if records:
             self.delivered[(tp.topic, tp.partition)] = records[-1].offset
+            self._check_partitioner(tp, records[0])
         metrics.observe_many(metrics.FETCH_AGE, metrics.record_ages(records, time.time()))
         self._ready.set()  # the batch loop takes whatever is there: batches form while the last one runs
+
+    def _check_partitioner(self, tp: Any, record: Any) -> None:
+        """Is a record on the partition its key hashes to (murmur2)? A producer with another partitioner puts a
+        user's clicks and purchases on different partitions (split profiles, profile requests routed elsewhere);
+        the README asks for murmur2, and this says when a producer does not follow it: one record per fetched
+        batch, counted, and logged once per topic."""
+        key = record.key
+        if not key or key_partition(key, self._all_partitions) == tp.partition:
+            return
+        metrics.MISROUTED.labels(tp.topic).inc()
+        if tp.topic not in self._misrouted_logged:
+            self._misrouted_logged.add(tp.topic)
+            log.warning("%s[%d]@%d: key %r hashes to partition %d: its producer does not use Kafka's default "
+                        "partitioner (murmur2; librdkafka: partitioner=murmur2_random), so a user's events may be "
+                        "split between partitions (tidewater_misrouted_records_total)", tp.topic, tp.partition,
+                        record.offset, key[:64], key_partition(key, self._all_partitions))
 
     # --- the batch loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -924,6 +943,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     for topic in s.input_topics:  # at 0 from the start: "nothing applied yet" is a series an alert can read
         metrics.EVENTS_IN.labels(topic)
         metrics.APPLIED.labels(topic)
+        metrics.MISROUTED.labels(topic)
     app.tidewater = pipeline  # type: ignore[attr-defined]
 
     # Subscribe the input topics (co-partitioned: same partition count); their fetched batches go to the

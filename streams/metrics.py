@@ -38,6 +38,10 @@ for _reason in REJECT_REASONS:  # every reason's series from the start, at 0: in
 RECORDS_DONE = Counter("tidewater_records_done", "Input records acked: applied, dead-lettered, skipped (duplicates, "
                        "erased users' events) or clock records; the worker's progress (TidewaterStalled)",
                        registry=REGISTRY)
+MISROUTED = Counter("tidewater_misrouted_records",
+                    "Input records whose key hashes (murmur2, Kafka's default partitioner) to another partition than "
+                    "the one they are on, among the first record of each fetched batch: a producer with another "
+                    "partitioner (librdkafka's default) splits users' profiles", ["topic"], registry=REGISTRY)
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
 USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: profiles deleted (changelog tombstones)",
                        ["topic"], registry=REGISTRY)

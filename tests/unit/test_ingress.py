@@ -373,3 +373,31 @@ def test_a_turn_cut_by_a_rebalance_publishes_no_position(monkeypatch):
     consumer, _, _ = run_drain([{tp: [record("clicks", 0, 0), record("clicks", 0, 1), record("clicks", 0, 2)]}],
                                after_deliver=rebalanced)
     assert consumer._tidewater_fetched_through == {}
+
+
+def test_records_on_another_partition_than_their_key_hashes_to_are_counted_and_logged_once(tmp_path, caplog):
+    """The README asks producers for Kafka's default partitioner (murmur2); librdkafka's default hashes keys with
+    CRC32, which splits a user's clicks and purchases between partitions without a word. The first record of
+    each fetched batch is checked: counted in tidewater_misrouted_records_total, logged once per topic."""
+    from streams import metrics
+    from streams.producing import key_partition
+    from tests.unit.pipelines import offline_pipeline
+
+    pipeline = offline_pipeline(tmp_path)
+    clicks = pipeline.settings.input_topics[0]
+
+    async def acquire() -> None:
+        return None
+
+    pipeline.app.flow_control.acquire = acquire
+    home = key_partition(b"k", list(range(4)))  # where the test records' key b"k" belongs
+    away = (home + 1) % 4
+    before = metrics.REGISTRY.get_sample_value("tidewater_misrouted_records_total", {"topic": clicks}) or 0.0
+    caplog.set_level("WARNING", logger="tidewater.worker")
+    for offset in range(3):
+        asyncio.run(pipeline.deliver(TP(clicks, away), [record(clicks, away, offset)]))
+    asyncio.run(pipeline.deliver(TP(clicks, home), [record(clicks, home, 0)]))
+    after = metrics.REGISTRY.get_sample_value("tidewater_misrouted_records_total", {"topic": clicks})
+    assert after - before == 3
+    warnings = [r.getMessage() for r in caplog.records if "does not use Kafka's default partitioner" in r.getMessage()]
+    assert len(warnings) == 1 and f"hashes to partition {home}" in warnings[0]
