@@ -254,6 +254,9 @@ class Pipeline:
         self._finished_batch = 0
         self._batch_finished = asyncio.Condition()
         self._stopping = False  # set by ``stop``: the batch loop ends after the batch in progress
+        self._stop_deadline = 0.0
+        self._abandoned = False  # a rebalance while stopping: the send stages send nothing more
+        self._run_task: asyncio.Task | None = None
         self._all_partitions = list(range(settings.partitions))
         self._misrouted_logged: set[str] = set()
         self._loop_done = asyncio.Event()
@@ -298,6 +301,7 @@ class Pipeline:
 
     # --- the batch loop --------------------------------------------------------------------------------
     async def run(self) -> None:
+        self._run_task = asyncio.current_task()
         last_idle = last_poll = time.monotonic()
         await self.reload_models()
         log.info("froze the start-up heap for the garbage collector in %.2f s", freeze_heap())
@@ -306,30 +310,60 @@ class Pipeline:
         try:
             await self._batch_loop(last_idle, last_poll)
             # stopping (``stop``): what was computed reaches Kafka and is acked before Faust commits and stops
+            left = max(0.0, self._stop_deadline - asyncio.get_running_loop().time())
             try:
-                await asyncio.wait_for(self._drained(), timeout=self.settings.rebalance_timeout_s / 2)
+                await asyncio.wait_for(self._drained(), timeout=left)
             except asyncio.TimeoutError:
-                log.warning("stopping: batches still being sent after %.0f s; their records will be read again",
-                            self.settings.rebalance_timeout_s / 2)
+                log.warning("stopping: batches still being sent at the stop deadline; their records will be read "
+                            "again")
+            if self._send_failed is not None:  # a failed delivery is an error at a stop too (exit code 1)
+                raise self._send_failed
         finally:
             sending.cancel()
             self._loop_done.set()
 
+    def stop_budget_s(self) -> float:
+        """How long a stop gives the batch loop to finish and send: half the rebalance timeout (the orchestrator's
+        grace period must be longer: compose gives 60 s against the default 30 s here)."""
+        return self.settings.rebalance_timeout_s / 2
+
     async def stop(self) -> None:
         """Stop the batch loop before Faust stops the consumer and closes the tables (``create_app`` runs this
-        first in the app's ``on_stop``): it finishes the batch in progress and sends what was computed. Faust
-        closed RocksDB while a batch could still read or write it, and cancelled the loop only afterwards (found
-        by a concurrency review)."""
-        if self._loop_done.is_set() or not self.ready:
+        first in the app's ``on_stop``): it finishes the batch in progress and sends what was computed, within
+        ``stop_budget_s``. Faust closed RocksDB while a batch could still read or write it, and cancelled the
+        loop only afterwards (found by a concurrency review). Past the budget the loop is cancelled and the engine
+        thread's step awaited, so that nothing reads the tables as they close (the review of the change)."""
+        if self._loop_done.is_set() or self._stopping:
             return
+        loop = asyncio.get_running_loop()
+        budget = self.stop_budget_s()
+        self._stop_deadline = loop.time() + budget
         self._stopping = True
         self._ready.set()
-        self._space.set()
+        if not self.ready:  # still loading its models: the loop ends as soon as it would begin
+            return
         try:
-            await asyncio.wait_for(self._loop_done.wait(), timeout=self.settings.rebalance_timeout_s)
+            await asyncio.wait_for(asyncio.shield(self._loop_done.wait()), timeout=budget)
             log.info("stopped the batch loop (%d records processed)", self.processed)
         except asyncio.TimeoutError:
-            log.warning("stopping: the batch loop did not stop within %.0f s", self.settings.rebalance_timeout_s)
+            log.warning("stopping: the batch loop did not end within %.0f s: cancelled (the records not acked "
+                        "are read again)", budget)
+            if self._run_task is not None:
+                self._run_task.cancel()
+            try:  # the engine thread runs one step at a time: an empty call returns once the current one ends
+                await asyncio.wait_for(loop.run_in_executor(self.executor, lambda: None), timeout=budget)
+            except asyncio.TimeoutError:
+                log.warning("stopping: the engine thread's step is still running")
+
+    def rebalance_started(self) -> None:
+        """A rebalance while stopping: Faust then skips ``revoke`` (it leaves the group instead), so the partitions
+        may already be another worker's, whose restore a changelog record sent now would overwrite. The batches
+        not sent yet are dropped, neither sent, stored nor acked: their records are read again (review of the
+        change)."""
+        if self._stopping and not self._abandoned:
+            self._abandoned = True
+            log.warning("stopping: a rebalance started; the batches not sent yet are dropped (their records are "
+                        "read again)")
 
     async def _batch_loop(self, last_idle: float, last_poll: float) -> None:
         while not self._stopping:
@@ -622,7 +656,7 @@ class Pipeline:
         while True:
             out = await inbox.get()
             try:
-                if self._send_failed is None:
+                if self._send_failed is None and not self._abandoned:
                     await step(out)
             except Exception as exc:  # noqa: BLE001 - surfaced in the batch loop, which stops the worker
                 log.exception("producing a batch failed")
@@ -973,6 +1007,13 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         await faust_on_stop()
 
     app.on_stop = on_stop  # type: ignore[method-assign]
+    faust_rebalance_start = app.on_rebalance_start
+
+    def on_rebalance_start() -> None:  # called by aiokafka's listener first thing, stopping or not
+        pipeline.rebalance_started()
+        faust_rebalance_start()
+
+    app.on_rebalance_start = on_rebalance_start  # type: ignore[method-assign]
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -330,3 +331,29 @@ def test_regression_a_stuck_load_does_not_hold_the_process_at_exit(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert done.returncode == 0 and "exiting" in done.stdout, done.stderr
+
+
+def test_loader_threads_run_one_load_at_a_time_and_slots_use_them(tmp_path):
+    """Two slots (churn, recs) may poll at once: their loads still run one after the other, as with the
+    one-thread pool before (two model loads at once doubled the memory peak)."""
+    from streams.model_slot import LoaderThreads
+
+    loader, release, started = LoaderThreads(), threading.Event(), []
+
+    def load(name):
+        started.append(name)
+        assert release.wait(10)
+        return name
+
+    first = loader.submit(load, "churn")
+    second = loader.submit(load, "recs")
+    deadline = time.monotonic() + 5
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert started == ["churn"] and not second.done()  # the second waits for the first
+    release.set()
+    assert (first.result(5), second.result(5)) == ("churn", "recs") and started == ["churn", "recs"]
+    # a slot loads through it as through the pool
+    slot = CountingSlot()
+    assert asyncio.run(slot.maybe_reload(loader)) and slot.current.version == "v1"

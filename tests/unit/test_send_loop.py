@@ -10,6 +10,7 @@ def _namespace(**parts):
     pipeline = SimpleNamespace(_outbox=asyncio.Queue(maxsize=1), _changelog_queue=asyncio.Queue(maxsize=1),
                                _store_queue=asyncio.Queue(maxsize=1), _send_failed=None, processed=0,
                                _handed_batch=0, _finished_batch=0, _batch_finished=asyncio.Condition(),
+                               _abandoned=False,
                                throughput=SimpleNamespace(acked=lambda n, now: None), **parts)
     for name in ("_stage", "_produce_outputs", "_produce_changelog", "_stored", "_drained", "_finished",
                  "_hand_over"):
@@ -308,3 +309,30 @@ def test_regression_a_revocation_does_not_wait_for_the_lock_while_a_batch_waits_
     asyncio.run(scenario())
     assert sorted(topic for topic, _ in sender.sent) == ["profiles-changelog"] * 2 + ["recs"] * 2
     assert acked == []  # the revoked partition's records are not acked
+
+
+def test_the_drain_waits_for_a_batch_whose_hand_over_waited_for_room():
+    """``_drained`` waits for every batch handed over, one whose hand-over still waits for room in the outbox
+    included (counted when it is handed over): a revocation returns only once that batch's changelog is in Kafka."""
+    from types import SimpleNamespace as Meta
+
+    sender = ControlledSender()
+    pipeline = _namespace(sender=sender, _write=lambda out, last: None, _ack=lambda done: None)
+    first = Outgoing(1, outputs=[("recs", None, b"u", b"1")], changelog=[("profiles-changelog", 0, b"u", b"1")])
+    second = Outgoing(2, outputs=[("recs", None, b"u", b"2")], changelog=[("profiles-changelog", 0, b"u", b"2")])
+
+    async def scenario() -> None:
+        await pipeline._hand_over(first)  # the outbox is full
+        waiting = asyncio.ensure_future(pipeline._hand_over(second))
+        await settle(lambda: pipeline._handed_batch == 2)
+        drained = asyncio.ensure_future(pipeline._drained())
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        for n in range(4):
+            await settle(lambda: len(sender.sent) > n)
+            assert not drained.done(), f"drained after {n} of 4 sends"
+            sender.sent[n][1].set_result(Meta(offset=n))
+        await asyncio.wait_for(drained, 2)
+        await waiting
+        sending.cancel()
+
+    asyncio.run(scenario())

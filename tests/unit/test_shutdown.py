@@ -1,0 +1,109 @@
+"""Pipeline.stop: the batch loop ends, and what was computed is sent, before Faust closes the tables."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.unit.pipelines import offline_pipeline
+
+
+def _loop_of(pipeline, load_s: float = 0.0):
+    """``pipeline.run`` with its model load taking ``load_s`` and batches recorded instead of computed."""
+    batches: list = []
+
+    async def reload_models() -> None:
+        await asyncio.sleep(load_s)
+
+    async def on_batch(records, taken_at=None) -> None:
+        batches.append(list(records))
+
+    pipeline.reload_models, pipeline.on_batch = reload_models, on_batch
+    return batches
+
+
+def test_regression_a_stop_while_the_models_load_ends_the_loop_before_it_begins(tmp_path):
+    """A SIGTERM while the models were still loading (likely in a rolling deploy) returned at once without
+    stopping anything: once loaded, the loop began and processed batches while Faust closed the tables (review
+    of the change)."""
+    pipeline = offline_pipeline(tmp_path)
+    batches = _loop_of(pipeline, load_s=0.3)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(pipeline.run())
+        await asyncio.sleep(0.05)
+        assert not pipeline.ready
+        await pipeline.stop()
+        pipeline.inbox.extend(["r1", "r2"])  # records fetched meanwhile
+        pipeline._ready.set()
+        await asyncio.wait_for(running, 5)
+
+    asyncio.run(scenario())
+    assert batches == [] and pipeline._loop_done.is_set()
+
+
+def test_a_stop_lets_the_batch_in_progress_finish_and_returns_once_the_loop_ended(tmp_path):
+    pipeline = offline_pipeline(tmp_path)
+    batches = _loop_of(pipeline)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(pipeline.run())
+        while not pipeline.ready:
+            await asyncio.sleep(0.01)
+        pipeline.inbox.extend(["r1"])
+        pipeline._ready.set()
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(pipeline.stop(), 5)
+        assert pipeline._loop_done.is_set() and running.done()
+
+    asyncio.run(scenario())
+    assert batches == [["r1"]]
+
+
+def test_regression_a_delivery_that_failed_is_an_error_at_a_stop_too(tmp_path):
+    """A stop that ended the loop before its idle check returned normally after a delivery had failed: the worker
+    exited 0 (review of the change)."""
+    pipeline = offline_pipeline(tmp_path)
+    _loop_of(pipeline)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(pipeline.run())
+        while not pipeline.ready:
+            await asyncio.sleep(0.01)
+        pipeline._send_failed = OSError("broker gone")
+        await pipeline.stop()
+        with pytest.raises(OSError, match="broker gone"):
+            await asyncio.wait_for(running, 5)
+
+    asyncio.run(scenario())
+
+
+def test_regression_a_rebalance_while_stopping_drops_the_batches_not_sent(tmp_path):
+    """Faust skips the revocation once stopping (it leaves the group), so a batch sent after a rebalance began
+    could land in a changelog partition another worker was restoring. The stages send nothing more then; the
+    records are read again (review of the change)."""
+    from streams.app import Outgoing
+
+    pipeline = offline_pipeline(tmp_path)
+    sent: list = []
+
+    class Sender:
+        async def send(self, records):
+            sent.append(records)
+            return []
+
+    pipeline._sender = Sender()
+    pipeline.rebalance_started()  # not stopping: nothing changes
+    assert not pipeline._abandoned
+
+    async def scenario() -> None:
+        sending = asyncio.ensure_future(pipeline._send_loop())
+        pipeline._stopping = True
+        pipeline.app.on_rebalance_start()  # as aiokafka's listener calls it (create_app wraps it)
+        await pipeline._hand_over(Outgoing(1, outputs=[("recs", None, b"u", b"r")],
+                                           changelog=[("profiles-changelog", 0, b"u", b"p")]))
+        await asyncio.wait_for(pipeline._drained(), 5)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert pipeline._abandoned and sent == []
