@@ -316,7 +316,7 @@ class Pipeline:
             except asyncio.TimeoutError:
                 log.warning("stopping: batches still being sent at the stop deadline; their records will be read "
                             "again")
-            if self._send_failed is not None:  # a failed delivery is an error at a stop too (exit code 1)
+            if self._send_failed is not None:  # a failed delivery is an error at a stop too (not swallowed)
                 raise self._send_failed
         finally:
             sending.cancel()
