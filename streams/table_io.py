@@ -45,6 +45,22 @@ def partition_context(topic: str, partition: int) -> Iterator[None]:
         _current_event.reset(token)
 
 
+def scan(db: Any, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) pairs of a rocksdict database from ``from_key`` (the first key) on, in key order, raising
+    what RocksDB met once the end is reached: ``items()`` ends at a corrupt block without a word, so a partition's
+    activity index and state were rebuilt from part of it, and the users past the block were never scored for
+    silence again (found by a failure-injection review)."""
+    it = db.iter()
+    if from_key is None:
+        it.seek_to_first()
+    else:
+        it.seek(from_key)
+    while it.valid():
+        yield it.key(), it.value()
+        it.next()
+    it.status()  # raises (rocksdict's Exception) on a corrupt block
+
+
 class PartitionTable:
     """Reads and batched writes of one partition of a Faust table with bytes keys and values."""
 
@@ -86,7 +102,7 @@ class PartitionTable:
         store holds all partitions together, so its keys are told apart with the producer's partitioner)."""
         if self._db_for is not None:
             offset_key = getattr(self.table.data, "offset_key", None)  # Faust's own record of the changelog offset
-            for key, value in self._db_for(self.partition).items():
+            for key, value in scan(self._db_for(self.partition)):
                 if key != offset_key:
                     yield value
             return
@@ -101,7 +117,7 @@ class PartitionTable:
         """The partition's keys that start with ``prefix``, with their values, in key order."""
         if self._db_for is not None:
             out = []
-            for key, value in self._db_for(self.partition).items(from_key=prefix):
+            for key, value in scan(self._db_for(self.partition), prefix):
                 if not key.startswith(prefix):
                     break
                 out.append((key, value))
