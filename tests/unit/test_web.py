@@ -190,19 +190,24 @@ def test_regression_a_forwarded_answer_keeps_the_owners_retry_after(worker):
     """The owner's 503 + Retry-After (its partition moving) reached the client without the header (review)."""
     from aiohttp import web as aioweb
 
-    w = worker()
-
     async def moving(request):
         return aioweb.json_response({"error": "moving"}, status=503, headers={"Retry-After": "7"})
 
+    status, body, headers = ask_an_owner_that_answers(worker(), moving)
+    assert status == 503 and body == {"error": "moving"} and headers["Retry-After"] == "7"
+
+
+def ask_an_owner_that_answers(w, answer):
+    """GET /users/u1/profile on ``w`` while another worker, answering with ``answer``, owns every partition."""
+    from aiohttp import web as aioweb
+
     owner_app = aioweb.Application()
-    owner_app.router.add_get("/users/{user_id}/profile", moving)
+    owner_app.router.add_get("/users/{user_id}/profile", answer)
     owner = TestServer(owner_app, loop=w.loop)
     w.loop.run_until_complete(owner.start_server())
     try:
         owned_by(w, f"http://127.0.0.1:{owner.port}")
-        status, body, headers = call(w, "GET", "/users/u1/profile")
-        assert status == 503 and body == {"error": "moving"} and headers["Retry-After"] == "7"
+        return call(w, "GET", "/users/u1/profile")
     finally:
         w.loop.run_until_complete(owner.close())
 
@@ -351,21 +356,11 @@ def test_regression_a_forwarded_answer_is_always_json(worker):
     ``text/html`` was served from this worker's origin (found by a security review)."""
     from aiohttp import web as aioweb
 
-    w = worker()
-
     async def page(request):
         return aioweb.Response(text="<script>alert(1)</script>", content_type="text/html")
 
-    owner_app = aioweb.Application()
-    owner_app.router.add_get("/users/{user_id}/profile", page)
-    owner = TestServer(owner_app, loop=w.loop)
-    w.loop.run_until_complete(owner.start_server())
-    try:
-        owned_by(w, f"http://127.0.0.1:{owner.port}")
-        status, _, headers = call(w, "GET", "/users/u1/profile")
-        assert status == 200 and headers["Content-Type"].startswith("application/json")
-    finally:
-        w.loop.run_until_complete(owner.close())
+    status, _, headers = ask_an_owner_that_answers(worker(), page)
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
 
 
 def test_regression_post_events_bounds_events_per_request_and_requests_at_once(worker, monkeypatch):
