@@ -41,6 +41,7 @@ from tidewater.profile import Profile, decode_activity, decode_profile, encode_p
 from tidewater.settings import Settings
 
 log = logging.getLogger("tidewater.worker")
+ENGINE_STEP_WAIT_S = 5.0  # a stop past its budget waits this long at most for the engine thread's step
 
 PROFILES_TABLE = "profiles"
 GATHER_STEP_S = 0.001  # a batch keeps growing while each millisecond brings more records
@@ -254,7 +255,6 @@ class Pipeline:
         self._finished_batch = 0
         self._batch_finished = asyncio.Condition()
         self._stopping = False  # set by ``stop``: the batch loop ends after the batch in progress
-        self._stop_deadline = 0.0
         self._abandoned = False  # a rebalance while stopping: the send stages send nothing more
         self._run_task: asyncio.Task | None = None
         self._all_partitions = list(range(settings.partitions))
@@ -289,7 +289,8 @@ class Pipeline:
         the README asks for murmur2, and this says when a producer does not follow it: one record per fetched
         batch, counted, and logged once per topic."""
         key = record.key
-        if not key or key_partition(key, self._all_partitions) == tp.partition:
+        home = key_partition(key, self._all_partitions) if key else tp.partition
+        if home == tp.partition:
             return
         metrics.MISROUTED.labels(tp.topic).inc()
         if tp.topic not in self._misrouted_logged:
@@ -297,7 +298,7 @@ class Pipeline:
             log.warning("%s[%d]@%d: key %r hashes to partition %d: its producer does not use Kafka's default "
                         "partitioner (murmur2; librdkafka: partitioner=murmur2_random), so a user's events may be "
                         "split between partitions (tidewater_misrouted_records_total)", tp.topic, tp.partition,
-                        record.offset, key[:64], key_partition(key, self._all_partitions))
+                        record.offset, key[:64], home)
 
     # --- the batch loop --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -309,13 +310,9 @@ class Pipeline:
         self.ready = True
         try:
             await self._batch_loop(last_idle, last_poll)
-            # stopping (``stop``): what was computed reaches Kafka and is acked before Faust commits and stops
-            left = max(0.0, self._stop_deadline - asyncio.get_running_loop().time())
-            try:
-                await asyncio.wait_for(self._drained(), timeout=left)
-            except asyncio.TimeoutError:
-                log.warning("stopping: batches still being sent at the stop deadline; their records will be read "
-                            "again")
+            # stopping (``stop``, which cancels this at its deadline): what was computed reaches Kafka and is
+            # acked before Faust commits and stops
+            await self._drained()
             if self._send_failed is not None:  # a failed delivery is an error at a stop too (not swallowed)
                 raise self._send_failed
         finally:
@@ -323,8 +320,9 @@ class Pipeline:
             self._loop_done.set()
 
     def stop_budget_s(self) -> float:
-        """How long a stop gives the batch loop to finish and send: half the rebalance timeout (the orchestrator's
-        grace period must be longer: compose gives 60 s against the default 30 s here)."""
+        """How long a stop gives the batch loop to finish and send: half the rebalance timeout, then at most
+        ENGINE_STEP_WAIT_S for the engine thread (the orchestrator's grace period must be longer: compose gives
+        60 s against the default 30 + 5 s here)."""
         return self.settings.rebalance_timeout_s / 2
 
     async def stop(self) -> None:
@@ -335,15 +333,13 @@ class Pipeline:
         thread's step awaited, so that nothing reads the tables as they close (the review of the change)."""
         if self._loop_done.is_set() or self._stopping:
             return
-        loop = asyncio.get_running_loop()
         budget = self.stop_budget_s()
-        self._stop_deadline = loop.time() + budget
         self._stopping = True
         self._ready.set()
         if not self.ready:  # still loading its models: the loop ends as soon as it would begin
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._loop_done.wait()), timeout=budget)
+            await asyncio.wait_for(self._loop_done.wait(), timeout=budget)
             log.info("stopped the batch loop (%d records processed)", self.processed)
         except asyncio.TimeoutError:
             log.warning("stopping: the batch loop did not end within %.0f s: cancelled (the records not acked "
@@ -351,7 +347,8 @@ class Pipeline:
             if self._run_task is not None:
                 self._run_task.cancel()
             try:  # the engine thread runs one step at a time: an empty call returns once the current one ends
-                await asyncio.wait_for(loop.run_in_executor(self.executor, lambda: None), timeout=budget)
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.executor, lambda: None),
+                                       timeout=ENGINE_STEP_WAIT_S)
             except asyncio.TimeoutError:
                 log.warning("stopping: the engine thread's step is still running")
 
@@ -377,6 +374,8 @@ class Pipeline:
                 self.starved_s += time.monotonic() - started
             await self._gather()
             self._ready.clear()
+            if self._stopping:  # woken by ``stop``: no new batch (its records are read again)
+                break
             if self.inbox:
                 batch, self.inbox = self.inbox[: self.batch_max], self.inbox[self.batch_max:]
                 self._space.set()
@@ -620,10 +619,11 @@ class Pipeline:
         metrics.PENDING.set(self.held())  # every partition's
         if self._send_failed is not None:
             raise self._send_failed
-        self._handed_batch = out.batch  # from here on a drain waits for it, though it is not in the outbox yet
         return out
 
     async def _hand_over(self, out: "Outgoing") -> None:
+        # counted before the put (which may wait for room): a drain from now on waits for it. Callers come here
+        # straight from the lock's release, with no await between, so a revocation cannot slip in before the count
         self._handed_batch = max(self._handed_batch, out.batch)
         await self._outbox.put(out)  # the next batch is computed while this one is sent
 

@@ -221,7 +221,7 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, byte
     # a clock moves every partition's event time: posted a day ahead (TIDEWATER_MAX_EVENT_LEAD_S) it made the next
     # day's real events late for their windows and fired inactivity timers early (found by a security review). A
     # web tier posts the time now; replays that need other times write clock records to Kafka (`replay --close`)
-    latest_clock = min(latest, now + HTTP_CLOCK_LEAD_S)
+    latest_clock = now + HTTP_CLOCK_LEAD_S
     for i, item in enumerate(items):
         event = decode_event(msgspec.json.encode(item), max_bytes=s.max_event_bytes)
         value = b"" if isinstance(event, Rejected) else encode_event(event)  # what is sent, with its defaults

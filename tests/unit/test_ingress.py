@@ -390,8 +390,9 @@ def test_records_on_another_partition_than_their_key_hashes_to_are_counted_and_l
         return None
 
     pipeline.app.flow_control.acquire = acquire
-    home = key_partition(b"k", list(range(4)))  # where the test records' key b"k" belongs
-    away = (home + 1) % 4
+    partitions = pipeline.settings.partitions
+    home = key_partition(b"k", list(range(partitions)))  # where the test records' key b"k" belongs
+    away = (home + 1) % partitions
     before = metrics.REGISTRY.get_sample_value("tidewater_misrouted_records_total", {"topic": clicks}) or 0.0
     caplog.set_level("WARNING", logger="tidewater.worker")
     for offset in range(3):

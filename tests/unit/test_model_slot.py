@@ -351,9 +351,9 @@ def test_loader_threads_run_one_load_at_a_time_and_slots_use_them(tmp_path):
     while not started and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    assert started == ["churn"] and not second.done()  # the second waits for the first
+    assert len(started) == 1 and not first.done() and not second.done()  # the other waits (either may go first)
     release.set()
-    assert (first.result(5), second.result(5)) == ("churn", "recs") and started == ["churn", "recs"]
+    assert (first.result(5), second.result(5)) == ("churn", "recs") and sorted(started) == ["churn", "recs"]
     # a slot loads through it as through the pool
     slot = CountingSlot()
     assert asyncio.run(slot.maybe_reload(loader)) and slot.current.version == "v1"

@@ -8,17 +8,21 @@ import pytest
 from tests.unit.pipelines import offline_pipeline
 
 
-def _loop_of(pipeline, load_s: float = 0.0):
-    """``pipeline.run`` with its model load taking ``load_s`` and batches recorded instead of computed."""
+def _loop_of(pipeline, load_s: float = 0.0, hold: asyncio.Event | None = None):
+    """``pipeline.run`` with its model load taking ``load_s`` and batches recorded instead of computed (each
+    waiting for ``hold`` first, when given). No idle pass: it would raise a failed send on its own."""
     batches: list = []
 
     async def reload_models() -> None:
         await asyncio.sleep(load_s)
 
     async def on_batch(records, taken_at=None) -> None:
+        if hold is not None:
+            await hold.wait()
         batches.append(list(records))
 
     pipeline.reload_models, pipeline.on_batch = reload_models, on_batch
+    pipeline.idle_every_s = float("inf")
     return batches
 
 
@@ -42,9 +46,36 @@ def test_regression_a_stop_while_the_models_load_ends_the_loop_before_it_begins(
     assert batches == [] and pipeline._loop_done.is_set()
 
 
-def test_a_stop_lets_the_batch_in_progress_finish_and_returns_once_the_loop_ended(tmp_path):
+def test_a_stop_lets_the_batch_in_progress_finish_and_takes_no_new_one(tmp_path):
     pipeline = offline_pipeline(tmp_path)
-    batches = _loop_of(pipeline)
+    hold = asyncio.Event()
+    batches = _loop_of(pipeline, hold=hold)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(pipeline.run())
+        while not pipeline.ready:
+            await asyncio.sleep(0.01)
+        pipeline.inbox.extend(["r1"])
+        pipeline._ready.set()
+        await asyncio.sleep(0.05)  # the batch of r1 is in progress, held
+        stopping = asyncio.ensure_future(pipeline.stop())
+        pipeline.inbox.extend(["r2"])  # fetched meanwhile: not a new batch
+        await asyncio.sleep(0.05)
+        assert not stopping.done() and batches == []
+        hold.set()
+        await asyncio.wait_for(stopping, 5)
+        assert pipeline._loop_done.is_set() and running.done() and not running.cancelled()
+
+    asyncio.run(scenario())
+    assert batches == [["r1"]]
+
+
+def test_a_stop_past_its_budget_cancels_the_loop(tmp_path):
+    """A batch that outlasts the stop's budget (half the rebalance timeout) is cancelled: Faust then closes the
+    tables, and the orchestrator's grace period would run out otherwise. Its records are read again."""
+    pipeline = offline_pipeline(tmp_path)
+    _loop_of(pipeline, hold=asyncio.Event())  # never released
+    pipeline.stop_budget_s = lambda: 0.2
 
     async def scenario() -> None:
         running = asyncio.ensure_future(pipeline.run())
@@ -53,11 +84,14 @@ def test_a_stop_lets_the_batch_in_progress_finish_and_returns_once_the_loop_ende
         pipeline.inbox.extend(["r1"])
         pipeline._ready.set()
         await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
         await asyncio.wait_for(pipeline.stop(), 5)
-        assert pipeline._loop_done.is_set() and running.done()
+        assert asyncio.get_running_loop().time() - started < 2
+        await asyncio.sleep(0)
+        assert running.cancelled()
 
     asyncio.run(scenario())
-    assert batches == [["r1"]]
+    assert pipeline.processed == 0
 
 
 def test_regression_a_delivery_that_failed_is_an_error_at_a_stop_too(tmp_path):
@@ -107,3 +141,23 @@ def test_regression_a_rebalance_while_stopping_drops_the_batches_not_sent(tmp_pa
 
     asyncio.run(scenario())
     assert pipeline._abandoned and sent == []
+
+
+def test_a_stop_that_wakes_an_idle_loop_starts_no_batch(tmp_path):
+    """A stop wakes the loop waiting for input: records fetched in the meantime were taken as a new batch, which
+    stretched the stop toward its budget (review of the change). They are read again instead."""
+    pipeline = offline_pipeline(tmp_path)
+    batches = _loop_of(pipeline)
+    pipeline.wait_s = 30.0  # the loop waits for input that long unless woken
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(pipeline.run())
+        while not pipeline.ready:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # waiting for input
+        pipeline.inbox.extend(["r1"])  # fetched, the loop not woken yet
+        await asyncio.wait_for(pipeline.stop(), 5)
+        assert running.done()
+
+    asyncio.run(scenario())
+    assert batches == []
