@@ -26,6 +26,17 @@ def _loop_of(pipeline, load_s: float = 0.0, hold: asyncio.Event | None = None):
     return batches
 
 
+async def _running_a_batch(pipeline) -> asyncio.Task:
+    """``pipeline.run`` started, ready, and given one record (r1), its batch begun."""
+    running = asyncio.ensure_future(pipeline.run())
+    while not pipeline.ready:
+        await asyncio.sleep(0.01)
+    pipeline.inbox.extend(["r1"])
+    pipeline._ready.set()
+    await asyncio.sleep(0.05)
+    return running
+
+
 def test_regression_a_stop_while_the_models_load_ends_the_loop_before_it_begins(tmp_path):
     """A SIGTERM while the models were still loading (likely in a rolling deploy) returned at once without
     stopping anything: once loaded, the loop began and processed batches while Faust closed the tables (review
@@ -52,12 +63,7 @@ def test_a_stop_lets_the_batch_in_progress_finish_and_takes_no_new_one(tmp_path)
     batches = _loop_of(pipeline, hold=hold)
 
     async def scenario() -> None:
-        running = asyncio.ensure_future(pipeline.run())
-        while not pipeline.ready:
-            await asyncio.sleep(0.01)
-        pipeline.inbox.extend(["r1"])
-        pipeline._ready.set()
-        await asyncio.sleep(0.05)  # the batch of r1 is in progress, held
+        running = await _running_a_batch(pipeline)  # the batch of r1 is in progress, held
         stopping = asyncio.ensure_future(pipeline.stop())
         pipeline.inbox.extend(["r2"])  # fetched meanwhile: not a new batch
         await asyncio.sleep(0.05)
@@ -78,12 +84,7 @@ def test_a_stop_past_its_budget_cancels_the_loop(tmp_path):
     pipeline.stop_budget_s = lambda: 0.2
 
     async def scenario() -> None:
-        running = asyncio.ensure_future(pipeline.run())
-        while not pipeline.ready:
-            await asyncio.sleep(0.01)
-        pipeline.inbox.extend(["r1"])
-        pipeline._ready.set()
-        await asyncio.sleep(0.05)
+        running = await _running_a_batch(pipeline)
         started = asyncio.get_running_loop().time()
         await asyncio.wait_for(pipeline.stop(), 5)
         assert asyncio.get_running_loop().time() - started < 2
