@@ -19,6 +19,7 @@ class RingScorer:
         self.horizon_days = float(horizon) if horizon is not None else None
         # what of the rings the model reads (ChurnScorer's metadata; a scorer without it reads everything)
         self._reads = {what: getattr(scorer, f"reads_{what}", True) for what in ("clicks", "amounts", "quantities")}
+        self._reads["resolution"] = float(getattr(scorer, "ts_resolution_s", 0.0) or 0.0)
 
     @staticmethod
     def _dicts(sequences: Any) -> list[list[dict]]:

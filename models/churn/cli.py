@@ -114,12 +114,13 @@ def _serving_meta(frame, cutoff: float, max_users: Optional[int]) -> dict:
     """What a published version records about the data it saw, which serving and `evaluate offers` rely on: the
     --max-users sample (rebuilt for the held-out users), the event types and fields and the ring length it was
     trained on."""
-    from .data import RING_EVENTS, event_fields, event_types, id_fields
+    from .data import RING_EVENTS, event_fields, event_types, id_fields, ts_resolution
 
     sampled = frame.attrs.get("sampled_from_users")
     return {"sampled_from_users": sampled, "max_users": max_users if sampled else None,
             "event_types": event_types(frame, cutoff), "event_fields": event_fields(frame, cutoff),
-            "id_fields": id_fields(frame, cutoff), "ring_events": RING_EVENTS}
+            "id_fields": id_fields(frame, cutoff), "ts_resolution_s": ts_resolution(frame, cutoff),
+            "ring_events": RING_EVENTS}
 
 
 def _fingerprint(frame) -> str:

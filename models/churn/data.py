@@ -217,6 +217,20 @@ def event_fields(frame: pd.DataFrame, cutoff: float) -> list[str]:
     return [c for c in OPTIONAL_FIELDS if c in before.columns and bool(before[c].notna().any())]
 
 
+TS_RESOLUTIONS = (86400.0, 3600.0, 60.0)  # whole days, hours, minutes (UTC)
+
+
+def ts_resolution(frame: pd.DataFrame, cutoff: float) -> float:
+    """The coarsest of whole days, hours or minutes that every event time of the calibration period is a multiple
+    of (0.0: finer). Saved with the model, which floors served event times to it: CDNOW records dates, so two
+    orders of one day are one line-date in training but two orders in a stream of seconds (skew review)."""
+    ts = frame.loc[frame["ts"] < cutoff, "ts"].to_numpy(np.float64)
+    for resolution in TS_RESOLUTIONS:
+        if len(ts) and bool((ts % resolution == 0).all()):
+            return resolution
+    return 0.0
+
+
 ID_FIELDS = ("item", "category")  # an event's optional ids, hashed into the encoder's embedding buckets
 
 

@@ -52,12 +52,15 @@ class _Columns(NamedTuple):
 
 
 def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], *,
-                       clicks: bool = True, amounts: bool = True, quantities: bool = True) -> np.ndarray:
+                       clicks: bool = True, amounts: bool = True, quantities: bool = True,
+                       resolution: float = 0.0) -> np.ndarray:
     """``prepare([[{"ts": e.ts, "type": e.type, "amount": e.amount, "quantity": e.quantity} for e in seq] ...],
     as_of, with_tokens=False)[1]``, bit for bit, raising what it raises. ``clicks`` False: as if the sequences
     held no clicks (a model trained on a log without clicks must not read them: ``ChurnScorer.event_types``).
-    ``amounts`` / ``quantities`` False: as if the events had no such field (``ChurnScorer.reads_amounts``)."""
-    view = _View(clicks, amounts, quantities)
+    ``amounts`` / ``quantities`` False: as if the events had no such field (``ChurnScorer.reads_amounts``).
+    ``resolution`` (seconds, 0: none): event times floored to it, ``ts // resolution * resolution`` as
+    ``ChurnScorer`` does (a model trained on a log of whole days: ``ChurnScorer.ts_resolution_s``)."""
+    view = _View(clicks, amounts, quantities, resolution)
     if len(sequences) != len(as_of):
         raise ValueError(f"{len(sequences)} sequences but {len(as_of)} as_of times")
     try:
@@ -79,6 +82,7 @@ class _View(NamedTuple):
     clicks: bool = True
     amounts: bool = True
     quantities: bool = True
+    resolution: float = 0.0  # event times floored to this many seconds (0: as they are)
 
 
 def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], view: _View = _View()) -> _Columns:
@@ -94,6 +98,8 @@ def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], view: _
             code, seg, n = code[read], seg[read], len(events)
             lengths = np.bincount(seg, minlength=len(sequences))
     ts = np.fromiter(map(_TS, events), np.float64, n)
+    if view.resolution:  # numpy's floor_divide is Python's // for floats: the same values as the dict path
+        ts = ts // view.resolution * view.resolution
     # an absent amount is NaN (not counted, as prepare skips a missing key); an absent quantity counts as 0, which
     # gives the summary prepare gives without one (no quantity total: column 20 is 0)
     amount = np.fromiter(map(_AMOUNT, events), np.float64, n) if view.amounts else np.full(n, np.nan)
@@ -141,7 +147,7 @@ def _merge_baskets(c: _Columns):
 
 
 def _record_dict(e: Any, view: _View) -> dict:
-    d = {"ts": e.ts, "type": e.type}
+    d = {"ts": e.ts // view.resolution * view.resolution if view.resolution else e.ts, "type": e.type}
     if view.amounts:
         d["amount"] = e.amount
     if view.quantities:

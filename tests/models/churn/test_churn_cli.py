@@ -78,6 +78,7 @@ def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
     assert meta["event_types"] == ["purchase"] and not scorer.reads_clicks  # a log of purchases only
     assert meta["event_fields"] == ["amount", "quantity"] and scorer.reads_amounts and scorer.reads_quantities
     assert meta["id_fields"] == []  # no item or category column: a served one is ignored
+    assert meta["ts_resolution_s"] in (0.0, 60.0, 3600.0, 86400.0)
     assert "using 250 of the log's 300 users" in captured.err
 
 

@@ -337,6 +337,17 @@ def test_event_fields_are_the_optional_columns_with_values_before_the_cutoff():
     assert event_fields(frame[["user_id", "ts"]], 10.0) == []
 
 
+def test_ts_resolution_is_the_coarsest_unit_every_time_before_the_cutoff_is_a_multiple_of():
+    from models.churn.data import ts_resolution
+
+    day = 86400.0
+    frame = pd.DataFrame({"user_id": ["a", "a", "b", "b"], "ts": [3 * day, 5 * day, 6 * day + 3600, 9 * day + 7]})
+    assert ts_resolution(frame, 6 * day) == day  # dates, as CDNOW
+    assert ts_resolution(frame, 7 * day) == 3600.0  # and one at 01:00
+    assert ts_resolution(frame, 10 * day) == 0.0  # one 7 s past midnight: times as they are
+    assert ts_resolution(frame, 0.0) == 0.0  # nothing before the cut-off
+
+
 def test_id_fields_are_the_item_and_category_columns_with_values_before_the_cutoff():
     from models.churn.data import id_fields
 
