@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
+import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -838,6 +840,21 @@ async def _not_per_message(message: Any) -> None:
                        "are drained in batches by streams.ingress")
 
 
+CRASH_EXIT_S = 60.0  # after the batch loop crashed, the process ends by then even if Faust's stop waits on Kafka
+
+
+def exit_after_crash(seconds: float | None = None, exit: Callable[[int], None] = os._exit) -> threading.Timer:
+    """End the process ``seconds`` after the batch loop crashed, should Faust's stop not have ended it: its last
+    commit waits for Kafka, so a worker that crashed because Kafka was away stayed up, doing nothing, until Kafka
+    came back (found by a failure-injection review; `/health` says "failed" meanwhile). Exit code 1; records not
+    committed are read again. A daemon timer: a normal exit does not wait for it."""
+    timer = threading.Timer(CRASH_EXIT_S if seconds is None else seconds, exit, args=(1,))
+    timer.daemon = True
+    timer.start()
+    log.error("the batch loop crashed: the process ends within %.0f s", timer.interval)
+    return timer
+
+
 def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambda: None,
                            recommender: Callable[[], Any] = lambda: None) -> EngineFactory:
     config = EngineConfig.from_settings(settings)
@@ -998,7 +1015,11 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         floor = max(logging.getLogger().getEffectiveLevel(), logging.INFO)
         for name in ("aiokafka", "faust", "mode"):
             logging.getLogger(name).setLevel(floor)
-        await pipeline.run()
+        try:
+            await pipeline.run()
+        except Exception:
+            exit_after_crash()
+            raise
 
     faust_on_stop = app.on_stop
 

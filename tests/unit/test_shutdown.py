@@ -162,3 +162,35 @@ def test_a_stop_that_wakes_an_idle_loop_starts_no_batch(tmp_path):
 
     asyncio.run(scenario())
     assert batches == []
+
+
+def test_regression_a_crashed_batch_loop_ends_the_process_even_if_kafka_stays_away(tmp_path, monkeypatch):
+    """After the batch loop crashed (a delivery Kafka never confirmed), Faust's stop waited for Kafka to commit,
+    so the worker stayed up doing nothing until Kafka came back (found by a failure-injection review). A daemon
+    timer ends the process with code 1 after CRASH_EXIT_S."""
+    import threading
+
+    from streams import app as app_module
+
+    exited = threading.Event()
+    codes: list = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    timer = app_module.exit_after_crash(0.05, exit=fake_exit)
+    assert timer.daemon and exited.wait(5) and codes == [1]
+
+    armed: list = []
+    monkeypatch.setattr(app_module, "exit_after_crash", lambda *a, **k: armed.append(True))
+    pipeline = offline_pipeline(tmp_path)
+
+    async def crash() -> None:
+        raise OSError("KafkaTimeoutError")
+
+    pipeline.run = crash
+    batch_loop = pipeline.app._app_tasks[0]  # the app's one task: the batch loop
+    with pytest.raises(OSError):
+        asyncio.run(batch_loop())
+    assert armed == [True]
