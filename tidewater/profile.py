@@ -191,10 +191,10 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
     profile.recent.append(RecentEvent(
         ts=ts, type="purchase" if is_purchase else "click", item_id=event.item_id, category=event.category,
         amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
+    if is_purchase and profile.ring_purchases >= 0:
+        profile.ring_purchases += 1
     if len(profile.recent) > config.recent_events:
         _forget_beyond(profile, config.recent_events, profile.recent[-1].type)
-    elif is_purchase and profile.ring_purchases >= 0:
-        profile.ring_purchases += 1
 
     # windowed activity on event time, with a grace period for late events
     _count_in_windows(profile, ts, watermark, config)
@@ -228,8 +228,6 @@ def _forget_beyond(profile: Profile, keep: int, kind: str) -> None:
     ring = profile.recent
     if profile.ring_purchases < 0:  # a profile stored before the count (the event just appended included)
         profile.ring_purchases = countOf(map(_TYPE_OF, ring), "purchase")
-    elif kind == "purchase":
-        profile.ring_purchases += 1
     purchases = profile.ring_purchases
     excess = (purchases if kind == "purchase" else len(ring) - purchases) - keep
     at = 0
@@ -267,7 +265,7 @@ def _trim_each_type(profile: Profile, keep: int) -> None:
             continue
         kept.append(event)
     ring[:] = kept
-    profile.ring_purchases = countOf(map(_TYPE_OF, ring), "purchase")
+    profile.ring_purchases = min(purchases, keep)  # (``_forget`` counted down from a value this replaces)
 
 
 def _remember(items: dict[str, int], item_id: str, most: int) -> None:

@@ -69,8 +69,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def seen_items(profile: Profile) -> frozenset[str]:
     """The items a user is not recommended: those of the ring, and the items bought or clicked that it has
     forgotten (the ring alone let an item bought 64 events ago come back)."""
-    return frozenset([e.item_id for e in profile.recent]).union(profile.purchased, profile.clicked).difference(
-        _NO_ITEM)
+    return _forgotten(profile).union([e.item_id for e in profile.recent]).difference(_NO_ITEM)
 
 
 def _forgotten(profile: Profile) -> frozenset[str]:
@@ -180,7 +179,7 @@ class VectorRecommender:
         v = self.model.item_vector(item_id)
         if v is None:
             return False
-        if _repeated(profile.recent, item_id) or item_id in profile.purchased or item_id in profile.clicked:
+        if item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id):
             # counted at its first occurrence (see _distinct_items): a user who viewed one item ten times had a
             # vector of that item alone, unlike any history the model learned from; also after the ring forgot it
             return True
