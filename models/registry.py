@@ -55,6 +55,14 @@ class Registry:
                              f"this registry (one of: {', '.join(self.versions()[-5:]) or 'none'})")
         return name or None
 
+    def current_or_none(self) -> str | None:
+        """``current_version``, with a pointer naming no version read as none: for the commands that list or note
+        versions (`models list` warns about such a pointer itself)."""
+        try:
+            return self.current_version()
+        except ValueError:
+            return None
+
     def current_path(self) -> Path:
         name = self.current_version()
         if name is None:
@@ -203,10 +211,7 @@ def describe(root: str | os.PathLike[str]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in KINDS:
         registry = Registry(Path(root) / kind)
-        try:
-            current = registry.current_version()
-        except ValueError:  # a pointer naming no version: none is current (`models list` says why)
-            current = None
+        current = registry.current_or_none()  # a pointer naming no version: none (`models list` says why)
         rows = []
         for version in registry.versions():
             row: dict[str, Any] = {"version": version, "current": version == current}

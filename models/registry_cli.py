@@ -35,11 +35,7 @@ def _headline(row: dict) -> str:
 def _index_note(root: Path, index_version: str) -> str | None:
     """Why the current index does not serve (``serving_index``, as the workers decide): it was built for another
     recs model than the current one, or its metadata cannot be read."""
-    indexes = Registry(root / "recs_index")
-    try:
-        model = Registry(root / "recs").current_version()
-    except ValueError:  # named by `models list`
-        model = None
+    indexes, model = Registry(root / "recs_index"), Registry(root / "recs").current_or_none()
     if serving_index(indexes, model) == index_version:
         return None
     try:
@@ -127,10 +123,7 @@ def register(models_app: typer.Typer) -> None:
                     before = "an invalid pointer"
                 reg.set_current(chosen)
         typer.echo(f"{kind}: current {before or 'none'} -> {chosen}")
-        try:
-            index = Registry(registry / "recs_index").current_version()
-        except ValueError:
-            index = None
+        index = Registry(registry / "recs_index").current_or_none()
         note = _index_note(registry, index) if kind in ("recs", "recs_index") and index else None
         if note:
             typer.secho(f"note: {note}", fg="yellow", err=True)
