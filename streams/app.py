@@ -668,7 +668,6 @@ class Pipeline:
                     await next_queue.put(out)
                 else:
                     await self._finished(out.batch)
-                inbox.task_done()
 
     async def _finished(self, batch: int) -> None:
         async with self._batch_finished:

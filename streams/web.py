@@ -6,7 +6,6 @@ import hmac
 import logging
 import time
 from importlib import resources
-from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -180,9 +179,11 @@ def register(app: faust.App, s: Settings, pipeline: Any, profiles: Any) -> None:
             if not may_read(request):
                 return unauthorized(self, "TIDEWATER_READ_TOKEN")
             counters: dict[str, int] = {}
-            sources = [*pipeline.engines.values(), SimpleNamespace(counters=getattr(pipeline, "retired_counters", {}))]
-            for engine in sources:  # copies: the engine thread may add keys meanwhile
-                for (name, label), n in list(getattr(engine, "counters", {}).items()):
+            # the engines' counters and those of engines dropped at revocations (copies: the engine thread may add
+            # keys meanwhile)
+            counted = [getattr(e, "counters", {}) for e in list(pipeline.engines.values())]
+            for source in [*counted, getattr(pipeline, "retired_counters", {})]:
+                for (name, label), n in list(source.items()):
                     counters[f"{name}:{label}"] = counters.get(f"{name}:{label}", 0) + n
             watermarks = {p: getattr(e.state, "watermark", None) for p, e in list(pipeline.engines.items())}
             return self.json({"processed": pipeline.processed, "acks": pipeline.throughput.as_dict(),
