@@ -159,8 +159,8 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         out: str = typer.Option(..., help="Output JSON-lines file (one record value per line)."),
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
         with_meta: bool = typer.Option(
-            False, help="Write {topic, partition, offset, timestamp, key, value, partitions} envelopes instead: replay sends "
-                        "each back to its topic, partition and key, byte for byte."),
+            False, help="Write {topic, partition, offset, timestamp, key, value, partitions} envelopes instead: "
+                        "replay sends each back to its topic, partition and key, byte for byte."),
     ) -> None:
         """Dump a topic (partition by partition, in offset order) to JSON lines; returns at its end."""
         from streams.replay import record as do_record

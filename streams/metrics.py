@@ -76,8 +76,8 @@ AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300,
 BATCH_SIZE = Histogram("tidewater_batch_size", "Records per processed batch", registry=REGISTRY,
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 RECORD_AGE = Histogram("tidewater_record_age_seconds",
-                       "Wall time from an input record's Kafka timestamp to its outputs, changelog and state acknowledged by Kafka "
-                       "(end-to-end freshness; includes broker, fetch and event-time merge waits)",
+                       "Wall time from an input record's Kafka timestamp to its outputs, changelog and state "
+                       "acknowledged by Kafka (end-to-end freshness; includes broker, fetch and event-time merge waits)",
                        registry=REGISTRY, buckets=AGE_BUCKETS)
 FETCH_AGE = Histogram("tidewater_fetch_age_seconds",
                       "Wall time from an input record's Kafka timestamp to its arrival in the worker's inbox (the "

@@ -61,7 +61,8 @@ def evaluate_offers(
     purchases: Optional[Path] = typer.Option(
         None, "--purchases", help="The purchase log (CSV user_id,ts[,amount,quantity]) the current churn model was "
                                   "trained on, when it is not CDNOW."),
-    as_json: bool = typer.Option(False, "--json", help="Print only the JSON object (it is always the last stdout line)."),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Print only the JSON object (it is always the last stdout line)."),
 ) -> None:
     """Offline check of the offer policy: replay the calibration period, score everyone at the cut-off with the
     current churn model, and compare the churn rate of offered customers with the base rate (lift), random

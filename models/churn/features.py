@@ -53,6 +53,13 @@ N_QTY_BUCKETS = 10  # 0 absent, 1..8 exact, 9 = more than 8
 N_CONT = 4  # log1p amount, log1p quantity, log1p gap days, log1p age days
 
 
+def floor_times(ts: Any, resolution: float) -> Any:
+    """Event times (a float or a numpy array) floored to ``resolution`` seconds (0: as they are). ``//`` is the same
+    operation in Python and numpy (floor_divide), so the vectorised summary and the per-sequence path agree bit for
+    bit (``ChurnScorer.ts_resolution_s``)."""
+    return ts // resolution * resolution if resolution else ts
+
+
 def _bucket_time(days: np.ndarray) -> np.ndarray:
     return 1 + np.searchsorted(TIME_EDGES_DAYS, np.maximum(days, 0.0), side="right")
 

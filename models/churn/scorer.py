@@ -199,7 +199,8 @@ class ChurnScorer:
             sequences = [[{k: v for k, v in e.items() if k not in unread} for e in seq] for seq in sequences]
         if self.ts_resolution_s:
             r = self.ts_resolution_s
-            sequences = [[{**e, "ts": e["ts"] // r * r} if "ts" in e else e for e in seq] for seq in sequences]
+            sequences = [[{**e, "ts": F.floor_times(e["ts"], r)} if "ts" in e else e for e in seq]
+                         for seq in sequences]
         if self.ring_events:  # the view it was trained on: the last ring_events events before as_of
             sequences = [last_events(seq if isinstance(seq, Sequence) else list(seq), t, self.ring_events)
                          for seq, t in zip(sequences, as_of)]

@@ -98,8 +98,7 @@ def _columns(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], view: _
             code, seg, n = code[read], seg[read], len(events)
             lengths = np.bincount(seg, minlength=len(sequences))
     ts = np.fromiter(map(_TS, events), np.float64, n)
-    if view.resolution:  # numpy's floor_divide is Python's // for floats: the same values as the dict path
-        ts = ts // view.resolution * view.resolution
+    ts = F.floor_times(ts, view.resolution)
     # an absent amount is NaN (not counted, as prepare skips a missing key); an absent quantity counts as 0, which
     # gives the summary prepare gives without one (no quantity total: column 20 is 0)
     amount = np.fromiter(map(_AMOUNT, events), np.float64, n) if view.amounts else np.full(n, np.nan)
@@ -147,7 +146,7 @@ def _merge_baskets(c: _Columns):
 
 
 def _record_dict(e: Any, view: _View) -> dict:
-    d = {"ts": e.ts // view.resolution * view.resolution if view.resolution else e.ts, "type": e.type}
+    d = {"ts": F.floor_times(e.ts, view.resolution), "type": e.type}
     if view.amounts:
         d["amount"] = e.amount
     if view.quantities:
