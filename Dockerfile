@@ -29,8 +29,11 @@ ENV PATH=/opt/venv/bin:$PATH
 # not root: the state and registry directories belong to the service user, and a new named volume mounted there
 # takes their owner (a volume written by an image before this one is root's: `chown -R 10001` it once)
 RUN useradd --system --uid 10001 --home-dir /app --create-home tidewater \
- && mkdir -p /var/lib/tidewater /var/lib/tidewater-registry \
- && chown tidewater /var/lib/tidewater /var/lib/tidewater-registry
+ && mkdir -p /var/lib/tidewater /var/lib/tidewater-registry /var/cache/tidewater-numba \
+ && chown tidewater /var/lib/tidewater /var/lib/tidewater-registry /var/cache/tidewater-numba
+# numba's compiled churn-summary loop (a few seconds on a worker's first model load; the installed package is
+# not writable by the service user, so its cache goes here)
+ENV NUMBA_CACHE_DIR=/var/cache/tidewater-numba
 USER tidewater
 WORKDIR /app
 EXPOSE 6066

@@ -9,7 +9,7 @@ from models.churn.summary_batch import MIN_BATCH, summary_of_records
 class RingScorer:
     """Adapts a model scorer (event dicts) to the profile's ring of ``RecentEvent`` structs. A model that
     scores from the summary features alone (``uses_encoder`` False) gets a tick's rings summarised in one
-    vectorised pass (``models/churn/summary_batch.py``, bit for bit the per-sequence features)."""
+    compiled pass (``models/churn/summary_batch.py``, bit for bit the per-sequence features), a single ring too."""
 
     def __init__(self, scorer: Any) -> None:
         self.scorer = scorer

@@ -247,12 +247,19 @@ class ChurnScorer:
     _glm: tuple | None = None  # the linear path's parameters as float64 arrays (predict_from_summary)
 
     def warm_up(self) -> int:
-        """Run every bucketed shape once (a no-op on the CPU or for a model that skips its encoder), so that the
-        first batches of each shape do not stall on kernel selection; the worker's loader thread calls it before a
-        version goes live. Returns the number of shapes run."""
+        """Run every bucketed shape once (a no-op on the CPU), so that the first batches of each shape do not stall
+        on kernel selection, or compile the summary path of a model that skips its encoder (about three seconds
+        the first time); the worker's loader thread calls it before a version goes live. Returns the number of
+        shapes run."""
         from . import features as F
 
-        if not (self.shape_buckets and self.uses_encoder):
+        if not self.uses_encoder:  # its compiled summary loop and linear path (numba: compiled or read from its cache)
+            from .summary_batch import compile_now
+
+            compile_now()
+            self.predict_from_summary(np.zeros((1, len(SUMMARY_NAMES)), np.float32))
+            return 0
+        if not self.shape_buckets:
             return 0
         # distinct times: purchases at one time are one basket, one token (the first version warmed length 16 alone)
         events = [{"ts": float(i), "type": "purchase", "item": "i", "category": "c", "amount": 1.0, "quantity": 1}
@@ -277,15 +284,10 @@ class ChurnScorer:
             raise ValueError("this model runs its encoder: it needs the event sequences (predict_many)")
         if self._glm is None:
             self._glm = _glm_parameters(self.model)
-        low, high, mean, std, weight, bias, temperature, cal_bias, shift, most = self._glm
-        # in numpy float64, one user at a time in effect: torch's float32 products and its vectorised sigmoid round
-        # differently with a row's place in the batch, so a user's score depended on the users of the same tick
-        # (53 % of 300 scores differed bitwise; found by review)
-        x = (np.clip(np.asarray(summary, np.float64), low, high) - mean) / std
-        out = (x[:, None, :] * weight[None, :, :]).sum(-1) + bias  # a fixed order per row, unlike a BLAS product
-        with np.errstate(over="ignore"):
-            p = 1.0 / (1.0 + np.exp(-(out[:, 0] / temperature + cal_bias)))
-            r = np.minimum(np.exp(out[:, 1] + shift), most)
+        from .summary_batch import glm_outputs  # compiled (numba): imported where a model scores without its encoder
+
+        summary = np.ascontiguousarray(summary)  # float32 (the features) or float64, compiled for each
+        p, r = glm_outputs(summary, *self._glm)
         return self._fill_no_history(p, r, summary)
 
     def score_many(self, sequences: Sequence[Iterable[dict]], as_of: Sequence[float] | float) -> np.ndarray:

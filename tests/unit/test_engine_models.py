@@ -860,7 +860,7 @@ def test_churn_scores_name_the_horizon_they_are_about():
     from tidewater.scoring import RingScorer
 
     class Served:
-        version, uses_encoder, meta = "test:served", False, {"horizon_days": 90}
+        version, uses_encoder, meta = "test:served", True, {"horizon_days": 90}  # scored from its events
 
         def predict_many(self, sequences, as_of):
             return [0.8] * len(sequences), [1.5] * len(sequences)

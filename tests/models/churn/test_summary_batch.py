@@ -1,4 +1,4 @@
-"""The vectorised summary of event records (models/churn/summary_batch.py) is bit for bit the per-sequence
+"""The compiled summary of event records (models/churn/summary_batch.py) is bit for bit the per-sequence
 reference's (tests/models/churn/features_reference.py), on messy input and on the stream's rings."""
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def assert_same(seqs, as_of, want_fn=reference_summary, got_fn=SB.summary_of_rec
 
 def covered(seqs, as_of) -> int:
     """How many sequences the fast path computes itself (the rest go through prepare)."""
-    return int((~SB._not_covered(SB._columns(seqs, as_of))).sum())
+    return int((~SB.general_rows(seqs, as_of)).sum())
 
 
 # messy records: repeated times (baskets), odd amounts and quantities, unknown types, unsorted input
@@ -112,6 +112,29 @@ def test_long_sums_follow_numpys_pairwise_order(lengths, seed):
     as_of = [400 * DAY] * len(seqs)
     assert_same(seqs, as_of)
     assert covered(seqs, as_of) == sum(1 for n in lengths if n <= SB.MAX_EVENTS)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=st.lists(st.integers(0, 128), min_size=1, max_size=8), seed=st.integers(0, 2**32 - 1))
+def test_compiled_rows_equal_summary_row_in_float64(lengths, seed):
+    """Before the float32 rounding, which hides most last-bit differences (a sum in another order passed the
+    float32 comparisons above): the loop's float64 rows are ``features._summary_row``'s, bit for bit."""
+    from models.churn import features as F
+
+    rng = np.random.default_rng(seed)
+    seqs, want = [], []
+    as_of = 400 * DAY
+    for n in lengths:
+        ts = np.unique(rng.uniform(0, 300 * DAY, n)).tolist()  # distinct times: no baskets to merge
+        amounts = rng.lognormal(3, 2, len(ts)).tolist()
+        qty = rng.integers(0, 4, len(ts)).tolist()
+        seqs.append([Rec(t, "purchase", a, q) for t, a, q in zip(ts, amounts, qty)])
+        counted = [q for q in qty if q > 0]
+        want.append(F._summary_row(len(ts), ts[0] if ts else 0.0, ts[-1] if ts else 0.0, ts, amounts,
+                                   sum(counted) if counted else None, as_of))
+    got, general = SB._summarise(*SB._columns(seqs, [as_of] * len(seqs)), True, True)
+    assert not general.any()
+    assert _bits(got) == _bits(np.array(want, dtype=np.float64).reshape(len(seqs), F.N_SUMMARY))
 
 
 def _records(dict_seqs):
@@ -268,35 +291,33 @@ def test_corner_cases_equal_the_reference():
     assert covered(cases, as_of) == len(cases) - 2  # the -0.0 basket lines go through prepare
 
 
-def _math_log1p_float32(x: np.ndarray) -> np.ndarray:
-    return np.array([math.log1p(v) for v in x.tolist()]).astype(np.float32)
+def _log1p_column(amounts: np.ndarray) -> np.ndarray:
+    """The compiled loop's float64 column 18 (log1p of the last amount) for one purchase of each amount."""
+    seqs = [[Rec(0.0 + DAY, "purchase", float(a), 1)] for a in amounts.tolist()]
+    out, general = SB._summarise(*SB._columns(seqs, [2 * DAY] * len(seqs)), True, True)
+    assert not general.any()
+    return out[:, 18]
 
 
 @settings(max_examples=200, deadline=None)
 @given(values=st.lists(st.one_of(st.floats(0, 1e308), st.floats(0, 1e-3), st.floats(0, 1e4), st.integers(0, 10**6),
-                                 st.sampled_from([0.0, -0.0, float("nan"), float("inf")])), max_size=64))
-def test_vectorised_log1p_rounds_to_the_float32_of_math_log1p(values):
-    """numpy's log1p differs from libm's (features._summary_row) in the last float64 bit on ~3 % of inputs; the
-    summary is float32, where ``_log1p`` must agree with libm bit for bit (signed zeros and NaN included)."""
+                                 st.sampled_from([0.0, -0.0])), max_size=64))
+def test_compiled_log1p_is_libms_bit_for_bit(values):
+    """``features._summary_row`` calls libm's log1p (``math.log1p``); the compiled loop must call the same one,
+    in float64 before the float32 rounding (signed zeros included; a NaN amount is absent)."""
     x = np.array(values, dtype=np.float64)
-    assert _bits(SB._log1p(x).astype(np.float32)) == _bits(_math_log1p_float32(x))
+    libm = np.array([math.log1p(max(v, 0.0)) for v in x.tolist()])
+    assert _bits(_log1p_column(x)) == _bits(libm)
 
 
-def test_log1p_inputs_where_numpy_and_libm_differ_still_agree_in_float32():
+def test_log1p_inputs_where_numpy_and_libm_differ_take_libms_value():
+    """numpy's log1p (SIMD) differs from libm's in the last float64 bit on ~3 % of inputs: the vectorised summary
+    before the compiled loop had to detect where that changed the float32 (a guard of its own, with tests)."""
     x = np.random.default_rng(7).exponential(50.0, 200_000)
     libm = np.array([math.log1p(v) for v in x.tolist()])
     differ = np.log1p(x) != libm
-    assert differ.any()  # the case the guard exists for (3 % of these on the machine that measured it)
-    assert _bits(SB._log1p(x[differ]).astype(np.float32)) == _bits(libm[differ].astype(np.float32))
-
-
-def test_regression_a_value_next_to_a_float32_rounding_boundary_takes_libms_log1p():
-    """Near a float32 boundary a 1-ulp float64 difference can change the float32: such values are recomputed."""
-    boundary = 1.0 + 2.0**-24  # halfway between the float32s 1.0 and 1.0 + 2**-23
-    near = np.array([np.nextafter(boundary, 0.0), boundary, np.nextafter(boundary, 2.0)])
-    assert SB._float32_unsure(near).all()
-    assert not SB._float32_unsure(np.array([1.0, 0.5, 3.25, 0.0, -0.0])).any()
-    assert SB._float32_unsure(np.array([np.nan, np.inf])).all()  # libm decides these too
+    assert differ.any()  # the case that needs libm's own log1p
+    assert _bits(_log1p_column(x[differ])) == _bits(libm[differ])
 
 
 @settings(max_examples=150, deadline=None)
