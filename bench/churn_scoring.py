@@ -5,8 +5,8 @@ the GPU when one is present, with the ratio to batch-of-1. The last line of stdo
 
 The encoder's forward pass always runs unless ``--as-served``: then the sequences go in as the worker hands
 them over (the profile's ring of ``RecentEvent`` structs, through ``tidewater.scoring.RingScorer``), and a model
-that kept its GLM start skips the encoder, with the same outputs (and from 32 rings up gets the vectorised
-summary, ``models/churn/summary_batch.py``). Uses the current model of ``<registry>/churn``; when the registry is
+that kept its GLM start skips the encoder, with the same outputs (and gets the compiled summary,
+``models/churn/summary_batch.py``). Uses the current model of ``<registry>/churn``; when the registry is
 empty it trains a tiny model on the CDNOW sample in memory (nothing is published) so the bench always runs.
 Input sequences are synthetic click/purchase histories with lengths uniform in 1..max-len (items,
 categories, amounts, quantities), so truncation and padding are exercised.
