@@ -287,6 +287,8 @@ class ChurnScorer:
         from .summary_batch import glm_outputs  # compiled (numba): imported where a model scores without its encoder
 
         summary = np.ascontiguousarray(summary)  # float32 (the features) or float64, compiled for each
+        if summary.ndim != 2 or summary.shape[1] != len(self._glm[0]):  # the loop reads as many columns as given
+            raise ValueError(f"summary of shape {summary.shape}: expected (n, {len(self._glm[0])})")
         p, r = glm_outputs(summary, *self._glm)
         return self._fill_no_history(p, r, summary)
 

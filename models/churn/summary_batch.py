@@ -20,12 +20,14 @@ or a NaN quantity, non-finite times, infinite amounts, unknown event types, quan
 purchase at time -0.0, more than 128 events left. An event record is any object with ``ts``, ``type``, ``amount``
 and ``quantity`` attributes (the stream's ``RecentEvent``); nothing else of it enters the summary.
 
-The loop (about 1 µs per user, against 40 µs through ``prepare``) compiles on first use, about a second, cached on
-disk by numba (``__pycache__``, or ``NUMBA_CACHE_DIR``); :func:`compile_now` lets a loader thread pay it before a
-model serves.
+The loop (about 1 µs per user, against 40 µs through ``prepare``) compiles on first use, about three seconds,
+cached on disk by numba (``__pycache__``, or ``NUMBA_CACHE_DIR``; where no location is writable, a read-only
+filesystem, it compiles at each start: :func:`_compiled`); :func:`compile_now` lets a loader thread pay it before
+a model serves.
 """
 from __future__ import annotations
 
+import logging
 import math
 from itertools import chain, compress, repeat
 from operator import attrgetter
@@ -39,6 +41,7 @@ from . import features as F
 MIN_BATCH = 1  # the compiled loop beats prepare from one sequence on (28 against 33 µs at one; measured)
 MAX_EVENTS = 128  # the sums' pairwise order is emulated up to this many terms (numpy's block size)
 _TYPE_CODE = {"click": F.CLICK, "purchase": F.PURCHASE}
+log = logging.getLogger(__name__)
 _CLICK, _PURCHASE, _DAY, _N_SUMMARY = F.CLICK, F.PURCHASE, F.DAY, F.N_SUMMARY
 
 
@@ -135,7 +138,20 @@ def _general(sequences, as_of, rows, out: np.ndarray, view: _View = _View()) -> 
 
 
 # ------------------------------------------------------------------------------------------ the compiled loop
-@njit(cache=True, nogil=True)
+def _compiled(fn: Any = None, **options: Any) -> Any:
+    """``numba.njit(cache=True, nogil=True)``, or without the cache where numba has no writable place for it: it
+    raised at import then, so a worker on a read-only filesystem (or under another user id than the image's)
+    could not start (found by review)."""
+    if fn is None:
+        return lambda f: _compiled(f, **options)
+    try:
+        return njit(cache=True, nogil=True, **options)(fn)
+    except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+        log.warning("numba cannot cache %s (%s): it is compiled at each start", fn.__name__, exc)
+        return njit(nogil=True, **options)(fn)
+
+
+@_compiled
 def _np_sum(a: np.ndarray, n: int) -> float:
     """``features._np_sum`` of ``a[:n]`` (``n`` at most 128): numpy's pairwise order."""
     if n < 8:
@@ -160,13 +176,13 @@ def _np_sum(a: np.ndarray, n: int) -> float:
     return res
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _pymax(x: float, c: float) -> float:
     """Python's ``max(x, c)``: ``c`` only where ``c > x`` (keeps -0.0 and NaN as Python does)."""
     return c if c > x else x
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _odd_basket_line(amount: float, quantity: float, amounts: bool) -> bool:
     """A basket line prepare treats its own way: a NaN amount (skipped), -0.0 (read as 0.0), a NaN quantity."""
     if math.isnan(quantity):
@@ -174,7 +190,7 @@ def _odd_basket_line(amount: float, quantity: float, amounts: bool) -> bool:
     return amounts and (math.isnan(amount) or (amount == 0.0 and math.copysign(1.0, amount) < 0.0))
 
 
-@njit(cache=True, nogil=True)
+@_compiled
 def _summarise(ts, code, amount, quantity, lengths, when, clicks, amounts):
     """(summary float64[B, N_SUMMARY], general bool[B]): ``features._summary_row`` of each sequence that the loop
     covers, after ``prepare``'s normalisation (drop events at or after the scoring time, sort stably by time, merge
@@ -202,6 +218,9 @@ def _summarise(ts, code, amount, quantity, lengths, when, clicks, amounts):
             if (not math.isfinite(t) or c == 0 or math.isinf(a) or not abs(q) < 2147483648.0
                     or (c == _PURCHASE and t == 0.0 and math.copysign(1.0, t) < 0.0)):
                 odd = True
+                break
+            if m == MAX_EVENTS:  # one more: prepare's (not sorted here: insertion is quadratic on long rings)
+                m += 1
                 break
             j = m
             while j > 0 and t < e_ts[j - 1]:
@@ -306,12 +325,14 @@ def _summarise(ts, code, amount, quantity, lengths, when, clicks, amounts):
     return out, general
 
 
-@njit(cache=True, nogil=True)
+@_compiled(error_model="numpy")  # a zero divisor gives inf or NaN, as numpy did
 def glm_outputs(summary, low, high, mean, std, weight, bias, temperature, cal_bias, shift, most):
     """(calibrated churn probability, expected purchases) of each summary row through the linear path, one row at
     a time in float64: a user's score never depends on the other rows of its batch (torch's float32 products and
-    its vectorised sigmoid round differently with a row's place in the batch). ``np.clip``, the 22-term dot
-    product in numpy's pairwise order and ``np.minimum`` as numpy computes them; ``exp`` is libm's."""
+    its vectorised sigmoid round differently with a row's place in the batch). ``np.clip`` and ``np.minimum`` with
+    numpy's NaN rule (a NaN value or bound gives NaN), the 22-term dot product in numpy's pairwise order; ``exp``
+    is libm's (numpy's SIMD exp differs in the last bit for a few % of arguments, so scores moved by one ulp when
+    this replaced the numpy version)."""
     b, k = summary.shape
     p, r = np.empty(b), np.empty(b)
     terms = np.empty(k)
@@ -320,12 +341,11 @@ def glm_outputs(summary, low, high, mean, std, weight, bias, temperature, cal_bi
         for o in range(2):
             for j in range(k):
                 v = np.float64(summary[i, j])
-                if not math.isnan(v):  # np.clip: maximum, then minimum, NaN kept
-                    v = v if v > low[j] else low[j]
-                    v = v if v < high[j] else high[j]
+                v = v if v >= low[j] or math.isnan(v) else low[j]  # np.clip: np.maximum, then np.minimum
+                v = v if v <= high[j] or math.isnan(v) else high[j]
                 terms[j] = (v - mean[j]) / std[j] * weight[o, j]
             logit[o] = _np_sum(terms, k) + bias[o]
         p[i] = 1.0 / (1.0 + math.exp(-(logit[0] / temperature + cal_bias)))
         rate = math.exp(logit[1] + shift)
-        r[i] = rate if math.isnan(rate) or rate < most else most
+        r[i] = rate if rate <= most or math.isnan(rate) else most  # np.minimum
     return p, r

@@ -434,3 +434,69 @@ def test_with_a_time_resolution_equals_the_reference_on_floored_times(batch, res
     with np.errstate(invalid="ignore"):
         assert_same(*batch, want_fn=reference_floored,
                     got_fn=lambda q, t: SB.summary_of_records(q, t, resolution=resolution))
+
+
+def _numpy_glm(summary, low, high, mean, std, weight, bias, temperature, cal_bias, shift, most):
+    """The numpy linear path the compiled one replaced, with libm's exp (numpy's SIMD exp differs in the last bit)."""
+    with np.errstate(all="ignore"):
+        x = (np.clip(np.asarray(summary, np.float64), low, high) - mean) / std
+        out = (x[:, None, :] * weight[None, :, :]).sum(-1) + bias
+        z = out[:, 0] / temperature + cal_bias
+        p = np.array([1.0 / (1.0 + math.exp(-v)) if not math.isnan(v) else math.nan for v in z.tolist()])
+        r = np.minimum(np.array([math.exp(min(v, 700.0)) if not math.isnan(v) else math.nan
+                                 for v in (out[:, 1] + shift).tolist()]), most)
+    return p, r
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nan_bound=st.sampled_from([None, "low", "high"]),
+       zero_std=st.booleans(), rows=st.integers(0, 40))
+def test_compiled_linear_path_equals_numpy_with_its_nan_and_zero_rules(seed, nan_bound, zero_std, rows):
+    """The compiled linear path is the numpy one, row by row: a NaN bound gives NaN as ``np.clip`` does (the first
+    version took the other bound: p = 1.0 for a model with a NaN minimum; found by review), a zero std divides to
+    inf or NaN as numpy does (it raised ZeroDivisionError), a NaN feature stays NaN, and a row's outputs do not
+    depend on the other rows."""
+    rng = np.random.default_rng(seed)
+    k = 22
+    summary = rng.normal(0, 3, (rows, k)).astype(np.float32)
+    summary[rng.random((rows, k)) < 0.05] = np.nan
+    low, high = np.full(k, -4.0), np.full(k, 4.0)
+    if nan_bound:
+        (low if nan_bound == "low" else high)[rng.integers(k)] = np.nan
+    std = rng.uniform(0.5, 2, k)
+    if zero_std:
+        std[rng.integers(k)] = 0.0
+    params = (low, high, rng.normal(0, 1, k), std, rng.normal(0, 0.5, (2, k)), rng.normal(0, 1, 2), 1.3, 0.1,
+              0.2, 50.0)
+    got = SB.glm_outputs(summary, *params)
+    want = _numpy_glm(summary, *params)
+    assert _bits(got[0]) == _bits(want[0]) and _bits(got[1]) == _bits(want[1])
+    if rows:
+        alone = [SB.glm_outputs(summary[i:i + 1], *params) for i in range(rows)]
+        assert _bits(np.concatenate([a[0] for a in alone])) == _bits(got[0])
+
+
+def test_regression_a_summary_of_another_width_is_refused():
+    """The compiled loop reads as many columns as it is given: 21 used 21 of the model's 22 weights silently, 23
+    read past them (the numpy version raised on the broadcast; found by review)."""
+    import pytest
+
+    from models.churn.scorer import ChurnScorer
+
+    scorer = ChurnScorer(glm_only_model(), device="cpu")
+    assert scorer.predict_from_summary(np.zeros((3, 22), np.float32))[0].shape == (3,)
+    for width in (21, 23):
+        with pytest.raises(ValueError, match="expected"):
+            scorer.predict_from_summary(np.zeros((3, width), np.float32))
+
+
+def test_regression_without_a_writable_cache_the_loop_compiles_uncached(caplog):
+    """numba raised at import where it had nowhere to cache the compiled loop (a read-only filesystem, another user
+    id than the image's), so the worker could not start (found by review). A function numba cannot cache (no
+    source file) stands in for that case."""
+    namespace: dict = {}
+    exec(compile("def plus_one(x):\n    return x + 1\n", "<no file>", "exec"), namespace)
+    with caplog.at_level("WARNING"):
+        compiled = SB._compiled(namespace["plus_one"])
+    assert compiled(41) == 42
+    assert "compiled at each start" in caplog.text
