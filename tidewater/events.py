@@ -17,7 +17,13 @@ import numpy as np
 SCHEMA_VERSION = 1
 MAX_TS = 4102444800.0  # 2100-01-01: anything later is a unit mistake (ms instead of s)
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# Ids have no control characters (C0, DEL, C1): an id goes into log lines, URLs (/users/{id}/profile) and the
+# outputs, where a newline in one forged a log line (found by a security review). A look-ahead, not ^[^...]+$:
+# Python's $ also matches before a final newline ("u1\n" passed; found by the test); [\s\S] is any character in
+# Python's and in JSON Schema's (ECMA-262) regexes alike.
+_NO_CONTROL_CHARACTERS = r"^(?![\s\S]*[\x00-\x1f\x7f-\x9f])"
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_NO_CONTROL_CHARACTERS,
+                                 description="1 to 128 characters, no control characters")]
 EpochSeconds = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TS, description="event time, UNIX epoch seconds (UTC)")]
 # Event time as epoch seconds, or as an RFC 3339 date-time with its UTC offset ("2026-11-30T12:00:00Z"), which
 # decode_event turns into epoch seconds: every decoded event carries a float ``ts``.
@@ -164,6 +170,8 @@ def _classify(message: str) -> Rejected:
         return Rejected("missing_field", message)
     if "Invalid value" in message and "`$.type`" in message:
         return Rejected("unknown_event_type", message)
+    if "matching regex" in message:  # only ids have a pattern (msgspec quotes it): say what it means
+        return Rejected("invalid_field", "control characters are not allowed in an id" + message[message.rfind(" - "):])
     return Rejected("invalid_field", message)
 
 

@@ -157,3 +157,21 @@ def test_an_rfc3339_ts_with_an_offset_decodes_to_the_same_event_as_epoch_seconds
 def test_a_date_time_ts_without_offset_or_out_of_range_is_rejected_with_reason(ts, says):
     result = decode_event(raw({**OK_CLICK, "ts": ts}), max_bytes=1000)
     assert isinstance(result, Rejected) and result.reason == "invalid_field" and says in result.detail
+
+
+CONTROL = [chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]]
+
+
+@given(field=st.sampled_from(["event_id", "user_id", "item_id"]), text=st.text(min_size=1, max_size=40),
+       control=st.sampled_from(CONTROL), at=st.integers(0, 40))
+def test_regression_an_id_with_a_control_character_is_a_dead_letter(field, text, control, at):
+    """A newline in a user id forged a line in the worker's logs (an id is logged, put in URLs and in every
+    output; found by a security review): an id with any C0, DEL or C1 control character is refused, and says
+    which field; the same id without it decodes."""
+    clean = "".join(ch for ch in text if ch not in CONTROL) or "u"
+    dirty = clean[:at] + control + clean[at:]
+    base = {**OK_PURCHASE, "item_id": "i1"}
+    assert not isinstance(decode_event(raw({**base, field: clean}), max_bytes=10_000), Rejected)
+    result = decode_event(raw({**base, field: dirty}), max_bytes=10_000)
+    assert isinstance(result, Rejected) and result.reason == "invalid_field"
+    assert result.detail == f"control characters are not allowed in an id - at `$.{field}`"

@@ -107,12 +107,13 @@ def test_reason_filter_foreign_topics_duplicates_and_lines_that_are_not_letters(
                            "skipped:not_a_dead_letter": 2}
 
 
+ID_CHARACTERS = st.characters(blacklist_categories=("Cc",))  # valid ids have no control characters
 events = st.builds(
     lambda kind, user, i, amount, item: json.dumps(
         {"type": kind, "event_id": f"e{i}", "user_id": user, "ts": 1_600_000_000 + i,
          **({"amount": amount} if kind == "purchase" else {}), **({"item_id": item} if item else {})}).encode(),
-    st.sampled_from(["click", "purchase"]), st.text(min_size=1, max_size=20), st.integers(0, 10**6),
-    st.floats(0, 1e6, allow_nan=False), st.one_of(st.none(), st.text(min_size=1, max_size=12)))
+    st.sampled_from(["click", "purchase"]), st.text(ID_CHARACTERS, min_size=1, max_size=20), st.integers(0, 10**6),
+    st.floats(0, 1e6, allow_nan=False), st.one_of(st.none(), st.text(ID_CHARACTERS, min_size=1, max_size=12)))
 
 
 @settings(max_examples=100, deadline=None)
