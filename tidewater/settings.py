@@ -242,6 +242,8 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
+            if hints[f.name] is Secret:
+                raw = _secret_from_file(f.metadata["env"], raw, environ)
             if raw is not None:
                 values[f.name] = _coerce(f.metadata["env"], hints[f.name], raw)
         # overrides are command-line options (``--partitions``): an error names the option the user typed, not a
@@ -359,6 +361,23 @@ RANGES: dict[str, tuple[Any, Any]] = {
 }
 
 
+def _secret_from_file(env: str, raw: str | None, environ: Mapping[str, str]) -> str | None:
+    """A secret's value, or the contents of the file that ``<env>_FILE`` names (Docker and Kubernetes secrets are
+    files: a value in the environment shows in ``docker inspect`` and in /proc/<pid>/environ). One final line
+    break is dropped, as ``echo`` writes one."""
+    path = environ.get(env + "_FILE")
+    if path is None:
+        return raw
+    if raw:  # an empty one is not set (compose passes ${VAR:-} through as empty)
+        raise InvalidSetting(f"{env} and {env}_FILE are both set: use one")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSetting(f"{env}_FILE={path!r}: cannot read it ({exc.__class__.__name__})") from None
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 def _host_port(entry: str) -> bool:
     host, sep, port = entry.strip().rpartition(":")
     return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
@@ -386,5 +405,7 @@ def settings_table_markdown() -> str:
             doc += " Range: " + ("> 0" if low == "positive" else f">= {low}") + (f", <= {high}" if high else "") + "."
         if f.metadata.get("choices"):
             doc += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
+        if isinstance(default, Secret):
+            doc += f" Or `{f.metadata['env']}_FILE`: a file that holds it (a Docker or Kubernetes secret)."
         rows.append(f"| `{f.metadata['env']}` | {shown} | {doc} |")
     return "\n".join(rows)

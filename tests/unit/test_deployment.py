@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from tidewater.settings import Settings
+from tidewater.settings import Secret, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +73,7 @@ def _listeners(text: str) -> dict[str, tuple[str, str]]:
 
 def test_compose_env_names_are_real_settings():
     known = {f.metadata["env"] for f in fields(Settings)}
+    known |= {f.metadata["env"] + "_FILE" for f in fields(Settings) if isinstance(f.default, Secret)}
     text = (ROOT / "docker-compose.yml").read_text()
     used = set(re.findall(r"\b(TIDEWATER_[A-Z0-9_]+)", text))
     assert used and used <= known, used - known

@@ -221,3 +221,28 @@ def test_regression_a_bad_command_line_option_is_named_as_typed_not_as_its_varia
         Settings.from_env({"bootstrap_servers": "nohost"}, environ={})
     with pytest.raises(InvalidSetting, match="^TIDEWATER_PARTITIONS=0"):  # set in the environment: named so
         Settings.from_env({"bootstrap_servers": None}, environ={"TIDEWATER_PARTITIONS": "0"})
+
+
+def test_a_secret_can_come_from_a_file_named_by_its_FILE_variable(tmp_path):
+    """Docker and Kubernetes hand secrets over as files; a token in the environment shows in `docker inspect`
+    (held over from the twenty-fourth session's security review). ``<VAR>_FILE`` names the file; one final line
+    break is dropped; both set, or a file that cannot be read, is a clear error naming the variable."""
+    token = "s3cr3t-token-0123456789"
+    for ending in ("", "\n", "\r\n"):
+        path = tmp_path / f"read_token{len(ending)}"
+        path.write_text(token + ending, newline="")
+        settings = Settings.from_env(environ={"TIDEWATER_READ_TOKEN_FILE": str(path),
+                                              "TIDEWATER_SASL_PASSWORD_FILE": str(path)})
+        assert settings.read_token.reveal() == token and settings.sasl_password.reveal() == token
+        assert token not in repr(settings)
+    with pytest.raises(InvalidSetting, match="TIDEWATER_READ_TOKEN and TIDEWATER_READ_TOKEN_FILE are both set"):
+        Settings.from_env(environ={"TIDEWATER_READ_TOKEN": token, "TIDEWATER_READ_TOKEN_FILE": str(path)})
+    # compose passes an unset ${TIDEWATER_READ_TOKEN:-} as an empty variable: not a second value
+    assert Settings.from_env(environ={"TIDEWATER_READ_TOKEN": "", "TIDEWATER_READ_TOKEN_FILE": str(path)}
+                             ).read_token.reveal() == token
+    with pytest.raises(InvalidSetting, match="TIDEWATER_INGEST_TOKEN_FILE=.*cannot read it"):
+        Settings.from_env(environ={"TIDEWATER_INGEST_TOKEN_FILE": str(tmp_path / "missing")})
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    with pytest.raises(InvalidSetting, match="too easy to guess"):  # the value read is checked as any other
+        Settings.from_env(environ={"TIDEWATER_INGEST_TOKEN_FILE": str(short)})
