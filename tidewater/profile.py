@@ -188,18 +188,33 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
     profile.last_ts = max(profile.last_ts, ts)
 
     # ring of recent events, the churn model's input
-    profile.recent.append(RecentEvent(
-        ts=ts, type="purchase" if is_purchase else "click", item_id=event.item_id, category=event.category,
+    kind = "purchase" if is_purchase else "click"
+    _into_ring(profile.recent, RecentEvent(
+        ts=ts, type=kind, item_id=event.item_id, category=event.category,
         amount=event.amount if is_purchase else 0.0, quantity=event.quantity if is_purchase else 0))
     if is_purchase and profile.ring_purchases >= 0:
         profile.ring_purchases += 1
     if len(profile.recent) > config.recent_events:
-        _forget_beyond(profile, config.recent_events, profile.recent[-1].type)
+        _forget_beyond(profile, config.recent_events, kind)
 
     # windowed activity on event time, with a grace period for late events
     _count_in_windows(profile, ts, watermark, config)
     profile.events_since_rec += 1
     return True
+
+
+def _into_ring(ring: list[RecentEvent], event: RecentEvent) -> None:
+    """Append, or for a late event insert at its place by event time (after the events at its time, as the
+    models' stable sort puts it). In arrival order, a late event outlived newer ones in a full ring, since the
+    oldest arrivals go first: the churn model was served a view it never trained on (the last events by time).
+    Rings stored before are in arrival order; an insertion into one stops at the first earlier event from the end."""
+    if not ring or event.ts >= ring[-1].ts:
+        ring.append(event)
+        return
+    at = len(ring) - 1
+    while at > 0 and ring[at - 1].ts > event.ts:
+        at -= 1
+    ring.insert(at, event)
 
 
 def _new_order(profile: Profile, ts: float) -> bool:
@@ -214,7 +229,7 @@ def _new_order(profile: Profile, ts: float) -> bool:
 
 
 def _forget_beyond(profile: Profile, keep: int, kind: str) -> None:
-    """The ring keeps the last ``keep`` events of each type, clicks and purchases, in arrival order. One ring of
+    """The ring keeps the last ``keep`` events of each type, clicks and purchases, in event-time order. One ring of
     the last ``keep`` events let a customer's browsing push their purchases out: a purchases-only churn model (as
     CDNOW's) was served fewer purchases than it was trained on, and none after 64 clicks, which scored a loyal
     customer at the no-history prior (found by a train/serve skew review). The last ``keep`` events of either kind

@@ -300,3 +300,22 @@ def test_a_ring_stored_longer_is_cut_to_each_types_bound_and_keeps_its_count(fir
         for kind in ("purchase", "click"):
             assert sum(e.type == kind for e in p.recent) <= keep
     assert p.ring_purchases in (-1, sum(e.type == "purchase" for e in p.recent))
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), min_size=1, max_size=120), st.integers(1, 12))
+def test_regression_a_full_ring_keeps_the_last_events_by_event_time(stream, keep):
+    """The ring was kept in arrival order, so a late event outlived newer ones in a full ring (the oldest arrivals
+    went first) and the churn model was served a view it never trained on (held over from the twenty-fourth
+    session). The ring holds, for each type, the last ``keep`` events by event time (ties in arrival order), in
+    that order, whatever the arrival order."""
+    config = ProfileConfig(recent_events=keep)
+    p = new_profile("u")
+    applied = []
+    for n, (purchase, ts) in enumerate(stream):
+        event = (Purchase(event_id=f"e{n}", user_id="u", ts=float(ts), amount=1.0, item_id=f"i{n}") if purchase
+                 else Click(event_id=f"e{n}", user_id="u", ts=float(ts), item_id=f"i{n}"))
+        apply(p, event, "e/0", n, 0.0, config)
+        applied.append((float(ts), n, event.item_id, "purchase" if purchase else "click"))
+    by_time = sorted(applied)  # by time, then arrival
+    want = sorted(x for kind in ("purchase", "click") for x in [e for e in by_time if e[3] == kind][-keep:])
+    assert [(e.ts, e.item_id, e.type) for e in p.recent] == [(t, item, kind) for t, _, item, kind in want]
