@@ -636,6 +636,10 @@ class PartitionEngine:
         (the gap, then every ``inactivity_rescore_s`` more, ``inactivity_rescores`` times): risk is re-assessed
         as silence grows, because a customer who stops coming produces no events."""
         self._count("ticks", "clock")
+        # the recommendations of earlier events go out before this tick's scores and offers, whatever the batching
+        # (a batch's end or a rerank used to send them: one record per batch put them first, one batch after;
+        # found by a fuzz of batch sizes)
+        self._flush_recs()
         self._expire_erasures(tick)
         if self.state.items_since_rank:
             self._rerank()
