@@ -364,18 +364,21 @@ RANGES: dict[str, tuple[Any, Any]] = {
 def _secret_from_file(env: str, raw: str | None, environ: Mapping[str, str]) -> str | None:
     """A secret's value, or the contents of the file that ``<env>_FILE`` names (Docker and Kubernetes secrets are
     files: a value in the environment shows in ``docker inspect`` and in /proc/<pid>/environ). One final line
-    break is dropped, as ``echo`` writes one."""
+    break is dropped, as ``echo`` writes one, and a byte-order mark; an empty file is an error."""
     path = environ.get(env + "_FILE")
-    if path is None:
+    if not path:  # unset, or empty as compose passes an unset ${VAR_FILE:-}
         return raw
     if raw:  # an empty one is not set (compose passes ${VAR:-} through as empty)
         raise InvalidSetting(f"{env} and {env}_FILE are both set: use one")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not part of the token
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidSetting(f"{env}_FILE={path!r}: cannot read it ({exc.__class__.__name__})") from None
-    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    if not text:  # an empty token turns the check off: a file named for one must hold one (found by review)
+        raise InvalidSetting(f"{env}_FILE={path!r}: the file is empty")
+    return text
 
 
 def _host_port(entry: str) -> bool:

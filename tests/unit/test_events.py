@@ -175,3 +175,19 @@ def test_regression_an_id_with_a_control_character_is_a_dead_letter(field, text,
     result = decode_event(raw({**base, field: dirty}), max_bytes=10_000)
     assert isinstance(result, Rejected) and result.reason == "invalid_field"
     assert result.detail == f"control characters are not allowed in an id - at `$.{field}`"
+
+
+@pytest.mark.parametrize("raw_id", [b"u\x7f1", "u\u00851".encode(), "u\u009f".encode()])
+def test_regression_control_characters_json_need_not_escape_are_caught_too(raw_id):
+    """DEL and the C1 characters may stand unescaped in JSON (only U+0000..U+001F must be escaped): the check after
+    decoding looks for them as well as for escapes."""
+    payload = b'{"type": "click", "event_id": "e1", "user_id": "' + raw_id + b'", "ts": 1000.0}'
+    result = decode_event(payload, max_bytes=1000)
+    assert isinstance(result, Rejected) and result.detail.endswith("at `$.user_id`"), result
+
+
+def test_regression_an_id_with_a_control_character_can_still_be_erased():
+    """Profiles stored before ids were checked may have such an id: its erasure must not become a dead letter (the
+    first version of the check refused it, so the profile could no longer be erased; found by review)."""
+    erase = decode_event(raw({"type": "erase", "event_id": "x\t1", "user_id": "u\t1", "ts": 5.0}), max_bytes=1000)
+    assert not isinstance(erase, Rejected) and erase.user_id == "u\t1"

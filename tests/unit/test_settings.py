@@ -242,6 +242,16 @@ def test_a_secret_can_come_from_a_file_named_by_its_FILE_variable(tmp_path):
                              ).read_token.reveal() == token
     with pytest.raises(InvalidSetting, match="TIDEWATER_INGEST_TOKEN_FILE=.*cannot read it"):
         Settings.from_env(environ={"TIDEWATER_INGEST_TOKEN_FILE": str(tmp_path / "missing")})
+    # an empty file would turn the token check off (found by review); a byte-order mark is not part of the token;
+    # an empty VAR_FILE, as compose passes an unset ${VAR_FILE:-}, is not set
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(InvalidSetting, match="TIDEWATER_READ_TOKEN_FILE=.*the file is empty"):
+        Settings.from_env(environ={"TIDEWATER_READ_TOKEN_FILE": str(empty)})
+    bom = tmp_path / "bom"
+    bom.write_bytes(b"\xef\xbb\xbf" + token.encode() + b"\n")
+    assert Settings.from_env(environ={"TIDEWATER_READ_TOKEN_FILE": str(bom)}).read_token.reveal() == token
+    assert Settings.from_env(environ={"TIDEWATER_READ_TOKEN_FILE": ""}).read_token.reveal() == ""
     short = tmp_path / "short"
     short.write_text("abc\n")
     with pytest.raises(InvalidSetting, match="too easy to guess"):  # the value read is checked as any other
