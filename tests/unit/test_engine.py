@@ -716,3 +716,23 @@ def test_regression_the_outputs_interleave_alike_whatever_the_batching():
     topics = [topic for topic, _, _ in runs[0]]
     assert "churn-scores" in topics and "recommendations" in topics  # the case: a tick between recommendations
     assert runs[0] == runs[1] == runs[2], [[t for t, _, _ in r] for r in runs]
+
+
+def test_regression_a_reread_after_the_erasure_guard_did_not_bring_an_erased_profile_back():
+    """An erasure, then its guard expired (days of event time pass in a second of backlog), then a crash before the
+    commit: the re-read click found no profile and no guard, and built the erased user's profile again from data
+    they asked to be forgotten (found by a fuzz of crashes and restores). The state's offset marks say the click was
+    processed before; a record they cover that the profile does not hold is skipped."""
+    from tidewater.events import Clock, Erase
+
+    recs = records([Click(event_id="c1", user_id="u1", ts=1_000.0, item_id="i1"),
+                    Erase(event_id="e1", user_id="u1", ts=2_000.0),
+                    Clock(ts=2_000.0 + 3 * DAY)])
+    config = EngineConfig(inactivity_gap_s=14 * DAY, erasure_guard_s=DAY)
+    engine, store, first = run(recs, config=config)
+    assert first.erased == {"u1"} and not engine.state.erased  # deleted, and the guard has expired
+    store.pop("u1", None)
+    restarted = PartitionEngine(0, config, store, state=engine.snapshot())
+    again = run_to_completion(restarted, recs)  # the last commit was before all of them
+    assert "u1" not in again.profiles and "u1" not in store
+    assert not [o for o in again.outputs if o.topic != "user-erasures"]  # nothing rebuilt from the erased click
