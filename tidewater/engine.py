@@ -473,10 +473,13 @@ class PartitionEngine:
         marks = state.applied
         # every new record; a re-read one too when the restored state is behind the restored profile
         new_to_state = marks is not None and record.offset > marks.get(source, -1)
-        if marks is not None and not new_to_state and not self._holds(event.user_id, source, record.offset):
+        if (marks is not None and not new_to_state and not self._seed_marks
+                and not self._holds(event.user_id, source, record.offset)):
             # processed before the stored state (its marks cover it), yet no stored profile holds it: its user was
             # erased since, or it was dropped or a duplicate then. Applied again, a re-read after the erasure's guard
-            # expired built the erased user's profile back (found by a fuzz of crashes and restores)
+            # expired built the erased user's profile back (found by a fuzz of crashes and restores). Not with marks
+            # seeded from the profiles (a state from before them): those come from the users whose profiles landed,
+            # and could cover a record of another user whose profile did not
             self._count("duplicates_skipped", record.topic)
             self._result.done.append(record)
             return
