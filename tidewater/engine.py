@@ -136,6 +136,10 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # never got marks: the crash fix behind them never ran, and every erasure was kept in erase_records inside this
     # one record (past Kafka's 1 MiB after ~20,000 erasures within the guard; found by review)
     applied: dict[str, int] | None = None
+    # per source: the marks seeded from the stored profiles when this state came without marks. They come from the
+    # users whose profiles landed, so they may cover records of users whose profiles did not: a re-read record at or
+    # below them is applied even when no profile holds it (``PartitionEngine._process``), in every later life too
+    seeded: dict[str, int] = {}
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -252,10 +256,12 @@ class PartitionEngine:
         # exactly at the tick instant, or a late one, is not in a score at that tick either). Checked before the
         # day test below: a user can be active again within one last-activity day. Exact on a restore too
         if self._seed_marks:  # a state from before the marks holds what the profiles hold: marks from their offsets
-            marks = self.state.applied
+            marks, seeded = self.state.applied, self.state.seeded
             for source, offset in profile.applied.items():
                 if offset > marks.get(source, -1):  # type: ignore[union-attr]
                     marks[source] = offset  # type: ignore[index]
+                if offset > seeded.get(source, -1):
+                    seeded[source] = offset
         if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
         if profile.last_offer_ts and profile.last_offer_ts >= self.state.next_tick > 0.0:  # only after a restore
@@ -473,13 +479,13 @@ class PartitionEngine:
         marks = state.applied
         # every new record; a re-read one too when the restored state is behind the restored profile
         new_to_state = marks is not None and record.offset > marks.get(source, -1)
-        if (marks is not None and not new_to_state and not self._seed_marks
+        if (marks is not None and not new_to_state and record.offset > state.seeded.get(source, -1)
                 and not self._holds(event.user_id, source, record.offset)):
             # processed before the stored state (its marks cover it), yet no stored profile holds it: its user was
             # erased since, or it was dropped or a duplicate then. Applied again, a re-read after the erasure's guard
-            # expired built the erased user's profile back (found by a fuzz of crashes and restores). Not with marks
-            # seeded from the profiles (a state from before them): those come from the users whose profiles landed,
-            # and could cover a record of another user whose profile did not
+            # expired built the erased user's profile back (found by a fuzz of crashes and restores). Not below marks
+            # seeded from the profiles (``PartitionState.seeded``): they could cover a record of a user whose
+            # profile never landed (the first version exempted only the engine that seeded them; found by review)
             self._count("duplicates_skipped", record.topic)
             self._result.done.append(record)
             return
