@@ -428,6 +428,9 @@ class PartitionEngine:
     def _process(self, item: MergeItem[_Valid]) -> None:
         record, event = item.handle.record, item.handle.event
         state = self.state
+        if self._seed_marks:  # marks come from the profiles stored at the restore only (``index_profile`` runs over
+            self._seed_marks = False  # them before any record): seeded from the ones processed since, they exempted
+            # those records from the re-read skip below, and an erased user's click came back (found by review)
         if state.next_tick == 0.0:
             state.next_tick = first_tick_after(event.ts, self.config.tick_s)
             self._result.state_changed = True

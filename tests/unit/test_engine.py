@@ -771,3 +771,38 @@ def test_regression_marks_seeded_from_the_profiles_do_not_skip_records_in_a_late
     second = boot(persisted)  # restarted, committed through offset 2
     again = run_to_completion(second, recs[3:], batch=3)
     assert {"v", "x"} <= set(again.profiles) and again.profiles["v"].n_events == 1
+
+
+def test_regression_marks_are_seeded_from_the_restored_profiles_only():
+    """The seeding of a state without marks went on for profiles processed after the restore, so the seeded marks
+    (exempt from the skip of re-read records no profile holds) covered them: a click processed in that first life,
+    then erased, was applied again by a re-read after the guard expired (found by review)."""
+    import msgspec
+
+    from tidewater.engine import PartitionState
+    from tidewater.events import Clock, Erase
+    from tidewater.profile import apply, new_profile
+
+    config = EngineConfig(inactivity_gap_s=14 * DAY, erasure_guard_s=DAY)
+    evs = [Click(event_id="w", user_id="w", ts=1_000.0, item_id="i0"),  # stored by a worker from before the marks
+           Click(event_id="c1", user_id="e", ts=1_001.0, item_id="i1"),
+           Erase(event_id="x1", user_id="e", ts=2_000.0),
+           Clock(ts=2_000.0 + 3 * DAY)]  # the guard expires
+    recs = records(evs)
+    store = DictStore()
+    store["w"] = new_profile("w")
+    apply(store["w"], evs[0], "clicks/0", 0, 0.0, config.profile)
+
+    def boot(state):
+        engine = PartitionEngine(0, config, store, state=state)
+        for profile in list(store.values()):
+            engine.index_profile(profile)
+        return engine
+
+    first = boot(PartitionState(partition=0, applied=None))
+    result = run_to_completion(first, recs[1:], batch=10)
+    assert result.erased == {"e"}
+    persisted = msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot()), type=PartitionState)
+    assert persisted.seeded == {"clicks/0": 0}  # the stored profile's offset, not the processed ones'
+    again = run_to_completion(boot(persisted), recs[1:], batch=10)  # a crash before the commit: all re-read
+    assert "e" not in again.profiles
