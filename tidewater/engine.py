@@ -407,23 +407,19 @@ class PartitionEngine:
 
     # --- processing ----------------------------------------------------------------------------------
     def _profile(self, user_id: str) -> Profile:
-        profile = self._cache.get(user_id)
+        profile = self._existing_profile(user_id)
         if profile is None:
-            stored = None if user_id in self._erased else self.store.get(user_id)
-            profile = stored or new_profile(user_id)
-            self._cache[user_id] = profile
+            profile = self._cache[user_id] = new_profile(user_id)
         return profile
 
-    def _holds(self, user_id: str, source: str, offset: int) -> bool:
-        """Does the user's profile (cached or stored) hold the record at ``offset`` of ``source``? A stored one
-        found here is cached, as ``_profile`` would; none is created."""
+    def _existing_profile(self, user_id: str) -> Profile | None:
+        """The user's profile, cached or stored (cached from here on), or None: none is created."""
         profile = self._cache.get(user_id)
         if profile is None:
             profile = None if user_id in self._erased else self.store.get(user_id)
-            if profile is None:
-                return False
-            self._cache[user_id] = profile
-        return already_applied(profile, source, offset)
+            if profile is not None:
+                self._cache[user_id] = profile
+        return profile
 
     def _process(self, item: MergeItem[_Valid]) -> None:
         record, event = item.handle.record, item.handle.event
@@ -482,16 +478,18 @@ class PartitionEngine:
         marks = state.applied
         # every new record; a re-read one too when the restored state is behind the restored profile
         new_to_state = marks is not None and record.offset > marks.get(source, -1)
-        if (marks is not None and not new_to_state and record.offset > state.seeded.get(source, -1)
-                and not self._holds(event.user_id, source, record.offset)):
-            # processed before the stored state (its marks cover it), yet no stored profile holds it: its user was
-            # erased since, or it was dropped or a duplicate then. Applied again, a re-read after the erasure's guard
-            # expired built the erased user's profile back (found by a fuzz of crashes and restores). Not below marks
-            # seeded from the profiles (``PartitionState.seeded``): they could cover a record of a user whose
-            # profile never landed (the first version exempted only the engine that seeded them; found by review)
-            self._count("duplicates_skipped", record.topic)
-            self._result.done.append(record)
-            return
+        if marks is not None and not new_to_state and record.offset > state.seeded.get(source, -1):
+            held = self._existing_profile(event.user_id)
+            if held is None or not already_applied(held, source, record.offset):
+                # processed before the stored state (its marks cover it), yet no stored profile holds it: its user
+                # was erased since, or it was dropped or a duplicate then. Applied again, a re-read after the
+                # erasure's guard expired built the erased user's profile back (found by a fuzz of crashes and
+                # restores). Not below marks seeded from the profiles (``PartitionState.seeded``): they could cover a
+                # record of a user whose profile never landed (the first version exempted only the engine that
+                # seeded them; found by review)
+                self._count("duplicates_skipped", record.topic)
+                self._result.done.append(record)
+                return
         profile = self._profile(event.user_id)
         late_before = profile.late_events
         if new_to_state:  # forward only: a re-read record set it back, and the next re-read ones looked new
