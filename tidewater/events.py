@@ -23,8 +23,9 @@ MAX_TS = 4102444800.0  # 2100-01-01: anything later is a unit mistake (ms instea
 # the schema as a look-ahead that means the same in Python and in JSON Schema (ECMA-262): ^[^...]+$ would not,
 # since Python's $ also matches before a final newline. An erasure takes any id: a profile stored under an id
 # with a tab before the check must stay erasable (found by review).
-_NO_CONTROL_CHARACTERS = r"^(?![\s\S]*[\x00-\x1f\x7f-\x9f])"
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_CLASS = r"[\x00-\x1f\x7f-\x9f]"
+_NO_CONTROL_CHARACTERS = rf"^(?![\s\S]*{_CONTROL_CLASS})"
+_CONTROL_CHARACTER = re.compile(_CONTROL_CLASS)
 AnyId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="1 to 128 characters, no control characters",
                                  extra_json_schema={"pattern": _NO_CONTROL_CHARACTERS})]
