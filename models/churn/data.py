@@ -59,9 +59,9 @@ def parse_time(value: str) -> float:
 def load_purchases_csv(path: str | Path) -> pd.DataFrame:
     """Read a purchase log: columns ``user_id,ts`` (ISO dates, ``YYYYMMDD`` or ``YYYYMMDDHHMM[SS]`` integers, dates
     written numbers first, or epoch seconds, milliseconds, microseconds or nanoseconds: ``models.timestamps``) and
-    optional ``amount,quantity`` (and ``type``, ``item``, ``category``). Rows without a user_id (guest checkouts) and returns (a negative amount or quantity) are
-    skipped. Returns the standard frame; ``frame.attrs`` says how ``ts`` was read (``ts_unit``) and how many rows
-    were skipped (``rows_without_user``, ``returns_dropped``)."""
+    optional ``amount,quantity`` (and ``type``, ``item``, ``category``). Rows without a user_id (guest checkouts)
+    and returns (a negative amount or quantity) are skipped. Returns the standard frame; ``frame.attrs`` says how
+    ``ts`` was read (``ts_unit``) and how many rows were skipped (``rows_without_user``, ``returns_dropped``)."""
     path = Path(path)
     raw, skipped = read_log_csv(path, required=("user_id", "ts"), known=CSV_COLUMNS, names=("item", "category"),
                                 aliases={"item_id": "item"})
