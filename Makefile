@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_INDEX ?=
 
-.PHONY: install models chromium run test test-fast bench bench-live schemas clean
+.PHONY: install models chromium run test test-fast fuzz bench bench-live schemas clean
 
 $(STAMP): pyproject.toml Makefile  # the torch and recbole pins are in the recipe below
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test: install chromium
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit
+
+## The property tests with fresh random examples, ten times as many (CI draws the same ones every run).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/models
 
 bench: install models
 	$(PY) bench/pipeline.py

@@ -147,7 +147,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
     except msgspec.ValidationError as exc:
         return _classify(str(exc))
     except msgspec.DecodeError as exc:
-        return Rejected("malformed_json", str(exc))
+        return Rejected("malformed_json", _decode_error_detail(str(exc), raw))
     except RecursionError:  # a few kB of brackets, well within max_bytes
         return Rejected("malformed_json", "JSON nested too deeply")
     if isinstance(event.ts, datetime):
@@ -181,6 +181,18 @@ def _control_character_in_ids(event: Event) -> str | None:
         if value is not None and not value.isprintable() and _CONTROL_CHARACTER.search(value):
             return name
     return None
+
+
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+
+
+def _decode_error_detail(message: str, raw: bytes) -> str:
+    """msgspec says "Input data was truncated" for an escaped high surrogate with no low one after it, when the
+    string is the document's last (`{"user_id": "\\ud800"}`): say what is wrong instead (such a text is not
+    Unicode: it cannot be a Kafka key or be written as UTF-8)."""
+    if message == "Input data was truncated" and _LONE_HIGH_SURROGATE.search(raw):
+        return "JSON is malformed: unpaired utf-16 surrogate escape (not a Unicode text)"
+    return message
 
 
 def _classify(message: str) -> Rejected:

@@ -107,7 +107,8 @@ def test_reason_filter_foreign_topics_duplicates_and_lines_that_are_not_letters(
                            "skipped:not_a_dead_letter": 2}
 
 
-ID_CHARACTERS = st.characters(blacklist_categories=("Cc",))  # valid ids have no control characters
+# valid ids have no control characters and no lone surrogates (not Unicode text: msgspec refuses the escape)
+ID_CHARACTERS = st.characters(blacklist_categories=("Cc", "Cs"))
 events = st.builds(
     lambda kind, user, i, amount, item: json.dumps(
         {"type": kind, "event_id": f"e{i}", "user_id": user, "ts": 1_600_000_000 + i,
