@@ -42,7 +42,12 @@ MIN_BATCH = 1  # the compiled loop beats prepare from one sequence on (28 agains
 MAX_EVENTS = 128  # the sums' pairwise order is emulated up to this many terms (numpy's block size)
 _TYPE_CODE = {"click": F.CLICK, "purchase": F.PURCHASE}
 log = logging.getLogger(__name__)
-_CLICK, _PURCHASE, _DAY, _N_SUMMARY = F.CLICK, F.PURCHASE, F.DAY, F.N_SUMMARY
+# Written out, not read from `features`: numba freezes a compiled function's globals into its cache, and keys the
+# cache on this file alone, so a change made in features.py would not reach cached code. The check makes such a
+# change fail at import until this line (and with it the cache key) is changed too.
+_CLICK, _PURCHASE, _DAY, _N_SUMMARY = 1, 2, 86400.0, 22
+if (_CLICK, _PURCHASE, _DAY, _N_SUMMARY) != (F.CLICK, F.PURCHASE, F.DAY, F.N_SUMMARY):  # pragma: no cover
+    raise ImportError("summary_batch's constants differ from features': update them here (numba's cache key)")
 
 
 def summary_of_records(sequences: Sequence[Sequence[Any]], as_of: Sequence[float], *,
