@@ -423,3 +423,25 @@ def test_regression_a_clock_posted_ahead_of_now_is_refused(worker):
     assert status == 422 and body["rejected"][0]["reason"] == "ts_in_future" and w.sent == []
     assert call(w, "POST", "/events", [{"type": "clock", "ts": now + 60}], AUTH)[0] == 202
     assert call(w, "POST", "/events", clicks(1, ts=now + 6 * 3600), AUTH)[0] == 202  # an event may lead by a day
+
+
+def test_every_answer_carries_the_security_headers_and_the_dashboard_its_csp(worker):
+    """No content sniffing, framing or referrer on any answer (a security review found none set); the dashboard
+    allows only its own inline script and style, by their hashes, and fetches to its own origin."""
+    import base64
+    import hashlib
+    import re
+    from importlib import resources
+
+    w = worker()
+    for method, path in (("GET", "/health"), ("GET", "/dashboard"), ("GET", "/dashboard.json"),
+                         ("GET", "/metrics"), ("POST", "/events"), ("GET", "/no-such-page")):
+        _, _, headers = call(w, method, path)
+        assert {k: headers.get(k) for k in web.SECURITY_HEADERS} == web.SECURITY_HEADERS, path
+    _, page, headers = call(w, "GET", "/dashboard")
+    csp = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    script = re.search(r"<script>(.*?)</script>", page, flags=re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert csp["script-src"] == f"'sha256-{digest}'" and csp["default-src"] == "'none'"
+    assert csp["connect-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+    assert page == resources.files("streams").joinpath("dashboard.html").read_text(encoding="utf-8")
