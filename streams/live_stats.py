@@ -25,6 +25,7 @@ WINDOW_S = 10.0  # throughput and batch latency are over this many seconds of wa
 RECENT = 20  # offers and recommendations kept for the page
 HIST_BINS = 10
 LAST_BATCHES = 100  # batch latency of an idle worker: over its last batches
+VERSIONS_KEPT = 10  # per kind, the versions seen most recently (a daily retrain added one a day, for good)
 
 
 class _Churn(msgspec.Struct):
@@ -156,7 +157,13 @@ class LiveStats:
 
     def _version(self, kind: str, version: str) -> None:
         if version:
-            self.versions[kind][version] += 1
+            seen = self.versions[kind]
+            if version != self.current.get(kind):  # kept in the order last seen, checked only at a switch
+                if version in seen:
+                    seen[version] = seen.pop(version)
+                elif len(seen) >= VERSIONS_KEPT:  # the one seen longest ago goes
+                    del seen[next(iter(seen))]
+            seen[version] += 1
             self.current[kind] = version
 
     def set_lag(self, lag: dict[str, dict[str, int]], now: float | None = None) -> None:

@@ -68,7 +68,21 @@ def test_recent_offers_and_recommendations_newest_first_capped_at_20():
     assert recs[0] == {"user_id": "r29", "items": ["i0", "i1", "i2"], "n_items": 10, "index_version": "idx-29",
                        "model_version": "recs-1", "as_of": 2.0}
     assert snap["current_versions"]["index"] == "idx-29"
-    assert len(snap["versions"]["index"]) == 30
+    assert list(snap["versions"]["index"]) == [f"idx-{i}" for i in range(20, 30)]
+
+
+def test_regression_versions_seen_are_bounded_to_the_last_ten_first_seen():
+    """Every version that ever produced an output stayed in memory and in each /dashboard.json poll: one more per
+    retrain, for good (found by a long-run memory review). The ten seen most recently are kept, with their counts:
+    a version still in use is never dropped."""
+    live = LiveStats(S, batch_times=deque())
+    for day in range(40):
+        live.observe([churn(0.5, model=f"churn-{day}"), churn(0.5, model="churn-0")], processed=2, now=T0 + day)
+    snap = live.snapshot(now=T0 + 40)
+    kept = snap["versions"]["churn_model"]
+    assert list(kept) == [*(f"churn-{d}" for d in range(31, 40)), "churn-0"]
+    assert kept["churn-0"] == 41 and all(kept[f"churn-{d}"] == 1 for d in range(31, 40))
+    assert snap["current_versions"]["churn_model"] == "churn-0"
 
 
 def test_rates_over_the_last_window_of_wall_time():
