@@ -138,8 +138,9 @@ class Settings:
     profile_cache_users: int = setting(
         100_000, "TIDEWATER_PROFILE_CACHE_USERS",
         "Decoded profiles a worker keeps in memory, least recently written out first (about 11-13 kB each with a "
-        "half-full ring of recent events, so 1.3 GB at the default; up to about 50 kB for a user with full rings of "
-        "clicks and purchases and the items remembered beyond them): their users skip a RocksDB read and a decode. "
+        "half-full ring of recent events, so 1.3 GB at the default; 50-70 kB for a user with full rings of clicks and "
+        "purchases and the items remembered beyond them, longer ids taking more, so 5-7 GB if every cached user were "
+        "one): their users skip a RocksDB read and a decode. "
         "0 turns the cache off.")
     max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
                                    "Records larger than this go to the dead-letter topic (oversized).")
