@@ -12,6 +12,12 @@ Caught up: the worker touches a marker file beside the database (``<db>.caught-u
 partition and with the batches it writes there (at most once a minute). The database's own files cannot tell: opening one writes a new
 log, manifest and options file, so a database opened again and again without catching up looked fresh (found by
 review). A database without a marker (written before the marker existed, or never caught up) is discarded.
+
+A damaged database is discarded the same way, as Kafka Streams wipes a corrupted task's state: the changelog holds
+every record. One that RocksDB refuses to open (a damaged ``MANIFEST`` or ``CURRENT``) is discarded at once; a
+read or write that meets damage later (a block's checksum) leaves a marker beside the database (``<db>.corrupt``)
+and raises, the worker stops, and the next opening discards it. Before, the worker failed at every start until an
+operator deleted the database by hand.
 """
 from __future__ import annotations
 
@@ -50,6 +56,35 @@ def mark_open_partitions_caught_up(store: Any) -> None:
         mark_caught_up(store, partition)
 
 
+def corrupt_marker(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".corrupt")
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """RocksDB's status for damaged files ("Corruption: block checksum mismatch ...", "Corruption: CURRENT file
+    ..."): rocksdict raises it as a plain Exception with that text."""
+    return "Corruption:" in str(exc)
+
+
+def mark_corrupt(store: Any, partition: int, exc: BaseException) -> bool:
+    """Leave the marker that makes the next opening discard ``partition``'s database, if ``exc`` says it is
+    damaged; True when it did."""
+    if not is_corruption(exc) or not hasattr(store, "partition_path"):
+        return False
+    path = Path(store.partition_path(partition))
+    log.error("the local store %s is damaged (%s): the worker stops, and at its next start discards it and restores "
+              "the partition from its changelog", path, str(exc))  # not the exception: its frames hold the database
+    corrupt_marker(path).write_text(f"{exc}\n")
+    return True
+
+
+def _discard(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    for marker in (caught_up_marker(path), corrupt_marker(path)):
+        marker.unlink(missing_ok=True)
+    _marked.pop(caught_up_marker(path), None)  # the next catch-up touches it again at once
+
+
 def stale_since(db_path: Path, max_age_s: float, now: float) -> float | None:
     """How long ago the database at ``db_path`` was last caught up, if that is ``max_age_s`` or more (or unknown:
     infinity); None for a fresh one or none at all."""
@@ -74,16 +109,31 @@ def guard_against_stale_partitions(store: Any, tombstone_retention_s: float) -> 
     def _open_for_partition(partition: int) -> Any:
         path = Path(store.partition_path(partition))
         age = stale_since(path, max_age_s, time.time())
-        db = open_partition(partition)
+        try:
+            db = open_partition(partition)
+        except Exception as exc:  # noqa: BLE001 - only RocksDB's corruption is handled; the rest is raised
+            if not is_corruption(exc):
+                raise
+            log.warning("discarding the local store %s, which RocksDB cannot open (%s); the partition is restored "
+                        "from its changelog", path, exc)
+            _discard(path)
+            metrics.CORRUPT_STORES_DISCARDED.inc()
+            return open_partition(partition)
+        damage = corrupt_marker(path)
+        if damage.exists():  # a read or write met damage before the last stop (``mark_corrupt``)
+            db.close()
+            log.warning("discarding the local store %s, found damaged (%s); the partition is restored from its "
+                        "changelog", path, damage.read_text(errors="replace").strip())
+            _discard(path)
+            metrics.CORRUPT_STORES_DISCARDED.inc()
+            return open_partition(partition)
         if age is None:
             return db
         db.close()
         log.warning("discarding the local store %s, last caught up %s (more than %.1f h: deletions compacted away "
                     "since may be missing); the partition is restored from its changelog", path,
                     "at an unknown time" if age == float("inf") else f"{age / 3600:.1f} h ago", max_age_s / 3600)
-        shutil.rmtree(path)
-        caught_up_marker(path).unlink(missing_ok=True)
-        _marked.pop(caught_up_marker(path), None)  # the next catch-up touches it again at once
+        _discard(path)
         metrics.STALE_STORES_DISCARDED.inc()
         return open_partition(partition)
 

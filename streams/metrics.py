@@ -57,6 +57,10 @@ RESTORED = Counter("tidewater_changelog_records_restored",
                    "Changelog records restored into the tables at start-up or after a rebalance, by path: batch "
                    "(streams/ingress.py restore_batch) or faust (its per-record path, for what the batch path "
                    "does not take)", ["table", "path"], registry=REGISTRY)
+CORRUPT_STORES_DISCARDED = Counter(
+    "tidewater_corrupt_stores_discarded", "Local table partitions discarded at opening because RocksDB found them "
+    "damaged (at the opening, or at a read or write before the last stop), and restored from the changelog "
+    "(streams/local_state.py)", registry=REGISTRY)
 STALE_STORES_DISCARDED = Counter(
     "tidewater_stale_stores_discarded", "Local table partitions discarded at opening, last caught up longer ago "
     "than half the changelogs' tombstone retention, and restored from the changelog (streams/local_state.py)",

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Iterator
 
 from faust.streams import _current_event
 
+from streams.local_state import mark_corrupt
+
 
 class _Where:
     __slots__ = ("topic", "partition")
@@ -71,9 +73,18 @@ class PartitionTable:
         # looked up per call, as Faust does: a rebalance closes and re-opens the partition's database
         self._db_for = getattr(table.data, "_db_for_partition", None)
 
+    def _damaged(self, exc: BaseException) -> None:
+        """A RocksDB error that says the database is damaged leaves the marker that has it discarded and restored
+        from the changelog at its next opening (streams/local_state.py); the error is raised on as before."""
+        mark_corrupt(self.table.data, self.partition, exc)
+
     def get(self, key: bytes) -> bytes | None:
         if self._db_for is not None:
-            return self._db_for(self.partition).get(key)
+            try:
+                return self._db_for(self.partition).get(key)
+            except Exception as exc:
+                self._damaged(exc)
+                raise
         with partition_context(self.topic, self.partition):
             return self.table.data.get(key)
 
@@ -88,7 +99,11 @@ class PartitionTable:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-            self._db_for(self.partition).write(batch)
+            try:
+                self._db_for(self.partition).write(batch)
+            except Exception as exc:
+                self._damaged(exc)
+                raise
             return
         with partition_context(self.topic, self.partition):
             for key, value in items:
@@ -102,9 +117,13 @@ class PartitionTable:
         store holds all partitions together, so its keys are told apart with the producer's partitioner)."""
         if self._db_for is not None:
             offset_key = getattr(self.table.data, "offset_key", None)  # Faust's own record of the changelog offset
-            for key, value in scan(self._db_for(self.partition)):
-                if key != offset_key:
-                    yield value
+            try:
+                for key, value in scan(self._db_for(self.partition)):
+                    if key != offset_key:
+                        yield value
+            except Exception as exc:
+                self._damaged(exc)
+                raise
             return
         from streams.producing import key_partition
 
@@ -117,10 +136,14 @@ class PartitionTable:
         """The partition's keys that start with ``prefix``, with their values, in key order."""
         if self._db_for is not None:
             out = []
-            for key, value in scan(self._db_for(self.partition), prefix):
-                if not key.startswith(prefix):
-                    break
-                out.append((key, value))
+            try:
+                for key, value in scan(self._db_for(self.partition), prefix):
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key, value))
+            except Exception as exc:
+                self._damaged(exc)
+                raise
             return out
         with partition_context(self.topic, self.partition):
             return sorted((k, v) for k, v in self.table.data.items() if isinstance(k, bytes) and k.startswith(prefix))

@@ -9,7 +9,7 @@ import pytest
 from faust.types import TP
 
 from streams import metrics
-from streams.local_state import caught_up_marker, mark_caught_up, mark_open_partitions_caught_up
+from streams.local_state import caught_up_marker, corrupt_marker, mark_caught_up, mark_open_partitions_caught_up
 from streams.table_io import PartitionTable
 from tests.unit.pipelines import offline_pipeline
 
@@ -113,3 +113,69 @@ def test_a_marker_is_touched_at_most_once_a_minute(tmp_path):
     _age(marker, 30.0)
     mark_caught_up(table.data, 0)  # the next batch, within the minute
     assert time.time() - marker.stat().st_mtime >= 29.0
+
+
+def _damage_blocks(db_path) -> None:
+    """Overwrite the middle of every table file: RocksDB opens the database, and a read of those blocks fails
+    its checksum."""
+    for sst in db_path.glob("*.sst"):
+        data = bytearray(sst.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(range(64))
+        sst.write_bytes(bytes(data))
+
+
+def test_regression_a_store_rocksdb_cannot_open_is_restored_from_the_changelog(tmp_path):
+    """A damaged CURRENT or MANIFEST made the worker fail at every start until an operator deleted the partition's
+    database by hand (the runbook said so). It is discarded at the opening, as a stale one is, and the partition
+    restored from its changelog; another partition keeps its database."""
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.profiles
+    changelog = table.changelog_topic.get_topic_name()
+    for partition in (1, 2):
+        _stored(table, partition)
+    (table.data.partition_path(1) / "CURRENT").write_bytes(b"garbage")
+    before = metrics.CORRUPT_STORES_DISCARDED._value.get()
+    assert PartitionTable(table, 1).get(b"user-1") is None
+    assert table.data.persisted_offset(TP(changelog, 1)) is None  # restored from the changelog's start
+    assert PartitionTable(table, 2).get(b"user-2") == b"profile"
+    assert metrics.CORRUPT_STORES_DISCARDED._value.get() == before + 1
+
+
+def test_regression_a_store_damaged_past_its_opening_is_restored_at_the_next_start(tmp_path):
+    """A damaged block opens fine and fails the first read of it: the worker stopped there at every start. The
+    read now leaves a marker beside the database and raises as before; the next opening discards the database
+    and the partition is restored from its changelog."""
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.profiles
+    rows = [(f"user-{i:05d}".encode(), bytes([i % 251]) * 300) for i in range(4000)]
+    PartitionTable(table, 1).put_many(rows)
+    table.data._dbs[1].flush()
+    mark_caught_up(table.data, 1)
+    _closed(table, 1)
+    path = table.data.partition_path(1)
+    _damage_blocks(path)
+    before = metrics.CORRUPT_STORES_DISCARDED._value.get()
+    def scan_error() -> str:  # the activity index's scan at an assignment; no traceback kept (it holds the database)
+        try:
+            list(PartitionTable(table, 1).values())
+        except Exception as exc:  # noqa: BLE001
+            return str(exc)
+        return ""
+
+    assert scan_error().startswith("Corruption: block checksum mismatch")
+    assert corrupt_marker(path).exists() and path.exists()  # an open database is not deleted under the worker
+    _closed(table, 1)  # the worker stopped
+    assert PartitionTable(table, 1).get(b"user-00001") is None and list(PartitionTable(table, 1).values()) == []
+    assert not corrupt_marker(path).exists() and metrics.CORRUPT_STORES_DISCARDED._value.get() == before + 1
+
+
+def test_an_error_that_is_not_damage_leaves_no_marker(tmp_path):
+    from streams.local_state import mark_corrupt
+
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    store = pipeline.profiles.data
+    assert not mark_corrupt(store, 1, OSError("IO error: No space left on device"))
+    assert not corrupt_marker(store.partition_path(1)).exists()
+    assert mark_corrupt(store, 1, Exception("Corruption: block checksum mismatch: stored = 1, computed = 2"))
+    assert corrupt_marker(store.partition_path(1)).read_text().startswith("Corruption: block checksum mismatch")
