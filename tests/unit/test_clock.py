@@ -87,3 +87,21 @@ def test_a_caught_up_source_does_not_hold_the_others_back():
     merger.push("purchases", 5.0, 0, "p0", now=0.0)
     merger.push("clicks", 3.0, 1, "c1", now=0.0)
     assert [i.handle for i in merger.pop_ready(0.0, caught_up=frozenset({"clicks", "purchases"}))] == ["c1", "p0"]
+
+
+# --- found by mutation testing (twenty-sixth session): behaviours no test pinned
+
+def test_a_source_is_idle_after_idle_s_since_its_own_last_arrival_not_since_the_start():
+    """The idle period counts from the source's last arrival (tests so far had every arrival at time 0)."""
+    m = EventTimeMerger(("a", "b"), idle_s=1.0, now=0.0)
+    m.push("b", 1.0, 0, "b0", now=100.0)
+    assert [i.handle for i in m.pop_ready(now=100.0)] == ["b0"]  # a has been silent for 100 s: idle
+    m.push("a", 5.0, 0, "a0", now=100.2)
+    assert list(m.pop_ready(now=100.5)) == []  # b sent 0.5 s ago: it might still send something earlier
+    assert [i.handle for i in m.pop_ready(now=101.5)] == ["a0"]
+
+
+def test_an_event_well_before_the_next_tick_fires_nothing_and_keeps_the_next_tick():
+    """A late event (several ticks before ``next_tick``) neither fires a tick nor moves the next one back."""
+    assert crossed_ticks(30.0, 0.0, 10.0) == ([], 30.0)
+    assert crossed_ticks(30.0, 29.9, 10.0) == ([], 30.0)

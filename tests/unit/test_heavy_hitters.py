@@ -62,3 +62,17 @@ def test_a_new_hit_gets_into_the_partition_item_counts(monkeypatch):
     engine.on_notify(1e18)
     counts = engine.state.item_counts
     assert len(counts) == 4 and max(counts, key=counts.get) == "new-hit"
+
+
+# --- found by mutation testing (twenty-sixth session): behaviours no test pinned
+
+def test_count_returns_the_key_it_displaced_and_none_otherwise():
+    """The engine marks the displaced item as changed (its count left the table): ``count`` must name it, with or
+    without the index (the differential test compared the two paths with each other only)."""
+    for index in (None, heavy_hitters.WeakestIndex()):
+        counts = {"a": 3, "b": 1, "c": 2}
+        assert heavy_hitters.count(counts, "a", 3, index) is None  # already counted
+        assert heavy_hitters.count(counts, "new", 3, index) == "b"
+        assert counts == {"a": 4, "c": 2, "new": 2}
+        assert heavy_hitters.count(counts, "other", 3, index) == "c"  # ties by key: "c" < "new"
+        assert heavy_hitters.count({}, "x", 3, index) is None

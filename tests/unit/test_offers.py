@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -7,7 +8,7 @@ from tests.unit.test_engine import DictStore, records
 from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
 from tidewater.events import Click, Purchase
 from tidewater.offers import (OfferDecision, OfferPolicy, OfferTier, activity_dropped, customer_value, decide,
-                              partition_budget, within_budget)
+                              parse_tiers, partition_budget, within_budget)
 from tidewater.profile import DAY, apply, new_profile
 
 
@@ -221,3 +222,70 @@ def test_regression_the_customer_value_averages_per_order_not_per_line():
     assert p.n_orders == 6
     apply(p, Purchase(event_id="late-order", user_id="u", ts=2.5 * DAY, amount=15.0), "p/0", 101, 0.0)
     assert p.n_orders == 7
+
+
+# --- found by mutation testing (twenty-sixth session): behaviours no test pinned
+
+def _days(per_day: dict[int, int], purchase_amount: float | None = None):
+    """A user with ``per_day[d]`` clicks on day ``d`` (and one purchase on day 0 if ``purchase_amount``)."""
+    p = new_profile("u")
+    n = 0
+    if purchase_amount is not None:
+        apply(p, Purchase(event_id="p0", user_id="u", ts=0.0, amount=purchase_amount), "p/0", 0, 0.0)
+    for d, k in sorted(per_day.items()):
+        for j in range(k):
+            ts = d * DAY + j * 600.0
+            apply(p, Click(event_id=f"c{n}", user_id="u", ts=ts, item_id="i"), "c/0", n, ts)
+            n += 1
+    return p
+
+
+def test_a_discount_of_exactly_100_percent_is_a_valid_tier_and_above_it_is_not():
+    """The range of discount_pct is 0..100, both ends included."""
+    assert parse_tiers("50:discount:100")[0].discount_pct == 100.0
+    assert parse_tiers("0:free_shipping:0")[0].discount_pct == 0.0
+    for bad in ("50:discount:100.5", "50:discount:-0.5", "-1:discount:10"):
+        with pytest.raises(ValueError):
+            parse_tiers(bad)
+
+
+def test_an_offer_expires_after_the_policy_validity_which_defaults_to_the_settings_14_days():
+    from tidewater.settings import Settings
+
+    p = _days({}, purchase_amount=60.0)
+    d = decide(p, 0.9, 100 * DAY, "activity", 0)
+    assert OfferPolicy().validity_s == Settings().offer_validity_s == 14 * DAY
+    assert d.expires_at == 100 * DAY + 14 * DAY
+    assert decide(p, 0.9, 100 * DAY, "activity", 0, OfferPolicy(validity_s=3600.0)).expires_at == 100 * DAY + 3600
+
+
+def test_a_customer_whose_activity_dropped_gets_the_activity_drop_reason_code():
+    """activity_dropped was tested on its own, but not that decide reports it as a reason code."""
+    stopped = _days({d: 5 for d in range(21)}, purchase_amount=60.0)
+    d = decide(stopped, 0.9, 51 * DAY, "inactivity", 0)
+    assert "activity_drop" in d.reason_codes
+    steady = _days({d: 5 for d in range(60)}, purchase_amount=60.0)
+    assert "activity_drop" not in decide(steady, 0.9, 60 * DAY, "activity", 0).reason_codes
+
+
+def test_an_active_users_baseline_is_the_three_weeks_before_the_last_week_not_overlapping_it():
+    """5 clicks a day for 3 weeks, then 1 a day for the last week: 7 < a quarter of 35 a week is a drop. A baseline
+    that took in the last week itself (or compared with a quarter *divided* by the baseline) would not see it."""
+    quieter = _days({**{d: 5 for d in range(21)}, **{d: 1 for d in range(21, 28)}})
+    assert activity_dropped(quieter, 28 * DAY)
+    # 9 in the last week is more than a quarter of 35: no drop
+    assert not activity_dropped(_days({**{d: 5 for d in range(21)}, **{d: 1 for d in range(21, 28)}, 27: 3}), 28 * DAY)
+
+
+def test_a_baseline_of_exactly_two_events_a_week_is_enough_history_to_speak_of_a_drop():
+    """The minimum history is ``baseline >= 2.0`` events a week: 6 events in the 3 weeks count, 5 do not."""
+    assert activity_dropped(_days({0: 2, 7: 2, 14: 2}), 28 * DAY)
+    assert not activity_dropped(_days({0: 2, 7: 2, 14: 1}), 28 * DAY)
+
+
+def test_no_offer_when_the_configured_tiers_start_above_the_customers_value():
+    """Tiers need not go down to 0: a customer worth more than min_value but below the lowest tier gets no offer
+    (not a crash)."""
+    policy = OfferPolicy(tiers=(OfferTier(100.0, "discount", 10.0),))
+    assert decide(_days({}, purchase_amount=60.0), 0.9, 100 * DAY, "activity", 0, policy) is None
+    assert decide(_days({}, purchase_amount=160.0), 0.9, 100 * DAY, "activity", 0, policy).discount_pct == 10.0

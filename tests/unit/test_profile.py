@@ -4,8 +4,8 @@ import msgspec
 from hypothesis import example, given, settings, strategies as st
 
 from tidewater.events import Click, Purchase
-from tidewater.profile import (DAY, HOUR, ProfileConfig, apply, decode_profile, encode_profile, hopping_counts,
-                               new_profile)
+from tidewater.profile import (DAY, HOUR, MAX_CATEGORIES, ProfileConfig, apply, decode_profile, encode_profile,
+                               hopping_counts, new_profile, profile_to_json, top_categories)
 
 users = st.sampled_from(["u1", "u2", "u3"])
 events = st.builds(
@@ -319,3 +319,65 @@ def test_regression_a_full_ring_keeps_the_last_events_by_event_time(stream, keep
     by_time = sorted(applied)  # by time, then arrival
     want = sorted(x for kind in ("purchase", "click") for x in [e for e in by_time if e[3] == kind][-keep:])
     assert [(e.ts, e.item_id, e.type) for e in p.recent] == [(t, item, kind) for t, _, item, kind in want]
+
+
+# --- found by mutation testing (twenty-sixth session): behaviours no test pinned
+
+def _click(n, ts, **kw):
+    return Click(event_id=f"c{n}", user_id="u", ts=float(ts), **kw)
+
+
+def test_categories_are_counted_per_event_and_bounded():
+    """Each event's category is counted in the profile (shown by GET /users/{id}/profile), at most MAX_CATEGORIES of
+    them."""
+    p = new_profile("u")
+    for n, cat in enumerate(["books", "music", "books", None, "books", "music", "toys"]):
+        apply(p, _click(n, n, category=cat), "c/0", n, float(n))
+    assert p.categories == {"books": 3, "music": 2, "toys": 1}
+    assert top_categories(p, 2) == ["books", "music"]
+    for n in range(100, 100 + 2 * MAX_CATEGORIES):
+        apply(p, _click(n, n, category=f"cat{n}"), "c/0", n, float(n))
+    assert len(p.categories) == MAX_CATEGORIES == 32
+
+
+def test_session_seconds_add_up_the_length_of_closed_sessions():
+    """A new session (after a gap over session_gap_s) closes the previous one, whose length goes into
+    session_seconds; the open session is not counted yet."""
+    p = new_profile("u")
+    for n, ts in enumerate([0, 60, 120, 120 + 3600, 120 + 3700, 10_000 + 3600]):
+        apply(p, _click(n, ts), "c/0", n, float(ts))
+    assert p.n_sessions == 3
+    assert p.session_seconds == 120 + 100  # [0, 120] and [3720, 3820]
+
+
+def test_purchase_quantities_add_up_in_the_profile():
+    p = new_profile("u")
+    apply(p, Purchase(event_id="a", user_id="u", ts=1.0, amount=5.0, quantity=3), "p/0", 0, 0.0)
+    apply(p, Purchase(event_id="b", user_id="u", ts=2.0, amount=5.0), "p/0", 1, 0.0)
+    assert p.quantity == 4 and profile_to_json(p)["quantity"] == 4
+
+
+def test_hourly_buckets_are_kept_for_two_days_of_event_time_by_default():
+    """The hourly windows' retention (hourly_retention_s, 2 days): older hourly buckets are dropped, newer kept;
+    the daily buckets keep them all (35 days)."""
+    assert ProfileConfig().hourly_retention_s == 2 * DAY
+    p = new_profile("u")
+    for n, ts in enumerate([0.0, 1.5 * DAY, 2.5 * DAY]):
+        apply(p, _click(n, ts), "c/0", n, ts)
+    assert sorted(p.hourly) == [int(1.5 * DAY), int(2.5 * DAY)]
+    assert sorted(p.daily) == [0, int(DAY), int(2 * DAY)]
+
+
+def test_a_lowered_ring_bound_keeps_the_latest_of_the_other_type_and_remembers_the_rest():
+    """TIDEWATER_RECENT_EVENTS lowered: at the next event (a purchase) the clicks over the bound go, the oldest
+    first: the last ``keep`` clicks stay (not fewer), and the items of the clicks that went are remembered in
+    ``clicked``, each with how many times the ring forgot it."""
+    p = new_profile("u")
+    items = ["a", "b", "a", "c", "d", "e", "f", "g"]
+    for n, item in enumerate(items):
+        apply(p, _click(n, n, item_id=item), "c/0", n, 0.0)
+    apply(p, Purchase(event_id="p", user_id="u", ts=100.0, amount=1.0, item_id="x"), "p/0", 0, 0.0,
+          ProfileConfig(recent_events=4))
+    assert [e.item_id for e in p.recent] == ["d", "e", "f", "g", "x"]
+    assert p.clicked == {"b": 1, "a": 2, "c": 1}
+    assert p.ring_purchases == 1

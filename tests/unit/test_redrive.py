@@ -1,6 +1,7 @@
 """tidewater/redrive.py: which dead letters go back to their input topic, with which key and bytes."""
 from __future__ import annotations
 
+import base64
 import json
 
 from hypothesis import given, settings
@@ -148,3 +149,37 @@ def test_regression_a_users_letters_go_back_in_event_time_order_whatever_the_dum
     plan = plan_redrive(letters, input_topics=TOPICS, max_bytes=1024)
     assert [json.loads(value)["event_id"] for _, _, value in plan.records] == ["eve-0", "eve-1", "eve-2"]
     assert {key for _, key, _ in plan.records} == {b"eve"}
+
+
+# --- found by mutation testing (twenty-sixth session): behaviours no test pinned
+
+def _letter(value: bytes, **changes) -> bytes:
+    letter = json.loads(dead_letters([Record("clicks", 0, 1, b"wrong", value)], max_bytes=4096)[0])
+    return json.dumps(letter | changes).encode()
+
+
+def test_a_letter_whose_value_is_not_valid_base64_is_skipped_and_counted_once():
+    good = _letter(click("bob", 2))
+    bad = _letter(click("ann", 1), offset=2, value_b64="not base64!")
+    plan = plan_redrive([bad, good], input_topics=TOPICS, max_bytes=4096)
+    assert plan.records == [("clicks", b"bob", click("bob", 2))]
+    assert plan.counts == {"skipped:bad_base64": 1, "redriven:key_mismatch": 1}
+
+
+def test_a_letter_without_its_value_is_counted_as_value_not_kept_only():
+    """A letter of a record too large to carry (value_sha256 set, value_b64 null) is counted once, under
+    value_not_kept, not also as a still-rejected record without a value."""
+    kept_out = _letter(click("ann", 1), value_b64=None, value_sha256="0" * 64,
+                       value_head_b64=base64.b64encode(b"{").decode())
+    plan = plan_redrive([kept_out], input_topics=TOPICS, max_bytes=4096)
+    assert plan.records == [] and plan.counts == {"skipped:value_not_kept": 1}
+
+
+def test_an_event_exactly_max_lead_ahead_of_now_goes_back_as_the_engine_accepts_it():
+    """The engine rejects ts_in_future only when the event is *more* than max_lead_s after the record's time;
+    redrive keeps the same boundary."""
+    letter = _letter(click("ann", 0))  # ts 1_700_000_000
+    plan = plan_redrive([letter], input_topics=TOPICS, max_bytes=4096, now=1_700_000_000 - 100, max_lead_s=100)
+    assert plan.records == [("clicks", b"ann", click("ann", 0))]
+    later = plan_redrive([letter], input_topics=TOPICS, max_bytes=4096, now=1_700_000_000 - 101, max_lead_s=100)
+    assert later.records == [] and later.counts == {"still_rejected:ts_in_future": 1}
