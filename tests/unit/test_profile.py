@@ -381,3 +381,17 @@ def test_a_lowered_ring_bound_keeps_the_latest_of_the_other_type_and_remembers_t
     assert [e.item_id for e in p.recent] == ["d", "e", "f", "g", "x"]
     assert p.clicked == {"b": 1, "a": 2, "c": 1}
     assert p.ring_purchases == 1
+
+
+def test_only_an_event_newer_than_the_last_restarts_the_silence_that_inactivity_counts():
+    """The inactivity levels count steps of silence from ``last_ts``: an event at that very time (or earlier) does
+    not move it, so the level stays; a newer one starts the silence again (mutation testing: ``>`` as ``>=``
+    survived every test)."""
+    p = new_profile("u")
+    apply(p, _click(0, 1000.0), "c/0", 0, 0.0)
+    p.inactivity_level = 2  # two inactivity steps scored since
+    apply(p, _click(1, 1000.0), "c/0", 1, 0.0)
+    apply(p, _click(2, 500.0), "c/0", 2, 0.0)
+    assert p.inactivity_level == 2 and p.last_ts == 1000.0
+    apply(p, _click(3, 1000.5), "c/0", 3, 0.0)
+    assert p.inactivity_level == 0 and p.last_ts == 1000.5
