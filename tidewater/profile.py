@@ -330,12 +330,11 @@ def events_between(profile: Profile, start: float, end: float) -> int:
 
 
 def rfm(profile: Profile, as_of: float) -> dict[str, float]:
+    """The recency (days), frequency (purchases) and monetary value a churn score carries."""
     return {
         "recency_days": round(max(0.0, as_of - profile.last_ts) / DAY, 4),
         "frequency": float(profile.n_purchases),
         "monetary": round(profile.monetary, 2),
-        "events": float(profile.n_events),
-        "tenure_days": round(max(0.0, as_of - profile.first_ts) / DAY, 4),
     }
 
 

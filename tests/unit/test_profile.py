@@ -395,3 +395,13 @@ def test_only_an_event_newer_than_the_last_restarts_the_silence_that_inactivity_
     assert p.inactivity_level == 2 and p.last_ts == 1000.0
     apply(p, _click(3, 1000.5), "c/0", 3, 0.0)
     assert p.inactivity_level == 0 and p.last_ts == 1000.5
+
+
+def test_rfm_is_what_a_churn_score_carries():
+    from tidewater.profile import rfm
+
+    p = new_profile("u")
+    apply(p, Purchase(event_id="a", user_id="u", ts=DAY, amount=12.345, quantity=1), "p/0", 0, 0.0)
+    apply(p, _click(1, 2 * DAY), "c/0", 1, 0.0)
+    assert rfm(p, 5.5 * DAY) == {"recency_days": 3.5, "frequency": 1.0, "monetary": 12.35}
+    assert rfm(p, DAY)["recency_days"] == 0.0  # a tick before the last event: no negative recency
