@@ -73,18 +73,20 @@ class PartitionTable:
         # looked up per call, as Faust does: a rebalance closes and re-opens the partition's database
         self._db_for = getattr(table.data, "_db_for_partition", None)
 
-    def _damaged(self, exc: BaseException) -> None:
+    @contextmanager
+    def _noting_damage(self) -> Iterator[None]:
         """A RocksDB error that says the database is damaged leaves the marker that has it discarded and restored
         from the changelog at its next opening (streams/local_state.py); the error is raised on as before."""
-        mark_corrupt(self.table.data, self.partition, exc)
+        try:
+            yield
+        except Exception as exc:
+            mark_corrupt(self.table.data, self.partition, exc)
+            raise
 
     def get(self, key: bytes) -> bytes | None:
         if self._db_for is not None:
-            try:
+            with self._noting_damage():
                 return self._db_for(self.partition).get(key)
-            except Exception as exc:
-                self._damaged(exc)
-                raise
         with partition_context(self.topic, self.partition):
             return self.table.data.get(key)
 
@@ -99,11 +101,8 @@ class PartitionTable:
                     batch.delete(key)
                 else:
                     batch.put(key, value)
-            try:
+            with self._noting_damage():
                 self._db_for(self.partition).write(batch)
-            except Exception as exc:
-                self._damaged(exc)
-                raise
             return
         with partition_context(self.topic, self.partition):
             for key, value in items:
@@ -117,13 +116,10 @@ class PartitionTable:
         store holds all partitions together, so its keys are told apart with the producer's partitioner)."""
         if self._db_for is not None:
             offset_key = getattr(self.table.data, "offset_key", None)  # Faust's own record of the changelog offset
-            try:
+            with self._noting_damage():
                 for key, value in scan(self._db_for(self.partition)):
                     if key != offset_key:
                         yield value
-            except Exception as exc:
-                self._damaged(exc)
-                raise
             return
         from streams.producing import key_partition
 
@@ -136,14 +132,11 @@ class PartitionTable:
         """The partition's keys that start with ``prefix``, with their values, in key order."""
         if self._db_for is not None:
             out = []
-            try:
+            with self._noting_damage():
                 for key, value in scan(self._db_for(self.partition), prefix):
                     if not key.startswith(prefix):
                         break
                     out.append((key, value))
-            except Exception as exc:
-                self._damaged(exc)
-                raise
             return out
         with partition_context(self.topic, self.partition):
             return sorted((k, v) for k, v in self.table.data.items() if isinstance(k, bytes) and k.startswith(prefix))
