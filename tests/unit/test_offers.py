@@ -139,16 +139,23 @@ def test_the_stream_never_exceeds_the_global_daily_budget_or_a_users_cooldown(pa
         assert offers  # the policy does offer when there is budget
 
 
-def _regular(days: int, per_day: int = 5, start_day: int = 0):
-    """A user active every day from ``start_day`` for ``days`` days, ``per_day`` events a day."""
+def _days(per_day: dict[int, int], purchase_amount: float | None = None):
+    """A user with ``per_day[d]`` clicks on day ``d`` (and one purchase on day 0 if ``purchase_amount``)."""
     p = new_profile("u")
     n = 0
-    for d in range(start_day, start_day + days):
-        for k in range(per_day):
-            ts = d * DAY + k * 600.0
+    if purchase_amount is not None:
+        apply(p, Purchase(event_id="p0", user_id="u", ts=0.0, amount=purchase_amount), "p/0", 0, 0.0)
+    for d, k in sorted(per_day.items()):
+        for j in range(k):
+            ts = d * DAY + j * 600.0
             apply(p, Click(event_id=f"c{n}", user_id="u", ts=ts, item_id="i"), "c/0", n, ts)
             n += 1
     return p
+
+
+def _regular(days: int, per_day: int = 5, start_day: int = 0):
+    """A user active every day from ``start_day`` for ``days`` days, ``per_day`` events a day."""
+    return _days({d: per_day for d in range(start_day, start_day + days)})
 
 
 def test_regression_a_customer_who_stopped_coming_is_flagged_as_an_activity_drop():
@@ -226,18 +233,6 @@ def test_regression_the_customer_value_averages_per_order_not_per_line():
 
 # --- found by mutation testing (twenty-sixth session): behaviours no test pinned
 
-def _days(per_day: dict[int, int], purchase_amount: float | None = None):
-    """A user with ``per_day[d]`` clicks on day ``d`` (and one purchase on day 0 if ``purchase_amount``)."""
-    p = new_profile("u")
-    n = 0
-    if purchase_amount is not None:
-        apply(p, Purchase(event_id="p0", user_id="u", ts=0.0, amount=purchase_amount), "p/0", 0, 0.0)
-    for d, k in sorted(per_day.items()):
-        for j in range(k):
-            ts = d * DAY + j * 600.0
-            apply(p, Click(event_id=f"c{n}", user_id="u", ts=ts, item_id="i"), "c/0", n, ts)
-            n += 1
-    return p
 
 
 def test_a_discount_of_exactly_100_percent_is_a_valid_tier_and_above_it_is_not():
