@@ -234,7 +234,6 @@ def test_regression_the_customer_value_averages_per_order_not_per_line():
 # --- found by mutation testing (twenty-sixth session): behaviours no test pinned
 
 
-
 def test_a_discount_of_exactly_100_percent_is_a_valid_tier_and_above_it_is_not():
     """The range of discount_pct is 0..100, both ends included."""
     assert parse_tiers("50:discount:100")[0].discount_pct == 100.0
