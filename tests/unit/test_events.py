@@ -6,7 +6,7 @@ from typing import get_args
 
 from hypothesis import event, given, strategies as st
 
-from tidewater.events import Click, InputEvent, Purchase, Rejected, decode_event, encode_event, event_type
+from tidewater.events import MAX_TS, Click, InputEvent, Purchase, Rejected, decode_event, encode_event, event_type
 
 OK_CLICK = {"type": "click", "event_id": "e1", "user_id": "u1", "ts": 1000.0, "item_id": "i1"}
 OK_PURCHASE = {"type": "purchase", "event_id": "e2", "user_id": "u1", "ts": 1000.0, "amount": 9.5, "quantity": 2}
@@ -209,3 +209,66 @@ def test_regression_an_id_with_a_control_character_can_still_be_erased():
     first version of the check refused it, so the profile could no longer be erased; found by review)."""
     erase = decode_event(raw({"type": "erase", "event_id": "x\t1", "user_id": "u\t1", "ts": 5.0}), max_bytes=1000)
     assert not isinstance(erase, Rejected) and erase.user_id == "u\t1"
+
+
+# --- found by mutation testing (twenty-sixth session): behaviours no test pinned
+
+def nested_with_siblings(depth: int, siblings: int = 20) -> bytes:
+    """A click whose ``x`` reaches ``depth`` levels (the event's own object is the first), plus a sibling list of
+    shallow objects, so the record holds more than 500 brackets in all whatever its depth."""
+    return ('{"type":"click","event_id":"e","user_id":"u1","ts":1,"y":[' + ",".join(["{}"] * siblings) + '],"x":'
+            + "[" * (depth - 1) + "1" + "]" * (depth - 1) + "}").encode()
+
+
+def test_json_nested_exactly_500_levels_is_accepted_and_501_is_not():
+    """The README's limit: JSON nested *more than* 500 levels deep is malformed_json. A record exactly 500 deep is
+    an event even when it holds more than 500 brackets in all (the count alone does not decide), and 501 is not."""
+    at_limit = decode_event(nested_with_siblings(500), max_bytes=100_000)
+    assert isinstance(at_limit, Click), at_limit
+    over = decode_event(nested_with_siblings(501), max_bytes=100_000)
+    assert isinstance(over, Rejected) and over.reason == "malformed_json"
+    assert "more than 500 levels" in over.detail
+
+
+def test_a_record_of_exactly_max_bytes_is_accepted():
+    """``max_bytes`` is the largest size allowed: a record of exactly that many bytes decodes, one byte more is
+    oversized."""
+    record = raw(OK_CLICK)
+    assert isinstance(decode_event(record, max_bytes=len(record)), Click)
+    assert decode_event(record, max_bytes=len(record) - 1).reason == "oversized"
+
+
+@pytest.mark.parametrize("iso, epoch", [("1970-01-01T00:00:00Z", 0.0), ("1970-01-01T00:00:00.5Z", 0.5),
+                                        ("2100-01-01T00:00:00Z", MAX_TS), ("2100-01-01T01:00:00+01:00", MAX_TS)])
+def test_an_rfc3339_ts_at_either_end_of_the_range_is_accepted_like_its_epoch_seconds(iso, epoch):
+    """The RFC 3339 form takes the same range as epoch seconds, both ends included (1970-01-01 .. 2100-01-01):
+    a date-time at an end decodes to the same event as its epoch seconds."""
+    from_iso = decode_event(raw({**OK_CLICK, "ts": iso}), max_bytes=1000)
+    from_epoch = decode_event(raw({**OK_CLICK, "ts": epoch}), max_bytes=1000)
+    assert isinstance(from_epoch, Click), from_epoch
+    assert from_iso == from_epoch
+
+
+@pytest.mark.parametrize("iso", ["1969-12-31T23:59:59.5Z", "2100-01-01T00:00:00.5Z"])
+def test_an_rfc3339_ts_just_outside_the_range_is_invalid(iso):
+    """Just before 1970 or just after 2100-01-01 is ``invalid_field``, as the same epoch seconds would be."""
+    result = decode_event(raw({**OK_CLICK, "ts": iso}), max_bytes=1000)
+    assert isinstance(result, Rejected) and result.reason == "invalid_field" and "outside 1970..2100" in result.detail
+
+
+def test_a_truncated_record_is_not_said_to_hold_a_lone_surrogate():
+    """Only a truncation *caused by* a lone high surrogate escape gets the surrogate detail: a record cut short
+    keeps msgspec's "truncated", and a record malformed elsewhere that holds such an escape keeps its own
+    detail (the dead letter's detail says what is wrong)."""
+    truncated = decode_event(raw(OK_CLICK)[:-1], max_bytes=1000)
+    assert truncated.reason == "malformed_json" and truncated.detail == "Input data was truncated"
+    elsewhere = decode_event(b'{"type":"click","event_id":"e",,"user_id":"\\ud800","ts":1}', max_bytes=1000)
+    assert elsewhere.reason == "malformed_json" and "surrogate" not in elsewhere.detail, elsewhere.detail
+
+
+def test_a_type_that_is_not_a_string_is_an_invalid_field_not_an_unknown_type():
+    """``unknown_event_type`` is for a string type that names no event; a type of another JSON kind is an
+    ``invalid_field`` at ``$.type``."""
+    result = decode_event(raw({**OK_CLICK, "type": 5}), max_bytes=1000)
+    assert isinstance(result, Rejected) and result.reason == "invalid_field" and "$.type" in result.detail
+    assert decode_event(raw({**OK_CLICK, "type": "refund"}), max_bytes=1000).reason == "unknown_event_type"
