@@ -68,21 +68,42 @@ def is_corruption(exc: BaseException) -> bool:
 
 def mark_corrupt(store: Any, partition: int, exc: BaseException) -> bool:
     """Leave the marker that makes the next opening discard ``partition``'s database, if ``exc`` says it is
-    damaged; True when it did."""
+    damaged; True when it did. Never raises: the caller raises the RocksDB error on."""
     if not is_corruption(exc) or not hasattr(store, "partition_path"):
         return False
     path = Path(store.partition_path(partition))
     log.error("the local store %s is damaged (%s): the worker stops, and at its next start discards it and restores "
               "the partition from its changelog", path, str(exc))  # not the exception: its frames hold the database
-    corrupt_marker(path).write_text(f"{exc}\n")
+    try:
+        corrupt_marker(path).write_text(f"{exc}\n")
+    except OSError as marker_error:  # a failing disk: the store stays, as before the marker existed
+        log.error("could not leave the marker %s (%s): delete the store by hand", corrupt_marker(path), marker_error)
+        return False
     return True
 
 
 def _discard(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+    if path.exists():  # half deleted: opening what is left would serve part of the partition
+        shutil.rmtree(path)  # raises why
     for marker in (caught_up_marker(path), corrupt_marker(path)):
         marker.unlink(missing_ok=True)
     _marked.pop(caught_up_marker(path), None)  # the next catch-up touches it again at once
+
+
+def _note_damage_in(method: Any, partitions_of: Any) -> Any:
+    """``method`` of a store, leaving the damage marker (``mark_corrupt``) for the partitions ``partitions_of(*args)``
+    names when it raises RocksDB's corruption (Faust's own reads and writes: the offset its recovery reads first,
+    the restore's writes)."""
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            if is_corruption(exc):
+                for partition in partitions_of(*args, **kwargs):
+                    mark_corrupt(method.__self__, partition, exc)
+            raise
+    return noted
 
 
 def stale_since(db_path: Path, max_age_s: float, now: float) -> float | None:
@@ -105,17 +126,22 @@ def guard_against_stale_partitions(store: Any, tombstone_retention_s: float) -> 
         return
     open_partition = store._open_for_partition
     max_age_s = tombstone_retention_s / 2
+    offset_key = getattr(store, "offset_key", b"__faust\x00offset__")
 
     def _open_for_partition(partition: int) -> Any:
         path = Path(store.partition_path(partition))
         age = stale_since(path, max_age_s, time.time())
+        db = None
         try:
             db = open_partition(partition)
+            db.get(offset_key)  # what Faust's recovery reads first: a damaged block there failed every start
         except Exception as exc:  # noqa: BLE001 - only RocksDB's corruption is handled; the rest is raised
             if not is_corruption(exc):
                 raise
-            log.warning("discarding the local store %s, which RocksDB cannot open (%s); the partition is restored "
-                        "from its changelog", path, exc)
+            if db is not None:
+                db.close()
+            log.warning("discarding the local store %s, which RocksDB finds damaged (%s); the partition is restored "
+                        "from its changelog", path, str(exc))
             _discard(path)
             metrics.CORRUPT_STORES_DISCARDED.inc()
             return open_partition(partition)
@@ -138,3 +164,7 @@ def guard_against_stale_partitions(store: Any, tombstone_retention_s: float) -> 
         return open_partition(partition)
 
     store._open_for_partition = _open_for_partition
+    store.persisted_offset = _note_damage_in(store.persisted_offset, lambda tp: [tp.partition])
+    store.set_persisted_offset = _note_damage_in(store.set_persisted_offset, lambda tp, offset: [tp.partition])
+    store.apply_changelog_batch = _note_damage_in(
+        store.apply_changelog_batch, lambda batch, *_, **__: sorted({e.message.partition for e in batch}))

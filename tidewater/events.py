@@ -183,7 +183,10 @@ def _control_character_in_ids(event: Event) -> str | None:
     return None
 
 
-_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+# an escape (not an escaped backslash before "u") of a high surrogate followed neither by a low surrogate's escape
+# nor by the end of the input within the start of one (a record cut there is only truncated)
+_LONE_HIGH_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}"
+                                  rb"(?!\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\?(?:u(?:[dD](?:[c-fC-F][0-9a-fA-F]{0,2})?)?)?\Z)")
 
 
 def _decode_error_detail(message: str, raw: bytes) -> str:

@@ -272,3 +272,11 @@ def test_a_type_that_is_not_a_string_is_an_invalid_field_not_an_unknown_type():
     result = decode_event(raw({**OK_CLICK, "type": 5}), max_bytes=1000)
     assert isinstance(result, Rejected) and result.reason == "invalid_field" and "$.type" in result.detail
     assert decode_event(raw({**OK_CLICK, "type": "refund"}), max_bytes=1000).reason == "unknown_event_type"
+
+
+@pytest.mark.parametrize("document", [b'{"type": "click", "user_id": "\\\\ud800', b'{"a": "\\ud800\\udc0'])
+def test_regression_a_truncated_record_without_a_lone_surrogate_says_truncated(document):
+    """An escaped backslash before "ud800" is no surrogate escape, nor is a high surrogate whose low one was cut
+    short: both are records cut short (found by the review of the detail)."""
+    result = decode_event(document, max_bytes=1000)
+    assert isinstance(result, Rejected) and result.detail == "Input data was truncated", result

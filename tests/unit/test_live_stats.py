@@ -71,7 +71,7 @@ def test_recent_offers_and_recommendations_newest_first_capped_at_20():
     assert list(snap["versions"]["index"]) == [f"idx-{i}" for i in range(20, 30)]
 
 
-def test_regression_versions_seen_are_bounded_to_the_last_ten_first_seen():
+def test_regression_versions_seen_are_bounded_to_the_last_ten_seen():
     """Every version that ever produced an output stayed in memory and in each /dashboard.json poll: one more per
     retrain, for good (found by a long-run memory review). The ten seen most recently are kept, with their counts:
     a version still in use is never dropped."""

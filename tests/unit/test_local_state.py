@@ -115,13 +115,13 @@ def test_a_marker_is_touched_at_most_once_a_minute(tmp_path):
     assert time.time() - marker.stat().st_mtime >= 29.0
 
 
-def _damage_blocks(db_path) -> None:
-    """Overwrite the middle of every table file: RocksDB opens the database, and a read of those blocks fails
-    its checksum."""
+def _damage_blocks(db_path, at: float = 0.5) -> None:
+    """Overwrite every table file at ``at`` of its length (0: its first block): RocksDB opens the database, and a
+    read of that block fails its checksum."""
     for sst in db_path.glob("*.sst"):
         data = bytearray(sst.read_bytes())
-        middle = len(data) // 2
-        data[middle:middle + 64] = bytes(range(64))
+        start = int(len(data) * at) + (10 if at == 0 else 0)
+        data[start:start + 64] = bytes(range(64))
         sst.write_bytes(bytes(data))
 
 
@@ -168,6 +168,52 @@ def test_regression_a_store_damaged_past_its_opening_is_restored_at_the_next_sta
     _closed(table, 1)  # the worker stopped
     assert PartitionTable(table, 1).get(b"user-00001") is None and list(PartitionTable(table, 1).values()) == []
     assert not corrupt_marker(path).exists() and metrics.CORRUPT_STORES_DISCARDED._value.get() == before + 1
+
+
+def test_regression_damage_where_faust_reads_its_offset_is_restored_at_once(tmp_path):
+    """Faust's recovery reads its own offset key first, through no call of ours: a damaged block there failed every
+    start and left no marker (found by the review of the change). The opening reads that key too, and discards a
+    database that fails it."""
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    table = pipeline.profiles
+    changelog = table.changelog_topic.get_topic_name()
+    PartitionTable(table, 1).put_many([(f"user-{i:05d}".encode(), bytes([i % 251]) * 300) for i in range(4000)])
+    table.data.set_persisted_offset(TP(changelog, 1), 41)
+    table.data._dbs[1].flush()
+    mark_caught_up(table.data, 1)
+    _closed(table, 1)
+    _damage_blocks(table.data.partition_path(1), at=0)  # the first block: the offset key sorts before "user-"
+    before = metrics.CORRUPT_STORES_DISCARDED._value.get()
+    assert table.data.persisted_offset(TP(changelog, 1)) is None  # restored from the changelog's start
+    assert metrics.CORRUPT_STORES_DISCARDED._value.get() == before + 1
+
+
+def test_faust_calls_that_meet_damage_leave_the_marker(tmp_path):
+    """A restore's write or an offset's write that meets damage (a compaction's background error) leaves the
+    marker, like the worker's own reads and writes, and raises on."""
+    from types import SimpleNamespace
+
+    pipeline = offline_pipeline(tmp_path, store="rocksdb://")
+    store = pipeline.profiles.data
+    changelog = pipeline.profiles.changelog_topic.get_topic_name()
+    damaged = Exception("Corruption: block checksum mismatch")
+
+    class Broken:
+        def put(self, *_):
+            raise damaged
+
+        def write(self, *_):
+            raise damaged
+
+    store._dbs[2] = store._dbs[3] = Broken()
+    with pytest.raises(Exception, match="Corruption"):
+        store.set_persisted_offset(TP(changelog, 2), 7)
+    assert corrupt_marker(store.partition_path(2)).exists()
+    event = SimpleNamespace(message=SimpleNamespace(tp=TP(changelog, 3), offset=1, partition=3, key=b"k", value=b"v"))
+    with pytest.raises(Exception, match="Corruption"):
+        store.apply_changelog_batch([event], None, None)
+    assert corrupt_marker(store.partition_path(3)).exists()
+    del store._dbs[2], store._dbs[3]
 
 
 def test_an_error_that_is_not_damage_leaves_no_marker(tmp_path):
