@@ -128,6 +128,12 @@ def guard_against_stale_partitions(store: Any, tombstone_retention_s: float) -> 
     max_age_s = tombstone_retention_s / 2
     offset_key = getattr(store, "offset_key", b"__faust\x00offset__")
 
+    def _reopened_empty(partition: int, path: Path, why: str, counter: Any) -> Any:
+        log.warning("discarding the local store %s, %s; the partition is restored from its changelog", path, why)
+        _discard(path)
+        counter.inc()
+        return open_partition(partition)
+
     def _open_for_partition(partition: int) -> Any:
         path = Path(store.partition_path(partition))
         age = stale_since(path, max_age_s, time.time())
@@ -140,28 +146,19 @@ def guard_against_stale_partitions(store: Any, tombstone_retention_s: float) -> 
                 raise
             if db is not None:
                 db.close()
-            log.warning("discarding the local store %s, which RocksDB finds damaged (%s); the partition is restored "
-                        "from its changelog", path, str(exc))
-            _discard(path)
-            metrics.CORRUPT_STORES_DISCARDED.inc()
-            return open_partition(partition)
+            return _reopened_empty(partition, path, f"which RocksDB finds damaged ({exc})",
+                                   metrics.CORRUPT_STORES_DISCARDED)
         damage = corrupt_marker(path)
         if damage.exists():  # a read or write met damage before the last stop (``mark_corrupt``)
             db.close()
-            log.warning("discarding the local store %s, found damaged (%s); the partition is restored from its "
-                        "changelog", path, damage.read_text(errors="replace").strip())
-            _discard(path)
-            metrics.CORRUPT_STORES_DISCARDED.inc()
-            return open_partition(partition)
+            return _reopened_empty(partition, path, f"found damaged ({damage.read_text(errors='replace').strip()})",
+                                   metrics.CORRUPT_STORES_DISCARDED)
         if age is None:
             return db
         db.close()
-        log.warning("discarding the local store %s, last caught up %s (more than %.1f h: deletions compacted away "
-                    "since may be missing); the partition is restored from its changelog", path,
-                    "at an unknown time" if age == float("inf") else f"{age / 3600:.1f} h ago", max_age_s / 3600)
-        _discard(path)
-        metrics.STALE_STORES_DISCARDED.inc()
-        return open_partition(partition)
+        last = "at an unknown time" if age == float("inf") else f"{age / 3600:.1f} h ago"
+        return _reopened_empty(partition, path, f"last caught up {last} (more than {max_age_s / 3600:.1f} h: "
+                               "deletions compacted away since may be missing)", metrics.STALE_STORES_DISCARDED)
 
     store._open_for_partition = _open_for_partition
     store.persisted_offset = _note_damage_in(store.persisted_offset, lambda tp: [tp.partition])
