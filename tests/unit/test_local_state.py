@@ -12,6 +12,7 @@ from streams import metrics
 from streams.local_state import caught_up_marker, corrupt_marker, mark_caught_up, mark_open_partitions_caught_up
 from streams.table_io import PartitionTable
 from tests.unit.pipelines import offline_pipeline
+from tests.unit.test_table_io import damage_blocks
 
 DAY = 86400.0
 
@@ -115,16 +116,6 @@ def test_a_marker_is_touched_at_most_once_a_minute(tmp_path):
     assert time.time() - marker.stat().st_mtime >= 29.0
 
 
-def _damage_blocks(db_path, at: float = 0.5) -> None:
-    """Overwrite every table file at ``at`` of its length (0: its first block): RocksDB opens the database, and a
-    read of that block fails its checksum."""
-    for sst in db_path.glob("*.sst"):
-        data = bytearray(sst.read_bytes())
-        start = int(len(data) * at) + (10 if at == 0 else 0)
-        data[start:start + 64] = bytes(range(64))
-        sst.write_bytes(bytes(data))
-
-
 def test_regression_a_store_rocksdb_cannot_open_is_restored_from_the_changelog(tmp_path):
     """A damaged CURRENT or MANIFEST made the worker fail at every start until an operator deleted the partition's
     database by hand (the runbook said so). It is discarded at the opening, as a stale one is, and the partition
@@ -154,7 +145,7 @@ def test_regression_a_store_damaged_past_its_opening_is_restored_at_the_next_sta
     mark_caught_up(table.data, 1)
     _closed(table, 1)
     path = table.data.partition_path(1)
-    _damage_blocks(path)
+    damage_blocks(path)
     before = metrics.CORRUPT_STORES_DISCARDED._value.get()
     def scan_error() -> str:  # the activity index's scan at an assignment; no traceback kept (it holds the database)
         try:
@@ -182,7 +173,7 @@ def test_regression_damage_where_faust_reads_its_offset_is_restored_at_once(tmp_
     table.data._dbs[1].flush()
     mark_caught_up(table.data, 1)
     _closed(table, 1)
-    _damage_blocks(table.data.partition_path(1), at=0)  # the first block: the offset key sorts before "user-"
+    damage_blocks(table.data.partition_path(1), at=0)  # the first block: the offset key sorts before "user-"
     before = metrics.CORRUPT_STORES_DISCARDED._value.get()
     assert table.data.persisted_offset(TP(changelog, 1)) is None  # restored from the changelog's start
     assert metrics.CORRUPT_STORES_DISCARDED._value.get() == before + 1
