@@ -45,6 +45,8 @@ MISROUTED = Counter("tidewater_misrouted_records",
 EVENTS_OUT = Counter("tidewater_events_out", "Output events produced", ["topic"], registry=REGISTRY)
 USERS_ERASED = Counter("tidewater_users_erased", "Erasure requests applied: profiles deleted (changelog tombstones)",
                        ["topic"], registry=REGISTRY)
+PROFILES_EXPIRED = Counter("tidewater_profiles_expired", "Profiles deleted after TIDEWATER_PROFILE_TTL_S of silence "
+                           "(changelog tombstones)", registry=REGISTRY)
 ERASED_EVENTS_DROPPED = Counter(
     "tidewater_erased_events_dropped", "Events of an erased user at or before the erasure request, arriving after "
     "it (a producer's retry, a late event): dropped, not dead-lettered", ["topic"], registry=REGISTRY)
@@ -117,6 +119,8 @@ def record_engine_metric(name: str, label: str, n: int) -> None:
         counter.labels(label).inc(n)
     elif name == "ticks":
         TICKS.inc(n)
+    elif name == "profiles_expired":
+        PROFILES_EXPIRED.inc(n)
 
 
 def observe_engine(model: str, size: float, seconds: float) -> None:

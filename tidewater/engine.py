@@ -66,6 +66,7 @@ class EngineConfig:
     inactivity_rescore_s: float = 30 * DAY  # then again every this much silence ...
     inactivity_rescores: int = 5  # ... this many times (30, 60, ..., 180 days by default)
     erasure_guard_s: float = 7 * DAY  # events of an erased user at or before the request are dropped this long
+    profile_ttl_s: float = 0.0  # a profile silent this long (event time) is deleted at a tick; 0: kept for ever
     rec_every_events: int = 5
     rec_change_threshold: float = 0.2  # 1 - cosine of the user vector since the last recommendation
     rec_top_k: int = 10
@@ -93,6 +94,7 @@ class EngineConfig:
             source_idle_s=s.source_idle_ms / 1000.0, tick_s=s.clock_tick_s,
             inactivity_gap_s=s.inactivity_gap_s, inactivity_rescore_s=s.inactivity_rescore_s,
             inactivity_rescores=s.inactivity_rescores, erasure_guard_s=s.erasure_guard_s,
+            profile_ttl_s=s.profile_ttl_s,
             rec_every_events=s.rec_every_events,
             rec_change_threshold=s.rec_change_threshold, rec_top_k=s.rec_top_k,
             profile=ProfileConfig(session_gap_s=s.session_gap_s, recent_events=s.recent_events,
@@ -119,6 +121,9 @@ class PartitionState(msgspec.Struct, kw_only=True):
     popular_counts: list[int] = []  # their counts at that ranking (the placeholder's scores)
     items_since_rank: int = 0
     inactivity_scanned: list[int] = []  # per inactivity level: the last-activity days already scanned
+    # the last-activity days before this one have been expired (``EngineConfig.profile_ttl_s``; 0: none yet, or
+    # expiry off: turned on, it then starts from the first indexed day, which a restart fills with every profile)
+    expiry_scanned: int = 0
     # users erased recently -> their request's event time: their events at or before it are dropped (a producer's
     # retry or a late event must not rebuild what was erased), until a tick erasure_guard_s after it
     erased: dict[str, float] = {}
@@ -185,7 +190,7 @@ class Emit:
 class BatchResult:
     outputs: list[Emit] = field(default_factory=list)
     profiles: dict[str, Profile] = field(default_factory=dict)
-    erased: set[str] = field(default_factory=set)  # users whose stored profile is to be deleted (erasure requests)
+    erased: set[str] = field(default_factory=set)  # users whose stored profile is to be deleted (erased, expired)
     done: list[Any] = field(default_factory=list)
     state_changed: bool = False
 
@@ -243,7 +248,10 @@ class PartitionEngine:
         self._offered_ahead: dict[str, float] = {}
         self._result = BatchResult()
         self._cache: dict[str, Profile] = {}
-        self._erased: set[str] = set()  # erased in this batch: the store's copy is not read again
+        self._erased: set[str] = set()  # erased or expired in this batch: the store's copy is not read again
+        # profiles made of events all older than the expiry already done (late events of a new or expired user):
+        # expired at the next tick, since no scan of the index reaches their day again
+        self._expire_next: set[str] = set()
         self._pending_recs: list[_PendingRec] = []
         self._max_pushed_ts = float("-inf")  # latest event time handed to the merge (see ``scoring_bound``)
         self._changed_items: set[str] = set()  # item counts changed since ``take_changed_items``
@@ -271,6 +279,8 @@ class PartitionEngine:
             return
         self._unindex(profile.user_id)
         if day < self._scanned_by_every_level():  # no inactivity level will look at that day again
+            if self.config.profile_ttl_s > 0 and day < self.state.expiry_scanned:
+                self._expire_next.add(profile.user_id)
             return
         self._last_day[profile.user_id] = day
         self._by_day.setdefault(day, set()).add(profile.user_id)
@@ -281,9 +291,14 @@ class PartitionEngine:
             self._by_day.get(day, set()).discard(user_id)
 
     def _scanned_by_every_level(self) -> int:
-        """The first last-activity day that some inactivity level has still to scan (0 while a level never ran)."""
+        """The first last-activity day that some inactivity level, or the expiry, has still to scan (0 while one
+        never ran)."""
         scanned = self.state.inactivity_scanned
-        return min(scanned) if len(scanned) >= 1 + max(0, self.config.inactivity_rescores) else 0
+        if len(scanned) < 1 + max(0, self.config.inactivity_rescores):
+            return 0
+        if self.config.profile_ttl_s > 0:
+            return min(min(scanned), self.state.expiry_scanned)
+        return min(scanned)
 
     def _forget_scanned_days(self) -> None:
         """Drop the days every level has scanned, so that the index holds the users who can still be scored for
@@ -563,6 +578,36 @@ class PartitionEngine:
             for user_id in [u for u, (source, offset) in records.items() if offset <= marks.get(source, -1)]:
                 del records[user_id]
 
+    def _expire_profiles(self, tick: float) -> None:
+        """Delete the profiles silent for ``profile_ttl_s`` (event time): without it a partition's store keeps
+        every user ever seen. The validated settings put the expiry after the last inactivity score. Not an
+        erasure: nothing is confirmed and nothing guarded; a user seen again starts a new profile."""
+        ttl = self.config.profile_ttl_s
+        if ttl <= 0:
+            if self.state.expiry_scanned:  # off: turned on again, it starts over from every stored profile
+                self.state.expiry_scanned = 0
+                self._result.state_changed = True
+            return
+        horizon_day = int((tick - ttl) // DAY)
+        start_day = self.state.expiry_scanned or min(self._by_day, default=horizon_day)
+        # those still unindexed (no newer event since) and stored (not erased since)
+        expired = [u for u in sorted(self._expire_next)
+                   if u not in self._last_day and self._existing_profile(u) is not None]
+        self._expire_next.clear()
+        for day in range(start_day, horizon_day):
+            expired.extend(sorted(self._by_day.get(day, ())))
+        for user_id in expired:
+            self._cache.pop(user_id, None)
+            self._erased.add(user_id)
+            self._active_since_tick.discard(user_id)
+            self._offered_ahead.pop(user_id, None)
+            self._unindex(user_id)
+        if expired:
+            self._count("profiles_expired", "clock", len(expired))
+        if horizon_day > self.state.expiry_scanned:
+            self.state.expiry_scanned = horizon_day
+            self._result.state_changed = True
+
     def _count_item(self, item_id: str) -> None:
         displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS, self._weakest_item)
         self._changed_items.add(item_id)
@@ -669,6 +714,7 @@ class PartitionEngine:
         # found by a fuzz of batch sizes)
         self._flush_recs()
         self._expire_erasures(tick)
+        self._expire_profiles(tick)
         if self.state.items_since_rank:
             self._rerank()
         candidates: dict[str, tuple[str, int]] = {u: ("activity", -1) for u in sorted(self._active_since_tick)}

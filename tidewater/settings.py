@@ -184,6 +184,11 @@ class Settings:
         "After an erasure request, events of that user at or before the request's time are dropped for this long "
         "(event time): a producer's retry or a late event does not rebuild the erased profile. The user id is kept "
         "in the partition state that long, no longer.")
+    profile_ttl_s: float = setting(
+        0.0, "TIDEWATER_PROFILE_TTL_S",
+        "A profile silent this long (event time) is deleted at a tick, with a changelog tombstone; 0 keeps every "
+        "profile for ever. Must exceed the last inactivity score (the gap plus the re-scores). The user's next "
+        "event starts a new profile. Users are kept in the in-memory activity index until then.")
 
     # --- outputs ------------------------------------------------------------------------------------------
     rec_top_k: int = setting(10, "TIDEWATER_REC_TOP_K", "Items per recommendation event.")
@@ -297,6 +302,12 @@ class Settings:
                     expected = "a number > 0" if low == "positive" else f"a number >= {low}"
                     raise InvalidSetting(f"{env}={value!r}: expected {expected}" + (f" and <= {high}" if high else ""))
         self._validate_names()
+        last_score = self.inactivity_gap_s + self.inactivity_rescores * self.inactivity_rescore_s
+        if 0 < self.profile_ttl_s <= last_score:  # the silent customer would go before the scores meant for them
+            raise InvalidSetting(f"TIDEWATER_PROFILE_TTL_S={self.profile_ttl_s:g} must be 0 (keep profiles) or above "
+                                 f"the last inactivity score, {last_score:g} s after the last event "
+                                 f"(TIDEWATER_INACTIVITY_GAP_S + TIDEWATER_INACTIVITY_RESCORES x "
+                                 f"TIDEWATER_INACTIVITY_RESCORE_S)")
         if self.heartbeat_interval_s >= self.session_timeout_s:  # the group would evict every member
             raise InvalidSetting(f"TIDEWATER_HEARTBEAT_INTERVAL_S={self.heartbeat_interval_s:g} must be below "
                                  f"TIDEWATER_SESSION_TIMEOUT_S={self.session_timeout_s:g}")
@@ -354,7 +365,7 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "scoring_max_batch": _POSITIVE, "model_threads": _POSITIVE, "session_gap_s": _POSITIVE,
     "recent_events": _POSITIVE, "window_grace_s": _NON_NEGATIVE, "clock_tick_s": _POSITIVE,
     "inactivity_gap_s": _POSITIVE, "inactivity_rescore_s": _POSITIVE, "inactivity_rescores": _NON_NEGATIVE,
-    "erasure_guard_s": _NON_NEGATIVE, "tombstone_retention_s": _POSITIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
+    "erasure_guard_s": _NON_NEGATIVE, "profile_ttl_s": _NON_NEGATIVE, "tombstone_retention_s": _POSITIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
     "rec_rerank_candidates": _NON_NEGATIVE, "rec_change_threshold": (0, 2),  # 1 - cosine
     "churn_threshold": (0, 1), "offer_min_value": _NON_NEGATIVE, "offer_cooldown_s": _NON_NEGATIVE,
     "offer_daily_budget": _NON_NEGATIVE, "offer_high_value": _NON_NEGATIVE, "offer_validity_s": _POSITIVE,

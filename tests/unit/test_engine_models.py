@@ -445,6 +445,8 @@ def _drive(engine, store, recs, batch, *, finish=True):
     def notify(now):
         res = engine.on_notify(now)
         store.update(res.profiles)
+        for user_id in res.erased:  # deleted (erased, expired) and not seen again in the batch
+            store.pop(user_id, None)
         out.append((res.outputs, res.done, msgspec.msgpack.encode(engine.snapshot())))
 
     for start in range(0, len(recs), batch):

@@ -1,0 +1,163 @@
+"""Profiles silent for ``profile_ttl_s`` are deleted at a tick (event time), so a partition's store does not keep
+every user ever seen; a user seen again starts a new profile."""
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, run_to_completion
+from tidewater.errors import InvalidSetting
+from tidewater.events import Click
+from tidewater.profile import DAY
+from tidewater.settings import Settings
+
+from .test_engine import DictStore, records, shop
+from .test_engine_models import EncodedStore, _drive, _restarted
+
+# inactivity scores 10 and 15 days after the last event; the profile goes after 25
+TTL = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, inactivity_rescores=1,
+                   profile_ttl_s=25 * DAY)
+
+
+def replay(events, config=TTL, batch=50, store=None):
+    store = DictStore() if store is None else store
+    engine = PartitionEngine(0, config, store)
+    result = run_to_completion(engine, records(events), batch=batch)
+    return engine, store, result
+
+
+def about(result, user):
+    return [json.loads(o.value) for o in result.outputs if o.key == user.encode()]
+
+
+def test_a_silent_profile_goes_after_its_last_inactivity_score_and_active_ones_stay():
+    evs = shop(n_users=5, days=60)  # u4 last comes on day 20, u3 on day 30 (see shop); the input ends on day 60
+    last = {e.user_id: e.ts for e in evs}
+    engine, store, result = replay(evs)
+    gone = {u for u, ts in last.items() if int(ts // DAY) < int((evs[-1].ts - TTL.profile_ttl_s) // DAY)}
+    assert gone == {"u3", "u4"}
+    assert set(store) == set(last) - gone and result.erased == gone
+    assert engine.counters[("profiles_expired", "clock")] == 2
+    for user in gone:  # both inactivity scores went out first, and nothing after the expiry
+        silent = [s["as_of"] for s in about(result, user) if s.get("trigger") == "inactivity"]
+        assert [round((t - last[user]) / DAY) for t in silent] == [11, 16]  # the tick after 10 and 15 days
+        assert max(o["as_of"] for o in about(result, user)) < last[user] + TTL.profile_ttl_s
+    _, kept, _ = replay(evs, config=EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY,
+                                                 inactivity_rescores=1))
+    assert set(kept) == set(last)  # 0: kept for ever
+    for user in store:  # the others are untouched
+        assert msgspec.msgpack.encode(store[user]) == msgspec.msgpack.encode(kept[user])
+
+
+def test_a_user_seen_again_after_the_expiry_starts_a_new_profile():
+    evs = shop(n_users=5, days=60) + [Click(event_id="back", user_id="u4", ts=59 * DAY + 5, item_id="i1")]
+    evs.sort(key=lambda e: e.ts)
+    _, store, result = replay(evs)
+    assert store["u4"].n_events == 1 and store["u4"].first_ts == 59 * DAY + 5
+    assert "u4" not in result.erased
+
+
+def test_a_late_event_older_than_the_expiry_makes_no_lasting_profile():
+    """A user's first event arriving after the expiry passed its day: no scan of the index reaches that day
+    again, so its profile is expired at the next tick; with a newer event before that tick it stays."""
+    busy = [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 7, item_id="i0") for d in range(80)]
+    late = Click(event_id="late", user_id="old", ts=2 * DAY, item_id="i1")  # after day 69's event and tick
+    engine, store, result = replay(busy[:70] + [late] + busy[70:], batch=1)
+    assert "old" not in store and "old" in result.erased
+    assert engine.counters[("profiles_expired", "clock")] == 1
+    newer = Click(event_id="new", user_id="old", ts=69 * DAY + 8, item_id="i2")  # before day 70's tick
+    _, store, _ = replay(busy[:70] + [late, newer] + busy[70:], batch=1)
+    assert store["old"].n_events == 2
+
+
+def expected_profiles(events, ttl_days: int) -> dict[str, int]:
+    """A model of the rule, for in-order input and daily ticks: ticks fire at each midnight up to the last event,
+    before the events at or after it; at the tick T a profile whose last event's day is before day(T - ttl) goes;
+    an event adds to the user's profile, or starts one. user -> events in the profile at the end."""
+    held: dict[str, list[float]] = {}
+    next_tick = (events[0][0] // DAY + 1) * DAY
+    for ts, user in events:
+        while next_tick <= ts:
+            horizon = int((next_tick - ttl_days * DAY) // DAY)
+            for u in [u for u, stamps in held.items() if int(max(stamps) // DAY) < horizon]:
+                del held[u]
+            next_tick += DAY
+        held.setdefault(user, []).append(ts)
+    return {u: len(stamps) for u, stamps in held.items()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(ttl_days=st.integers(4, 12), batch=st.integers(1, 30),
+       visits=st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 40),
+                                 st.sampled_from([0.0, 1.0, 43_200.0, DAY - 1.0])), min_size=1, max_size=30))
+def test_the_stored_profiles_are_exactly_those_the_rule_keeps(ttl_days, batch, visits):
+    """Invariant, in-order input, daily ticks, any batching: what the store holds at the end is what the rule
+    keeps, each profile with the events since its user's last expiry."""
+    evs = sorted((d * DAY + off, user) for user, d, off in visits)
+    config = EngineConfig(inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY, inactivity_rescores=1,
+                          profile_ttl_s=ttl_days * DAY)
+    store = DictStore()
+    run_to_completion(PartitionEngine(0, config, store),
+                      records([Click(event_id=f"e{i}", user_id=u, ts=ts) for i, (ts, u) in enumerate(evs)]),
+                      batch=batch)
+    assert {u: p.n_events for u, p in store.items()} == expected_profiles(evs, ttl_days)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 40), data=st.data())
+def test_a_crash_after_any_batch_then_restart_gives_the_uninterrupted_outputs_and_profiles(batch, data):
+    """Recovery as the worker does it (see test_engine_models): the expiry's progress is in the partition state,
+    the deletions in the store; the activity index rebuilt from the stored profiles keeps what expiry needs."""
+    evs = shop(n_users=5, days=60) + [Click(event_id="back", user_id="u4", ts=55 * DAY + 5, item_id="i1")]
+    recs = records(sorted(evs, key=lambda e: e.ts))
+    crash_after = data.draw(st.integers(0, -(-len(recs) // batch) - 1), label="crash_after")
+    store = EncodedStore()
+    before = _drive(PartitionEngine(0, TTL, store), store, recs[:(crash_after + 1) * batch], batch, finish=False)
+    done = {(r.topic, r.offset) for _, d, _ in before for r in d}
+    restarted, redelivered = _restarted(TTL, store, before[-1][2], recs, done)
+    after = _drive(restarted, store, redelivered, batch)
+    fresh = EncodedStore()
+    uninterrupted = _drive(PartitionEngine(0, TTL, fresh), fresh, recs, batch)
+
+    def values(parts):
+        return [o.value for outputs, _, _ in parts for o in outputs]
+
+    assert values(before + after) == values(uninterrupted)
+    assert dict(store) == dict(fresh) and "u3" not in fresh and "u4" in fresh
+
+
+def test_turned_on_later_it_deletes_the_profiles_silent_for_longer_at_the_first_tick():
+    """A partition run without expiry, restarted with it: the index rebuilt from every stored profile (the state
+    says no expiry ran) lets the first tick delete those long forgotten by the inactivity timer."""
+    evs = shop(n_users=5, days=60)
+    off = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, inactivity_rescores=1)
+    cut = next(i for i, e in enumerate(evs) if e.ts >= 50 * DAY)
+    engine, store, _ = replay(evs[:cut], config=off)
+    assert set(store) == {f"u{i}" for i in range(5)} and engine.state.expiry_scanned == 0
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(engine.snapshot()), type=PartitionState)
+    restarted = PartitionEngine(0, TTL, store, state=state)
+    for user_id in sorted(store):
+        restarted.index_profile(store.get(user_id))
+    result = run_to_completion(restarted, records(evs)[cut:])  # deletes result.erased from the store
+    assert result.erased == {"u3", "u4"} and set(store) == {"u0", "u1", "u2"} and restarted.counters[("profiles_expired", "clock")] == 2
+
+
+@pytest.mark.parametrize("ttl, ok", [(0, True), (180 * DAY, False), (180 * DAY + 1, True)])
+def test_a_ttl_before_the_last_inactivity_score_is_refused(ttl, ok):
+    environ = {"TIDEWATER_PROFILE_TTL_S": str(ttl)}  # defaults: the last score 30 + 5 x 30 = 180 days after
+    if ok:
+        assert EngineConfig.from_settings(Settings.from_env(environ=environ)).profile_ttl_s == ttl
+    else:
+        with pytest.raises(InvalidSetting, match="TIDEWATER_PROFILE_TTL_S=1.5552e"):
+            Settings.from_env(environ=environ)
+
+
+def test_the_expiry_counter_reaches_prometheus():
+    from streams import metrics
+
+    before = metrics.PROFILES_EXPIRED._value.get()
+    metrics.record_engine_metric("profiles_expired", "clock", 3)
+    assert metrics.PROFILES_EXPIRED._value.get() == before + 3
