@@ -330,22 +330,34 @@ class PartitionEngine:
             self._max_pushed_ts = decoded.ts
 
     def scoring_bound(self) -> int:
-        """At most how many users the next ``on_notify`` can score: 0 when the events waiting in the merge
-        cannot cross the next event-time tick (scoring only happens at ticks). The worker uses it to decide
+        """At most how many users the next ``on_notify`` can score or expire: 0 when the events waiting in the
+        merge cannot cross the next event-time tick (both only happen at ticks). The worker uses it to decide
         whether a batch may run on the event loop without blocking it for long (``streams/app.py``)."""
         waiting = self.merger.pending()
         if not waiting:
             return 0
-        next_tick = self.state.next_tick
-        if next_tick == 0.0:  # the first event sets the first tick: any later event may cross it
-            earliest = min(item.ts for queue in self.merger.queues.values() for item in queue)
-            next_tick = first_tick_after(earliest, self.config.tick_s)
-        if self._max_pushed_ts < next_tick:
+        cfg, latest = self.config, self._max_pushed_ts
+        earliest = min(item.ts for queue in self.merger.queues.values() for item in queue)
+        next_tick = self.state.next_tick or first_tick_after(earliest, cfg.tick_s)  # 0: the first event sets it
+        if latest < next_tick:
             return 0
-        bound = len(self._active_since_tick) + waiting  # an event makes at most one more user active
-        for _level, start, horizon in self._inactivity_days(self._max_pushed_ts):  # up to the latest tick
+        bound = len(self._active_since_tick) + waiting  # an event makes its user active for one tick's score
+        for _level, start, horizon in self._inactivity_days(latest):  # the users indexed, up to the latest tick
             bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
-        return bound
+        # a waiting event's user, silent after it, is scored again at each level (expired) that the waiting events
+        # span: a level's tick comes more than its silence after the event (a backlog batch crossing many days
+        # under-counted these, as the expiries' test found)
+        span = latest - earliest
+        silences = [cfg.inactivity_gap_s + level * cfg.inactivity_rescore_s
+                    for level in range(1 + max(0, cfg.inactivity_rescores))]
+        ttl = cfg.profile_ttl_s
+        if ttl > 0:  # not scored, but each expiry is work of the same order (a bulk one at the first tick after
+            # expiry is turned on must not run on the event loop)
+            silences.append(ttl)
+            horizon = int((latest - ttl) // DAY)
+            start = self.state.expiry_scanned or min(self._by_day, default=horizon)
+            bound += len(self._expire_next) + sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
+        return bound + waiting * sum(silence < span for silence in silences)
 
     def on_notify(self, now: float, caught_up: frozenset[str] = frozenset(), behind: frozenset[str] = frozenset(),
                   *, defer_recs: bool = False) -> BatchResult:

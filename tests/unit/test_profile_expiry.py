@@ -161,3 +161,32 @@ def test_the_expiry_counter_reaches_prometheus():
     before = metrics.PROFILES_EXPIRED._value.get()
     metrics.record_engine_metric("profiles_expired", "clock", 3)
     assert metrics.PROFILES_EXPIRED._value.get() == before + 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 60), late=st.booleans(), held=st.booleans())
+def test_the_scoring_bound_counts_the_expiries_too(batch, late, held):
+    """The worker runs a batch on its event loop only when ``scoring_bound`` is small: a tick's expiries (all of a
+    store's old profiles at the first tick after expiry is turned on) are work of the same kind and count in it."""
+    evs = [Click(event_id=f"q{i}", user_id=f"q{i}", ts=(i % 3) * DAY + i) for i in range(30)]  # silent after
+    evs += [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 50) for d in range(0, 61, 10)]
+    evs.sort(key=lambda e: e.ts)
+    if late:  # a late first event, expired at the next tick by the other path
+        evs.insert(next(i for i, e in enumerate(evs) if e.ts > 50 * DAY), Click(event_id="l", user_id="x", ts=DAY))
+    engine, recs, worked = PartitionEngine(0, TTL, DictStore()), records(evs), 0
+    for start in range(0, len(recs) + batch, batch):
+        # released at once (the purchases topic, with no record, idle), or all held until the end: one batch then
+        # crosses 60 days, each silent user's scores and expiry in it
+        now = 0.0 if held else 10.0 * start
+        for record in recs[start:start + batch]:
+            engine.on_record(record, now)
+        bound, expired_before = engine.scoring_bound(), engine.counters[("profiles_expired", "clock")]
+        result = engine.on_notify(now if start < len(recs) else 1e18)
+        engine.store.update(result.profiles)
+        for user_id in result.erased:
+            engine.store.pop(user_id, None)
+        work = sum(e.topic == "churn-scores" for e in result.outputs)
+        work += engine.counters[("profiles_expired", "clock")] - expired_before
+        assert work <= bound
+        worked += work
+    assert engine.counters[("profiles_expired", "clock")] == 30 + late and worked > 0
