@@ -337,8 +337,10 @@ class PartitionEngine:
         if not waiting:
             return 0
         cfg, latest = self.config, self._max_pushed_ts
-        earliest = min(item.ts for queue in self.merger.queues.values() for item in queue)
-        next_tick = self.state.next_tick or first_tick_after(earliest, cfg.tick_s)  # 0: the first event sets it
+        earliest, next_tick = None, self.state.next_tick
+        if next_tick == 0.0:  # the first event sets the first tick: any later event may cross it
+            earliest = self._earliest_waiting()
+            next_tick = first_tick_after(earliest, cfg.tick_s)
         if latest < next_tick:
             return 0
         bound = len(self._active_since_tick) + waiting  # an event makes its user active for one tick's score
@@ -347,7 +349,7 @@ class PartitionEngine:
         # a waiting event's user, silent after it, is scored again at each level (expired) that the waiting events
         # span: a level's tick comes more than its silence after the event (a backlog batch crossing many days
         # under-counted these, as the expiries' test found)
-        span = latest - earliest
+        span = latest - (self._earliest_waiting() if earliest is None else earliest)  # only for a batch at a tick
         silences = [cfg.inactivity_gap_s + level * cfg.inactivity_rescore_s
                     for level in range(1 + max(0, cfg.inactivity_rescores))]
         ttl = cfg.profile_ttl_s
@@ -358,6 +360,9 @@ class PartitionEngine:
             start = self.state.expiry_scanned or min(self._by_day, default=horizon)
             bound += len(self._expire_next) + sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
         return bound + waiting * sum(silence < span for silence in silences)
+
+    def _earliest_waiting(self) -> float:
+        return min(item.ts for queue in self.merger.queues.values() for item in queue)
 
     def on_notify(self, now: float, caught_up: frozenset[str] = frozenset(), behind: frozenset[str] = frozenset(),
                   *, defer_recs: bool = False) -> BatchResult:
