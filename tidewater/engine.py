@@ -278,9 +278,10 @@ class PartitionEngine:
         if self._last_day.get(profile.user_id) == day:
             return
         self._unindex(profile.user_id)
+        if self.config.profile_ttl_s > 0 and day < self.state.expiry_scanned:  # past the expiry already done
+            self._expire_next.add(profile.user_id)  # (not left to the index: a level added by a restart with
+            return  # more re-scores made it keep the day, which the expiry never scans again; found by review)
         if day < self._scanned_by_every_level():  # no inactivity level will look at that day again
-            if self.config.profile_ttl_s > 0 and day < self.state.expiry_scanned:
-                self._expire_next.add(profile.user_id)
             return
         self._last_day[profile.user_id] = day
         self._by_day.setdefault(day, set()).add(profile.user_id)
@@ -731,7 +732,13 @@ class PartitionEngine:
         # found by a fuzz of batch sizes)
         self._flush_recs()
         self._expire_erasures(tick)
+        self._score_at_tick(tick)
+        # after the scores: a TTL less than a tick above the last inactivity score (or ticks a clock jump skipped)
+        # brings both due at one tick, and the silent customer's last score and offer went with the profile
+        # (found by review)
         self._expire_profiles(tick)
+
+    def _score_at_tick(self, tick: float) -> None:
         if self.state.items_since_rank:
             self._rerank()
         candidates: dict[str, tuple[str, int]] = {u: ("activity", -1) for u in sorted(self._active_since_tick)}

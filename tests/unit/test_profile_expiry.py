@@ -2,6 +2,7 @@
 every user ever seen; a user seen again starts a new profile."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import msgspec
@@ -190,3 +191,43 @@ def test_the_scoring_bound_counts_the_expiries_too(batch, late, held):
         assert work <= bound
         worked += work
     assert engine.counters[("profiles_expired", "clock")] == 30 + late and worked > 0
+
+
+@pytest.mark.parametrize("tick_hours, gap_days, ttl_days", [(24, 10.5, 10.75), (7, 30, 30 + 1 / 24)])
+def test_regression_the_last_inactivity_score_goes_out_when_the_expiry_falls_on_its_tick(tick_hours, gap_days,
+                                                                                         ttl_days):
+    """A TTL less than one tick above the last inactivity score (the settings accept it) brings both due at one
+    tick: the expiry ran first and the silent customer's last score and offer went with the profile (found by
+    review). The expiry runs after the tick's scores now."""
+    config = EngineConfig(inactivity_gap_s=gap_days * DAY, inactivity_rescores=0, tick_s=tick_hours * 3600.0,
+                          profile_ttl_s=ttl_days * DAY)
+    evs = [Click(event_id="q", user_id="quiet", ts=DAY + 100, item_id="i1")]
+    evs += [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 7, item_id="i0") for d in range(0, 40)]
+    evs.sort(key=lambda e: e.ts)
+    engine, store, result = replay(evs, config=config, batch=5)
+    _, _, kept = replay(evs, config=dataclasses.replace(config, profile_ttl_s=0.0), batch=5)
+    silent = [s for s in about(result, "quiet") if s.get("trigger") == "inactivity"]
+    assert len(silent) == 1 and silent == [s for s in about(kept, "quiet") if s.get("trigger") == "inactivity"]
+    assert "quiet" not in store and engine.counters[("profiles_expired", "clock")] == 1
+
+
+def test_regression_a_late_only_profile_is_expired_after_a_restart_that_adds_an_inactivity_level():
+    """A profile of one late event (older than the expiry already done) waits for the next tick's expiry. A
+    restart before it with one more re-score configured rebuilt the index with a level never scanned, so the
+    profile was indexed under its old day, which the expiry does not scan again: it stayed for good (found by
+    review)."""
+    busy = [Click(event_id=f"b{d}", user_id="busy", ts=d * DAY + 7 * 3600, item_id="i0") for d in range(60)]
+    recs = records(busy[:11] + [Click(event_id="z", user_id="z", ts=DAY, item_id="i1")] + busy[11:])
+    before = EngineConfig(inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY, inactivity_rescores=1,
+                          profile_ttl_s=4 * DAY + 1)
+    after = dataclasses.replace(before, inactivity_rescores=2, profile_ttl_s=5 * DAY + 1)
+    store = EncodedStore()
+    engine = PartitionEngine(0, before, store)
+    run_to_completion(engine, recs[:12], batch=1)
+    assert "z" in store and engine.state.expiry_scanned > 1
+    restarted = PartitionEngine(0, after, store, state=msgspec.msgpack.decode(
+        msgspec.msgpack.encode(engine.snapshot()), type=PartitionState))
+    for user_id in sorted(store):
+        restarted.index_profile(store.get(user_id))
+    run_to_completion(restarted, recs[12:], batch=1)
+    assert "z" not in store and restarted.counters[("profiles_expired", "clock")] == 1
