@@ -52,7 +52,9 @@ class RecentEvent(msgspec.Struct, array_like=True):
 
 class Profile(msgspec.Struct, kw_only=True):
     user_id: str
-    applied: dict[str, int] = {}  # "topic/partition" -> last applied offset
+    # "topic/partition" -> last applied offset; a profile the engine creates starts at the partition's offset marks
+    # (every record they cover was read before it and is not its)
+    applied: dict[str, int] = {}
     first_ts: float = 0.0
     last_ts: float = 0.0
     last_purchase_ts: float = 0.0
