@@ -443,15 +443,17 @@ class PartitionEngine:
         profile = self._existing_profile(user_id)
         if profile is None:
             profile = self._cache[user_id] = new_profile(user_id)
-            # born holding the partition's offset marks: every record they cover came before it (a source's
+            # born knowing the partition's offset marks: every record they cover came before it (a source's
             # records come in offset order), so one read again after a crash is not applied into it. Without
             # them, a late event of an expired (or erased) user, re-read after a crash that stored the user's new
             # profile but not the state, went into the new profile (found by a fuzz of crash points after the
-            # review of profile expiry). Not a source's marks seeded from the stored profiles of a state from before the
-            # marks: they may cover records of users whose profiles never landed, which are still to be applied
+            # review of profile expiry). A source's marks seeded from the stored profiles of a state from before the
+            # marks count only once past the seeded offset: below it, records of users whose profiles never landed
+            # are still to be applied
             marks, seeded = self.state.applied, self.state.seeded
             if marks:
-                profile.applied = {source: offset for source, offset in marks.items() if source not in seeded}
+                profile.born_marks = {source: offset for source, offset in marks.items()
+                                      if offset > seeded.get(source, -1)}
         return profile
 
     def _existing_profile(self, user_id: str) -> Profile | None:
@@ -835,18 +837,20 @@ class PartitionEngine:
                                    candidates: dict[str, tuple[str, int]]) -> list[int]:
         """``keep`` less the profiles that a tick fired again after a restore must not score: those scored at this
         tick before the crash (their score and offer are in Kafka), and those ahead of the restored state with no
-        such score (all their unscored events came after this tick: they stay active for the next one). Only a
-        crash between a batch's profiles and its state gives either."""
+        such score: the crashed batch did not score them at this tick, and the profile holds events that came after
+        it (active ones stay active for the next tick; one indexed for silence by a late event of the crashed batch
+        was scored for inactivity here, where the uninterrupted run was not: found by review). Only a crash between
+        a batch's profiles and its state gives either."""
         marks = self.state.applied or {}
         out = []
         for i in keep:
             profile = profiles[i]
             if profile.last_scored_ts >= tick:
                 continue
-            if candidates[users[i]][0] == "activity" and any(
-                    offset > marks.get(source, -1) for source, offset in profile.applied.items()):
-                self._active_since_tick.add(users[i])
-                continue
+            if any(offset > marks.get(source, -1) for source, offset in profile.applied.items()):
+                if candidates[users[i]][0] == "activity":
+                    self._active_since_tick.add(users[i])
+                continue  # for silence too: the profile's last activity includes events this tick came before
             out.append(i)
         return out
 

@@ -3,7 +3,8 @@
 Everything about a user that the stream needs lives in one value so that one write per user per batch is
 atomic: RFM, counts by type, category affinities, gap-based sessions, a bounded ring of recent events (the
 churn model's input), windowed activity (tumbling 1 h / 1 d buckets; hopping 7 d / 1 d derived from the daily
-buckets), the user-vector slot, and the last applied offset per source partition (the idempotency marker).
+buckets), the user-vector slot, and the last applied offset per source partition (the idempotency marker, with the
+offsets read before the profile was created).
 
 At-least-once delivery re-delivers events after a crash. ``apply`` skips any event whose offset is at or
 below the marker for its source partition, so applying an event twice equals applying it once. A producer that
@@ -52,9 +53,7 @@ class RecentEvent(msgspec.Struct, array_like=True):
 
 class Profile(msgspec.Struct, kw_only=True):
     user_id: str
-    # "topic/partition" -> last applied offset; a profile the engine creates starts at the partition's offset marks
-    # (every record they cover was read before it and is not its)
-    applied: dict[str, int] = {}
+    applied: dict[str, int] = {}  # "topic/partition" -> last applied offset
     first_ts: float = 0.0
     last_ts: float = 0.0
     last_purchase_ts: float = 0.0
@@ -101,6 +100,10 @@ class Profile(msgspec.Struct, kw_only=True):
     # profile stored before the field, which then takes its purchase lines as orders, as the value used to
     n_orders: int = -1
     ring_purchases: int = -1  # purchases in ``recent`` (kept with it: its per-type bound); -1: not counted yet
+    # "topic/partition" -> the partition's offset mark when the engine created this profile: every record at or below
+    # it was read before the profile existed and is not its (a late event of the user's expired or erased profile,
+    # read again after a crash). Apart from ``applied``, which says what the profile itself applied
+    born_marks: dict[str, int] = {}
 
     def __post_init__(self) -> None:  # on decode too
         _scored_before_events_at_score(self)
@@ -127,7 +130,8 @@ def source_key(topic: str, partition: int) -> str:
 
 
 def already_applied(profile: Profile, source: str, offset: int) -> bool:
-    return offset <= profile.applied.get(source, -1)
+    """Applied, or read before the profile was created (``born_marks``)."""
+    return offset <= profile.applied.get(source, -1) or offset <= profile.born_marks.get(source, -1)
 
 
 def id_digest(event_id: str) -> bytes:

