@@ -346,7 +346,7 @@ class PartitionEngine:
             return 0
         bound = len(self._active_since_tick) + waiting  # an event makes its user active for one tick's score
         for _level, start, horizon in self._inactivity_days(latest):  # the users indexed, up to the latest tick
-            bound += sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
+            bound += self._indexed_between(start, horizon)
         # a waiting event's user, silent after it, is scored again at each level (expired) that the waiting events
         # span: a level's tick comes more than its silence after the event (a backlog batch crossing many days
         # under-counted these, as the expiries' test found)
@@ -357,13 +357,15 @@ class PartitionEngine:
         if ttl > 0:  # not scored, but each expiry is work of the same order (a bulk one at the first tick after
             # expiry is turned on must not run on the event loop)
             silences.append(ttl)
-            horizon = int((latest - ttl) // DAY)
-            start = self.state.expiry_scanned or min(self._by_day, default=horizon)
-            bound += len(self._expire_next) + sum(len(self._by_day.get(day, ())) for day in range(start, horizon))
+            bound += len(self._expire_next) + self._indexed_between(*self._expiry_days(latest))
         return bound + waiting * sum(silence < span for silence in silences)
 
     def _earliest_waiting(self) -> float:
         return min(item.ts for queue in self.merger.queues.values() for item in queue)
+
+    def _indexed_between(self, start_day: int, end_day: int) -> int:
+        """Users in the activity index whose last activity day is in ``[start_day, end_day)``."""
+        return sum(len(self._by_day.get(day, ())) for day in range(start_day, end_day))
 
     def on_notify(self, now: float, caught_up: frozenset[str] = frozenset(), behind: frozenset[str] = frozenset(),
                   *, defer_recs: bool = False) -> BatchResult:
@@ -580,12 +582,18 @@ class PartitionEngine:
         erased = self.state.erased
         erased[user_id] = max(request.ts, erased.get(user_id, request.ts))
         self._changed_erasures.add(user_id)
+        self._delete(user_id)
+        self._count("erased", topic)
+        self._result.state_changed = True
+
+    def _delete(self, user_id: str) -> None:
+        """The profile goes (a tombstone after this batch, and the store's copy is not read again) and so do the
+        timers' entries. An offer it made at a tick the restored state has still to fire (``_offered_ahead``)
+        still counts in that day's budget: it was sent."""
         self._cache.pop(user_id, None)
         self._erased.add(user_id)
         self._active_since_tick.discard(user_id)
         self._unindex(user_id)
-        self._count("erased", topic)
-        self._result.state_changed = True
 
     def _confirm_erasure(self, request: ev.Erase) -> None:
         self._flush_recs()  # the queued answers go out before the confirmation, whatever the batching
@@ -617,8 +625,7 @@ class PartitionEngine:
                 self.state.expiry_scanned = 0
                 self._result.state_changed = True
             return
-        horizon_day = int((tick - ttl) // DAY)
-        start_day = self.state.expiry_scanned or min(self._by_day, default=horizon_day)
+        start_day, horizon_day = self._expiry_days(tick)
         # those still unindexed (no newer event since) and stored (not erased since)
         expired = [u for u in sorted(self._expire_next)
                    if u not in self._last_day and self._existing_profile(u) is not None]
@@ -626,11 +633,7 @@ class PartitionEngine:
         for day in range(start_day, horizon_day):
             expired.extend(sorted(self._by_day.get(day, ())))
         for user_id in expired:
-            self._cache.pop(user_id, None)
-            self._erased.add(user_id)
-            self._active_since_tick.discard(user_id)
-            self._offered_ahead.pop(user_id, None)
-            self._unindex(user_id)
+            self._delete(user_id)
         if expired:
             self._count("profiles_expired", "clock", len(expired))
         if horizon_day > self.state.expiry_scanned:
@@ -868,6 +871,12 @@ class PartitionEngine:
             # indexed before it was then never scanned, and only on a worker that had restarted)
             scanned[level] = horizon_day
         self._forget_scanned_days()
+
+    def _expiry_days(self, tick: float) -> tuple[int, int]:
+        """The last-activity days ``[start, horizon)`` whose profiles a tick at ``tick`` expires (``start``: the
+        first indexed day when no expiry ran yet)."""
+        horizon_day = int((tick - self.config.profile_ttl_s) // DAY)
+        return self.state.expiry_scanned or min(self._by_day, default=horizon_day), horizon_day
 
     def _inactivity_days(self, tick: float) -> list[tuple[int, int, int]]:
         """Per inactivity level (the gap, then each re-score): the last-activity days ``[start, horizon)`` that a
