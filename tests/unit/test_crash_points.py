@@ -16,12 +16,12 @@ from random import Random
 import msgspec
 from hypothesis import given, settings, strategies as st
 
-from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, Record
+from tidewater.engine import EngineConfig, PartitionEngine, Record
 from tidewater.events import Click, Clock, Erase, Purchase, encode_event
 from tidewater.profile import DAY
 
 from .test_engine import records
-from .test_engine_models import EncodedStore
+from .test_engine_models import EncodedStore, boot, redelivered_after
 
 BASE = EngineConfig(inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY, inactivity_rescores=1)
 
@@ -43,24 +43,12 @@ def make_events(spec):
     return out
 
 
-def boot(config, store, state: bytes | None) -> PartitionEngine:
-    """An engine as the worker restores one: from the persisted state (None: none written), its activity index
-    rebuilt from every stored profile."""
-    engine = PartitionEngine(0, config, store, state=None if state is None else
-                             msgspec.msgpack.decode(state, type=PartitionState))
-    for user_id in sorted(store):
-        engine.index_profile(store.get(user_id))
-    return engine
-
-
 def run_lives(config, recs, batch, plan):
     """``plan``: per life but the last, (batches it runs, "clean" or "between", seed of the landed subset).
     Returns every output produced and the store at the end."""
     store, state, acked, outputs = EncodedStore(), None, set(), []
     for life in range(len(plan) + 1):
-        committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in acked), default=None)
-                     for t in ("clicks", "purchases")}
-        todo = [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
+        todo = redelivered_after(recs, acked)
         engine = boot(config, store, state)
         last = life == len(plan)
         starts = list(range(0, len(todo), batch)) + ([None] if last else [])  # None: every source idle

@@ -458,22 +458,31 @@ def _drive(engine, store, recs, batch, *, finish=True):
     return out
 
 
-def _restarted(config, store, state, recs, done, recommender=None):
-    """Recovery as the worker does it: an engine from the persisted state (msgpack; None: none was persisted), its
-    activity index rebuilt from the stored profiles; and the records redelivered from each topic's committed
-    offset (the first record not ``done``)."""
+def redelivered_after(recs, done):
+    """The records a restart reads again: from each topic's committed offset (the first record not ``done``)."""
+    committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in done), default=None)
+                 for t in ("clicks", "purchases")}
+    return [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
+
+
+def boot(config, store, state, recommender=None):
+    """An engine as the worker restores one: from the persisted state (msgpack; None: none was persisted), its
+    activity index rebuilt from every stored profile."""
     import msgspec
 
     from tidewater.engine import PartitionState
 
-    committed = {t: min((r.offset for r in recs if r.topic == t and (t, r.offset) not in done), default=None)
-                 for t in ("clicks", "purchases")}
-    redelivered = [r for r in recs if committed[r.topic] is not None and r.offset >= committed[r.topic]]
     engine = PartitionEngine(0, config, store, recommender=recommender,
                              state=None if state is None else msgspec.msgpack.decode(state, type=PartitionState))
     for user_id in sorted(store):
         engine.index_profile(store.get(user_id))
-    return engine, redelivered
+    return engine
+
+
+def _restarted(config, store, state, recs, done, recommender=None):
+    """Recovery as the worker does it: :func:`boot`, and the records redelivered from each topic's committed
+    offset."""
+    return boot(config, store, state, recommender), redelivered_after(recs, done)
 
 
 @pytest.fixture(scope="module")

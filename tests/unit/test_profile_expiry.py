@@ -9,14 +9,14 @@ import msgspec
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tidewater.engine import EngineConfig, PartitionEngine, PartitionState, run_to_completion
+from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
 from tidewater.errors import InvalidSetting
 from tidewater.events import Click
 from tidewater.profile import DAY
 from tidewater.settings import Settings
 
 from .test_engine import DictStore, records, shop
-from .test_engine_models import EncodedStore, _drive, _restarted
+from .test_engine_models import EncodedStore, _drive, _restarted, boot
 
 # inactivity scores 10 and 15 days after the last event; the profile goes after 25
 TTL = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, inactivity_rescores=1,
@@ -138,10 +138,7 @@ def test_turned_on_later_it_deletes_the_profiles_silent_for_longer_at_the_first_
     cut = next(i for i, e in enumerate(evs) if e.ts >= 50 * DAY)
     engine, store, _ = replay(evs[:cut], config=off)
     assert set(store) == {f"u{i}" for i in range(5)} and engine.state.expiry_scanned == 0
-    state = msgspec.msgpack.decode(msgspec.msgpack.encode(engine.snapshot()), type=PartitionState)
-    restarted = PartitionEngine(0, TTL, store, state=state)
-    for user_id in sorted(store):
-        restarted.index_profile(store.get(user_id))
+    restarted = boot(TTL, store, msgspec.msgpack.encode(engine.snapshot()))
     result = run_to_completion(restarted, records(evs)[cut:])  # deletes result.erased from the store
     assert result.erased == {"u3", "u4"} and set(store) == {"u0", "u1", "u2"} and restarted.counters[("profiles_expired", "clock")] == 2
 
@@ -225,9 +222,6 @@ def test_regression_a_late_only_profile_is_expired_after_a_restart_that_adds_an_
     engine = PartitionEngine(0, before, store)
     run_to_completion(engine, recs[:12], batch=1)
     assert "z" in store and engine.state.expiry_scanned > 1
-    restarted = PartitionEngine(0, after, store, state=msgspec.msgpack.decode(
-        msgspec.msgpack.encode(engine.snapshot()), type=PartitionState))
-    for user_id in sorted(store):
-        restarted.index_profile(store.get(user_id))
+    restarted = boot(after, store, msgspec.msgpack.encode(engine.snapshot()))
     run_to_completion(restarted, recs[12:], batch=1)
     assert "z" not in store and restarted.counters[("profiles_expired", "clock")] == 1
