@@ -13,6 +13,7 @@ point at their own Tansu build (e.g. with PostgreSQL storage) with ``--tansu-bin
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -27,8 +28,13 @@ from typing import IO
 
 from tidewater.errors import UserError
 
+log = logging.getLogger("tidewater.broker")
 BROKER_KINDS = ("tansu", "noida")
 DEFAULT_BROKER = "tansu"
+
+
+class _ExitedAtStart(Exception):
+    """The broker process ended before it answered (a port taken, a bad argument)."""
 
 
 def free_port() -> int:
@@ -132,13 +138,26 @@ class EmbeddedBroker:
         raise UserError(f"unknown broker {self.kind!r}: expected one of {', '.join(BROKER_KINDS)}")
 
     def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
-        if self.port == 0:
-            self.port = free_port()
-        elif api_versions_ok(self.host, self.port, timeout=0.3):
+        """Start the broker and wait until it answers. A port picked here (``port`` 0) can be taken by another
+        process before the broker binds it; the broker then exits at once, and another port is tried (twice)."""
+        chosen = self.port == 0
+        if not chosen and api_versions_ok(self.host, self.port, timeout=0.3):
             raise UserError(f"port {self.port} already has a Kafka broker; pick another with --port")
         if self.kind == "noida" and self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="tidewater-noida-")
             self._own_data_dir = True
+        for attempt in range(3 if chosen else 1):
+            if chosen:
+                self.port = free_port()
+            try:
+                return self._launch(timeout)
+            except _ExitedAtStart as exc:
+                if attempt == (2 if chosen else 0):
+                    raise UserError(str(exc)) from None
+                log.warning("%s; trying another port", exc)
+        raise AssertionError("unreachable")
+
+    def _launch(self, timeout: float) -> "EmbeddedBroker":
         cmd = self.command()
         try:
             self._log = open(self.log_path, "ab") if self.log_path else open(os.devnull, "wb")
@@ -148,8 +167,11 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise UserError(f"{self.kind} broker exited with code {self.process.returncode} "
-                                f"(log: {self.log_path or 'disabled'})")
+                code = self.process.returncode
+                self._log.close()
+                self._log, self.process = None, None
+                raise _ExitedAtStart(f"{self.kind} broker on port {self.port} exited with code {code} "
+                                     f"(log: {self.log_path or 'disabled'})")
             if api_versions_ok(self.host, self.port, timeout=0.5):
                 return self
             time.sleep(0.1)
