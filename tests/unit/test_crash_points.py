@@ -21,7 +21,7 @@ from tidewater.events import Click, Clock, Erase, Purchase, encode_event
 from tidewater.profile import DAY
 
 from .test_engine import records
-from .test_engine_models import EncodedStore, boot, redelivered_after
+from .test_engine_models import EncodedStore, batch_writes, boot, redelivered_after, write_back
 
 BASE = EngineConfig(inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY, inactivity_rescores=1)
 
@@ -60,17 +60,13 @@ def run_lives(config, recs, batch, plan):
                     engine.on_record(record, 0.0)
             result = engine.on_notify(1e18 if start is None else 0.0)
             outputs.extend(result.outputs)
-            writes = list(result.profiles.items()) + [(user_id, None) for user_id in sorted(result.erased)]
+            writes = batch_writes(result)
             if not last and i == len(starts) - 1 and plan[life][1] == "between":
                 rnd = Random(plan[life][2])  # any subset of the profiles; no tombstone: the deletion that lands
                 # without its state is the README's open case (a user rebuilt from the batch's events, then deleted
                 # again, and scores re-sent under their ids with other values)
                 writes = [w for w in writes if w[1] is not None and rnd.random() < 0.5]
-            for user_id, profile in writes:
-                if profile is None:
-                    store.pop(user_id, None)
-                else:
-                    store[user_id] = profile
+            write_back(store, writes)
             if not last and i == len(starts) - 1 and plan[life][1] == "between":
                 break
             if result.state_changed:
@@ -170,9 +166,8 @@ def _upgrade_scenario(config, life0, upgraded, life1, *, crash_landing: set[str]
         for r in records:
             engine.on_record(r, 0.0)
         result = engine.on_notify(now)
-        for user_id, profile in list(result.profiles.items()) + [(u, None) for u in sorted(result.erased)]:
-            if land is None or user_id in land:
-                store.pop(user_id, None) if profile is None else store.__setitem__(user_id, profile)
+        write_back(store, [(user_id, profile) for user_id, profile in batch_writes(result)
+                           if land is None or user_id in land])
 
     first = PartitionEngine(0, config, store)
     step(first, life0)

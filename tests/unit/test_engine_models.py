@@ -435,6 +435,20 @@ def test_inactivity_scores_follow_each_silence(gap, rescore, rescores, quiet):
     assert got == sorted(expected)
 
 
+def batch_writes(result):
+    """A batch's profile changelog records as the worker writes them: the changed profiles, then the tombstones of
+    the users deleted (erased, expired) and not seen again in the batch."""
+    return list(result.profiles.items()) + [(user_id, None) for user_id in sorted(result.erased)]
+
+
+def write_back(store, writes):
+    for user_id, profile in writes:
+        if profile is None:
+            store.pop(user_id, None)
+        else:
+            store[user_id] = profile
+
+
 def _drive(engine, store, recs, batch, *, finish=True):
     """The worker's loop: batches, profiles written back after each (as msgpack), the state snapshot encoded;
     per batch (outputs, done records, encoded state). ``finish``: then every source goes idle (all released)."""
@@ -444,9 +458,7 @@ def _drive(engine, store, recs, batch, *, finish=True):
 
     def notify(now):
         res = engine.on_notify(now)
-        store.update(res.profiles)
-        for user_id in res.erased:  # deleted (erased, expired) and not seen again in the batch
-            store.pop(user_id, None)
+        write_back(store, batch_writes(res))
         out.append((res.outputs, res.done, msgspec.msgpack.encode(engine.snapshot())))
 
     for start in range(0, len(recs), batch):

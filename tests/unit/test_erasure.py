@@ -11,7 +11,7 @@ from tidewater.engine import EngineConfig, PartitionEngine, run_to_completion
 from tidewater.events import Click, Erase, Purchase, decode_event
 from tidewater.profile import DAY, encode_profile
 
-from .test_engine import DictStore, records, shop
+from .test_engine import DictStore, records, run, shop
 
 CONFIG = EngineConfig(inactivity_gap_s=14 * DAY)
 
@@ -23,10 +23,7 @@ def with_erasures(events, erasures: dict[str, float]):
 
 
 def replay(events, batch=50):
-    store = DictStore()
-    engine = PartitionEngine(0, CONFIG, store)
-    result = run_to_completion(engine, records(events), batch=batch)
-    return engine, store, result
+    return run(records(events), batch, CONFIG)
 
 
 def without_offsets(profile):

@@ -15,19 +15,16 @@ from tidewater.events import Click
 from tidewater.profile import DAY
 from tidewater.settings import Settings
 
-from .test_engine import DictStore, records, shop
-from .test_engine_models import EncodedStore, _drive, _restarted, boot
+from .test_engine import DictStore, records, run, shop
+from .test_engine_models import EncodedStore, _drive, _restarted, batch_writes, boot, write_back
 
 # inactivity scores 10 and 15 days after the last event; the profile goes after 25
 TTL = EngineConfig(inactivity_gap_s=10 * DAY, inactivity_rescore_s=5 * DAY, inactivity_rescores=1,
                    profile_ttl_s=25 * DAY)
 
 
-def replay(events, config=TTL, batch=50, store=None):
-    store = DictStore() if store is None else store
-    engine = PartitionEngine(0, config, store)
-    result = run_to_completion(engine, records(events), batch=batch)
-    return engine, store, result
+def replay(events, config=TTL, batch=50):
+    return run(records(events), batch, config)
 
 
 def about(result, user):
@@ -180,9 +177,7 @@ def test_the_scoring_bound_counts_the_expiries_too(batch, late, held):
             engine.on_record(record, now)
         bound, expired_before = engine.scoring_bound(), engine.counters[("profiles_expired", "clock")]
         result = engine.on_notify(now if start < len(recs) else 1e18)
-        engine.store.update(result.profiles)
-        for user_id in result.erased:
-            engine.store.pop(user_id, None)
+        write_back(engine.store, batch_writes(result))
         work = sum(e.topic == "churn-scores" for e in result.outputs)
         work += engine.counters[("profiles_expired", "clock")] - expired_before
         assert work <= bound
