@@ -146,13 +146,14 @@ class EmbeddedBroker:
         if self.kind == "noida" and self.data_dir is None:
             self.data_dir = tempfile.mkdtemp(prefix="tidewater-noida-")
             self._own_data_dir = True
-        for attempt in range(3 if chosen else 1):
+        tries = 3 if chosen else 1
+        for attempt in range(tries):
             if chosen:
                 self.port = free_port()
             try:
                 return self._launch(timeout)
             except _ExitedAtStart as exc:
-                if attempt == (2 if chosen else 0):
+                if attempt == tries - 1:
                     raise UserError(str(exc)) from None
                 log.warning("%s; trying another port", exc)
         raise AssertionError("unreachable")
