@@ -28,6 +28,10 @@ MAX_CATEGORIES = 32
 RECENT_IDS = 16  # event ids remembered per user against producer duplicates (a retry follows its original closely)
 PURCHASED_ITEMS = 128  # distinct items a user bought, kept beyond the ring so that they are never recommended again
 CLICKED_ITEMS = 128  # and distinct items clicked (viewed), likewise
+# the recs model's history of a user: the last REC_HISTORY distinct items, each at its first occurrence. The model
+# reads the last 50 it has a vector for (its window); the rest is room for items it has none for (new in the
+# catalogue since its training), kept for the next version, which may have them
+REC_HISTORY = 100
 ID_DIGEST = 8
 
 
@@ -104,6 +108,10 @@ class Profile(msgspec.Struct, kw_only=True):
     # it was read before the profile existed and is not its (a late event of the user's expired or erased profile,
     # read again after a crash). Apart from ``applied``, which says what the profile itself applied
     born_marks: dict[str, int] = {}
+    # the recs model's input: distinct item ids at their first occurrence, in the order they came, the last
+    # REC_HISTORY (``tidewater.recommending``: the user vector and the re-ranking read the same list, as the model
+    # was trained). None in a profile stored before the field: built from the ring at its next item
+    rec_history: list[str] | None = None
 
     def __post_init__(self) -> None:  # on decode too
         _scored_before_events_at_score(self)
@@ -211,7 +219,8 @@ def apply(profile: Profile, event: Event, source: str, offset: int, watermark: f
 
 def _into_ring(ring: list[RecentEvent], event: RecentEvent) -> None:
     """Append, or for a late event insert at its place by event time (after the events at its time, as the
-    models' stable sort puts it). In arrival order, a late event outlived newer ones in a full ring, since the
+    churn model's stable sort puts it; the recs protocol orders events of one time by a hash of user and item,
+    which a stream cannot follow: the recs history is in arrival order, ``recommending.rec_history``). In arrival order, a late event outlived newer ones in a full ring, since the
     oldest arrivals go first: the churn model was served a view it never trained on (the last events by time).
     Rings stored before are in arrival order; an insertion into one stops at the first earlier event from the end."""
     if not ring or event.ts >= ring[-1].ts:

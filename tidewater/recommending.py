@@ -20,7 +20,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from tidewater.profile import Profile
+from tidewater.profile import REC_HISTORY, Profile
 
 log = logging.getLogger("tidewater.recs")
 
@@ -81,9 +81,34 @@ _NO_ITEM = (None, "")
 
 
 def _distinct_items(profile: Profile) -> list[str]:
-    """The ring's items, oldest first, each once at its first occurrence: the recs model was trained and
-    evaluated on histories with repeats collapsed so (models/recs/evaluation.py)."""
+    """The ring's items, oldest first, each once at its first occurrence: the history of a profile stored before
+    ``rec_history``."""
     return list(dict.fromkeys([e.item_id for e in profile.recent if e.item_id]))
+
+
+def rec_history(profile: Profile) -> list[str]:
+    """The recs model's history of the user: distinct items at their first occurrence, oldest first, the last
+    ``REC_HISTORY`` (the model was trained and evaluated on histories with repeats collapsed so,
+    models/recs/evaluation.py). Kept in the profile as items come (``note_item``): built from the ring, repeats
+    and items without a vector crowded the history out, and an item seen again after the ring forgot it came
+    back as the newest (found by the train/serve skew review)."""
+    return _distinct_items(profile)[-REC_HISTORY:] if profile.rec_history is None else profile.rec_history
+
+
+def note_item(profile: Profile, item_id: str) -> bool:
+    """Record the item of the event just applied in the user's recs history; True at its first occurrence
+    (not in the history, the ring before this event, or the items the profile remembers beyond the ring)."""
+    history = profile.rec_history
+    if history is None:  # stored before the field: the ring's first occurrences, this event's included
+        profile.rec_history = _distinct_items(profile)[-REC_HISTORY:]
+        return not (item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id))
+    if (item_id in history or item_id in profile.purchased or item_id in profile.clicked
+            or _repeated(profile.recent, item_id)):
+        return False
+    history.append(item_id)
+    if len(history) > REC_HISTORY:
+        del history[0]
+    return True
 
 
 def _repeated(recent: Sequence[Any], item_id: str) -> bool:
@@ -106,6 +131,7 @@ class PartitionPopularity:
     partition_independent = False  # answers come from the partition's own counts
 
     def fold(self, profile: Profile, item_id: str) -> bool:
+        note_item(profile, item_id)  # the history a model rebuilds the vector from when one serves again
         # a model's vector misses this event: marked stale, it is rebuilt from the ring when a model serves again
         # (the same version reloaded after a failed load would otherwise take it as current)
         if profile.vec_version:
@@ -173,14 +199,15 @@ class VectorRecommender:
     # --- the user vector in the profile ------------------------------------------------------------------
     def fold(self, profile: Profile, item_id: str) -> bool:
         """Fold one event's item into the profile's vector; False when the item is unknown to the model."""
+        first = note_item(profile, item_id)
         if profile.vec_version != self.version:
-            self._rebuild(profile)  # a new model: its vector space differs, rebuild from the ring
+            self._rebuild(profile)  # a new model: its vector space differs, rebuild from the history
             return profile.vec_sum is not None
         v = self.model.item_vector(item_id)
         if v is None:
             return False
-        if item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id):
-            # counted at its first occurrence (see _distinct_items): a user who viewed one item ten times had a
+        if not first:
+            # counted at its first occurrence (see rec_history): a user who viewed one item ten times had a
             # vector of that item alone, unlike any history the model learned from; also after the ring forgot it
             return True
         if profile.vec_sum is None:
@@ -194,7 +221,7 @@ class VectorRecommender:
         return True
 
     def _rebuild(self, profile: Profile) -> None:
-        state = self.model.recompute_user(_distinct_items(profile))
+        state = self.model.recompute_user(rec_history(profile))
         profile.vec_version = self.version
         profile.vec_at_rec = None
         if state is None:  # none of the ring's items is in this model's catalogue
@@ -224,7 +251,7 @@ class VectorRecommender:
         """A vector (and segment) from another model version, after a hot reload since the user's last event, is
         rebuilt from the ring in this model's space, as the next event would. Silent users have no next event,
         and they are the ones scored for inactivity and offered."""
-        if profile.vec_version != self.version and profile.recent:
+        if profile.vec_version != self.version and (profile.recent or profile.rec_history):
             self._rebuild(profile)
 
     def query(self, profile: Profile) -> Query:
@@ -232,9 +259,9 @@ class VectorRecommender:
         # a new array and a tuple: later events do not change the query
         if not self.reranks:
             return Query(self.vector(profile), seen_items(profile))
-        history = tuple(_distinct_items(profile))  # a repeated item re-ranked with the weight of every repeat
-        # exclude = seen_items: the re-ranking passes the history, and the items the ring has forgotten
-        return Query(self.vector(profile), None, history, _forgotten(profile).difference(history))
+        history = tuple(rec_history(profile))  # the vector's history, repeats collapsed
+        # exclude = seen_items: the re-ranking passes the history, and the other items seen
+        return Query(self.vector(profile), None, history, seen_items(profile).difference(history))
 
     def change_since_rec(self, profile: Profile) -> float:
         """1 - cosine between the vector now and at the last recommendation (1.0 if there was none). The
