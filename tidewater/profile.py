@@ -76,7 +76,7 @@ class Profile(msgspec.Struct, kw_only=True):
     daily: dict[int, int] = {}  # tumbling 1 d window start -> events
     late_events: int = 0  # events too late for the windows (beyond the grace period)
     # streaming user vector (models/recs/user_vector.py): decayed sum of item vectors as float32 bytes, in the
-    # vector space of recs model ``vec_version``; a new model version rebuilds it from the ring. A bytearray:
+    # vector space of recs model ``vec_version``; a new model version rebuilds it from ``rec_history``. A bytearray:
     # the recommender folds each event into it in place (msgpack stores it as bytes, as before)
     vec_sum: bytearray | None = None
     vec_weight: float = 0.0

@@ -132,7 +132,7 @@ class PartitionPopularity:
 
     def fold(self, profile: Profile, item_id: str) -> bool:
         note_item(profile, item_id)  # the history a model rebuilds the vector from when one serves again
-        # a model's vector misses this event: marked stale, it is rebuilt from the ring when a model serves again
+        # a model's vector misses this event: marked stale, it is rebuilt from the history when a model serves again
         # (the same version reloaded after a failed load would otherwise take it as current)
         if profile.vec_version:
             profile.vec_version = ""
@@ -249,7 +249,7 @@ class VectorRecommender:
 
     def refresh(self, profile: Profile) -> None:
         """A vector (and segment) from another model version, after a hot reload since the user's last event, is
-        rebuilt from the ring in this model's space, as the next event would. Silent users have no next event,
+        rebuilt from the history in this model's space, as the next event would. Silent users have no next event,
         and they are the ones scored for inactivity and offered."""
         if profile.vec_version != self.version and (profile.recent or profile.rec_history):
             self._rebuild(profile)
