@@ -1,12 +1,13 @@
 """Crashes at any point of the worker's write order, against an uninterrupted run, with the engine alone.
 
-Per batch the worker produces the outputs, writes the changed profiles and tombstones to the profiles changelog,
-then the partition state, then acks the input records. A crash ends a life either cleanly after a batch, *between*
-a batch's profile writes and its state (any subset of those writes landed, no state, nothing acked), or *after the
-state* (every write and the state landed, nothing acked). The next life starts from the persisted state, rebuilds
-the activity index from every stored profile and re-reads each topic from its committed offset (the first record
-not acked). Events are late, early, erasures and clock records; profile expiry is on or off. Left out: a deletion
-(erasure, expiry) whose tombstone lands without its state, an open case in the README's Guarantees."""
+Per batch the worker produces the outputs, writes the changed profiles to the profiles changelog, then the
+partition state, then the tombstones of the profiles deleted (erased, expired), then acks the input records. A
+crash ends a life either cleanly after a batch, *between* a batch's profile writes and its state (any subset of
+those writes landed, no state, no tombstone, nothing acked), or *after the state*: every profile write and the
+state landed, any subset of the tombstones, nothing acked. The next life starts from the persisted state, rebuilds
+the activity index from every stored profile (where the engine deletes the profiles the state says are deleted)
+and re-reads each topic from its committed offset (the first record not acked). Events are late, early, erasures
+and clock records; profile expiry is on or off."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,7 @@ import json
 from random import Random
 
 import msgspec
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, Record
@@ -21,7 +23,7 @@ from tidewater.events import Click, Clock, Erase, Purchase, encode_event
 from tidewater.profile import DAY
 
 from .test_engine import records
-from .test_engine_models import EncodedStore, batch_writes, boot, redelivered_after, write_back
+from .test_engine_models import EncodedStore, batch_writes, boot, changelog_writes, redelivered_after, write_back
 
 BASE = EngineConfig(inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY, inactivity_rescores=1)
 
@@ -60,19 +62,20 @@ def run_lives(config, recs, batch, plan):
                     engine.on_record(record, 0.0)
             result = engine.on_notify(1e18 if start is None else 0.0)
             outputs.extend(result.outputs)
-            writes = batch_writes(result)
+            profiles, tombstones = changelog_writes(result)
             crash = plan[life][1] if not last and i == len(starts) - 1 else "clean"
-            if crash == "between":
-                rnd = Random(plan[life][2])  # any subset of the profiles; no tombstone: the deletion that lands
-                # without its state is the README's open case (a user rebuilt from the batch's events, then deleted
-                # again, and scores re-sent under their ids with other values)
-                write_back(store, [w for w in writes if w[1] is not None and rnd.random() < 0.5])
+            if crash == "between":  # any subset of the profile writes; no state, no tombstone, nothing acked
+                rnd = Random(plan[life][2])
+                write_back(store, [w for w in profiles if rnd.random() < 0.5])
                 break
-            write_back(store, writes)
+            write_back(store, profiles)
             if result.state_changed:
                 state = msgspec.msgpack.encode(engine.snapshot())
-            if crash == "after_state":  # every write and the state landed; nothing acked
+            if crash == "after_state":  # the state landed, any subset of the tombstones sent after it; no ack
+                rnd = Random(plan[life][2])
+                write_back(store, [w for w in tombstones if rnd.random() < 0.5])
                 break
+            write_back(store, tombstones)
             acked |= {(r.topic, r.offset) for r in result.done}
     return outputs, store
 
@@ -158,6 +161,54 @@ def test_regression_a_restored_profile_ahead_of_the_state_was_scored_for_silence
     assert store.get("a").inactivity_level == 0
 
 
+@pytest.mark.parametrize("request_late_days", [0, 1])
+def test_regression_an_erased_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart(
+        request_late_days):
+    """The worker writes a batch's tombstones after its state. A crash in between left the erased profile stored
+    while the restored state had the erasure, so the user's return (after the request's time) went into the erased
+    profile. The restart deletes it now, told apart by its birth marks from a profile born after the request: a
+    request timed before the user's events (a day late here, after them in its topic) erases a profile whose
+    events are all later than the request, so the events' times could not tell."""
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
+            (0, 2, "a", "erase", request_late_days), (0, 3, "b", "purchase", 0),  # the crashed batch: a erased
+            (0, 4, "a", "click", 0), (0, 5, "b", "purchase", 0)]  # a comes back
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(BASE, recs, 2, [])
+    crashed, store = run_lives(BASE, recs, 2, [(2, "after_state", _landed_seed(False))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
+def test_regression_an_expired_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart():
+    """A tick of the crashed batch expired a's profile; the state landed, the tombstone did not. The restart queued
+    the profile for the next tick's expiry, as a profile of late events only, and a's return before that tick went
+    into it: the expired history came back. A profile born before the last expiry (``expiry_marks``) and older than
+    it is deleted at the restart now; one of late events born after it waits for the next tick, as before."""
+    config = dataclasses.replace(BASE, profile_ttl_s=4 * DAY + 1)
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
+            (6, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # the crashed batch: its last tick expires a
+            (0, 2, "a", "click", 0), (0, 3, "b", "purchase", 0)]  # a comes back before the next tick
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(config, recs, 2, [])
+    crashed, store = run_lives(config, recs, 2, [(2, "after_state", _landed_seed(False))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
+def test_regression_an_erasure_whose_guard_ends_in_its_own_batch_is_still_known_at_the_restart():
+    """The crashed batch erased a and crossed the tick that ends the erasure's guard, so the state it wrote no
+    longer named a, and the restart could not tell a's profile, left by the lost tombstone, from a new one. The
+    request's position is kept past the guard until a later batch, whose state lands only after the tombstone."""
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0), (0, 5, "b", "purchase", 0),  # a stored
+            (0, 2, "a", "erase", 0), (8, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # erased, guard ended
+            (0, 2, "a", "click", 0), (0, 3, "b", "purchase", 0)]  # a comes back
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(BASE, recs, 3, [])
+    crashed, store = run_lives(BASE, recs, 3, [(2, "after_state", _landed_seed(False))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
 def test_regression_an_event_dropped_by_the_erasure_guard_stays_dropped_when_read_again_after_the_guard():
     """An event of a timed before a's erasure request, read after it, is dropped; the same batch then crossed the
     tick that ends the guard. A crash after the batch's state and before its acks re-read the event: the state's
@@ -168,7 +219,7 @@ def test_regression_an_event_dropped_by_the_erasure_guard_stays_dropped_when_rea
             (1, 0, "a", "click", 0)]  # a comes back
     recs = records(make_events(spec))
     reference, reference_store = run_lives(BASE, recs, 5, [])
-    crashed, store = run_lives(BASE, recs, 5, [(1, "after_state", 0)])
+    crashed, store = run_lives(BASE, recs, 5, [(1, "after_state", _landed_seed(True))])
     assert reference_store.get("a").n_events == 1
     assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
 
