@@ -195,6 +195,38 @@ def test_regression_an_expired_profile_whose_tombstone_did_not_land_after_the_st
     assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
 
 
+def test_an_expiry_whose_tombstone_did_not_land_is_still_known_after_the_expiry_is_turned_off():
+    """Turned off, the expiry forgets how far it got at the next tick (turned on again, it starts over); not in a
+    batch that deletes a profile a restore found expired: its tombstone follows that batch's state, and a crash
+    before it would leave a state that could no longer tell the profile apart."""
+    on = dataclasses.replace(BASE, profile_ttl_s=4 * DAY + 1)
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
+            (6, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # the crashed batch: its last tick expires a
+            (2, 0, "b", "click", 0), (0, 1, "b", "purchase", 0)]  # ticks after a restart with the expiry off
+    recs = records(make_events(spec))
+    store, acked = EncodedStore(), set()
+
+    def run_batches(engine, parts, *, ack: bool) -> bytes:  # a crash after the state of the last: no tombstone
+        for part in parts:
+            for record in part:
+                engine.on_record(record, 0.0)
+            result = engine.on_notify(0.0)
+            profiles, _ = changelog_writes(result)
+            write_back(store, profiles)
+            if ack:
+                acked.update((r.topic, r.offset) for r in result.done)
+        return msgspec.msgpack.encode(engine.snapshot())
+
+    engine = boot(on, store, None)
+    run_batches(engine, [recs[:2]], ack=True)
+    state = run_batches(engine, [recs[2:4]], ack=False)
+    assert "a" in store and engine.state.expiry_scanned
+    engine = boot(BASE, store, state)  # restarted with the expiry off
+    state = run_batches(engine, [redelivered_after(recs, acked)], ack=False)  # its ticks, then the crash
+    assert "a" in store
+    assert boot(BASE, store, state).on_notify(0.0).erased == {"a"}
+
+
 def test_regression_an_erasure_whose_guard_ends_in_its_own_batch_is_still_known_at_the_restart():
     """The crashed batch erased a and crossed the tick that ends the erasure's guard, so the state it wrote no
     longer named a, and the restart could not tell a's profile, left by the lost tombstone, from a new one. The
