@@ -178,6 +178,7 @@ class Outgoing:
     outputs: list[tuple[str, int | None, bytes, bytes]] = field(default_factory=list)
     changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # the profiles
     state_changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
+    tombstones: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # after the state
     changelog_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # the profiles', once delivered
     writes: list[tuple[int, PartitionStores, list[tuple[bytes, bytes | None]], Any]] = field(default_factory=list)
     done: list[Any] = field(default_factory=list)
@@ -577,11 +578,11 @@ class Pipeline:
             writes.extend((user_id.encode(), None) for user_id in sorted(result.erased))  # changelog tombstones
             state = None
             if result.state_changed:
-                items, ranking, erasures = [], False, []
+                items, ranking, erasures, positions = [], False, [], []
                 if hasattr(engine, "take_changed_items"):
                     items, ranking = engine.take_changed_items(), engine.take_ranking_changed()
-                    erasures = engine.take_changed_erasures()
-                state = _state_records(partition, engine.snapshot(), items, ranking, erasures)
+                    erasures, positions = engine.take_changed_erasures(), engine.take_changed_erase_positions()
+                state = _state_records(partition, engine.snapshot(), items, ranking, erasures, positions)
             steps.append((partition, result, writes, state))
         return steps
 
@@ -611,7 +612,9 @@ class Pipeline:
                 self.cache.drop(partition, user_id)
             stores.view.hold(writes, out.batch)
             out.writes.append((partition, stores, writes, state))
-            changelog.extend((self.profiles_changelog, partition, key, value) for key, value in writes)
+            for key, value in writes:  # the tombstones once the state is in Kafka (``_send_loop``)
+                (changelog if value is not None else out.tombstones).append(
+                    (self.profiles_changelog, partition, key, value))
             if state is not None:
                 out.state_changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
             out.done.extend(result.done)
@@ -633,9 +636,16 @@ class Pipeline:
         """Make each batch durable, in batch order, while the next ones are computed:
 
         1. its outputs are produced;
-        2. once Kafka has them, its changelog records: the profiles, then, once Kafka has those, the partition
-           state (so a state record in Kafka implies its batch's profiles are: a restore that finds profiles
-           newer than the state re-applies the state's part of their events, ``PartitionEngine``);
+        2. once Kafka has them, its changelog records, each part once Kafka has the one before: the profiles, the
+           partition state, the tombstones of the profiles deleted (erased, expired). So a state record in Kafka
+           implies its batch's profiles are (a restore that finds profiles newer than the state re-applies the
+           state's part of their events, ``PartitionEngine``), and a tombstone implies its state is (until the
+           twenty-eighth session one could land without it: the restarted engine, without the user's history,
+           rebuilt the user from the batch's events alone, re-sent their scores under the same ids with other values
+           and could spend an offer twice). A crash before the tombstones leaves a deletion that the
+           restored state holds, which the engine carries out at the restart (``PartitionEngine.index_profile``).
+           The next batch's changelog waits for the tombstones too: its state may no longer tell their profiles
+           apart (an erasure's guard that ended);
         3. once Kafka has those, its profiles and state go to the local RocksDB tables and its input records are
            acked (Faust commits acked offsets).
 
@@ -679,13 +689,15 @@ class Pipeline:
 
     async def _produce_changelog(self, out: "Outgoing") -> None:
         await delivered(out.deliveries)  # the outputs are in Kafka
-        if out.changelog and out.state_changelog:
-            # the state after the profiles: sent together, a profile batch could be cut off by a crash while the
-            # state record landed (the two topics are written by separate requests, maybe to separate brokers)
-            out.changelog_offsets = await delivered(await self.sender.send(out.changelog))
-            out.deliveries = await self.sender.send(out.state_changelog)
-        else:
-            out.deliveries = await self.sender.send(out.changelog or out.state_changelog)
+        # each part once Kafka has the one before: sent together, one could be cut off by a crash while a later one
+        # landed (the topics are written by separate requests, maybe to separate brokers)
+        parts = [records for records in (out.changelog, out.state_changelog, out.tombstones) if records]
+        for records in parts[:-1]:
+            out.changelog_offsets.update(await delivered(await self.sender.send(records)))
+        out.deliveries = await self.sender.send(parts[-1] if parts else [])
+        if out.tombstones:  # the next batch's changelog once Kafka has them: its state, landed without them, may no
+            # longer tell their profiles apart (``PartitionState.erase_positions``)
+            out.changelog_offsets.update(await delivered(out.deliveries))
 
     async def _stored(self, out: "Outgoing") -> None:
         last = await delivered(out.deliveries)  # the changelog records are in Kafka
@@ -868,10 +880,11 @@ def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambd
 # The partition-state table holds, per partition: the clock, budget and inactivity scan (``p{partition}``: a
 # PartitionState without its counts, ranking and erasures), the popularity ranking (``p{partition}/ranking``,
 # written when it is recomputed), one record per counted item (``p{partition}/item/{item_id}``: the count in
-# ASCII) and one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr). A batch
-# writes the changed items and erasures (a tombstone for one dropped), the ranking if it changed, then the state
-# record, in that order on the changelog partition: a state record that made it means that its batch's other
-# records made it too.
+# ASCII), one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr) and one per
+# erasure's position (``p{partition}/erase-position/{user_id}``: "topic/partition offset" of the request, since the
+# twenty-eighth session). A batch writes the changed items, erasures and positions (a tombstone for one dropped), the
+# ranking if it changed, then the state record, in that order on the changelog partition: a state record that made
+# it means that its batch's other records made it too.
 def _state_key(partition: int) -> bytes:
     return f"p{partition}".encode()
 
@@ -888,8 +901,13 @@ def _erased_prefix(partition: int) -> bytes:
     return f"p{partition}/erased/".encode()
 
 
+def _position_prefix(partition: int) -> bytes:
+    return f"p{partition}/erase-position/".encode()
+
+
 def _state_records(partition: int, state: Any, changed_items: list[tuple[str, int | None]],
-                   ranking_changed: bool, changed_erasures: list[tuple[str, float | None]] = ()
+                   ranking_changed: bool, changed_erasures: list[tuple[str, float | None]] = (),
+                   changed_positions: list[tuple[str, tuple[str, int] | None]] = ()
                    ) -> list[tuple[bytes, bytes | None]]:
     import msgspec
 
@@ -899,11 +917,15 @@ def _state_records(partition: int, state: Any, changed_items: list[tuple[str, in
     erased = _erased_prefix(partition)
     records += [(erased + user_id.encode(), None if ts is None else repr(ts).encode())
                 for user_id, ts in changed_erasures]
+    positions = _position_prefix(partition)
+    records += [(positions + user_id.encode(), None if at is None else f"{at[0]} {at[1]}".encode())
+                for user_id, at in changed_positions]
     if isinstance(state, PartitionState):
         if ranking_changed:
             records.append((_ranking_key(partition), msgspec.msgpack.encode([state.popular, state.popular_counts])))
         # in their own records
-        state = msgspec.structs.replace(state, item_counts={}, popular=[], popular_counts=[], erased={})
+        state = msgspec.structs.replace(state, item_counts={}, popular=[], popular_counts=[], erased={},
+                                        erase_positions={})
     records.append((_state_key(partition), msgspec.msgpack.encode(state)))
     return records
 
@@ -928,6 +950,10 @@ def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionSta
     inside = bool(state.erased)  # written before the erasures had their own records
     prefix = _erased_prefix(partition)
     state.erased.update((key[len(prefix):].decode(), float(value)) for key, value in states.items_with_prefix(prefix))
+    prefix = _position_prefix(partition)
+    for key, value in states.items_with_prefix(prefix):
+        source, offset = value.decode().split(" ")
+        state.erase_positions[key[len(prefix):].decode()] = (source, int(offset))
     return state, inside
 
 

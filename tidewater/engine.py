@@ -5,10 +5,12 @@ allows, applies it and returns the outputs, the changed profiles and the records
 ``snapshot`` is the partition state to persist. The Faust agent in ``streams/`` feeds batches in and writes
 results out; tests drive the same object directly.
 
-Order of effects per batch (the at-least-once contract): outputs are produced, then changed profiles and the
-partition state are written (changelogged), then the input records are acked. A crash re-delivers un-acked
-records; their offsets are at or below the profile's marker when the profile write made it, so they are
-skipped, and outputs carry deterministic ids for the downstream to de-duplicate.
+Order of effects per batch (the at-least-once contract): outputs are produced, then changed profiles, the
+partition state and the deleted profiles' tombstones are written (changelogged), then the input records are acked.
+A crash re-delivers un-acked records; their offsets are at or below the profile's marker when the profile write
+made it, so they are skipped, and outputs carry deterministic ids for the downstream to de-duplicate. A restored
+state can be behind the restored profiles (a crash before the state landed) or ahead of them (a crash before the
+tombstones landed: ``index_profile`` deletes what the state says is deleted).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from tidewater.clock import EventTimeMerger, MergeItem, crossed_ticks, first_tic
 from tidewater.outputs import (ChurnScore, Recommendation, RetentionOffer, ScoredItem, UserErased, dead_letter,
                                deterministic_id, encode_output)
 from tidewater.placeholders import RecencyHeuristic
-from tidewater.profile import DAY, Profile, ProfileConfig, already_applied, apply, new_profile, rfm, source_key
+from tidewater.profile import (DAY, ActivityView, Profile, ProfileConfig, already_applied, apply, new_profile, rfm,
+                               source_key)
 from tidewater.recommending import PartitionPopularity, Query, StreamRecommender
 
 MAX_POPULAR_ITEMS = 5000
@@ -124,6 +127,10 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # the last-activity days before this one have been expired (``EngineConfig.profile_ttl_s``; 0: none yet, or
     # expiry off: turned on, it then starts from the first indexed day, which a restart fills with every profile)
     expiry_scanned: int = 0
+    # the offset marks (``applied``) when the expiry last ran: a stored profile born before them (its ``born_marks``
+    # short of them) whose last-activity day is before ``expiry_scanned`` was expired, and is only still stored
+    # because a crash lost its tombstone (``PartitionEngine.index_profile``)
+    expiry_marks: dict[str, int] = {}
     # users erased recently -> their request's event time: their events at or before it are dropped (a producer's
     # retry or a late event must not rebuild what was erased), until a tick erasure_guard_s after it
     erased: dict[str, float] = {}
@@ -131,6 +138,11 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # restart (its offset not yet committed) is a duplicate, and must not delete the profile built since. Only
     # states from before the offset marks have entries (the marks know requests since); they go as marks cover them
     erase_records: dict[str, tuple[str, int]] = {}
+    # users erased -> the request's own record ("topic/partition", offset): a stored profile born before it was
+    # erased, and is only still stored because a crash lost its tombstone (``PartitionEngine.index_profile``). Kept
+    # as long as ``erased``, and past it until a batch after the one that deleted the profile (its tombstone follows
+    # that batch's state); the worker persists them one record per user, as ``erased``
+    erase_positions: dict[str, tuple[str, int]] = {}
     # per input source ("topic/partition"): the last offset whose partition-level effects (watermark, item
     # counts) this state holds. The worker writes a batch's profiles to the changelog before its state, so after
     # a crash between the two the restored profiles can be ahead of the restored state: their re-read events are
@@ -257,9 +269,12 @@ class PartitionEngine:
         self._changed_items: set[str] = set()  # item counts changed since ``take_changed_items``
         self._ranking_changed = False  # the popularity ranking was recomputed since ``take_ranking_changed``
         self._changed_erasures: set[str] = set()  # entries of state.erased changed since ``take_changed_erasures``
+        self._changed_positions: set[str] = set()  # of state.erase_positions, since ``take_changed_erase_positions``
+        # until the first ``on_notify``: the stored profiles handed to ``index_profile`` are the restored ones
+        self._restoring = True
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
-    def index_profile(self, profile: Profile) -> None:
+    def index_profile(self, profile: Profile | ActivityView) -> None:
         # activity the last score did not see: events applied since it, counted (not compared by time: an event
         # exactly at the tick instant, or a late one, is not in a score at that tick either). Checked before the
         # day test below: a user can be active again within one last-activity day. Exact on a restore too
@@ -270,6 +285,9 @@ class PartitionEngine:
                     marks[source] = offset  # type: ignore[index]
                 if offset > seeded.get(source, -1):
                     seeded[source] = offset
+        if self._restoring and self._deleted_by_restored_state(profile):
+            self._delete(profile.user_id)  # its tombstone goes out (again) with the next batch
+            return
         if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
         if profile.last_offer_ts and profile.last_offer_ts >= self.state.next_tick > 0.0:  # only after a restore
@@ -285,6 +303,28 @@ class PartitionEngine:
             return
         self._last_day[profile.user_id] = day
         self._by_day.setdefault(day, set()).add(profile.user_id)
+
+    def _deleted_by_restored_state(self, profile: Profile | ActivityView) -> bool:
+        """A stored profile that the restored state has deleted (erased or expired). The worker writes a batch's
+        tombstones after its state, so that a deletion never lands without the state that made it (the restarted
+        engine rebuilt the user from the batch's events alone, re-sent their scores with other values and could
+        spend an offer twice; found by review); a crash between the two leaves the state ahead of the stored
+        profile. Told apart from a profile that legitimately exists by its birth marks: one born after the deletion
+        (events after an erasure, late events after the expiry, profiles restored ahead of the state) was born knowing
+        the offset marks at that point, and a deleted one was born before. Event times could not tell: an erasure
+        request timed before events that came before it in its topic deletes a profile of later events."""
+        state, born = self.state, profile.born_marks
+        position = state.erase_positions.get(profile.user_id)
+        if position is not None and born.get(position[0], -1) < position[1]:
+            return True
+        if state.expiry_scanned and int(profile.last_ts // DAY) < state.expiry_scanned:
+            # every expiry deletes what it finds older than its horizon, the late-only profiles queued for it too
+            # (``_expire_next``): such a profile born before the last expiry is gone. A source whose marks are at or
+            # below the seeded ones is left out, as ``_profile`` leaves it out of the birth marks
+            seeded = state.seeded
+            return any(born.get(source, -1) < offset for source, offset in state.expiry_marks.items()
+                       if offset > seeded.get(source, -1))
+        return False
 
     def _unindex(self, user_id: str) -> None:
         day = self._last_day.pop(user_id, None)
@@ -374,6 +414,7 @@ class PartitionEngine:
         source that may have gone quiet).
         ``defer_recs``: leave the recommendations still queued at the end for :func:`answer_recs_together`, which
         answers those of several engines in one recommender call; they are appended to this result then."""
+        self._restoring = False
         for item in self.merger.pop_ready(now, caught_up, behind):
             self._process(item)
             if item.handle.trailing:
@@ -411,6 +452,14 @@ class PartitionEngine:
         self._changed_erasures.clear()
         return [(user_id, erased.get(user_id)) for user_id in changed]
 
+    def take_changed_erase_positions(self) -> list[tuple[str, tuple[str, int] | None]]:
+        """The erasure requests' positions (``state.erase_positions``) changed since the last call, by user (None:
+        forgotten); persisted one record per user, as the erasures."""
+        positions = self.state.erase_positions
+        changed = sorted(self._changed_positions)
+        self._changed_positions.clear()
+        return [(user_id, positions.get(user_id)) for user_id in changed]
+
     def take_ranking_changed(self) -> bool:
         """Whether the popularity ranking (``popular``, ``popular_counts``) changed since the last call: it is
         recomputed at ticks and every ``RERANK_EVERY`` items, and persisted in its own record only then."""
@@ -423,6 +472,7 @@ class PartitionEngine:
         self._changed_items.update(self.state.item_counts)
         self._ranking_changed = True
         self._changed_erasures.update(self.state.erased)
+        self._changed_positions.update(self.state.erase_positions)
 
     def pending(self) -> int:
         """Records read and not acked yet: those held in the merge and the dead letters waiting behind them. Both
@@ -510,18 +560,23 @@ class PartitionEngine:
                 self._count("duplicates_skipped", record.topic)
                 self._result.state_changed = True  # its offset is in the marks: persisted with the state
             else:
-                self._erase(event, record.topic)
+                self._erase(event, record.topic, source, record.offset)
             if event.ts > state.watermark:
                 state.watermark = event.ts
             self._result.done.append(record)
             return
         erased_at = state.erased.get(event.user_id)
-        if erased_at is not None and event.ts <= erased_at:
-            self._count("erased_events_dropped", record.topic)  # not dead-lettered: that would keep the data
-            self._result.done.append(record)
-            return
         source = source_key(record.topic, record.partition)
         marks = state.applied
+        if erased_at is not None and event.ts <= erased_at:
+            self._count("erased_events_dropped", record.topic)  # not dead-lettered: that would keep the data
+            if marks is not None and record.offset > marks.get(source, -1):
+                # read: re-read after a crash that stored this state but not the acks, once the guard has expired
+                # (in this very batch), it was applied into a new profile (found by a fuzz of crash points)
+                marks[source] = record.offset
+                self._result.state_changed = True
+            self._result.done.append(record)
+            return
         # every new record; a re-read one too when the restored state is behind the restored profile
         new_to_state = marks is not None and record.offset > marks.get(source, -1)
         if marks is not None and not new_to_state and record.offset > state.seeded.get(source, -1):
@@ -572,7 +627,7 @@ class PartitionEngine:
                 self._result.state_changed = True  # the state's offset moved: persisted with it
         self._result.done.append(record)
 
-    def _erase(self, request: ev.Erase, topic: str) -> None:
+    def _erase(self, request: ev.Erase, topic: str, source: str, offset: int) -> None:
         """Forget a user: the profile goes (deleted from the store after this batch), and so do the timers'
         entries, so no later tick scores or offers for them; a ``UserErased`` record confirms it. Outputs already
         triggered by earlier events (queued recommendations) still go out: when they are answered must not
@@ -582,6 +637,8 @@ class PartitionEngine:
         erased = self.state.erased
         erased[user_id] = max(request.ts, erased.get(user_id, request.ts))
         self._changed_erasures.add(user_id)
+        self.state.erase_positions[user_id] = (source, offset)  # a profile born before it is the erased one
+        self._changed_positions.add(user_id)
         self._delete(user_id)
         self._count("erased", topic)
         self._result.state_changed = True
@@ -610,6 +667,13 @@ class PartitionEngine:
                 del erased[user_id]
                 self.state.erase_records.pop(user_id, None)
                 self._changed_erasures.add(user_id)
+        positions = self.state.erase_positions
+        if positions:  # kept while the profile's tombstone may not have landed: it follows this batch's state (a
+            # guard ending in the batch that erased the user, or at the first batch after a restore that found the
+            # profile still stored), and the state persisted without the position could not tell the profile apart
+            for user_id in [u for u in positions if u not in erased and u not in self._erased]:
+                del positions[user_id]
+                self._changed_positions.add(user_id)
         records, marks = self.state.erase_records, self.state.applied or {}
         if records:  # an upgraded state's requests that the offset marks now cover: known by them from here
             for user_id in [u for u, (source, offset) in records.items() if offset <= marks.get(source, -1)]:
@@ -621,8 +685,10 @@ class PartitionEngine:
         erasure: nothing is confirmed and nothing guarded; a user seen again starts a new profile."""
         ttl = self.config.profile_ttl_s
         if ttl <= 0:
-            if self.state.expiry_scanned:  # off: turned on again, it starts over from every stored profile
-                self.state.expiry_scanned = 0
+            # off: turned on again, it starts over from every stored profile. Not while this batch deletes a profile
+            # a restore found expired: its tombstone follows this batch's state, which must still tell it apart
+            if self.state.expiry_scanned and not self._erased:
+                self.state.expiry_scanned, self.state.expiry_marks = 0, {}
                 self._result.state_changed = True
             return
         start_day, horizon_day = self._expiry_days(tick)
@@ -638,7 +704,9 @@ class PartitionEngine:
             self._count("profiles_expired", "clock", len(expired))
         if horizon_day > self.state.expiry_scanned:
             self.state.expiry_scanned = horizon_day
-            self._result.state_changed = True
+        if self.state.expiry_marks != self.state.applied:  # every profile born before now has been looked at
+            self.state.expiry_marks = dict(self.state.applied or {})
+        self._result.state_changed = True
 
     def _count_item(self, item_id: str) -> None:
         displaced = heavy_hitters.count(self.state.item_counts, item_id, MAX_POPULAR_ITEMS, self._weakest_item)
@@ -1000,6 +1068,7 @@ def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, bat
         if hasattr(engine, "take_changed_items"):  # what the worker writes of the state: taken, as it takes them
             # (never taken, the sets held every item and erasure of a long replay: found by a soak)
             engine.take_changed_items(), engine.take_ranking_changed(), engine.take_changed_erasures()
+            engine.take_changed_erase_positions()
         if hasattr(engine.store, "__setitem__"):  # write back, as the worker does after every batch
             for user_id, profile in res.profiles.items():
                 engine.store[user_id] = profile  # type: ignore[index]

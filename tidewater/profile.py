@@ -373,6 +373,7 @@ class ActivityView(msgspec.Struct, kw_only=True):
     last_offer_ts: float = 0.0  # an offer at a tick the restored state has not fired yet counts in its budget
     applied: dict[str, int] = {}  # the offset marks of a state from before its own marks start from these
     last_scored_ts: float = 0.0
+    born_marks: dict[str, int] = {}  # born before a deletion the restored state holds: a tombstone a crash lost
 
     def __post_init__(self) -> None:
         _scored_before_events_at_score(self)

@@ -1,12 +1,13 @@
 """Crashes at any point of the worker's write order, against an uninterrupted run, with the engine alone.
 
-Per batch the worker produces the outputs, writes the changed profiles and tombstones to the profiles changelog,
-then the partition state, then acks the input records. A crash ends a life either cleanly after a batch or
-*between* a batch's profile writes and its state: any subset of those writes landed, no state, nothing acked. The
-next life starts from the persisted state, rebuilds the activity index from every stored profile and re-reads each
-topic from its committed offset (the first record not acked). Events are late, early, erasures and clock
-records; profile expiry is on or off. Left out: a deletion (erasure, expiry) whose tombstone lands without its
-state, an open case in the README's Guarantees."""
+Per batch the worker produces the outputs, writes the changed profiles to the profiles changelog, then the
+partition state, then the tombstones of the profiles deleted (erased, expired), then acks the input records. A
+crash ends a life either cleanly after a batch, *between* a batch's profile writes and its state (any subset of
+those writes landed, no state, no tombstone, nothing acked), or *after the state*: every profile write and the
+state landed, any subset of the tombstones, nothing acked. The next life starts from the persisted state, rebuilds
+the activity index from every stored profile (where the engine deletes the profiles the state says are deleted)
+and re-reads each topic from its committed offset (the first record not acked). Events are late, early, erasures
+and clock records; profile expiry is on or off."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +15,7 @@ import json
 from random import Random
 
 import msgspec
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from tidewater.engine import EngineConfig, PartitionEngine, Record
@@ -21,7 +23,7 @@ from tidewater.events import Click, Clock, Erase, Purchase, encode_event
 from tidewater.profile import DAY
 
 from .test_engine import records
-from .test_engine_models import EncodedStore, batch_writes, boot, redelivered_after, write_back
+from .test_engine_models import EncodedStore, batch_writes, boot, changelog_writes, redelivered_after, write_back
 
 BASE = EngineConfig(inactivity_gap_s=2 * DAY, inactivity_rescore_s=DAY, inactivity_rescores=1)
 
@@ -44,8 +46,8 @@ def make_events(spec):
 
 
 def run_lives(config, recs, batch, plan):
-    """``plan``: per life but the last, (batches it runs, "clean" or "between", seed of the landed subset).
-    Returns every output produced and the store at the end."""
+    """``plan``: per life but the last, (batches it runs, "clean", "between" or "after_state", seed of the landed
+    subset). Returns every output produced and the store at the end."""
     store, state, acked, outputs = EncodedStore(), None, set(), []
     for life in range(len(plan) + 1):
         todo = redelivered_after(recs, acked)
@@ -60,17 +62,20 @@ def run_lives(config, recs, batch, plan):
                     engine.on_record(record, 0.0)
             result = engine.on_notify(1e18 if start is None else 0.0)
             outputs.extend(result.outputs)
-            writes = batch_writes(result)
-            if not last and i == len(starts) - 1 and plan[life][1] == "between":
-                rnd = Random(plan[life][2])  # any subset of the profiles; no tombstone: the deletion that lands
-                # without its state is the README's open case (a user rebuilt from the batch's events, then deleted
-                # again, and scores re-sent under their ids with other values)
-                writes = [w for w in writes if w[1] is not None and rnd.random() < 0.5]
-            write_back(store, writes)
-            if not last and i == len(starts) - 1 and plan[life][1] == "between":
+            profiles, tombstones = changelog_writes(result)
+            crash = plan[life][1] if not last and i == len(starts) - 1 else "clean"
+            if crash == "between":  # any subset of the profile writes; no state, no tombstone, nothing acked
+                rnd = Random(plan[life][2])
+                write_back(store, [w for w in profiles if rnd.random() < 0.5])
                 break
+            write_back(store, profiles)
             if result.state_changed:
                 state = msgspec.msgpack.encode(engine.snapshot())
+            if crash == "after_state":  # the state landed, any subset of the tombstones sent after it; no ack
+                rnd = Random(plan[life][2])
+                write_back(store, [w for w in tombstones if rnd.random() < 0.5])
+                break
+            write_back(store, tombstones)
             acked |= {(r.topic, r.offset) for r in result.done}
     return outputs, store
 
@@ -97,11 +102,12 @@ def test_a_crash_anywhere_in_the_write_order_gives_the_uninterrupted_outputs_and
     restored profiles for activity at the first tick, before their events (the check of profiles ahead of the
     state was skipped for a state without marks); and, with expiry, a late event of an expired user re-read after a
     crash went into the user's new profile, which landed without the state (a new profile now starts with the
-    partition's offset marks)."""
+    partition's offset marks). Once it crashed after the state too (twenty-eighth session): an event dropped by an
+    erasure's guard that ended in the same batch, re-read, went into the user's new profile."""
     config = dataclasses.replace(BASE, profile_ttl_s=ttl_days * DAY + 1 if ttl_days else 0.0)
     recs = records(make_events(spec))
     batches = -(-len(recs) // batch)
-    plan = data.draw(st.lists(st.tuples(st.integers(1, batches), st.sampled_from(["clean", "between"]),
+    plan = data.draw(st.lists(st.tuples(st.integers(1, batches), st.sampled_from(["clean", "between", "after_state"]),
                                         st.integers(0, 10**6)), min_size=1, max_size=3), label="plan")
     reference, reference_store = run_lives(config, recs, batch, [])
     crashed, store = run_lives(config, recs, batch, plan)
@@ -153,6 +159,101 @@ def test_regression_a_restored_profile_ahead_of_the_state_was_scored_for_silence
     crashed, store = run_lives(BASE, recs, 2, [(2, "between", _landed_seed(True))])
     assert by_id(crashed) == by_id(reference) and dict(store) == dict(reference_store)
     assert store.get("a").inactivity_level == 0
+
+
+@pytest.mark.parametrize("request_late_days", [0, 1])
+def test_regression_an_erased_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart(
+        request_late_days):
+    """The worker writes a batch's tombstones after its state. A crash in between left the erased profile stored
+    while the restored state had the erasure, so the user's return (after the request's time) went into the erased
+    profile. The restart deletes it now, told apart by its birth marks from a profile born after the request: a
+    request timed before the user's events (a day late here, after them in its topic) erases a profile whose
+    events are all later than the request, so the events' times could not tell."""
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
+            (0, 2, "a", "erase", request_late_days), (0, 3, "b", "purchase", 0),  # the crashed batch: a erased
+            (0, 4, "a", "click", 0), (0, 5, "b", "purchase", 0)]  # a comes back
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(BASE, recs, 2, [])
+    crashed, store = run_lives(BASE, recs, 2, [(2, "after_state", _landed_seed(False))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
+def test_regression_an_expired_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart():
+    """A tick of the crashed batch expired a's profile; the state landed, the tombstone did not. The restart queued
+    the profile for the next tick's expiry, as a profile of late events only, and a's return before that tick went
+    into it: the expired history came back. A profile born before the last expiry (``expiry_marks``) and older than
+    it is deleted at the restart now; one of late events born after it waits for the next tick, as before."""
+    config = dataclasses.replace(BASE, profile_ttl_s=4 * DAY + 1)
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
+            (6, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # the crashed batch: its last tick expires a
+            (0, 2, "a", "click", 0), (0, 3, "b", "purchase", 0)]  # a comes back before the next tick
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(config, recs, 2, [])
+    crashed, store = run_lives(config, recs, 2, [(2, "after_state", _landed_seed(False))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
+def test_an_expiry_whose_tombstone_did_not_land_is_still_known_after_the_expiry_is_turned_off():
+    """Turned off, the expiry forgets how far it got at the next tick (turned on again, it starts over); not in a
+    batch that deletes a profile a restore found expired: its tombstone follows that batch's state, and a crash
+    before it would leave a state that could no longer tell the profile apart."""
+    on = dataclasses.replace(BASE, profile_ttl_s=4 * DAY + 1)
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
+            (6, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # the crashed batch: its last tick expires a
+            (2, 0, "b", "click", 0), (0, 1, "b", "purchase", 0)]  # ticks after a restart with the expiry off
+    recs = records(make_events(spec))
+    store, acked = EncodedStore(), set()
+
+    def run_batches(engine, parts, *, ack: bool) -> bytes:  # a crash after the state of the last: no tombstone
+        for part in parts:
+            for record in part:
+                engine.on_record(record, 0.0)
+            result = engine.on_notify(0.0)
+            profiles, _ = changelog_writes(result)
+            write_back(store, profiles)
+            if ack:
+                acked.update((r.topic, r.offset) for r in result.done)
+        return msgspec.msgpack.encode(engine.snapshot())
+
+    engine = boot(on, store, None)
+    run_batches(engine, [recs[:2]], ack=True)
+    state = run_batches(engine, [recs[2:4]], ack=False)
+    assert "a" in store and engine.state.expiry_scanned
+    engine = boot(BASE, store, state)  # restarted with the expiry off
+    state = run_batches(engine, [redelivered_after(recs, acked)], ack=False)  # its ticks, then the crash
+    assert "a" in store
+    assert boot(BASE, store, state).on_notify(0.0).erased == {"a"}
+
+
+def test_regression_an_erasure_whose_guard_ends_in_its_own_batch_is_still_known_at_the_restart():
+    """The crashed batch erased a and crossed the tick that ends the erasure's guard, so the state it wrote no
+    longer named a, and the restart could not tell a's profile, left by the lost tombstone, from a new one. The
+    request's position is kept past the guard until a later batch, whose state lands only after the tombstone."""
+    spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0), (0, 5, "b", "purchase", 0),  # a stored
+            (0, 2, "a", "erase", 0), (8, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # erased, guard ended
+            (0, 2, "a", "click", 0), (0, 3, "b", "purchase", 0)]  # a comes back
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(BASE, recs, 3, [])
+    crashed, store = run_lives(BASE, recs, 3, [(2, "after_state", _landed_seed(False))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+
+
+def test_regression_an_event_dropped_by_the_erasure_guard_stays_dropped_when_read_again_after_the_guard():
+    """An event of a timed before a's erasure request, read after it, is dropped; the same batch then crossed the
+    tick that ends the guard. A crash after the batch's state and before its acks re-read the event: the state's
+    offset marks did not cover it (a dropped event did not move them) and the guard was over, so it went into a's
+    new profile (found by the fuzz of crash points once it crashed after the state too)."""
+    spec = [(0, 0, "a", "click", 0), (0, 0, "a", "erase", 1), (5, 0, "a", "click", 9),  # dropped: before the request
+            (2, 0, "b", "purchase", 0),  # its ticks end the guard
+            (1, 0, "a", "click", 0)]  # a comes back
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(BASE, recs, 5, [])
+    crashed, store = run_lives(BASE, recs, 5, [(1, "after_state", _landed_seed(True))])
+    assert reference_store.get("a").n_events == 1
+    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
 
 
 def _upgrade_scenario(config, life0, upgraded, life1, *, crash_landing: set[str] | None, held: bool = False):

@@ -438,7 +438,14 @@ def test_inactivity_scores_follow_each_silence(gap, rescore, rescores, quiet):
 def batch_writes(result):
     """A batch's profile changelog records as the worker writes them: the changed profiles, then the tombstones of
     the users deleted (erased, expired) and not seen again in the batch."""
-    return list(result.profiles.items()) + [(user_id, None) for user_id in sorted(result.erased)]
+    profiles, tombstones = changelog_writes(result)
+    return profiles + tombstones
+
+
+def changelog_writes(result):
+    """A batch's profile changelog records split as the worker sends them around the partition state: (the changed
+    profiles, sent before it; the tombstones, sent once it is in Kafka)."""
+    return list(result.profiles.items()), [(user_id, None) for user_id in sorted(result.erased)]
 
 
 def write_back(store, writes):
@@ -479,7 +486,8 @@ def redelivered_after(recs, done):
 
 def boot(config, store, state, recommender=None):
     """An engine as the worker restores one: from the persisted state (msgpack; None: none was persisted), its
-    activity index rebuilt from every stored profile."""
+    activity index rebuilt from every stored profile (which deletes those the state has deleted: a tombstone lost
+    in a crash)."""
     import msgspec
 
     from tidewater.engine import PartitionState

@@ -27,7 +27,8 @@ def replay(events, batch=50):
 
 
 def without_offsets(profile):
-    return msgspec.structs.replace(profile, applied={})
+    """The profile less its offsets (the applied ones and the marks at its birth): streams with other records differ."""
+    return msgspec.structs.replace(profile, applied={}, born_marks={})
 
 
 def outputs_about(result, user: str, after: float = -1.0) -> list[dict]:

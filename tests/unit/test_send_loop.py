@@ -336,3 +336,124 @@ def test_the_drain_waits_for_a_batch_whose_hand_over_waited_for_room():
         sending.cancel()
 
     asyncio.run(scenario())
+
+
+class RecordingSender:
+    """Each send returns one Delivery whose future the test resolves; keeps the records sent."""
+
+    def __init__(self) -> None:
+        self.sent: list = []  # (records, future)
+
+    async def send(self, records) -> list:
+        from streams.producing import Delivery
+
+        future = asyncio.get_running_loop().create_future()
+        self.sent.append((list(records), future))
+        return [Delivery(future, records[0][0], records[0][1] or 0, len(records))]
+
+
+def test_a_batchs_tombstones_are_sent_once_its_state_is_in_kafka_and_before_the_next_batchs_changelog():
+    """A tombstone that landed without its batch's state left the restarted engine without the deleted user's
+    history: it rebuilt the user from the batch's events alone, re-sent their scores under the same ids with other
+    values and deleted them again (README, Guarantees). The tombstones now follow the state's delivery (a crash in
+    between leaves a deletion that the restored state holds: the engine carries it out at the restart), and the next
+    batch's changelog follows theirs: its state may no longer tell the deleted profiles apart."""
+    from types import SimpleNamespace as Meta
+
+    log: list = []
+    sender = RecordingSender()
+    pipeline = _pipeline(sender, log)
+    first = Outgoing(1, outputs=[("recs", None, b"u1", b"r")], changelog=[("profiles-changelog", 0, b"u1", b"p")],
+                     state_changelog=[("state-changelog", 0, b"p0", b"s")],
+                     tombstones=[("profiles-changelog", 0, b"gone", None)], done=["record-1"])
+    second = Outgoing(2, outputs=[("recs", None, b"u1", b"r2")], changelog=[("profiles-changelog", 0, b"u1", b"p2")],
+                      done=["record-2"])
+
+    def sent() -> list:
+        return [records for records, _ in sender.sent]
+
+    def holding(record) -> list[int]:
+        return [i for i, records in enumerate(sent()) if record in records]
+
+    async def deliver(records, offset: int) -> None:  # the produce request that holds them
+        await settle(lambda: holding(records[0]))
+        sender.sent[holding(records[0])[0]][1].set_result(Meta(offset=offset))
+
+    async def quiet() -> None:  # the send tasks have had every chance to send what they would
+        for _ in range(100):
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        await pipeline._hand_over(first)
+        await pipeline._hand_over(second)
+        await deliver(first.outputs, 40)
+        await settle(lambda: holding(first.changelog[0]))
+        assert not holding(first.tombstones[0]), "a tombstone was sent before its batch's state was in Kafka"
+        await deliver(first.changelog, 7)
+        await quiet()
+        assert not holding(first.tombstones[0]), "a tombstone was sent before its batch's state was in Kafka"
+        await deliver(first.state_changelog, 3)
+        await settle(lambda: holding(first.tombstones[0]))
+        await deliver(second.outputs, 41)
+        await quiet()
+        assert not holding(second.changelog[0]), "the next batch's changelog was sent before the tombstones landed"
+        assert log == []  # nothing stored or acked before the tombstones are in Kafka
+        await deliver(first.tombstones, 8)
+        await deliver(second.changelog, 9)
+        await asyncio.wait_for(pipeline._drained(), 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert [records for records in sent() if records[0][0] != "recs"] == [
+        first.changelog, first.state_changelog, first.tombstones, second.changelog]
+    assert log == [("write", {("profiles-changelog", 0): 8, ("state-changelog", 0): 3}), ("ack", ["record-1"]),
+                   ("write", {("profiles-changelog", 0): 9}), ("ack", ["record-2"])]
+
+
+def test_a_worker_sends_a_batchs_tombstones_apart_and_a_restart_sends_those_that_did_not_land(tmp_path):
+    """Through the worker's own batch step and tables: a deletion's tombstone is handed to the send stages apart
+    from the profiles (``Outgoing.tombstones``, after the state), the state records carry the erasure's position, and
+    a worker restarted on a state that landed without the tombstone (the profile still stored) deletes the profile
+    in its first batch, and keeps one born after its user's erasure."""
+    from streams.producing import key_partition
+    from streams.table_io import PartitionTable
+    from tests.unit.pipelines import offline_pipeline
+    from tidewater.engine import Record
+    from tidewater.events import Click, Erase, Purchase, encode_event
+
+    gone, back, other = [u for u in (f"user-{i}" for i in range(100))
+                         if key_partition(u.encode(), [0, 1, 2, 3]) == 0][:3]
+    t = 1.8e9
+
+    def record(topic, offset, event):
+        return Record(topic, 0, offset, event.user_id.encode(), encode_event(event))
+
+    stored_batch = [record("clicks", 0, Click(event_id="c0", user_id=gone, ts=t)),
+                    record("purchases", 0, Purchase(event_id="p0", user_id=other, ts=t + 5, amount=3.0))]
+    erasing_batch = [record("clicks", 1, Erase(event_id="x0", user_id=gone, ts=t + 1)),
+                     record("clicks", 2, Erase(event_id="x1", user_id=back, ts=t + 2)),
+                     record("clicks", 3, Click(event_id="c1", user_id=back, ts=t + 3))]  # born after its erasure
+
+    async def batches(pipeline, *parts):
+        await pipeline._open_engines([0])
+        return [await pipeline._flush({0}, 0.0, {0: part} if part else None) for part in parts]
+
+    def written(*outs, part="changelog"):
+        return [(key, value) for out in outs for _, _, key, value in getattr(out, part)]
+
+    first = offline_pipeline(tmp_path / "first")
+    stored, erasing = asyncio.run(batches(first, stored_batch, erasing_batch))
+    assert [key for key, _ in written(stored)] == [gone.encode()] and not stored.tombstones
+    assert [key for key, _ in written(erasing)] == [back.encode()]
+    assert erasing.tombstones == [(first.profiles_changelog, 0, gone.encode(), None)]
+    assert (f"p0/erase-position/{gone}".encode(), b"clicks/0 1") in written(erasing, part="state_changelog")
+
+    # what landed: both batches' profiles and states, not the tombstone
+    restarted = offline_pipeline(tmp_path / "restarted")
+    PartitionTable(restarted.profiles, 0).put_many(written(stored, erasing))
+    PartitionTable(restarted.states, 0).put_many(written(stored, erasing, part="state_changelog"))
+    (again,) = asyncio.run(batches(restarted, None))
+    assert again.tombstones == [(restarted.profiles_changelog, 0, gone.encode(), None)]
+    assert restarted.stores[0].view.get(gone) is None  # nor read again meanwhile
+    assert restarted.stores[0].view.get(back).n_events == 1
