@@ -15,6 +15,7 @@ tombstones landed: ``index_profile`` deletes what the state says is deleted).
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from tidewater.placeholders import RecencyHeuristic
 from tidewater.profile import (DAY, ActivityView, Profile, ProfileConfig, already_applied, apply, new_profile, rfm,
                                source_key)
 from tidewater.recommending import PartitionPopularity, Query, StreamRecommender
+
+log = logging.getLogger("tidewater.engine")
 
 MAX_POPULAR_ITEMS = 5000
 POPULAR_KEPT = 500
@@ -272,6 +275,7 @@ class PartitionEngine:
         self._changed_positions: set[str] = set()  # of state.erase_positions, since ``take_changed_erase_positions``
         # until the first ``on_notify``: the stored profiles handed to ``index_profile`` are the restored ones
         self._restoring = True
+        self._deleted_at_restore = 0  # stored profiles the restored state had deleted (their tombstones lost)
 
     # --- index of users by last-activity day, for the inactivity timer --------------------------------
     def index_profile(self, profile: Profile | ActivityView) -> None:
@@ -287,6 +291,7 @@ class PartitionEngine:
                     seeded[source] = offset
         if self._restoring and self._deleted_by_restored_state(profile):
             self._delete(profile.user_id)  # its tombstone goes out (again) with the next batch
+            self._deleted_at_restore += 1
             return
         if profile.n_events > profile.events_at_score:
             self._active_since_tick.add(profile.user_id)
@@ -414,6 +419,9 @@ class PartitionEngine:
         source that may have gone quiet).
         ``defer_recs``: leave the recommendations still queued at the end for :func:`answer_recs_together`, which
         answers those of several engines in one recommender call; they are appended to this result then."""
+        if self._restoring and self._deleted_at_restore:  # not counted again: the deletions were, when they ran
+            log.info("partition %d: deleted %d stored profiles that the restored state had deleted (a crash lost "
+                     "their tombstones); the tombstones go out with this batch", self.partition, self._deleted_at_restore)
         self._restoring = False
         for item in self.merger.pop_ready(now, caught_up, behind):
             self._process(item)

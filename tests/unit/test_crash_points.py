@@ -163,7 +163,7 @@ def test_regression_a_restored_profile_ahead_of_the_state_was_scored_for_silence
 
 @pytest.mark.parametrize("request_late_days", [0, 1])
 def test_regression_an_erased_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart(
-        request_late_days):
+        request_late_days, caplog):
     """The worker writes a batch's tombstones after its state. A crash in between left the erased profile stored
     while the restored state had the erasure, so the user's return (after the request's time) went into the erased
     profile. The restart deletes it now, told apart by its birth marks from a profile born after the request: a
@@ -174,9 +174,14 @@ def test_regression_an_erased_profile_whose_tombstone_did_not_land_after_the_sta
             (0, 4, "a", "click", 0), (0, 5, "b", "purchase", 0)]  # a comes back
     recs = records(make_events(spec))
     reference, reference_store = run_lives(BASE, recs, 2, [])
-    crashed, store = run_lives(BASE, recs, 2, [(2, "after_state", _landed_seed(False))])
+    with caplog.at_level("INFO", logger="tidewater.engine"):
+        crashed, store = run_lives(BASE, recs, 2, [(2, "after_state", _landed_seed(False))])
     assert reference_store.get("a").n_events == 1
     assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+    # said once, at the restart (not counted again in the erasure metrics: the erasure was, when it ran)
+    assert [r.getMessage() for r in caplog.records if "restored state had deleted" in r.getMessage()] == [
+        "partition 0: deleted 1 stored profiles that the restored state had deleted (a crash lost their tombstones); "
+        "the tombstones go out with this batch"]
 
 
 def test_regression_an_expired_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart():
