@@ -93,7 +93,7 @@ events = st.lists(st.tuples(st.sampled_from([0, 0, 0, 1, 1, 2, 5]), st.sampled_f
                             st.sampled_from([0] * 8 + [1, 3, 6, 9])), min_size=1, max_size=45)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=2500, deadline=None)  # about 10 s; 1,000 missed two defects only fresh draws found
 @given(spec=events, ttl_days=st.sampled_from([0, 4, 6, 8]), batch=st.integers(1, 12), data=st.data())
 def test_a_crash_anywhere_in_the_write_order_gives_the_uninterrupted_outputs_and_profiles(spec, ttl_days, batch,
                                                                                           data):
