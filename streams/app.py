@@ -177,7 +177,9 @@ class Outgoing:
     batch: int
     outputs: list[tuple[str, int | None, bytes, bytes]] = field(default_factory=list)
     changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # the profiles
-    state_changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
+    state_changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # but:
+    state_records: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # ``p{n}``, last
+    erasures_changed: bool = False  # among the state's records: its state records wait for them (``_state_records``)
     tombstones: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # after the state
     changelog_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # the profiles', once delivered
     writes: list[tuple[int, PartitionStores, list[tuple[bytes, bytes | None]], Any]] = field(default_factory=list)
@@ -616,7 +618,11 @@ class Pipeline:
                 (changelog if value is not None else out.tombstones).append(
                     (self.profiles_changelog, partition, key, value))
             if state is not None:
-                out.state_changelog.extend((self.states_changelog, partition, key, value) for key, value in state)
+                *others, main = state  # the state record is the last (``_state_records``)
+                out.state_changelog.extend((self.states_changelog, partition, key, value) for key, value in others)
+                out.state_records.append((self.states_changelog, partition, *main))
+                erased = _erased_prefix(partition)
+                out.erasures_changed = out.erasures_changed or any(key.startswith(erased) for key, _ in others)
             out.done.extend(result.done)
             engine.drain_metrics()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
@@ -691,9 +697,16 @@ class Pipeline:
         await delivered(out.deliveries)  # the outputs are in Kafka
         # each part once Kafka has the one before: sent together, one could be cut off by a crash while a later one
         # landed (the topics are written by separate requests, maybe to separate brokers)
-        parts = [records for records in (out.changelog, out.state_changelog, out.tombstones) if records]
+        state = ([out.state_changelog, out.state_records] if out.erasures_changed
+                 else [out.state_changelog + out.state_records])  # one request, in order, unless erasures changed
+        parts = [records for records in (out.changelog, *state, out.tombstones) if records]
         for records in parts[:-1]:
             out.changelog_offsets.update(await delivered(await self.sender.send(records)))
+            # stopping amid a rebalance: the rest is the next owner's. Any of these prefixes restores, but not the
+            # state's other records without its state record (counts ahead of the state count items again)
+            if self._abandoned and records is not out.state_changelog:
+                out.deliveries = []
+                return
         out.deliveries = await self.sender.send(parts[-1] if parts else [])
         if out.tombstones:  # the next batch's changelog once Kafka has them: its state, landed without them, may no
             # longer tell their profiles apart (``PartitionState.erase_positions``)
@@ -880,11 +893,12 @@ def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambd
 # The partition-state table holds, per partition: the clock, budget and inactivity scan (``p{partition}``: a
 # PartitionState without its counts, ranking and erasures), the popularity ranking (``p{partition}/ranking``,
 # written when it is recomputed), one record per counted item (``p{partition}/item/{item_id}``: the count in
-# ASCII), one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr) and one per
-# erasure's position (``p{partition}/erase-position/{user_id}``: "topic/partition offset" of the request, since the
-# twenty-eighth session). A batch writes the changed items, erasures and positions (a tombstone for one dropped), the
-# ranking if it changed, then the state record, in that order on the changelog partition: a state record that made
-# it means that its batch's other records made it too.
+# ASCII) and one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr, and since the
+# twenty-eighth session its position, "topic/partition offset": ``_erasure_value``). A batch writes the changed items
+# and erasures (a tombstone for one dropped) and the ranking if it changed, then the state record: one producer
+# request on the changelog partition, in that order. Where they span several requests, an earlier one can fail
+# while a later one lands; a batch that changed erasures sends its state record only once the rest is in Kafka, so
+# that a state record in Kafka implies its erasures are (``Pipeline._produce_changelog``).
 def _state_key(partition: int) -> bytes:
     return f"p{partition}".encode()
 
@@ -901,25 +915,27 @@ def _erased_prefix(partition: int) -> bytes:
     return f"p{partition}/erased/".encode()
 
 
-def _position_prefix(partition: int) -> bytes:
-    return f"p{partition}/erase-position/".encode()
-
-
 def _state_records(partition: int, state: Any, changed_items: list[tuple[str, int | None]],
                    ranking_changed: bool, changed_erasures: list[tuple[str, float | None]] = (),
                    changed_positions: list[tuple[str, tuple[str, int] | None]] = ()
                    ) -> list[tuple[bytes, bytes | None]]:
+    """The records of a batch's state: the changed items and erasures, the ranking, then the state record itself,
+    last (``Pipeline._produce_changelog`` relies on it)."""
     import msgspec
 
     prefix = _item_prefix(partition)
     records: list[tuple[bytes, bytes | None]] = [
         (prefix + item.encode(), None if count is None else str(count).encode()) for item, count in changed_items]
+    # an erasure and its request's position in one record: written apart, a crash could land one without the
+    # other, and the restart kept the erased profile (found by review)
+    times, positions = dict(changed_erasures), dict(changed_positions)
+    kept_times = state.erased if isinstance(state, PartitionState) else {}
+    kept_positions = state.erase_positions if isinstance(state, PartitionState) else {}
     erased = _erased_prefix(partition)
-    records += [(erased + user_id.encode(), None if ts is None else repr(ts).encode())
-                for user_id, ts in changed_erasures]
-    positions = _position_prefix(partition)
-    records += [(positions + user_id.encode(), None if at is None else f"{at[0]} {at[1]}".encode())
-                for user_id, at in changed_positions]
+    for user_id in sorted(times.keys() | positions.keys()):
+        ts = times[user_id] if user_id in times else kept_times.get(user_id)
+        at = positions[user_id] if user_id in positions else kept_positions.get(user_id)
+        records.append((erased + user_id.encode(), _erasure_value(ts, at)))
     if isinstance(state, PartitionState):
         if ranking_changed:
             records.append((_ranking_key(partition), msgspec.msgpack.encode([state.popular, state.popular_counts])))
@@ -928,6 +944,15 @@ def _state_records(partition: int, state: Any, changed_items: list[tuple[str, in
                                         erase_positions={})
     records.append((_state_key(partition), msgspec.msgpack.encode(state)))
     return records
+
+
+def _erasure_value(ts: float | None, at: tuple[str, int] | None) -> bytes | None:
+    """``p{n}/erased/{user}``: the request's event time (repr; "-" once the guard is over) and, since the
+    twenty-eighth session, its position ("topic/partition offset"); None (a tombstone) once both are forgotten."""
+    if ts is None and at is None:
+        return None
+    when = "-" if ts is None else repr(ts)
+    return (when if at is None else f"{when} {at[0]} {at[1]}").encode()
 
 
 def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionState | None, bool]:
@@ -949,11 +974,12 @@ def _restore_state(states: PartitionTable, partition: int) -> tuple[PartitionSta
                          for key, value in states.items_with_prefix(prefix)}
     inside = bool(state.erased)  # written before the erasures had their own records
     prefix = _erased_prefix(partition)
-    state.erased.update((key[len(prefix):].decode(), float(value)) for key, value in states.items_with_prefix(prefix))
-    prefix = _position_prefix(partition)
     for key, value in states.items_with_prefix(prefix):
-        source, offset = value.decode().split(" ")
-        state.erase_positions[key[len(prefix):].decode()] = (source, int(offset))
+        user_id, (when, *at) = key[len(prefix):].decode(), value.decode().split(" ")
+        if when != "-":
+            state.erased[user_id] = float(when)
+        if at:
+            state.erase_positions[user_id] = (at[0], int(at[1]))
     return state, inside
 
 

@@ -2,6 +2,8 @@
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+
 from streams.app import Outgoing, Pipeline
 
 
@@ -411,11 +413,50 @@ def test_a_batchs_tombstones_are_sent_once_its_state_is_in_kafka_and_before_the_
                    ("write", {("profiles-changelog", 0): 9}), ("ack", ["record-2"])]
 
 
-def test_a_worker_sends_a_batchs_tombstones_apart_and_a_restart_sends_those_that_did_not_land(tmp_path):
+def test_a_batch_that_changed_erasures_sends_its_state_record_once_the_erasures_are_in_kafka():
+    """The state's records can span several produce requests (past ``producer_max_batch_bytes``); an earlier one
+    can fail while a later one lands. A state record that landed without its batch's erasure records marks the
+    erasure request as read, and the restart, without the erasure's position, kept the profile (review of the
+    change). A batch without erasures sends its state records together, as before."""
+    from types import SimpleNamespace as Meta
+
+    log: list = []
+    sender = RecordingSender()
+    pipeline = _pipeline(sender, log)
+    erasing = Outgoing(1, changelog=[("profiles-changelog", 0, b"u1", b"p")],
+                       state_changelog=[("state-changelog", 0, b"p0/erased/gone", b"1.0 clicks/0 3")],
+                       state_records=[("state-changelog", 0, b"p0", b"s")], erasures_changed=True,
+                       tombstones=[("profiles-changelog", 0, b"gone", None)], done=["record-1"])
+    plain = Outgoing(2, changelog=[("profiles-changelog", 0, b"u2", b"p")],
+                     state_changelog=[("state-changelog", 0, b"p0/item/i1", b"3")],
+                     state_records=[("state-changelog", 0, b"p0", b"s2")], done=["record-2"])
+
+    async def scenario() -> None:
+        sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
+        for out in (erasing, plain):
+            await pipeline._hand_over(out)
+        for offset in range(6):  # each request in turn, once the loop has sent it: never two at once
+            await settle(lambda: any(not future.done() for _, future in sender.sent))
+            (future,) = [future for _, future in sender.sent if not future.done()]
+            future.set_result(Meta(offset=offset))
+        await asyncio.wait_for(pipeline._drained(), 2)
+        sending.cancel()
+
+    asyncio.run(scenario())
+    assert [records for records, _ in sender.sent] == [
+        erasing.changelog, erasing.state_changelog, erasing.state_records, erasing.tombstones,
+        plain.changelog, plain.state_changelog + plain.state_records]
+
+
+@pytest.mark.parametrize("landed", ["the state", "its erasures without the state record"])
+def test_a_worker_sends_a_batchs_tombstones_apart_and_a_restart_sends_those_that_did_not_land(tmp_path, landed):
     """Through the worker's own batch step and tables: a deletion's tombstone is handed to the send stages apart
     from the profiles (``Outgoing.tombstones``, after the state), the state records carry the erasure's position, and
     a worker restarted on a state that landed without the tombstone (the profile still stored) deletes the profile
-    in its first batch, and keeps one born after its user's erasure."""
+    in its first batch, and keeps one born after its user's erasure. Also when only the state's erasure records
+    landed, not the state record (a crash between the two requests that carry them: the review of the change found
+    that the erasure and its position, written as two records, could land one without the other, and the restart
+    kept the profile)."""
     from streams.producing import key_partition
     from streams.table_io import PartitionTable
     from tests.unit.pipelines import offline_pipeline
@@ -447,12 +488,17 @@ def test_a_worker_sends_a_batchs_tombstones_apart_and_a_restart_sends_those_that
     assert [key for key, _ in written(stored)] == [gone.encode()] and not stored.tombstones
     assert [key for key, _ in written(erasing)] == [back.encode()]
     assert erasing.tombstones == [(first.profiles_changelog, 0, gone.encode(), None)]
-    assert (f"p0/erase-position/{gone}".encode(), b"clicks/0 1") in written(erasing, part="state_changelog")
+    # the erasure and its request's position in one record, before the state record (sent once they are in Kafka)
+    (erasure,) = [value for key, value in written(erasing, part="state_changelog") if key == f"p0/erased/{gone}".encode()]
+    assert erasure.endswith(b" clicks/0 1") and erasing.erasures_changed
+    assert [key for key, _ in written(erasing, part="state_records")] == [b"p0"]
 
     # what landed: both batches' profiles and states, not the tombstone
     restarted = offline_pipeline(tmp_path / "restarted")
     PartitionTable(restarted.profiles, 0).put_many(written(stored, erasing))
-    PartitionTable(restarted.states, 0).put_many(written(stored, erasing, part="state_changelog"))
+    for out in (stored, erasing):
+        main = written(out, part="state_records") if out is stored or landed == "the state" else []
+        PartitionTable(restarted.states, 0).put_many(written(out, part="state_changelog") + main)
     (again,) = asyncio.run(batches(restarted, None))
     assert again.tombstones == [(restarted.profiles_changelog, 0, gone.encode(), None)]
     assert restarted.stores[0].view.get(gone) is None  # nor read again meanwhile
