@@ -87,6 +87,16 @@ def by_id(outputs):
     return ids
 
 
+
+def crashed_like_uninterrupted(config, spec, batch, plan):
+    """Run ``spec`` uninterrupted and with the crashes of ``plan``; both give every output id with the same bytes
+    and the same stored profiles. Returns the store (the same in both)."""
+    recs = records(make_events(spec))
+    reference, reference_store = run_lives(config, recs, batch, [])
+    crashed, store = run_lives(config, recs, batch, plan)
+    assert by_id(crashed) == by_id(reference) and dict(store) == dict(reference_store)
+    return store
+
 events = st.lists(st.tuples(st.sampled_from([0, 0, 0, 1, 1, 2, 5]), st.sampled_from([0, 1, 12, 23]),
                             st.sampled_from(["a", "b", "c", "d"]),
                             st.sampled_from(["click"] * 6 + ["purchase"] * 3 + ["erase", "clock"]),
@@ -105,14 +115,10 @@ def test_a_crash_anywhere_in_the_write_order_gives_the_uninterrupted_outputs_and
     partition's offset marks). Once it crashed after the state too (twenty-eighth session): an event dropped by an
     erasure's guard that ended in the same batch, re-read, went into the user's new profile."""
     config = dataclasses.replace(BASE, profile_ttl_s=ttl_days * DAY + 1 if ttl_days else 0.0)
-    recs = records(make_events(spec))
-    batches = -(-len(recs) // batch)
+    batches = -(-len(spec) // batch)  # one record per event
     plan = data.draw(st.lists(st.tuples(st.integers(1, batches), st.sampled_from(["clean", "between", "after_state"]),
                                         st.integers(0, 10**6)), min_size=1, max_size=3), label="plan")
-    reference, reference_store = run_lives(config, recs, batch, [])
-    crashed, store = run_lives(config, recs, batch, plan)
-    assert by_id(crashed) == by_id(reference)
-    assert dict(store) == dict(reference_store)
+    crashed_like_uninterrupted(config, spec, batch, plan)
 
 
 def _landed_seed(expected: bool) -> int:
@@ -126,11 +132,8 @@ def test_regression_a_crash_before_the_first_state_write_scored_restored_profile
     without marks, so the user was scored for activity at the first tick, before the events that made them active
     (found by a fuzz of crash points)."""
     spec = [(0, 0, "a", "clock", 1)] + [(0, 0, "a", "click", 0)] * 4 + [(0, 0, "a", "purchase", 0)]
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(BASE, recs, 6, [])
-    crashed, store = run_lives(BASE, recs, 6, [(1, "between", _landed_seed(True))])
-    assert "a" in store and by_id(crashed) == by_id(reference)
-    assert dict(store) == dict(reference_store)
+    store = crashed_like_uninterrupted(BASE, spec, 6, [(1, "between", _landed_seed(True))])
+    assert "a" in store
 
 
 def test_regression_a_late_event_re_read_after_a_crash_went_into_the_new_profile_of_an_expired_user():
@@ -140,11 +143,8 @@ def test_regression_a_late_event_re_read_after_a_crash_went_into_the_new_profile
     the review of profile expiry). A new profile starts with the partition's offset marks now."""
     spec = [(0, 0, "a", "click", 6), (0, 0, "a", "purchase", 0), (0, 0, "a", "click", 0)]
     config = dataclasses.replace(BASE, profile_ttl_s=4 * DAY + 1)
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(config, recs, 3, [])
-    crashed, store = run_lives(config, recs, 3, [(1, "between", _landed_seed(True))])
-    assert store.get("a").n_events == reference_store.get("a").n_events == 2
-    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+    store = crashed_like_uninterrupted(config, spec, 3, [(1, "between", _landed_seed(True))])
+    assert store.get("a").n_events == 2
 
 
 def test_regression_a_restored_profile_ahead_of_the_state_was_scored_for_silence_at_a_re_fired_tick():
@@ -154,10 +154,7 @@ def test_regression_a_restored_profile_ahead_of_the_state_was_scored_for_silence
     (found by review)."""
     spec = [(12, 12, "a", "purchase", 0), (15, 23, "c", "click", 0), (0, 1, "a", "click", 3),
             (18, 12, "b", "purchase", 0)]
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(BASE, recs, 2, [])
-    crashed, store = run_lives(BASE, recs, 2, [(2, "between", _landed_seed(True))])
-    assert by_id(crashed) == by_id(reference) and dict(store) == dict(reference_store)
+    store = crashed_like_uninterrupted(BASE, spec, 2, [(2, "between", _landed_seed(True))])
     assert store.get("a").inactivity_level == 0
 
 
@@ -172,12 +169,9 @@ def test_regression_an_erased_profile_whose_tombstone_did_not_land_after_the_sta
     spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
             (0, 2, "a", "erase", request_late_days), (0, 3, "b", "purchase", 0),  # the crashed batch: a erased
             (0, 4, "a", "click", 0), (0, 5, "b", "purchase", 0)]  # a comes back
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(BASE, recs, 2, [])
     with caplog.at_level("INFO", logger="tidewater.engine"):
-        crashed, store = run_lives(BASE, recs, 2, [(2, "after_state", _landed_seed(False))])
-    assert reference_store.get("a").n_events == 1
-    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+        store = crashed_like_uninterrupted(BASE, spec, 2, [(2, "after_state", _landed_seed(False))])
+    assert store.get("a").n_events == 1
     # said once, at the restart (not counted again in the erasure metrics: the erasure was, when it ran)
     assert [r.getMessage() for r in caplog.records if "restored state had deleted" in r.getMessage()] == [
         "partition 0: deleted 1 stored profiles that the restored state had deleted (a crash lost their tombstones); "
@@ -193,11 +187,8 @@ def test_regression_an_expired_profile_whose_tombstone_did_not_land_after_the_st
     spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # a's profile stored by the first batch
             (6, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # the crashed batch: its last tick expires a
             (0, 2, "a", "click", 0), (0, 3, "b", "purchase", 0)]  # a comes back before the next tick
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(config, recs, 2, [])
-    crashed, store = run_lives(config, recs, 2, [(2, "after_state", _landed_seed(False))])
-    assert reference_store.get("a").n_events == 1
-    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+    store = crashed_like_uninterrupted(config, spec, 2, [(2, "after_state", _landed_seed(False))])
+    assert store.get("a").n_events == 1
 
 
 def test_an_expiry_whose_tombstone_did_not_land_is_still_known_after_the_expiry_is_turned_off():
@@ -239,11 +230,8 @@ def test_regression_an_erasure_whose_guard_ends_in_its_own_batch_is_still_known_
     spec = [(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0), (0, 5, "b", "purchase", 0),  # a stored
             (0, 2, "a", "erase", 0), (8, 0, "b", "click", 0), (0, 1, "b", "purchase", 0),  # erased, guard ended
             (0, 2, "a", "click", 0), (0, 3, "b", "purchase", 0)]  # a comes back
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(BASE, recs, 3, [])
-    crashed, store = run_lives(BASE, recs, 3, [(2, "after_state", _landed_seed(False))])
-    assert reference_store.get("a").n_events == 1
-    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+    store = crashed_like_uninterrupted(BASE, spec, 3, [(2, "after_state", _landed_seed(False))])
+    assert store.get("a").n_events == 1
 
 
 def test_regression_an_event_dropped_by_the_erasure_guard_stays_dropped_when_read_again_after_the_guard():
@@ -254,11 +242,8 @@ def test_regression_an_event_dropped_by_the_erasure_guard_stays_dropped_when_rea
     spec = [(0, 0, "a", "click", 0), (0, 0, "a", "erase", 1), (5, 0, "a", "click", 9),  # dropped: before the request
             (2, 0, "b", "purchase", 0),  # its ticks end the guard
             (1, 0, "a", "click", 0)]  # a comes back
-    recs = records(make_events(spec))
-    reference, reference_store = run_lives(BASE, recs, 5, [])
-    crashed, store = run_lives(BASE, recs, 5, [(1, "after_state", _landed_seed(True))])
-    assert reference_store.get("a").n_events == 1
-    assert dict(store) == dict(reference_store) and by_id(crashed) == by_id(reference)
+    store = crashed_like_uninterrupted(BASE, spec, 5, [(1, "after_state", _landed_seed(True))])
+    assert store.get("a").n_events == 1
 
 
 def _upgrade_scenario(config, life0, upgraded, life1, *, crash_landing: set[str] | None, held: bool = False):
