@@ -177,9 +177,8 @@ class Outgoing:
     batch: int
     outputs: list[tuple[str, int | None, bytes, bytes]] = field(default_factory=list)
     changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # the profiles
-    state_changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # but:
-    state_records: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # ``p{n}``, last
-    erasures_changed: bool = False  # among the state's records: its state records wait for them (``_state_records``)
+    state_erasures: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # the state's
+    state_changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # and the rest
     tombstones: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)  # after the state
     changelog_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # the profiles', once delivered
     writes: list[tuple[int, PartitionStores, list[tuple[bytes, bytes | None]], Any]] = field(default_factory=list)
@@ -617,12 +616,11 @@ class Pipeline:
             for key, value in writes:  # the tombstones once the state is in Kafka (``_send_loop``)
                 (changelog if value is not None else out.tombstones).append(
                     (self.profiles_changelog, partition, key, value))
-            if state is not None:
-                *others, main = state  # the state record is the last (``_state_records``)
-                out.state_changelog.extend((self.states_changelog, partition, key, value) for key, value in others)
-                out.state_records.append((self.states_changelog, partition, *main))
+            if state is not None:  # the erasures apart: sent first (``_produce_changelog``)
                 erased = _erased_prefix(partition)
-                out.erasures_changed = out.erasures_changed or any(key.startswith(erased) for key, _ in others)
+                for key, value in state:
+                    (out.state_erasures if key.startswith(erased) else out.state_changelog).append(
+                        (self.states_changelog, partition, key, value))
             out.done.extend(result.done)
             engine.drain_metrics()
             metrics.WATERMARK.labels(str(partition)).set(engine.state.watermark)
@@ -643,7 +641,8 @@ class Pipeline:
 
         1. its outputs are produced;
         2. once Kafka has them, its changelog records, each part once Kafka has the one before: the profiles, the
-           partition state, the tombstones of the profiles deleted (erased, expired). So a state record in Kafka
+           partition state (its changed erasures first, then the rest), the tombstones of the profiles deleted
+           (erased, expired). So a state record in Kafka
            implies its batch's profiles are (a restore that finds profiles newer than the state re-applies the
            state's part of their events, ``PartitionEngine``), and a tombstone implies its state is (until the
            twenty-eighth session one could land without it: the restarted engine, without the user's history,
@@ -697,14 +696,16 @@ class Pipeline:
         await delivered(out.deliveries)  # the outputs are in Kafka
         # each part once Kafka has the one before: sent together, one could be cut off by a crash while a later one
         # landed (the topics are written by separate requests, maybe to separate brokers)
-        state = ([out.state_changelog, out.state_records] if out.erasures_changed
-                 else [out.state_changelog + out.state_records])  # one request, in order, unless erasures changed
-        parts = [records for records in (out.changelog, *state, out.tombstones) if records]
+        # the state's erasures before the rest of it: the state's records can span several produce requests, and an
+        # earlier one can fail while a later one lands; a state record landed without its batch's erasures marked the
+        # request read, and the restart kept the erased profile (found by review). Erasures ahead of the state are
+        # carried out at the restart (``PartitionEngine.index_profile``); the rest goes in one request, the state
+        # record last, as the item counts must not land without it (a re-read would count them again)
+        parts = [records for records in (out.changelog, out.state_erasures, out.state_changelog, out.tombstones)
+                 if records]
         for records in parts[:-1]:
             out.changelog_offsets.update(await delivered(await self.sender.send(records)))
-            # stopping amid a rebalance: the rest is the next owner's. Any of these prefixes restores, but not the
-            # state's other records without its state record (counts ahead of the state count items again)
-            if self._abandoned and records is not out.state_changelog:
+            if self._abandoned:  # stopping amid a rebalance: the rest is the next owner's (any prefix restores)
                 out.deliveries = []
                 return
         out.deliveries = await self.sender.send(parts[-1] if parts else [])
@@ -895,10 +896,9 @@ def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambd
 # written when it is recomputed), one record per counted item (``p{partition}/item/{item_id}``: the count in
 # ASCII) and one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr, and since the
 # twenty-eighth session its position, "topic/partition offset": ``_erasure_value``). A batch writes the changed items
-# and erasures (a tombstone for one dropped) and the ranking if it changed, then the state record: one producer
-# request on the changelog partition, in that order. Where they span several requests, an earlier one can fail
-# while a later one lands; a batch that changed erasures sends its state record only once the rest is in Kafka, so
-# that a state record in Kafka implies its erasures are (``Pipeline._produce_changelog``).
+# and erasures (a tombstone for one dropped) and the ranking if it changed, then the state record. The worker sends
+# the changed erasures first, and the rest once Kafka has them, in one produce request in that order where it fits
+# (``Pipeline._produce_changelog``): a state record in Kafka implies its erasures are.
 def _state_key(partition: int) -> bytes:
     return f"p{partition}".encode()
 

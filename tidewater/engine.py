@@ -144,7 +144,7 @@ class PartitionState(msgspec.Struct, kw_only=True):
     # users erased -> the request's own record ("topic/partition", offset): a stored profile born before it was
     # erased, and is only still stored because a crash lost its tombstone (``PartitionEngine.index_profile``). Kept
     # as long as ``erased``, and past it until a batch after the one that deleted the profile (its tombstone follows
-    # that batch's state); the worker persists them one record per user, as ``erased``
+    # that batch's state); the worker persists each in its user's ``erased`` record
     erase_positions: dict[str, tuple[str, int]] = {}
     # per input source ("topic/partition"): the last offset whose partition-level effects (watermark, item
     # counts) this state holds. The worker writes a batch's profiles to the changelog before its state, so after
@@ -462,7 +462,7 @@ class PartitionEngine:
 
     def take_changed_erase_positions(self) -> list[tuple[str, tuple[str, int] | None]]:
         """The erasure requests' positions (``state.erase_positions``) changed since the last call, by user (None:
-        forgotten); persisted one record per user, as the erasures."""
+        forgotten); persisted in the user's erasure record (``streams.app._erasure_value``)."""
         positions = self.state.erase_positions
         changed = sorted(self._changed_positions)
         self._changed_positions.clear()

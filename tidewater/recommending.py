@@ -33,8 +33,8 @@ class Query:
 
     vector: np.ndarray | None  # None: the user has no vector yet (popular items)
     excluded: frozenset[str] | None  # None: the items of ``history`` and ``bought`` (built only if asked)
-    history: tuple[str, ...] = ()  # the ring's item ids, oldest first, for the full-rank re-scoring
-    bought: frozenset[str] = frozenset()  # items bought before the ring, excluded too (not the model's input)
+    history: tuple[str, ...] = ()  # the recs history (``rec_history``), oldest first, for the full-rank re-scoring
+    bought: frozenset[str] = frozenset()  # the other items seen, excluded too (not the model's input)
 
     @property
     def exclude(self) -> frozenset[str]:
@@ -99,11 +99,11 @@ def note_item(profile: Profile, item_id: str) -> bool:
     """Record the item of the event just applied in the user's recs history; True at its first occurrence
     (not in the history, the ring before this event, or the items the profile remembers beyond the ring)."""
     history = profile.rec_history
+    seen = item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id)
     if history is None:  # stored before the field: the ring's first occurrences, this event's included
         profile.rec_history = _distinct_items(profile)[-REC_HISTORY:]
-        return not (item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id))
-    if (item_id in history or item_id in profile.purchased or item_id in profile.clicked
-            or _repeated(profile.recent, item_id)):
+        return not seen
+    if seen or item_id in history:
         return False
     history.append(item_id)
     if len(history) > REC_HISTORY:
@@ -224,7 +224,7 @@ class VectorRecommender:
         state = self.model.recompute_user(rec_history(profile))
         profile.vec_version = self.version
         profile.vec_at_rec = None
-        if state is None:  # none of the ring's items is in this model's catalogue
+        if state is None:  # none of the history's items is in this model's catalogue
             profile.vec_sum, profile.vec_weight, profile.vec_count, profile.segment = None, 0.0, 0, None
             return
         profile.vec_sum = bytearray(np.asarray(state.sum, np.float32).tobytes())
@@ -257,8 +257,8 @@ class VectorRecommender:
     def query(self, profile: Profile) -> Query:
         self.refresh(profile)
         # a new array and a tuple: later events do not change the query
-        if not self.reranks:
-            return Query(self.vector(profile), seen_items(profile))
+        if not self.reranks:  # the history's items too: a few may be past what the profile remembers beside it
+            return Query(self.vector(profile), seen_items(profile).union(rec_history(profile)))
         history = tuple(rec_history(profile))  # the vector's history, repeats collapsed
         # exclude = seen_items: the re-ranking passes the history, and the other items seen
         return Query(self.vector(profile), None, history, seen_items(profile).difference(history))

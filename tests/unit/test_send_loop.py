@@ -413,23 +413,25 @@ def test_a_batchs_tombstones_are_sent_once_its_state_is_in_kafka_and_before_the_
                    ("write", {("profiles-changelog", 0): 9}), ("ack", ["record-2"])]
 
 
-def test_a_batch_that_changed_erasures_sends_its_state_record_once_the_erasures_are_in_kafka():
+def test_a_batch_that_changed_erasures_sends_the_rest_of_its_state_once_the_erasures_are_in_kafka():
     """The state's records can span several produce requests (past ``producer_max_batch_bytes``); an earlier one
     can fail while a later one lands. A state record that landed without its batch's erasure records marks the
     erasure request as read, and the restart, without the erasure's position, kept the profile (review of the
-    change). A batch without erasures sends its state records together, as before."""
+    change). The rest of the state (item counts and the state record) goes together after them: counts landed
+    without the state record were counted again at the re-read (the final read of the session's change). A batch
+    without erasures sends its state in one request, as before."""
     from types import SimpleNamespace as Meta
 
     log: list = []
     sender = RecordingSender()
     pipeline = _pipeline(sender, log)
     erasing = Outgoing(1, changelog=[("profiles-changelog", 0, b"u1", b"p")],
-                       state_changelog=[("state-changelog", 0, b"p0/erased/gone", b"1.0 clicks/0 3")],
-                       state_records=[("state-changelog", 0, b"p0", b"s")], erasures_changed=True,
+                       state_erasures=[("state-changelog", 0, b"p0/erased/gone", b"1.0 clicks/0 3")],
+                       state_changelog=[("state-changelog", 0, b"p0/item/i1", b"2"), ("state-changelog", 0, b"p0", b"s")],
                        tombstones=[("profiles-changelog", 0, b"gone", None)], done=["record-1"])
     plain = Outgoing(2, changelog=[("profiles-changelog", 0, b"u2", b"p")],
-                     state_changelog=[("state-changelog", 0, b"p0/item/i1", b"3")],
-                     state_records=[("state-changelog", 0, b"p0", b"s2")], done=["record-2"])
+                     state_changelog=[("state-changelog", 0, b"p0/item/i1", b"3"), ("state-changelog", 0, b"p0", b"s2")],
+                     done=["record-2"])
 
     async def scenario() -> None:
         sending = asyncio.ensure_future(Pipeline._send_loop(pipeline))  # type: ignore[arg-type]
@@ -444,8 +446,8 @@ def test_a_batch_that_changed_erasures_sends_its_state_record_once_the_erasures_
 
     asyncio.run(scenario())
     assert [records for records, _ in sender.sent] == [
-        erasing.changelog, erasing.state_changelog, erasing.state_records, erasing.tombstones,
-        plain.changelog, plain.state_changelog + plain.state_records]
+        erasing.changelog, erasing.state_erasures, erasing.state_changelog, erasing.tombstones,
+        plain.changelog, plain.state_changelog]
 
 
 @pytest.mark.parametrize("landed", ["the state", "its erasures without the state record"])
@@ -474,7 +476,7 @@ def test_a_worker_sends_a_batchs_tombstones_apart_and_a_restart_sends_those_that
                     record("purchases", 0, Purchase(event_id="p0", user_id=other, ts=t + 5, amount=3.0))]
     erasing_batch = [record("clicks", 1, Erase(event_id="x0", user_id=gone, ts=t + 1)),
                      record("clicks", 2, Erase(event_id="x1", user_id=back, ts=t + 2)),
-                     record("clicks", 3, Click(event_id="c1", user_id=back, ts=t + 3))]  # born after its erasure
+                     record("clicks", 3, Click(event_id="c1", user_id=back, ts=t + 3, item_id="i9"))]  # born after
 
     async def batches(pipeline, *parts):
         await pipeline._open_engines([0])
@@ -489,17 +491,21 @@ def test_a_worker_sends_a_batchs_tombstones_apart_and_a_restart_sends_those_that
     assert [key for key, _ in written(erasing)] == [back.encode()]
     assert erasing.tombstones == [(first.profiles_changelog, 0, gone.encode(), None)]
     # the erasure and its request's position in one record, before the state record (sent once they are in Kafka)
-    (erasure,) = [value for key, value in written(erasing, part="state_changelog") if key == f"p0/erased/{gone}".encode()]
-    assert erasure.endswith(b" clicks/0 1") and erasing.erasures_changed
-    assert [key for key, _ in written(erasing, part="state_records")] == [b"p0"]
+    (erasure,) = [value for key, value in written(erasing, part="state_erasures") if key == f"p0/erased/{gone}".encode()]
+    assert erasure.endswith(b" clicks/0 1")
+    assert written(erasing, part="state_changelog")[-1][0] == b"p0"  # the rest of the state, its record last
 
     # what landed: both batches' profiles and states, not the tombstone
     restarted = offline_pipeline(tmp_path / "restarted")
     PartitionTable(restarted.profiles, 0).put_many(written(stored, erasing))
     for out in (stored, erasing):
-        main = written(out, part="state_records") if out is stored or landed == "the state" else []
-        PartitionTable(restarted.states, 0).put_many(written(out, part="state_changelog") + main)
-    (again,) = asyncio.run(batches(restarted, None))
+        rest = written(out, part="state_changelog") if out is stored or landed == "the state" else []
+        PartitionTable(restarted.states, 0).put_many(written(out, part="state_erasures") + rest)
+    later = [record("purchases", 1, Purchase(event_id="p1", user_id=other, ts=t + 10, amount=1.0))]  # moves the merge
+    (again, reread) = asyncio.run(batches(restarted, None, erasing_batch + later))  # not acked: read again
     assert again.tombstones == [(restarted.profiles_changelog, 0, gone.encode(), None)]
     assert restarted.stores[0].view.get(gone) is None  # nor read again meanwhile
     assert restarted.stores[0].view.get(back).n_events == 1
+    # what landed before the state record counts nothing twice at the re-read (item counts did, when they went in
+    # the erasures' request: found by the final read of the session's change)
+    assert restarted.engines[0].state.item_counts == first.engines[0].state.item_counts == {"i9": 1}
