@@ -579,11 +579,11 @@ class Pipeline:
             writes.extend((user_id.encode(), None) for user_id in sorted(result.erased))  # changelog tombstones
             state = None
             if result.state_changed:
-                items, ranking, erasures, positions = [], False, [], []
+                items, ranking, erasures = [], False, []
                 if hasattr(engine, "take_changed_items"):
                     items, ranking = engine.take_changed_items(), engine.take_ranking_changed()
-                    erasures, positions = engine.take_changed_erasures(), engine.take_changed_erase_positions()
-                state = _state_records(partition, engine.snapshot(), items, ranking, erasures, positions)
+                    erasures = engine.take_changed_erasures()
+                state = _state_records(partition, engine.snapshot(), items, ranking, erasures)
             steps.append((partition, result, writes, state))
         return steps
 
@@ -916,8 +916,8 @@ def _erased_prefix(partition: int) -> bytes:
 
 
 def _state_records(partition: int, state: Any, changed_items: list[tuple[str, int | None]],
-                   ranking_changed: bool, changed_erasures: list[tuple[str, float | None]] = (),
-                   changed_positions: list[tuple[str, tuple[str, int] | None]] = ()
+                   ranking_changed: bool,
+                   changed_erasures: list[tuple[str, float | None, tuple[str, int] | None]] = ()
                    ) -> list[tuple[bytes, bytes | None]]:
     """The records of a batch's state: the changed items and erasures, the ranking, then the state record itself,
     last (``Pipeline._produce_changelog`` relies on it)."""
@@ -928,14 +928,8 @@ def _state_records(partition: int, state: Any, changed_items: list[tuple[str, in
         (prefix + item.encode(), None if count is None else str(count).encode()) for item, count in changed_items]
     # an erasure and its request's position in one record: written apart, a crash could land one without the
     # other, and the restart kept the erased profile (found by review)
-    times, positions = dict(changed_erasures), dict(changed_positions)
-    kept_times = state.erased if isinstance(state, PartitionState) else {}
-    kept_positions = state.erase_positions if isinstance(state, PartitionState) else {}
     erased = _erased_prefix(partition)
-    for user_id in sorted(times.keys() | positions.keys()):
-        ts = times[user_id] if user_id in times else kept_times.get(user_id)
-        at = positions[user_id] if user_id in positions else kept_positions.get(user_id)
-        records.append((erased + user_id.encode(), _erasure_value(ts, at)))
+    records += [(erased + user_id.encode(), _erasure_value(ts, at)) for user_id, ts, at in changed_erasures]
     if isinstance(state, PartitionState):
         if ranking_changed:
             records.append((_ranking_key(partition), msgspec.msgpack.encode([state.popular, state.popular_counts])))

@@ -271,8 +271,8 @@ class PartitionEngine:
         self._max_pushed_ts = float("-inf")  # latest event time handed to the merge (see ``scoring_bound``)
         self._changed_items: set[str] = set()  # item counts changed since ``take_changed_items``
         self._ranking_changed = False  # the popularity ranking was recomputed since ``take_ranking_changed``
-        self._changed_erasures: set[str] = set()  # entries of state.erased changed since ``take_changed_erasures``
-        self._changed_positions: set[str] = set()  # of state.erase_positions, since ``take_changed_erase_positions``
+        # users whose entries of state.erased or state.erase_positions changed since ``take_changed_erasures``
+        self._changed_erasures: set[str] = set()
         # until the first ``on_notify``: the stored profiles handed to ``index_profile`` are the restored ones
         self._restoring = True
         self._deleted_at_restore = 0  # stored profiles the restored state had deleted (their tombstones lost)
@@ -450,23 +450,16 @@ class PartitionEngine:
         self._changed_items.clear()
         return [(item, counts.get(item)) for item in changed]
 
-    def take_changed_erasures(self) -> list[tuple[str, float | None]]:
-        """The recent erasures (``state.erased``) changed since the last call, by user (None: expired). Persisted
-        one record per user like the item counts: inside the state record, rewritten with every batch, a bulk
-        purge grew it past Kafka's record size limit, and the worker failed on it at every restart (found by
-        review)."""
-        erased = self.state.erased
+    def take_changed_erasures(self) -> list[tuple[str, float | None, tuple[str, int] | None]]:
+        """The recent erasures changed since the last call, by user: the request's time (``state.erased``; None:
+        the guard is over) and its position (``state.erase_positions``; None: forgotten). Persisted one record per
+        user like the item counts, the two together (``streams.app._erasure_value``): inside the state record,
+        rewritten with every batch, a bulk purge grew it past Kafka's record size limit, and the worker failed on
+        it at every restart (found by review)."""
+        erased, positions = self.state.erased, self.state.erase_positions
         changed = sorted(self._changed_erasures)
         self._changed_erasures.clear()
-        return [(user_id, erased.get(user_id)) for user_id in changed]
-
-    def take_changed_erase_positions(self) -> list[tuple[str, tuple[str, int] | None]]:
-        """The erasure requests' positions (``state.erase_positions``) changed since the last call, by user (None:
-        forgotten); persisted in the user's erasure record (``streams.app._erasure_value``)."""
-        positions = self.state.erase_positions
-        changed = sorted(self._changed_positions)
-        self._changed_positions.clear()
-        return [(user_id, positions.get(user_id)) for user_id in changed]
+        return [(user_id, erased.get(user_id), positions.get(user_id)) for user_id in changed]
 
     def take_ranking_changed(self) -> bool:
         """Whether the popularity ranking (``popular``, ``popular_counts``) changed since the last call: it is
@@ -480,7 +473,7 @@ class PartitionEngine:
         self._changed_items.update(self.state.item_counts)
         self._ranking_changed = True
         self._changed_erasures.update(self.state.erased)
-        self._changed_positions.update(self.state.erase_positions)
+        self._changed_erasures.update(self.state.erase_positions)
 
     def pending(self) -> int:
         """Records read and not acked yet: those held in the merge and the dead letters waiting behind them. Both
@@ -644,9 +637,8 @@ class PartitionEngine:
         self._confirm_erasure(request)
         erased = self.state.erased
         erased[user_id] = max(request.ts, erased.get(user_id, request.ts))
-        self._changed_erasures.add(user_id)
         self.state.erase_positions[user_id] = (source, offset)  # a profile born before it is the erased one
-        self._changed_positions.add(user_id)
+        self._changed_erasures.add(user_id)
         self._delete(user_id)
         self._count("erased", topic)
         self._result.state_changed = True
@@ -681,7 +673,7 @@ class PartitionEngine:
             # profile still stored), and the state persisted without the position could not tell the profile apart
             for user_id in [u for u in positions if u not in erased and u not in self._erased]:
                 del positions[user_id]
-                self._changed_positions.add(user_id)
+                self._changed_erasures.add(user_id)
         records, marks = self.state.erase_records, self.state.applied or {}
         if records:  # an upgraded state's requests that the offset marks now cover: known by them from here
             for user_id in [u for u, (source, offset) in records.items() if offset <= marks.get(source, -1)]:
@@ -1076,7 +1068,6 @@ def run_to_completion(engine: PartitionEngine, records: Iterable[Record], *, bat
         if hasattr(engine, "take_changed_items"):  # what the worker writes of the state: taken, as it takes them
             # (never taken, the sets held every item and erasure of a long replay: found by a soak)
             engine.take_changed_items(), engine.take_ranking_changed(), engine.take_changed_erasures()
-            engine.take_changed_erase_positions()
         if hasattr(engine.store, "__setitem__"):  # write back, as the worker does after every batch
             for user_id, profile in res.profiles.items():
                 engine.store[user_id] = profile  # type: ignore[index]

@@ -77,8 +77,7 @@ def _check_every_batch(batches, kept) -> None:
         result = engine.on_notify(1e9)
         if result.state_changed:
             table.put_many(_state_records(2, engine.snapshot(), engine.take_changed_items(),
-                                          engine.take_ranking_changed(), engine.take_changed_erasures(),
-                                          engine.take_changed_erase_positions()))
+                                          engine.take_ranking_changed(), engine.take_changed_erasures()))
         restored, one_record = _restore_state(table, 2)
         assert not one_record
         assert restored == (engine.snapshot() if table.data else None)  # nothing written before a change
@@ -101,7 +100,7 @@ def test_a_state_record_of_before_is_read_and_then_rewritten_in_parts(state, par
     engine = PartitionEngine(0, EngineConfig(), DictStore(), state=restored)
     engine.mark_all_changed()
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
-                                  engine.take_changed_erasures(), engine.take_changed_erase_positions()))
+                                  engine.take_changed_erasures()))
     again, of_before = _restore_state(table, 0)
     # a state from before the offset marks is upgraded to get them
     upgraded = msgspec.structs.replace(state, applied={}) if state.applied is None else state
@@ -123,13 +122,13 @@ def test_a_batch_writes_its_changed_counts_not_the_whole_table():
     engine.on_notify(1e9)
     table = FakeTable()
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
-                                  engine.take_changed_erasures(), engine.take_changed_erase_positions()))
+                                  engine.take_changed_erasures()))
     full = table.bytes_written
     table.bytes_written = 0
     engine.on_record(recs[-1], 0.0)
     assert engine.on_notify(1e9).state_changed
     table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(), engine.take_ranking_changed(),
-                                  engine.take_changed_erasures(), engine.take_changed_erase_positions()))
+                                  engine.take_changed_erasures()))
     assert table.bytes_written < 300 < 20_000 < full  # the small record now carries its per-source offsets too
     assert _restore_state(table, 0)[0] == engine.snapshot()
 
@@ -165,8 +164,7 @@ def test_regression_a_bulk_erasure_grew_the_state_record_past_kafkas_record_limi
 
     def write():
         table.put_many(_state_records(0, engine.snapshot(), engine.take_changed_items(),
-                                      engine.take_ranking_changed(), engine.take_changed_erasures(),
-                                      engine.take_changed_erase_positions()))
+                                      engine.take_ranking_changed(), engine.take_changed_erasures()))
 
     for record in records(purge):
         engine.on_record(record, 0.0)
