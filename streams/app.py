@@ -695,12 +695,11 @@ class Pipeline:
     async def _produce_changelog(self, out: "Outgoing") -> None:
         await delivered(out.deliveries)  # the outputs are in Kafka
         # each part once Kafka has the one before: sent together, one could be cut off by a crash while a later one
-        # landed (the topics are written by separate requests, maybe to separate brokers)
-        # the state's erasures before the rest of it: the state's records can span several produce requests, and an
-        # earlier one can fail while a later one lands; a state record landed without its batch's erasures marked the
-        # request read, and the restart kept the erased profile (found by review). Erasures ahead of the state are
-        # carried out at the restart (``PartitionEngine.index_profile``); the rest goes in one request, the state
-        # record last, as the item counts must not land without it (a re-read would count them again)
+        # landed (separate requests, maybe to separate brokers). The state's erasures go before the rest of it: a
+        # state record landed without its batch's erasures marked the request read, and the restart kept the erased
+        # profile (found by review); erasures ahead of the state are carried out at the restart
+        # (``PartitionEngine.index_profile``). The rest goes in one request, the state record last: item counts
+        # landed without it would be counted again at the re-read
         parts = [records for records in (out.changelog, out.state_erasures, out.state_changelog, out.tombstones)
                  if records]
         for records in parts[:-1]:

@@ -101,7 +101,7 @@ def note_item(profile: Profile, item_id: str) -> bool:
     history = profile.rec_history
     seen = item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id)
     if history is None:  # stored before the field: the ring's first occurrences, this event's included
-        profile.rec_history = _distinct_items(profile)[-REC_HISTORY:]
+        profile.rec_history = rec_history(profile)
         return not seen
     if seen or item_id in history:
         return False
