@@ -698,16 +698,18 @@ class Pipeline:
         # landed (separate requests, maybe to separate brokers). The state's erasures go before the rest of it: a
         # state record landed without its batch's erasures marked the request read, and the restart kept the erased
         # profile (found by review); erasures ahead of the state are carried out at the restart
-        # (``PartitionEngine.index_profile``). The rest goes in one request, the state record last: item counts
-        # landed without it would be counted again at the re-read
-        parts = [records for records in (out.changelog, out.state_erasures, out.state_changelog, out.tombstones)
+        # (``PartitionEngine.index_profile``). The rest goes in one record batch per partition, which Kafka appends
+        # whole, the state record last: item counts landed without it would be counted again at the re-read
+        parts = [(records, whole) for records, whole in ((out.changelog, False), (out.state_erasures, False),
+                                                         (out.state_changelog, True), (out.tombstones, False))
                  if records]
-        for records in parts[:-1]:
-            out.changelog_offsets.update(await delivered(await self.sender.send(records)))
+        for records, whole in parts[:-1]:
+            out.changelog_offsets.update(await delivered(await self.sender.send(records, whole=whole)))
             if self._abandoned:  # stopping amid a rebalance: the rest is the next owner's (any prefix restores)
                 out.deliveries = []
                 return
-        out.deliveries = await self.sender.send(parts[-1] if parts else [])
+        records, whole = parts[-1] if parts else ([], False)
+        out.deliveries = await self.sender.send(records, whole=whole)
         if out.tombstones:  # the next batch's changelog once Kafka has them: its state, landed without them, may no
             # longer tell their profiles apart (``PartitionState.erase_positions``)
             out.changelog_offsets.update(await delivered(out.deliveries))
@@ -814,7 +816,8 @@ class Pipeline:
     @property
     def sender(self) -> Any:
         if self._sender is None:
-            self._sender = BatchSender(self.app.producer, self.settings.partitions)
+            self._sender = BatchSender(self.app.producer, self.settings.partitions,
+                                       whole_max_bytes=self.app.conf.producer_max_request_size)
         return self._sender
 
     async def revoke(self, partitions: set[int]) -> None:

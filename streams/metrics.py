@@ -73,6 +73,10 @@ SCORING_ERRORS = Counter("tidewater_scoring_errors",
                          "recommendation batch answered from the partition's popularity counts (their versions "
                          "are on those outputs)", ["model_version"],
                          registry=REGISTRY)
+WHOLE_BATCHES_SPLIT = Counter(
+    "tidewater_whole_batches_split", "A batch's partition state too large for one record batch "
+    "(Faust's producer_max_request_size): sent in parts, so a crash between them can land its item counts without "
+    "the state record, and the re-read batch counts them again (README Guarantees)", registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter("tidewater_model_load_failures",
                               "Registry versions that could not be loaded, by kind; the worker keeps serving what it "
                               "had", ["kind"], registry=REGISTRY)

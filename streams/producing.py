@@ -9,11 +9,17 @@ profiles and ack its inputs.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from streams.metrics import WHOLE_BATCHES_SPLIT
+
+log = logging.getLogger("tidewater.producing")
 
 
 _PARTITIONER = DefaultPartitioner()
@@ -60,16 +66,26 @@ async def delivered(deliveries: list[Delivery]) -> dict[tuple[str, int], int]:
 
 
 class BatchSender:
-    def __init__(self, faust_producer: Any, partitions: int) -> None:
+    def __init__(self, faust_producer: Any, partitions: int, whole_max_bytes: int = 1_000_000) -> None:
+        """``whole_max_bytes``: the largest record batch :meth:`send` builds for ``whole`` records (Faust's
+        ``producer_max_request_size``, below Kafka's default ``message.max.bytes`` of 1,048,588)."""
         self.faust_producer = faust_producer
         self.all_partitions = list(range(partitions))
+        self.whole_max_bytes = whole_max_bytes
 
     def partition_for(self, key: bytes) -> int:
         return key_partition(key, self.all_partitions)
 
-    async def send(self, records: Iterable[tuple[str, int | None, bytes, bytes | None]]) -> list[Delivery]:
+    async def send(self, records: Iterable[tuple[str, int | None, bytes, bytes | None]], *,
+                   whole: bool = False) -> list[Delivery]:
         """Queue records (topic, partition or None for the key's partition, key, value) in one batch per topic
-        partition (more where one is full); returns the batches, to be awaited with :func:`delivered`."""
+        partition (more where one is full); returns the batches, to be awaited with :func:`delivered`.
+
+        ``whole``: each topic partition's records in one record batch, which Kafka appends whole or not at all,
+        up to ``whole_max_bytes`` (beyond, they are split as they would be otherwise, and counted in
+        ``tidewater_whole_batches_split_total``). A batch's partition state goes so: split at the producer's
+        batch size, a crash could land its item counts without the state record, and the re-read batch counted
+        them again."""
         producer = self.faust_producer._ensure_producer()
         grouped: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = defaultdict(list)
         for topic, partition, key, value in records:
@@ -78,10 +94,16 @@ class BatchSender:
             grouped[(topic, partition)].append((key, value))
         out: list[Delivery] = []
         for (topic, partition), items in grouped.items():
-            batch = producer.create_batch()
-            count = 0
+            batch = self._whole_batch(producer) if whole else producer.create_batch()
+            count, split = 0, False
             for key, value in items:
                 if batch.append(timestamp=None, key=key, value=value) is None:  # full: send, start another
+                    if whole and not split:
+                        log.warning("%d records for %s/%d do not fit in one record batch of %d bytes: sent in "
+                                    "parts, which a crash can land apart", len(items), topic, partition,
+                                    self.whole_max_bytes)
+                        WHOLE_BATCHES_SPLIT.inc()
+                        split = True
                     out.append(Delivery(await producer.send_batch(batch, topic, partition=partition), topic,
                                         partition, count))
                     batch, count = producer.create_batch(), 0
@@ -89,3 +111,14 @@ class BatchSender:
                 count += 1
             out.append(Delivery(await producer.send_batch(batch, topic, partition=partition), topic, partition, count))
         return out
+
+    def _whole_batch(self, producer: Any) -> Any:
+        """An empty batch as ``producer.create_batch()`` makes (aiokafka's ``MessageAccumulator.create_builder``),
+        sized ``whole_max_bytes`` instead of the producer's batch size, when that is larger."""
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is None:  # a stand-in producer (tests): its own batches
+            return producer.create_batch()
+        txn = accumulator._txn_manager
+        return BatchBuilder(max(self.whole_max_bytes, accumulator._batch_size), accumulator._compression_type,
+                            is_transactional=txn is not None and txn.transactional_id is not None,
+                            key_serializer=producer._key_serializer, value_serializer=producer._value_serializer)

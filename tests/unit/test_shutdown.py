@@ -123,7 +123,7 @@ def test_regression_a_rebalance_while_stopping_drops_the_batches_not_sent(tmp_pa
     sent: list = []
 
     class Sender:
-        async def send(self, records):
+        async def send(self, records, whole=False):
             sent.append(records)
             return []
 
