@@ -135,10 +135,11 @@ def bench_scoring(n_events: int) -> dict:
 
 # ----------------------------------------------------------------------------------------------- 2. size
 def synthetic_profiles(n_templates: int = 2000, seed: int = 0):
-    """Realistic profiles built with the stream's own update: 1-60 events, clicks with items, purchases,
-    a 64-d user vector (what a recs model of the default size keeps)."""
+    """Realistic profiles built with the stream's own update: 1-60 events, clicks with items, purchases, the recs
+    history that a recs model's fold keeps, a 64-d user vector (what a recs model of the default size keeps)."""
     from tidewater.events import Click, Purchase
     from tidewater.profile import DAY, apply, new_profile
+    from tidewater.recommending import note_item
 
     rng = np.random.default_rng(seed)
     templates = []
@@ -155,6 +156,7 @@ def synthetic_profiles(n_templates: int = 2000, seed: int = 0):
                 e = Click(event_id=f"{t}-{i}", user_id=p.user_id, ts=ts, item_id=f"item-{rng.integers(100000)}",
                           category=f"cat-{rng.integers(40)}")
             apply(p, e, "clicks/0", i, ts)
+            note_item(p, e.item_id)  # as VectorRecommender.fold does for every event with an item
         p.vec_sum = bytearray(rng.normal(size=64).astype(np.float32).tobytes())
         p.vec_at_rec = rng.normal(size=64).astype(np.float32).tobytes()
         p.vec_weight, p.vec_count, p.vec_version, p.segment = 3.2, n, "v0001-0123abcd", int(rng.integers(8))

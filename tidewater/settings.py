@@ -100,7 +100,7 @@ class Settings:
     producer_max_batch_bytes: int = setting(
         262144, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
         "Producer batch size in bytes. A partition has one batch in flight at a time, so a batch's profile "
-        "changelog (about 2.8 kB per user, up to twice that for one with full rings of clicks and purchases) goes "
+        "changelog (about 3.2 kB per user, up to twice that for one with full rings of clicks and purchases) goes "
         "out in this many bytes per round trip; keep it below the "
         "broker's message.max.bytes (1 MB by default).")
     producer_timeout_s: float = setting(
