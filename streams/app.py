@@ -531,10 +531,11 @@ class Pipeline:
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def on_idle(self) -> None:
-        """Release merges held back by a source that went quiet."""
+        """Release merges held back by a source that went quiet, and write the deletions a restore carried out."""
         out = None
         async with self.lock:
-            waiting = {p for p, e in self.engines.items() if e.pending()}
+            waiting = {p for p, e in self.engines.items()
+                       if e.pending() or (hasattr(e, "deletions_waiting") and e.deletions_waiting())}
             if waiting:
                 out = await self._flush(waiting, self.clock())
         if out is not None:

@@ -481,6 +481,13 @@ class PartitionEngine:
         stream of bad records behind one held event grew without bound, raw values and all; found by review)."""
         return self.merger.pending() + self._trailing
 
+    def deletions_waiting(self) -> int:
+        """Stored profiles that the restored state had deleted (a crash lost their tombstones), deleted at the
+        restore, whose tombstones go out with the next batch: the worker runs one for them without waiting for a
+        record. An idle partition kept such a profile on its disk, and served it at GET /users/{id}/profile (an
+        erased user's included), until the partition's next event."""
+        return len(self._erased) if self._restoring else 0
+
     def sources_ahead(self) -> list[str]:
         """The input topics whose records wait in the merge for another topic's: fetching more of them only adds
         to what is held (the worker stops fetching them at its bound, ``streams.ingress.hold_back``)."""

@@ -178,6 +178,30 @@ def test_regression_an_erased_profile_whose_tombstone_did_not_land_after_the_sta
         "the tombstones go out with this batch"]
 
 
+def test_regression_a_deletion_carried_out_at_the_restart_waits_for_no_record():
+    """The restart deletes a profile whose tombstone a crash lost, and its tombstone goes out with the next batch.
+    The worker ran a batch only for records, so on an idle partition the erased user's profile stayed on disk, and
+    GET /users/{id}/profile served it, until the partition's next event. ``deletions_waiting`` tells the worker's
+    idle pass to run a batch without records (``Pipeline.on_idle``)."""
+    recs = records(make_events([(0, 0, "a", "click", 0), (0, 1, "b", "purchase", 0),  # the first batch: stored
+                                (0, 2, "a", "erase", 0), (0, 3, "b", "purchase", 0)]))  # the second: a erased
+    store = EncodedStore()
+    engine = boot(BASE, store, None)
+    for batch in (recs[:2], recs[2:]):
+        for record in batch:
+            engine.on_record(record, 0.0)
+        result = engine.on_notify(1e18)
+        profiles, tombstones = changelog_writes(result)
+        write_back(store, profiles)
+    state = msgspec.msgpack.encode(engine.snapshot())  # the second batch's state landed, its tombstone did not
+    assert tombstones == [("a", None)] and "a" in store
+    restarted = boot(BASE, store, state)
+    assert restarted.deletions_waiting() == 1 and restarted.pending() == 0
+    assert restarted.on_notify(0.0).erased == {"a"}  # a batch without records writes the tombstone
+    assert restarted.deletions_waiting() == 0
+    assert boot(BASE, EncodedStore(), None).deletions_waiting() == 0  # nothing to delete: no batch
+
+
 def test_regression_an_expired_profile_whose_tombstone_did_not_land_after_the_state_is_deleted_at_the_restart():
     """A tick of the crashed batch expired a's profile; the state landed, the tombstone did not. The restart queued
     the profile for the next tick's expiry, as a profile of late events only, and a's return before that tick went
