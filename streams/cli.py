@@ -72,7 +72,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
 
     @app.command()
     def replay(
-        dataset: list[str] = typer.Option(..., "--dataset", help="cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
+        dataset: list[str] = typer.Option(..., "--dataset", metavar="DATASET", help="cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
         speed: float = typer.Option(0.0, min=0.0, help="0 = as fast as possible; N = N× real time by event time."),
         limit: Optional[int] = typer.Option(None, min=1, help="Stop after this many events."),
@@ -172,10 +172,10 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
     @app.command()
     def up(
         dataset: list[str] = typer.Option(
-            ["cdnow", "ml-100k"], "--dataset",
+            ["cdnow", "ml-100k"], "--dataset", metavar="DATASET",
             help="Datasets to replay through the pipeline: cdnow | cdnow-sample | ml-100k | PATH.jsonl (repeatable)."),
         bootstrap_servers: Optional[str] = typer.Option(None, help="Use this cluster instead of an embedded broker."),
-        broker_kind: str = typer.Option("tansu", "--broker", help="Embedded broker: tansu or noida."),
+        broker_kind: str = typer.Option("tansu", "--broker", metavar="KIND", help="Embedded broker: tansu or noida."),
         port: int = typer.Option(0, min=0, max=65535, help="Embedded broker port (0 = free)."),
         keep_running: bool = typer.Option(False, help="Keep broker and worker up after the replay (Ctrl-C stops)."),
         limit: Optional[int] = typer.Option(None, help="Replay at most this many events."),

@@ -12,19 +12,22 @@ import typer
 
 from tidewater.errors import UserError
 
+# plain help (click's): Rich's boxes cut long option names at 80 columns ("--bootstrap-serv…") where plain text wraps
+_PLAIN = {"rich_markup_mode": None}
 app = typer.Typer(
+    **_PLAIN,
     name="tidewater",
     help="Real-time retention and recommendation engine: Kafka + Faust streams, churn scoring, FAISS recommendations.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-topics_app = typer.Typer(help="Create and inspect Tidewater's Kafka topics.", no_args_is_help=True)
-train_app = typer.Typer(help="Train models on real data and publish them to the registry.", no_args_is_help=True)
-evaluate_app = typer.Typer(help="Evaluate models against baselines; `--json` prints one JSON object last.",
+topics_app = typer.Typer(**_PLAIN, help="Create and inspect Tidewater's Kafka topics.", no_args_is_help=True)
+train_app = typer.Typer(**_PLAIN, help="Train models on real data and publish them to the registry.", no_args_is_help=True)
+evaluate_app = typer.Typer(**_PLAIN, help="Evaluate models against baselines; `--json` prints one JSON object last.",
                            no_args_is_help=True)
-index_app = typer.Typer(help="Build the FAISS item index of the current recs model.", no_args_is_help=True)
-models_app = typer.Typer(help="List the registry's model versions; make one current (rollback).",
+index_app = typer.Typer(**_PLAIN, help="Build the FAISS item index of the current recs model.", no_args_is_help=True)
+models_app = typer.Typer(**_PLAIN, help="List the registry's model versions; make one current (rollback).",
                          no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(train_app, name="train")

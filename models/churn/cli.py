@@ -144,7 +144,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
     @train_app.command("churn")
     def train_churn(
         purchases: Optional[Path] = typer.Option(None, "--purchases", help=PURCHASES_HELP),
-        cutoff: Optional[str] = typer.Option(None, "--cutoff", help=CUTOFF_HELP),
+        cutoff: Optional[str] = typer.Option(None, "--cutoff", metavar="YYYY-MM-DD", help=CUTOFF_HELP),
         horizon_days: float = typer.Option(DEFAULT_HORIZON_DAYS, "--horizon-days", help="Churn horizon in days."),
         seed: int = typer.Option(0, "--seed", min=0, help="Seed of the split, the initialisation and the batches."),
         lora: bool = typer.Option(False, "--lora", help="Fine-tune with peft LoRA adapters instead of all weights."),
@@ -199,7 +199,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
     @evaluate_app.command("churn")
     def evaluate_churn(
         purchases: Optional[Path] = typer.Option(None, "--purchases", help=PURCHASES_HELP),
-        cutoff: Optional[str] = typer.Option(None, "--cutoff", help=CUTOFF_HELP),
+        cutoff: Optional[str] = typer.Option(None, "--cutoff", metavar="YYYY-MM-DD", help=CUTOFF_HELP),
         horizon_days: float = typer.Option(DEFAULT_HORIZON_DAYS, "--horizon-days", help="Churn horizon in days."),
         seed: int = typer.Option(0, "--seed", min=0, help="Seed of the split, the initialisation and the batches."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),

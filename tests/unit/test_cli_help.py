@@ -19,3 +19,35 @@ def test_regression_help_texts_do_not_break_lines_mid_sentence():
     helps = [info.help for info in _commands(app)]
     assert len(helps) >= 15 and all(helps)
     assert not [h for h in helps if re.search(r"(?<!\n)\n(?!\n)", h)]
+
+
+def _leaf_commands(typer_app, path=()):
+    import typer.main
+
+    group = typer.main.get_command(typer_app)
+
+    def walk(command, path):
+        subcommands = getattr(command, "commands", None)
+        if subcommands:
+            for name, sub in subcommands.items():
+                yield from walk(sub, (*path, name))
+        else:
+            yield path, command
+
+    yield from walk(group, path)
+
+
+def test_regression_every_option_is_named_in_full_in_an_80_column_help():
+    """The help was laid out in boxes that cut long option names at 80 columns ("--bootstrap-serv…",
+    "--keep-runni…" in `tidewater up --help` piped or in a narrow terminal). Plain help wraps the text instead."""
+    from typer.testing import CliRunner
+
+    leaves = list(_leaf_commands(app))
+    assert len(leaves) >= 15
+    for path, command in leaves:
+        out = CliRunner().invoke(app, [*path, "--help"], terminal_width=80).output
+        for param in command.params:
+            for name in [*param.opts, *param.secondary_opts]:
+                if name.startswith("--"):
+                    assert re.search(re.escape(name) + r"(?![\w-])", out), f"{' '.join(path)}: {name} not in its help"
+        assert "…" not in out, f"{' '.join(path)}: a cut in its help"
