@@ -534,12 +534,32 @@ class Pipeline:
         """Release merges held back by a source that went quiet, and write the deletions a restore carried out."""
         out = None
         async with self.lock:
+            new = self._owned_without_engine()
+            if new:  # as in on_batch: the tables must hold every batch computed before
+                await self._drained()
+                await self._open_engines(new)
             waiting = {p for p, e in self.engines.items()
                        if e.pending() or (hasattr(e, "deletions_waiting") and e.deletions_waiting())}
             if waiting:
                 out = await self._flush(waiting, self.clock())
         if out is not None:
             await self._hand_over(out)  # outside the lock, as in on_batch
+
+    def _owned_without_engine(self) -> list[int]:
+        """Input partitions assigned to this worker and restored (no rebalance or recovery going on) that have no
+        engine: none of their records came since the assignment. The idle pass opens one for them, so that the
+        stored profiles their restored state had deleted are deleted now (``PartitionEngine.deletions_waiting``).
+        Engines were opened only by a partition's first record, so an idle partition kept such a profile, an erased
+        user's included, and served it at GET /users/{id}/profile until its next event (found by review)."""
+        app = self.app
+        if self._stopping or getattr(app, "rebalancing", True) or getattr(app, "in_recovery", True):
+            return []
+        try:
+            assigned = app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - no consumer yet, or one being rebuilt: nothing known to be owned
+            return []
+        topics = self.settings.input_topics
+        return sorted({tp.partition for tp in assigned if tp.topic in topics} - self.engines.keys())
 
     def _apply(self, records: dict[int, list[Any]], now: float) -> None:
         for partition, part in records.items():

@@ -278,6 +278,7 @@ def test_regression_a_revocation_does_not_wait_for_the_lock_while_a_batch_waits_
         lock=asyncio.Lock(), revocations=0, dropped_at_rebalance=0, inbox=[], cache=Meta(forget=lambda: None),
         _space=asyncio.Event(), stores={0: "stores-0"}, handed_over={}, delivered={}, held=lambda: 0,
         engines={0: Meta(pending=lambda: 1, drop_pending=lambda: None, counters={})}, retired_counters=Counter(),
+        _owned_without_engine=lambda: [],
         app=Meta(consumer=Meta(_buffered_partitions=set())), clock=lambda: 0.0,
         settings=Meta(input_topics=("clicks", "purchases"), rebalance_timeout_s=60.0))
     first = Outgoing(1, outputs=[("recs", None, b"u", b"1")], changelog=[("profiles-changelog", 0, b"u", b"p1")],
@@ -532,9 +533,71 @@ def test_regression_the_idle_pass_runs_a_batch_for_deletions_a_restore_carried_o
         handed.append(out)
 
     pipeline = Meta(lock=asyncio.Lock(), clock=lambda: 0.0, _flush=flush, _hand_over=hand_over,
+                    _owned_without_engine=lambda: [],
                     engines={0: Meta(pending=lambda: 0, deletions_waiting=lambda: 2),
                              1: Meta(pending=lambda: 0, deletions_waiting=lambda: 0),
                              2: Meta(pending=lambda: 3, deletions_waiting=lambda: 0),
                              3: Meta(pending=lambda: 0)})  # an engine without deletions (bench, placeholders)
     asyncio.run(Pipeline.on_idle(pipeline))  # type: ignore[arg-type]
     assert flushed == [{0, 2}] and handed == ["batch"]
+
+
+def test_regression_an_idle_partition_gets_its_engine_and_its_lost_tombstones_after_a_restart(tmp_path):
+    """Engines were opened by a partition's first record only: after a restart, an idle partition had no engine, so
+    the deletions its restored state called for (a crash lost their tombstones) were not carried out, and the
+    erased user's profile stayed stored and served until the partition's next event (found by review, which
+    showed that the idle pass's check of ``deletions_waiting`` never saw such an engine). The idle pass opens an
+    engine for each restored partition the worker owns."""
+    from aiokafka import TopicPartition as TP
+
+    from streams.producing import key_partition
+    from streams.table_io import PartitionTable
+    from tidewater.engine import Record
+    from tidewater.events import Click, Erase, Purchase, encode_event
+
+    from .pipelines import offline_pipeline
+
+    gone, other = [u for u in (f"user-{i}" for i in range(100)) if key_partition(u.encode(), [0, 1, 2, 3]) == 0][:2]
+    t = 1.8e9
+
+    def record(topic, offset, event):
+        return Record(topic, 0, offset, event.user_id.encode(), encode_event(event))
+
+    first_batch = [record("clicks", 0, Click(event_id="c0", user_id=gone, ts=t)),
+                   record("purchases", 0, Purchase(event_id="p0", user_id=other, ts=t + 5, amount=3.0))]
+    erasing_batch = [record("clicks", 1, Erase(event_id="x0", user_id=gone, ts=t + 1))]
+
+    async def run(pipeline, *batches):
+        await pipeline._open_engines([0])
+        return [await pipeline._flush({0}, 0.0, {0: batch}) for batch in batches]
+
+    first = offline_pipeline(tmp_path / "first")
+    outs = asyncio.run(run(first, first_batch, erasing_batch))
+    assert outs[1].tombstones  # the erasure's tombstone, which the crash loses: everything else lands
+
+    def records_of(out, part):
+        return [(key, value) for _, _, key, value in getattr(out, part)]
+
+    restarted = offline_pipeline(tmp_path / "restarted")
+    profiles, states = PartitionTable(restarted.profiles, 0), PartitionTable(restarted.states, 0)
+    profiles.put_many(records_of(outs[0], "changelog") + records_of(outs[1], "changelog"))
+    for out in outs:
+        states.put_many(records_of(out, "state_erasures") + records_of(out, "state_changelog"))
+    assert profiles.get(gone.encode()) is not None
+    topics = restarted.settings.input_topics
+    restarted.app.consumer.assignment = lambda: {TP(topic, p) for topic in topics for p in (0, 2)}
+    handed: list = []
+
+    async def hand_over(out):
+        handed.append(out)
+
+    restarted._hand_over = hand_over
+    asyncio.run(restarted.on_idle())
+    assert sorted(restarted.engines) == [0, 2]  # both owned partitions, neither with a record yet
+    assert len(handed) == 1 and [key for _, _, key, _ in handed[0].tombstones] == [gone.encode()]
+    assert [key for _, _, key, _ in handed[0].changelog] == []  # nothing else written, nothing acked
+    assert handed[0].done == []
+    restarted.app.rebalancing = True  # no engine opened while a rebalance (or a recovery) goes on
+    restarted.app.consumer.assignment = lambda: {TP(topic, 1) for topic in topics}
+    asyncio.run(restarted.on_idle())
+    assert sorted(restarted.engines) == [0, 2] and len(handed) == 1
