@@ -35,7 +35,7 @@ from streams.ingress import ack_records, hold_back, install_batch_drain
 from streams.kafka_config import configure_worker_consumer, faust_credentials
 from streams.live_stats import LiveStats
 from streams.local_state import guard_against_stale_partitions, mark_caught_up, mark_open_partitions_caught_up
-from streams.producing import BatchSender, delivered, key_partition
+from streams.producing import WHOLE_MAX_BYTES, BatchSender, delivered, key_partition
 from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
                               can_answer_together)
@@ -837,8 +837,11 @@ class Pipeline:
     @property
     def sender(self) -> Any:
         if self._sender is None:
+            # at most Kafka's default message.max.bytes (1,048,588): Faust's producer_max_request_size, raised by
+            # its environment variable past the broker's limit, would have every batch's state refused, again at
+            # each restart (found by review); a larger state is split instead
             self._sender = BatchSender(self.app.producer, self.settings.partitions,
-                                       whole_max_bytes=self.app.conf.producer_max_request_size)
+                                       whole_max_bytes=min(self.app.conf.producer_max_request_size, WHOLE_MAX_BYTES))
         return self._sender
 
     async def revoke(self, partitions: set[int]) -> None:

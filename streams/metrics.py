@@ -75,7 +75,7 @@ SCORING_ERRORS = Counter("tidewater_scoring_errors",
                          registry=REGISTRY)
 WHOLE_BATCHES_SPLIT = Counter(
     "tidewater_whole_batches_split", "A batch's partition state too large for one record batch "
-    "(Faust's producer_max_request_size): sent in parts, so a crash between them can land its item counts without "
+    "(1,000,000 bytes, or Faust's producer_max_request_size if lower): sent in parts, so a crash between them can land its item counts without "
     "the state record, and the re-read batch counts them again (README Guarantees)", registry=REGISTRY)
 MODEL_LOAD_FAILURES = Counter("tidewater_model_load_failures",
                               "Registry versions that could not be loaded, by kind; the worker keeps serving what it "

@@ -23,6 +23,9 @@ log = logging.getLogger("tidewater.producing")
 
 
 _PARTITIONER = DefaultPartitioner()
+# the largest record batch a whole send builds: Faust's default producer_max_request_size, under Kafka's default
+# message.max.bytes (1,048,588 with the batch's overhead)
+WHOLE_MAX_BYTES = 1_000_000
 
 
 def key_partition(key: bytes, partitions: Sequence[int]) -> int:
@@ -66,7 +69,7 @@ async def delivered(deliveries: list[Delivery]) -> dict[tuple[str, int], int]:
 
 
 class BatchSender:
-    def __init__(self, faust_producer: Any, partitions: int, whole_max_bytes: int = 1_000_000) -> None:
+    def __init__(self, faust_producer: Any, partitions: int, whole_max_bytes: int = WHOLE_MAX_BYTES) -> None:
         """``whole_max_bytes``: the largest record batch :meth:`send` builds for ``whole`` records (Faust's
         ``producer_max_request_size``, below Kafka's default ``message.max.bytes`` of 1,048,588)."""
         self.faust_producer = faust_producer
@@ -94,14 +97,13 @@ class BatchSender:
             grouped[(topic, partition)].append((key, value))
         out: list[Delivery] = []
         for (topic, partition), items in grouped.items():
-            batch = self._whole_batch(producer) if whole else producer.create_batch()
+            batch, size = self._whole_batch(producer) if whole else (producer.create_batch(), 0)
             count, split = 0, False
             for key, value in items:
                 if batch.append(timestamp=None, key=key, value=value) is None:  # full: send, start another
                     if whole and not split:
                         log.warning("%d records for %s/%d do not fit in one record batch of %d bytes: sent in "
-                                    "parts, which a crash can land apart", len(items), topic, partition,
-                                    self.whole_max_bytes)
+                                    "parts, which a crash can land apart", len(items), topic, partition, size)
                         WHOLE_BATCHES_SPLIT.inc()
                         split = True
                     out.append(Delivery(await producer.send_batch(batch, topic, partition=partition), topic,
@@ -112,13 +114,14 @@ class BatchSender:
             out.append(Delivery(await producer.send_batch(batch, topic, partition=partition), topic, partition, count))
         return out
 
-    def _whole_batch(self, producer: Any) -> Any:
+    def _whole_batch(self, producer: Any) -> tuple[Any, int]:
         """An empty batch as ``producer.create_batch()`` makes (aiokafka's ``MessageAccumulator.create_builder``),
-        sized ``whole_max_bytes`` instead of the producer's batch size, when that is larger."""
+        sized ``whole_max_bytes`` instead of the producer's batch size, when that is larger; and its size."""
         accumulator = getattr(producer, "_message_accumulator", None)
         if accumulator is None:  # a stand-in producer (tests): its own batches
-            return producer.create_batch()
+            return producer.create_batch(), 0
+        size = max(self.whole_max_bytes, accumulator._batch_size)
         txn = accumulator._txn_manager
-        return BatchBuilder(max(self.whole_max_bytes, accumulator._batch_size), accumulator._compression_type,
+        return BatchBuilder(size, accumulator._compression_type,
                             is_transactional=txn is not None and txn.transactional_id is not None,
-                            key_serializer=producer._key_serializer, value_serializer=producer._value_serializer)
+                            key_serializer=producer._key_serializer, value_serializer=producer._value_serializer), size

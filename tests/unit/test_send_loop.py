@@ -601,3 +601,16 @@ def test_regression_an_idle_partition_gets_its_engine_and_its_lost_tombstones_af
     restarted.app.consumer.assignment = lambda: {TP(topic, 1) for topic in topics}
     asyncio.run(restarted.on_idle())
     assert sorted(restarted.engines) == [0, 2] and len(handed) == 1
+
+
+@pytest.mark.parametrize("request_size, whole", [(None, 1_000_000), ("5000000", 1_000_000), ("300000", 300_000)])
+def test_regression_a_batchs_state_is_never_built_larger_than_kafkas_default_message_limit(tmp_path, monkeypatch,
+                                                                                          request_size, whole):
+    """A state goes in one record batch of up to Faust's producer_max_request_size, which its environment variable
+    can raise past the broker's message.max.bytes (1,048,588 by default): every batch's state would then be refused,
+    again at each restart (found by review). Capped at 1,000,000 bytes; a lower request size is kept."""
+    from .pipelines import offline_pipeline
+
+    if request_size is not None:
+        monkeypatch.setenv("PRODUCER_MAX_REQUEST_SIZE", request_size)
+    assert offline_pipeline(tmp_path).sender.whole_max_bytes == whole
