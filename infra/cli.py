@@ -52,12 +52,20 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         bootstrap_servers: Optional[str] = typer.Option(None, help=BOOTSTRAP_HELP),
         partitions: Optional[int] = typer.Option(None, help="Partitions per topic (env TIDEWATER_PARTITIONS, default 8)."),
     ) -> None:
-        """Create every Tidewater topic (inputs, outputs, dead-letter, compacted changelogs). Idempotent."""
+        """Create every Tidewater topic (inputs, outputs, dead-letter, compacted changelogs). Idempotent. An
+        existing topic that differs from its spec is printed, not changed; exits with 1 when one has another
+        partition count or a changelog is not compacted, which the workers refuse."""
         from infra.topics import create_topics_sync
 
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers, "partitions": partitions})
+        refused = 0
         for name, status in create_topics_sync(s).items():
             typer.echo(f"{name:40s} {status}")
+            refused += status.endswith("!)") and (" partitions, expected " in status or "cleanup.policy" in status)
+        if refused:  # exit 0 let a deployment go on to start workers that refuse the topics (found by review)
+            typer.echo(f"{refused} existing topic(s) have another partition count or cleanup policy than the "
+                       f"workers need: recreate them, or set TIDEWATER_PARTITIONS to match", err=True)
+            raise typer.Exit(1)
 
     @topics_app.command("list")
     def list_() -> None:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -111,14 +112,20 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
         fixed = None
         if ts is not None:
+            if _is_number(ts) and not math.isfinite(float(ts)):
+                raise UserError(f"--ts {ts!r}: not a time (seconds since the epoch, or an ISO date)")
             decoded = decode_event(json.dumps({"type": "clock", "ts": float(ts) if _is_number(ts) else ts}).encode(),
                                    max_bytes=s.max_event_bytes)
             if not isinstance(decoded, Clock):
                 raise UserError(f"--ts {ts!r}: {decoded.detail}")
             fixed = decoded.ts
+            ahead = fixed - time.time()
+            if ahead > s.max_event_lead_s:  # the workers dead-letter it (ts_in_future): it said "written" (review)
+                raise UserError(f"--ts {ts!r} is {ahead:.0f} s ahead of this machine's clock; the workers refuse a "
+                                f"clock more than TIDEWATER_MAX_EVENT_LEAD_S ({s.max_event_lead_s:g} s) ahead")
 
         async def run() -> None:
-            producer = await _started_producer(s)
+            producer = await _started_producer(s, topics=(s.topic_clicks,))
             try:
                 while True:
                     at = fixed if fixed is not None else time.time() - lag_s

@@ -114,7 +114,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         events = merged_events(datasets)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    producer = await _started_producer(s)
+    producer = await _started_producer(s, topics=(s.topic_clicks, s.topic_purchases))
     topics = {"click": s.topic_clicks, "purchase": s.topic_purchases}
     counts = {s.topic_clicks: 0, s.topic_purchases: 0}
     bar = tqdm(desc="replay", unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
@@ -204,9 +204,12 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     return counts
 
 
-async def _started_producer(s: Settings) -> "AIOKafkaProducer":
+async def _started_producer(s: Settings, *, topics: Iterable[str] = ()) -> "AIOKafkaProducer":
+    """A started producer; ``topics`` must exist. A broker that creates topics on first use (the embedded ones
+    do, and so does Apache Kafka's default) made a topic of a misspelt TIDEWATER_TOPIC_* name, or one written to
+    before `tidewater topics create`, with its own partition count (found by review)."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaConnectionError
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from streams.kafka_config import aiokafka_kwargs
 
@@ -219,6 +222,19 @@ async def _started_producer(s: Settings) -> "AIOKafkaProducer":
     except KafkaConnectionError as exc:
         await producer.stop()  # its half-started client, closed (else "Unclosed AIOKafkaProducer" on exit)
         raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+    wanted = sorted(set(topics))
+    if wanted:
+        try:  # the list of every topic: asking for the missing one by name would create it
+            existing = (await producer.client.fetch_all_metadata()).topics()
+        except KafkaError as exc:
+            await producer.stop()
+            raise UserError(f"cannot list the topics of {s.bootstrap_servers}: {exc}") from None
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            await producer.stop()
+            raise UserError(f"topic{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                            f"do{'' if len(missing) > 1 else 'es'} not exist on {s.bootstrap_servers}: create the "
+                            f"topics first (`tidewater topics create`), or check the TIDEWATER_TOPIC_* settings")
     return producer
 
 
@@ -238,7 +254,7 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
         raise UserError(f"cannot read {letters}: {exc.strerror or exc}") from None
     if dry_run or not plan.records:
         return plan
-    producer = await _started_producer(s)
+    producer = await _started_producer(s, topics={topic for topic, _, _ in plan.records})
     pending: list[tuple[int, asyncio.Future]] = []
     try:
         refused: _Refused | None = None
@@ -444,6 +460,8 @@ async def record(s: Settings, topic: str, out: str, *, with_meta: bool = False, 
     import tempfile
 
     target = os.path.abspath(out)
+    if os.path.isdir(target):  # found at the rename only, after the whole topic was read (review)
+        raise UserError(f"cannot write {out}: it is a directory; name a file in it")
     try:  # before reading: a wrong path fails at once, not after the whole topic
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
     except OSError as exc:

@@ -6,6 +6,7 @@ the same events, byte for byte.
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -46,6 +47,27 @@ def jsonl_events(path: str | Path) -> Iterator[bytes]:
                 yield line
 
 
+JSON_LINES_PROBE = 10  # lines of a file looked at before its records are sent
+
+
+def _check_json_lines(path: str) -> None:
+    """Refuse a file none of whose first ``JSON_LINES_PROBE`` lines is a JSON object: a CSV purchase log, a
+    pretty-printed or array JSON file. Sent as it was, every line was counted as an event written, then
+    dead-lettered by the workers (found by review). A bad line among good ones still goes, to the dead letters."""
+    lines = list(islice(jsonl_events(path), JSON_LINES_PROBE))
+    for line in lines:
+        try:
+            if isinstance(json.loads(line), dict):
+                return
+        except (ValueError, RecursionError):
+            continue
+    if lines:
+        first = lines[0][:80].decode("utf-8", "replace")
+        raise ValueError(f"{path} is not JSON lines: none of its first {len(lines)} lines is a JSON object (the "
+                         f"first: {first!r}). A replay takes one event object per line, as `tidewater record` "
+                         f"writes them; a CSV purchase log goes to `tidewater evaluate churn --purchases`")
+
+
 def dataset_events(name: str) -> Iterator[Event | bytes]:
     if name == "cdnow":
         return cdnow_events()
@@ -56,6 +78,7 @@ def dataset_events(name: str) -> Iterator[Event | bytes]:
     if name.endswith(".jsonl") or name.endswith(".json") or Path(name).is_file():
         if not Path(name).is_file():  # checked now: the lines are read lazily, once the producer runs
             raise ValueError(f"no such file: {name}")
+        _check_json_lines(name)
         return jsonl_events(name)
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file")
 

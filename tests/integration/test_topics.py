@@ -106,3 +106,58 @@ def test_regression_a_worker_refuses_an_output_topic_with_fewer_partitions_and_a
     outcome = asyncio.run(create_topics(s))
     assert outcome[f"{prefix}-offers"] == "exists (1 partitions, expected 4!)"
     assert outcome[changelog].startswith("exists (cleanup.policy is delete, expected compact")
+
+
+def test_regression_replay_and_clock_refuse_topics_that_do_not_exist_instead_of_creating_them(broker, tmp_path):
+    """The brokers create a topic on its first write: a misspelt TIDEWATER_TOPIC_* name, or a replay before
+    `tidewater topics create`, made a topic with the broker's partition count, and the command said
+    "clicks2: 1 events written" (found by review). Both refuse now, and create nothing."""
+    from aiokafka import AIOKafkaProducer
+    from typer.testing import CliRunner
+
+    from streams.replay import replay
+    from tidewater.cli import app
+
+    prefix = "missing" + uuid.uuid4().hex[:8]
+    s = _settings(broker, prefix, 4)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "click", "event_id": "e1", "user_id": "u1", "ts": 1600000000}\n')
+    with pytest.raises(UserError, match=rf"topics '{prefix}-clicks', '{prefix}-purchases' do not exist"):
+        asyncio.run(replay(s, [str(events)], progress=False))
+    env = {"TIDEWATER_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TIDEWATER_TOPIC_CLICKS": f"{prefix}-clicks"}
+    done = CliRunner().invoke(app, ["clock"], env=env)
+    assert isinstance(done.exception, UserError)  # `tidewater` prints it as "error: ..." and exits with 2
+    assert f"topic '{prefix}-clicks' does not exist" in str(done.exception)
+
+    async def listed() -> set[str]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        await producer.start()
+        try:
+            return set((await producer.client.fetch_all_metadata()).topics())
+        finally:
+            await producer.stop()
+
+    assert not {t for t in asyncio.run(listed()) if t.startswith(prefix)}  # nothing was created
+    asyncio.run(create_topics(s, [TopicSpec(f"{prefix}-{kind}", 4) for kind in ("clicks", "purchases")]))
+    assert asyncio.run(replay(s, [str(events)], progress=False)) == {f"{prefix}-clicks": 1, f"{prefix}-purchases": 0}
+
+
+def test_regression_topics_create_exits_with_1_when_an_existing_topic_differs(broker):
+    """It printed "exists (4 partitions, expected 8!)" and exited with 0, so a deployment script went on to start
+    workers that refuse the topics (found by review)."""
+    from typer.testing import CliRunner
+
+    from tidewater.cli import app
+
+    prefix = "differ" + uuid.uuid4().hex[:8]
+    env = {"TIDEWATER_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TIDEWATER_APP_ID": prefix,
+           **{f"TIDEWATER_TOPIC_{kind.upper()}": f"{prefix}-{kind}"  # none shared with the other tests
+              for kind in ("clicks", "purchases", "churn_scores", "dead_letter", "erasures", "offers",
+                           "recommendations")}}
+    asyncio.run(create_topics(_settings(broker, prefix, 3), [TopicSpec(f"{prefix}-clicks", 3)]))
+    done = CliRunner().invoke(app, ["topics", "create", "--partitions", "4"], env=env)
+    assert done.exit_code == 1, done.output
+    assert f"{prefix}-clicks" in done.output and "3 partitions, expected 4!" in done.output
+    assert "1 existing topic(s) have another partition count or cleanup policy" in done.output
+    again = CliRunner().invoke(app, ["topics", "create", "--partitions", "3"], env=env)  # others created with 4
+    assert again.exit_code == 1 and "4 partitions, expected 3!" in again.output

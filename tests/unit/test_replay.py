@@ -40,7 +40,7 @@ class RecordingProducer:
 def run_replay(monkeypatch, files, **kwargs) -> RecordingProducer:
     producer = RecordingProducer()
 
-    async def started(_settings):
+    async def started(_settings, **_):
         return producer
 
     monkeypatch.setattr(replay_mod, "_started_producer", started)
@@ -292,14 +292,14 @@ def test_regression_a_record_kafka_refuses_stops_the_replay_with_where_to_resume
     lines.insert(3, json.dumps({"type": "clock", "ts": 1.7e9 + 2.5}).encode())  # goes out at the end, once
     path.write_bytes(b"\n".join(lines) + b"\n")
     producer = RefusingProducer(b'"e6"')
-    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, producer))
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s, **_: asyncio.sleep(0, producer))
     with pytest.raises(UserError, match=r"refused the record of event 8 \(MessageSizeTooLargeError.*9 records were"
                                         r" written.*--skip 7 to resume at that event; 3 records after it \(up to "
                                         r"event 11\) were written as well"):
         asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False))
     assert not any(b"clock" in v for _, _, v, _, _ in producer.sent)  # the run did not reach its end
     fixed = RecordingProducer()
-    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, fixed))
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s, **_: asyncio.sleep(0, fixed))
     asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False, skip=7, limit=3))
     sent = [json.loads(v) for _, _, v, _, _ in fixed.sent]
     # --limit counts from the resume point; the skipped clock line still goes out, to every partition
@@ -316,6 +316,6 @@ def test_a_redriven_record_kafka_refuses_is_named(tmp_path, monkeypatch):
     path = tmp_path / "letters.jsonl"
     path.write_bytes(b"\n".join(letters) + b"\n")
     producer = RefusingProducer(b'"e1"')
-    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s: asyncio.sleep(0, producer))
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s, **_: asyncio.sleep(0, producer))
     with pytest.raises(UserError, match=r"refused redriven record 2 .*3 records were written"):
         asyncio.run(replay_mod.redrive(Settings(), str(path)))

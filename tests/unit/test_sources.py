@@ -34,3 +34,51 @@ def test_record_to_an_unwritable_path_fails_before_reading_the_topic(tmp_path):
 
     with pytest.raises(UserError, match="cannot write"):  # no broker at this address: nothing was read
         asyncio.run(record(Settings(bootstrap_servers="127.0.0.1:1"), "dead-letter", str(tmp_path / "no" / "x.jsonl")))
+
+
+@pytest.mark.parametrize("content", [
+    b"user_id,ts,amount\n00179,2023-01-01,163.38\n",  # a CSV purchase log
+    b'{\n  "type": "click",\n  "user_id": "u1",\n  "ts": 1\n}\n',  # pretty-printed JSON
+    b'[{"type": "click", "user_id": "u1", "ts": 1}, {"type": "click", "user_id": "u2", "ts": 2}]\n',  # a JSON array
+])
+def test_regression_a_file_that_is_not_json_lines_is_refused_before_anything_is_sent(tmp_path, content):
+    """Any file was sent line by line and counted as events written ("clicks: 3 events written"), then every line
+    was dead-lettered by the workers (found by review)."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not JSON lines: none of its first"):
+        dataset_events(str(path))
+
+
+def test_a_bad_line_among_json_lines_still_goes_to_the_workers_dead_letters(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{this is not json\n{"type": "click", "user_id": "u1", "ts": 1}\n\n')
+    assert list(dataset_events(str(path))) == [b"{this is not json", b'{"type": "click", "user_id": "u1", "ts": 1}']
+    path.write_bytes(b"")  # an empty file is no events, not an error
+    assert list(dataset_events(str(path))) == []
+
+
+@pytest.mark.parametrize("ts, message", [("2099-01-01T00:00:00Z", "s ahead of this machine's clock"),
+                                         ("nan", "not a time")])
+def test_regression_clock_refuses_a_time_the_workers_would_dead_letter(ts, message):
+    """`tidewater clock --ts 2099-...` said "written to 4 partitions", and the workers dead-lettered it
+    (ts_in_future); `--ts nan` answered "JSON is malformed: invalid character (byte 24)" (found by review)."""
+    from typer.testing import CliRunner
+
+    from tidewater.cli import app
+    from tidewater.errors import UserError
+
+    done = CliRunner().invoke(app, ["clock", "--ts", ts, "--bootstrap-servers", "127.0.0.1:1"])
+    assert isinstance(done.exception, UserError) and message in str(done.exception)
+
+
+def test_regression_record_to_a_directory_fails_before_reading_the_topic(tmp_path):
+    """It failed with an IsADirectoryError traceback at the rename, after reading the whole topic (review)."""
+    import asyncio
+
+    from streams.replay import record
+    from tidewater.errors import UserError
+    from tidewater.settings import Settings
+
+    with pytest.raises(UserError, match="it is a directory"):  # no broker at this address: nothing was read
+        asyncio.run(record(Settings(bootstrap_servers="127.0.0.1:1"), "dead-letter", str(tmp_path)))
