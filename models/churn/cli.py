@@ -67,6 +67,7 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
         if cut is None:
             end = float(frame["ts"].max())
             cut = float(int((end - horizon_days * 86400.0) // 86400) * 86400)
+            _note_default_cutoff(frame, cut, end, horizon_days)
     frame, n_users = sample_users(frame, max_users)
     if max_users is not None and n_users > max_users:
         frame.attrs["sampled_from_users"] = n_users
@@ -89,6 +90,30 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
                     f"shortened from {horizon_days:g} to the {covered:g} days it covers (past its end every user "
                     "would look like a churner); pass an earlier --cutoff to keep it", fg="yellow", err=True)
     return frame, cut, name, covered
+
+
+SPARSE_HORIZON = 0.1  # rows per day in the default horizon below this share of the rate before: a stray late row?
+
+
+def _note_default_cutoff(frame, cut: float, end: float, horizon_days: float) -> None:
+    """Say which cut-off the default gave, and warn when the log's end looks like a stray row: the default counts
+    back from the last event, so one late row (a test order, a typo in a year) moved the cut-off and turned the
+    users of the months before into churners, said only in the JSON's "cutoff" (found by review)."""
+    import pandas as pd
+
+    start = float(frame["ts"].min())
+    day = 86400.0
+    typer.secho(f"note: cut-off {pd.Timestamp(cut, unit='s'):%Y-%m-%d} (the log's last event, "
+                f"{pd.Timestamp(end, unit='s'):%Y-%m-%d}, minus the {horizon_days:g}-day horizon; the log starts "
+                f"{pd.Timestamp(start, unit='s'):%Y-%m-%d}); --cutoff sets it", err=True)
+    before, after = int((frame["ts"] < cut).sum()), int((frame["ts"] >= cut).sum())
+    rate_before = before / max((cut - start) / day, 1.0)
+    rate_after = after / max((end - cut) / day, 1.0)
+    if before and rate_after < SPARSE_HORIZON * rate_before:
+        typer.secho(f"warning: the {horizon_days:g} days after that cut-off hold {after:,} rows ({rate_after:.2g} a "
+                    f"day, against {rate_before:.2g} a day before it): if the log's last rows are strays, the "
+                    "default cut-off is too late and most users look like churners; pass --cutoff",
+                    fg="yellow", err=True)
 
 
 PUBLISH_SHORT_HORIZON = 0.9  # a horizon the log shortens to less than this share of the one asked is not published

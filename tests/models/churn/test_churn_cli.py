@@ -321,3 +321,19 @@ def test_regression_a_shortened_horizon_is_not_published_unless_asked_for(tiny_c
     err = capsys.readouterr().err
     assert "not publishing a model for 9 days when 273 were asked" in err and "--horizon-days 9" in err
     assert not (tmp_path / "reg" / "churn").exists() or not any((tmp_path / "reg" / "churn").iterdir())
+
+
+def test_regression_the_default_cutoff_is_said_and_a_stray_last_row_warned_about(tmp_path, capsys):
+    """The default cut-off counts back from the log's last event: one stray row months after the rest moved it,
+    so most users looked like churners, and only the JSON's "cutoff" said so (found by review)."""
+    rows = [f"u{u},2024-{1 + (u + k) % 12:02d}-{1 + k:02d}" for u in range(40) for k in range(6)]
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,ts\n" + "\n".join(rows) + "\n")
+    churn_cli._load(log, None, 90.0)
+    err = capsys.readouterr().err
+    assert "note: cut-off 2024-09-07 (the log's last event, 2024-12-06" in err and "after that cut-off" not in err
+    log.write_text("user_id,ts\n" + "\n".join(rows + ["stray,2025-09-01"]) + "\n")
+    churn_cli._load(log, None, 90.0)
+    err = capsys.readouterr().err
+    assert "note: cut-off 2025-06-03" in err
+    assert "warning: the 90 days after that cut-off hold 1 rows" in err
