@@ -46,7 +46,10 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     except pd.errors.ParserWarning:
         raise UserError(f"cannot read {path} as CSV: its rows have more fields than its header names; name every "
                         f"column in the header") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # Latin-1 / UTF-16 exports (Excel): the codec's message alone said little
+        raise UserError(f"cannot read {path} as CSV: it is not UTF-8 (byte {exc.start}: {exc.reason}); save it as "
+                        "UTF-8, e.g. `iconv -f latin1 -t utf-8`") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise UserError(f"cannot read {path} as CSV: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]
     for column in raw.columns:  # "u0, i97" is item "i97": the space is the file's layout, not the id
@@ -63,7 +66,11 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
             raw[column] = raw[column].mask(raw[column].str.strip().isin(NA_STRINGS))
     missing = [c for c in required if c not in raw.columns]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(required)}")
+        separator = next((sep for sep in (";", "\t", "|") if len(raw.columns) == 1 and sep in raw.columns[0]), None)
+        hint = (f": its header is one column, {raw.columns[0]!r}; separate the columns with commas, not "
+                f"{'tabs' if separator == chr(9) else repr(separator)}") if separator else \
+            f" (its columns: {', '.join(map(str, raw.columns[:12]))})"
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(required)}{hint}")
     empty = pd.Series(False, index=raw.index)
     for column in ids:
         empty |= raw[column].isna() | (raw[column].str.strip() == "")

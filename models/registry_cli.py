@@ -83,6 +83,9 @@ def register(models_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object (kind -> versions)."),
     ) -> None:
         """Every published version of each kind (churn, recs, recs_index), oldest first; * marks the current."""
+        if not registry.exists():  # it said "nothing published" for a mistyped path, or from another directory
+            raise UserError(f"no registry at {registry.resolve()}: pass --registry (or TIDEWATER_REGISTRY_DIR), "
+                            "relative to this directory, or publish a model there first (`tidewater train ...`)")
         with _registry_access(registry):
             found = describe(registry)
         for kind in KINDS:  # a pointer naming no version: say so (`models use` repairs it)

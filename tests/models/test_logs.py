@@ -60,7 +60,11 @@ def test_regression_spaces_around_values_are_layout_not_part_of_the_id(tmp_path)
 
 
 @pytest.mark.parametrize("content,message", [
-    ("user,item_id,ts\nu1,i1,1\n", "missing column(s) user_id"),
+    ("user,item_id,ts\nu1,i1,1\n", "missing column(s) user_id; need user_id,item_id,ts (its columns: user, item_id, ts)"),
+    # a semicolon or tab export said only that user_id and ts were missing, though the header named them (review)
+    ("user_id;item_id;ts\nu1;i1;1\n", "its header is one column, 'user_id;item_id;ts'; separate the columns with "
+                                        "commas, not ';'"),
+    ("user_id\titem_id\tts\nu1\ti1\t1\n", "separate the columns with commas, not tabs"),
     ("user_id,item_id,ts\n,i1,1\n", "has no rows with user_id and item_id"),
     # every row one field longer than the header: pandas took the first column for the index and shifted the
     # others (users read as items, items as times), and training went ahead on that (found by review)
@@ -95,3 +99,11 @@ def test_every_non_empty_id_comes_back_as_written_and_every_empty_one_is_counted
     assert list(zip(raw["user_id"], raw["item_id"], raw["ts"])) == kept
     assert skipped == len(rows) - len(kept)
     assert raw.index.tolist() == [n for n, (u, i) in enumerate(rows) if u.strip() and i.strip()]
+
+
+def test_regression_a_log_that_is_not_utf8_says_how_to_convert_it(tmp_path):
+    """A Latin-1 export (Excel) failed with the codec's message only (review)."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("user_id,item_id,ts\nJosé,i1,1\n".encode("latin-1"))
+    with pytest.raises(UserError, match="it is not UTF-8 .*save it as UTF-8"):
+        read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))

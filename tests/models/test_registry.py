@@ -280,3 +280,10 @@ def test_regression_the_current_pointer_names_only_a_version_directory_of_the_re
     (root / "recs_index").mkdir()
     (root / "recs_index" / "current").write_text(pointer + "\n")
     assert serving_index(Registry(root / "recs_index"), "v0001-cccccccc") is None
+
+
+def test_regression_models_list_of_a_registry_that_does_not_exist_says_so(tmp_path, capsys):
+    """It printed "churn (...): nothing published" for a mistyped path, or run from another directory than the
+    repository (the default is relative), as if the registry were empty (found by review)."""
+    code, out, err = run(["models", "list", "--registry", str(tmp_path / "no-such")], capsys)
+    assert code == 2 and f"no registry at {tmp_path / 'no-such'}" in err and "nothing published" not in out
