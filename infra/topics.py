@@ -52,14 +52,14 @@ async def create_topics(s: Settings, specs: list[TopicSpec] | None = None) -> di
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import aiokafka_kwargs, unreachable
 
     specs = specs if specs is not None else topic_specs(s)
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(s), request_timeout_ms=15000)
     try:
         await admin.start()
     except KafkaConnectionError as exc:
-        raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+        raise unreachable(s, exc) from None
     result: dict[str, str] = {}
     try:
         existing = set(await admin.list_topics())
@@ -170,7 +170,7 @@ async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float |
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import aiokafka_kwargs, unreachable
 
     started = time.monotonic()
     deadline = started + wait_s
@@ -183,8 +183,8 @@ async def _startup_facts(s: Settings, wait_s: float) -> tuple[list[str], float |
         except (KafkaError, OSError) as exc:
             await admin.close()
             if time.monotonic() + delay > deadline:
-                raise UserError(f"cannot reach Kafka at {s.bootstrap_servers} (tried for "
-                                f"{time.monotonic() - started:.0f} s; TIDEWATER_BROKER_WAIT_S={wait_s:g}): {exc}") from None
+                raise unreachable(s, exc, f" (tried for {time.monotonic() - started:.0f} s; "
+                                          f"TIDEWATER_BROKER_WAIT_S={wait_s:g})") from None
             log.warning("waiting for Kafka at %s: %s", s.bootstrap_servers, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -79,3 +79,14 @@ def configure_worker_consumer(fetch_max_wait_ms: int) -> None:
 
     thread._tidewater_original_create = original
     thread._create_worker_consumer = create_worker_consumer
+
+
+def unreachable(s: Settings, exc: BaseException, tried: str = "") -> "UserError":
+    """The error of a command that could not reach Kafka. aiokafka's message names the address but often no cause
+    (a port that accepts connections and never answers, a TLS listener spoken to in plaintext), so say what to
+    check (found by review)."""
+    from tidewater.errors import UserError
+
+    return UserError(f"cannot reach Kafka at {s.bootstrap_servers}{tried}: {str(exc).strip() or type(exc).__name__}"
+                     f" (check the address and port, and that TIDEWATER_SECURITY_PROTOCOL, "
+                     f"{s.security_protocol}, is what that listener speaks)")

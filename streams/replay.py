@@ -211,7 +211,7 @@ async def _started_producer(s: Settings, *, topics: Iterable[str] = ()) -> "AIOK
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import aiokafka_kwargs, unreachable
 
     # acks=all, as the worker's own producer: with the default (the leader alone) a leader that failed after
     # acknowledging lost replayed, redriven or clock records that the command had reported written (review)
@@ -221,7 +221,7 @@ async def _started_producer(s: Settings, *, topics: Iterable[str] = ()) -> "AIOK
         await producer.start()
     except KafkaConnectionError as exc:
         await producer.stop()  # its half-started client, closed (else "Unclosed AIOKafkaProducer" on exit)
-        raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+        raise unreachable(s, exc) from None
     wanted = sorted(set(topics))
     if wanted:
         try:  # the list of every topic: asking for the missing one by name would create it
@@ -243,11 +243,23 @@ async def redrive(s: Settings, letters: str, *, reasons: list[str] | None = None
     """`tidewater redrive`: the dead letters of ``letters`` (a `tidewater record` dump of the dead-letter topic)
     whose record decodes under ``s`` go back to their input topic (``tidewater.redrive``); returns the plan."""
     from tidewater.engine import EngineConfig
+    from tidewater.events import REJECT_REASONS
     from tidewater.redrive import plan_redrive
+
+    unknown = sorted(set(reasons or ()) - set(REJECT_REASONS))
+    if unknown:  # a typo selected no letter and said "0 records would be sent back" (found by review)
+        raise UserError(f"unknown --reason {', '.join(unknown)}: the reasons are {', '.join(REJECT_REASONS)}")
+
+    def unwrapped(lines: Iterable[bytes]) -> Iterator[bytes]:
+        """The letters of a plain dump, or of one made with `record --with-meta` (each letter in an envelope; it
+        was skipped as not a dead letter, found by review)."""
+        for line in lines:
+            recorded = from_envelope(line)
+            yield line if recorded is None or recorded.value is None else recorded.value
 
     try:
         with open(letters, "rb") as fh:
-            plan = plan_redrive(fh, input_topics=EngineConfig.from_settings(s).topic_types,
+            plan = plan_redrive(unwrapped(fh), input_topics=EngineConfig.from_settings(s).topic_types,
                                 max_bytes=s.max_event_bytes, reasons=reasons, now=time.time(),
                                 max_lead_s=s.max_event_lead_s)
     except OSError as exc:
@@ -319,7 +331,7 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
     from aiokafka.errors import KafkaConnectionError
 
     from streams.broker_quirks import install_process_wide
-    from streams.kafka_config import aiokafka_kwargs
+    from streams.kafka_config import aiokafka_kwargs, unreachable
 
     install_process_wide(s.quirks)
     # read_committed, as the workers read: a dump for a replay must not bring back an aborted transaction's records
@@ -329,7 +341,7 @@ async def each_record(s: Settings, topic: str, take: Callable[[int, Any], None],
         await consumer.start()
     except KafkaConnectionError as exc:
         await consumer.stop()
-        raise UserError(f"cannot reach Kafka at {s.bootstrap_servers}: {exc}") from None
+        raise unreachable(s, exc) from None
     n = 0
     try:
         partitions = consumer.partitions_for_topic(topic)

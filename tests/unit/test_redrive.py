@@ -183,3 +183,29 @@ def test_an_event_exactly_max_lead_ahead_of_now_goes_back_as_the_engine_accepts_
     assert plan.records == [("clicks", b"ann", click("ann", 0))]
     later = plan_redrive([letter], input_topics=TOPICS, max_bytes=4096, now=1_700_000_000 - 101, max_lead_s=100)
     assert later.records == [] and later.counts == {"still_rejected:ts_in_future": 1}
+
+
+def test_regression_redrive_takes_a_with_meta_dump_and_refuses_an_unknown_reason(tmp_path):
+    """A dump made with `record --with-meta` (each letter inside an envelope) was skipped whole as
+    "not_a_dead_letter", and `--reason oversize` (a typo) selected nothing and said "0 records would be sent back"
+    (found by review)."""
+    import asyncio
+
+    import pytest
+
+    from streams.replay import envelope, redrive
+    from tidewater.errors import UserError
+    from tidewater.settings import Settings
+
+    big = click("ann", 1, category="c" * 200)
+    emits = dead_letter_emits([Record("clicks", 0, 10, b"ann", big)], max_bytes=150)
+    plain, meta = tmp_path / "plain.jsonl", tmp_path / "meta.jsonl"
+    plain.write_bytes(b"\n".join(emit.value for emit in emits) + b"\n")
+    meta.write_bytes(b"\n".join(json.dumps(envelope("dead-letter", 0, n, emit.key, emit.value, 1, 1)).encode()
+                                for n, emit in enumerate(emits)) + b"\n")
+    s = Settings(bootstrap_servers="127.0.0.1:1")  # a dry run: nothing is sent
+    for dump in (plain, meta):
+        plan = asyncio.run(redrive(s, str(dump), dry_run=True))
+        assert plan.counts == {"redriven:oversized": 1} and plan.records == [("clicks", b"ann", big)]
+    with pytest.raises(UserError, match="unknown --reason oversize: the reasons are oversized, malformed_json"):
+        asyncio.run(redrive(s, str(plain), reasons=["oversize"], dry_run=True))

@@ -82,3 +82,19 @@ def test_regression_record_to_a_directory_fails_before_reading_the_topic(tmp_pat
 
     with pytest.raises(UserError, match="it is a directory"):  # no broker at this address: nothing was read
         asyncio.run(record(Settings(bootstrap_servers="127.0.0.1:1"), "dead-letter", str(tmp_path)))
+
+
+def test_regression_kafka_out_of_reach_says_what_to_check(tmp_path):
+    """aiokafka's message names the address and often no cause ('Unable connect to "...": '); a port that never
+    answers or a TLS listener spoken to in plaintext gave no hint (found by review)."""
+    import asyncio
+
+    from streams.replay import replay
+    from tidewater.errors import UserError
+    from tidewater.settings import Settings
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "click", "event_id": "e1", "user_id": "u1", "ts": 1600000000}\n')
+    with pytest.raises(UserError, match=r"cannot reach Kafka at 127\.0\.0\.1:1: .+ \(check the address and port, "
+                                        r"and that TIDEWATER_SECURITY_PROTOCOL, PLAINTEXT, is what that listener"):
+        asyncio.run(replay(Settings(bootstrap_servers="127.0.0.1:1"), [str(events)], progress=False))
