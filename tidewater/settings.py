@@ -7,6 +7,8 @@ Read with :meth:`Settings.from_env`; command-line flags override the environment
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 import os
 import re
@@ -260,6 +262,7 @@ class Settings:
                 values[key] = _coerce(given_as[key], hints[key], value) if isinstance(value, str) else value
         settings = cls(**values)
         settings.validate(given_as)
+        _warn_unknown_variables(environ)
         return settings
 
     def validate(self, given_as: Mapping[str, str] | None = None) -> None:
@@ -371,6 +374,31 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "offer_daily_budget": _NON_NEGATIVE, "offer_high_value": _NON_NEGATIVE, "offer_validity_s": _POSITIVE,
     "offer_items": _NON_NEGATIVE, "web_port": (0, 65535), "max_request_bytes": _POSITIVE,
 }
+
+
+# read by the test suite, not by Tidewater itself
+NOT_SETTINGS = frozenset({"TIDEWATER_TEST_BROKER", "TIDEWATER_CHROMIUM"})
+_warned_unknown: set[str] = set()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """TIDEWATER_* variables that name no setting -> the setting meant, if one is close: a misspelt name
+    (TIDEWATER_PARTITON) was ignored without a word, and the worker ran on the default (found by review)."""
+    known = {f.metadata["env"] for f in fields(Settings)}
+    hints = get_type_hints(Settings)
+    known |= {f.metadata["env"] + "_FILE" for f in fields(Settings) if hints[f.name] is Secret} | NOT_SETTINGS
+    return {name: next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
+            for name in sorted(environ) if name.startswith("TIDEWATER_") and name not in known}
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Once per process and name: settings are read by many commands and the worker, each time the same."""
+    for name, meant in unknown_variables(environ).items():
+        if name not in _warned_unknown:
+            _warned_unknown.add(name)
+            logging.getLogger("tidewater.settings").warning(
+                "%s is not a Tidewater setting: ignored%s (`tidewater settings` lists them)", name,
+                f"; did you mean {meant}?" if meant else "")
 
 
 def _secret_from_file(env: str, raw: str | None, environ: Mapping[str, str]) -> str | None:

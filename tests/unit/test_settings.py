@@ -256,3 +256,24 @@ def test_a_secret_can_come_from_a_file_named_by_its_FILE_variable(tmp_path):
     short.write_text("abc\n")
     with pytest.raises(InvalidSetting, match="too easy to guess"):  # the value read is checked as any other
         Settings.from_env(environ={"TIDEWATER_INGEST_TOKEN_FILE": str(short)})
+
+
+def test_regression_a_misspelt_variable_is_warned_about_with_the_setting_meant(caplog, monkeypatch):
+    """TIDEWATER_PARTITON=4 was ignored without a word: the worker ran on 8 partitions (found by review)."""
+    import tidewater.settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "_warned_unknown", set())
+    environ = {"TIDEWATER_PARTITON": "4", "TIDEWATER_BOOTSTRAP_SERVER": "k:9092", "TIDEWATER_SOMETHING": "1",
+               "TIDEWATER_INGEST_TOKEN_FILE": "", "TIDEWATER_TEST_BROKER": "noida", "TIDEWATER_PARTITIONS": "3"}
+    assert settings_mod.unknown_variables(environ) == {"TIDEWATER_BOOTSTRAP_SERVER": "TIDEWATER_BOOTSTRAP_SERVERS",
+                                                       "TIDEWATER_PARTITON": "TIDEWATER_PARTITIONS",
+                                                       "TIDEWATER_SOMETHING": None}
+    with caplog.at_level("WARNING", logger="tidewater.settings"):
+        for _ in range(2):  # said once per process
+            assert Settings.from_env(environ=environ).partitions == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "TIDEWATER_BOOTSTRAP_SERVER is not a Tidewater setting: ignored; did you mean TIDEWATER_BOOTSTRAP_SERVERS? "
+        "(`tidewater settings` lists them)",
+        "TIDEWATER_PARTITON is not a Tidewater setting: ignored; did you mean TIDEWATER_PARTITIONS? "
+        "(`tidewater settings` lists them)",
+        "TIDEWATER_SOMETHING is not a Tidewater setting: ignored (`tidewater settings` lists them)"]
