@@ -235,7 +235,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                                                help="Registry root: also publish the evaluated model to <root>/churn."),
         threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads."),
         max_users: Optional[int] = typer.Option(None, "--max-users", help=MAX_USERS_HELP),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars on stderr."),
     ) -> None:
         """Train with default hyper-parameters; evaluate the model and every baseline on the same test users."""
         _threads(threads)

@@ -51,3 +51,10 @@ def test_regression_every_option_is_named_in_full_in_an_80_column_help():
                 if name.startswith("--"):
                     assert re.search(re.escape(name) + r"(?![\w-])", out), f"{' '.join(path)}: {name} not in its help"
         assert "…" not in out, f"{' '.join(path)}: a cut in its help"
+
+
+def test_every_option_has_a_help_text():
+    """`evaluate churn --progress` had none (found by review)."""
+    missing = [(" ".join(path), param.opts[0]) for path, command in _leaf_commands(app) for param in command.params
+               if param.param_type_name == "option" and not param.help]
+    assert not missing, missing
