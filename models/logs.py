@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -57,6 +58,14 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
         raw[column] = stripped.mask(stripped == "")  # a blank field is a missing one, as an empty one is
     by_lower = {c.lower(): c for c in raw.columns}
     wanted = [*required, *known, *(aliases or {})]
+    # pandas reads a second "ts" column as "ts.1", and "TS" beside "ts" is another name: one of them was used
+    # without a word (found by review)
+    plain = {c.lower() for c in raw.columns}
+    lowered = [m.group(1).lower() if (m := re.fullmatch(r"(.+)\.\d+", c)) and m.group(1).lower() in plain
+               else c.lower() for c in raw.columns]
+    twice = sorted({name for name in lowered if lowered.count(name) > 1 and name in wanted})
+    if twice:
+        raise UserError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header; keep one")
     raw = raw.rename(columns={by_lower[c]: c for c in wanted if c not in raw.columns and c in by_lower})
     for source, target in (aliases or {}).items():
         if target not in raw.columns and source in raw.columns:

@@ -65,6 +65,8 @@ def test_regression_spaces_around_values_are_layout_not_part_of_the_id(tmp_path)
     ("user_id;item_id;ts\nu1;i1;1\n", "its header is one column, 'user_id;item_id;ts'; separate the columns with "
                                         "commas, not ';'"),
     ("user_id\titem_id\tts\nu1\ti1\t1\n", "separate the columns with commas, not tabs"),
+    ("user_id,item_id,ts,ts\nu1,i1,1,2\n", "column(s) ts appear more than once in the header"),
+    ("user_id,item_id,ts,TS\nu1,i1,1,2\n", "column(s) ts appear more than once in the header"),
     ("user_id,item_id,ts\n,i1,1\n", "has no rows with user_id and item_id"),
     # every row one field longer than the header: pandas took the first column for the index and shifted the
     # others (users read as items, items as times), and training went ahead on that (found by review)
