@@ -129,6 +129,20 @@ def _publishable(covered: float, asked: float) -> None:
                         "earlier --cutoff")
 
 
+FORCE_HELP = "Publish even a model that ranks the test users no better than chance (test AUC at or below 0.5)."
+
+
+def _better_than_chance(auc: float | None, n_test: int, force: bool) -> None:
+    """Refuse to publish a model whose test AUC is at or below 0.5: the workers load what is published without a
+    restart, and would make offers from scores that rank churners below loyal customers. It was published behind
+    warnings only (found by review)."""
+    if force or (auc is not None and math.isfinite(auc) and auc > 0.5):
+        return
+    shown = "undefined" if auc is None or not math.isfinite(auc) else f"{auc:.4f}"
+    raise UserError(f"not publishing: the model's test AUC is {shown} on {n_test:,} test users, no better than "
+                    "chance; a larger log or another --cutoff/--horizon-days may do better (--force publishes it)")
+
+
 def _warn_thin_splits(meta: dict) -> None:
     for part, n in meta.get("thin_splits", {}).items():
         typer.secho(f"warning: the {part} split has only {n} users of one class (churners or buyers): its "
@@ -180,6 +194,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                                     help="torch CPU threads (1 is fastest for this small model)."),
         max_users: Optional[int] = typer.Option(None, "--max-users", help=MAX_USERS_HELP),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars on stderr."),
+        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     ) -> None:
         """Pre-train (masked events) and fine-tune the churn transformer; publish a registry version."""
         writable_dir(registry / "churn", "--registry")  # before minutes of training, not after
@@ -210,6 +225,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                 "lora": lora, "pretrained": not no_pretrain, "n_users": len(task.users),
                 "train_seconds": round(res.info["train_seconds"], 1), "test_auc": metrics["auc"],
                 "uses_encoder": res.model.encoder_contributes()} | _serving_meta(frame, cut, max_users)
+        _better_than_chance(metrics["auc"], len(te), force)
         fp = _fingerprint(frame)
         reg = Registry(registry / "churn")
         version = reg.publish(lambda d: save_model(res.model, d, metrics=metrics, extra=res.info),
@@ -236,6 +252,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         threads: int = typer.Option(1, "--threads", min=1, help="torch CPU threads."),
         max_users: Optional[int] = typer.Option(None, "--max-users", help=MAX_USERS_HELP),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="tqdm progress bars on stderr."),
+        force: bool = typer.Option(False, "--force", help="With --publish: " + FORCE_HELP),
     ) -> None:
         """Train with default hyper-parameters; evaluate the model and every baseline on the same test users."""
         _threads(threads)
@@ -262,6 +279,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
             from .train import save_model
 
+            _better_than_chance(result["model"]["auc"], result["task"]["n_test"], force)
             fp = _fingerprint(frame)
             slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
             version = Registry(publish / "churn").publish(

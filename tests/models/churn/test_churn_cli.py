@@ -337,3 +337,15 @@ def test_regression_the_default_cutoff_is_said_and_a_stray_last_row_warned_about
     err = capsys.readouterr().err
     assert "note: cut-off 2025-06-03" in err
     assert "warning: the 90 days after that cut-off hold 1 rows" in err
+
+
+@pytest.mark.parametrize("auc, force, refused", [(0.4474, False, True), (0.5, False, True), (float("nan"), False, True),
+                                                 (None, False, True), (0.5001, False, False), (0.4474, True, False)])
+def test_regression_a_model_no_better_than_chance_is_not_published(auc, force, refused):
+    """`train churn` published a model with test AUC 0.4474 behind warnings only; the workers load what is
+    published without a restart (found by review)."""
+    if refused:
+        with pytest.raises(churn_cli.UserError, match="not publishing: the model's test AUC is .* no better than chance"):
+            churn_cli._better_than_chance(auc, 100, force)
+    else:
+        churn_cli._better_than_chance(auc, 100, force)
