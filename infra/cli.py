@@ -55,16 +55,20 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         """Create every Tidewater topic (inputs, outputs, dead-letter, compacted changelogs). Idempotent. An
         existing topic that differs from its spec is printed, not changed; exits with 1 when one has another
         partition count or a changelog is not compacted, which the workers refuse."""
-        from infra.topics import create_topics_sync
+        from infra.topics import create_topics_sync, topic_specs
 
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers, "partitions": partitions})
+        changelogs = {spec.name for spec in topic_specs(s) if spec.compact}
         refused = 0
         for name, status in create_topics_sync(s).items():
             typer.echo(f"{name:40s} {status}")
-            refused += status.endswith("!)") and (" partitions, expected " in status or "cleanup.policy" in status)
+            # what the workers refuse (infra.topics._startup_facts): another partition count anywhere, a changelog
+            # that is not compacted; an output topic compacted, or another retention, is said and left
+            refused += status.endswith("!)") and (" partitions, expected " in status
+                                                  or (name in changelogs and "cleanup.policy" in status))
         if refused:  # exit 0 let a deployment go on to start workers that refuse the topics (found by review)
-            typer.echo(f"{refused} existing topic(s) have another partition count or cleanup policy than the "
-                       f"workers need: recreate them, or set TIDEWATER_PARTITIONS to match", err=True)
+            typer.echo(f"{refused} existing topic(s) have another partition count, or are changelogs not compacted: "
+                       f"the workers refuse them; recreate them, or set TIDEWATER_PARTITIONS to match", err=True)
             raise typer.Exit(1)
 
     @topics_app.command("list")

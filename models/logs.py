@@ -48,8 +48,12 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
         raise UserError(f"cannot read {path} as CSV: its rows have more fields than its header names; name every "
                         f"column in the header") from None
     except UnicodeDecodeError as exc:  # Latin-1 / UTF-16 exports (Excel): the codec's message alone said little
-        raise UserError(f"cannot read {path} as CSV: it is not UTF-8 (byte {exc.start}: {exc.reason}); save it as "
-                        "UTF-8, e.g. `iconv -f latin1 -t utf-8`") from exc
+        with open(path, "rb") as fh:
+            utf16 = fh.read(2) in (b"\xff\xfe", b"\xfe\xff")  # Excel's "Unicode text" starts with its BOM
+        source = "utf-16" if utf16 else "latin1"
+        what = "UTF-16" if utf16 else f"byte {exc.start}: {exc.reason}"
+        raise UserError(f"cannot read {path} as CSV: it is not UTF-8 ({what}); save it as UTF-8, e.g. "
+                        f"`iconv -f {source} -t utf-8`") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise UserError(f"cannot read {path} as CSV: {exc}") from exc
     raw.columns = [str(c).strip() for c in raw.columns]

@@ -114,7 +114,8 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         events = merged_events(datasets)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    producer = await _started_producer(s, topics=(s.topic_clicks, s.topic_purchases))
+    producer = await _started_producer(s)
+    existing = ExistingTopics(producer, s)  # each topic checked before its first record (an envelope names its own)
     topics = {"click": s.topic_clicks, "purchase": s.topic_purchases}
     counts = {s.topic_clicks: 0, s.topic_purchases: 0}
     bar = tqdm(desc="replay", unit="ev", disable=not progress, mininterval=0.5, smoothing=0.1)
@@ -139,6 +140,8 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
             recorded = from_envelope(item) if isinstance(item, bytes) else None
             if recorded is not None:  # `record --with-meta`: back to its topic, partition, key and timestamp
                 topic, partition, key, value, timestamp_ms, recorded_partitions = recorded
+                if topic not in existing.known:  # before partitions_for, which creates a topic it asks for
+                    await existing.require(topic)
                 here = len(await producer.partitions_for(topic))
                 if partition is not None and (partition >= here or recorded_partitions not in (None, here)):
                     # another partition count here: by key, as the workers' routing and the live events of the
@@ -168,6 +171,8 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
                     await asyncio.sleep(wait)
             if key is None and partition is None:  # no readable user: partition 0, not the partitioner's random pick
                 partition = 0
+            if topic not in existing.known:
+                await existing.require(topic)
             pending.append((n + 1, await _send(producer, n + 1, topic, value=value, key=key, partition=partition,
                                                timestamp_ms=timestamp_ms)))
             counts[topic] = counts.get(topic, 0) + 1
@@ -185,6 +190,7 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
         # of one partition's dump (plain `record`) would run every other partition's time ahead of its events
         closing = closing_time(last_ts, s.clock_tick_s) if close and math.isfinite(last_ts) else -math.inf
         if max(held_clock, closing) > -math.inf:
+            await existing.require(s.topic_clicks)
             counts[s.topic_clicks] += await send_clock(producer, s.topic_clicks, max(held_clock, closing))
         await producer.flush()
     except _Refused as first:
@@ -204,12 +210,43 @@ async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progre
     return counts
 
 
+TOPIC_LISTING_WAIT_S = 5.0  # a topic created a moment ago may not be listed yet (no leader, another broker)
+
+
+class ExistingTopics:
+    """The topics a command may write to: those the cluster lists. A broker that creates a topic on first use (the
+    embedded ones do, and so does Apache Kafka's default) made a topic of a misspelt TIDEWATER_TOPIC_* name, or of
+    one written to before `tidewater topics create`, with its own partition count (found by review). The list of
+    every topic is asked for: metadata asked for one topic by name would create it."""
+
+    def __init__(self, producer: "AIOKafkaProducer", s: Settings) -> None:
+        self.producer, self.s, self.known = producer, s, set()
+
+    async def require(self, *topics: str) -> None:
+        from aiokafka.errors import KafkaError
+
+        missing = [t for t in dict.fromkeys(topics) if t not in self.known]
+        deadline = time.monotonic() + TOPIC_LISTING_WAIT_S
+        while missing:
+            try:
+                listed = (await self.producer.client.fetch_all_metadata()).topics()
+            except KafkaError as exc:
+                raise UserError(f"cannot list the topics of {self.s.bootstrap_servers}: {exc}") from None
+            self.known.update(t for t in missing if t in listed)
+            missing = [t for t in missing if t not in self.known]
+            if missing and time.monotonic() >= deadline:
+                raise UserError(f"topic{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                                f"do{'' if len(missing) > 1 else 'es'} not exist on {self.s.bootstrap_servers}: "
+                                "create the topics first (`tidewater topics create`), or check the TIDEWATER_TOPIC_* "
+                                "settings")
+            if missing:  # just created, and not listed yet: the metadata catches up within moments
+                await asyncio.sleep(0.5)
+
+
 async def _started_producer(s: Settings, *, topics: Iterable[str] = ()) -> "AIOKafkaProducer":
-    """A started producer; ``topics`` must exist. A broker that creates topics on first use (the embedded ones
-    do, and so does Apache Kafka's default) made a topic of a misspelt TIDEWATER_TOPIC_* name, or one written to
-    before `tidewater topics create`, with its own partition count (found by review)."""
+    """A started producer; ``topics`` must exist (:class:`ExistingTopics`)."""
     from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from aiokafka.errors import KafkaConnectionError
 
     from streams.kafka_config import aiokafka_kwargs, unreachable
 
@@ -222,19 +259,11 @@ async def _started_producer(s: Settings, *, topics: Iterable[str] = ()) -> "AIOK
     except KafkaConnectionError as exc:
         await producer.stop()  # its half-started client, closed (else "Unclosed AIOKafkaProducer" on exit)
         raise unreachable(s, exc) from None
-    wanted = sorted(set(topics))
-    if wanted:
-        try:  # the list of every topic: asking for the missing one by name would create it
-            existing = (await producer.client.fetch_all_metadata()).topics()
-        except KafkaError as exc:
-            await producer.stop()
-            raise UserError(f"cannot list the topics of {s.bootstrap_servers}: {exc}") from None
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            await producer.stop()
-            raise UserError(f"topic{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                            f"do{'' if len(missing) > 1 else 'es'} not exist on {s.bootstrap_servers}: create the "
-                            f"topics first (`tidewater topics create`), or check the TIDEWATER_TOPIC_* settings")
+    try:
+        await ExistingTopics(producer, s).require(*topics)
+    except BaseException:  # a missing topic, or Ctrl-C while listing: the producer is closed either way
+        await producer.stop()
+        raise
     return producer
 
 

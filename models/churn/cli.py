@@ -274,12 +274,17 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         _warn_thin_splits(result["task"])
         if horizon_days != asked:  # in the JSON too: the labels are those of the shorter horizon
             result["task"]["horizon_days_asked"] = asked
+        refused: UserError | None = None
         if publish is not None:
+            try:  # said after the results, which a refusal must not swallow (minutes of evaluation; final review)
+                _better_than_chance(result["model"]["auc"], result["task"]["n_test"], force)
+            except UserError as exc:
+                refused = exc
+        if publish is not None and refused is None:
             from models.registry import Registry
 
             from .train import save_model
 
-            _better_than_chance(result["model"]["auc"], result["task"]["n_test"], force)
             fp = _fingerprint(frame)
             slim = {"model": result["model"], "baselines": {k: {"auc": v["auc"]} for k, v in result["baselines"].items()}}
             version = Registry(publish / "churn").publish(
@@ -316,3 +321,5 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             from .report import strict_json
 
             print(json.dumps(strict_json(result), default=float, separators=(",", ":"), allow_nan=False), flush=True)
+        if refused is not None:
+            raise refused

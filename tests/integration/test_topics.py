@@ -108,21 +108,24 @@ def test_regression_a_worker_refuses_an_output_topic_with_fewer_partitions_and_a
     assert outcome[changelog].startswith("exists (cleanup.policy is delete, expected compact")
 
 
-def test_regression_replay_and_clock_refuse_topics_that_do_not_exist_instead_of_creating_them(broker, tmp_path):
+def test_regression_replay_and_clock_refuse_topics_that_do_not_exist_instead_of_creating_them(broker, tmp_path,
+                                                                                              monkeypatch):
     """The brokers create a topic on its first write: a misspelt TIDEWATER_TOPIC_* name, or a replay before
     `tidewater topics create`, made a topic with the broker's partition count, and the command said
     "clicks2: 1 events written" (found by review). Both refuse now, and create nothing."""
     from aiokafka import AIOKafkaProducer
     from typer.testing import CliRunner
 
+    import streams.replay
     from streams.replay import replay
     from tidewater.cli import app
 
+    monkeypatch.setattr(streams.replay, "TOPIC_LISTING_WAIT_S", 1.0)  # how long a new topic may take to be listed
     prefix = "missing" + uuid.uuid4().hex[:8]
     s = _settings(broker, prefix, 4)
     events = tmp_path / "events.jsonl"
     events.write_text('{"type": "click", "event_id": "e1", "user_id": "u1", "ts": 1600000000}\n')
-    with pytest.raises(UserError, match=rf"topics '{prefix}-clicks', '{prefix}-purchases' do not exist"):
+    with pytest.raises(UserError, match=rf"topic '{prefix}-clicks' does not exist"):
         asyncio.run(replay(s, [str(events)], progress=False))
     env = {"TIDEWATER_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TIDEWATER_TOPIC_CLICKS": f"{prefix}-clicks"}
     done = CliRunner().invoke(app, ["clock"], env=env)
@@ -158,6 +161,30 @@ def test_regression_topics_create_exits_with_1_when_an_existing_topic_differs(br
     done = CliRunner().invoke(app, ["topics", "create", "--partitions", "4"], env=env)
     assert done.exit_code == 1, done.output
     assert f"{prefix}-clicks" in done.output and "3 partitions, expected 4!" in done.output
-    assert "1 existing topic(s) have another partition count or cleanup policy" in done.output
+    assert "1 existing topic(s) have another partition count, or are changelogs not compacted" in done.output
     again = CliRunner().invoke(app, ["topics", "create", "--partitions", "3"], env=env)  # others created with 4
     assert again.exit_code == 1 and "4 partitions, expected 3!" in again.output
+
+
+def test_topics_create_accepts_what_the_workers_accept_and_refuses_a_changelog_not_compacted(broker):
+    """A compacted output topic is said, not refused: the workers run on it, and an exit of 1 would hold the
+    compose stack's workers back (they wait for the topics service to succeed; found by the final review)."""
+    from typer.testing import CliRunner
+
+    from infra.topics import topic_specs
+    from tidewater.cli import app
+
+    prefix = "policy" + uuid.uuid4().hex[:8]
+    env = {"TIDEWATER_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TIDEWATER_APP_ID": prefix,
+           **{f"TIDEWATER_TOPIC_{kind.upper()}": f"{prefix}-{kind}"
+              for kind in ("clicks", "purchases", "churn_scores", "dead_letter", "erasures", "offers",
+                           "recommendations")}}
+    s = Settings.from_env(environ=env)
+    asyncio.run(create_topics(s, [TopicSpec(s.topic_offers, s.partitions, compact=True)]))
+    done = CliRunner().invoke(app, ["topics", "create"], env=env)
+    assert done.exit_code == 0 and "cleanup.policy is compact, expected delete!" in done.output, done.output
+    other = {**env, "TIDEWATER_APP_ID": prefix + "b"}
+    changelog = next(spec.name for spec in topic_specs(Settings.from_env(environ=other)) if spec.compact)
+    asyncio.run(create_topics(s, [TopicSpec(changelog, s.partitions, compact=False)]))
+    done = CliRunner().invoke(app, ["topics", "create"], env=other)
+    assert done.exit_code == 1 and "cleanup.policy is delete, expected compact!" in done.output, done.output

@@ -109,3 +109,15 @@ def test_regression_a_log_that_is_not_utf8_says_how_to_convert_it(tmp_path):
     path.write_bytes("user_id,item_id,ts\nJosé,i1,1\n".encode("latin-1"))
     with pytest.raises(UserError, match="it is not UTF-8 .*save it as UTF-8"):
         read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+
+
+def test_a_utf16_log_is_told_to_convert_from_utf16():
+    """Excel's "Unicode text" is UTF-16 with a byte order mark: the advice named latin1 (final review)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "utf16.csv"
+        path.write_bytes("user_id,item_id,ts\nu1,i1,1\n".encode("utf-16"))
+        with pytest.raises(UserError, match=r"it is not UTF-8 \(UTF-16\); save it as UTF-8, e.g. `iconv -f utf-16"):
+            read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))

@@ -14,12 +14,27 @@ from tidewater.events import decode_event
 from tidewater.settings import Settings
 
 
+class _Cluster:
+    def __init__(self, topics: frozenset[str] | None) -> None:
+        self.listed = topics
+
+    async def fetch_all_metadata(self):
+        from types import SimpleNamespace
+
+        class Everything:
+            def __contains__(self, topic):
+                return True
+
+        return SimpleNamespace(topics=lambda: Everything() if self.listed is None else set(self.listed))
+
+
 class RecordingProducer:
     """The part of AIOKafkaProducer that replay uses; ``sent`` keeps (topic, key, value, partition, timestamp)."""
 
-    def __init__(self, partitions: int = 4) -> None:
+    def __init__(self, partitions: int = 4, topics: frozenset[str] | None = None) -> None:
         self.sent: list[tuple] = []
         self.partitions = partitions
+        self.client = _Cluster(topics)  # the topics it lists: every one, unless given
 
     async def send(self, topic, value=None, key=None, partition=None, timestamp_ms=None):
         self.sent.append((topic, key, value, partition, timestamp_ms))
@@ -319,3 +334,27 @@ def test_a_redriven_record_kafka_refuses_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(replay_mod, "_started_producer", lambda _s, **_: asyncio.sleep(0, producer))
     with pytest.raises(UserError, match=r"refused redriven record 2 .*3 records were written"):
         asyncio.run(replay_mod.redrive(Settings(), str(path)))
+
+
+def test_regression_an_envelope_for_a_topic_that_does_not_exist_is_refused_before_any_metadata_by_name(
+        tmp_path, monkeypatch):
+    """A `record --with-meta` dump names each record's topic; asking its partitions by name (``partitions_for``)
+    created a missing one (a typo in a dump edited by hand; found by the final review). Each topic is checked
+    against the cluster's list before its first record; a dump of envelopes alone needs no clicks topic."""
+    from streams.replay import envelope
+
+    monkeypatch.setattr(replay_mod, "TOPIC_LISTING_WAIT_S", 0.0)
+    path = tmp_path / "dump.jsonl"
+    path.write_bytes(json.dumps(envelope("offers", 0, 5, b"u1", b'{"x": 1}', 1, 4)).encode() + b"\n")
+    producer = RecordingProducer(topics=frozenset({"offers"}))
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s, **_: asyncio.sleep(0, producer))
+    asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False))
+    assert [sent[0] for sent in producer.sent] == ["offers"]
+    path.write_bytes(json.dumps(envelope("ofers", 0, 5, b"u1", b'{"x": 1}', 1, 4)).encode() + b"\n")
+    asked: list = []
+    producer = RecordingProducer(topics=frozenset({"offers", "clicks", "purchases"}))
+    producer.partitions_for = lambda topic: asked.append(topic)
+    monkeypatch.setattr(replay_mod, "_started_producer", lambda _s, **_: asyncio.sleep(0, producer))
+    with pytest.raises(UserError, match="topic 'ofers' does not exist"):
+        asyncio.run(replay_mod.replay(Settings(), [str(path)], progress=False))
+    assert asked == [] and producer.sent == []

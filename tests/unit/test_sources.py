@@ -98,3 +98,19 @@ def test_regression_kafka_out_of_reach_says_what_to_check(tmp_path):
     with pytest.raises(UserError, match=r"cannot reach Kafka at 127\.0\.0\.1:1: .+ \(check the address and port, "
                                         r"and that TIDEWATER_SECURITY_PROTOCOL, PLAINTEXT, is what that listener"):
         asyncio.run(replay(Settings(bootstrap_servers="127.0.0.1:1"), [str(events)], progress=False))
+
+
+def test_a_clock_ahead_is_not_refused_when_the_lead_check_is_off(monkeypatch):
+    """TIDEWATER_MAX_EVENT_LEAD_S=0 turns the workers' check off; the command's check followed it only once the
+    final review pointed it out (it refused any time ahead)."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from tidewater.cli import app
+    from tidewater.errors import UserError
+
+    monkeypatch.setenv("TIDEWATER_MAX_EVENT_LEAD_S", "0")
+    done = CliRunner().invoke(app, ["clock", "--ts", str(int(time.time()) + 3600), "--bootstrap-servers",
+                                    "127.0.0.1:1"])
+    assert isinstance(done.exception, UserError) and "cannot reach Kafka" in str(done.exception)  # it got that far

@@ -349,3 +349,34 @@ def test_regression_a_model_no_better_than_chance_is_not_published(auc, force, r
             churn_cli._better_than_chance(auc, 100, force)
     else:
         churn_cli._better_than_chance(auc, 100, force)
+
+
+def test_regression_both_commands_apply_the_publish_guard_and_its_force(tiny_csv, tmp_path, capsys, monkeypatch):
+    """The guard was tested on its own only: removing its call from either command, or the --force wiring, failed
+    no test (final review). Here a guard that refuses everything but --force stands in for the AUC test."""
+    calls: list = []
+
+    def refuse_unless_forced(auc, n_test, force):
+        calls.append(force)
+        if not force:
+            raise churn_cli.UserError("not publishing: stand-in")
+
+    monkeypatch.setattr(churn_cli, "_better_than_chance", refuse_unless_forced)
+    reg_root = tmp_path / "reg"
+    args = ["train", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
+            "--registry", str(reg_root)]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2 and Registry(reg_root / "churn").current_version() is None
+    run_ok([*args, "--force"])
+    assert Registry(reg_root / "churn").current_version().startswith("v0001-")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # evaluate: the results first, then the refusal
+        main(["evaluate", "churn", "--purchases", str(tiny_csv), "--cutoff", "1997-10-01", "--no-progress",
+              "--no-ablations", "--json", "--report-dir", str(tmp_path / "rep"), "--publish", str(reg_root)])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and "not publishing: stand-in" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["model"]["auc"] is not None
+    assert [v.name for v in (reg_root / "churn").iterdir() if v.name.startswith("v0")] == [
+        Registry(reg_root / "churn").current_version()]  # nothing more published
+    assert calls == [False, True, False]
