@@ -258,6 +258,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         _threads(threads)
         from .evaluate import evaluate
 
+        if force and publish is None:  # it would be taken for a publish that never happens (final review)
+            raise UserError("--force only applies with --publish")
         if publish is not None:
             writable_dir(publish / "churn", "--publish")  # before the evaluation, not after it
         asked = horizon_days

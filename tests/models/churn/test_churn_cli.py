@@ -380,3 +380,9 @@ def test_regression_both_commands_apply_the_publish_guard_and_its_force(tiny_csv
     assert [v.name for v in (reg_root / "churn").iterdir() if v.name.startswith("v0")] == [
         Registry(reg_root / "churn").current_version()]  # nothing more published
     assert calls == [False, True, False]
+
+
+def test_force_without_publish_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "churn", "--purchases", str(tmp_path / "none.csv"), "--force", "--no-progress"])
+    assert exc.value.code == 2 and "--force only applies with --publish" in capsys.readouterr().err
