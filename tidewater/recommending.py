@@ -99,11 +99,13 @@ def note_item(profile: Profile, item_id: str) -> bool:
     """Record the item of the event just applied in the user's recs history; True at its first occurrence
     (not in the history, the ring before this event, or the items the profile remembers beyond the ring)."""
     history = profile.rec_history
+    if history is not None and item_id in history:  # before the scan of the ring: the common repeat, at C speed
+        return False
     seen = item_id in profile.purchased or item_id in profile.clicked or _repeated(profile.recent, item_id)
     if history is None:  # stored before the field: the ring's first occurrences, this event's included
         profile.rec_history = rec_history(profile)
         return not seen
-    if seen or item_id in history:
+    if seen:
         return False
     history.append(item_id)
     if len(history) > REC_HISTORY:
