@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -107,7 +107,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         partition's timers run on its own records' time, so a partition whose users have all gone quiet scores
         no one for inactivity until its clock moves. Run it on a schedule (--every 600) next to a live shop."""
         from streams.replay import _started_producer, send_clock
-        from tidewater.events import Clock, decode_event
+        from tidewater.events import Clock, decode_event, too_far_ahead
 
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
         fixed = None
@@ -119,11 +119,10 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
             if not isinstance(decoded, Clock):
                 raise UserError(f"--ts {ts!r}: {decoded.detail}")
             fixed = decoded.ts
-            ahead = fixed - time.time()
-            if s.max_event_lead_s and ahead > s.max_event_lead_s:  # 0: no check, as in the workers
-                # the workers dead-letter it (ts_in_future): it said "written" (review)
-                raise UserError(f"--ts {ts!r} is {ahead:.0f} s ahead of this machine's clock; the workers refuse a "
-                                f"clock more than TIDEWATER_MAX_EVENT_LEAD_S ({s.max_event_lead_s:g} s) ahead")
+            now = time.time()
+            if too_far_ahead(fixed, now, s.max_event_lead_s):  # the workers dead-letter it: it said "written" (review)
+                raise UserError(f"--ts {ts!r} is {fixed - now:.0f} s ahead of this machine's clock; the workers "
+                                f"refuse a clock more than TIDEWATER_MAX_EVENT_LEAD_S ({s.max_event_lead_s:g} s) ahead")
 
         async def run() -> None:
             producer = await _started_producer(s, topics=(s.topic_clicks,))

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams import lag, metrics
 from streams.ingress import consumer_state
 from streams.producing import key_partition
-from tidewater.events import Clock, Rejected, decode_event, encode_event
+from tidewater.events import Clock, Rejected, decode_event, encode_event, too_far_ahead
 from tidewater.profile import decode_profile, profile_to_json
 from tidewater.settings import Settings
 from tidewater.sources import topic_kind
@@ -240,7 +240,6 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, byte
     1 MiB body of 350,000 empty objects built a dict for each, 136 MiB (found by review)."""
     decoded, errors, rejected = [], [], 0
     now = time.time()
-    latest = now + s.max_event_lead_s if s.max_event_lead_s else float("inf")
     # a clock moves every partition's event time: posted a day ahead (TIDEWATER_MAX_EVENT_LEAD_S) it made the next
     # day's real events late for their windows and fired inactivity timers early (found by a security review). A
     # web tier posts the time now; replays that need other times write clock records to Kafka (`replay --close`)
@@ -250,7 +249,7 @@ def _validated(items: list[Any], s: Settings) -> tuple[list[tuple[int, Any, byte
         value = b"" if isinstance(event, Rejected) else encode_event(event)  # what is sent, with its defaults
         if len(value) > s.max_event_bytes:
             event = Rejected("oversized", f"{len(value)} bytes as sent > limit {s.max_event_bytes}")
-        if not isinstance(event, Rejected) and event.ts > latest:
+        if not isinstance(event, Rejected) and too_far_ahead(event.ts, now, s.max_event_lead_s):
             event = Rejected("ts_in_future", f"ts {event.ts:.3f} is more than TIDEWATER_MAX_EVENT_LEAD_S="
                                              f"{s.max_event_lead_s:g} s ahead of now")
         elif isinstance(event, Clock) and event.ts > latest_clock:

@@ -364,6 +364,7 @@ class PartitionEngine:
             self._dead_letter(record, decoded)
             return
         lead = self.config.max_event_lead_s
+        # ``ev.too_far_ahead`` written out: the hot path, once per record
         if lead and record.timestamp is not None and record.timestamp >= 0 \
                 and decoded.ts > record.timestamp / 1000.0 + lead:  # -1: a record without a timestamp
             # the record's own timestamp, not the worker's clock: a re-read of the topic decides the same

@@ -172,6 +172,12 @@ def decode_event(raw: bytes | None, *, max_bytes: int, expected_type: str | None
     return event
 
 
+def too_far_ahead(ts: float, produced_at: float, max_lead_s: float) -> bool:
+    """An event time more than ``max_lead_s`` after the time its record was (or will be) produced: the workers
+    dead-letter it as ts_in_future. 0 turns the check off (TIDEWATER_MAX_EVENT_LEAD_S)."""
+    return bool(max_lead_s) and ts > produced_at + max_lead_s
+
+
 def _control_character_in_ids(event: Event) -> str | None:
     """The first id field holding a control character, or None. ``str.isprintable`` first: True rules control
     characters out at a tenth of a regex search's cost (it is False for more than them: spaces other than ' ',

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 
 import msgspec
 
-from tidewater.events import Clock, Rejected, decode_event
+from tidewater.events import Clock, Rejected, decode_event, too_far_ahead
 from tidewater.outputs import DeadLetter
 
 _letter = msgspec.json.Decoder(DeadLetter)
@@ -79,7 +79,7 @@ def plan_redrive(lines: Iterable[bytes], *, input_topics: Mapping[str, str], max
         if isinstance(event, Clock):  # a partition's clock, not a user's event: `tidewater clock` writes a new one
             plan.counts["skipped:clock"] += 1
             continue
-        if now is not None and max_lead_s and event.ts > now + max_lead_s:
+        if now is not None and too_far_ahead(event.ts, now, max_lead_s):
             plan.counts["still_rejected:ts_in_future"] += 1
             continue
         assert value is not None  # decode_event rejects a missing value
