@@ -64,8 +64,7 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     wanted = [*required, *known, *(aliases or {})]
     # pandas reads a second "ts" column as "ts.1", and "TS" beside "ts" is another name: one of them was used
     # without a word (found by review)
-    plain = {c.lower() for c in raw.columns}
-    lowered = [m.group(1).lower() if (m := re.fullmatch(r"(.+)\.\d+", c)) and m.group(1).lower() in plain
+    lowered = [m.group(1).lower() if (m := re.fullmatch(r"(.+)\.\d+", c)) and m.group(1).lower() in by_lower
                else c.lower() for c in raw.columns]
     twice = sorted({name for name in lowered if lowered.count(name) > 1 and name in wanted})
     if twice:

@@ -923,8 +923,8 @@ def default_engine_factory(settings: Settings, scorer: Callable[[], Any] = lambd
 # ASCII) and one per recent erasure (``p{partition}/erased/{user_id}``: the request's event time, repr, and since the
 # twenty-eighth session its position, "topic/partition offset": ``_erasure_value``). A batch writes the changed items
 # and erasures (a tombstone for one dropped) and the ranking if it changed, then the state record. The worker sends
-# the changed erasures first, and the rest once Kafka has them, in one produce request in that order where it fits
-# (``Pipeline._produce_changelog``): a state record in Kafka implies its erasures are.
+# the changed erasures first, and the rest once Kafka has them, in one record batch in that order, which Kafka appends
+# whole (``Pipeline._produce_changelog``): a state record in Kafka implies its erasures and item counts are.
 def _state_key(partition: int) -> bytes:
     return f"p{partition}".encode()
 
