@@ -30,6 +30,10 @@ YYYYMMDD_RANGE = (19000101, 21001231)
 DIGIT_DATES = (("yyyymmdd", "%Y%m%d", 0), ("yyyymmddhhmm", "%Y%m%d%H%M", 4),
                ("yyyymmddhhmmss", "%Y%m%d%H%M%S", 6))
 _EPOCH = pd.Timestamp(0, tz="UTC")
+# spreadsheet serial dates (days since 1899-12-30, as Excel and LibreOffice store them) from 1927 to 2173: read as
+# epoch seconds they put a whole log within the first 28 hours of 1970
+SPREADSHEET_DAYS = (1e4, 1e5)
+_SPREADSHEET_ZERO = pd.Timestamp("1899-12-30", tz="UTC")
 
 
 def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
@@ -59,6 +63,20 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
         raise _unparsable(values, bad, "use ISO dates, YYYYMMDD, or epoch seconds / milliseconds / microseconds / "
                                        "nanoseconds")
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
+
+
+def spreadsheet_days_hint(seconds: pd.Series) -> str | None:
+    """A hint when a column read as epoch seconds is probably spreadsheet serial dates (``35431`` is 1997-01-01
+    there, 09:50 on 1970-01-01 as seconds): every value is in ``SPREADSHEET_DAYS``. Not read so without asking:
+    seconds since 1970 this small are unlikely but valid (a synthetic log), and a guess would move every event."""
+    values = seconds.to_numpy(np.float64)
+    lo, hi = SPREADSHEET_DAYS
+    if not len(values) or not bool(((values >= lo) & (values <= hi)).all()):
+        return None
+    first, last = (_SPREADSHEET_ZERO + pd.Timedelta(days=float(v)) for v in (values.min(), values.max()))
+    return (f"ts was read as epoch seconds, which puts the whole log within the first {hi / 3600:.0f} hours of "
+            f"1970; values from {values.min():g} to {values.max():g} look like spreadsheet serial dates ({first:%Y-%m-%d} "
+            f"to {last:%Y-%m-%d} as days since 1899-12-30): export the column as ISO dates")
 
 
 def _unparsable(values: pd.Series, bad: pd.Series, hint: str) -> ValueError:

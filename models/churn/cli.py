@@ -41,6 +41,7 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
 
     from .data import (LATER_CUTOFF_HINT, SPLIT_FRACTIONS, check_calibration, covered_horizon_days, load_purchases_csv,
                        log_end, parse_time, sample_users)
+    from models.timestamps import spreadsheet_days_hint
 
     if not (math.isfinite(horizon_days) and 0 < horizon_days <= 36500):  # inf and nan passed "> 0" (review)
         raise UserError(f"--horizon-days must be a number of days in (0, 36500], got {horizon_days}")
@@ -59,6 +60,9 @@ def _load(purchases: Optional[Path], cutoff: Optional[str], horizon_days: float,
         name = Path(purchases).name
         if frame.attrs.get("ts_unit") not in ("iso", "seconds"):
             typer.secho(f"note: read column ts as {frame.attrs['ts_unit']}", err=True)
+        hint = spreadsheet_days_hint(frame["ts"]) if frame.attrs.get("ts_unit") == "seconds" else None
+        if hint:
+            typer.secho(f"warning: {hint}", fg="yellow", err=True)
         if frame.attrs.get("rows_without_user"):
             typer.secho(f"note: skipped {frame.attrs['rows_without_user']:,} rows without a user_id", err=True)
         if frame.attrs.get("returns_dropped"):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.timestamps import to_epoch_seconds
+from models.timestamps import spreadsheet_days_hint, to_epoch_seconds
 
 days = st.dates(min_value=dt.date(1990, 1, 1), max_value=dt.date(2090, 12, 31))
 
@@ -101,3 +101,16 @@ def test_regression_integer_date_times_are_read_as_dates():
         to_epoch_seconds(pd.Series(values))
     # epoch milliseconds of today (13 digits) are still milliseconds
     assert to_epoch_seconds(pd.Series([1_700_000_000_000, 1_700_000_100_000]))[1] == "milliseconds"
+
+
+def test_spreadsheet_serial_dates_read_as_seconds_get_a_hint():
+    seconds, unit = to_epoch_seconds(pd.Series([35431, 35795, 45292.5]))
+    assert unit == "seconds"  # read as asked: a guess would move every event
+    hint = spreadsheet_days_hint(seconds)
+    assert hint is not None and "1997-01-01 to 2024-01-01" in hint and "ISO dates" in hint
+
+
+@pytest.mark.parametrize("values", [[0, 35431], [35431, 100_001], [1_700_000_000], []])
+def test_no_spreadsheet_hint_for_other_seconds(values):
+    # 0 and 100,001 are outside the 1927-2173 serial range; real epoch seconds are far above it
+    assert spreadsheet_days_hint(pd.Series(values, dtype="float64")) is None
