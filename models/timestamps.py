@@ -26,6 +26,7 @@ import pandas as pd
 NUMERIC_UNITS = ((1e11, "seconds", 1), (1e14, "milliseconds", 10**3), (1e17, "microseconds", 10**6),
                  (float("inf"), "nanoseconds", 10**9))
 YYYYMMDD_RANGE = (19000101, 21001231)
+NS_YEARS = (1678, 2261)  # the whole years that pandas' nanosecond timestamps hold
 # integer dates and date-times: (how the column is then read, strptime format, digits after the date)
 DIGIT_DATES = (("yyyymmdd", "%Y%m%d", 0), ("yyyymmddhhmm", "%Y%m%d%H%M", 4),
                ("yyyymmddhhmmss", "%Y%m%d%H%M%S", 6))
@@ -62,6 +63,10 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     if bad.any():
         raise _unparsable(values, bad, "use ISO dates, YYYYMMDD, or epoch seconds / milliseconds / microseconds / "
                                        "nanoseconds")
+    years = parsed.dt.year
+    beyond = (years < NS_YEARS[0]) | (years > NS_YEARS[1])  # a typo (0202-02-01): pandas' own error had no row
+    if beyond.any():
+        raise _unparsable(values, beyond, f"a year from {NS_YEARS[0]} to {NS_YEARS[1]}")
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
 
 

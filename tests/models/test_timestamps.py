@@ -114,3 +114,10 @@ def test_spreadsheet_serial_dates_read_as_seconds_get_a_hint():
 def test_no_spreadsheet_hint_for_other_seconds(values):
     # 0 and 100,001 are outside the 1927-2173 serial range; real epoch seconds are far above it
     assert spreadsheet_days_hint(pd.Series(values, dtype="float64")) is None
+
+
+@pytest.mark.parametrize("typo", ["0202-02-01", "3000-02-01"])
+def test_regression_a_date_beyond_pandas_range_is_named_with_its_row(typo):
+    # pandas' own "Out of bounds nanosecond timestamp: 202-02-01" reached the user, without the row
+    with pytest.raises(ValueError, match=rf"cannot parse ts '{typo}' in row 3 \(a year from 1678 to 2261\)"):
+        to_epoch_seconds(pd.Series(["2020-01-01", typo, "2020-03-01"]))
