@@ -82,13 +82,16 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         close: bool = typer.Option(False, "--close", help="Then a clock record to every partition at the first "
                                                           "tick after the last event: the workers score the "
                                                           "replay's last tick."),
+        as_is: bool = typer.Option(False, "--as-is", help="Send a file's lines even when none of its first 10 is a "
+                                                          "JSON object (a file made to test the dead-letter path); "
+                                                          "without it such a file is refused as not JSON lines."),
     ) -> None:
         """Write events from the real datasets or a JSON-lines file to the input topics; returns when all are written."""
         from streams.replay import replay as do_replay
 
         s = Settings.from_env({"bootstrap_servers": bootstrap_servers})
         counts = asyncio.run(do_replay(s, dataset, speed=speed, limit=limit, progress=sys.stderr.isatty(),
-                                       close=close, skip=skip))
+                                       close=close, skip=skip, check_lines=not as_is))
         for topic, n in counts.items():
             typer.echo(f"{topic}: {n} events written")
 

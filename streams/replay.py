@@ -24,11 +24,11 @@ if TYPE_CHECKING:
     from tidewater.redrive import RedrivePlan
 
 
-def merged_events(datasets: Iterable[str]) -> Iterator[Event | bytes]:
+def merged_events(datasets: Iterable[str], check_lines: bool = True) -> Iterator[Event | bytes]:
     """Several sources merged by event time (stable: ties keep the order of the --dataset flags). A file's line
     goes by the time a worker will read from it (an envelope's by its value's); one without a time (a bad record,
     a clock line) goes as soon as it is next in its file."""
-    streams = [dataset_events(name) for name in datasets]
+    streams = [dataset_events(name, check_lines) for name in datasets]
     if len(streams) == 1:
         return streams[0]
     return heapq.merge(*streams, key=lambda e: e.ts if not isinstance(e, bytes) else _line_time(e))
@@ -102,16 +102,18 @@ def _refused_error(refused: _Refused, written: int, what: str, resume: str) -> U
 
 
 async def replay(s: Settings, datasets: list[str], *, speed: float = 0.0, progress: bool = True,
-                 limit: int | None = None, close: bool = False, skip: int = 0) -> dict[str, int]:
+                 limit: int | None = None, close: bool = False, skip: int = 0,
+                 check_lines: bool = True) -> dict[str, int]:
     """Produce the events (keyed by user id) and return how many went to each topic. Clock lines go to every
     partition of the clicks topic. ``close``: then a clock at the first tick after the last event, so the workers
     score the replay's last tick (a partition's clock only moves with its own records). ``skip``: leave out the
-    first ``skip`` events (a replay that stopped on a refused record resumes there). A record Kafka refuses stops
+    first ``skip`` events (a replay that stopped on a refused record resumes there). ``check_lines`` False: a
+    file none of whose first lines is a JSON object is sent too (``--as-is``). A record Kafka refuses stops
     the replay with a ``UserError`` naming it and what was written."""
     from tqdm import tqdm
 
     try:
-        events = merged_events(datasets)
+        events = merged_events(datasets, check_lines)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     producer = await _started_producer(s)

@@ -65,10 +65,13 @@ def _check_json_lines(path: str) -> None:
         first = lines[0][:80].decode("utf-8", "replace")
         raise ValueError(f"{path} is not JSON lines: none of its first {len(lines)} lines is a JSON object (the "
                          f"first: {first!r}). A replay takes one event object per line, as `tidewater record` "
-                         f"writes them; a CSV purchase log goes to `tidewater evaluate churn --purchases`")
+                         f"writes them; a CSV purchase log goes to `tidewater evaluate churn --purchases`; "
+                         f"--as-is sends the lines anyway (to test the dead-letter path)")
 
 
-def dataset_events(name: str) -> Iterator[Event | bytes]:
+def dataset_events(name: str, check_lines: bool = True) -> Iterator[Event | bytes]:
+    """The events of a dataset, or the lines of a JSON-lines file (``check_lines`` False: sent even when none of its
+    first lines is a JSON object, as a file made to test the dead-letter path is)."""
     if name == "cdnow":
         return cdnow_events()
     if name == "cdnow-sample":
@@ -78,7 +81,8 @@ def dataset_events(name: str) -> Iterator[Event | bytes]:
     if name.endswith(".jsonl") or name.endswith(".json") or Path(name).is_file():
         if not Path(name).is_file():  # checked now: the lines are read lazily, once the producer runs
             raise ValueError(f"no such file: {name}")
-        _check_json_lines(name)
+        if check_lines:
+            _check_json_lines(name)
         return jsonl_events(name)
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a .jsonl file")
 

@@ -114,3 +114,24 @@ def test_a_clock_ahead_is_not_refused_when_the_lead_check_is_off(monkeypatch):
     done = CliRunner().invoke(app, ["clock", "--ts", str(int(time.time()) + 3600), "--bootstrap-servers",
                                     "127.0.0.1:1"])
     assert isinstance(done.exception, UserError) and "cannot reach Kafka" in str(done.exception)  # it got that far
+
+
+def test_a_file_of_only_bad_lines_goes_as_is_when_asked(tmp_path):
+    """A file made to test the dead-letter path may hold no valid line at all: ``--as-is`` (check_lines False)
+    sends it, byte for byte (it was refused with no way around; found by review)."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"{truncated\nnot json at all\n[1, 2]\n")
+    with pytest.raises(ValueError, match="--as-is sends the lines anyway"):
+        dataset_events(str(path))
+    assert list(dataset_events(str(path), check_lines=False)) == [b"{truncated", b"not json at all", b"[1, 2]"]
+
+
+def test_replay_as_is_gets_past_the_json_lines_check(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"{truncated\nnot json at all\n")
+    args = [sys.executable, "-m", "tidewater.cli", "replay", "--dataset", str(path), "--bootstrap-servers", "127.0.0.1:1"]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "is not JSON lines" in refused.stderr
+    sent = subprocess.run(args + ["--as-is"], capture_output=True, text=True, timeout=60)
+    # no broker at this address: the command went on to connect, with the file's lines accepted
+    assert sent.returncode == 2 and "cannot reach Kafka" in sent.stderr and "JSON lines" not in sent.stderr
