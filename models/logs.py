@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -63,9 +62,8 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     by_lower = {c.lower(): c for c in raw.columns}
     wanted = [*required, *known, *(aliases or {})]
     # pandas reads a second "ts" column as "ts.1", and "TS" beside "ts" is another name: one of them was used
-    # without a word (found by review)
-    lowered = [m.group(1).lower() if (m := re.fullmatch(r"(.+)\.\d+", c)) and m.group(1).lower() in by_lower
-               else c.lower() for c in raw.columns]
+    # without a word (found by review). The header as written tells such a "ts.1" from a column named so
+    lowered = [str(c).strip().lower() for c in _header(path)]
     twice = sorted({name for name in lowered if lowered.count(name) > 1 and name in wanted})
     if twice:
         raise UserError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header; keep one")
@@ -90,3 +88,8 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     if raw.empty:
         raise UserError(f"{path} has no rows" + (" with " + " and ".join(ids) if empty.any() else ""))
     return raw, int(empty.sum())
+
+
+def _header(path: Path) -> list[str]:
+    """The header's names as the file writes them (``read_csv`` renames a repeated one, ``ts`` -> ``ts.1``)."""
+    return pd.read_csv(path, dtype=str, header=None, nrows=1, keep_default_na=False).iloc[0].tolist()

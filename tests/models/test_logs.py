@@ -121,3 +121,11 @@ def test_a_utf16_log_is_told_to_convert_from_utf16():
         path.write_bytes("user_id,item_id,ts\nu1,i1,1\n".encode("utf-16"))
         with pytest.raises(UserError, match=r"it is not UTF-8 \(UTF-16\); save it as UTF-8, e.g. `iconv -f utf-16"):
             read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+
+
+def test_regression_a_column_named_like_pandas_renames_a_repeat_is_not_a_repeat(tmp_path):
+    # "ts.1" as written is its own column (a second "ts" is renamed so by pandas, and only that is refused)
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,ts,ts.1\nu1,i1,1,x\n")
+    raw, _ = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+    assert raw["ts"].tolist() == ["1"] and raw["ts.1"].tolist() == ["x"]
