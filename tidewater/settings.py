@@ -278,6 +278,10 @@ class Settings:
                     not _KAFKA_NAME.fullmatch(value) or value in (".", "..")):  # app_id prefixes the changelogs
                 raise InvalidSetting(f"{env}={value!r}: expected 1 to 249 characters of letters, digits, '.', '_' "
                                      f"and '-' (Kafka's rule for topic names)")
+            if f.name in ("data_dir", "registry_dir") and not value.strip():
+                # compose passes ${VAR:-} through as empty: the worker's tables went to its working directory
+                raise InvalidSetting(f"{env} is empty: name a directory, or unset it for the default "
+                                     f"{f.default!r}")
             if f.name == "bootstrap_servers" and not all(_host_port(entry) for entry in value.split(",")):
                 raise InvalidSetting(f"{env}={value!r}: expected host:port, or several separated by commas")
             if f.name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") and value and "SSL" in self.security_protocol \

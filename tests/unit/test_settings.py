@@ -150,6 +150,10 @@ def test_regression_tls_files_that_do_not_load_are_refused_by_name(tmp_path):
     ({"TIDEWATER_APP_ID": ""}, "TIDEWATER_APP_ID='': expected"),
     ({"TIDEWATER_TOPIC_CHURN_SCORES": "clicks"}, "TIDEWATER_TOPIC_CLICKS and TIDEWATER_TOPIC_CHURN_SCORES are both"),
     ({"TIDEWATER_BROKER_QUIRKS": "tansu-highwater,tansu-hiwater"}, "unknown tansu-hiwater"),
+    # compose's ${VAR:-} of an unset variable: the worker's tables went to its working directory
+    ({"TIDEWATER_DATA_DIR": ""}, "TIDEWATER_DATA_DIR is empty: name a directory, or unset it for the default "
+                                 "'var/tidewater'"),
+    ({"TIDEWATER_REGISTRY_DIR": " "}, "TIDEWATER_REGISTRY_DIR is empty"),
 ])
 def test_regression_topic_names_the_app_id_and_broker_work_arounds_are_checked(env, message):
     """An empty or illegal topic name, an output topic that is also an input topic (its outputs read back as
