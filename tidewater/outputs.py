@@ -46,6 +46,8 @@ def _doc(text: str) -> msgspec.Meta:
     return msgspec.Meta(description=text)
 
 
+_SCHEMA_DOC = ("The record's schema, name/major version: a consumer reads the records of the versions it knows "
+               "(fields are only added within one).")
 EventId = Annotated[str, _doc("Deterministic id from the inputs that caused this output (32 hex chars): an "
                               "idempotency key, the same when a crash makes the output again.")]
 UserId = Annotated[str, _doc("The customer (the input events' user_id); also the record's key.")]
@@ -69,7 +71,7 @@ class ScoredItem(msgspec.Struct, frozen=True):
 class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
     """A churn probability for one user at one event time."""
 
-    schema: Literal["tidewater.churn_score/v1"] = CHURN_SCORE_SCHEMA
+    schema: Annotated[Literal["tidewater.churn_score/v1"], _doc(_SCHEMA_DOC)] = CHURN_SCORE_SCHEMA
     event_id: EventId
     user_id: UserId
     as_of: AsOf
@@ -98,7 +100,7 @@ class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
 class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
     """Top-K items a user should see next."""
 
-    schema: Literal["tidewater.recommendation/v1"] = RECOMMENDATION_SCHEMA
+    schema: Annotated[Literal["tidewater.recommendation/v1"], _doc(_SCHEMA_DOC)] = RECOMMENDATION_SCHEMA
     event_id: EventId
     user_id: UserId
     as_of: AsOf
@@ -119,7 +121,7 @@ class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
 class RetentionOffer(msgspec.Struct, kw_only=True, frozen=True):
     """An offer the downstream offer engine should make to keep a customer."""
 
-    schema: Literal["tidewater.retention_offer/v1"] = RETENTION_OFFER_SCHEMA
+    schema: Annotated[Literal["tidewater.retention_offer/v1"], _doc(_SCHEMA_DOC)] = RETENTION_OFFER_SCHEMA
     event_id: EventId
     user_id: UserId
     as_of: AsOf
@@ -151,7 +153,7 @@ class UserErased(msgspec.Struct, kw_only=True, frozen=True):
     the events before it. A downstream that keeps data about the user (offers made) forgets it on this record.
     Like every output it is at least once: a request re-read after a crash gives the same record again."""
 
-    schema: Literal["tidewater.user_erased/v1"] = USER_ERASED_SCHEMA
+    schema: Annotated[Literal["tidewater.user_erased/v1"], _doc(_SCHEMA_DOC)] = USER_ERASED_SCHEMA
     event_id: EventId
     user_id: UserId
     as_of: Annotated[float, _doc("The request's event time, in epoch seconds (UTC).")]
@@ -168,18 +170,27 @@ DEAD_LETTER_HEAD_BYTES = 1024
 class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
     """A record that could not be decoded or validated, with where it came from."""
 
-    schema: Literal["tidewater.dead_letter/v1"] = DEAD_LETTER_SCHEMA
-    reason: str
-    detail: str
-    topic: str
-    partition: int
-    offset: int
-    key_b64: str | None
-    value_b64: str | None  # None: no value, or one too large to carry (then value_sha256 is set)
-    value_size: int
-    key_sha256: str | None = None  # set when the key was too large to carry
-    value_sha256: str | None = None  # set when the value was too large to carry: value_b64 is None
-    value_head_b64: str | None = None  # its first DEAD_LETTER_HEAD_BYTES, to see what it was
+    schema: Annotated[Literal["tidewater.dead_letter/v1"], _doc(_SCHEMA_DOC)] = DEAD_LETTER_SCHEMA
+    reason: Annotated[str, _doc("Why it was refused, one of: oversized, malformed_json, unknown_event_type, "
+                                "missing_field, invalid_field, wrong_topic, key_mismatch, ts_in_future (new "
+                                "values may appear within v1). `tidewater redrive --reason` selects by it.")]
+    detail: Annotated[str, _doc("The validation message: which field and what was wrong (at most 500 "
+                                "characters).")]
+    topic: Annotated[str, _doc("The input topic the record was read from (where `tidewater redrive` sends it "
+                               "back).")]
+    partition: Annotated[int, _doc("Its partition in that topic.")]
+    offset: Annotated[int, _doc("Its offset in that partition.")]
+    key_b64: Annotated[str | None, _doc("The record's key, base64; null for no key, or one too large to carry "
+                                        "(then key_sha256 is set).")]
+    value_b64: Annotated[str | None, _doc(  # None: no value, or one too large to carry (then value_sha256 is set)
+        f"The record's value, byte for byte, base64; null for no value, or one over {DEAD_LETTER_MAX_RAW_BYTES:,} "
+        "bytes (then value_sha256 and value_head_b64 are set).")]
+    value_size: Annotated[int, _doc("The value's size in bytes (0 for none).")]
+    key_sha256: Annotated[str | None, _doc("SHA-256 (hex) of a key too large to carry; else null.")] = None
+    value_sha256: Annotated[str | None, _doc("SHA-256 (hex) of a value too large to carry; else null.")] = None
+    value_head_b64: Annotated[str | None, _doc(
+        f"The first {DEAD_LETTER_HEAD_BYTES:,} bytes of a value too large to carry, base64, to see what it was; "
+        "else null.")] = None
 
 
 def dead_letter(rejected: "Rejected", topic: str, partition: int, offset: int, key: bytes | None,

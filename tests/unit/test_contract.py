@@ -165,3 +165,18 @@ def test_the_check_lets_compatible_changes_through():
     renamed = copy.deepcopy(_input())
     renamed["discriminator"]["propertyName"] = "kind"
     assert breaking_changes(_input(), renamed, is_input=True) == ["the top level changed"]
+
+
+def test_every_output_field_has_a_description():
+    """The README says the schema files carry each output field's meaning: the dead letters' fields and every
+    output's ``schema`` had none (found by the README review). The dead letters' reasons are all named."""
+    from tidewater.events import REJECT_REASONS
+
+    for name, schema in all_schemas().items():
+        if name == INPUT:
+            continue
+        for definition in schema["$defs"].values():
+            for field, spec in definition.get("properties", {}).items():
+                assert spec.get("description"), f"{name}: {field} has no description"
+    reasons = all_schemas()["dead_letter.v1"]["$defs"]["DeadLetter"]["properties"]["reason"]["description"]
+    assert all(reason in reasons for reason in REJECT_REASONS)
