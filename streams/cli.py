@@ -231,6 +231,7 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
 
     broker = None
     worker_proc = None
+    up_state = None  # the worker's local state of this embedded broker's run: useless once the broker is gone
     interrupted = served = False
     env = dict(os.environ)
     # SIGTERM / SIGHUP (a CI job's timeout, a closed terminal) as Ctrl-C: the cleanup below runs. Python's default
@@ -251,7 +252,7 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
             # --port left its stores, whose profiles then skipped every replayed event as applied (found by review)
             s = s.replace(data_dir=f"var/up-{broker.port}")
             shutil.rmtree(s.data_dir, ignore_errors=True)
-            env["TIDEWATER_DATA_DIR"] = s.data_dir
+            env["TIDEWATER_DATA_DIR"] = up_state = s.data_dir
         for name, status in create_topics_sync(s).items():
             typer.echo(f"topic {name}: {status}")
         # Replay first, then start the worker: with the whole input in the topics the output depends only on
@@ -288,6 +289,8 @@ def run_up(datasets: list[str], bootstrap: Optional[str], kind: str, port: int, 
         finally:
             if broker is not None:
                 broker.stop()
+            if up_state is not None:  # each run left about 9 MB in var/ that only `make clean` removed (review)
+                shutil.rmtree(up_state, ignore_errors=True)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -144,3 +144,18 @@ def test_regression_a_run_on_the_same_port_starts_from_fresh_local_state(stand_i
     (old / "stale").write_text("x")
     run()
     assert not (tmp_path / "var" / "up-19999").exists()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_regression_the_runs_local_state_is_removed_at_the_end(stand_ins, tmp_path, keep):
+    """Each `up` left its worker's state of the embedded broker's run, about 9 MB in var/up-PORT, that only `make
+    clean` removed; it is useless once that broker is gone (found by the README review)."""
+    state = tmp_path / "var" / "up-19999" / "tables"
+
+    def worker_wrote_its_state(*_, **__):
+        state.mkdir(parents=True)
+        (state / "profiles").write_text("x")
+
+    stand_ins.wait = worker_wrote_its_state
+    run(keep=keep)
+    assert made[-1].stopped and not (tmp_path / "var" / "up-19999").exists()
