@@ -37,6 +37,15 @@ def limit_native_threads(threads: int) -> None:
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+def startup_line(s: Settings, loglevel: str) -> str:
+    """What a starting worker says whatever its log level: where it serves, and what it will log (at the default
+    level it printed nothing, no address either; found by the README review)."""
+    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host
+    quiet = " (problems only: --loglevel info for more)" if loglevel in ("warning", "error", "critical") else ""
+    return (f"tidewater worker of {s.app_id!r} on {s.bootstrap_servers}, {s.partitions} partitions: "
+            f"http://{host}:{s.web_port}/health, /metrics, /dashboard; log level {loglevel}{quiet}")
+
+
 def _loglevel(value: str) -> str:
     """Checked when the command line is read: Faust found a bad level only after the broker and the models."""
     if value.lower() not in LOG_LEVELS:
@@ -69,6 +78,7 @@ def register(app: typer.Typer, topics_app: typer.Typer) -> None:
         s = check_topics(s)
         faust_app = create_app(s)
         faust_app.tidewater.preload_models()  # type: ignore[attr-defined]
+        typer.echo(startup_line(s, loglevel), err=True)  # at the default level the worker said nothing at all
         Worker(faust_app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
     @app.command()

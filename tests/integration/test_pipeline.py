@@ -111,6 +111,7 @@ def test_worker_killed_mid_replay_restarts_with_exact_profiles(deployment, tmp_p
         text = worker.log.read_text()
         assert worker.proc.returncode == 0 and "Traceback" not in text, text[-3000:]
         assert text.index("stopped the batch loop") < text.index("Closing rocksdb on stop"), text[-3000:]
+        assert f"http://127.0.0.1:{worker.port}/health" in text  # the start-up line, whatever the log level
     deployment.replay_file(write_jsonl(tmp_path / "rest.jsonl", rest))
     restarted = deployment.start_worker("second")
     restarted.wait_ready()

@@ -58,3 +58,14 @@ def test_every_option_has_a_help_text():
     missing = [(" ".join(path), param.opts[0]) for path, command in _leaf_commands(app) for param in command.params
                if param.param_type_name == "option" and not param.help]
     assert not missing, missing
+
+
+def test_the_workers_start_up_line_says_where_it_serves_and_how_quiet_it_is():
+    """At the default log level a worker printed nothing, not even its address (found by the README review)."""
+    from streams.cli import startup_line
+    from tidewater.settings import Settings
+
+    s = Settings.from_env(environ={"TIDEWATER_WEB_HOST": "0.0.0.0", "TIDEWATER_WEB_PORT": "7000"})
+    line = startup_line(s, "warning")
+    assert "http://127.0.0.1:7000/health" in line and "--loglevel info for more" in line
+    assert "--loglevel info" not in startup_line(s, "info")
