@@ -65,7 +65,9 @@ SegmentModel = Annotated[str | None, _doc("The recommender model whose clusters 
 class ScoredItem(msgspec.Struct, frozen=True):
     item_id: Annotated[str, _doc("The item, as in the input events' item_id.")]
     score: Annotated[float, _doc("The recommender's score (higher first; a popularity count for the popularity "
-                                 "placeholder); comparable only within one output.")]
+                                 "placeholder); comparable only within one output. 0.0 for every item of a "
+                                 "customer without a user vector (no item of theirs is in the model), who gets "
+                                 "the model's most popular items, still best first.")]
 
 
 class ChurnScore(msgspec.Struct, kw_only=True, frozen=True):
