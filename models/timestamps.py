@@ -52,7 +52,9 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
         median = float(np.median(np.abs(numeric.to_numpy(np.float64)))) if len(numeric) else 0.0
         for bound, unit, per_second in NUMERIC_UNITS:
             if median < bound:
-                return _divided(numeric, per_second), unit
+                seconds = _divided(numeric, per_second)
+                _check_one_unit(values, seconds, median / per_second, unit)
+                return seconds, unit
     text = values.astype(str)
     read_as, numbers_first = _date_order(text)
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
@@ -68,6 +70,24 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     if beyond.any():
         raise _unparsable(values, beyond, f"a year from {NS_YEARS[0]} to {NS_YEARS[1]}")
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
+
+
+EPOCH_LIKE_S = 1e8  # a median at or above this (1973-03-03) is absolute time: every value should be near it
+UNIT_SPREAD = 100.0  # a value this many times below or above such a median is in another unit (or a placeholder)
+
+
+def _check_one_unit(values: pd.Series, seconds: pd.Series, median_s: float, unit: str) -> None:
+    """Raise naming the first value of a column of absolute epoch times (median from 1973 on) that lies two orders
+    of magnitude off the median: seconds among milliseconds (or the reverse) were read in the median's unit
+    without a word, half a log in the year 50,000 or in January 1970 (found by review), and a 0 placeholder as
+    1970-01-01. Relative times (a synthetic log from 0) have a small median and are not checked."""
+    if median_s < EPOCH_LIKE_S:
+        return
+    off = ((seconds.abs() < median_s / UNIT_SPREAD) | (seconds.abs() > median_s * UNIT_SPREAD)).fillna(False)
+    if off.any():
+        around = pd.Timestamp(median_s, unit="s", tz="UTC")
+        raise _unparsable(values, off, f"the column reads as epoch {unit}, around {around:%Y-%m-%d}, and this value "
+                                       f"is over {UNIT_SPREAD:g} times off that: another unit, or a placeholder?")
 
 
 def spreadsheet_days_hint(seconds: pd.Series) -> str | None:

@@ -121,3 +121,20 @@ def test_regression_a_date_beyond_pandas_range_is_named_with_its_row(typo):
     # pandas' own "Out of bounds nanosecond timestamp: 202-02-01" reached the user, without the row
     with pytest.raises(ValueError, match=rf"cannot parse ts '{typo}' in row 3 \(a year from 1678 to 2261\)"):
         to_epoch_seconds(pd.Series(["2020-01-01", typo, "2020-03-01"]))
+
+
+@pytest.mark.parametrize("values, named", [
+    ([1.6e9, 1.6e12, 1.6e9], "1600000000000.0"),  # milliseconds among seconds: the year 52,673
+    ([1.6e12, 1.6e9, 1.6e12], "1600000000.0"),  # seconds among milliseconds: January 1970
+    ([1.6e9, 0, 1.6e9], "0.0"),  # a placeholder: 1970-01-01
+])
+def test_regression_a_value_in_another_unit_than_the_columns_is_named(values, named):
+    """Read by the median's unit without a word, half of a log of mixed seconds and milliseconds moved to the year
+    50,000 (or to 1970), which scrambled each user's order (found by the recs CLI review)."""
+    with pytest.raises(ValueError, match=rf"cannot parse ts {named} in row 3 \(the column reads as epoch"):
+        to_epoch_seconds(pd.Series(values))
+
+
+def test_relative_times_from_zero_are_not_taken_for_mixed_units():
+    seconds, unit = to_epoch_seconds(pd.Series([0, 60, 86_400, 3_000_000]))  # a synthetic log's clock from 0
+    assert unit == "seconds" and seconds.tolist() == [0.0, 60.0, 86_400.0, 3_000_000.0]
