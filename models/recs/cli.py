@@ -84,7 +84,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             typer.echo(json.dumps(public))
         else:
             rows = [("model", public["model"]), ("streaming", public["streaming"])] + list(public["baselines"].items())
-            typer.echo(f"{public['dataset']}: {public['users']} users, {public['items']} items")
+            typer.echo(f"{public['dataset']}: {public['users']} users evaluated (of {public['log_users']}), "
+                       f"{public['items']} items")
             typer.echo(f"{'method':<12} {'ndcg@10':>8} {'hit@10':>8} {'mrr@10':>8} {'recall@20':>9}")
             for n, m in rows:
                 typer.echo(f"{n:<12} {m['ndcg@10']:>8.4f} {m['hit@10']:>8.4f} {m['mrr@10']:>8.4f} {m['recall@20']:>9.4f}")

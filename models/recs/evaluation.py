@@ -50,8 +50,12 @@ def normalize_log(df: pd.DataFrame) -> pd.DataFrame:
     out = df[["user_id", "item_id", "ts"]].copy()
     if out.empty:
         raise ValueError("interaction log is empty")
-    if out[["user_id", "item_id", "ts"]].isna().any().any():
-        raise ValueError("interaction log has empty user_id/item_id/ts values")
+    for column in ("user_id", "item_id", "ts"):
+        empty = out[column].isna().to_numpy()
+        if empty.any():  # which one, and where: the file's row (a frame read from a file keeps its row numbers)
+            label = out.index[int(empty.argmax())]
+            where = f" in row {int(label) + 2}" if isinstance(label, (int, np.integer)) else ""
+            raise ValueError(f"interaction log has an empty {column}{where}: every row needs user_id, item_id and ts")
     out["user_id"] = out["user_id"].astype(str)
     out["item_id"] = out["item_id"].astype(str)
     ts, _unit = to_epoch_seconds(out["ts"])  # only the order within a user matters here

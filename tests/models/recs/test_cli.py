@@ -199,3 +199,37 @@ def test_regression_threads_limit_the_blas_libraries_too():
     pools = threadpool_info()
     assert any(pool["internal_api"] == "openblas" for pool in pools)
     assert all(pool["num_threads"] == 1 for pool in pools), pools
+
+
+def test_regression_what_the_log_loses_or_lacks_is_said(tmp_path):
+    """Ignored columns (a rating column made 1-star ratings positives), collapsed repeats, a catalogue past the items
+    the model learns and an evaluation of a handful of users were all silent (found by the recs CLI review)."""
+    said: list[str] = []
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,ts,Rating\nu1,i1,1,5\nu1,i1,2,1\nu1,i2,3,4\n")
+    _, df, _ = pipeline.load_log(path, said.append)
+    assert said == ["note: ignored column(s) Rating: every row counts as one interaction"]
+    from models.recs.evaluation import normalize_log
+    from models.recs.seqlinear import LinearConfig
+
+    said.clear()
+    pipeline.note_repeats(len(df), len(normalize_log(df)), said.append)
+    pipeline.note_catalogue_cap(8001, LinearConfig(), said.append)
+    pipeline.note_few_users(10, said.append)
+    assert said[0].startswith("note: 1 of 3 rows repeat a user's item")
+    assert said[1].startswith("warning: 1 of the 8,001 items are past the 8,000 most frequent")
+    assert said[2].startswith("warning: only 10 users have the 3 distinct items")
+    said.clear()
+    pipeline.note_repeats(3, 3, said.append)
+    pipeline.note_catalogue_cap(8000, LinearConfig(), said.append)
+    pipeline.note_few_users(100, said.append)
+    assert said == []
+
+
+def test_regression_an_empty_ts_is_named_with_its_row(app, tmp_path):
+    from tidewater.errors import UserError
+
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,ts\nu1,i1,1600000000\nu1,i2,\nu2,i1,1600000100\n")
+    res = CliRunner().invoke(app, ["evaluate", "recs", "--interactions", str(path)])
+    assert isinstance(res.exception, UserError) and "an empty ts in row 3" in str(res.exception)
