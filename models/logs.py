@@ -37,12 +37,13 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} is not a file" if path.exists() else f"{path} does not exist")
+    sep = _separator(path)
     try:
         with warnings.catch_warnings():
             # rows with more fields than the header: without index_col=False pandas took the first column for
             # the index and shifted every column by one (users read as items, items as times), silently
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
+            raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
     except pd.errors.ParserWarning:
         raise UserError(f"cannot read {path} as CSV: its rows have more fields than its header names; name every "
                         f"column in the header") from None
@@ -63,7 +64,7 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     wanted = [*required, *known, *(aliases or {})]
     # pandas reads a second "ts" column as "ts.1", and "TS" beside "ts" is another name: one of them was used
     # without a word (found by review). The header as written tells such a "ts.1" from a column named so
-    lowered = [str(c).strip().lower() for c in _header(path)]
+    lowered = [str(c).strip().lower() for c in _header(path, sep)]
     twice = sorted({name for name in lowered if lowered.count(name) > 1 and name in wanted})
     if twice:
         raise UserError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header; keep one")
@@ -76,11 +77,8 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
             raw[column] = raw[column].mask(raw[column].str.strip().isin(NA_STRINGS))
     missing = [c for c in required if c not in raw.columns]
     if missing:
-        separator = next((sep for sep in (";", "\t", "|") if len(raw.columns) == 1 and sep in raw.columns[0]), None)
-        hint = (f": its header is one column, {raw.columns[0]!r}; separate the columns with commas, not "
-                f"{'tabs' if separator == chr(9) else repr(separator)}") if separator else \
-            f" (its columns: {', '.join(map(str, raw.columns[:12]))})"
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(required)}{hint}")
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(required)} (its columns: "
+                        f"{', '.join(map(str, raw.columns[:12]))})")
     empty = pd.Series(False, index=raw.index)
     for column in ids:
         empty |= raw[column].isna() | (raw[column].str.strip() == "")
@@ -90,6 +88,19 @@ def read_log_csv(path: str | Path, *, required: Sequence[str], known: Sequence[s
     return raw, int(empty.sum())
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Path, sep: str = ",") -> list[str]:
     """The header's names as the file writes them (``read_csv`` renames a repeated one, ``ts`` -> ``ts.1``)."""
-    return pd.read_csv(path, dtype=str, header=None, nrows=1, keep_default_na=False).iloc[0].tolist()
+    return pd.read_csv(path, sep=sep, dtype=str, header=None, nrows=1, keep_default_na=False).iloc[0].tolist()
+
+
+SEPARATORS = ("\t", ";", "|")  # taken when the header has no comma: TSV and European spreadsheet exports
+
+
+def _separator(path: Path) -> str:
+    """The column separator: a comma, or else the first of ``SEPARATORS`` the header line holds (such files were
+    refused with a hint to convert them; found by review). Undecodable bytes are left to ``read_csv``'s error."""
+    with open(path, "rb") as fh:
+        header = fh.readline().decode("utf-8", "replace")
+    if "," in header:
+        return ","
+    return next((sep for sep in SEPARATORS if sep in header), ",")

@@ -75,7 +75,9 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
             num = pd.to_numeric(raw[col], errors="coerce")
             bad = num.isna() & raw[col].notna()
             if bad.any():
-                raise UserError(f"{path}: non-numeric {col} {_first(raw[col], bad)}")
+                comma = raw[col][bad].astype(str).str.fullmatch(r"\s*-?\d+,\d+\s*").iloc[0]
+                raise UserError(f"{path}: non-numeric {col} {_first(raw[col], bad)}"
+                                + (" (a decimal comma: write 12.50, not 12,50)" if comma else ""))
             # infinite or too large to add up (an `inf` amount made the features infinite: a traceback, or a
             # published model that answered NaN; found by review); a quantity is a whole number
             limit = 1e12 if col == "amount" else 1e9

@@ -9,7 +9,8 @@ import typer
 
 from tidewater.errors import UserError, writable_dir
 
-INTERACTIONS_HELP = ("CSV with columns user_id,item_id,ts[,item_text]; ts as ISO dates, YYYYMMDD or epoch s/ms/µs/ns "
+INTERACTIONS_HELP = ("CSV (or tab-, semicolon-separated) with columns user_id,item_id,ts[,item_text]; ts as ISO "
+                     "dates, YYYYMMDD or epoch s/ms/µs/ns "
                      "(default: MovieLens ml-100k from recbole).")
 
 
