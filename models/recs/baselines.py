@@ -6,7 +6,6 @@ Markov and item-KNN back off to popularity (weight 1e-6) so that their ties are 
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -100,14 +99,17 @@ class ALS:
         self.seed, self.threads = seed, threads
 
     def fit(self, seqs: Sequence[np.ndarray], n_items: int) -> "ALS":
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit warns (and slows) otherwise
         from implicit.cpu.als import AlternatingLeastSquares  # CPU class: never picks a GPU silently
+        from threadpoolctl import threadpool_limits
 
-        model = AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, iterations=self.iterations,
-            random_state=self.seed, num_threads=self.threads, calculate_training_loss=False,
-        )
-        model.fit(_matrix(seqs, n_items), show_progress=False)
+        # implicit runs its own threads, and warns (and slows) with a BLAS pool of more than one: the environment
+        # variable set here came after numpy had loaded OpenBLAS, so every evaluation printed the warning (review)
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors, regularization=self.regularization, iterations=self.iterations,
+                random_state=self.seed, num_threads=self.threads, calculate_training_loss=False,
+            )
+            model.fit(_matrix(seqs, n_items), show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
         return self

@@ -152,6 +152,12 @@ class ItemIndex:
         ivf.cp.seed = seed
         ivf.cp.niter = 10
         ivf.cp.spherical = True  # unit-norm centroids: inner-product assignment is then well posed
+        # faiss prints a warning per k-means below 39 points per centroid (32 lines for the PQ of a small catalogue
+        # in `evaluate recs`; review): the threshold only gates that message, the clustering is the same
+        ivf.cp.min_points_per_centroid = 1
+        codes = faiss.downcast_index(ivf)  # the IVF-PQ's own class, with its product quantizer
+        if hasattr(codes, "pq"):
+            codes.pq.cp.min_points_per_centroid = 1
         index.train(train)
         index.add(x)
         out = cls(item_ids, index, kind, version, d, nprobe=1, use_gpu=use_gpu, vectors_sha256=fingerprint)

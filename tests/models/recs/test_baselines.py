@@ -26,3 +26,18 @@ def test_regression_item_knn_memory_is_bounded_and_the_chunking_changes_nothing(
         tracemalloc.stop()
     assert (whole != chunked).nnz == 0 and whole.nnz > 0
     assert peak < 3 * 8 * 1024 * 1024 + 40 * whole.nnz  # the budget (with slack) plus the result's triplets
+
+
+def test_regression_als_fits_without_the_openblas_threads_warning():
+    """implicit warned at every evaluation that OpenBLAS used 2 threads: the variable the baseline set came after
+    numpy had loaded OpenBLAS (found by the recs CLI review)."""
+    import warnings
+
+    from threadpoolctl import threadpool_limits
+
+    from models.recs.baselines import ALS
+
+    seqs = [np.random.default_rng(s).integers(0, 30, 8) for s in range(40)]
+    with warnings.catch_warnings(), threadpool_limits(2, "blas"):  # as `evaluate recs --threads 2` sets it
+        warnings.simplefilter("error", RuntimeWarning)
+        ALS(factors=4, iterations=2, threads=2).fit(seqs, 30)

@@ -213,3 +213,12 @@ def test_regression_rows_wider_than_the_gpu_limit_go_to_the_cpu_copy():
     for got, want in zip(idx.search_ids(q, GPU_MAX_K + 50), expected_wide):
         np.testing.assert_array_equal(got, want)
     assert GpuLike.widths and max(GpuLike.widths) <= GPU_MAX_K  # the narrow rows still went to the "GPU"
+
+
+def test_regression_a_small_approximate_index_trains_without_faiss_warnings(capfd):
+    """`evaluate recs` on a small log printed 32 "WARNING clustering 26 points to 16 centroids" lines from faiss's
+    C++ (one per product sub-quantizer; found by the recs CLI review)."""
+    x = np.random.default_rng(0).standard_normal((60, 16)).astype(np.float32)
+    for kind in ("ivf", "ivfpq"):
+        ItemIndex.build([f"i{i}" for i in range(60)], x, kind=kind, version=kind, use_gpu=False)
+    assert "WARNING clustering" not in capfd.readouterr().err
