@@ -9,6 +9,9 @@ import typer
 
 from tidewater.errors import UserError, writable_dir
 
+MAX_ITEMS_HELP = ("Items the seqlinear model learns, the most frequent (default 8,000; the rest get vectors from "
+                  "their item_text, or none). The fit's memory peaks at about 40 × N² bytes: 2.6 GB at 8,000, "
+                  "10 GB at 16,000.")
 INTERACTIONS_HELP = ("CSV (or tab-, semicolon-separated) with columns user_id,item_id,ts[,item_text]; ts as ISO "
                      "dates, YYYYMMDD or epoch s/ms/µs/ns "
                      "(default: MovieLens ml-100k from recbole).")
@@ -34,6 +37,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
                                       help="Registry root; publishes to <root>/recs."),
         threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for torch/BLAS."),
         arch: str = typer.Option("seqlinear", "--arch", help="seqlinear (default) or sasrec."),
+        max_items: Optional[int] = typer.Option(None, "--max-items", min=1, help=MAX_ITEMS_HELP),
     ) -> None:
         """Train the recommender on ALL events (validation item used only to report/select) and publish
         item embeddings, config and the FAISS index to the registry."""
@@ -43,7 +47,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             raise UserError(f"--arch must be seqlinear or sasrec, not {arch!r}")
         writable_dir(registry / "recs", "--registry")  # before minutes of training, not after
         version, metrics = _user_errors(train_and_publish, interactions, registry, seed=seed, threads=threads,
-                                        log=lambda m: typer.echo(m, err=True), arch=arch)
+                                        log=lambda m: typer.echo(m, err=True), arch=arch, max_items=max_items)
         typer.echo(json.dumps({"version": version, "registry": str(registry / "recs"), **metrics}))
 
     @index_app.command("build")
@@ -68,6 +72,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
         seed: int = typer.Option(0, "--seed", min=0, help="Random seed of the split and the models."),
         threads: int = typer.Option(2, "--threads", min=1, help="CPU threads for torch/BLAS/implicit."),
         arch: str = typer.Option("seqlinear", "--arch", help="seqlinear (default) or sasrec."),
+        max_items: Optional[int] = typer.Option(None, "--max-items", min=1, help=MAX_ITEMS_HELP),
     ) -> None:
         """Time-ordered leave-one-out evaluation of the model and every baseline (pop, item-KNN, ALS,
         Markov) plus the streaming user-vector + index path and approximate-index recall."""
@@ -77,7 +82,7 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
             raise UserError(f"--arch must be seqlinear or sasrec, not {arch!r}")
         writable_dir(report_dir, "--report-dir")  # before the evaluation, not after it
         result = _user_errors(evaluate_all, interactions, seed=seed, threads=threads,
-                              log=lambda m: typer.echo(m, err=True), arch=arch)
+                              log=lambda m: typer.echo(m, err=True), arch=arch, max_items=max_items)
         paths = write_report(result, report_dir)
         public = {k: v for k, v in result.items() if not k.startswith("_")}
         public["report"] = [str(p) for p in paths]

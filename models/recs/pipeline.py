@@ -60,7 +60,8 @@ def note_catalogue_cap(n_items: int, cfg, log: Log) -> None:
     cap = getattr(cfg, "max_items", None)
     if cap is not None and n_items > cap:
         log(f"warning: {n_items - cap:,} of the {n_items:,} items are past the {cap:,} most frequent that the model "
-            "learns: they get vectors from their item_text, or none (cold_items), and are rarely recommended")
+            "learns: they get vectors from their item_text, or none (cold_items), and are rarely recommended; "
+            "--max-items raises the cap (memory grows with its square)")
 
 
 MIN_EVALUATED_USERS = 100  # users with a held-out item under which `evaluate recs` warns
@@ -94,11 +95,14 @@ def set_threads(n: int) -> None:
 ARCHES = ("seqlinear", "sasrec")
 
 
-def make_config(arch: str = "seqlinear", seed: int = 0, threads: int = 2):
+def make_config(arch: str = "seqlinear", seed: int = 0, threads: int = 2, max_items: int | None = None):
+    """The model's configuration; ``max_items``: the items the seqlinear model learns (None: its default)."""
     if arch == "seqlinear":
         from models.recs.seqlinear import LinearConfig
 
-        return LinearConfig(seed=seed, threads=threads)
+        return LinearConfig(seed=seed, threads=threads, **({"max_items": max_items} if max_items else {}))
+    if max_items:
+        raise ValueError("--max-items applies to --arch seqlinear (sasrec learns every item)")
     if arch == "sasrec":
         from models.recs.model import RecsConfig
 
@@ -143,7 +147,8 @@ def train_for_test(split: Split, texts: dict[str, str] | None, cfg, progress: bo
 
 
 def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, threads: int = 2,
-                      progress: bool = True, log: Log = _quiet, arch: str = "seqlinear") -> tuple[str, dict]:
+                      progress: bool = True, log: Log = _quiet, arch: str = "seqlinear",
+                      max_items: int | None = None) -> tuple[str, dict]:
     from models.datasets import fingerprint
     from models.recs.recommender import write_artifacts
     from models.registry import Registry
@@ -157,7 +162,7 @@ def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, th
     everything = [np.append(s, t) if t >= 0 else s for s, t in zip(everything, split.test)]
     if not any(len(seq) >= 2 for seq in everything):  # it published a model of zero vectors (found by review)
         raise ValueError("no user has 2 or more distinct items: a sequence model has nothing to learn from")
-    cfg = make_config(arch, seed, threads)
+    cfg = make_config(arch, seed, threads, max_items)
     note_catalogue_cap(split.n_items, cfg, log)
     t0 = time.time()
     model, res = train_model(split, texts, cfg, progress=progress, log=log, refit_all=everything)
@@ -220,7 +225,7 @@ def _ranks_from_results(results: list[list[tuple[str, float]]], targets: list[st
 
 
 def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: bool = True,
-                 log: Log = _quiet, arch: str = "seqlinear") -> dict:
+                 log: Log = _quiet, arch: str = "seqlinear", max_items: int | None = None) -> dict:
     from tqdm import tqdm
 
     from models.recs.baselines import all_baselines, fit_baseline
@@ -250,7 +255,7 @@ def evaluate_all(interactions=None, seed: int = 0, threads: int = 2, progress: b
         log(f"{b.name}: {baselines[b.name]}")
 
     # model (fitted on TRAIN, selected on the validation item, refit on TRAIN + validation)
-    cfg = make_config(arch, seed, threads)
+    cfg = make_config(arch, seed, threads, max_items)
     note_catalogue_cap(split.n_items, cfg, log)
     model, res = train_for_test(split, texts, cfg, progress=progress, log=log)
     hist = split.history("test")
