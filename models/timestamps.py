@@ -72,18 +72,23 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
 
 
-EPOCH_LIKE_S = 1e8  # a median at or above this (1973-03-03) is absolute time: every value should be near it
-UNIT_SPREAD = 100.0  # a value this many times below or above such a median is in another unit (or a placeholder)
+EPOCH_LIKE_S = 1e8  # a median at or above this many seconds (3.2 years) is far from 0
+UNIT_SPREAD = 100.0  # a value this many times larger than such a median is in another unit
 
 
 def _check_one_unit(values: pd.Series, seconds: pd.Series, median_s: float, unit: str) -> None:
-    """Raise naming the first value of a column of absolute epoch times (median from 1973 on) that lies two orders
-    of magnitude off the median: seconds among milliseconds (or the reverse) were read in the median's unit
-    without a word, half a log in the year 50,000 or in January 1970 (found by review), and a 0 placeholder as
-    1970-01-01. Relative times (a synthetic log from 0) have a small median and are not checked."""
+    """Raise naming the first value two orders of magnitude off a column's median (from 3.2 years on): read in the
+    median's unit, milliseconds among seconds put half a log in the year 50,000 without a word (found by review).
+    Smaller values are refused only in a column read in a unit finer than seconds, where they are seconds among
+    milliseconds (January 1970) or a 0 placeholder: read as seconds, they may be a relative log's first years (from
+    0) or dates before 1970, which are valid (found by the review of the check)."""
     if median_s < EPOCH_LIKE_S:
         return
-    off = ((seconds.abs() < median_s / UNIT_SPREAD) | (seconds.abs() > median_s * UNIT_SPREAD)).fillna(False)
+    magnitude = seconds.abs()
+    off = magnitude > median_s * UNIT_SPREAD
+    if unit != "seconds":
+        off |= magnitude < median_s / UNIT_SPREAD
+    off = off.fillna(False)
     if off.any():
         around = pd.Timestamp(median_s, unit="s", tz="UTC")
         raise _unparsable(values, off, f"the column reads as epoch {unit}, around {around:%Y-%m-%d}, and this value "

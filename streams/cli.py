@@ -41,6 +41,7 @@ def startup_line(s: Settings, loglevel: str) -> str:
     """What a starting worker says whatever its log level: where it serves, and what it will log (at the default
     level it printed nothing, no address either; found by the README review)."""
     host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     quiet = " (problems only: --loglevel info for more)" if loglevel in ("warning", "error", "critical") else ""
     return (f"tidewater worker of {s.app_id!r} on {s.bootstrap_servers}, {s.partitions} partitions: "
             f"http://{host}:{s.web_port}/health, /metrics, /dashboard; log level {loglevel}{quiet}")

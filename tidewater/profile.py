@@ -32,6 +32,12 @@ RECENT_IDS = 16  # event ids remembered per user against producer duplicates (a 
 # reached only by heavy users, whose profile it keeps bounded (both full, with UUID ids: 89 kB; measured)
 PURCHASED_ITEMS = 1024
 CLICKED_ITEMS = 1024
+# ...for ids of up to SHORT_ID_BYTES (UTF-8): a longer one (ids may have 128 characters, 512 bytes) keeps its store
+# at the LONG_ID_ITEMS most recent. 1,024 ids of 512 bytes in each store put a profile past Kafka's 1 MB record
+# limit, which would stop the worker at every restart (found by review); so at most LONG_ID_ITEMS long ids are ever
+# kept (each one trims the store to that many), and a store stays under LONG_ID_ITEMS x 512 + 1,024 x 48 bytes
+SHORT_ID_BYTES = 48
+LONG_ID_ITEMS = 128
 # the recs model's history of a user: the last REC_HISTORY distinct items, each at its first occurrence. The model
 # reads the last 50 it has a vector for (its window); the rest is room for items it has none for (new in the
 # catalogue since its training), kept for the next version, which may have them
@@ -305,7 +311,9 @@ def _trim_each_type(profile: Profile, keep: int) -> None:
 def _remember(items: dict[str, int], item_id: str, most: int) -> None:
     times = items.pop(item_id, 0)  # forgotten again: it moves to the most recent end
     items[item_id] = times + 1
-    if len(items) > most:
+    if len(item_id) * 4 > SHORT_ID_BYTES and len(item_id.encode()) > SHORT_ID_BYTES:  # (the encode only when it may)
+        most = min(most, LONG_ID_ITEMS)
+    while len(items) > most:
         del items[next(iter(items))]
 
 

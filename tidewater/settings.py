@@ -102,9 +102,9 @@ class Settings:
     producer_max_batch_bytes: int = setting(
         262144, "TIDEWATER_PRODUCER_MAX_BATCH_BYTES",
         "Producer batch size in bytes. A partition has one batch in flight at a time, so a batch's profile "
-        "changelog (about 3.2 kB per user, up to twice that for one with full rings of clicks and purchases) goes "
-        "out in this many bytes per round trip; keep it below the "
-        "broker's message.max.bytes (1 MB by default).")
+        "changelog (about 3.2 kB per user, up to twice that for one with full rings of clicks and purchases, and "
+        "about 90 kB for a heavy user who also has 1,024 UUID items remembered beyond each ring) goes out in this "
+        "many bytes per round trip; keep it below the broker's message.max.bytes (1 MB by default).")
     producer_timeout_s: float = setting(
         120.0, "TIDEWATER_PRODUCER_TIMEOUT_S",
         "How long an output or changelog batch may wait for the broker, retries included, before the worker stops "
@@ -141,8 +141,8 @@ class Settings:
         100_000, "TIDEWATER_PROFILE_CACHE_USERS",
         "Decoded profiles a worker keeps in memory, least recently written out first (about 11-13 kB each with a "
         "half-full ring of recent events, so 1.3 GB at the default; 50-70 kB for a user with full rings of clicks and "
-        "purchases and the items remembered beyond them, longer ids taking more, so 5-7 GB if every cached user were "
-        "one): their users skip a RocksDB read and a decode. "
+        "purchases; about 270 kB for a heavy user who also has 1,024 UUID items remembered beyond each ring, so 27 GB "
+        "if every cached user were one): their users skip a RocksDB read and a decode. "
         "0 turns the cache off.")
     max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
                                    "Records larger than this go to the dead-letter topic (oversized).")

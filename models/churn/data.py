@@ -77,7 +77,8 @@ def load_purchases_csv(path: str | Path) -> pd.DataFrame:
             if bad.any():
                 comma = raw[col][bad].astype(str).str.fullmatch(r"\s*-?\d+,\d+\s*").iloc[0]
                 raise UserError(f"{path}: non-numeric {col} {_first(raw[col], bad)}"
-                                + (" (a decimal comma: write 12.50, not 12,50)" if comma else ""))
+                                + (" (a decimal or thousands comma? write numbers with digits and a point "
+                                   "only: 12.50, 1250)" if comma else ""))
             # infinite or too large to add up (an `inf` amount made the features infinite: a traceback, or a
             # published model that answered NaN; found by review); a quantity is a whole number
             limit = 1e12 if col == "amount" else 1e9

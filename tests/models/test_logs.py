@@ -135,3 +135,15 @@ def test_tab_semicolon_and_bar_separated_logs_are_read(tmp_path, sep):
     path.write_text(sep.join(["user_id", "item_id", "ts", "note"]) + "\n" + sep.join(["u1", "i 1", "1", "a,b"]) + "\n")
     raw, _ = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
     assert raw[["user_id", "item_id", "ts", "note"]].values.tolist() == [["u1", "i 1", "1", "a,b"]]
+
+
+@pytest.mark.parametrize("content", [
+    "\nuser_id;item_id;ts\nu1;i 1;1\n",  # a blank line before the header
+    "user_id;item_id;ts;price, EUR\nu1;i 1;1;2,50\n",  # a comma inside a semicolon header's name
+])
+def test_regression_the_separator_is_the_headers_most_frequent(tmp_path, content):
+    """The first version looked at the first line only, and took any comma in it for the separator (review)."""
+    path = tmp_path / "log.csv"
+    path.write_text(content)
+    raw, _ = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+    assert raw[["user_id", "item_id", "ts"]].values.tolist() == [["u1", "i 1", "1"]]

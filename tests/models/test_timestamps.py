@@ -126,7 +126,7 @@ def test_regression_a_date_beyond_pandas_range_is_named_with_its_row(typo):
 @pytest.mark.parametrize("values, named", [
     ([1.6e9, 1.6e12, 1.6e9], "1600000000000.0"),  # milliseconds among seconds: the year 52,673
     ([1.6e12, 1.6e9, 1.6e12], "1600000000.0"),  # seconds among milliseconds: January 1970
-    ([1.6e9, 0, 1.6e9], "0.0"),  # a placeholder: 1970-01-01
+    ([1.6e12, 0, 1.6e12], "0.0"),  # a placeholder among milliseconds: 1970-01-01
 ])
 def test_regression_a_value_in_another_unit_than_the_columns_is_named(values, named):
     """Read by the median's unit without a word, half of a log of mixed seconds and milliseconds moved to the year
@@ -135,6 +135,13 @@ def test_regression_a_value_in_another_unit_than_the_columns_is_named(values, na
         to_epoch_seconds(pd.Series(values))
 
 
-def test_relative_times_from_zero_are_not_taken_for_mixed_units():
-    seconds, unit = to_epoch_seconds(pd.Series([0, 60, 86_400, 3_000_000]))  # a synthetic log's clock from 0
-    assert unit == "seconds" and seconds.tolist() == [0.0, 60.0, 86_400.0, 3_000_000.0]
+@pytest.mark.parametrize("values", [
+    [0, 60, 86_400, 3_000_000],  # a synthetic log's clock from 0
+    list(range(0, int(6.4 * 365 * 86400), 86400)),  # the same over 6.4 years: its median is past 1e8 s
+    list(range(-2_208_988_800, 0, 30 * 86400)),  # 1900 to 1969: the last months are small numbers
+    list(range(0, 365 * 86400 * 1000, 86400 * 1000)),  # a year of milliseconds from 0 (read as seconds: in order)
+])
+def test_regression_relative_and_pre_1970_times_are_not_taken_for_mixed_units(values):
+    """The first version of the unit check refused these (found by the review of the check)."""
+    seconds, unit = to_epoch_seconds(pd.Series(values))
+    assert unit == "seconds" and seconds.tolist() == [float(v) for v in values]

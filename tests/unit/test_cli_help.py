@@ -69,3 +69,4 @@ def test_the_workers_start_up_line_says_where_it_serves_and_how_quiet_it_is():
     line = startup_line(s, "warning")
     assert "http://127.0.0.1:7000/health" in line and "--loglevel info for more" in line
     assert "--loglevel info" not in startup_line(s, "info")
+    assert "http://[fd00::1]:7000/health" in startup_line(s.replace(web_host="fd00::1"), "info")

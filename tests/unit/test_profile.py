@@ -405,3 +405,26 @@ def test_rfm_is_what_a_churn_score_carries():
     apply(p, _click(1, 2 * DAY), "c/0", 1, 0.0)
     assert rfm(p, 5.5 * DAY) == {"recency_days": 3.5, "frequency": 1.0, "monetary": 12.35}
     assert rfm(p, DAY)["recency_days"] == 0.0  # a tick before the last event: no negative recency
+
+
+def test_regression_long_item_ids_cannot_push_a_profile_past_kafkas_record_limit():
+    """With 1,024 items remembered per store, ids of 128 characters (up to 512 bytes) made a heavy user's profile
+    1.1 MB, over Kafka's 1 MB record limit: its changelog record would stop the worker at every restart (found by
+    review). Long ids keep a store at 128 items; short ones (UUIDs) at 1,024."""
+    from tidewater.profile import CLICKED_ITEMS, LONG_ID_ITEMS, new_profile
+
+    def heavy(item_id) -> object:
+        p = new_profile("u")
+        for i in range(1200):  # 1,136 items each leave the ring of 64 clicks and of 64 purchases
+            apply(p, Click(event_id=f"c{i}", user_id="u", ts=1e9 + i, item_id=item_id(i), category="é" * 200),
+                  "clicks:0", i, 0.0, ProfileConfig())
+            apply(p, Purchase(event_id=f"p{i}", user_id="u", ts=1e9 + i + 0.5, item_id=item_id(10**6 + i), amount=1.0,
+                              category="é" * 200), "purchases:0", i, 0.0, ProfileConfig())
+        return p
+
+    long_ids = heavy(lambda i: "😀" * 120 + f"{i:08d}")
+    assert len(long_ids.clicked) == len(long_ids.purchased) == LONG_ID_ITEMS
+    assert len(encode_profile(long_ids)) < 400_000
+    uuids = heavy(lambda i: f"{i:032x}-uuid")
+    assert len(uuids.clicked) == len(uuids.purchased) == CLICKED_ITEMS
+    assert len(encode_profile(uuids)) < 400_000

@@ -91,7 +91,7 @@ def test_train_churn_publishes_a_loadable_version(tiny_csv, tmp_path, capsys):
      "note: read column ts as yyyymmdd"),
     ("user_id,ts\n" + "".join(f"u{i},20180601\n" for i in range(10)) + "u0,20190201\n", "each split needs both churners and buyers"),
     # a semicolon export is read; its decimal commas are named as such
-    ("user_id;ts;amount\nu1;2020-01-01;12,50\n", "non-numeric amount '12,50' in row 2 (a decimal comma"),
+    ("user_id;ts;amount\nu1;2020-01-01;12,50\n", "non-numeric amount '12,50' in row 2 (a decimal or thousands comma"),
     # spreadsheet serial dates (35431 = 1997-01-01) read as epoch seconds: the error says 1970, the warning why
     ("user_id,ts\nu1,35431\nu2,35795\n", "look like spreadsheet serial dates (1997-01-01 to 1997-12-31"),
 ])
