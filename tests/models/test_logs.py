@@ -1,6 +1,8 @@
 """Reading event logs from CSV (models/logs.py), shared by the churn task and the recommender."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -147,3 +149,21 @@ def test_regression_the_separator_is_the_headers_most_frequent(tmp_path, content
     path.write_text(content)
     raw, _ = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
     assert raw[["user_id", "item_id", "ts"]].values.tolist() == [["u1", "i 1", "1"]]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sep=st.sampled_from([",", "\t", ";", "|"]), extra=st.booleans(), data=st.data())
+def test_any_separator_gives_back_every_id_as_written(tmp_path, sep, extra, data):
+    """A log written with a comma, tab, semicolon or bar reads back the same, whatever the other separators inside
+    its ids (a comma in a semicolon file's ids or names is data)."""
+    others = "".join(s for s in ",\t;|" if s != sep and s != "\t")
+    field = st.from_regex(rf"[0-9A-Za-z_.\-{re.escape(others)}]{{1,8}}", fullmatch=True)
+    rows = data.draw(st.lists(st.tuples(field, field), min_size=1, max_size=20))
+    header = ["user_id", "item_id", "ts"] + (["note, with a comma" if sep != "," else "note"] if extra else [])
+    lines = [sep.join(header)] + [sep.join([u, i, str(n)] + (["x"] if extra else [])) for n, (u, i) in enumerate(rows)]
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(lines) + "\n")
+    raw, skipped = read_log_csv(path, required=("user_id", "item_id", "ts"), ids=("user_id", "item_id"))
+    assert skipped == 0
+    assert list(zip(raw["user_id"], raw["item_id"], raw["ts"])) == [(u.strip(), i.strip(), str(n))
+                                                                  for n, (u, i) in enumerate(rows)]

@@ -145,3 +145,14 @@ def test_regression_relative_and_pre_1970_times_are_not_taken_for_mixed_units(va
     """The first version of the unit check refused these (found by the review of the check)."""
     seconds, unit = to_epoch_seconds(pd.Series(values))
     assert unit == "seconds" and seconds.tolist() == [float(v) for v in values]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(days, min_size=3, max_size=30), st.data())
+def test_one_time_in_milliseconds_among_seconds_is_named_with_its_row(dates, data):
+    seconds = [_epoch(d) for d in dates]
+    assert to_epoch_seconds(pd.Series(seconds))[1] == "seconds"  # the column alone is fine
+    at = data.draw(st.integers(0, len(seconds) - 1))
+    mixed = seconds[:at] + [seconds[at] * 1000] + seconds[at + 1:]
+    with pytest.raises(ValueError, match=rf"in row {at + 2} \(the column reads as epoch seconds"):
+        to_epoch_seconds(pd.Series(mixed))
