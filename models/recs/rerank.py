@@ -172,7 +172,21 @@ def search_and_rerank(index, full: FullRankScorer, vectors: np.ndarray, k: int, 
     n = len(index)
     mask = exclusion_mask(exclude, n)  # the distinct excluded items of each row (a row may repeat one)
     distinct = mask.sum(axis=1).tolist() if mask is not None else [len(set(ex)) for ex in exclude]
-    widths = [row_width(candidates + d, n) for d in distinct]
-    scores, ids = index.search_rows(vectors, widths)
-    return full.rerank_batch(histories, ids, scores.astype(np.float64), exclude, k, candidates,
-                             exclude_mask=mask)
+    widths = np.minimum(np.maximum([row_width(candidates + d, n) for d in distinct], 1), max(n, 1))
+    scores, ids = index.search_rows(vectors, widths.tolist())
+    groups = np.unique(widths).tolist()
+    if len(groups) <= 1:
+        return full.rerank_batch(histories, ids, scores.astype(np.float64), exclude, k, candidates,
+                                 exclude_mask=mask)
+    # each width's rows re-ranked on their own columns: padded to the widest, one heavy user's row (thousands of
+    # exclusions) made every row's arrays that wide (found by review). The padding is -1 (no item), which the
+    # re-ranking skips, so a row's answer is the same either way
+    cols = min(k, ids.shape[1])
+    out_ids, out_scores = np.full((len(ids), cols), -1, np.int64), np.full((len(ids), cols), -np.inf)
+    for width in groups:
+        rows = np.flatnonzero(widths == width)
+        part_ids, part_scores = full.rerank_batch(
+            [histories[r] for r in rows], ids[rows, :width], scores[rows, :width].astype(np.float64),
+            [exclude[r] for r in rows], k, candidates, exclude_mask=None if mask is None else mask[rows])
+        out_ids[rows, :part_ids.shape[1]], out_scores[rows, :part_scores.shape[1]] = part_ids, part_scores
+    return out_ids, out_scores

@@ -246,3 +246,31 @@ def test_repeated_history_items_are_excluded_once(fitted, monkeypatch, mask_cell
     assert got == want
     assert all(len(row) == 20 for row in got)  # 25 candidates left after the history (13 items of 40)
     assert all(not set(h) & {i for i, _ in row} for h, row in zip(histories, got))
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_regression_rows_of_each_width_are_re_ranked_as_in_one_padded_batch(data):
+    """Rows are re-ranked per search width: padded to the widest, one heavy user's row made every row's arrays that
+    wide (found by review). Each row's answer is the padded batch's, items and scores."""
+    from models.recs.index import ItemIndex
+    from models.recs.rerank import exclusion_mask, row_width, search_and_rerank
+
+    n = data.draw(st.integers(40, 160))
+    rng = np.random.default_rng(data.draw(st.integers(0, 10**6)))
+    vectors = rng.standard_normal((n, 8)).astype(np.float32)
+    index = ItemIndex.build([f"i{j}" for j in range(n)], vectors, kind="flat", version="t", use_gpu=False)
+    full = FullRankScorer(rng.standard_normal((n, n)).astype(np.float32) * 0.01, np.arange(n), 0.8, 10)
+    sizes = data.draw(st.lists(st.integers(0, n), min_size=1, max_size=12))  # some rows exclude most items
+    exclude = [rng.choice(n, size, replace=False).tolist() for size in sizes]
+    histories = [rng.choice(n, 5).tolist() for _ in sizes]
+    queries = rng.standard_normal((len(sizes), 8)).astype(np.float32)
+    k, candidates = data.draw(st.integers(1, 12)), data.draw(st.integers(0, 20))
+    got_ids, got_scores = search_and_rerank(index, full, queries, k, candidates, exclude, histories)
+    mask = exclusion_mask(exclude, n)
+    widths = [row_width(candidates + int(d), n) for d in mask.sum(axis=1)]
+    scores, ids = index.search_rows(queries, widths)
+    want_ids, want_scores = full.rerank_batch(histories, ids, scores.astype(np.float64), exclude, k, candidates,
+                                              exclude_mask=mask)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_scores, want_scores)
