@@ -166,6 +166,9 @@ def train_and_publish(interactions, registry_root: str | Path, seed: int = 0, th
     note_catalogue_cap(split.n_items, cfg, log)
     t0 = time.time()
     model, res = train_model(split, texts, cfg, progress=progress, log=log, refit_all=everything)
+    if res.best_valid_ndcg10 is not None and res.best_valid_ndcg10 <= 0:  # published without a word before (review)
+        log("warning: validation NDCG@10 is 0: the model ranked no user's held-out item in its top 10. It is "
+            "published all the same; compare it with `tidewater evaluate recs` on this log before serving it")
     popularity = np.bincount(np.concatenate(everything), minlength=split.n_items)
     segments = train_user_segments(model, everything, seed=seed)
     metrics = {"dataset": name, "rows": int(len(df)), "events": int(len(log_df)), "users": len(split.user_ids),

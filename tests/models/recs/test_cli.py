@@ -245,3 +245,18 @@ def test_max_items_caps_the_items_the_model_learns(app, csv, tmp_path):
     res = CliRunner().invoke(app, ["train", "recs", "--interactions", str(csv), "--arch", "sasrec",
                                    "--max-items", "10", "--registry", str(tmp_path / "reg")])
     assert "--max-items applies to --arch seqlinear" in str(res.exception)
+
+
+def test_regression_a_model_that_ranks_no_held_out_item_is_published_with_a_warning(csv, tmp_path, monkeypatch):
+    """`--arch sasrec` published a model of validation NDCG@10 0.0 without a word (found by the recs CLI review)."""
+    real = pipeline.train_model
+
+    def useless(*args, **kwargs):
+        model, res = real(*args, **kwargs)
+        res.best_valid_ndcg10 = 0.0
+        return model, res
+
+    monkeypatch.setattr(pipeline, "train_model", useless)
+    said: list[str] = []
+    pipeline.train_and_publish(csv, tmp_path / "reg", threads=1, progress=False, log=said.append)
+    assert any(m.startswith("warning: validation NDCG@10 is 0") for m in said)
