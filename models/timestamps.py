@@ -72,27 +72,33 @@ def to_epoch_seconds(values: pd.Series) -> tuple[pd.Series, str]:
     return (parsed - _EPOCH).dt.total_seconds().astype("float64"), read_as
 
 
-EPOCH_LIKE_S = 1e8  # a median at or above this many seconds (3.2 years) is far from 0
-UNIT_SPREAD = 100.0  # a value this many times larger than such a median is in another unit
+EPOCH_LIKE_S = 1e8  # seconds (3.2 years): a median from here on is far from 0, and "too large" is measured from here
+TOO_LARGE = 20.0  # a value this many times max(median, EPOCH_LIKE_S) is in a coarser-reading unit (or a typo)
+TOO_SMALL = 100.0  # under median / this, and cut off from every other value: another unit, or a placeholder
 
 
 def _check_one_unit(values: pd.Series, seconds: pd.Series, median_s: float, unit: str) -> None:
-    """Raise naming the first value two orders of magnitude off a column's median (from 3.2 years on): read in the
-    median's unit, milliseconds among seconds put half a log in the year 50,000 without a word (found by review).
-    Smaller values are refused only in a column read in a unit finer than seconds, where they are seconds among
-    milliseconds (January 1970) or a 0 placeholder: read as seconds, they may be a relative log's first years (from
-    0) or dates before 1970, which are valid (found by the review of the check)."""
-    if median_s < EPOCH_LIKE_S:
-        return
+    """Raise naming the first value that is in another unit than its column's median, or a placeholder: read in
+    the median's unit without a word, milliseconds among seconds put half a log in the year 50,000, seconds among
+    milliseconds in January 1970, and a 0 (or -1) at 1970-01-01 (found by review).
+
+    * too large: over ``TOO_LARGE`` times the median (or times 1e8 s, for a column near 0);
+    * too small: under a hundredth of a median from 1e8 s on, and cut off from the rest: no other value between a
+      hundredth and half the median. A relative clock from 0 and dates before 1970 run through that range, so
+      they are kept (the first version refused them; found by the review of the check)."""
     magnitude = seconds.abs()
-    off = magnitude > median_s * UNIT_SPREAD
-    if unit != "seconds":
-        off |= magnitude < median_s / UNIT_SPREAD
+    off = magnitude > max(median_s, EPOCH_LIKE_S) * TOO_LARGE
+    if median_s >= EPOCH_LIKE_S:
+        small = magnitude < median_s / TOO_SMALL
+        if small.any():
+            rest = magnitude[~small & ~off]
+            if len(rest) and float(rest.min()) > median_s / 2:
+                off |= small
     off = off.fillna(False)
     if off.any():
-        around = pd.Timestamp(median_s, unit="s", tz="UTC")
+        around = pd.Timestamp(float(np.median(seconds.to_numpy(np.float64))), unit="s", tz="UTC")
         raise _unparsable(values, off, f"the column reads as epoch {unit}, around {around:%Y-%m-%d}, and this value "
-                                       f"is over {UNIT_SPREAD:g} times off that: another unit, or a placeholder?")
+                                       "is far from all the others: another unit, or a placeholder?")
 
 
 def spreadsheet_days_hint(seconds: pd.Series) -> str | None:

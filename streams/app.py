@@ -40,7 +40,7 @@ from streams.table_io import PartitionTable
 from tidewater.engine import (EngineConfig, PartitionEngine, PartitionState, answer_recs_together,
                               can_answer_together)
 from tidewater.profile import Profile, decode_activity, decode_profile, encode_profile
-from tidewater.settings import Settings
+from tidewater.settings import Settings, url_host
 
 log = logging.getLogger("tidewater.worker")
 ENGINE_STEP_WAIT_S = 5.0  # a stop past its budget waits this long at most for the engine thread's step
@@ -1008,7 +1008,7 @@ def canonical_url(s: Settings) -> str:
     the same URL (http://0.0.0.0:6066 in every container) routed profile requests to the wrong one."""
     if s.web_canonical_url:
         return s.web_canonical_url
-    host = socket.gethostname() if s.web_host in ("0.0.0.0", "::", "") else s.web_host
+    host = socket.gethostname() if s.web_host in ("0.0.0.0", "::", "[::]", "") else url_host(s.web_host)
     return f"http://{host}:{s.web_port}"
 
 

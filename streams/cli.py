@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from tidewater.errors import UserError, writable_dir
-from tidewater.settings import Settings
+from tidewater.settings import Settings, url_host
 
 BOOTSTRAP_HELP = "Kafka bootstrap servers (env TIDEWATER_BOOTSTRAP_SERVERS)."
 
@@ -40,8 +40,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 def startup_line(s: Settings, loglevel: str) -> str:
     """What a starting worker says whatever its log level: where it serves, and what it will log (at the default
     level it printed nothing, no address either; found by the README review)."""
-    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host
-    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "") else "[::1]" if s.web_host in ("::", "[::]") else \
+        url_host(s.web_host)
     quiet = " (problems only: --loglevel info for more)" if loglevel in ("warning", "error", "critical") else ""
     return (f"tidewater worker of {s.app_id!r} on {s.bootstrap_servers}, {s.partitions} partitions: "
             f"http://{host}:{s.web_port}/health, /metrics, /dashboard; log level {loglevel}{quiet}")

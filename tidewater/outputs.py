@@ -109,8 +109,8 @@ class Recommendation(msgspec.Struct, kw_only=True, frozen=True):
     source_event_id: Annotated[str, _doc("The input event that triggered it.")]
     items: Annotated[list[ScoredItem], _doc("Up to TIDEWATER_REC_TOP_K items, best first, none in the customer's "
                                             "ring of recent events nor among the last 1,024 distinct items they "
-                                            "bought or the last 1,024 they clicked before it (128 for ids over 48 "
-                                            "bytes).")]
+                                            "bought or the last 1,024 they clicked before it (at most 128 of them ids "
+                                            "over 48 bytes).")]
     model_version: Annotated[str, _doc("The recommender version (baseline:popularity-v1: the placeholder).")]
     index_version: Annotated[str, _doc("The FAISS index that answered: the model's own (its version) or one "
                                        "built later (<model>/<index>); none for the placeholder.")]

@@ -32,10 +32,10 @@ RECENT_IDS = 16  # event ids remembered per user against producer duplicates (a 
 # reached only by heavy users, whose profile it keeps bounded (both full, with UUID ids: 89 kB; measured)
 PURCHASED_ITEMS = 1024
 CLICKED_ITEMS = 1024
-# ...for ids of up to SHORT_ID_BYTES (UTF-8): a longer one (ids may have 128 characters, 512 bytes) keeps its store
-# at the LONG_ID_ITEMS most recent. 1,024 ids of 512 bytes in each store put a profile past Kafka's 1 MB record
-# limit, which would stop the worker at every restart (found by review); so at most LONG_ID_ITEMS long ids are ever
-# kept (each one trims the store to that many), and a store stays under LONG_ID_ITEMS x 512 + 1,024 x 48 bytes
+# ...of which at most LONG_ID_ITEMS ids longer than SHORT_ID_BYTES (UTF-8; ids may have 128 characters, 512 bytes):
+# 1,024 ids of 512 bytes in each store put a profile past Kafka's 1 MB record limit, which would stop the worker at
+# every restart (found by review). A store stays under LONG_ID_ITEMS x 512 + 1,024 x 48 bytes; the oldest long id
+# goes first (trimming the whole store to 128 at each long id lost the short ones' coverage; found by review)
 SHORT_ID_BYTES = 48
 LONG_ID_ITEMS = 128
 # the recs model's history of a user: the last REC_HISTORY distinct items, each at its first occurrence. The model
@@ -311,10 +311,17 @@ def _trim_each_type(profile: Profile, keep: int) -> None:
 def _remember(items: dict[str, int], item_id: str, most: int) -> None:
     times = items.pop(item_id, 0)  # forgotten again: it moves to the most recent end
     items[item_id] = times + 1
-    if len(item_id) * 4 > SHORT_ID_BYTES and len(item_id.encode()) > SHORT_ID_BYTES:  # (the encode only when it may)
-        most = min(most, LONG_ID_ITEMS)
+    if _long_id(item_id):  # a scan of the store, only when a long id comes (most shops have none)
+        long_ids = [key for key in items if _long_id(key)]
+        for key in long_ids[:max(0, len(long_ids) - LONG_ID_ITEMS)]:  # the oldest beyond the bound
+            del items[key]
     while len(items) > most:
         del items[next(iter(items))]
+
+
+def _long_id(item_id: str) -> bool:
+    """Longer than SHORT_ID_BYTES in UTF-8 (``isascii`` is a flag lookup: no encoding for ASCII ids)."""
+    return len(item_id) > SHORT_ID_BYTES or (not item_id.isascii() and len(item_id.encode()) > SHORT_ID_BYTES)
 
 
 def _bump_category(categories: dict[str, int], category: str) -> None:

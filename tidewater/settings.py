@@ -142,7 +142,8 @@ class Settings:
         "Decoded profiles a worker keeps in memory, least recently written out first (about 11-13 kB each with a "
         "half-full ring of recent events, so 1.3 GB at the default; 50-70 kB for a user with full rings of clicks and "
         "purchases; about 270 kB for a heavy user who also has 1,024 UUID items remembered beyond each ring, so 27 GB "
-        "if every cached user were one): their users skip a RocksDB read and a decode. "
+        "if every cached user were one, and up to about 800 kB with ids and categories of the longest): their users "
+        "skip a RocksDB read and a decode. "
         "0 turns the cache off.")
     max_event_bytes: int = setting(16384, "TIDEWATER_MAX_EVENT_BYTES",
                                    "Records larger than this go to the dead-letter topic (oversized).")
@@ -170,7 +171,9 @@ class Settings:
     # --- profile and windows (event time) -------------------------------------------------------------
     session_gap_s: float = setting(1800.0, "TIDEWATER_SESSION_GAP_S", "Gap that closes a session (event time).")
     recent_events: int = setting(64, "TIDEWATER_RECENT_EVENTS",
-                                 "Events of each type (clicks, purchases) kept per user in the ring (model input).")
+                                 "Events of each type (clicks, purchases) kept per user in the ring (model input). At "
+                                 "most 128: with the longest ids and categories, a ring of 256 takes a profile past "
+                                 "Kafka's 1 MB record limit (about 500 kB at 64, 700 kB at 128).")
     window_grace_s: float = setting(3600.0, "TIDEWATER_WINDOW_GRACE_S",
                                     "Late events within this much of the watermark still count in windows.")
     clock_tick_s: float = setting(86400.0, "TIDEWATER_CLOCK_TICK_S",
@@ -370,7 +373,7 @@ RANGES: dict[str, tuple[Any, Any]] = {
     "batch_max_wait_ms": _NON_NEGATIVE, "inline_min_events": _NON_NEGATIVE, "inline_max_scoring": _NON_NEGATIVE,
     "profile_cache_users": _NON_NEGATIVE, "max_event_bytes": _POSITIVE, "max_event_lead_s": _NON_NEGATIVE, "source_idle_ms": _NON_NEGATIVE,
     "scoring_max_batch": _POSITIVE, "model_threads": _POSITIVE, "session_gap_s": _POSITIVE,
-    "recent_events": _POSITIVE, "window_grace_s": _NON_NEGATIVE, "clock_tick_s": _POSITIVE,
+    "recent_events": (1, 128), "window_grace_s": _NON_NEGATIVE, "clock_tick_s": _POSITIVE,
     "inactivity_gap_s": _POSITIVE, "inactivity_rescore_s": _POSITIVE, "inactivity_rescores": _NON_NEGATIVE,
     "erasure_guard_s": _NON_NEGATIVE, "profile_ttl_s": _NON_NEGATIVE, "tombstone_retention_s": _POSITIVE, "rec_top_k": _POSITIVE, "rec_every_events": _POSITIVE,
     "rec_rerank_candidates": _NON_NEGATIVE, "rec_change_threshold": (0, 2),  # 1 - cosine
@@ -393,6 +396,13 @@ def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
     known |= {f.metadata["env"] + "_FILE" for f in fields(Settings) if hints[f.name] is Secret} | NOT_SETTINGS
     return {name: next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
             for name in sorted(environ) if name.startswith("TIDEWATER_") and name not in known}
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets, its zone's ``%`` escaped (``fe80::1%25eth0``).
+    Unbracketed, ``http://fd00::1:6066`` was no URL: Faust refused it and the worker did not start (review)."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return f"[{bare.replace('%', '%25')}]" if ":" in bare else bare
 
 
 def _warn_unknown_variables(environ: Mapping[str, str]) -> None:

@@ -45,6 +45,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
         if arch not in ("seqlinear", "sasrec"):
             raise UserError(f"--arch must be seqlinear or sasrec, not {arch!r}")
+        if max_items is not None and arch != "seqlinear":  # before the log and the baselines, not after (review)
+            raise UserError("--max-items applies to --arch seqlinear (sasrec learns every item)")
         writable_dir(registry / "recs", "--registry")  # before minutes of training, not after
         version, metrics = _user_errors(train_and_publish, interactions, registry, seed=seed, threads=threads,
                                         log=lambda m: typer.echo(m, err=True), arch=arch, max_items=max_items)
@@ -80,6 +82,8 @@ def register(train_app: typer.Typer, evaluate_app: typer.Typer, index_app: typer
 
         if arch not in ("seqlinear", "sasrec"):
             raise UserError(f"--arch must be seqlinear or sasrec, not {arch!r}")
+        if max_items is not None and arch != "seqlinear":  # before the log and the baselines, not after (review)
+            raise UserError("--max-items applies to --arch seqlinear (sasrec learns every item)")
         writable_dir(report_dir, "--report-dir")  # before the evaluation, not after it
         result = _user_errors(evaluate_all, interactions, seed=seed, threads=threads,
                               log=lambda m: typer.echo(m, err=True), arch=arch, max_items=max_items)

@@ -127,11 +127,16 @@ def test_regression_a_date_beyond_pandas_range_is_named_with_its_row(typo):
     ([1.6e9, 1.6e12, 1.6e9], "1600000000000.0"),  # milliseconds among seconds: the year 52,673
     ([1.6e12, 1.6e9, 1.6e12], "1600000000.0"),  # seconds among milliseconds: January 1970
     ([1.6e12, 0, 1.6e12], "0.0"),  # a placeholder among milliseconds: 1970-01-01
+    ([1.6e9, 0, 1.6e9, 1.61e9], "0.0"),  # and among seconds (the second version let it through; review)
+    ([1.6e9, -1, 1.6e9, 1.61e9], "-1.0"),
+    ([1.6e9, 1.61e9, 1.62e9, 157766400000], "157766400000.0"),  # milliseconds of 1975: under 100x the median
+    ([0, 60, 120, 1.6e12], "1600000000000.0"),  # a relative clock's column is checked for values too large too
 ])
 def test_regression_a_value_in_another_unit_than_the_columns_is_named(values, named):
     """Read by the median's unit without a word, half of a log of mixed seconds and milliseconds moved to the year
     50,000 (or to 1970), which scrambled each user's order (found by the recs CLI review)."""
-    with pytest.raises(ValueError, match=rf"cannot parse ts {named} in row 3 \(the column reads as epoch"):
+    row = 2 + [float(v) for v in values].index(float(named))  # the file's row: the header is row 1
+    with pytest.raises(ValueError, match=rf"cannot parse ts {named} in row {row} \(the column reads as epoch"):
         to_epoch_seconds(pd.Series(values))
 
 
@@ -140,11 +145,22 @@ def test_regression_a_value_in_another_unit_than_the_columns_is_named(values, na
     list(range(0, int(6.4 * 365 * 86400), 86400)),  # the same over 6.4 years: its median is past 1e8 s
     list(range(-2_208_988_800, 0, 30 * 86400)),  # 1900 to 1969: the last months are small numbers
     list(range(0, 365 * 86400 * 1000, 86400 * 1000)),  # a year of milliseconds from 0 (read as seconds: in order)
+    [0] + list(range(160_000_000, 1_700_000_000, 30_000_000)),  # 1975 to 2023 with a first event at 0: no gap
 ])
 def test_regression_relative_and_pre_1970_times_are_not_taken_for_mixed_units(values):
     """The first version of the unit check refused these (found by the review of the check)."""
     seconds, unit = to_epoch_seconds(pd.Series(values))
     assert unit == "seconds" and seconds.tolist() == [float(v) for v in values]
+
+
+@pytest.mark.parametrize("values", [
+    list(range(0, 7 * 365 * 86400 * 1000, 86400 * 1000)),  # seven years of milliseconds from 0
+    list(range(-946_771_200_000, 946_684_800_001, 1_893_456_000)),  # milliseconds from 1940 to 2000
+])
+def test_regression_relative_and_pre_1970_milliseconds_are_kept(values):
+    """The second version refused every small value of a column read as milliseconds (found by review)."""
+    seconds, unit = to_epoch_seconds(pd.Series(values))
+    assert unit == "milliseconds" and seconds.tolist() == [v / 1000 for v in values]
 
 
 @settings(max_examples=60, deadline=None)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tidewater.cli import app
 
 
@@ -70,3 +72,17 @@ def test_the_workers_start_up_line_says_where_it_serves_and_how_quiet_it_is():
     assert "http://127.0.0.1:7000/health" in line and "--loglevel info for more" in line
     assert "--loglevel info" not in startup_line(s, "info")
     assert "http://[fd00::1]:7000/health" in startup_line(s.replace(web_host="fd00::1"), "info")
+
+
+@pytest.mark.parametrize("host, url", [("::1", "http://[::1]:6066"), ("[::1]", "http://[::1]:6066"),
+                                       ("fe80::1%eth0", "http://[fe80::1%25eth0]:6066"),
+                                       ("10.0.0.5", "http://10.0.0.5:6066")])
+def test_regression_an_ipv6_web_host_makes_a_url_the_worker_starts_with(host, url):
+    """``http://fd00::1:6066`` is no URL: Faust refused it, and a worker bound to an IPv6 address did not start
+    (found by review)."""
+    from streams.app import canonical_url, create_app
+    from tidewater.settings import Settings
+
+    s = Settings.from_env(environ={"TIDEWATER_WEB_HOST": host})
+    assert canonical_url(s) == url
+    assert str(create_app(s).conf.canonical_url) == url

@@ -1,6 +1,7 @@
 import copy
 
 import msgspec
+import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from tidewater.events import Click, Purchase
@@ -428,3 +429,19 @@ def test_regression_long_item_ids_cannot_push_a_profile_past_kafkas_record_limit
     uuids = heavy(lambda i: f"{i:032x}-uuid")
     assert len(uuids.clicked) == len(uuids.purchased) == CLICKED_ITEMS
     assert len(encode_profile(uuids)) < 400_000
+
+
+@pytest.mark.parametrize("every", [10, 2])
+def test_regression_long_ids_do_not_cost_the_short_ones_their_place(every):
+    """The first bound on long ids trimmed the whole store to 128 at each long id: in a catalogue of mixed ids
+    (slugs, URLs among SKUs), one long id in ten left 128 items remembered for everyone (found by review). The
+    store is the last 1,024 items, less the long ids beyond the last 128 of them."""
+    from tidewater.profile import LONG_ID_ITEMS, PURCHASED_ITEMS, _remember
+
+    store: dict[str, int] = {}
+    ids = ["L" * 49 + str(i) if i % every == 0 else f"short{i}" for i in range(5000)]
+    for item_id in ids:
+        _remember(store, item_id, PURCHASED_ITEMS)
+    recent_long = set([i for i in ids if i.startswith("L")][-LONG_ID_ITEMS:])
+    assert list(store) == [i for i in ids if not i.startswith("L") or i in recent_long][-PURCHASED_ITEMS:]
+    assert len(store) == PURCHASED_ITEMS and sum(k.startswith("L") for k in store) <= LONG_ID_ITEMS
