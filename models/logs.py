@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -93,15 +94,18 @@ def _header(path: Path, sep: str = ",") -> list[str]:
     return pd.read_csv(path, sep=sep, dtype=str, header=None, nrows=1, keep_default_na=False).iloc[0].tolist()
 
 
-SEPARATORS = (",", "\t", ";", "|")  # comma first: it wins ties. Tabs and semicolons: TSV and spreadsheet exports
+# tabs and semicolons: TSV and spreadsheet exports. On a tie the first wins: a name with commas in a TSV or a
+# semicolon header ("price, EUR") is likelier than a tab or a semicolon in a comma header's name
+SEPARATORS = ("\t", ";", "|", ",")
 
 
 def _separator(path: Path) -> str:
-    """The column separator: the one of ``SEPARATORS`` the header line (the first that is not blank) holds most
-    often, a comma on a tie (tab- and semicolon-separated files were refused with a hint to convert them; found by
-    review). A comma inside a name (``price, EUR``) in a semicolon header is outnumbered by the separators.
-    Undecodable bytes are left to ``read_csv``'s error."""
+    """The column separator: the one of ``SEPARATORS`` the header line (the first that is not blank, a byte-order
+    mark aside) holds most often outside quotes; a comma when it holds none (tab- and semicolon-separated files were
+    refused with a hint to convert them; found by review). Undecodable bytes are left to ``read_csv``'s error."""
     with open(path, "rb") as fh:
-        header = next((line for line in fh if line.strip()), b"").decode("utf-8", "replace")
-    counts = [header.count(sep) for sep in SEPARATORS]
-    return SEPARATORS[counts.index(max(counts))]
+        lines = (line[3:] if n == 0 and line.startswith(b"\xef\xbb\xbf") else line for n, line in enumerate(fh))
+        header = next((line for line in lines if line.strip()), b"").decode("utf-8", "replace")
+    unquoted = re.sub(r'"[^"]*"', "", header)
+    counts = [unquoted.count(sep) for sep in SEPARATORS]
+    return SEPARATORS[counts.index(max(counts))] if max(counts) else ","

@@ -142,6 +142,9 @@ def test_tab_semicolon_and_bar_separated_logs_are_read(tmp_path, sep):
 @pytest.mark.parametrize("content", [
     "\nuser_id;item_id;ts\nu1;i 1;1\n",  # a blank line before the header
     "user_id;item_id;ts;price, EUR\nu1;i 1;1;2,50\n",  # a comma inside a semicolon header's name
+    'user_id,item_id,ts,"a;b;c;d;e"\nu1,i 1,1,x\n',  # separators of another kind inside quotes do not count
+    "user_id\titem_id\tts\tnote, a, b, c\nu1\ti 1\t1\tx\n",  # nor commas outnumbering the tabs in a name
+    "\ufeff\nuser_id;item_id;ts\nu1;i 1;1\n",  # a byte-order mark on a blank first line
 ])
 def test_regression_the_separator_is_the_headers_most_frequent(tmp_path, content):
     """The first version looked at the first line only, and took any comma in it for the separator (review)."""
